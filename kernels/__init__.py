@@ -1,0 +1,1 @@
+"""Triton kernels, each beside its autograd wrapper and plain-torch reference."""
