@@ -1,0 +1,428 @@
+"""LNS (logarithmic number system) weights: encode/decode, a Triton matmul that decodes in its tile loop, and a
+plain-torch reference. Inference only: nothing here has a backward.
+
+Format (`bits` = 8 or 16, `f` = fractional bits, `Q = 2^(bits-1) - 1` the largest magnitude code):
+  * a weight `w[n, k]` of output channel `n` is stored as one signed integer `c` (int8 / int16): `sign(c) = sign(w)`,
+    `|c| = m` in `1..Q` is the biased fixed-point log, and `c = 0` is the reserved code for exact zero (the code
+    `-2^(bits-1)` is never written: it would be "negative zero").
+  * `log2|w| = (o[n] + m - Q) / 2^f`: `o[n]` is an int32 per-output-channel offset in the same fixed-point units,
+    `o[n] = ceil(2^f * log2 max_k |w[n, k]|)`, so the channel's largest weight sits at (or one step under) `m = Q`
+    and the codes cover `(Q - 1) / 2^f` octaves below it. `granularity="tensor"` uses one offset for all channels.
+  * Split: 8-bit = sign + 3 integer + 4 fractional bits (range 7.94 octaves: down to max/245 per channel);
+    16-bit = sign + 4 integer + 11 fractional bits (range 16.0 octaves: down to max/65500).
+  * Rounding is to the nearest log step, so for `|w|` inside the range the relative error is at most
+    `2^(2^-(f+1)) - 1` (the log error is at most half a step, 2^-(f+1)): 2.190e-2 (8-bit), 1.692e-4 (16-bit).
+    Below the range, `|w|` goes to whichever of 0 or the smallest magnitude `w_min = 2^((o - Q + 1)/2^f)` is nearer,
+    so the absolute error is at most `w_min / 2`.
+
+Why f = 4 for 8 bits (measured on Gaussian weights [256, 4096], relative error of x @ w^T): f = 3
+gives 2x the rounding error (rms 2.5% vs 1.25%; matmul error 2.5% vs 1.26%) for range nobody needs (0.01% of weights
+sit at the bottom code); f = 5 covers only 3.97 octaves and puts 20% of the weights at 0 or max/16: matmul error
+3.3%, worse than f = 4. For 16 bits, f = 11 puts the LNS rounding error (1.7e-4) under the fp16 decode rounding
+(2^-11 = 4.9e-4) while still covering 16 octaves.
+
+Matmul: `y[M, N] = x[M, K] @ w[N, K]^T (+ bias[N])`. The kernel loads int8/int16 code tiles, decodes
+`sign * exp2((|c| - Q) / 2^f)` (a value in (0, 1], so it cannot overflow fp16) to the dot dtype, multiplies with
+`tl.dot` (tensor cores; fp32 accumulate), and applies the per-channel scale `2^(o[n] / 2^f)` and bias once in the
+epilogue. Dot dtype: x's dtype for fp16/bf16; for fp32 x the decoded tile stays fp32 and `tl.dot` runs in tf32.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+try:  # triton is optional on CPU-only installs; the reference path works without it
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - exercised only where triton is absent
+    triton = None
+    tl = None
+
+__all__ = [
+    "LNSWeight", "DEFAULT_FRAC_BITS", "lns_encode", "lns_decode", "lns_matmul", "lns_matmul_ref",
+    "lns_logadd_matmul_ref", "relative_error_bound", "validate_block_sizes",
+]
+
+# Fractional bits of the fixed-point log per code width; the module docstring says why these.
+DEFAULT_FRAC_BITS: dict[int, int] = {8: 4, 16: 11}
+_CODE_DTYPE = {8: torch.int8, 16: torch.int16}
+_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+@dataclass
+class LNSWeight:
+    """A weight matrix `[N, K]` (nn.Linear layout: out_features x in_features) in LNS form.
+
+    codes:   int8 / int16 `[N, K]`, signed code `c` (0 = exact zero), see the module docstring.
+    offsets: int32 `[N]`, per-output-channel offset in units of 2^-frac_bits octaves.
+    bits:    8 or 16. frac_bits: fractional bits f of the fixed-point log.
+    """
+
+    codes: torch.Tensor
+    offsets: torch.Tensor
+    bits: int
+    frac_bits: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.codes.shape)  # type: ignore[return-value]
+
+    @property
+    def max_code(self) -> int:
+        """Q = 2^(bits-1) - 1: the magnitude code of the channel's largest representable weight."""
+        return (1 << (self.bits - 1)) - 1
+
+    @property
+    def device(self) -> torch.device:
+        return self.codes.device
+
+    def nbytes(self) -> int:
+        """Bytes of the stored weight: codes plus offsets."""
+        return self.codes.numel() * self.codes.element_size() + self.offsets.numel() * self.offsets.element_size()
+
+    def to(self, device: torch.device | str) -> "LNSWeight":
+        return LNSWeight(self.codes.to(device), self.offsets.to(device), self.bits, self.frac_bits)
+
+
+def relative_error_bound(bits: int, frac_bits: int | None = None) -> float:
+    """Largest relative encode error `|w_hat - w| / |w|` for weights inside the code range: 2^(2^-(f+1)) - 1."""
+    f = DEFAULT_FRAC_BITS[_check_bits(bits)] if frac_bits is None else frac_bits
+    return 2.0 ** (2.0 ** -(f + 1)) - 1.0
+
+
+def _check_bits(bits: int) -> int:
+    if bits not in _CODE_DTYPE or isinstance(bits, bool):
+        raise ValueError(f"bits: {bits!r} is not supported (allowed: 8 or 16)")
+    return bits
+
+
+def lns_encode(
+    w: torch.Tensor, bits: int = 8, *, frac_bits: int | None = None,
+    granularity: Literal["channel", "tensor"] = "channel",
+) -> LNSWeight:
+    """Encode a float weight `w [N, K]` (N output channels) to LNS codes; see the module docstring for the format."""
+    _check_bits(bits)
+    f = DEFAULT_FRAC_BITS[bits] if frac_bits is None else frac_bits
+    if not isinstance(f, int) or not 0 <= f <= bits - 2:
+        raise ValueError(f"frac_bits: {f!r} is out of range for {bits}-bit codes (allowed: 0 .. {bits - 2})")
+    if not isinstance(w, torch.Tensor) or w.dim() != 2:
+        raise ValueError(f"w: expected a 2-D weight [N, K], got {getattr(w, 'shape', type(w).__name__)}")
+    if w.numel() == 0:
+        raise ValueError(f"w: shape {tuple(w.shape)} is empty (need N >= 1 and K >= 1)")
+    if w.dtype not in _FLOAT_DTYPES + (torch.float64,):
+        raise ValueError(f"w: dtype {w.dtype} is not a floating type (allowed: float64/32, bfloat16, float16)")
+    if granularity not in ("channel", "tensor"):
+        raise ValueError(f"granularity: {granularity!r} is not supported (allowed: 'channel' or 'tensor')")
+    w64 = w.detach().to(torch.float64)  # float64: the log and its rounding must not add error of their own
+    if not torch.isfinite(w64).all():
+        raise ValueError("w: contains inf or NaN; LNS codes can only hold finite weights")
+    q = (1 << (bits - 1)) - 1
+    step = 2.0 ** f
+    mag = w64.abs()
+    peak = mag.amax(dim=1) if granularity == "channel" else mag.amax().expand(w64.shape[0])
+    # Offset rounds up so the largest weight is never clipped; an all-zero channel gets offset 0 (all codes 0).
+    offsets = torch.where(peak > 0, torch.ceil(torch.log2(peak.clamp_min(1e-300)) * step), torch.zeros_like(peak))
+    offsets = offsets.clamp(-(2**31) + q, 2**31 - 1 - q)
+    m = torch.round(torch.log2(mag.clamp_min(1e-300)) * step - offsets[:, None] + q)
+    # Below the range: nearest of 0 and the smallest magnitude w_min (at m = 1).
+    w_min = torch.exp2((offsets[:, None] + 1 - q) / step)
+    m = torch.where(m < 1, torch.where(mag >= w_min / 2, 1.0, 0.0), m.clamp(max=q))
+    m = torch.where(mag == 0, 0.0, m)
+    codes = (torch.sign(w64) * m).to(_CODE_DTYPE[bits])
+    return LNSWeight(codes.contiguous(), offsets.to(torch.int32).contiguous(), bits, f)
+
+
+def lns_decode(weight: LNSWeight, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Decode LNS codes to a float tensor `[N, K]` of `dtype` (computed in fp32, or fp64 when asked, then cast)."""
+    compute = torch.float64 if dtype == torch.float64 else torch.float32
+    c = weight.codes.to(torch.int32)
+    mag = c.abs()
+    expo = (weight.offsets.to(torch.int32)[:, None] + mag - weight.max_code).to(compute) / 2.0**weight.frac_bits
+    val = torch.exp2(expo) * torch.sign(c).to(compute)  # sign(0) = 0: the zero code decodes to exact 0
+    return val.to(dtype)
+
+
+# --- reference ---------------------------------------------------------------------------------------------------
+
+
+def lns_matmul_ref(x: torch.Tensor, weight: LNSWeight, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Plain torch: decode the weight to fp32, `y [M, N] = x [M, K] @ w^T (+ bias)` in fp32, cast to x's dtype."""
+    y = x.to(torch.float32) @ lns_decode(weight, torch.float32).to(x.device).t()
+    if bias is not None:
+        y = y + bias.to(torch.float32)
+    return y.to(x.dtype)
+
+
+def lns_logadd_matmul_ref(x: torch.Tensor, weight: LNSWeight, acc_frac_bits: int | None = None) -> torch.Tensor:
+    """Accuracy experiment, plain torch, no speed claim: `x [M, K] @ w^T` computed entirely in the log domain.
+
+    x is LNS-encoded too (one offset per row, `weight.bits`); each product is the exact sum of two fixed-point logs;
+    the sum over K is a sequence of log-adds with the exact sign-aware correction term,
+    `log2|2^a +- 2^b| = max(a, b) + log2(1 +- 2^-|a - b|)` (the sign of the larger term wins, equal magnitudes of
+    opposite sign cancel to exact zero), the accumulator's log rounded to `acc_frac_bits` fractional bits after
+    every step (default: the weight's own f, i.e. a pure LNS accumulator). Returns float64 `[M, N]`.
+    Cost: K sequential steps over [M, N] float64 tensors; tiny shapes only.
+    """
+    F = weight.frac_bits if acc_frac_bits is None else acc_frac_bits
+    xl = lns_encode(x.to(torch.float64), weight.bits, frac_bits=weight.frac_bits)
+
+    def logs(lw: LNSWeight) -> tuple[torch.Tensor, torch.Tensor]:
+        c = lw.codes.to(torch.int64)
+        lg = (lw.offsets.to(torch.int64)[:, None] + c.abs() - lw.max_code).to(torch.float64) / 2.0**lw.frac_bits
+        return torch.where(c == 0, -torch.inf, lg), torch.sign(c).to(torch.float64)
+
+    (lx, sx), (lw, sw) = logs(xl), logs(weight.to(x.device))
+    acc = torch.full((x.shape[0], lw.shape[0]), -torch.inf, dtype=torch.float64, device=x.device)
+    sgn = torch.zeros_like(acc)  # 0: the accumulator is exactly zero
+    for k in range(x.shape[1]):
+        b = lx[:, k, None] + lw[None, :, k]  # exact: both are on the 2^-f grid
+        t = sx[:, k, None] * sw[None, :, k]
+        hi, lo = torch.maximum(acc, b), torch.minimum(acc, b)
+        d = (hi - lo).nan_to_num(nan=0.0)  # inf - inf (both zero) -> 0, masked below
+        same = sgn * t >= 0
+        corr = torch.where(same, torch.log2(1 + torch.exp2(-d)), torch.log2(-torch.expm1(-d * math.log(2))))
+        new = torch.round((hi + corr) * 2.0**F) / 2.0**F
+        new_sgn = torch.where(acc >= b, sgn, t)
+        cancel = ~same & (d == 0)
+        acc = torch.where(sgn == 0, b, torch.where(t == 0, acc, torch.where(cancel, -torch.inf, new)))
+        sgn = torch.where(sgn == 0, t, torch.where(t == 0, sgn, torch.where(cancel, 0.0, new_sgn)))
+    return sgn * torch.exp2(acc)
+
+
+# --- Triton kernel -----------------------------------------------------------------------------------------------
+
+if triton is not None:
+
+    @triton.jit
+    def _to_dtype(v, dtype: tl.constexpr, INTERPRET: tl.constexpr):
+        """Round fp32 `v` to `dtype` to nearest-even, as compiled code does.
+
+        Triton 3.6's interpreter truncates fp32 -> bf16 casts (it ignores the rounding mode), which would make
+        interpreter results less accurate than the GPU's; there we round the fp32 bits to nearest-even first, so
+        the truncating cast is exact. Compiled code takes the plain cast (RTNE by default).
+        """
+        if INTERPRET and dtype == tl.bfloat16:
+            bits = v.to(tl.uint32, bitcast=True)
+            bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+            v = bits.to(tl.float32, bitcast=True)
+        return v.to(dtype)
+
+    @triton.jit
+    def _lns_tile_step(acc, x_ptrs, c_ptrs, rm, rn, rk, M, N, k_left, inv_step,
+                       Q: tl.constexpr, TF32: tl.constexpr, INTERPRET: tl.constexpr):
+        """One K step: load an x tile [BM, BK] and a code tile [BK, BN], decode the codes, acc += x @ w^T."""
+        xt = tl.load(x_ptrs, mask=(rm[:, None] < M) & (rk[None, :] < k_left), other=0.0)
+        # Masked codes load as 0, the zero code: padding decodes to exact 0.
+        ct = tl.load(c_ptrs, mask=(rk[:, None] < k_left) & (rn[None, :] < N), other=0).to(tl.int32)
+        mag = tl.abs(ct)
+        # Normalised magnitude in (0, 1]: the channel scale is applied once, after the K loop.
+        wt = tl.exp2((mag - Q).to(tl.float32) * inv_step)
+        wt = tl.where(ct < 0, -wt, wt)
+        wt = tl.where(ct == 0, 0.0, wt)
+        if TF32:
+            acc += tl.dot(xt, wt, input_precision="tf32")
+        else:
+            wt = _to_dtype(wt, xt.dtype, INTERPRET)  # the decoded tile is rounded to fp16/bf16 here
+            if INTERPRET and xt.dtype == tl.bfloat16:
+                # Triton 3.6's interpreter multiplies bf16 tiles as their raw uint16 bits. Widening both
+                # bf16 tiles to fp32 is exact, and so is each bf16 x bf16 product in fp32: the same sums the
+                # tensor cores form with fp32 accumulation. Compiled code never takes this branch.
+                acc += tl.dot(xt.to(tl.float32), wt.to(tl.float32))
+            else:
+                acc += tl.dot(xt, wt)
+        return acc
+
+    @triton.jit
+    def _lns_matmul_kernel(
+        # pointers
+        x_ptr, c_ptr, o_ptr, b_ptr, y_ptr,
+        # sizes
+        M, N, K,
+        # strides (elements)
+        stride_xm, stride_xk, stride_cn, stride_ck, stride_ym, stride_yn,
+        # format
+        inv_step,  # 2^-f as fp32
+        Q: tl.constexpr,  # largest magnitude code
+        HAS_BIAS: tl.constexpr,
+        # meta-parameters
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+        TF32: tl.constexpr, INTERPRET: tl.constexpr,
+    ):
+        # Grouped tile order: GROUP_M row-tiles share each column of code tiles while it is in L2.
+        pid = tl.program_id(0)
+        num_m = tl.cdiv(M, BLOCK_M)
+        num_n = tl.cdiv(N, BLOCK_N)
+        group = pid // (GROUP_M * num_n)
+        first_m = group * GROUP_M
+        size_m = min(num_m - first_m, GROUP_M)
+        pid_m = first_m + (pid % (GROUP_M * num_n)) % size_m
+        pid_n = (pid % (GROUP_M * num_n)) // size_m
+
+        rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        rk = tl.arange(0, BLOCK_K)
+        x_ptrs = x_ptr + rm[:, None] * stride_xm + rk[None, :] * stride_xk  # [BM, BK]
+        c_ptrs = c_ptr + rn[None, :] * stride_cn + rk[:, None] * stride_ck  # [BK, BN]: w^T tile
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        if INTERPRET:
+            # Triton 3.6's interpreter cannot take a runtime scalar as a `range` bound under NumPy 2.4
+            # (int() of a 1-element array); a while loop runs the same steps. Compiled code keeps the `for`
+            # loop, which Triton software-pipelines (num_stages) and a while loop would not be.
+            k0 = 0
+            while k0 < K:
+                acc = _lns_tile_step(acc, x_ptrs, c_ptrs, rm, rn, rk, M, N, K - k0, inv_step, Q, TF32, INTERPRET)
+                x_ptrs += BLOCK_K * stride_xk
+                c_ptrs += BLOCK_K * stride_ck
+                k0 += BLOCK_K
+        else:
+            for k0 in range(0, K, BLOCK_K):
+                acc = _lns_tile_step(acc, x_ptrs, c_ptrs, rm, rn, rk, M, N, K - k0, inv_step, Q, TF32, INTERPRET)
+                x_ptrs += BLOCK_K * stride_xk
+                c_ptrs += BLOCK_K * stride_ck
+
+        # Epilogue: per-channel scale 2^(o[n] / 2^f), bias, cast to the output dtype.
+        o = tl.load(o_ptr + rn, mask=rn < N, other=0).to(tl.float32)
+        acc = acc * tl.exp2(o * inv_step)[None, :]
+        if HAS_BIAS:
+            acc += tl.load(b_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
+        y_ptrs = y_ptr + rm[:, None] * stride_ym + rn[None, :] * stride_yn
+        tl.store(y_ptrs, _to_dtype(acc, y_ptr.dtype.element_ty, INTERPRET), mask=(rm[:, None] < M) & (rn[None, :] < N))
+
+
+    # triton.jit picked the interpreter or the compiler when the kernel was defined (TRITON_INTERPRET=1 at import);
+    # ask the kernel object rather than the environment, which may have changed since.
+    _INTERPRETED = type(_lns_matmul_kernel).__name__ == "InterpretedFunction"
+else:
+    _INTERPRETED = False
+
+
+def validate_block_sizes(block_m: int, block_n: int, block_k: int) -> None:
+    """Raise ValueError unless every tile size is a power of two in 16..256 (tl.dot needs >= 16 per dim)."""
+    for name, v in (("block_m", block_m), ("block_n", block_n), ("block_k", block_k)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 16 or v > 256 or v & (v - 1):
+            raise ValueError(f"{name}: {v!r} is out of range (allowed: a power of two from 16 to 256)")
+
+
+def _launch_config(block_m: int, block_n: int, block_k: int, x_bytes: int, code_bytes: int,
+                   smem_bytes: int) -> tuple[int, int]:
+    """(num_warps, num_stages) for a tile: more warps for big accumulators, as many pipeline stages (<= 4) as fit.
+
+    Shared memory: each stage buffers an x tile and a code tile; one decoded tile feeds the MMA. The estimate is
+    a little above what Triton 3.6 allocates for sm_90 (53 KiB vs 52 KiB at 128/128/32 fp16 x 4 stages, 128 KiB vs
+    112 KiB at 256/256/64 x 2), and we keep 10% of the device's `smem_bytes` free.
+    """
+    num_warps = 8 if block_m * block_n >= 128 * 128 else 4
+    per_stage = block_m * block_k * x_bytes + block_k * block_n * code_bytes
+    decoded = block_k * block_n * x_bytes
+    budget = int(0.9 * smem_bytes) - decoded
+    num_stages = max(1, min(4, budget // per_stage))
+    return num_warps, num_stages
+
+
+@functools.lru_cache(maxsize=None)
+def _max_shared_bytes(device_index: int | None) -> int:
+    """Shared memory one program may use on this device (opt-in maximum); 160 KiB for the CPU interpreter."""
+    if device_index is None:
+        return 160 * 1024
+    return int(triton.runtime.driver.active.utils.get_device_properties(device_index)["max_shared_mem"])
+
+
+def _lns_matmul_triton(x: torch.Tensor, weight: LNSWeight, bias: torch.Tensor | None,
+                       block_m: int, block_n: int, block_k: int) -> torch.Tensor:
+    M, K = x.shape
+    N = weight.codes.shape[0]
+    # Offsets inside the kernel are int32: refuse what would overflow them instead of reading wrong memory.
+    for name, extent in (("x", x.stride(0) * max(M - 1, 0) + x.stride(1) * (K - 1)), ("y [M, N]", M * N),
+                         ("weight", weight.codes.stride(0) * (N - 1) + weight.codes.stride(1) * (K - 1))):
+        if extent >= 2**31:
+            raise ValueError(f"{name}: spans {extent} elements, over the kernel's int32 indexing (2^31); "
+                             "split the batch into smaller calls")
+    y = torch.empty((M, N), device=x.device, dtype=x.dtype)
+    if M == 0:
+        return y
+    smem = _max_shared_bytes(x.device.index if x.is_cuda else None)
+    num_warps, num_stages = _launch_config(block_m, block_n, block_k, x.element_size(), weight.codes.element_size(),
+                                           smem)
+    grid = (triton.cdiv(M, block_m) * triton.cdiv(N, block_n),)
+    try:
+        _lns_matmul_kernel[grid](
+            x, weight.codes, weight.offsets, bias if bias is not None else weight.offsets, y,
+            M, N, K,
+            x.stride(0), x.stride(1), weight.codes.stride(0), weight.codes.stride(1), y.stride(0), y.stride(1),
+            2.0 ** -weight.frac_bits, Q=weight.max_code, HAS_BIAS=bias is not None,
+            BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=8, TF32=x.dtype == torch.float32,
+            INTERPRET=_interpreter_on(),
+            num_warps=num_warps, num_stages=num_stages,
+        )
+    except triton.runtime.errors.OutOfResources as e:
+        raise ValueError(
+            f"block sizes (block_m, block_n, block_k) = ({block_m}, {block_n}, {block_k}) need more GPU resources "
+            f"than {torch.cuda.get_device_name(x.device)} has ({e}); choose smaller lns_block_size_m/n/k"
+        ) from e
+    return y
+
+
+# --- public wrapper ----------------------------------------------------------------------------------------------
+
+
+def lns_matmul(
+    x: torch.Tensor, weight: LNSWeight, block_m: int = 128, block_n: int = 128, block_k: int = 32,
+    backend: Literal["auto", "triton", "torch"] = "auto", *, bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`y [M, N] = x [M, K] @ decode(weight) [N, K]^T (+ bias [N])`, output in x's dtype, fp32 accumulation.
+
+    x: fp32 / bf16 / fp16 `[M, K]` (any strides). weight: LNSWeight `[N, K]` on x's device. bias: float `[N]`.
+    block_m/n/k: the Triton kernel's tile sizes, powers of two in 16..256 (checked for every backend).
+    backend: "triton" (on CPU only under TRITON_INTERPRET=1), "torch" (`lns_matmul_ref`), "auto" = triton iff x is
+    on CUDA. Inference only: there is no backward, so an input that would need a gradient raises ValueError.
+    Dot precision: fp16/bf16 x -> the decoded tile is rounded to x's dtype; fp32 x -> fp32 tile, tf32 tensor cores.
+    """
+    validate_block_sizes(block_m, block_n, block_k)
+    if backend not in ("auto", "triton", "torch"):
+        raise ValueError(f"backend: {backend!r} is not supported (allowed: 'auto', 'triton', 'torch')")
+    if not isinstance(weight, LNSWeight):
+        raise ValueError(f"weight: expected an LNSWeight (from lns_encode), got {type(weight).__name__}")
+    if not isinstance(x, torch.Tensor) or x.dim() != 2:
+        raise ValueError(f"x: expected a 2-D tensor [M, K], got {getattr(x, 'shape', type(x).__name__)}")
+    if x.dtype not in _FLOAT_DTYPES:
+        raise ValueError(f"x: dtype {x.dtype} is not supported (allowed: float32, bfloat16, float16)")
+    N, K = weight.codes.shape
+    if x.shape[1] != K:
+        raise ValueError(f"x: has K = {x.shape[1]} columns but the weight [N, K] = [{N}, {K}] expects {K}")
+    if weight.codes.dtype != _CODE_DTYPE.get(weight.bits) or weight.offsets.shape != (N,):
+        raise ValueError(f"weight: inconsistent LNSWeight (codes {weight.codes.dtype} for {weight.bits} bits, "
+                         f"offsets {tuple(weight.offsets.shape)} for N = {N}); build it with lns_encode")
+    if weight.codes.device != x.device or weight.offsets.device != x.device:
+        raise ValueError(f"weight: is on {weight.codes.device} but x is on {x.device}; move it with weight.to(x.device)")
+    if bias is not None:
+        if bias.shape != (N,) or bias.dtype not in _FLOAT_DTYPES or bias.device != x.device:
+            raise ValueError(f"bias: expected a float [{N}] tensor on {x.device}, got {bias.dtype} "
+                             f"{tuple(bias.shape)} on {bias.device}")
+    if torch.is_grad_enabled() and (x.requires_grad or (bias is not None and bias.requires_grad)):
+        raise ValueError("x: requires grad, but lns_matmul is inference-only (no backward); run under "
+                         "torch.no_grad() / torch.inference_mode(), or train with lns_enabled: false")
+    use_triton = backend == "triton" or (backend == "auto" and x.is_cuda)
+    if not use_triton:
+        return lns_matmul_ref(x, weight, bias)
+    if triton is None:
+        raise ValueError("backend: 'triton' was asked for but triton is not installed; pip install triton, "
+                         "or use backend='torch'")
+    if not x.is_cuda and not _interpreter_on():
+        raise ValueError(f"backend: 'triton' on {x.device} needs TRITON_INTERPRET=1 (set before importing triton); "
+                         "or use backend='torch' / 'auto'")
+    return _lns_matmul_triton(x, weight, bias, block_m, block_n, block_k)
+
+
+def _interpreter_on() -> bool:
+    return _INTERPRETED
+
+
+def flops(m: int, n: int, k: int) -> int:
+    """Floating-point operations of one `[M, K] @ [K, N]` matmul (multiply + add = 2)."""
+    return 2 * m * n * k
+
