@@ -1,0 +1,26 @@
+"""`tuner create STUDY.yaml`: validate a study file, then create its study in the storage (presets enqueued)."""
+
+from __future__ import annotations
+
+
+def add_parser(subparsers):
+    p = subparsers.add_parser("create", help="validate a study file and create its study (idempotent)",
+                              description="Validate STUDY.yaml completely, then create the study in the storage "
+                                          "with its presets enqueued; an existing identical study is left as is.")
+    p.add_argument("study_file", metavar="STUDY.yaml", help="study definition (see studies/)")
+    return p
+
+
+def run(args) -> int:
+    from tuner.spec import load_spec
+    from tuner.storage import create_or_load_study, mask_url, storage_from_flag, study_names
+
+    spec = load_spec(args.study_file)  # every spec error surfaces here, before storage is touched
+    url, storage = storage_from_flag(args.storage)
+    existed = spec.name in study_names(storage)
+    study = create_or_load_study(spec, storage)
+    waiting = sum(1 for t in study.get_trials(deepcopy=False) if t.state.name == "WAITING")
+    verb = "exists" if existed else "created"
+    print(f"study {spec.name} {verb} in {mask_url(url)}: objectives {', '.join(spec.metric_names)}, "
+          f"{len(spec.space.params)} parameters, {waiting} enqueued trial(s) waiting")
+    return 0

@@ -1,0 +1,36 @@
+"""`tuner pareto --study NAME [--json]`: the feasible Pareto front (trials within the VRAM ceiling)."""
+
+from __future__ import annotations
+
+import json
+
+
+def add_parser(subparsers):
+    p = subparsers.add_parser("pareto", help="the study's feasible Pareto front")
+    p.add_argument("--study", required=True, metavar="NAME")
+    p.add_argument("--json", action="store_true", help="print a JSON list of trials")
+    return p
+
+
+def run(args) -> int:
+    from tuner.pareto import pareto_front, trial_row
+    from tuner.storage import load_study, storage_from_flag
+
+    _, storage = storage_from_flag(args.storage)
+    study = load_study(args.study, storage)
+    names = study.metric_names or [f"objective{i}" for i in range(len(study.directions))]
+    front = pareto_front(study.get_trials(deepcopy=False), [d.name.lower() for d in study.directions])
+    rows = [trial_row(t, names) for t in front]
+    if args.json:
+        print(json.dumps(rows, sort_keys=True))
+        return 0
+    if not rows:
+        print(f"study {args.study}: no feasible completed trial yet")
+        return 0
+    print("trial  " + "  ".join(f"{n:>14}" for n in names) + "  constraint_gib  params")
+    for r in rows:
+        values = "  ".join(f"{r['values'][n]:>14.6g}" for n in names)
+        c = r["constraint_gib"]
+        params = ", ".join(f"{k}={v}" for k, v in r["params"].items())
+        print(f"{r['number']:>5}  {values}  {('n/a' if c is None else f'{c:+.3f}'):>14}  {params}")
+    return 0

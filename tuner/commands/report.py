@@ -1,0 +1,150 @@
+"""`tuner report --study NAME --out DIR`: Pareto front (PNG + interactive HTML), parameter importances per
+objective, learning curves (when tuner.report_curves is present) and a markdown summary tying them together."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def add_parser(subparsers):
+    p = subparsers.add_parser("report", help="write plots, importances and a markdown summary of a study")
+    p.add_argument("--study", required=True, metavar="NAME")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder to write into (created)")
+    return p
+
+
+def _pareto_png(trials, names, directions, front, out: Path, ceiling_gib: float | None = None) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; never needs a display
+    import matplotlib.pyplot as plt
+
+    from tuner.constraints import is_feasible
+
+    done = [t for t in trials if t.state.name == "COMPLETE" and t.values is not None]
+    fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
+    feas = [t for t in done if is_feasible(t)]
+    infeas = [t for t in done if not is_feasible(t)]
+    x_i, y_i = (0, 1) if len(names) > 1 else (0, 0)
+    if feas:
+        ax.scatter([t.values[x_i] for t in feas], [t.values[y_i] for t in feas], c="0.6", s=18, label="feasible")
+    if infeas:
+        ax.scatter([t.values[x_i] for t in infeas], [t.values[y_i] for t in infeas], c="tab:red", marker="x", s=22,
+                   label="over the VRAM ceiling (infeasible)")
+    if front:
+        pts = sorted((t.values[x_i], t.values[y_i]) for t in front)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", c="tab:blue", ms=5, label="Pareto front")
+    if ceiling_gib is not None and names[y_i] == "peak_vram_gib":
+        ax.axhline(ceiling_gib, ls="--", c="tab:red", lw=1, label=f"ceiling {ceiling_gib:g} GiB")
+    ax.set_xlabel(f"{names[x_i]} ({directions[x_i]})")
+    ax.set_ylabel(f"{names[y_i]} ({directions[y_i]})")
+    ax.set_title("Pareto front (feasible trials)")
+    ax.grid(alpha=0.3)
+    if done:
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no completed trials yet", ha="center", va="center", transform=ax.transAxes)
+    path = out / "pareto_front.png"
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _importances(study, names) -> dict:
+    """Optuna's default evaluator (PED-ANOVA in Optuna 5), which ranks parameters for LOW target values: a
+    maximised objective is negated."""
+    import warnings
+
+    import optuna
+
+    out = {}
+    for i, (name, d) in enumerate(zip(names, study.directions)):
+        sign = -1.0 if d.name == "MAXIMIZE" else 1.0
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                imp = optuna.importance.get_param_importances(study, target=lambda t, i=i, s=sign: s * t.values[i])
+        except (ValueError, RuntimeError) as exc:  # too few trials or no shared parameter: say so in the report
+            out[name] = {"_unavailable": " ".join(str(exc).split())}
+            continue
+        too_few = [str(w.message) for w in caught if "too small" in str(w.message)]
+        if not imp or too_few:  # equal or absent importances carry no information; say why instead
+            out[name] = {"_unavailable": too_few[0] if too_few else "no completed trials yet"}
+        else:
+            out[name] = {k: float(v) for k, v in imp.items()}
+    return out
+
+
+def run(args) -> int:
+    import optuna
+
+    from tuner.commands.status import summarize
+    from tuner.pareto import pareto_front, trial_row
+    from tuner.storage import load_study, mask_url, storage_from_flag
+
+    url, storage = storage_from_flag(args.storage)
+    study = load_study(args.study, storage)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    trials = study.get_trials(deepcopy=False)
+    names = study.metric_names or [f"objective{i}" for i in range(len(study.directions))]
+    directions = [d.name.lower() for d in study.directions]
+    front = pareto_front(trials, directions)
+    summary = summarize(study, storage)
+    files = {"pareto_png": _pareto_png(trials, names, directions, front, out, summary["vram_ceiling_gib"])}
+    if len(names) > 1 and any(t.state.name == "COMPLETE" for t in trials):
+        fig = optuna.visualization.plot_pareto_front(study, target_names=names)
+        files["pareto_html"] = out / "pareto_front.html"
+        fig.write_html(files["pareto_html"], include_plotlyjs=True)  # self-contained: opens offline
+    importances = _importances(study, names)
+    files["importances"] = out / "importances.json"
+    files["importances"].write_text(json.dumps(importances, indent=2, sort_keys=True))
+    try:
+        from tuner.report_curves import write_learning_curves
+    except ImportError:
+        curves = None
+    else:
+        curves = write_learning_curves(trials, out, pareto_numbers=[t.number for t in front])
+    if curves is not None:
+        files["learning_curves"] = Path(curves)
+    (out / "pareto.json").write_text(json.dumps([trial_row(t, names) for t in front], indent=2, sort_keys=True))
+    files["pareto_json"] = out / "pareto.json"
+    md = _markdown(study.study_name, mask_url(url), summary, names, front, importances, files, out)
+    files["summary"] = out / "summary.md"
+    files["summary"].write_text(md)
+    print(f"wrote {len(files)} files to {out}: " + ", ".join(sorted(p.name for p in files.values())))
+    return 0
+
+
+def _markdown(name, url, s, names, front, importances, files, out: Path) -> str:
+    lines = [f"# Study `{name}`", "", f"Storage: `{url}`. VRAM ceiling: {s['vram_ceiling_gib']} GiB (2^30 bytes).", "",
+             "## Trials", "", "| state | count |", "| --- | --- |"]
+    lines += [f"| {k.lower()} | {v} |" for k, v in s["by_state"].items()]
+    lines += ["", "| end reason | count |", "| --- | --- |"]
+    lines += [f"| {k} | {v} |" for k, v in s["by_end_reason"].items()]
+    hv = s["hypervolume"]
+    lines += ["", f"Feasible: {s['feasible']}; over the ceiling (infeasible): {s['infeasible']}; "
+              f"hypervolume: {'n/a' if hv is None else f'{hv:.6g}'} (reference point {s['reference_point']}).", ""]
+    lines += ["## Pareto front (feasible trials)", "", f"![Pareto front]({files['pareto_png'].name})", ""]
+    if "pareto_html" in files:
+        lines += [f"Interactive: [{files['pareto_html'].name}]({files['pareto_html'].name})", ""]
+    if front:
+        lines += ["| trial | " + " | ".join(names) + " | params |", "| --- " * (len(names) + 2) + "|"]
+        for t in front:
+            params = ", ".join(f"{k}={v}" for k, v in t.params.items())
+            lines.append(f"| {t.number} | " + " | ".join(f"{v:.6g}" for v in t.values) + f" | {params} |")
+    else:
+        lines.append("No feasible completed trial yet.")
+    lines += ["", "## Parameter importances (Optuna's default evaluator, PED-ANOVA, per objective)", ""]
+    for metric, imp in importances.items():
+        if "_unavailable" in imp:
+            lines.append(f"- {metric}: unavailable ({imp['_unavailable']})")
+        else:
+            lines.append(f"- {metric}: " + ", ".join(f"{k} {v:.3f}" for k, v in imp.items()))
+    if "learning_curves" in files:
+        rel = files["learning_curves"]
+        rel = rel.relative_to(out) if rel.is_absolute() and out.resolve() in rel.resolve().parents else rel
+        lines += ["", "## Learning curves", "", f"![learning curves]({rel})"]
+    return "\n".join(lines) + "\n"
