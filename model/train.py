@@ -1,0 +1,377 @@
+"""Train one Phase 1 model for a token budget and measure it: validation loss/PPL, peak memory, throughput.
+
+`train_and_evaluate(config, data, train_tokens=..., eval_tokens=..., device=...)` is what a tuning trial runs;
+`evaluate(model, data, eval_tokens, config, device)` is the validation pass on its own. Shapes: B = batch_size,
+L = n_seq, D = d_model, V = vocab_size. Memory in GiB (2^30 bytes).
+
+Precision (`config.dtype`): parameters and optimizer state stay float32; the forward pass runs under autocast.
+"float32": no autocast. "bfloat16": autocast to bfloat16 on CUDA and CPU. "float16": autocast to float16 with a
+GradScaler (dynamic loss scaling against fp16 gradient underflow) on CUDA and, equally, on CPU (PyTorch supports both
+there), so a CPU run exercises the same fp16 path as the GPU rather than silently switching to bfloat16.
+
+Threads: this module never calls `torch.set_num_threads`; the process running trials chooses (on a shared CPU, one
+thread per trial process avoids OpenMP oversubscription, which made tiny CPU steps 5-10x slower in our tests).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+
+from model.config import ConfigError, Phase1Config
+from model.data import DataError, TokenData
+from model.diagnostics import representation_effective_rank
+from model.memory import GIB, TensorMemoryTracker
+
+# Warmup: Adam's second-moment estimates are noise for the first steps, so full-size updates there can throw the
+# HTT cores and the scan decays far off; a short linear ramp (5% of the run, at most 200 steps) avoids it without
+# eating a short tuning budget. Cosine decay to 10% of the peak: a schedule fitted to the run's own length gives
+# (close to) the best final loss for a fixed token budget, so trials are compared at their best.
+WARMUP_FRACTION = 0.05
+MAX_WARMUP_STEPS = 200
+FINAL_LR_FRACTION = 0.1
+# AdamW as in GPT-style LM training: decay matrices/cores (dim >= 2), not gains, biases or per-channel decays.
+BETAS = (0.9, 0.95)
+WEIGHT_DECAY = 0.1
+
+
+@dataclass
+class StepInfo:
+    """One optimizer step, given to `on_step`. Losses are this step's training batch; tokens = tokens trained so far."""
+
+    step: int  # 1-based
+    tokens: int
+    loss: float  # ce_loss + aux_loss
+    ce_loss: float  # nats per token
+    aux_loss: float
+    grad_norm: float  # global gradient norm before clipping
+    lr: float  # learning rate used by this step
+    elapsed_s: float  # training-loop seconds so far (mid-run evaluations excluded)
+
+
+@dataclass
+class EvalInfo:
+    """One validation measurement, given to `on_eval`. tokens = training tokens seen when it was taken (the first
+    multiple of B*L at or past the requested eval point)."""
+
+    tokens: int
+    val_loss: float  # mean cross-entropy, nats per token
+    val_ppl: float  # exp(val_loss)
+    repr_effective_rank: float  # of the final hidden states [B*L, D] on the first validation batch
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    """What one run measured. peak_torch_gib: on CUDA `torch.cuda.max_memory_allocated` over the whole call (build,
+    training, evaluations); on CPU the peak of live tensor bytes counted by `model.memory.TensorMemoryTracker`. On CPU
+    that tracker runs Python code on every op, so CPU tokens_per_s carries its overhead (~1.5x slower at tiny shapes,
+    single thread) and is only comparable between CPU runs."""
+
+    val_loss: float
+    val_ppl: float
+    steps: int
+    train_tokens: int  # tokens actually trained: steps * B * L
+    tokens_per_s: float  # steady-state training loop: first step, evaluations and model build excluded
+    train_time_s: float
+    peak_torch_gib: float
+    peak_memory_kind: str  # "cuda_max_allocated" | "cpu_tensor_bytes"
+    diagnostics: dict[str, Any]
+    param_counts: dict[str, int]
+    curve: list[dict[str, float]]  # EvalInfo dicts, mid-run points and the final evaluation
+    eval_tokens: int  # validation tokens actually scored
+    device: str
+    model: Any = field(default=None, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe (without the model)."""
+        d = {k: v for k, v in asdict(self).items() if k != "model"}
+        return d
+
+
+# --- public API ------------------------------------------------------------------------------------------------------
+
+
+def train_and_evaluate(config: Phase1Config, data: TokenData, *, train_tokens: int, eval_tokens: int,
+                       device: str | torch.device, on_step: Callable[[StepInfo], None] | None = None,
+                       eval_points: Iterable[int] = (), on_eval: Callable[[EvalInfo], None] | None = None,
+                       return_model: bool = False, progress: Callable[[str], None] | bool | None = None) -> TrainResult:
+    """Build `config`'s model, train it on `data.train` for ceil(train_tokens / (B*L)) steps, evaluate on `data.val`.
+
+    Batches: B windows of L+1 tokens at uniform random offsets (a numpy generator seeded by `config.seed`; inputs are
+    the first L, targets the last L). `eval_points`: training-token counts (each <= train_tokens) at which validation is
+    measured mid-run and passed to `on_eval`; an exception raised by `on_step` or `on_eval` propagates (the tuner stops
+    a trial that way). `progress`: a callable receiving a status line about every 10% of the run, or True to print
+    them to stderr.
+    Raises ConfigError (untrainable config, vocab mismatch), DataError (too little data for n_seq), ValueError (bad
+    budgets), NumericalInstabilityError (from the stability monitor).
+    """
+    config.check_trainable()  # before anything is built: LNS models are inference only
+    _check_inputs(config, data, train_tokens, eval_tokens)
+    dev = torch.device(device)
+    tokens_per_step = config.batch_size * config.n_seq
+    steps = math.ceil(train_tokens / tokens_per_step)
+    points = sorted({int(p) for p in eval_points})
+    if points and (points[0] < 1 or points[-1] > train_tokens):
+        raise ValueError(f"eval_points: {points} must lie in 1 .. train_tokens = {train_tokens}")
+    say = _progress_fn(progress)
+
+    devices = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
+    tracker = TensorMemoryTracker(dev.type) if dev.type != "cuda" else None
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    # fork_rng: seed parameter init from config.seed without disturbing the caller's global RNG state.
+    with torch.random.fork_rng(devices=devices), (tracker if tracker is not None else nullcontext()):
+        torch.manual_seed(config.seed)
+        if dev.type == "cuda":
+            torch.cuda.manual_seed_all(config.seed)
+        run = _Run(config, data, dev, steps, eval_tokens, say)
+        curve, loop_s = run.train(points, on_step, on_eval)
+        tokens_per_s = run.tokens_per_s(loop_s)
+        final = run.final_eval(curve)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+            peak_bytes, kind = torch.cuda.max_memory_allocated(dev), "cuda_max_allocated"
+        else:
+            peak_bytes, kind = tracker.peak_bytes, "cpu_tensor_bytes"
+    diagnostics = run.diagnostics(final)
+    say(f"train: done, val_loss {final['val_loss']:.4f} (ppl {final['val_ppl']:.2f}), "
+        f"{tokens_per_s:.0f} tokens/s, peak {peak_bytes / GIB:.3f} GiB ({kind})")
+    return TrainResult(
+        val_loss=final["val_loss"], val_ppl=final["val_ppl"], steps=steps, train_tokens=steps * tokens_per_step,
+        tokens_per_s=tokens_per_s, train_time_s=loop_s,
+        peak_torch_gib=peak_bytes / GIB, peak_memory_kind=kind, diagnostics=diagnostics,
+        param_counts=dict(run.model.param_counts()), curve=curve, eval_tokens=final["eval_tokens"], device=str(dev),
+        model=run.model if return_model else None,
+    )
+
+
+def evaluate(model: torch.nn.Module, data: TokenData, eval_tokens: int, config: Phase1Config,
+             device: str | torch.device) -> tuple[float, float]:
+    """Mean validation cross-entropy over the first ceil(eval_tokens / L) windows of `data.val` -> (val_loss, val_ppl).
+
+    Windows are consecutive and non-overlapping (inputs val[kL : kL+L], targets shifted by one), so every scored token
+    is scored once and the result is deterministic; capped to the windows `data.val` holds.
+    """
+    result = _evaluate(model, data, eval_tokens, config, torch.device(device))
+    return result["val_loss"], result["val_ppl"]
+
+
+# --- internals -------------------------------------------------------------------------------------------------------
+
+
+def _check_inputs(config: Phase1Config, data: TokenData, train_tokens: int, eval_tokens: int) -> None:
+    for name, value in (("train_tokens", train_tokens), ("eval_tokens", eval_tokens)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}: {value!r} must be a positive integer")
+    if data.vocab_size != config.vocab_size:
+        raise ConfigError(f"vocab_size: the config has {config.vocab_size} but the data was tokenised for "
+                          f"{data.vocab_size}; prepare the data with vocab_size={config.vocab_size}")
+    if data.n_train_tokens < config.n_seq + 1:
+        raise DataError(f"data: {data.n_train_tokens} training tokens cannot fill one window of n_seq + 1 = "
+                        f"{config.n_seq + 1}; raise data.max_bytes or lower n_seq")
+    if data.n_val_tokens < config.n_seq + 1:
+        raise DataError(f"data: {data.n_val_tokens} validation tokens cannot fill one window of n_seq + 1 = "
+                        f"{config.n_seq + 1}; raise data.max_bytes or data.val_fraction, or lower n_seq")
+
+
+def _autocast(config: Phase1Config, dev: torch.device):
+    if config.dtype == "float32":
+        return nullcontext()
+    return torch.autocast(dev.type, dtype=getattr(torch, config.dtype))
+
+
+def _windows(tokens: np.ndarray, starts: np.ndarray, length: int, dev: torch.device) -> torch.Tensor:
+    """tokens[s : s + length] for each start -> int64 [len(starts), length] on `dev`."""
+    idx = starts[:, None] + np.arange(length)[None, :]
+    batch = torch.from_numpy(np.asarray(tokens[idx], dtype=np.int32))
+    # the int64 cast is a torch op, so the CPU memory tracker counts the batch
+    return batch.to(dev, non_blocking=True).long()
+
+
+def _evaluate(model: torch.nn.Module, data: TokenData, eval_tokens: int, config: Phase1Config,
+              dev: torch.device) -> dict[str, Any]:
+    L = config.n_seq
+    n_windows = min(math.ceil(eval_tokens / L), (data.n_val_tokens - 1) // L)
+    starts = np.arange(n_windows, dtype=np.int64) * L
+    was_training = model.training
+    model.eval()
+    total, count, rank, diag_sums = 0.0, 0, float("nan"), {}
+    try:
+        with torch.no_grad(), _autocast(config, dev):
+            for b0 in range(0, n_windows, config.batch_size):
+                win = _windows(data.val, starts[b0:b0 + config.batch_size], L + 1, dev)
+                out = model(win[:, :-1], win[:, 1:])
+                n = win.shape[0] * L
+                total += float(out.ce_loss.float()) * n
+                count += n
+                for k, v in (out.diagnostics or {}).items():
+                    diag_sums[k] = diag_sums.get(k, 0.0) + float(v) * n
+                if b0 == 0:  # the fixed validation batch: the first one
+                    rank = representation_effective_rank(out.hidden.reshape(-1, out.hidden.shape[-1]))
+    finally:
+        model.train(was_training)
+    val_loss = total / count
+    return {"val_loss": val_loss, "val_ppl": math.exp(val_loss) if val_loss < 700 else float("inf"),
+            "repr_effective_rank": rank, "eval_tokens": count,
+            "model_diagnostics": {k: v / count for k, v in diag_sums.items()}}
+
+
+class _Run:
+    """The model, optimizer, schedule and batch generator of one training run, and what it measured."""
+
+    def __init__(self, config: Phase1Config, data: TokenData, dev: torch.device, steps: int, eval_tokens: int,
+                 say: Callable[[str], None]):
+        from model.lm import build_model
+        from model.stability import StabilityMonitor
+
+        self.config, self.data, self.dev, self.steps, self.say = config, data, dev, steps, say
+        self.eval_tokens = eval_tokens
+        self._last_eval: tuple[int, dict[str, Any]] | None = None  # (tokens, result) of the latest evaluation
+        self.model = build_model(config).to(dev)
+        self.model.train()
+        self.monitor = StabilityMonitor(config)
+        decay = [p for p in self.model.parameters() if p.requires_grad and p.dim() >= 2]
+        no_decay = [p for p in self.model.parameters() if p.requires_grad and p.dim() < 2]
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": WEIGHT_DECAY}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=config.learning_rate, betas=BETAS, fused=dev.type == "cuda",
+        )
+        self.warmup = max(1, min(MAX_WARMUP_STEPS, round(WARMUP_FRACTION * steps)))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        self.scaler = torch.amp.GradScaler(dev.type, enabled=config.dtype == "float16")
+        self.rng = np.random.default_rng(config.seed)
+        self.checks: list[dict[str, float]] = []
+        self.first_loss = self.last_loss = float("nan")
+        self.eval_s = 0.0  # seconds spent in mid-run evaluations (excluded from the loop time)
+        self.first_step_s = float("nan")
+
+    def _lr_factor(self, step: int) -> float:
+        """LR multiplier for optimizer step `step` (0-based): linear warmup, then cosine to FINAL_LR_FRACTION."""
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        progress = (step - self.warmup) / max(1, self.steps - self.warmup)
+        return FINAL_LR_FRACTION + (1 - FINAL_LR_FRACTION) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    def _batch(self) -> torch.Tensor:
+        c = self.config
+        starts = self.rng.integers(0, self.data.n_train_tokens - (c.n_seq + 1) + 1, size=c.batch_size)
+        return _windows(self.data.train, starts, c.n_seq + 1, self.dev)
+
+    def train(self, points: list[int], on_step, on_eval) -> tuple[list[dict[str, float]], float]:
+        c, model = self.config, self.model
+        tokens_per_step = c.batch_size * c.n_seq
+        curve: list[dict[str, float]] = []
+        pending = list(points)
+        report_every = max(1, self.steps // 10)
+        self.say(f"train: {self.steps} steps of {tokens_per_step} tokens on {self.dev}")
+        t_start = time.perf_counter()
+        for step in range(1, self.steps + 1):
+            win = self._batch()
+            with _autocast(c, self.dev):
+                out = model(win[:, :-1], win[:, 1:])
+            loss = out.loss
+            self.monitor.check_finite(loss, step)  # non-finite loss: every step, raises
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
+            # fp16: an overflowing step has a non-finite norm; the scaler skips that step and lowers its scale
+            grad_norm = float(self.monitor.clip_gradients(model, allow_nonfinite=self.scaler.is_enabled()))
+            lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            # every step: parameters finite; det/Schatten only when enabled and step % stability_check_every == 0
+            measured = self.monitor.check(model, step)
+            if measured:
+                self.checks.append(dict(measured))
+            loss_f = float(loss.detach().float())
+            if step == 1:
+                self.first_loss = loss_f
+            self.last_loss = loss_f
+            tokens = step * tokens_per_step
+            if step == 1:
+                if self.dev.type == "cuda":
+                    torch.cuda.synchronize(self.dev)
+                self.first_step_s = time.perf_counter() - t_start
+            elapsed = time.perf_counter() - t_start - self.eval_s
+            if on_step is not None:
+                on_step(StepInfo(step=step, tokens=tokens, loss=loss_f, ce_loss=float(out.ce_loss.detach().float()),
+                                 aux_loss=float(torch.as_tensor(out.aux_loss).detach().float()), grad_norm=grad_norm,
+                                 lr=lr, elapsed_s=elapsed))
+            if step % report_every == 0:
+                self.say(f"train: step {step}/{self.steps}, loss {loss_f:.4f}, {tokens / max(elapsed, 1e-9):.0f} tok/s")
+            if pending and tokens >= pending[0]:
+                while pending and tokens >= pending[0]:
+                    pending.pop(0)
+                t_eval = time.perf_counter()
+                if self.dev.type == "cuda":
+                    torch.cuda.synchronize(self.dev)
+                info = self._eval_info(tokens)
+                curve.append(info.to_dict())
+                self.eval_s += time.perf_counter() - t_eval
+                self.say(f"train: eval at {tokens} tokens: val_loss {info.val_loss:.4f}, ppl {info.val_ppl:.2f}")
+                if on_eval is not None:
+                    on_eval(info)
+        if self.dev.type == "cuda":
+            torch.cuda.synchronize(self.dev)
+        loop_s = time.perf_counter() - t_start - self.eval_s
+        return curve, loop_s
+
+    def tokens_per_s(self, loop_s: float) -> float:
+        """Steady-state training throughput: the first step (Triton compilation, autotuning, allocator warm-up, a
+        one-off cost of seconds on a GPU) is left out when there are more steps; evaluations are never counted."""
+        tokens_per_step = self.config.batch_size * self.config.n_seq
+        if self.steps > 1 and loop_s > self.first_step_s:
+            return (self.steps - 1) * tokens_per_step / (loop_s - self.first_step_s)
+        return self.steps * tokens_per_step / max(loop_s, 1e-9)
+
+    def _eval_info(self, tokens: int) -> EvalInfo:
+        # mid-run evaluations score the same windows as the final one, so the curve's points are comparable
+        r = _evaluate(self.model, self.data, self.eval_tokens, self.config, self.dev)
+        self._last_eval = (tokens, r)
+        return EvalInfo(tokens=tokens, val_loss=r["val_loss"], val_ppl=r["val_ppl"],
+                        repr_effective_rank=r["repr_effective_rank"])
+
+    def final_eval(self, curve: list[dict[str, float]]) -> dict[str, Any]:
+        """Validation after the last step; reuses a mid-run evaluation taken after that same step."""
+        total_tokens = self.steps * self.config.batch_size * self.config.n_seq
+        if self._last_eval is not None and self._last_eval[0] == total_tokens:
+            return self._last_eval[1]
+        r = _evaluate(self.model, self.data, self.eval_tokens, self.config, self.dev)
+        curve.append(EvalInfo(tokens=total_tokens, val_loss=r["val_loss"], val_ppl=r["val_ppl"],
+                              repr_effective_rank=r["repr_effective_rank"]).to_dict())
+        return r
+
+    def diagnostics(self, final: dict[str, Any]) -> dict[str, Any]:
+        d: dict[str, Any] = dict(final["model_diagnostics"])  # effective_rank, gate_sparsity, ... on validation
+        d["repr_effective_rank"] = final["repr_effective_rank"]
+        d["grad_clip_fraction"] = float(self.monitor.clip_fraction)
+        d["train_loss_first"] = self.first_loss
+        d["train_loss_last"] = self.last_loss
+        d["warmup_steps"] = self.warmup
+        d["first_step_s"] = self.first_step_s
+        d["stability_checks"] = len(self.checks)
+        for key, pick in (("det_min", min), ("s1_max", max), ("s2_max", max)):
+            values = [ch[key] for ch in self.checks if key in ch and ch[key] is not None]
+            d[key] = float(pick(values)) if values else None
+        if self.config.dtype == "float16":
+            d["loss_scale_final"] = float(self.scaler.get_scale())
+        return d
+
+
+def _progress_fn(progress: Callable[[str], None] | bool | None) -> Callable[[str], None]:
+    if progress is True:
+        return lambda line: print(line, file=sys.stderr, flush=True)
+    if callable(progress):
+        return progress
+    return lambda line: None
