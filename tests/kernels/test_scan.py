@@ -1,0 +1,179 @@
+"""kernels/scan.py: Triton kernels (interpreter on CPU) and the torch backend against a float64 reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kernels import scan
+from kernels.scan import gated_scan, gated_scan_ref
+
+# Tolerances per input dtype, against the float64 reference: fp32 accumulates in fp32; bf16/fp16 round every
+# input and output (bf16 has 8 significant bits, fp16 11).
+TOL = {
+    torch.float32: dict(rtol=1e-5, atol=1e-5),
+    torch.bfloat16: dict(rtol=2e-2, atol=2e-2),
+    torch.float16: dict(rtol=4e-3, atol=4e-3),
+}
+
+
+def assert_close(name, out, ref, dtype):
+    assert torch.isfinite(out).all(), f"{name}: non-finite values (an element was not written?)"
+    torch.testing.assert_close(out.double(), ref.double(), **TOL[dtype], msg=lambda m: f"{name}: {m}")
+
+
+@pytest.fixture(autouse=True)
+def poison_empty(monkeypatch):
+    """Outputs the kernels allocate with torch.empty/empty_like start as NaN, so an unwritten element fails."""
+    empty, empty_like = torch.empty, torch.empty_like
+
+    def nan_fill(t):
+        return t.fill_(float("nan")) if t.is_floating_point() else t
+
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: nan_fill(empty(*a, **k)))
+    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: nan_fill(empty_like(*a, **k)))
+
+
+def make(B, L, R, dtype, a_kind, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    u = torch.randn(B, L, R, generator=gen).to(dtype)
+    g = torch.sigmoid(torch.randn(B, L, R, generator=gen)).to(dtype)
+    v = torch.randn(B, L, R, generator=gen).to(dtype)
+    a = torch.ones(R) if a_kind == "one" else torch.rand(R, generator=gen) * 0.99 + 0.01  # a in (0, 1)
+    dy = torch.randn(B, L, R, generator=gen).to(dtype)
+    return u, g, v, a, dy
+
+
+def ref64(u, g, v, a, dy):
+    """Output and the four gradients of the step-by-step reference, in float64."""
+    leaves = [t.detach().double().requires_grad_(True) for t in (u, g, v, a)]
+    y = gated_scan_ref(*leaves)
+    return (y, *torch.autograd.grad(y, leaves, dy.double()))
+
+
+def run_triton(u, g, v, a, dy):
+    leaves = [t.detach().clone().requires_grad_(True) for t in (u, g, v, a)]
+    y = gated_scan(*leaves, backend="triton")
+    return (y, *torch.autograd.grad(y, leaves, dy))
+
+
+CASES = [  # (B, L, R, dtype, a): odd lengths hit the row masks, R not a power of two the lane masks
+    (1, 63, 5, torch.float32, "rand"),
+    (2, 130, 24, torch.float32, "rand"),
+    (1, 63, 40, torch.float32, "rand"),  # two channel blocks of 32
+    (2, 130, 5, torch.bfloat16, "rand"),
+    (3, 63, 24, torch.bfloat16, "one"),
+    (1, 63, 5, torch.float16, "rand"),
+]
+
+
+@pytest.mark.parametrize("B,L,R,dtype,a_kind", CASES,
+                         ids=[f"B{b}-L{l}-R{r}-{str(d)[6:]}-a_{k}" for b, l, r, d, k in CASES])
+def test_triton_matches_reference(B, L, R, dtype, a_kind):
+    u, g, v, a, dy = make(B, L, R, dtype, a_kind)
+    out = run_triton(u, g, v, a, dy)
+    ref = ref64(u, g, v, a, dy)
+    assert out[0].dtype == dtype and out[0].shape == (B, L, R)
+    for name, o, r in zip(("y", "du", "dg", "dv", "da"), out, ref):
+        # da sums B*L terms of size ~1: compare it relative to that scale.
+        scale = max(1.0, r.abs().max().item()) if name == "da" else 1.0
+        assert_close(name, o / scale, r / scale, dtype)
+    assert out[4].dtype == a.dtype
+
+
+def test_a_one_is_gated_cumsum():
+    """With a = 1 the scan is the guide's formulation y = g*v*cumsum(g*u), exactly so in float64."""
+    u, g, v, a, _ = make(2, 63, 5, torch.float32, "one", seed=3)
+    expect = (g * v * torch.cumsum(g * u, dim=1)).double()
+    u64, g64, v64 = u.double(), g.double(), v.double()
+    assert torch.equal(gated_scan_ref(u64, g64, v64, a.double()), g64 * v64 * torch.cumsum(g64 * u64, dim=1))
+    assert_close("triton", gated_scan(u, g, v, a, backend="triton"), expect, torch.float32)
+    assert_close("torch", gated_scan(u, g, v, a, backend="torch"), expect, torch.float32)
+
+
+def test_decay_below_one_differs_from_cumsum():
+    """a < 1 really decays the state (a kernel that ignored a would pass the a = 1 tests)."""
+    u, g, v, a, _ = make(1, 63, 5, torch.float32, "rand", seed=4)
+    y = gated_scan(u, g, v, a * 0.5, backend="triton")
+    assert not torch.allclose(y, g * v * torch.cumsum(g * u, dim=1), rtol=1e-2, atol=1e-2)
+    assert_close("y", y, ref64(u, g, v, a * 0.5, torch.zeros_like(u))[0], torch.float32)
+
+
+def test_look_back_walks_aggregates_across_windows():
+    """No chunk publishes an inclusive prefix: every carry is summed from aggregates, WINDOW=2 at a time over
+    9 chunks, forward and backward (on the GPU this is the path taken while predecessors are still running)."""
+    u, g, v, a, dy = make(2, 130, 5, torch.float32, "rand", seed=5)
+    meta = {"PUBLISH_INCLUSIVE": False}
+    y, carry, tiles = scan._scan_fwd(u, g, v, a, True, tiles=(16, 8, 1, 2), meta=meta)
+    grads = scan._scan_bwd(dy, u, g, v, a, carry, tiles, meta=meta)
+    for name, o, r in zip(("y", "du", "dg", "dv", "da"), (y, *grads), ref64(u, g, v, a, dy)):
+        scale = max(1.0, r.abs().max().item()) if name == "da" else 1.0
+        assert_close(name, o / scale, r / scale, torch.float32)
+
+
+def test_non_contiguous_inputs():
+    u, g, v, a, _ = make(1, 5, 63, torch.float32, "rand", seed=6)
+    ut, gt, vt = (t.transpose(1, 2) for t in (u, g, v))  # [1, 63, 5] views, not contiguous
+    assert_close("y", gated_scan(ut, gt, vt, a[:5], backend="triton"),
+                 gated_scan_ref(ut.double(), gt.double(), vt.double(), a[:5].double()), torch.float32)
+
+
+@pytest.mark.parametrize("L", [1, 63, 130])
+def test_torch_backend_matches_reference_float64(L):
+    u, g, v, a, dy = make(2, L, 5, torch.float64, "rand", seed=7)
+    a = a.double()
+    leaves = [t.clone().requires_grad_(True) for t in (u, g, v, a)]
+    y = gated_scan(*leaves, backend="torch")
+    out = (y, *torch.autograd.grad(y, leaves, dy))
+    for name, o, r in zip(("y", "du", "dg", "dv", "da"), out, ref64(u, g, v, a, dy)):
+        torch.testing.assert_close(o, r, rtol=1e-10, atol=1e-10, msg=lambda m: f"{name}: {m}")
+
+
+def test_auto_on_cpu_uses_torch_backend_and_keeps_dtype():
+    u, g, v, a, _ = make(1, 63, 5, torch.bfloat16, "rand", seed=8)
+    y = gated_scan(u, g, v, a)
+    assert y.dtype == torch.bfloat16
+    assert torch.equal(y, scan._gated_scan_torch(u, g, v, a))
+
+
+@pytest.mark.parametrize("case,match", [
+    ("u_2d", r"u must be \[B, L, R\], got shape \(63, 5\)"),
+    ("g_shape", r"g shape \(1, 62, 5\) != u shape \(1, 63, 5\)"),
+    ("a_shape", r"a must be \[R\] = \[5\], got shape \(4,\)"),
+    ("int_dtype", r"dtype torch.int64 is not supported"),
+    ("mixed_dtype", r"v dtype torch.bfloat16 != u dtype torch.float32"),
+    ("f64_triton", r"dtype torch.float64 is not supported with backend='triton'"),
+    ("backend", r"backend='cuda' is not one of"),
+    ("device", r"a is on meta but u is on cpu"),
+    ("not_tensor", r"g must be a torch.Tensor, got list"),
+])
+def test_validation_errors_name_the_value(case, match):
+    u, g, v, a, _ = make(1, 63, 5, torch.float32, "rand")
+    kw = {"backend": "triton"}
+    if case == "u_2d":
+        u = u[0]
+    elif case == "g_shape":
+        g = g[:, :62]
+    elif case == "a_shape":
+        a = a[:4]
+    elif case == "int_dtype":
+        u, g, v = (t.long() for t in (u, g, v))
+    elif case == "mixed_dtype":
+        v = v.bfloat16()
+    elif case == "f64_triton":
+        u, g, v = (t.double() for t in (u, g, v))
+    elif case == "backend":
+        kw = {"backend": "cuda"}
+    elif case == "device":
+        a = torch.empty(5, device="meta")
+    elif case == "not_tensor":
+        g = g.tolist()
+    with pytest.raises(ValueError, match=match):
+        gated_scan(u, g, v, a, **kw)
+
+
+def test_triton_on_cpu_without_interpreter_is_refused(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    u, g, v, a, _ = make(1, 3, 5, torch.float32, "rand")
+    with pytest.raises(ValueError, match="needs CUDA tensors, got device cpu"):
+        gated_scan(u, g, v, a, backend="triton")
