@@ -177,3 +177,16 @@ def test_triton_on_cpu_without_interpreter_is_refused(monkeypatch):
     u, g, v, a, _ = make(1, 3, 5, torch.float32, "rand")
     with pytest.raises(ValueError, match="needs CUDA tensors, got device cpu"):
         gated_scan(u, g, v, a, backend="triton")
+
+
+def test_torch_backend_accumulates_in_fp32_under_cpu_autocast():
+    """CPU autocast must not push the torch path's einsum into bf16: the result matches the fp32 reference."""
+    torch.manual_seed(3)
+    u, g, v = (torch.randn(2, 130, 6) for _ in range(3))
+    a = torch.rand(6) * 0.5 + 0.5
+    expected = gated_scan_ref(u.double(), g.double(), v.double(), a.double())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = gated_scan(u, g, v, a, backend="torch")
+    assert got.dtype == torch.float32
+    err = (got.double() - expected).norm() / expected.norm()
+    assert err < 1e-5, err
