@@ -1,0 +1,48 @@
+"""`tuner run STUDY.yaml`: create the study if needed and run its trials with one local worker (the main job).
+
+    tuner run studies/quickstart.yaml [--storage URL] [--n-trials N] [--gpu N]
+
+Shows progress (trials done / total, the current trial's step and loss) and one line per finished trial.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("run", help="create the study if needed and run its trials with one local worker",
+                              description=__doc__.split("\n\n")[0])
+    p.add_argument("study_file", metavar="STUDY.yaml", help="study definition, e.g. studies/quickstart.yaml")
+    p.add_argument("--n-trials", type=int, default=None,
+                   help="trials the study should hold in total (default: the file's n_trials)")
+    p.add_argument("--gpu", type=int, default=None, help="physical GPU index to run on (default: the visible one)")
+    p.add_argument("--cache-dir", default=None, help="tokenized-data cache (default: .phase1_cache in the cwd)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads per trial on CPU (default 1: avoids oversubscribing shared cores; 0 = torch's "
+                        "default); ignored on a GPU")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from tuner.spec import load_spec
+    from tuner.storage import mask_url, resolve_storage_url
+
+    spec = load_spec(args.study_file)  # every spec error before storage or a GPU is touched
+    url = resolve_storage_url(getattr(args, "storage", None))
+    n_total = args.n_trials if args.n_trials is not None else spec.n_trials
+    from tuner.commands.worker import ProgressDisplay, quiet_optuna
+    from tuner.worker import run_worker
+
+    quiet_optuna()
+    display = ProgressDisplay(spec, n_total)
+    display.console.print(f"study [bold]{spec.name}[/] on {mask_url(url)}: {n_total} trials, ceiling "
+                          f"{spec.vram_ceiling_gib:g} GiB, sampler {spec.sampler.name}")
+    with display:
+        code = run_worker(spec, url, gpu=args.gpu, n_trials=n_total, cache_dir=args.cache_dir,
+                          cpu_threads=args.threads or None, on_progress=display.progress,
+                          on_trial_start=display.trial_start, on_trial_end=display.trial_end)
+    display.summary(url)
+    return code

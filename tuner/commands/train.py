@@ -1,0 +1,159 @@
+"""`tuner train --preset FILE|NAME`: rebuild a preset's config and train it with the tuner's data and trial runner.
+
+    tuner train --preset best.yaml [--json]                       # data and budget from the preset's provenance
+    tuner train --preset 8gb --study studies/phase1_8gb.yaml      # data and budget from a study file
+    tuner train --preset best.yaml --data stdlib --train-tokens 200000 --eval-tokens 50000
+
+The run goes through the same child process, VRAM guard and measurements as a tuning trial, with the config's
+`target_vram_gb` as the ceiling (enforced on a GPU; on CPU the peak is the labelled tensor-bytes figure and is
+only compared). `--json` prints ONE JSON line: val_ppl, peak_vram_gib, peak_vram_kind, end_reason, ...
+Where each setting comes from, first found wins: the flag, the preset's provenance (`data`, `train_tokens`,
+`eval_tokens`, written by `tuner export`), the --study file, the defaults (stdlib text, 200000 / 50000 tokens).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+DEFAULT_TRAIN_TOKENS = 200_000
+DEFAULT_EVAL_TOKENS = 50_000
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("train", help="train a preset's config (exported file or built-in name)",
+                              description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", required=True, help="preset file written by `tuner export`, or 8gb, 10gb, 24gb, "
+                                                   "inference")
+    p.add_argument("--json", action="store_true", help="print one JSON line with val_ppl and peak_vram_gib")
+    p.add_argument("--study", default=None, help="study file whose data: and budget: to use")
+    p.add_argument("--data", default=None,
+                   help="'stdlib', a path to text files, or a YAML mapping like the study's data: section")
+    p.add_argument("--train-tokens", type=int, default=None, help="training tokens")
+    p.add_argument("--eval-tokens", type=int, default=None, help="validation tokens")
+    p.add_argument("--timeout-s", type=float, default=24 * 3600.0, help="wall-clock limit, s")
+    p.add_argument("--gpu", type=int, default=None, help="physical GPU index to train on")
+    p.add_argument("--cache-dir", default=None, help="tokenized-data cache (default: .phase1_cache in the cwd)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads per trial on CPU (default 1: avoids oversubscribing shared cores; 0 = torch's "
+                        "default); ignored on a GPU")
+    p.set_defaults(func=run)
+    return p
+
+
+def parse_data(text: str):
+    """--data value -> model.data.DataSource. 'stdlib' | a path | a YAML mapping (study `data:` syntax)."""
+    import yaml
+
+    from model.data import DataSource
+
+    value = yaml.safe_load(text) if text.strip().startswith("{") else text
+    if isinstance(value, dict):
+        mapping = dict(value)
+        mapping["kind"] = mapping.pop("source", mapping.get("kind", "stdlib"))
+        return DataSource.from_dict(mapping, where="--data")
+    if value == "stdlib":
+        return DataSource(kind="stdlib")
+    return DataSource(kind="files", path=str(value))
+
+
+def _settings(args, preset) -> tuple[Any, int, int, str]:
+    """(DataSource, train_tokens, eval_tokens, where they came from)."""
+    from model.data import DataSource
+
+    prov = preset.provenance
+    spec = None
+    if args.study is not None:
+        from tuner.spec import load_spec
+
+        spec = load_spec(args.study)
+    if args.data is not None:
+        data, src = parse_data(args.data), "--data"
+    elif isinstance(prov.get("data"), dict):
+        data, src = DataSource.from_dict(prov["data"], where=f"{preset.source}: provenance.data"), "provenance"
+    elif spec is not None:
+        data, src = spec.data, args.study
+    else:
+        data, src = DataSource(kind="stdlib"), "default"
+    train = args.train_tokens or prov.get("train_tokens") or (spec.budget.train_tokens if spec else None) \
+        or DEFAULT_TRAIN_TOKENS
+    evals = args.eval_tokens or prov.get("eval_tokens") or (spec.budget.eval_tokens if spec else None) \
+        or DEFAULT_EVAL_TOKENS
+    return data, int(train), int(evals), src
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tuner.errors import TunerError
+    from tuner.preset import load_preset
+
+    preset = load_preset(args.preset)
+    config = preset.config
+    data, train_tokens, eval_tokens, data_from = _settings(args, preset)
+    data.check()
+    ceiling = float(config.target_vram_gb)
+
+    from tuner.trial_runner import TrialRunner
+
+    runner = TrialRunner(gpu=args.gpu, cache_dir=args.cache_dir or Path.cwd() / ".phase1_cache",
+                         cpu_threads=args.threads or None)
+
+    def progress(msg: dict[str, Any]) -> None:
+        if not args.json:
+            print(f"step {msg['step']} tokens {msg['tokens']} loss {msg['loss']:.4f}", file=sys.stderr, flush=True)
+
+    try:
+        if not args.json:
+            print(f"train: {preset.source}, data {data.describe()} ({data_from}), {train_tokens} train / "
+                  f"{eval_tokens} eval tokens, ceiling {ceiling:g} GiB", file=sys.stderr, flush=True)
+        outcome = runner.run({"config": config.to_dict(), "data": data, "train_tokens": train_tokens,
+                              "eval_tokens": eval_tokens, "ceiling_gib": ceiling, "eval_points": [],
+                              "pruning": None, "trial_number": None, "fault": None},
+                             args.timeout_s, on_progress=progress)
+        device = runner.device
+    finally:
+        runner.close()
+    line = _summary(outcome, device, ceiling, train_tokens, eval_tokens, preset)
+    if args.json:
+        print(json.dumps(line), flush=True)
+    else:
+        for k, v in line.items():
+            print(f"{k:>16}: {v}")
+    if line["end_reason"] not in ("complete",):
+        if args.json:
+            return 1
+        raise TunerError(f"train: {preset.source}: ended with {line['end_reason']}: {line.get('error_summary', '')}")
+    return 0
+
+
+def _summary(outcome: dict[str, Any], device: str, ceiling: float, train_tokens: int, eval_tokens: int,
+             preset) -> dict[str, Any]:
+    kind = outcome["kind"]
+    line: dict[str, Any] = {"val_ppl": None, "peak_vram_gib": None, "peak_vram_kind": None, "end_reason": kind,
+                            "ceiling_gib": ceiling, "device": outcome.get("device_name"), "train_tokens": train_tokens,
+                            "eval_tokens": eval_tokens, "preset": preset.source}
+    if kind == "complete":
+        r = outcome["result"]
+        if device == "cuda" and outcome.get("nvml_pid_seen"):
+            peak, peak_kind = outcome["nvml_peak_gib"], "nvml_process"
+        elif device == "cuda":
+            peak, peak_kind = r["peak_torch_gib"], "cuda_max_allocated_nvml_pid_unseen"
+        else:
+            peak, peak_kind = r["peak_torch_gib"], "cpu_tensor_bytes"
+        line.update(val_ppl=r["val_ppl"], val_loss=r["val_loss"], peak_vram_gib=peak, peak_vram_kind=peak_kind,
+                    torch_peak_gib=r["peak_torch_gib"], tokens_per_s=r["tokens_per_s"], steps=r["steps"],
+                    params_total=int(sum(v for k, v in (r.get("param_counts") or {}).items()
+                                             if k != "total")))
+        if peak > ceiling:
+            line["end_reason"] = "vram_ceiling"  # CPU only: the GPU guard stops the run instead
+            line["error_summary"] = f"peak {peak:.3f} GiB > target_vram_gb {ceiling:g}"
+        if preset.provenance.get("val_ppl") is not None:
+            line["preset_val_ppl"] = preset.provenance["val_ppl"]
+            line["ppl_rel_diff"] = abs(r["val_ppl"] - preset.provenance["val_ppl"]) / preset.provenance["val_ppl"]
+    else:
+        line["peak_vram_gib"] = outcome.get("peak_gib") or outcome.get("nvml_peak_gib")
+        line["error_summary"] = outcome.get("error_summary")
+    return line

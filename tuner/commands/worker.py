@@ -1,0 +1,111 @@
+"""`tuner worker --study NAME`: one worker process (one GPU) on a study already in storage.
+
+    tuner worker --study NAME [--storage URL] [--gpu N] [--n-trials N]
+
+Runs until the study holds its n_trials trials (shared with every other worker) or SIGTERM (the current trial
+ends as `interrupted` and is re-enqueued; exit 0). Also holds the progress display `tuner run` uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("worker", help="run trials of a study in storage (one process, one GPU)",
+                              description=__doc__.split("\n\n")[0])
+    p.add_argument("--study", required=True, help="study name (as created by `tuner create` / `tuner run`)")
+    p.add_argument("--gpu", type=int, default=None, help="physical GPU index (NVML numbering) to pin this worker to")
+    p.add_argument("--n-trials", type=int, default=None,
+                   help="trials the study should hold in total, shared by all workers (default: the spec's)")
+    p.add_argument("--cache-dir", default=None, help="tokenized-data cache (default: .phase1_cache in the cwd)")
+    p.add_argument("--quiet", action="store_true", help="no progress display, one line per finished trial only")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads per trial on CPU (default 1: avoids oversubscribing shared cores; 0 = torch's "
+                        "default); ignored on a GPU")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from tuner.storage import load_study, mask_url, open_storage, resolve_storage_url
+    from tuner.worker import run_worker, spec_of_study
+
+    url = resolve_storage_url(getattr(args, "storage", None))
+    spec = spec_of_study(load_study(args.study, open_storage(url)))
+    n_total = args.n_trials if args.n_trials is not None else spec.n_trials
+    quiet_optuna()
+    display = ProgressDisplay(spec, n_total, live=not args.quiet)
+    display.console.print(f"worker on study [bold]{spec.name}[/] at {mask_url(url)}"
+                          + (f", GPU {args.gpu}" if args.gpu is not None else ""))
+    with display:
+        code = run_worker(args.study, url, gpu=args.gpu, n_trials=n_total, cache_dir=args.cache_dir,
+                          cpu_threads=args.threads or None, on_progress=display.progress,
+                          on_trial_start=display.trial_start, on_trial_end=display.trial_end)
+    return code
+
+
+def quiet_optuna() -> None:
+    """Optuna logs every finished trial at INFO; the display prints its own line per trial instead."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+class ProgressDisplay:
+    """rich progress: trials done / total and the current trial's step, tokens and loss; a line per trial."""
+
+    def __init__(self, spec, n_total: int, live: bool = True):
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.spec = spec
+        self.console = Console(stderr=False)
+        self.live = live
+        self.progress_bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                     TimeElapsedColumn(), console=self.console, transient=True,
+                                     disable=not live)
+        self.trials_task = self.progress_bar.add_task("trials", total=n_total)
+        self.step_task = self.progress_bar.add_task("trial -", total=spec.budget.train_tokens)
+
+    def __enter__(self) -> "ProgressDisplay":
+        self.progress_bar.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress_bar.__exit__(*exc)
+
+    def trial_start(self, number: int, params: dict[str, Any]) -> None:
+        self.progress_bar.reset(self.step_task, total=self.spec.budget.train_tokens,
+                                description=f"trial {number}")
+
+    def progress(self, msg: dict[str, Any]) -> None:
+        self.progress_bar.update(self.step_task, completed=msg["tokens"],
+                                 description=f"trial {msg['trial']} step {msg['step']} loss {msg['loss']:.3f}")
+
+    def trial_end(self, study, trial) -> None:
+        from tuner.worker import counted_trials
+
+        self.progress_bar.update(self.trials_task, completed=counted_trials(study))
+        reason = trial.user_attrs.get("end_reason", "?")
+        if trial.values:
+            vals = ", ".join(f"{m} {v:.4g}" for m, v in zip(self.spec.metric_names, trial.values))
+        else:
+            vals = trial.user_attrs.get("error_summary", "") or ""
+        wall = trial.user_attrs.get("trial_wall_s")
+        self.console.print(f"trial {trial.number} {trial.state.name.lower()} ({reason}): {vals}"
+                           + (f" [{wall:.1f} s]" if wall is not None else ""), highlight=False)
+
+    def summary(self, url: str) -> None:
+        from tuner.storage import load_study, open_storage
+
+        study = load_study(self.spec.name, open_storage(url))
+        by_reason: dict[str, int] = {}
+        for t in study.get_trials(deepcopy=False):
+            finished = t.state.is_finished()
+            key = (t.user_attrs.get("end_reason") or t.state.name.lower()) if finished else t.state.name.lower()
+            by_reason[key] = by_reason.get(key, 0) + 1
+        parts = ", ".join(f"{k} {v}" for k, v in sorted(by_reason.items()))
+        self.console.print(f"study {self.spec.name}: {len(study.trials)} trials ({parts}); "
+                           f"see `tuner pareto --study {self.spec.name}`", highlight=False)
