@@ -46,7 +46,10 @@ def set_trial_constraint(trial: Any, value_gib: float) -> None:
         trial.system_attrs = {**attrs, CONSTRAINTS_ATTR: [value]}
         return
     storage, trial_id = trial.storage, trial._trial_id
-    if CONSTRAINTS_ATTR in storage.get_trial_system_attrs(trial_id):
+    system_attrs = storage.get_trial_system_attrs(trial_id)
+    # A heartbeat retry copies every system attr of the failed trial, its constraint included; that value was
+    # the failed attempt's, so the retry's own measurement replaces it. Anything else set twice is a bug.
+    if CONSTRAINTS_ATTR in system_attrs and "failed_trial" not in system_attrs:
         raise ValueError(f"trial {trial.number}: constraint already set")
     storage.set_trial_system_attr(trial_id, CONSTRAINTS_ATTR, [value])
 

@@ -116,3 +116,19 @@ def test_sampler_learns_the_ceiling(sampler):
     _, second_blind = _over_ceiling_shares(sampler, constrained=False)
     assert second < first, (first, second)
     assert second < second_blind / 2, (second, second_blind)
+
+
+def test_heartbeat_retry_may_replace_the_inherited_constraint():
+    """RetryHeartbeatStaleTrialCallback copies the failed trial's system attrs (its constraint too) into the retry;
+    the retry's own measurement must replace that value, while a second write on an ordinary trial still fails."""
+    study = optuna.create_study(directions=["minimize", "minimize"])
+    retry = study.ask()
+    study._storage.set_trial_system_attr(retry._trial_id, CONSTRAINTS_ATTR, [5.0])  # as copied by the callback
+    study._storage.set_trial_system_attr(retry._trial_id, "failed_trial", 0)
+    set_trial_constraint(retry, -1.5)
+    assert study._storage.get_trial_system_attrs(retry._trial_id)[CONSTRAINTS_ATTR] == [-1.5]
+
+    plain = study.ask()
+    set_trial_constraint(plain, 0.5)
+    with pytest.raises(ValueError, match="already set"):
+        set_trial_constraint(plain, 0.25)
