@@ -1,0 +1,128 @@
+"""`tuner estimate`: predict a training trial's peak GPU memory (NVML, per process) without a GPU.
+
+    tuner estimate --preset 8gb [--batch-size 4] [--json]
+    tuner estimate --preset my_preset.yaml
+    tuner estimate studies/x.yaml --params ar_ssm_max_rank=64,batch_size=4 [--json]
+    tuner estimate --calibrate          # on the GPU: measure and store this device's calibration
+
+The prediction is pure arithmetic (tuner.estimate); the printed table shows the three parts (tensor bytes,
+allocator overhead, memory outside the allocator) and the tensor bytes per component at the peak moment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from tuner.errors import TunerError
+
+
+class EstimateArgsError(TunerError):
+    """Bad `tuner estimate` arguments (--params syntax, missing study or preset)."""
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "estimate", help="predict a trial's peak GPU memory (GiB) before it runs",
+        description=__doc__.split("\n\n")[0],
+    )
+    p.add_argument("study", nargs="?", help="study YAML file (with --params), or omit and give --preset")
+    p.add_argument("--preset", help="preset name (8gb, 10gb, 24gb, inference) or preset YAML file")
+    p.add_argument("--params", default="", help="k=v,... search-space values applied to the study's model")
+    p.add_argument("--batch-size", type=int, default=None, help="override the config's batch_size")
+    p.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
+                   help="where the trial runs (cpu: the CPU tensor-bytes peak, no allocator/outside parts)")
+    p.add_argument("--calibration", default=None,
+                   help="calibration JSON (default ~/.cache/phase1-tuner/calibration.json)")
+    p.add_argument("--calibrate", action="store_true",
+                   help="measure this GPU's outside-the-allocator memory and store it (needs a CUDA GPU)")
+    p.add_argument("--json", action="store_true", help="print the prediction as JSON")
+    p.set_defaults(func=run)
+    return p
+
+
+def parse_params(text: str) -> dict[str, Any]:
+    """`k=v,k2=v2` -> dict; values parsed as YAML scalars (so 64 is an int, 1e-3 a float, true a bool)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in (s.strip() for s in text.split(",")):
+        if not item:
+            continue
+        if "=" not in item:
+            raise EstimateArgsError(f"--params: {item!r} is not k=v; write e.g. --params ar_ssm_max_rank=32,htt_rank=16")
+        k, v = (s.strip() for s in item.split("=", 1))
+        if not k:
+            raise EstimateArgsError(f"--params: {item!r} has no name before '='")
+        try:
+            out[k] = yaml.safe_load(v) if v != "" else None
+        except yaml.YAMLError:
+            raise EstimateArgsError(f"--params: {k}={v!r} is not a value; quote strings, e.g. {k}=tied") from None
+    return out
+
+
+def resolve_config(args: argparse.Namespace) -> Any:
+    """The Phase1Config the arguments describe (raises TunerError / ConfigError with one-line messages)."""
+    if args.preset and args.study:
+        raise EstimateArgsError("give either a study file or --preset, not both")
+    if args.preset:
+        if args.params:
+            raise EstimateArgsError("--params applies to a study file; with --preset edit the preset instead")
+        from tuner.preset import load_preset
+
+        cfg = load_preset(args.preset)
+        cfg = getattr(cfg, "config", cfg)  # a preset object carrying provenance, or the config itself
+    elif args.study:
+        from tuner.spec import load_spec
+
+        spec = load_spec(args.study)
+        cfg = spec.build_config(parse_params(args.params))
+    else:
+        raise EstimateArgsError("nothing to estimate: give --preset NAME|FILE, or STUDY.yaml --params k=v,...")
+    if args.batch_size is not None:
+        if args.batch_size < 1:
+            raise EstimateArgsError(f"--batch-size: {args.batch_size} must be >= 1")
+        cfg = cfg.replace(batch_size=args.batch_size)
+    return cfg
+
+
+def run(args: argparse.Namespace) -> int:
+    from tuner import calibration as cal_mod
+    from tuner.estimate import estimate
+
+    if args.calibrate:
+        cal = cal_mod.calibrate_device()
+        path = cal_mod.save_calibration(cal, args.calibration)
+        print(json.dumps(cal.to_dict(), indent=2) if args.json else
+              f"calibrated {cal.key}: context {cal.context_gib:.3f} GiB, outside {cal.outside_gib:.3f} GiB, "
+              f"workspace {cal.workspace_gib:.3f} GiB -> {path}")
+        return 0
+    cfg = resolve_config(args)
+    est = estimate(cfg, device=args.device, calibration_path=args.calibration)
+    if args.json:
+        print(json.dumps(est.to_dict(), indent=2))
+    else:
+        print(format_estimate(est))
+    return 0
+
+
+def format_estimate(est: Any) -> str:
+    """Human-readable table: total, the three parts, the per-component tensor bytes at the peak moment."""
+    lines = [
+        f"predicted peak {est.total_gib:.3f} GiB  (B={est.batch_size}, L={est.n_seq}, device {est.device}, "
+        f"peak at {est.peak_moment})",
+        f"  tensor bytes (torch max_memory_allocated)  {est.tensor_gib:8.3f} GiB"
+        + (f"  (raw {est.tensor_raw_gib:.3f} x {est.tensor_scale:.3f} refined)" if est.tensor_scale != 1.0 else ""),
+        f"  allocator (reserved - allocated)          {est.allocator_gib:8.3f} GiB",
+        f"  outside the allocator (context, kernels)  {est.outside_gib:8.3f} GiB  [{est.outside_source}]",
+        "  tensor bytes per component at the peak:",
+    ]
+    for name, gib in sorted(est.components.items(), key=lambda kv: -kv[1]):
+        if gib > 0:
+            lines.append(f"    {name:<34} {gib:8.3f} GiB")
+    if not est.calibrated:
+        lines.append("  note: " + est.outside_source)
+    for n in est.notes:
+        lines.append(f"  note: {n}")
+    return "\n".join(lines)
