@@ -20,7 +20,8 @@ def pg_url():
     import sqlalchemy as sa
 
     name = f"tuner_test_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    # pre-ping: reliability tests restart the server, and a pooled connection from before must not break teardown.
+    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
     with admin.connect() as conn:
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
     try:
