@@ -10,8 +10,11 @@
    then runs bench/estimate_probe.py in a FRESH process: expandable segments, model.train.train_and_evaluate for
    a few optimizer steps on synthetic tokens, NVML per-process peak sampled at 50 Hz.
 3. Writes rows {config, batch_size, predicted_gib, measured_gib, torch_peak_gib, predicted tensor/allocator/outside
-   parts, reserved_peak_gib, error_pct} and a summary (median / p90 / max absolute error in % of the measured peak,
-   false_fit_under_8gib: predicted <= 8 GiB but measured > 8 GiB).
+   parts, the allocator model's inputs (CE chunk F, tensor at the CE backward, kappa and its source),
+   reserved_peak_gib, the measured allocator gap and the kappa it implies, error_pct} and a summary (median / p90 /
+   max absolute error in % of the measured peak, false_fit_under_8gib: predicted <= 8 GiB but measured > 8 GiB).
+   Predictions use the fresh calibration unrefined (protocol (a)); then bench/estimate_offline.py re-scores the
+   rows under leave-one-family-out and online refinement (DIR/estimate_offline.json).
 Targets (issue 6): median <= 2 %, p90 <= 5 %, false_fit_under_8gib == 0. Budget: about 8 minutes on one H100.
 """
 
@@ -158,15 +161,25 @@ def main() -> int:
         row = {"label": c["label"], "config": c["config"], "batch_size": cfg.batch_size, "n_seq": cfg.n_seq,
                "predicted_gib": est.total_gib, "predicted_tensor_gib": est.tensor_gib,
                "predicted_allocator_gib": est.allocator_gib, "predicted_outside_gib": est.outside_gib,
-               "predicted_peak_moment": est.peak_moment, "measured_gib": m.get("measured_gib"),
+               "predicted_peak_moment": est.peak_moment, "predicted_ce_chunk_gib": est.ce_chunk_gib,
+               "predicted_ce_backward_gib": est.ce_backward_gib, "predicted_kappa": est.ce_hole_kappa,
+               "replay_kappa": est.ce_replay_kappa,
+               "kappa_source": est.kappa_source, "allocator_class": est.allocator_class,
+               "measured_gib": m.get("measured_gib"),
                "torch_peak_gib": m.get("torch_peak_gib"), "reserved_peak_gib": m.get("reserved_peak_gib"),
-               "outside_end_gib": m.get("outside_end_gib"), "nvml_how": m.get("nvml_how"),
+               "outside_end_gib": m.get("outside_end_gib"), "per_step_peaks": m.get("per_step_peaks"),
+               "nvml_how": m.get("nvml_how"),
                "nvml_samples": m.get("nvml_samples"), "probe_wall_s": m.get("wall_s"),
                "error": m.get("error") or m.get("nvml_error")}
         if row["measured_gib"]:
             row["error_pct"] = 100.0 * (est.total_gib - row["measured_gib"]) / row["measured_gib"]
             row["tensor_error_pct"] = (100.0 * (est.tensor_gib - row["torch_peak_gib"]) / row["torch_peak_gib"]
                                        if row["torch_peak_gib"] else None)
+            if row["torch_peak_gib"] and row["reserved_peak_gib"]:
+                gap = row["reserved_peak_gib"] - row["torch_peak_gib"]
+                row["allocator_gap_gib"] = gap
+                row["allocator_error_gib"] = est.allocator_gib - gap
+                row["observed_kappa"] = est.observed_kappa(row["torch_peak_gib"], gap)
         print(f"[{i + 1}/{len(configs)}] {c['label']:<30} predicted {est.total_gib:7.3f} measured "
               f"{row['measured_gib'] or float('nan'):7.3f} GiB (torch {row['torch_peak_gib'] or float('nan'):.3f} "
               f"vs {est.tensor_gib:.3f}) {row.get('error_pct', float('nan')):+.1f}% {row['error'] or ''}", flush=True)
@@ -183,8 +196,12 @@ def main() -> int:
     result = {"device": cal.device, "driver": cal.driver, "torch": torch.__version__, "calibration": cal.to_dict(),
               "command": "python bench/estimate_validation.py --out DIR", "ceiling_gib": CEILING_GIB,
               "rows": rows, "summary": summarise(rows), "wall_s": time.perf_counter() - t0}
-    (args.out / "estimate_validation.json").write_text(json.dumps(result, indent=2))
+    out_file = args.out / "estimate_validation.json"
+    out_file.write_text(json.dumps(result, indent=2))
     print(json.dumps(result["summary"], indent=2))
+    # The same rows under (a) no refinement, (b) leave-one-family-out kappa, (c) online refinement in row order.
+    subprocess.run([sys.executable, str(ROOT / "bench" / "estimate_offline.py"), "--rows", str(out_file),
+                    "--json", str(args.out / "estimate_offline.json")], cwd=ROOT, check=False)
     return 0
 
 

@@ -7,9 +7,11 @@ What the estimator cannot derive from a config is stored here, keyed by (device 
 - `workspace_gib`: library workspaces that *are* allocated through the caching allocator (cuBLAS/cuBLASLt, one per
   thread that runs matmuls: the forward thread and autograd's backward thread), so they count in
   `torch.cuda.max_memory_allocated` but not in any tensor of the model;
-- a robust running correction learned by `refine()` from finished trials: the median ratio measured/predicted tensor
-  peak (`tensor_scale`) and the median residual NVML - (allocator peak + modelled allocator overhead)
-  (`outside_refined_gib`), each over the last `WINDOW` trials.
+- a robust running correction learned by `refine()` from finished trials, each a median over the last `WINDOW`:
+  the ratio measured/predicted tensor peak (`tensor_scale`); per dtype class ("amp" | "fp32") the offset of the
+  allocator's CE-hole coefficient kappa over the replay's (tuner.estimate: reserved peak = max(tensor peak, tensor
+  at the CE backward + kappa F)), kappa inverted from each trial's allocator gap (reserved - allocated peak); and,
+  when the trial's reserved peak is known, the outside part NVML - reserved (`outside_effective_gib`).
 
 Files are JSON; writes are atomic and serialised by an advisory lock, so several workers may refine one file.
 The default file is `~/.cache/phase1-tuner/calibration.json`. Nothing here is hard-coded per device.
@@ -32,6 +34,8 @@ from tuner.errors import TunerError
 GIB = float(2**30)
 WINDOW = 50  # finished trials kept per device for the running medians
 MIN_REFINE_SAMPLES = 3  # below this many trials the calibrate_device() figures are used as they are
+MIN_KAPPA_SAMPLES = 2  # each trial measures the offset directly; two, so one odd trial cannot set it alone
+ALLOCATOR_CLASSES = ("amp", "fp32")
 FILE_VERSION = 1
 
 
@@ -64,7 +68,9 @@ class DeviceCalibration:
     measured_at: str = ""
     # Running corrections from finished trials (refine()); empty until trials finish on this device.
     tensor_ratios: tuple[float, ...] = ()  # measured torch peak / predicted raw tensor peak
-    outside_residuals_gib: tuple[float, ...] = ()  # nvml - torch peak - modelled allocator overhead
+    outside_residuals_gib: tuple[float, ...] = ()  # nvml - torch reserved peak
+    kappa_offsets_amp: tuple[float, ...] = ()  # observed - replayed CE-hole kappa of autocast (bf16/fp16) trials
+    kappa_offsets_fp32: tuple[float, ...] = ()  # observed - replayed CE-hole kappa of float32 trials
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -89,10 +95,21 @@ class DeviceCalibration:
             return self.outside_gib
         return statistics.median(self.outside_residuals_gib)
 
+    def kappa_samples(self, cls: str) -> tuple[float, ...]:
+        if cls not in ALLOCATOR_CLASSES:
+            raise CalibrationError(f"allocator class {cls!r} is not one of {ALLOCATOR_CLASSES}")
+        return self.kappa_offsets_amp if cls == "amp" else self.kappa_offsets_fp32
+
+    def kappa_offset(self, cls: str) -> float | None:
+        """This device's offset of the CE-hole kappa over the best-fit replay's, for dtype class `cls` (median of
+        its trials); None before MIN_KAPPA_SAMPLES trials (tuner.estimate then uses the replay's kappa as it is)."""
+        k = self.kappa_samples(cls)
+        return statistics.median(k) if len(k) >= MIN_KAPPA_SAMPLES else None
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        d["tensor_ratios"] = list(self.tensor_ratios)
-        d["outside_residuals_gib"] = list(self.outside_residuals_gib)
+        for k in _TUPLE_FIELDS:
+            d[k] = list(getattr(self, k))
         d["key"] = self.key
         d["tensor_scale"] = self.tensor_scale
         d["outside_effective_gib"] = self.outside_effective_gib
@@ -102,7 +119,7 @@ class DeviceCalibration:
     def from_dict(cls, d: dict[str, Any]) -> "DeviceCalibration":
         names = {f.name for f in dataclasses.fields(cls)}
         kw = {k: v for k, v in d.items() if k in names}
-        for k in ("tensor_ratios", "outside_residuals_gib"):
+        for k in _TUPLE_FIELDS:
             kw[k] = tuple(float(x) for x in kw.get(k, ()))
         try:
             return cls(**kw)
@@ -111,35 +128,56 @@ class DeviceCalibration:
                                    "--calibrate` on that GPU") from None
 
 
+_TUPLE_FIELDS = ("tensor_ratios", "outside_residuals_gib", "kappa_offsets_amp", "kappa_offsets_fp32")
+
+
 # --- refine from finished trials ---------------------------------------------------------------------
 
 
 def refine(calibration: DeviceCalibration, predicted: Any, measured_nvml_gib: float,
-           measured_torch_peak_gib: float) -> DeviceCalibration:
+           measured_torch_peak_gib: float, measured_reserved_gib: float | None = None) -> DeviceCalibration:
     """Return `calibration` updated with one finished trial on its device.
 
-    predicted: the `tuner.estimate.Estimate` made for the trial (its raw tensor part and modelled allocator part are
+    predicted: the `tuner.estimate.Estimate` made for the trial (its raw tensor part and its CE-backward figures are
     used, so corrections never compound). measured_nvml_gib: the NVML per-process peak; measured_torch_peak_gib:
-    `torch.cuda.max_memory_allocated` of the trial. Non-positive or non-finite measurements are rejected (a trial
-    that never reached the GPU says nothing about it).
+    `torch.cuda.max_memory_allocated`; measured_reserved_gib: `torch.cuda.max_memory_reserved` when the worker has
+    it. The allocator gap (reserved - allocated peak) is inverted into the trial's kappa; its offset over the kappa
+    the estimate used from the replay (predicted.ce_replay_kappa) is kept per dtype class.
+    With the reserved peak the gap is measured and NVML - reserved refines the outside part; without it the gap is
+    NVML - calibrated outside - allocated peak and the outside part stays the calibrate_device() figure (the two
+    cannot be told apart then). Non-positive or non-finite measurements are rejected (a trial that never reached
+    the GPU says nothing about it).
     """
-    for name, v in (("measured_nvml_gib", measured_nvml_gib), ("measured_torch_peak_gib", measured_torch_peak_gib)):
+    named = [("measured_nvml_gib", measured_nvml_gib), ("measured_torch_peak_gib", measured_torch_peak_gib)]
+    if measured_reserved_gib is not None:
+        named.append(("measured_reserved_gib", measured_reserved_gib))
+    for name, v in named:
         if not (isinstance(v, (int, float)) and v == v and 0 < v < float("inf")):
             raise CalibrationError(f"refine: {name}={v!r} is not a positive measurement; pass the trial's peaks")
     raw = float(predicted.tensor_raw_gib)
     if raw <= 0:
         raise CalibrationError("refine: the prediction has no tensor part; pass the Estimate made for the trial")
+    cls = getattr(predicted, "allocator_class", "")
+    if cls not in ALLOCATOR_CLASSES:
+        raise CalibrationError("refine: the prediction has no allocator class; pass the Estimate made for the trial "
+                               "by tuner.estimate.estimate(..., device='cuda')")
     # the library workspaces are added to the tensor part separately (not scaled), so take them out of the ratio
     ratio = (measured_torch_peak_gib - calibration.workspace_gib) / raw
-    # The allocator overhead is modelled relative to the tensor peak actually reached, so the residual left for the
-    # outside part does not absorb tensor errors.
-    alloc = predicted.allocator_for(measured_torch_peak_gib)
-    residual = measured_nvml_gib - measured_torch_peak_gib - alloc
-    return dataclasses.replace(
-        calibration,
-        tensor_ratios=(calibration.tensor_ratios + (ratio,))[-WINDOW:],
-        outside_residuals_gib=(calibration.outside_residuals_gib + (residual,))[-WINDOW:],
-    )
+    if measured_reserved_gib is not None:
+        gap = measured_reserved_gib - measured_torch_peak_gib
+        outside = calibration.outside_residuals_gib + (measured_nvml_gib - measured_reserved_gib,)
+    else:
+        gap = measured_nvml_gib - calibration.outside_gib - measured_torch_peak_gib
+        outside = calibration.outside_residuals_gib
+    kappa = predicted.observed_kappa(measured_torch_peak_gib, gap)  # None: the CE hole did not set the peak
+    upd: dict[str, Any] = {
+        "tensor_ratios": (calibration.tensor_ratios + (ratio,))[-WINDOW:],
+        "outside_residuals_gib": outside[-WINDOW:],
+    }
+    if kappa is not None:
+        offset = kappa - predicted.ce_replay_kappa
+        upd[f"kappa_offsets_{cls}"] = (calibration.kappa_samples(cls) + (offset,))[-WINDOW:]
+    return dataclasses.replace(calibration, **upd)
 
 
 # --- files -----------------------------------------------------------------------------------------------
@@ -220,9 +258,10 @@ def update_calibration(path: str | os.PathLike | None, key: str,
 
 
 def refine_stored(path: str | os.PathLike | None, key: str, predicted: Any, measured_nvml_gib: float,
-                  measured_torch_peak_gib: float) -> DeviceCalibration:
+                  measured_torch_peak_gib: float, measured_reserved_gib: float | None = None) -> DeviceCalibration:
     """`refine()` applied to the stored entry `key`, atomically. What the worker calls after each finished trial."""
-    return update_calibration(path, key, lambda c: refine(c, predicted, measured_nvml_gib, measured_torch_peak_gib))
+    return update_calibration(path, key, lambda c: refine(c, predicted, measured_nvml_gib, measured_torch_peak_gib,
+                                                          measured_reserved_gib))
 
 
 # --- which machine is this -------------------------------------------------------------------------------
@@ -283,7 +322,8 @@ def calibrate_device(index: int = 0, *, config: Any = None) -> DeviceCalibration
        (cuBLAS workspaces live in the caching allocator, one per (thread handle, stream));
     3. outside after kernels ran: real training steps of a small Phase 1 model (`config`, default 2 layers,
        d_model 1024, vocab 50257, n_seq 256) in float32 and bfloat16 through model.train, then NVML - reserved;
-    4. allocator fragmentation of those runs (see _run_training_steps), stored in `extra`.
+    4. the allocator gap of those runs and the kappa it implies, stored in `extra` for the record only (its CE
+       chunk is too small to measure kappa; trials refine it, see refine()).
     """
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     import pynvml
@@ -336,14 +376,13 @@ def calibrate_device(index: int = 0, *, config: Any = None) -> DeviceCalibration
 def _run_training_steps(config: Any, dev: Any) -> dict[str, Any]:
     """A few real optimizer steps of a small model in fp32 and bf16, so the kernels trials use get loaded.
 
-    Also measures the allocator's fragmentation on this device and torch: (peak reserved - peak allocated - page
-    rounding) over the estimator's transient working set of the same run, with the cache emptied before each run.
-    Returns {"fragmentation": float, "fragmentation_runs": [...]} for DeviceCalibration.extra."""
+    Also records each run's allocator gap (peak reserved - peak allocated, the cache emptied before each run) and the
+    kappa tuner.estimate would infer from it. Returns {"allocator_runs": [...]} for DeviceCalibration.extra."""
     import torch
 
     from model.config import Phase1Config
     from model.train import train_and_evaluate
-    from tuner.estimate import _allocator_gib, estimate
+    from tuner.estimate import estimate
 
     base = config or Phase1Config(n_layers=2, n_seq=256, batch_size=2, loss_chunk_size=128,
                                   stability_monitoring_enabled=False)
@@ -353,14 +392,14 @@ def _run_training_steps(config: Any, dev: Any) -> dict[str, Any]:
         cfg = base.replace(dtype=dt)
         tokens = cfg.n_seq * cfg.batch_size * 2
         torch.cuda.empty_cache()  # reserved starts from what is allocated, so the run's peak reserved is its own
+        torch.cuda.reset_peak_memory_stats(dev)
         train_and_evaluate(cfg, data, train_tokens=tokens, eval_tokens=cfg.n_seq, device=str(dev))
         torch.cuda.synchronize(dev)
         alloc, res = torch.cuda.max_memory_allocated(dev) / GIB, torch.cuda.max_memory_reserved(dev) / GIB
         e = estimate(cfg, device="cuda", calibration=_plain())
-        excess = res - alloc - _allocator_gib(alloc, 0.0, 0.0)
         runs.append({"dtype": dt, "peak_allocated_gib": alloc, "peak_reserved_gib": res,
-                     "transient_gib": e.transient_gib, "fragmentation": max(0.0, excess) / max(e.transient_gib, 1e-9)})
-    return {"fragmentation": max(r["fragmentation"] for r in runs), "fragmentation_runs": runs}
+                     "ce_chunk_gib": e.ce_chunk_gib, "kappa": e.observed_kappa(alloc, res - alloc)})  # None: no hole
+    return {"allocator_runs": runs}
 
 
 def _plain() -> "DeviceCalibration":

@@ -10,9 +10,18 @@ Pure arithmetic (no torch import): a trial is estimated in milliseconds on a mac
    (recomputing checkpointed blocks one at a time), clip, fused AdamW (CUDA) / for-loop AdamW (CPU), zero_grad
    with set_to_none. Which tensors each op keeps is read off model/{htt,ar_ssm,ffn,lm}.py and kernels/scan.py;
    the CPU test suite checks the figure against a real peak measurement.
-2. allocator - reserved over allocated with `expandable_segments:True` (what the worker sets): both pools map
-   physical memory in 2 MiB pages, so the peak reserved is the peak allocated rounded up to 2 MiB per pool plus
-   the pages freed-but-still-mapped in the middle of the segment (fragmentation, a calibrated fraction).
+2. allocator - reserved over allocated with `expandable_segments:True` (what the worker sets). Each pool is ONE
+   virtual segment per stream, mapped in 2 MiB pages at its end and never unmapped before empty_cache, so the peak
+   reserved is the high-water mark of the segment's end: the peak allocated rounded up to a page (plus the small
+   pool's page), unless a free hole in the middle is too small for a later request that then extends the end.
+   The one pattern at the peak that does this is the chunked cross-entropy's backward (replayed on a best-fit
+   segment by `_segment_gap`): under autocast a chunk recomputes logits [rows, V] (ac), their fp32 copy and the
+   log-softmax (fp32, saved); logits and copy are freed, leaving a 1.5 F hole (F = 4 rows V bytes); the nll
+   gradient (F) takes it and leaves 0.5 F; the log-softmax gradient (F) does not fit and extends the end. In fp32
+   `.float()` is a no-op, the hole is exactly F and fills exactly: no gap. So reserved_peak = max(tensor peak,
+   tensor at the CE backward + kappa F), kappa from the replay of the config's own CE allocations (about 0.5-0.65
+   under autocast, 0.1-0.2 in fp32, tied head's table blocks included), plus the device's median offset once
+   `tuner.calibration.refine` has seen trials of that dtype class.
 3. outside the allocator - CUDA context, loaded kernel modules, library handles: a per-(device, driver, torch)
    calibration (tuner.calibration), never a constant in this file.
 
@@ -76,7 +85,6 @@ class Estimate:
     components: dict[str, float]  # tensor bytes per component live at the peak moment
     tensor_raw_gib: float  # the analytic tensor peak before the calibration's correction
     tensor_scale: float  # calibration's multiplicative tensor correction (1.0 uncalibrated)
-    fragmentation: float  # allocator: mapped-but-free pages as a fraction of the transient working set
     peak_moment: str  # where in the step the peak happens
     moments: dict[str, float]  # raw tensor GiB at each candidate moment
     calibrated: bool  # True when the outside part comes from a calibration of this device
@@ -88,34 +96,180 @@ class Estimate:
     params: int
     notes: tuple[str, ...] = ()
     transient_gib: float = 0.0  # part of the tensor peak that is step-transient (activations, temporaries)
+    ce_chunk_gib: float = 0.0  # F: one cross-entropy chunk's fp32 [rows, V] tensor
+    ce_backward_gib: float = 0.0  # tensor bytes (scaled like tensor_gib) when the CE backward's hole is open
+    ce_hole_kappa: float = 0.0  # segment growth past the live bytes at the CE backward, in units of F
+    ce_replay_kappa: float = 0.0  # the best-fit replay's kappa for this config (ce_hole_kappa = it + device offset)
+    kappa_source: str = ""  # "replay" or "replay + device offset of N trials"
+    allocator_class: str = ""  # "amp" | "fp32": the dtype class whose kappa applies (calibration keys on it)
     config: dict[str, Any] = field(default_factory=dict, repr=False)
 
-    def allocator_for(self, tensor_peak_gib: float) -> float:
-        """Allocator overhead (GiB) this model predicts for a given tensor peak (used by calibration.refine)."""
-        return _allocator_gib(tensor_peak_gib, self.transient_gib, self.fragmentation)
+    def allocator_for(self, tensor_peak_gib: float, kappa: float | None = None) -> float:
+        """Allocator overhead (GiB) this model predicts when the tensor peak reached is `tensor_peak_gib` (the CE
+        backward moment is scaled by the same ratio); `kappa` overrides the estimate's own."""
+        k = self.ce_hole_kappa if kappa is None else kappa
+        scale = tensor_peak_gib / self.tensor_gib if self.tensor_gib > 0 else 1.0
+        return _allocator_gib(tensor_peak_gib, self.ce_backward_gib * scale, self.ce_chunk_gib, k)
+
+    def observed_kappa(self, torch_peak_gib: float, allocator_gap_gib: float) -> float | None:
+        """Invert the allocator model: the kappa that explains a measured gap (reserved - allocated peak, GiB).
+
+        None when the gap is page rounding only and the CE backward stayed below the peak: the hole did not set the
+        high-water mark, so the trial bounds kappa from above without measuring it."""
+        if self.ce_chunk_gib <= 0:
+            return None
+        scale = torch_peak_gib / self.tensor_gib if self.tensor_gib > 0 else 1.0
+        ce_bwd = self.ce_backward_gib * scale
+        pages = _allocator_gib(torch_peak_gib, 0.0, 0.0, 0.0)
+        excess = allocator_gap_gib - pages
+        if excess <= 2 * PAGE / GIB and ce_bwd < torch_peak_gib:
+            return None
+        return max(0.0, (excess + torch_peak_gib - ce_bwd) / self.ce_chunk_gib)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "total_gib": self.total_gib, "tensor_gib": self.tensor_gib, "allocator_gib": self.allocator_gib,
             "outside_gib": self.outside_gib, "components": dict(self.components),
             "tensor_raw_gib": self.tensor_raw_gib, "tensor_scale": self.tensor_scale,
-            "fragmentation": self.fragmentation, "peak_moment": self.peak_moment, "moments": dict(self.moments),
+            "peak_moment": self.peak_moment, "moments": dict(self.moments),
             "calibrated": self.calibrated, "outside_source": self.outside_source,
             "calibration_key": self.calibration_key, "device": self.device, "batch_size": self.batch_size,
             "n_seq": self.n_seq, "params": self.params, "notes": list(self.notes),
-            "transient_gib": self.transient_gib,
+            "transient_gib": self.transient_gib, "ce_chunk_gib": self.ce_chunk_gib,
+            "ce_backward_gib": self.ce_backward_gib, "ce_hole_kappa": self.ce_hole_kappa,
+            "ce_replay_kappa": self.ce_replay_kappa,
+            "kappa_source": self.kappa_source, "allocator_class": self.allocator_class,
         }
 
 
-def _allocator_gib(tensor_gib: float, transient_gib: float, fragmentation: float) -> float:
-    """Reserved - allocated at the peak: 2 MiB page rounding of both pools plus fragmentation of the transient set.
+def _allocator_gib(tensor_gib: float, ce_backward_gib: float, ce_chunk_gib: float, kappa: float) -> float:
+    """Reserved - allocated at the peak (GiB) under expandable segments.
 
-    Page rounding: the large pool's mapped size is the peak rounded up to a page (half a page on average), the
-    small pool (requests <= 1 MiB: norms' statistics, biases, scalars) maps at least one page of its own.
+    The large pool's segment end reaches max(tensor peak, tensor at the CE backward + kappa F), rounded up to a
+    2 MiB page; the small pool (requests <= 1 MiB: norms' statistics, scalars) maps at least one page of its own.
     """
-    large = tensor_gib * GIB
-    pages = -(-int(large) // PAGE) * PAGE - large
-    return (pages + PAGE + fragmentation * transient_gib * GIB) / GIB
+    high = max(tensor_gib, ce_backward_gib + kappa * ce_chunk_gib) * GIB
+    pages = -(-int(math.ceil(high)) // PAGE) * PAGE - tensor_gib * GIB
+    return (pages + PAGE) / GIB
+
+
+def _segment_gap(events: list[tuple[str, str, int]]) -> int:
+    """Replay allocations on one expandable segment with the caching allocator's best-fit policy.
+
+    events: ("alloc", name, bytes) | ("free", name, 0) in program order. A request takes the smallest free block
+    that fits (lowest address on ties) and splits it; frees coalesce with free neighbours; a request that fits
+    nowhere extends the segment's end, reusing a free block at the end. Returns (high-water mark of the end) -
+    (high-water mark of the live bytes) in bytes: 0 for any pattern whose holes are always refilled in time, e.g.
+    a monotone sequence of allocations."""
+    blocks: list[list] = []  # [start, size, name or None], address order, covering [0, end)
+    end = live = hw_end = hw_live = 0
+    for kind, name, nbytes in events:
+        if kind == "free":
+            i = next(j for j, b in enumerate(blocks) if b[2] == name)
+            live -= blocks[i][1]
+            blocks[i][2] = None
+            if i + 1 < len(blocks) and blocks[i + 1][2] is None:
+                blocks[i][1] += blocks.pop(i + 1)[1]
+            if i > 0 and blocks[i - 1][2] is None:
+                blocks[i - 1][1] += blocks.pop(i)[1]
+            continue
+        fits = [(b[1], b[0], j) for j, b in enumerate(blocks) if b[2] is None and b[1] >= nbytes]
+        if fits:
+            _, _, j = min(fits)
+            b = blocks[j]
+            if b[1] > nbytes:
+                blocks.insert(j + 1, [b[0] + nbytes, b[1] - nbytes, None])
+            b[1], b[2] = nbytes, name
+        elif blocks and blocks[-1][2] is None:  # grow the free tail
+            end += nbytes - blocks[-1][1]
+            blocks[-1][1], blocks[-1][2] = nbytes, name
+        else:
+            blocks.append([end, nbytes, name])
+            end += nbytes
+        live += nbytes
+        hw_end, hw_live = max(hw_end, end), max(hw_live, live)
+    return hw_end - hw_live
+
+
+def ce_backward_events(c: Any, rows: int, *, chunked: bool = True) -> list[tuple[str, str, int]]:
+    """The large-pool allocations of one cross-entropy chunk (model.lm.Phase1LM._ce_sum / logits) of `rows`
+    positions, from its recomputed forward through its backward, in program order (bytes, 512-rounded; requests of
+    1 MiB or less go to the small pool and are left out). chunked=False: the unchunked path, run once in the forward,
+    whose logits LMOutput keeps through the backward, while the previous step's logits (the train loop's old `out`)
+    live until model() returns and are freed below the new ones.
+
+    Tied head: hs = h / sqrt(D); per vocabulary chunk the table block is built ([rows_k, D]: the GEMM output, then
+    the permuted copy the matmul keeps) and multiplied into a part [rows, w] (ac) that is copied into the logits
+    buffer `out` [rows, V] (allocated after the first part) and freed once the next part exists. Then `.float()`
+    (autocast only: an fp32 copy; in fp32 the same tensor), log-softmax (kept), and the backward's nll and
+    log-softmax gradients [rows, V] fp32, and (autocast) the cast back of the gradient to the logits' dtype."""
+    amp = c.dtype != "float32"
+    s = 2 if amp else 4
+    V, D = c.vocab_size, c.d_model
+    ev: list[tuple[str, str, int]] = []
+
+    def alloc(name: str, nbytes: float) -> None:
+        if nbytes > MIB:
+            ev.append(("alloc", name, _r(nbytes)))
+
+    def free(name: str) -> None:
+        if any(e[1] == name for e in ev if e[0] == "alloc"):
+            ev.append(("free", name, 0))
+
+    f = 4 * rows * V
+    if not chunked:
+        alloc("previous_logits", s * rows * V)
+    if c.head == "tied":
+        ds, vs = _factorize(D, c.htt_num_cores), _factorize(V, c.htt_num_cores)
+        per_digit = vs[1] * (vs[2] if c.htt_num_cores == 3 else 1)
+        step = max(1, TABLE_CHUNK_ROWS // per_digit) * per_digit
+        DD = math.prod(ds)
+        alloc("hs", s * rows * D)
+        starts = list(range(0, V, step))
+        for k, start in enumerate(starts):
+            end = min(start + step, V)
+            rows_k = (-(-end // per_digit) - start // per_digit) * per_digit
+            alloc(f"table_tmp{k}", s * rows_k * DD)
+            alloc(f"table{k}", s * rows_k * DD)  # kept by the matmul for the backward
+            free(f"table_tmp{k}")
+            if len(starts) == 1:
+                alloc("logits", s * rows * V)
+                break
+            alloc(f"part{k}", s * rows * (end - start))
+            if k == 0:
+                alloc("logits", s * rows * V)
+            else:
+                free(f"part{k - 1}")
+        if len(starts) > 1:
+            free(f"part{len(starts) - 1}")
+    else:
+        alloc("down", s * rows * c.head_rank)
+        alloc("logits", s * rows * V)
+    if amp:
+        alloc("logits_fp32", f)
+    alloc("log_softmax", f)
+    if amp:
+        free("logits_fp32")
+    if chunked:
+        free("logits")  # the checkpointed chunk keeps only what its ops saved
+    else:
+        free("previous_logits")  # the old `out` is released when model(...) returns
+    alloc("nll_grad", f)
+    alloc("log_softmax_grad", f)
+    free("nll_grad")
+    free("log_softmax")
+    if amp:
+        alloc("logits_grad", s * rows * V)
+    return ev
+
+
+def replay_kappa(c: Any, rows: int, chunked: bool) -> float:
+    """kappa before any trial on the device: the best-fit replay of one CE chunk's backward (ce_backward_events),
+    the segment's growth past the live bytes in units of F = 4 rows V. Under autocast about 0.5 (chunked: the
+    freed logits buffer, separated from the fp32 copy's hole by the kept table blocks; unchunked: the previous
+    step's logits; either is too small for the log-softmax gradient) plus the table and part blocks' holes; in
+    fp32 only those small holes (about 0.1)."""
+    return _segment_gap(ce_backward_events(c, rows, chunked=chunked)) / (4 * rows * c.vocab_size)
 
 
 # --- the tensor model --------------------------------------------------------------------------------------------
@@ -499,31 +653,46 @@ def estimate(config: Any, *, batch_size: int | None = None, calibration: Any = N
     notes: list[str] = []
     if cfg.lns_enabled:
         notes.append("lns_enabled: LNS models are inference-only; this is the training estimate of the same shape")
+    amp = cfg.dtype != "float32"
+    chunked = 0 < cfg.loss_chunk_size < cfg.n_seq
+    rows = cfg.batch_size * (cfg.loss_chunk_size if chunked else cfg.n_seq)
+    ce_chunk = _r(4 * rows * cfg.vocab_size) / GIB
+    ce_bwd_raw = tl.moments.get("backward: loss", 0) / GIB
+    cls = "amp" if amp else "fp32"
     if device == "cpu":
         return Estimate(
             total_gib=raw_gib, tensor_gib=raw_gib, allocator_gib=0.0, outside_gib=0.0, components=components,
-            tensor_raw_gib=raw_gib, tensor_scale=1.0, fragmentation=0.0, peak_moment=tl.peak_moment,
+            tensor_raw_gib=raw_gib, tensor_scale=1.0, peak_moment=tl.peak_moment,
             moments={k: v / GIB for k, v in tl.moments.items()}, calibrated=True,
             outside_source="cpu: tensor bytes only (no allocator cache, no device context)", calibration_key=None,
             device=device, batch_size=cfg.batch_size, n_seq=cfg.n_seq, params=sizes["n_params"],
-            notes=tuple(notes), transient_gib=transient_gib, config=cfg.to_dict(),
+            notes=tuple(notes), transient_gib=transient_gib, ce_chunk_gib=ce_chunk, ce_backward_gib=ce_bwd_raw,
+            allocator_class=cls, config=cfg.to_dict(),
         )
     cal, calibrated, source = _resolve_calibration(calibration, calibration_path)
     scale = cal.tensor_scale if cal is not None else 1.0
-    frag = float(cal.extra.get("fragmentation", 0.0)) if cal is not None else 0.0
     workspace = cal.workspace_gib if cal is not None else 0.0
     tensor = raw_gib * scale + workspace
     if cal is not None and workspace:
         components["library_workspace"] = workspace
-    alloc = _allocator_gib(tensor, transient_gib, frag)
+    replay = replay_kappa(cfg, rows, chunked)
+    offset = cal.kappa_offset(cls) if cal is not None else None
+    if offset is not None:
+        kappa = max(0.0, replay + offset)
+        kappa_source = f"replay {offset:+.3f} (median offset of {len(cal.kappa_samples(cls))} {cls} trials)"
+    else:
+        kappa, kappa_source = replay, "replay"
+    ce_bwd = ce_bwd_raw * scale + workspace
+    alloc = _allocator_gib(tensor, ce_bwd, ce_chunk, kappa)
     outside = cal.outside_effective_gib if cal is not None else 0.0
     return Estimate(
         total_gib=tensor + alloc + outside, tensor_gib=tensor, allocator_gib=alloc, outside_gib=outside,
-        components=components, tensor_raw_gib=raw_gib, tensor_scale=scale, fragmentation=frag,
+        components=components, tensor_raw_gib=raw_gib, tensor_scale=scale,
         peak_moment=tl.peak_moment, moments={k: v / GIB for k, v in tl.moments.items()}, calibrated=calibrated,
         outside_source=source, calibration_key=cal.key if cal is not None else None, device=device,
         batch_size=cfg.batch_size, n_seq=cfg.n_seq, params=sizes["n_params"], notes=tuple(notes),
-        transient_gib=transient_gib, config=cfg.to_dict(),
+        transient_gib=transient_gib, ce_chunk_gib=ce_chunk, ce_backward_gib=ce_bwd, ce_hole_kappa=kappa,
+        ce_replay_kappa=replay, kappa_source=kappa_source, allocator_class=cls, config=cfg.to_dict(),
     )
 
 

@@ -46,18 +46,22 @@ def test_refine_learns_tensor_scale_and_outside_from_trials(tmp_path):
     cfg = PRESETS["8gb"]
     pred = estimate(cfg, calibration=c)
     assert pred.calibrated and pred.outside_gib == pytest.approx(0.74)
-    # Trials that used 3 % more tensor memory than predicted and 0.80 GiB outside the allocator.
+    # Trials that used 3 % more tensor memory than predicted, whose allocator behaved as modelled, and with
+    # 0.80 GiB outside the allocator (NVML - reserved).
     for b in (2, 4, 8):
         p = estimate(cfg, batch_size=b, calibration=c)
         torch_peak = p.tensor_raw_gib * 1.03 + c.workspace_gib
-        nvml = torch_peak + p.allocator_for(torch_peak) + 0.80
-        c2 = cal.refine_stored(path, c.key, p, nvml, torch_peak)
+        reserved = torch_peak + p.allocator_for(torch_peak)
+        c2 = cal.refine_stored(path, c.key, p, reserved + 0.80, torch_peak, reserved)
     assert c2.n_refined == 3
     assert c2.tensor_scale == pytest.approx(1.03, rel=1e-6)
     assert c2.outside_effective_gib == pytest.approx(0.80, rel=1e-6)
+    assert c2.kappa_offset("amp") == pytest.approx(0.0, abs=0.01)  # the allocator behaved as replayed
+    assert c2.kappa_offset("fp32") is None  # no fp32 trial yet: the replay's value is used as it is
     refined = estimate(cfg, calibration=cal.load_calibration(path, c.key))
     assert refined.tensor_gib == pytest.approx(pred.tensor_raw_gib * 1.03 + c.workspace_gib, rel=1e-9)
     assert refined.outside_gib == pytest.approx(0.80)
+    assert refined.kappa_source.startswith("replay") and "3 amp trials" in refined.kappa_source
     # A robust running estimate: one wild trial does not move the medians; the window is bounded.
     p = estimate(cfg, calibration=c2)
     c3 = cal.refine(c2, p, 50.0, 40.0)
@@ -67,11 +71,36 @@ def test_refine_learns_tensor_scale_and_outside_from_trials(tmp_path):
     assert c3.n_refined == cal.WINDOW
 
 
-@pytest.mark.parametrize("nvml,torch_peak", [(0.0, 1.0), (float("nan"), 1.0), (5.0, -1.0)])
-def test_refine_rejects_non_measurements(nvml, torch_peak):
+def test_refine_targets_the_allocator_gap_per_dtype_class():
+    """A device whose CE hole is 0.1 F bigger than the replay's: after two bf16 trials the bf16 prediction matches
+    the measured NVML peak; fp32 predictions keep the replay's kappa; without the reserved peak the residual over
+    the calibrated outside part is read as the allocator gap and the outside part is left alone."""
+    c = _cal()
+    cfg = PRESETS["8gb"]
+    for use_reserved in (True, False):
+        k = c
+        for b in (2, 4):
+            p = estimate(cfg, batch_size=b, calibration=k)
+            torch_peak = p.tensor_gib
+            reserved = torch_peak + p.allocator_for(torch_peak, kappa=p.ce_replay_kappa + 0.1)
+            nvml = reserved + c.outside_gib
+            k = cal.refine(k, p, nvml, torch_peak, reserved if use_reserved else None)
+        assert k.kappa_offset("amp") == pytest.approx(0.1, abs=0.01)
+        assert k.outside_residuals_gib == (pytest.approx((c.outside_gib,) * 2) if use_reserved else ())
+        e = estimate(cfg, batch_size=6, calibration=k)
+        truth = e.tensor_gib + e.allocator_for(e.tensor_gib, kappa=e.ce_replay_kappa + 0.1) + c.outside_gib
+        assert e.total_gib == pytest.approx(truth, rel=2e-3)
+        assert e.total_gib > estimate(cfg, batch_size=6, calibration=c).total_gib  # bigger hole than the replay's
+        f = estimate(cfg.replace(dtype="float32"), batch_size=6, calibration=k)
+        assert f.kappa_source == "replay" and f.ce_hole_kappa == f.ce_replay_kappa
+
+
+@pytest.mark.parametrize("nvml,torch_peak,reserved", [(0.0, 1.0, None), (float("nan"), 1.0, None),
+                                                       (5.0, -1.0, None), (5.0, 4.0, 0.0)])
+def test_refine_rejects_non_measurements(nvml, torch_peak, reserved):
     p = estimate(PRESETS["8gb"], calibration=_cal())
     with pytest.raises(cal.CalibrationError):
-        cal.refine(_cal(), p, nvml, torch_peak)
+        cal.refine(_cal(), p, nvml, torch_peak, reserved)
 
 
 def test_estimate_without_calibration_says_so(tmp_path):

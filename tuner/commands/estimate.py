@@ -114,7 +114,9 @@ def format_estimate(est: Any) -> str:
         f"peak at {est.peak_moment})",
         f"  tensor bytes (torch max_memory_allocated)  {est.tensor_gib:8.3f} GiB"
         + (f"  (raw {est.tensor_raw_gib:.3f} x {est.tensor_scale:.3f} refined)" if est.tensor_scale != 1.0 else ""),
-        f"  allocator (reserved - allocated)          {est.allocator_gib:8.3f} GiB",
+        f"  allocator (reserved - allocated)          {est.allocator_gib:8.3f} GiB"
+        + (f"  (CE hole {est.ce_hole_kappa:.2f} x {est.ce_chunk_gib:.3f} GiB, kappa from {est.kappa_source})"
+           if est.device == "cuda" else ""),
         f"  outside the allocator (context, kernels)  {est.outside_gib:8.3f} GiB  [{est.outside_source}]",
         "  tensor bytes per component at the peak:",
     ]
