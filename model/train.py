@@ -90,6 +90,9 @@ class TrainResult:
     curve: list[dict[str, float]]  # EvalInfo dicts, mid-run points and the final evaluation
     eval_tokens: int  # validation tokens actually scored
     device: str
+    # CUDA only: torch.cuda.max_memory_reserved over the call (the caching allocator's high-water mark; the VRAM
+    # estimator's calibration learns its allocator gap from it). None on CPU, where no such allocator exists.
+    peak_reserved_gib: float | None = None
     model: Any = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -141,8 +144,10 @@ def train_and_evaluate(config: Phase1Config, data: TokenData, *, train_tokens: i
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
             peak_bytes, kind = torch.cuda.max_memory_allocated(dev), "cuda_max_allocated"
+            reserved_gib = torch.cuda.max_memory_reserved(dev) / GIB
         else:
             peak_bytes, kind = tracker.peak_bytes, "cpu_tensor_bytes"
+            reserved_gib = None
     diagnostics = run.diagnostics(final)
     say(f"train: done, val_loss {final['val_loss']:.4f} (ppl {final['val_ppl']:.2f}), "
         f"{tokens_per_s:.0f} tokens/s, peak {peak_bytes / GIB:.3f} GiB ({kind})")
@@ -151,7 +156,7 @@ def train_and_evaluate(config: Phase1Config, data: TokenData, *, train_tokens: i
         tokens_per_s=tokens_per_s, train_time_s=loop_s,
         peak_torch_gib=peak_bytes / GIB, peak_memory_kind=kind, diagnostics=diagnostics,
         param_counts=dict(run.model.param_counts()), curve=curve, eval_tokens=final["eval_tokens"], device=str(dev),
-        model=run.model if return_model else None,
+        peak_reserved_gib=reserved_gib, model=run.model if return_model else None,
     )
 
 

@@ -95,6 +95,7 @@ def test_result_measurements(tiny, trained):
     n_params = sum(result.param_counts.values())
     assert n_params == sum(p.numel() for p in result.model.parameters())
     assert result.peak_memory_kind == "cpu_tensor_bytes"
+    assert result.peak_reserved_gib is None  # no caching allocator on CPU: nothing to report, nothing invented
     # parameters + gradients + two AdamW moments, all float32, are alive together after the first step
     assert result.peak_torch_gib * 2**30 >= 16 * n_params
     assert result.peak_torch_gib < 0.1
