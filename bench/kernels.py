@@ -15,9 +15,13 @@ import platform
 import sys
 import time
 
-import torch
-
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+# `python bench/kernels.py` puts bench/ first on sys.path, where this very file would shadow the `kernels` package:
+# the repo root goes first, bench/ right after it (for `from lns_bench import bench_lns`).
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != BENCH_DIR]
+sys.path[:0] = [os.path.dirname(BENCH_DIR), BENCH_DIR]
+
+import torch  # noqa: E402
 SHAPES = [(8, 2048, 64), (16, 4096, 64), (8, 16384, 64)]
 # Checked (not timed) before anything is timed: odd lengths and channel counts exercise the masks, several
 # channel blocks and many chunks exercise the look-back under real concurrency.
@@ -224,8 +228,6 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         print("error: bench/kernels.py needs a CUDA GPU", file=sys.stderr)
         return 2
-    sys.path.insert(0, BENCH_DIR)
-    sys.path.insert(0, os.path.dirname(BENCH_DIR))
     import triton
     from triton.testing import do_bench
 

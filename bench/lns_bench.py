@@ -21,6 +21,12 @@ import statistics
 import sys
 import time
 
+_BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+# `python bench/lns_bench.py` puts bench/ first on sys.path, where bench/kernels.py would shadow the `kernels`
+# package: the repo root goes first (bench/ stays, after it, for scripts that import this one by name).
+if sys.path[:1] != [os.path.dirname(_BENCH_DIR)]:
+    sys.path.insert(0, os.path.dirname(_BENCH_DIR))
+
 # (M, K, N): the brief's three compute-bound shapes, plus a small-M (memory-bound, decode-like) one where moving
 # 1-2 bytes per weight instead of 2 should matter most.
 SHAPES = [(4096, 4096, 4096), (8192, 1024, 4096), (2048 * 8, 1024, 64), (16, 4096, 4096)]
@@ -131,7 +137,6 @@ def main(argv: list[str] | None = None) -> int:
     if not cuda:
         # The Triton interpreter must be chosen before triton is first imported (kernels.lns imports it).
         os.environ.setdefault("TRITON_INTERPRET", "1")
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root, for `kernels`
     import triton
 
     device = torch.device("cuda" if cuda else "cpu")

@@ -136,13 +136,16 @@ def field_types() -> dict[str, Any]:
     return _HINTS
 
 
-def _type_ok(value: Any, hint: Any) -> bool:
+def type_ok(value: Any, hint: Any) -> bool:
+    """Whether `value` (as read from YAML) fits the field type `hint` (from `field_types()`): bool is not an int, an
+    int is a float, Literal values must match in type too, Optional admits None. The one rule used by Phase1Config's
+    validation and by the tuner's search-space checks, so the two never disagree."""
     args = get_args(hint)
     origin = getattr(hint, "__origin__", None)
     if origin is Literal:
         return any(value == a and type(value) is type(a) for a in args)
     if args and type(None) in args:  # Optional[X] / X | None
-        return value is None or any(_type_ok(value, a) for a in args if a is not type(None))
+        return value is None or any(type_ok(value, a) for a in args if a is not type(None))
     if hint is bool:
         return isinstance(value, bool)
     if hint is int:
@@ -152,20 +155,21 @@ def _type_ok(value: Any, hint: Any) -> bool:
     return isinstance(value, hint)
 
 
-def _describe(hint: Any) -> str:
+def describe_type(hint: Any) -> str:
+    """The field type `hint` in words for error messages ("an integer", "one of 'a', 'b'", "a number or null")."""
     args = get_args(hint)
     if getattr(hint, "__origin__", None) is Literal:
         return "one of " + ", ".join(repr(a) for a in args)
     if args and type(None) in args:
-        return " or ".join(_describe(a) for a in args if a is not type(None)) + " or null"
+        return " or ".join(describe_type(a) for a in args if a is not type(None)) + " or null"
     return {bool: "true or false", int: "an integer", float: "a number"}.get(hint, getattr(hint, "__name__", str(hint)))
 
 
 def _check_types(cfg: Phase1Config) -> None:
     for name, hint in field_types().items():
         value = getattr(cfg, name)
-        if not _type_ok(value, hint):
-            raise ConfigError(f"{name}: {value!r} is not {_describe(hint)}")
+        if not type_ok(value, hint):
+            raise ConfigError(f"{name}: {value!r} is not {describe_type(hint)}")
         if hint is float and isinstance(value, int):
             setattr(cfg, name, float(value))  # YAML "1" for a float field
         if isinstance(value, float) and not math.isfinite(value):

@@ -23,7 +23,9 @@ Objective values are returned in the spec's metric order (val_ppl, peak_vram_gib
 
 LNS trials (config.lns_enabled): LNS weights are inference-only, so the child trains the same config with
 lns_enabled False, converts the trained model with model.lns_linear.convert_to_lns and evaluates the converted
-model; val_ppl is the LNS model's, `float_val_ppl` the trained float model's, peak memory the training peak.
+model; val_ppl is the LNS model's, user attr `val_ppl_float` the trained float model's (the PPL with LNS off beside
+the one with LNS on), `eval_used_lns` True, `lns_converted_linears` the number of linears converted, peak memory the
+training peak. The learning curve is the float model's (LNS exists only after training).
 """
 
 from __future__ import annotations
@@ -153,10 +155,12 @@ class Objective:
         kind = outcome["kind"]
         ceiling = float(self.spec.vram_ceiling_gib)
         for key in ("nvml_peak_gib", "nvml_samples", "nvml_pid_seen", "nvml_lookup", "allocator_fraction",
-                    "torch_peak_gib", "curve", "curve_alpha", "curve_r2", "curve_prediction", "curve_predictions",
-                    "curve_final_pred_error"):
+                    "torch_peak_gib"):
             if outcome.get(key) is not None:
                 trial.set_user_attr(key, outcome[key])
+        for key, value in outcome.items():  # every learning-curve attr the monitor wrote (LearningCurveMonitor.attrs)
+            if (key == "curve" or key.startswith("curve_")) and value is not None:
+                trial.set_user_attr(key, value)
         trial.set_user_attr("trial_wall_s", round(float(outcome.get("wall_s", 0.0)), 3))
         if outcome.get("replace_child"):
             trial.set_user_attr("child_replaced", True)
@@ -164,10 +168,12 @@ class Objective:
         if kind == "complete":
             r = outcome["result"]
             peak = self._peak_from_result(trial, r, outcome, device)
-            for key in ("tokens_per_s", "param_counts", "train_time_s", "steps", "val_loss", "float_val_ppl",
+            for key in ("tokens_per_s", "param_counts", "train_time_s", "steps", "val_loss", "val_ppl_float",
                         "lns_converted_linears"):
                 if r.get(key) is not None:
                     trial.set_user_attr(key, r[key])
+            # The val_ppl objective is the evaluated model's: the LNS-converted one when the config asks for LNS.
+            trial.set_user_attr("eval_used_lns", bool(config.lns_enabled))
             trial.set_user_attr("torch_peak_gib", r.get("peak_torch_gib"))
             counts = r.get("param_counts") or _expected_param_counts(config)
             trial.set_user_attr("params_total", params_total(counts))
@@ -297,23 +303,34 @@ class Objective:
         trial.set_user_attr("estimate_calibrated", bool(est.calibrated))
         return predicted
 
-    def _pruning_request(self, trial, predicted: float | None) -> dict[str, Any] | None:
-        """Learning-curve pruning settings for the child, with the current feasible (val_ppl, peak) points."""
+    def _pruning_request(self, trial, predicted: float | None) -> dict[str, Any]:
+        """Learning-curve settings for the child. Always sent: the curve, its fit and the prediction are recorded on
+        every trial (issue 7); `enabled` (the spec's pruning switch) only decides whether the child may prune.
+
+        front: every feasible (val_ppl, peak_vram_gib) point of the study's complete trials (a point is dominated by
+        the front iff by some feasible point). reference_curves: the `curve` user attrs of complete trials with the
+        same budget; with enough of them the child predicts the final PPL with their late exponents
+        (tuner.curve.predict_late_alpha) instead of the trial's own early fit, which is biased low at the budget.
+        """
         lc = self.spec.pruning
-        if not lc.enabled:
-            return None
         names = self.spec.metric_names
-        if "val_ppl" not in names or "peak_vram_gib" not in names:
-            return None
-        i_ppl, i_mem = names.index("val_ppl"), names.index("peak_vram_gib")
+        # The rule compares (val_ppl, peak) with the front: without both objectives there is nothing to compare.
+        comparable = "val_ppl" in names and "peak_vram_gib" in names
         from tuner.constraints import is_feasible
 
-        points = []
+        budget = int(self.spec.budget.train_tokens)
+        points, references = [], []
         for t in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-            if t.user_attrs.get("end_reason") == "complete" and is_feasible(t):
-                points.append((float(t.values[i_ppl]), float(t.values[i_mem])))
-        # Every feasible point, not only the front: a point is dominated by the front iff by some feasible point.
-        return {"enabled": True, "min_fraction": lc.min_fraction, "confidence": lc.confidence, "front": points,
+            if t.user_attrs.get("end_reason") != "complete":
+                continue
+            curve = t.user_attrs.get("curve")
+            if curve and t.user_attrs.get("curve_budget_tokens", budget) == budget:
+                references.append(curve)
+            if comparable and is_feasible(t):
+                points.append((float(t.values[names.index("val_ppl")]),
+                               float(t.values[names.index("peak_vram_gib")])))
+        return {"enabled": bool(lc.enabled and comparable), "min_fraction": lc.min_fraction,
+                "confidence": lc.confidence, "front": points, "reference_curves": references,
                 # CPU has no live memory figure during the run: the estimate stands in for the trial's peak.
                 "proxy_peak_gib": predicted}
 

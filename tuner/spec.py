@@ -43,7 +43,7 @@ from typing import Any, Literal, Mapping, get_args
 
 import yaml
 
-from model.config import PRESETS, ConfigError, Phase1Config, field_types
+from model.config import PRESETS, ConfigError, Phase1Config, describe_type, field_types, type_ok
 from tuner.errors import SpecError
 
 METRICS = ("val_ppl", "peak_vram_gib", "params", "tokens_per_s")
@@ -89,6 +89,9 @@ class Budget:
     train_tokens: int  # tokens each trial trains on
     eval_tokens: int  # validation tokens per evaluation
     trial_timeout_s: float  # wall-clock seconds before a trial is stopped (`timeout`)
+
+
+MIN_CURVE_TOKENS = 16  # tuner.curve.eval_points: 6 distinct log-spaced points from 1/16 of the budget
 
 
 @dataclass(frozen=True)
@@ -373,6 +376,10 @@ class _Loader:
         budget = self.budget(top["budget"])
         presets = self.presets(top.get("enqueue_presets", []) or [], space)
         pruning = self.pruning(top.get("pruning", {}) or {})
+        if pruning.enabled and budget.train_tokens < MIN_CURVE_TOKENS:
+            raise self.fail("pruning.learning_curve.enabled", f"true with budget.train_tokens = "
+                            f"{budget.train_tokens}; the learning curve needs log-spaced evaluations from 1/16 of "
+                            "the budget", f"raise train_tokens to >= {MIN_CURVE_TOKENS} or set enabled: false")
         estimate = self.estimate(top.get("estimate", {}) or {})
         self.check_space(space, model, ceiling)
         raw = {
@@ -456,7 +463,7 @@ class _Loader:
             raise self.config_error(exc, "model." if not str(exc).startswith("model") else "",
                                     "fix the value under model:") from None
         try:
-            cfg.check_trainable()
+            trial_trainable(cfg)
         except ConfigError as exc:
             raise self.config_error(exc, "model.", "studies train their trials") from None
         return {k: getattr(cfg, k) for k in m}  # ints given for float fields come back as floats
@@ -486,8 +493,8 @@ class _Loader:
                     raise self.fail(key, f"not a parameter or Phase1Config field{_did_you_mean(k, self.types)}",
                                     "name a search_space parameter or a model field")
                 for a in allowed:
-                    if not _fits(a, self.types[k]):
-                        raise self.fail(key, f"{_fmt(a)} is not {_describe(self.types[k])}",
+                    if not type_ok(a, self.types[k]):
+                        raise self.fail(key, f"{_fmt(a)} is not {describe_type(self.types[k])}",
                                         f"compare with a value {k} can take")
         order = self.order(params)
         base = {k: model.get(k, getattr(Phase1Config(), k)) for p in order for k, _ in p.when if k not in params}
@@ -523,8 +530,8 @@ class _Loader:
             for i, c in enumerate(choices):
                 if not isinstance(c, (bool, int, float, str)) and c is not None:
                     raise self.fail(f"{key}.choices[{i}]", f"{_fmt(c)} is not a scalar", "use plain values")
-                if not _fits(c, hint):
-                    raise self.fail(f"{key}.choices[{i}]", f"{_fmt(c)} is not {_describe(hint)}",
+                if not type_ok(c, hint):
+                    raise self.fail(f"{key}.choices[{i}]", f"{_fmt(c)} is not {describe_type(hint)}",
                                     f"use values of {name}'s type")
             if len({(type(c), c) for c in choices}) != len(choices):
                 raise self.fail(f"{key}.choices", "contains a value twice", "list each choice once")
@@ -533,7 +540,7 @@ class _Loader:
             raise self.fail(f"{key}.choices", f"not used by a {kind} parameter", "use low/high, or type: categorical")
         base_types = {a for a in (get_args(hint) or (hint,)) if a is not type(None)}
         if getattr(hint, "__origin__", None) is Literal or not base_types & ({int} if kind == "int" else {float}):
-            raise self.fail(f"{key}.type", f"{kind} does not fit {name} ({_describe(hint)})",
+            raise self.fail(f"{key}.type", f"{kind} does not fit {name} ({describe_type(hint)})",
                             "use type: categorical with allowed values" if getattr(hint, "__origin__", None)
                             is Literal or bool in base_types or str in base_types else
                             f"use type: {'int' if int in base_types else 'float'}")
@@ -732,7 +739,7 @@ class _Loader:
             seen_sets.add(sig)
             try:
                 cfg = Phase1Config.from_dict({**fixed, **values})
-                cfg.check_trainable()
+                trial_trainable(cfg)
             except ConfigError as exc:
                 bad = str(exc).split(":", 1)[0]
                 key = f"search_space.{bad}" if bad in space else "search_space"
@@ -750,16 +757,11 @@ def preset_values(name: str, model: Mapping[str, Any]) -> dict[str, Any]:
     return cfg
 
 
-def _fits(value: Any, hint: Any) -> bool:
-    from model.config import _type_ok  # the config's own type rule, so spec and config never disagree
-
-    return _type_ok(value, hint)
-
-
-def _describe(hint: Any) -> str:
-    from model.config import _describe as describe
-
-    return describe(hint)
+def trial_trainable(cfg: Phase1Config) -> None:
+    """Raise ConfigError when a trial could not train `cfg`. A trial trains an LNS config (lns_enabled: true) with LNS
+    off, converts the trained model and evaluates the converted one (tuner.trial_runner), so LNS is allowed here;
+    every other trainability rule of Phase1Config.check_trainable applies."""
+    cfg.replace(lns_enabled=False).check_trainable()
 
 
 def _describe_param(p: Param) -> str:

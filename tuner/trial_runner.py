@@ -175,8 +175,10 @@ class TrialRunner:
         """Run one trial; return its outcome dict ({"kind", "result"?, "error_summary"?, "traceback"?, ...}).
 
         request: {"config": Phase1Config dict, "data": model.data.DataSource, "train_tokens", "eval_tokens",
-        "ceiling_gib", "eval_points" (list of token counts), "pruning": None | {"enabled", "min_fraction",
-        "confidence", "front": [(ppl, gib)], "proxy_peak_gib"}, "trial_number", "fault": FaultInjection | None}.
+        "ceiling_gib", "eval_points" (list of token counts, used without a monitor), "pruning": None | {"enabled",
+        "min_fraction", "confidence", "front": [(ppl, gib)], "reference_curves": [[{tokens, val_ppl}]],
+        "proxy_peak_gib"}, "trial_number", "fault": FaultInjection | None}. With "pruning" a LearningCurveMonitor
+        records the curve (its own log-spaced eval points) whether or not it may prune ("enabled").
         The wall clock for `timeout_s` starts when the request is sent (the child is already warm).
         """
         self.ensure_started()
@@ -369,13 +371,20 @@ class _ChildState:
                               on_cross=lambda peak, t: self.send({"type": "ceiling", "peak_gib": peak}))
 
         monitor = None
+        curve_note: dict[str, Any] = {}
         pruning = req.get("pruning")
         if pruning is not None:
             proxy = float(pruning.get("proxy_peak_gib") or 0.0)
-            monitor = LearningCurveMonitor(
-                _Settings(pruning["enabled"], pruning["min_fraction"], pruning["confidence"]),
-                req["train_tokens"], [tuple(p) for p in pruning["front"]],
-                (lambda: guard.peak_gib) if guard is not None else (lambda: proxy))
+            try:
+                monitor = LearningCurveMonitor(
+                    _Settings(pruning["enabled"], pruning["min_fraction"], pruning["confidence"]),
+                    req["train_tokens"], [tuple(p) for p in pruning["front"]],
+                    (lambda: guard.peak_gib) if guard is not None else (lambda: proxy),
+                    reference_curves=pruning.get("reference_curves") or ())
+            except ValueError as e:  # a budget under 16 tokens has no log-spaced schedule
+                if pruning["enabled"]:
+                    raise  # the spec rejects this combination; reaching here is a bug worth a traceback
+                curve_note = {"curve_note": f"no learning curve recorded: {e}"}
         eval_points = list(monitor.eval_points) if monitor is not None else list(req.get("eval_points") or [])
 
         last_sent = [0.0]
@@ -398,7 +407,7 @@ class _ChildState:
                            "loss": float(info.loss), "elapsed_s": float(info.elapsed_s)})
 
         base = {"device": self.device, "device_name": self.device_name}
-        curve_attrs = lambda: monitor.attrs() if monitor is not None else {}  # noqa: E731
+        curve_attrs = lambda: monitor.attrs() if monitor is not None else dict(curve_note)  # noqa: E731
         try:
             if guard is not None:
                 guard.start()
@@ -430,8 +439,8 @@ class _ChildState:
             return {**base, "kind": "invalid_config", "error_summary": str(e)}
         except TrialStopRequested as e:
             return {**base, "kind": "interrupted", **_guard_attrs(guard), "error_summary": str(e)}
-        if monitor is not None:
-            monitor.final_error(out["val_ppl"])
+        if monitor is not None:  # the curve is the trained float model's: judge its prediction against that PPL
+            monitor.final_error(out["val_ppl_float"])
         return {**base, "kind": "complete", "result": out, **_guard_attrs(guard), **curve_attrs()}
 
 
@@ -488,7 +497,7 @@ def _result_dict(result) -> dict[str, Any]:
         if name == "model":
             continue
         out[name] = _jsonable(getattr(result, name))
-    out["float_val_ppl"] = out.get("val_ppl")
+    out["val_ppl_float"] = out.get("val_ppl")  # the trained float model's; an LNS trial then replaces val_ppl
     return out
 
 

@@ -105,9 +105,8 @@ BAD = [
     ("dup-metric", mutate(objectives=[{"metric": "val_ppl"}, {"metric": "val_ppl"}]), "objectives[1].metric", "twice"),
     ("bad-model-value", mutate(model__d_model=4), "model.d_model", ">= 8"),
     ("unknown-model-field", mutate(model__dmodel=64), "model.dmodel", "did you mean 'd_model'"),
-    ("untrainable-model", mutate(model__lns_enabled=True), "model.lns_enabled", "inference"),
-    ("untrainable-space", mutate(**{f"{SS}__lns_enabled": {"type": "categorical", "choices": [False, True]}}),
-     "search_space.lns_enabled", "lns_enabled"),
+    # lns_enabled (fixed or searched) is valid: a trial trains with LNS off and evaluates converted
+    # (tests/tuner/test_spec_lns.py, tests/integration/test_lns_trial.py).
     ("missing-data-path", mutate(data={"source": "files", "path": "/nonexistent/corpus"}), "data.path",
      "/nonexistent/corpus"),
     ("unknown-data-source", mutate(data={"source": "web"}), "data.source", "stdlib"),

@@ -1,5 +1,7 @@
 """`tuner export --study NAME --max-vram-gib X --out FILE`: the lowest-PPL feasible Pareto trial within X GiB,
-written as a preset (full Phase1Config + provenance) that `tuner train --preset FILE` rebuilds."""
+written as a preset (full Phase1Config + provenance) that `tuner train --preset FILE` rebuilds. The provenance
+carries the study's data source (`data`, model.data.DataSource.to_dict()) and budget (`train_tokens`,
+`eval_tokens`), so training the preset with no other flag repeats the trial's run."""
 
 from __future__ import annotations
 
@@ -38,11 +40,11 @@ def run(args) -> int:
                 if vrams else "no feasible trial has completed yet; run more trials")
         raise TunerError(f"study {args.study}: no feasible Pareto trial with peak_vram_gib <= {args.max_vram_gib} "
                          f"GiB; {hint}")
+    spec = study_spec(study)
     stored = trial.user_attrs.get("config")
     if isinstance(stored, dict):
         config = Phase1Config.from_dict(stored, where=f"trial {trial.number} config")
     else:
-        spec = study_spec(study)
         if spec is None:
             raise TunerError(f"trial {trial.number} has no `config` user attr and the study no stored spec; "
                              "it was not made by tuner and cannot be exported")
@@ -50,9 +52,14 @@ def run(args) -> int:
     config = config.replace(target_vram_gb=float(args.max_vram_gib))  # the budget this preset is promised to fit
     ppl = metric_value(trial, "val_ppl", names)
     vram = metric_value(trial, "peak_vram_gib", names)
+    # What the trial was trained on, so `tuner train --preset FILE` reproduces it with no other flag.
+    reproduce = {}
+    if spec is not None:
+        reproduce = {"data": spec.data.to_dict(), "train_tokens": int(spec.budget.train_tokens),
+                     "eval_tokens": int(spec.budget.eval_tokens)}
     path = write_preset(args.out, config, study=args.study, trial=trial.number, val_ppl=ppl, peak_vram_gib=vram,
                         device=trial.user_attrs.get("device"),
-                        peak_vram_kind=trial.user_attrs.get("peak_vram_kind"))
+                        peak_vram_kind=trial.user_attrs.get("peak_vram_kind"), **reproduce)
     print(f"wrote {path}: trial {trial.number}, val_ppl {ppl:.4g}, peak_vram_gib {vram:.3f} "
           f"(budget {args.max_vram_gib} GiB)")
     return 0

@@ -1,5 +1,6 @@
 """`tuner report --study NAME --out DIR`: Pareto front (PNG + interactive HTML), parameter importances per
-objective, learning curves (when tuner.report_curves is present) and a markdown summary tying them together."""
+objective, learning curves of the Pareto and pruned trials with their power-law fits (tuner.report_curves) and a
+markdown summary tying them together."""
 
 from __future__ import annotations
 
@@ -101,13 +102,12 @@ def run(args) -> int:
     importances = _importances(study, names)
     files["importances"] = out / "importances.json"
     files["importances"].write_text(json.dumps(importances, indent=2, sort_keys=True))
-    try:
-        from tuner.report_curves import write_learning_curves
-    except ImportError:
-        curves = None
-    else:
-        curves = write_learning_curves(trials, out, pareto_numbers=[t.number for t in front])
-    if curves is not None:
+    from tuner.report_curves import write_learning_curves
+
+    # The feasible front (tuner.pareto), not report_curves' own unconstrained default: an over-ceiling trial is never
+    # drawn as a Pareto trial.
+    curves = write_learning_curves(study.get_trials(), out, pareto_numbers={t.number for t in front})
+    if curves is not None:  # None: no trial recorded a curve (all pruned before training, or an old study)
         files["learning_curves"] = Path(curves)
     (out / "pareto.json").write_text(json.dumps([trial_row(t, names) for t in front], indent=2, sort_keys=True))
     files["pareto_json"] = out / "pareto.json"

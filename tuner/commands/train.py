@@ -71,17 +71,35 @@ def _settings(args, preset) -> tuple[Any, int, int, str]:
         spec = load_spec(args.study)
     if args.data is not None:
         data, src = parse_data(args.data), "--data"
-    elif isinstance(prov.get("data"), dict):
+    elif prov.get("data") is not None:  # a malformed value is a DataError naming it (from_dict), never skipped
         data, src = DataSource.from_dict(prov["data"], where=f"{preset.source}: provenance.data"), "provenance"
     elif spec is not None:
         data, src = spec.data, args.study
     else:
         data, src = DataSource(kind="stdlib"), "default"
-    train = args.train_tokens or prov.get("train_tokens") or (spec.budget.train_tokens if spec else None) \
-        or DEFAULT_TRAIN_TOKENS
-    evals = args.eval_tokens or prov.get("eval_tokens") or (spec.budget.eval_tokens if spec else None) \
-        or DEFAULT_EVAL_TOKENS
-    return data, int(train), int(evals), src
+    train = _tokens("--train-tokens", args.train_tokens, preset, "train_tokens",
+                    spec.budget.train_tokens if spec else None, DEFAULT_TRAIN_TOKENS)
+    evals = _tokens("--eval-tokens", args.eval_tokens, preset, "eval_tokens",
+                    spec.budget.eval_tokens if spec else None, DEFAULT_EVAL_TOKENS)
+    return data, train, evals, src
+
+
+def _tokens(flag: str, given: int | None, preset, key: str, from_study: int | None, default: int) -> int:
+    """A token budget: the flag, else the preset's provenance `key`, else the --study file's, else the default.
+    A present but malformed value is an error naming where it is, never skipped."""
+    from tuner.errors import PresetError, TunerError
+
+    if given is not None:
+        if given < 1:
+            raise TunerError(f"{flag}: {given} must be a positive number of tokens")
+        return int(given)
+    value = preset.provenance.get(key)
+    if value is not None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise PresetError(f"{preset.source}: provenance.{key}: {value!r} is not a positive integer; fix it, "
+                              f"remove it, or pass {flag}")
+        return value
+    return int(from_study if from_study is not None else default)
 
 
 def run(args: argparse.Namespace) -> int:
