@@ -9,6 +9,9 @@ Decisions (architecture.md, issue 4):
   host is resolved and its port dialled with short timeouts, so an unreachable server fails in seconds with a
   message naming host and port (libpq's connect_timeout does not bound DNS resolution).
 - A URL is only ever printed through `mask_url`.
+- An open storage is a tuner.resilience.ResilientRDBStorage: it waits out a database outage (calls retried with
+  backoff, up to OUTAGE_LIMIT_S), its heartbeat never kills the heartbeat thread, and a heartbeat-stale trial is
+  recorded as `end_reason = worker_lost` before its retry is queued.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ MAX_RETRY = 3  # times a stale trial is re-queued
 PREFLIGHT_S = 5.0  # DNS resolution + TCP dial together, before libpq is involved
 CONNECT_TIMEOUT_S = 4  # libpq's connect_timeout (login) once the port answers -> under 10 s in all
 POOL_RECYCLE_S = 300  # replace pooled connections older than this (idle-drop by servers, proxies, NAT)
+OUTAGE_LIMIT_S = 600.0  # an open storage retries through a database outage this long (tuner.resilience)
 
 
 # --- URLs ---------------------------------------------------------------------------------------------------------
@@ -131,11 +135,22 @@ def engine_kwargs(url: str) -> dict[str, Any]:
 
 
 def open_storage(url: str, *, heartbeat_interval_s: int = HEARTBEAT_INTERVAL_S,
-                 grace_period_s: int = GRACE_PERIOD_S, max_retry: int | None = MAX_RETRY):
-    """RDBStorage with heartbeats and stale-trial retry. Raises StorageError (masked URL, host:port) within 10 s."""
+                 grace_period_s: int = GRACE_PERIOD_S, max_retry: int | None = MAX_RETRY,
+                 outage_limit_s: float = OUTAGE_LIMIT_S):
+    """RDBStorage with heartbeats and stale-trial retry. Raises StorageError (masked URL, host:port) within 10 s.
+
+    Once open, the storage waits out a database outage of up to `outage_limit_s` (tuner.resilience): its calls
+    are retried with backoff, a failed heartbeat is logged and the next one tried, and a stale trial's failure
+    records `end_reason = worker_lost` before its retry is queued."""
     import optuna
     import sqlalchemy.exc
 
+    from tuner.resilience import ResilientRDBStorage, WorkerLostRetryCallback
+
+    if int(grace_period_s) < int(heartbeat_interval_s):
+        raise StorageError(f"grace period {grace_period_s} s is shorter than the heartbeat interval "
+                           f"{heartbeat_interval_s} s: live trials would be failed as stale; give a grace period of "
+                           "several heartbeats, e.g. --heartbeat-s 30 --grace-s 120")
     host, port, backend = _host_port(url)
     if backend == "sqlite":
         path = url.split("///", 1)[1] if "///" in url else ""
@@ -150,13 +165,13 @@ def open_storage(url: str, *, heartbeat_interval_s: int = HEARTBEAT_INTERVAL_S,
             with warnings.catch_warnings():
                 # heartbeat_interval and the retry callback are marked experimental; that is not news to a user.
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(
+                return ResilientRDBStorage(
                     url,
+                    outage_limit_s=outage_limit_s,
                     engine_kwargs=engine_kwargs(url),
-                    heartbeat_interval=heartbeat_interval_s,
-                    grace_period=grace_period_s,
-                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                        max_retry=max_retry),
+                    heartbeat_interval=int(heartbeat_interval_s),
+                    grace_period=int(grace_period_s),
+                    heartbeat_stale_trial_callback=WorkerLostRetryCallback(max_retry=max_retry),
                 )
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as exc:
             # Two processes creating the tables of a fresh database at once: the loser retries and finds them.
@@ -197,13 +212,25 @@ def heartbeat_ages_s(storage, study_id: int) -> dict[int, float]:
     return {int(tid): (now - beat.replace(tzinfo=None)).total_seconds() for tid, beat in rows}
 
 
-def make_sampler(spec):
+_SPEC_SEED = object()
+
+
+def make_sampler(spec, *, seed: Any = _SPEC_SEED):
     """The spec's sampler. Constraints need no `constraints_func` in Optuna 5: TPE, NSGA-II and GP read each
-    trial's recorded constraint (tuner.constraints) on their own; `constraints_func` is deprecated."""
+    trial's recorded constraint (tuner.constraints) on their own; `constraints_func` is deprecated.
+
+    Determinism: by default the sampler is seeded with the spec's `sampler.seed`, so one worker alone replays the
+    same sequence of configurations from that seed. Parallel workers must not all use it (they would draw the same
+    configurations): tuner.worker passes `seed=tuner.resilience.worker_seed(spec seed, worker id)`, the study seed
+    mixed with a hash of the worker's host:pid, and logs it."""
     import optuna
 
     s = spec.sampler
     kw = s.kwargs
+    if seed is not _SPEC_SEED:
+        import dataclasses
+
+        s = dataclasses.replace(s, seed=seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if s.name == "tpe":

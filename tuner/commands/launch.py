@@ -23,6 +23,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--n-trials", type=int, default=None, help="trials in total (default: the file's n_trials)")
     p.add_argument("--max-restarts", type=int, default=3, help="restarts per crashed worker before giving up")
     p.add_argument("--cache-dir", default=None, help="tokenized-data cache shared by the workers")
+    p.add_argument("--heartbeat-s", type=int, default=None,
+                   help="seconds between a running trial's heartbeats (default 30)")
+    p.add_argument("--grace-s", type=int, default=None,
+                   help="seconds without a heartbeat before a running trial is failed and retried (default 120; "
+                        "several heartbeats)")
     p.set_defaults(func=run)
     return p
 
@@ -40,6 +45,8 @@ def run(args: argparse.Namespace) -> int:
     url = resolve_storage_url(getattr(args, "storage", None))
     create_or_load_study(spec, open_storage(url))
     extra = ["--quiet"] + (["--cache-dir", args.cache_dir] if args.cache_dir else [])
+    extra += ["--heartbeat-s", str(args.heartbeat_s)] if args.heartbeat_s is not None else []
+    extra += ["--grace-s", str(args.grace_s)] if args.grace_s is not None else []
     n = len(gpus) if gpus is not None else args.workers
     print(f"launch: {n} worker(s) on study {spec.name} at {mask_url(url)}"
           + (f", GPUs {','.join(map(str, gpus))}" if gpus is not None else ""), flush=True)

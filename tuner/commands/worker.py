@@ -21,6 +21,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="trials the study should hold in total, shared by all workers (default: the spec's)")
     p.add_argument("--cache-dir", default=None, help="tokenized-data cache (default: .phase1_cache in the cwd)")
     p.add_argument("--quiet", action="store_true", help="no progress display, one line per finished trial only")
+    p.add_argument("--heartbeat-s", type=int, default=None,
+                   help="seconds between a running trial's heartbeats (default 30)")
+    p.add_argument("--grace-s", type=int, default=None,
+                   help="seconds without a heartbeat before a running trial is failed and retried (default 120; "
+                        "several heartbeats)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads per trial on CPU (default 1: avoids oversubscribing shared cores; 0 = torch's "
                         "default); ignored on a GPU")
@@ -42,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
     with display:
         code = run_worker(args.study, url, gpu=args.gpu, n_trials=n_total, cache_dir=args.cache_dir,
                           cpu_threads=args.threads or None, on_progress=display.progress,
-                          on_trial_start=display.trial_start, on_trial_end=display.trial_end)
+                          on_trial_start=display.trial_start, on_trial_end=display.trial_end,
+                          heartbeat_interval_s=args.heartbeat_s, grace_period_s=args.grace_s)
     return code
 
 
