@@ -4,7 +4,8 @@
 
 Runs `tuner launch STUDY --gpus 0` and then `--gpus all` on fresh SQLite studies with the same settings (same
 trial count), timing each from launch to exit (trials completed per hour). In the `--gpus all` run, one worker is
-SIGKILLed once its first trial is under way; `launch` must restart it, and the study must end with every trial
+SIGKILLed once its first trial is under way; `launch` must restart it (heartbeat 5 s, grace 20 s, so the killed
+worker's trial is failed and retried quickly), and the study must end with every trial
 accounted for (none RUNNING, none missing). NVML is asked which processes use which GPU while workers run.
 On a host with one GPU the two throughputs measure the same thing: the JSON says how many GPUs there were.
 """
@@ -57,7 +58,7 @@ def run_launch(study: Path, name: str, gpus: str, trials: int, workdir: Path, ki
     storage = f"sqlite:///{workdir / 'study.db'}"
     env = {**os.environ, "TUNER_STORAGE": storage, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     cmd = [sys.executable, "-c", "import sys; from tuner.cli import main; sys.exit(main())",
-           "launch", str(study), "--gpus", gpus, "--n-trials", str(trials)]
+           "launch", str(study), "--gpus", gpus, "--n-trials", str(trials), "--heartbeat-s", "5", "--grace-s", "20"]
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     killed, gpu_map = None, None
