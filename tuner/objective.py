@@ -70,12 +70,17 @@ class Objective:
         on_progress: called with the child's progress messages ({"step", "tokens", "loss"}) plus "trial".
         on_trial_start: called with (trial number, params) when a trial starts (progress displays).
         fault: test-only tuner.trial_runner.FaultInjection passed to the child.
+        calibration_path: the VRAM-estimator calibration file (None: tuner.calibration.default_path()); read by the
+            pre-flight estimate, refined after each completed GPU trial.
     """
 
     def __init__(self, spec, runner, *, stop_event: threading.Event | None = None, worker_id: str | None = None,
                  on_progress: Callable[[dict[str, Any]], None] | None = None,
-                 on_trial_start: Callable[[int, dict[str, Any]], None] | None = None, fault=None):
+                 on_trial_start: Callable[[int, dict[str, Any]], None] | None = None, fault=None,
+                 calibration_path: str | os.PathLike | None = None):
         self.spec = spec
+        self.calibration_path = calibration_path
+        self._estimate_of_trial: Any = None  # the current trial's tuner.estimate.Estimate (one trial at a time)
         self.runner = runner
         self.stop_event = stop_event or threading.Event()
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
@@ -184,6 +189,8 @@ class Objective:
                                               if k not in ("effective_rank", "gate_sparsity")})
             if "curve" not in trial.user_attrs and r.get("curve") is not None:
                 trial.set_user_attr("curve", r["curve"])
+            if device == "cuda" and outcome.get("nvml_pid_seen"):
+                self._refine_calibration(trial, r, peak)
             over = peak > ceiling
             trial.set_user_attr("end_reason", "vram_ceiling" if over else "complete")
             if over:  # only on CPU: the GPU guard stops the run instead
@@ -296,12 +303,33 @@ class Objective:
             return None
         from tuner.estimate import estimate
 
-        est = estimate(config, device=device)
+        est = estimate(config, device=device, calibration_path=self.calibration_path)
+        self._estimate_of_trial = est
         predicted = float(est.total_gib)
+        trial.set_user_attr("estimate", est.to_dict())  # the breakdown, beside the measured peak
         trial.set_user_attr("predicted_peak_gib", predicted)
         trial.set_user_attr("predicted_peak_kind", "nvml_process" if device == "cuda" else "cpu_tensor_bytes")
         trial.set_user_attr("estimate_calibrated", bool(est.calibrated))
         return predicted
+
+    def _refine_calibration(self, trial, r: dict[str, Any], nvml_peak_gib: float) -> None:
+        """Teach the device's calibration from a trial that ran to the end with a per-process NVML peak (issue 6: the
+        calibration refines itself from finished trials on the same device). Ceiling stops and OOMs are not used:
+        their peaks are cut short. An uncalibrated estimate has no device entry to refine."""
+        est = self._estimate_of_trial
+        if est is None or not est.calibrated or not est.calibration_key:
+            return
+        from tuner.calibration import CalibrationError, refine_stored
+
+        try:
+            refine_stored(self.calibration_path, est.calibration_key, est, measured_nvml_gib=float(nvml_peak_gib),
+                          measured_torch_peak_gib=float(r["peak_torch_gib"]),
+                          measured_reserved_gib=r.get("peak_reserved_gib"))
+        except (OSError, CalibrationError) as e:  # a refinement is a bonus; the trial's own result stands
+            log.warning("calibration not refined from trial %d: %s", trial.number, e)
+            trial.set_user_attr("calibration_refined", False)
+            return
+        trial.set_user_attr("calibration_refined", True)
 
     def _pruning_request(self, trial, predicted: float | None) -> dict[str, Any]:
         """Learning-curve settings for the child. Always sent: the curve, its fit and the prediction are recorded on
