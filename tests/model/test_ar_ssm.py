@@ -8,27 +8,7 @@ import torch.nn.functional as F
 
 from kernels.scan import gated_scan_ref
 from model.ar_ssm import ARSSM, ar_ssm_layer_param_count, ar_ssm_param_count
-from model.config import Phase1Config
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny ops on a shared 2-core machine: OpenMP spin-waiting across threads costs ~10x; restored after."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def cfg(**kw) -> Phase1Config:
-    base = dict(vocab_size=97, d_model=32, n_layers=2, n_seq=17, ffn_rank=4, ar_ssm_max_rank=8,
-                ar_ssm_min_rank=2, htt_rank=4)
-    base.update(kw)
-    return Phase1Config(**base)
-
-
-def n_params(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
+from tests.model.tiny import cfg, n_params
 
 
 def reference_forward(m: ARSSM, x: torch.Tensor) -> torch.Tensor:

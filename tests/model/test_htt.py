@@ -9,27 +9,8 @@ import pytest
 import torch
 
 from model.config import Phase1Config
+from tests.model.tiny import cfg, n_params
 from model.htt import HTTEmbedding, factorize, htt_param_count
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny ops on a shared 2-core machine: OpenMP spin-waiting across threads costs ~10x; restored after."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def cfg(**kw) -> Phase1Config:
-    base = dict(vocab_size=97, d_model=32, n_layers=2, n_seq=17, ffn_rank=4, ar_ssm_max_rank=8,
-                ar_ssm_min_rank=2, htt_rank=4)
-    base.update(kw)
-    return Phase1Config(**base)
-
-
-def n_params(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
 
 
 def explicit_table(e: HTTEmbedding) -> torch.Tensor:

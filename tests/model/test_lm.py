@@ -13,15 +13,6 @@ from model.config import Phase1Config
 from model.lm import LMOutput, build_model, expected_param_counts
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny ops on a shared 2-core machine: OpenMP spin-waiting across threads costs ~10x; restored after."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def cfg(**kw) -> Phase1Config:
     base = dict(vocab_size=97, d_model=32, n_layers=2, n_seq=17, ffn_rank=4, ar_ssm_max_rank=8,
                 ar_ssm_min_rank=2, htt_rank=4, loss_chunk_size=0, use_gradient_checkpointing=False,
@@ -356,7 +347,7 @@ def test_tiny_model_learns_a_fixed_batch():
 
 
 def test_lns_build_converts_linears():
-    lns = pytest.importorskip("model.lns_linear", reason="model/lns_linear.py (helper 'lns') not present yet")
+    from model import lns_linear as lns
     c = cfg(lns_enabled=True, ffn_rank=16, ar_ssm_max_rank=16, head="low_rank", head_rank=16, n_layers=1, n_seq=9)
     m = build_model(c)
     assert not m.training

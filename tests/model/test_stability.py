@@ -15,15 +15,6 @@ from model.lm import build_model
 from model.stability import StabilityMonitor, StabilityWarning, det_condition, schatten_norms
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny ops on a shared 2-core machine: OpenMP spin-waiting across threads costs ~10x; restored after."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def cfg(**kw) -> Phase1Config:
     base = dict(vocab_size=97, d_model=32, n_layers=2, n_seq=17, ffn_rank=4, ar_ssm_max_rank=8,
                 ar_ssm_min_rank=2, htt_rank=4, loss_chunk_size=0, use_gradient_checkpointing=False, batch_size=2)
