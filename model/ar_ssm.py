@@ -40,10 +40,11 @@ from torch import nn
 
 from kernels.scan import gated_scan
 
+from model.shapes import CONV_KERNEL
+
 if TYPE_CHECKING:
     from model.config import Phase1Config
 
-CONV_KERNEL = 3  # local term width (tokens t-2, t-1, t)
 GATE_SPARSE_BELOW = 0.1  # a gate below this counts as "off" in gate_sparsity (the guide's definition)
 
 

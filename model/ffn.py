@@ -18,10 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.shapes import FFN_EXPANSION
+
 if TYPE_CHECKING:
     from model.config import Phase1Config
 
-FFN_EXPANSION = 4  # hidden width = 4 * d_model
 
 
 def ffn_layer_param_count(config: "Phase1Config") -> int:

@@ -43,38 +43,13 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from model.shapes import factorize  # noqa: F401  (re-exported: model.htt.factorize)
+
 if TYPE_CHECKING:
     from model.config import Phase1Config
 
 
 # --- pure arithmetic (no torch needed) -----------------------------------------------------------
-
-def _ceil_root(n: int, k: int) -> int:
-    """Smallest integer x with x**k >= n (exact integer arithmetic, no float rounding surprises)."""
-    x = max(1, int(round(n ** (1.0 / k))))
-    while x ** k < n:
-        x += 1
-    while x > 1 and (x - 1) ** k >= n:
-        x -= 1
-    return x
-
-
-def factorize(n: int, num_cores: int) -> tuple[int, ...]:
-    """Near-balanced factors (n1, n2[, n3]) with product >= n, e.g. 50257 -> (225, 224), 1024 -> (32, 32).
-
-    Balanced factors minimise the sum of factors (which is what the parameter count depends on) for a given
-    product; the product may exceed n, and the surplus rows/columns are cropped away.
-    """
-    if num_cores == 2:
-        n1 = _ceil_root(n, 2)
-        return (n1, -(-n // n1))
-    if num_cores == 3:
-        n1 = _ceil_root(n, 3)
-        rest = -(-n // n1)
-        n2 = _ceil_root(rest, 2)
-        return (n1, n2, -(-rest // n2))
-    raise ValueError(f"htt_num_cores: {num_cores} is out of range (allowed: 2 or 3)")
-
 
 def htt_shapes(config: "Phase1Config") -> tuple[tuple[int, ...], tuple[int, ...]]:
     """(vocab factors, model-dim factors) used by the embedding built from `config`."""

@@ -34,6 +34,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from model.shapes import CONV_KERNEL, FFN_EXPANSION, factorize  # torch-free: `import model` loads only the config
+
 GIB = float(2**30)
 MIB = 2**20
 BLOCK = 512  # caching allocator: every request is rounded up to a multiple of 512 bytes
@@ -42,33 +44,12 @@ PAGE = 2 * MIB  # expandable segments map physical memory in 2 MiB pages (both p
 # Constants of the model code these formulas follow (kept equal to theirs; a test imports both and compares).
 TABLE_CHUNK_ROWS = 8192  # model.lm.TABLE_CHUNK_ROWS: tied-head table rows built at once
 SCAN_TORCH_CHUNK = 64  # kernels.scan._TORCH_CHUNK
-FFN_EXPANSION = 4  # model.ffn.FFN_EXPANSION
-CONV_KERNEL = 3  # model.ar_ssm.CONV_KERNEL
 
 
 def _r(nbytes: float) -> int:
     """Bytes the caching allocator hands out for one request of `nbytes` (0 stays 0)."""
     n = int(math.ceil(nbytes))
     return 0 if n <= 0 else -(-n // BLOCK) * BLOCK
-
-
-def _factorize(n: int, k: int) -> tuple[int, ...]:
-    """model.htt.factorize, re-derived here so this module imports no torch."""
-    def ceil_root(n: int, k: int) -> int:
-        x = max(1, int(round(n ** (1.0 / k))))
-        while x ** k < n:
-            x += 1
-        while x > 1 and (x - 1) ** k >= n:
-            x -= 1
-        return x
-
-    if k == 2:
-        a = ceil_root(n, 2)
-        return (a, -(-n // a))
-    a = ceil_root(n, 3)
-    rest = -(-n // a)
-    b = ceil_root(rest, 2)
-    return (a, b, -(-rest // b))
 
 
 # --- result ------------------------------------------------------------------------------------------------------
@@ -220,7 +201,7 @@ def ce_backward_events(c: Any, rows: int, *, chunked: bool = True) -> list[tuple
     if not chunked:
         alloc("previous_logits", s * rows * V)
     if c.head == "tied":
-        ds, vs = _factorize(D, c.htt_num_cores), _factorize(V, c.htt_num_cores)
+        ds, vs = factorize(D, c.htt_num_cores), factorize(V, c.htt_num_cores)
         per_digit = vs[1] * (vs[2] if c.htt_num_cores == 3 else 1)
         step = max(1, TABLE_CHUNK_ROWS // per_digit) * per_digit
         DD = math.prod(ds)
@@ -317,7 +298,7 @@ class _Shape:
 def _param_tensors(c: Any) -> list[int]:
     """Element counts of every parameter tensor, in model order (model.lm.Phase1LM.parameters())."""
     D, r, m, H, f = c.d_model, c.ar_ssm_max_rank, c.ar_ssm_min_rank, c.gate_hidden_dim, c.ffn_rank
-    vs, ds = _factorize(c.vocab_size, c.htt_num_cores), _factorize(c.d_model, c.htt_num_cores)
+    vs, ds = factorize(c.vocab_size, c.htt_num_cores), factorize(c.d_model, c.htt_num_cores)
     R = c.htt_rank
     out: list[int] = []
     if c.htt_num_cores == 2:
@@ -432,7 +413,7 @@ def _htt_rows(sh: _Shape, c: Any) -> dict[str, int]:
     """HTT embedding forward (model.htt.HTTEmbedding.forward) for N tokens: saved set, fp32 output, extras."""
     n, s = sh.N, sh.s
     R = c.htt_rank
-    ds = _factorize(c.d_model, c.htt_num_cores)
+    ds = factorize(c.d_model, c.htt_num_cores)
     idx = _r(8 * n)
     if c.htt_num_cores == 2:
         d1, d2 = ds
@@ -475,8 +456,8 @@ def _loss_chunk(sh: _Shape, c: Any, rows: int) -> dict[str, int]:
     lg = _r(s * rows * V)
     f32 = _r(4 * rows * V)
     if c.head == "tied":
-        ds = _factorize(c.d_model, c.htt_num_cores)
-        vs = _factorize(c.vocab_size, c.htt_num_cores)
+        ds = factorize(c.d_model, c.htt_num_cores)
+        vs = factorize(c.vocab_size, c.htt_num_cores)
         per_digit = vs[1] * (vs[2] if c.htt_num_cores == 3 else 1)
         step = max(1, TABLE_CHUNK_ROWS // per_digit) * per_digit
         n_chunks = -(-V // step)
