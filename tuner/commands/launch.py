@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from tuner.commands import add_heartbeat_options
+
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser("launch", help="supervise one worker per GPU (or --workers N on CPU)",
@@ -23,11 +25,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--n-trials", type=int, default=None, help="trials in total (default: the file's n_trials)")
     p.add_argument("--max-restarts", type=int, default=3, help="restarts per crashed worker before giving up")
     p.add_argument("--cache-dir", default=None, help="tokenized-data cache shared by the workers")
-    p.add_argument("--heartbeat-s", type=int, default=None,
-                   help="seconds between a running trial's heartbeats (default 30)")
-    p.add_argument("--grace-s", type=int, default=None,
-                   help="seconds without a heartbeat before a running trial is failed and retried (default 120; "
-                        "several heartbeats)")
+    add_heartbeat_options(p)
     p.set_defaults(func=run)
     return p
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from tuner.commands import add_heartbeat_options, add_trial_process_options
+
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser("run", help="create the study if needed and run its trials with one local worker",
@@ -18,15 +20,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--n-trials", type=int, default=None,
                    help="trials the study should hold in total (default: the file's n_trials)")
     p.add_argument("--gpu", type=int, default=None, help="physical GPU index to run on (default: the visible one)")
-    p.add_argument("--cache-dir", default=None, help="tokenized-data cache (default: .phase1_cache in the cwd)")
-    p.add_argument("--heartbeat-s", type=int, default=None,
-                   help="seconds between a running trial's heartbeats (default 30)")
-    p.add_argument("--grace-s", type=int, default=None,
-                   help="seconds without a heartbeat before a running trial is failed and retried (default 120; "
-                        "several heartbeats)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads per trial on CPU (default 1: avoids oversubscribing shared cores; 0 = torch's "
-                        "default); ignored on a GPU")
+    add_heartbeat_options(p)
+    add_trial_process_options(p)
     p.set_defaults(func=run)
     return p
 

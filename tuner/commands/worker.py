@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from tuner.commands import add_heartbeat_options, add_trial_process_options
+
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser("worker", help="run trials of a study in storage (one process, one GPU)",
@@ -19,16 +21,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--gpu", type=int, default=None, help="physical GPU index (NVML numbering) to pin this worker to")
     p.add_argument("--n-trials", type=int, default=None,
                    help="trials the study should hold in total, shared by all workers (default: the spec's)")
-    p.add_argument("--cache-dir", default=None, help="tokenized-data cache (default: .phase1_cache in the cwd)")
     p.add_argument("--quiet", action="store_true", help="no progress display, one line per finished trial only")
-    p.add_argument("--heartbeat-s", type=int, default=None,
-                   help="seconds between a running trial's heartbeats (default 30)")
-    p.add_argument("--grace-s", type=int, default=None,
-                   help="seconds without a heartbeat before a running trial is failed and retried (default 120; "
-                        "several heartbeats)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads per trial on CPU (default 1: avoids oversubscribing shared cores; 0 = torch's "
-                        "default); ignored on a GPU")
+    add_heartbeat_options(p)
+    add_trial_process_options(p)
     p.set_defaults(func=run)
     return p
 
