@@ -91,6 +91,20 @@ class StabilityMonitor:
         self.n_clipped = 0
         self.last: dict[str, float] = {}  # latest det/Schatten measurement
 
+    @classmethod
+    def gradients_only(cls, gradient_norm_threshold: float) -> "StabilityMonitor":
+        """A monitor for a model without AR-SSM layers (the dense baseline): gradient clipping at the threshold
+        and the non-finite loss/parameter checks; det and Schatten checks off."""
+        monitor = cls.__new__(cls)
+        monitor.enabled = False
+        monitor.threshold = monitor.s1_bound = monitor.s2_bound = float("inf")
+        monitor.grad_threshold = gradient_norm_threshold
+        monitor.action = "raise"
+        monitor.check_every = 1
+        monitor.n_clip_calls = monitor.n_clipped = 0
+        monitor.last = {}
+        return monitor
+
     @property
     def clip_fraction(self) -> float:
         """Share of clip_gradients calls whose gradient norm exceeded the threshold (0 before any call)."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable
@@ -26,7 +27,8 @@ import numpy as np
 import torch
 
 from model.config import ConfigError, Phase1Config
-from model.data import DataError, TokenData
+from model.data import DataError, DataRepeatWarning, TokenData
+from model.dense_config import DenseConfig
 from model.diagnostics import representation_effective_rank
 from model.memory import GIB, TensorMemoryTracker
 
@@ -93,6 +95,9 @@ class TrainResult:
     # CUDA only: torch.cuda.max_memory_reserved over the call (the caching allocator's high-water mark; the VRAM
     # estimator's calibration learns its allocator gap from it). None on CPU, where no such allocator exists.
     peak_reserved_gib: float | None = None
+    # training tokens / tokens in the training split: above 1 the run saw some data more than once (a warning
+    # is issued then), so its PPL is not that of a run on fresh text
+    epochs: float = 0.0
     model: Any = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -104,11 +109,12 @@ class TrainResult:
 # --- public API ------------------------------------------------------------------------------------------------------
 
 
-def train_and_evaluate(config: Phase1Config, data: TokenData, *, train_tokens: int, eval_tokens: int,
+def train_and_evaluate(config: Phase1Config | DenseConfig, data: TokenData, *, train_tokens: int, eval_tokens: int,
                        device: str | torch.device, on_step: Callable[[StepInfo], None] | None = None,
                        eval_points: Iterable[int] = (), on_eval: Callable[[EvalInfo], None] | None = None,
                        return_model: bool = False, progress: Callable[[str], None] | bool | None = None) -> TrainResult:
-    """Build `config`'s model, train it on `data.train` for ceil(train_tokens / (B*L)) steps, evaluate on `data.val`.
+    """Build `config`'s model (Phase 1, or the dense baseline for a DenseConfig), train it on `data.train` for
+    ceil(train_tokens / (B*L)) steps, evaluate on `data.val`.
 
     Batches: B windows of L+1 tokens at uniform random offsets (a numpy generator seeded by `config.seed`; inputs are
     the first L, targets the last L). `eval_points`: training-token counts (each <= train_tokens) at which validation is
@@ -127,6 +133,13 @@ def train_and_evaluate(config: Phase1Config, data: TokenData, *, train_tokens: i
     if points and (points[0] < 1 or points[-1] > train_tokens):
         raise ValueError(f"eval_points: {points} must lie in 1 .. train_tokens = {train_tokens}")
     say = _progress_fn(progress)
+    epochs = steps * tokens_per_step / data.n_train_tokens
+    if epochs > 1.0:
+        message = (f"train: {steps * tokens_per_step} training tokens is {epochs:.2f} epochs of the "
+                   f"{data.n_train_tokens} tokens in the training split: data repeats (raise data.max_bytes or use "
+                   "a larger corpus for a PPL on fresh text)")
+        say(message)
+        warnings.warn(message, DataRepeatWarning, stacklevel=2)
 
     devices = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
     tracker = TensorMemoryTracker(dev.type) if dev.type != "cuda" else None
@@ -156,11 +169,11 @@ def train_and_evaluate(config: Phase1Config, data: TokenData, *, train_tokens: i
         tokens_per_s=tokens_per_s, train_time_s=loop_s,
         peak_torch_gib=peak_bytes / GIB, peak_memory_kind=kind, diagnostics=diagnostics,
         param_counts=dict(run.model.param_counts()), curve=curve, eval_tokens=final["eval_tokens"], device=str(dev),
-        peak_reserved_gib=reserved_gib, model=run.model if return_model else None,
+        peak_reserved_gib=reserved_gib, epochs=epochs, model=run.model if return_model else None,
     )
 
 
-def evaluate(model: torch.nn.Module, data: TokenData, eval_tokens: int, config: Phase1Config,
+def evaluate(model: torch.nn.Module, data: TokenData, eval_tokens: int, config: Phase1Config | DenseConfig,
              device: str | torch.device) -> tuple[float, float]:
     """Mean validation cross-entropy over the first ceil(eval_tokens / L) windows of `data.val` -> (val_loss, val_ppl).
 
@@ -174,7 +187,7 @@ def evaluate(model: torch.nn.Module, data: TokenData, eval_tokens: int, config: 
 # --- internals -------------------------------------------------------------------------------------------------------
 
 
-def _check_inputs(config: Phase1Config, data: TokenData, train_tokens: int, eval_tokens: int) -> None:
+def _check_inputs(config: Phase1Config | DenseConfig, data: TokenData, train_tokens: int, eval_tokens: int) -> None:
     for name, value in (("train_tokens", train_tokens), ("eval_tokens", eval_tokens)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name}: {value!r} must be a positive integer")
@@ -189,7 +202,7 @@ def _check_inputs(config: Phase1Config, data: TokenData, train_tokens: int, eval
                         f"{config.n_seq + 1}; raise data.max_bytes or data.val_fraction, or lower n_seq")
 
 
-def _autocast(config: Phase1Config, dev: torch.device):
+def _autocast(config: Phase1Config | DenseConfig, dev: torch.device):
     if config.dtype == "float32":
         return nullcontext()
     return torch.autocast(dev.type, dtype=getattr(torch, config.dtype))
@@ -203,7 +216,7 @@ def _windows(tokens: np.ndarray, starts: np.ndarray, length: int, dev: torch.dev
     return batch.to(dev, non_blocking=True).long()
 
 
-def _evaluate(model: torch.nn.Module, data: TokenData, eval_tokens: int, config: Phase1Config,
+def _evaluate(model: torch.nn.Module, data: TokenData, eval_tokens: int, config: Phase1Config | DenseConfig,
               dev: torch.device) -> dict[str, Any]:
     L = config.n_seq
     n_windows = min(math.ceil(eval_tokens / L), (data.n_val_tokens - 1) // L)
@@ -234,17 +247,25 @@ def _evaluate(model: torch.nn.Module, data: TokenData, eval_tokens: int, config:
 class _Run:
     """The model, optimizer, schedule and batch generator of one training run, and what it measured."""
 
-    def __init__(self, config: Phase1Config, data: TokenData, dev: torch.device, steps: int, eval_tokens: int,
-                 say: Callable[[str], None]):
-        from model.lm import build_model
+    def __init__(self, config: Phase1Config | DenseConfig, data: TokenData, dev: torch.device, steps: int,
+                 eval_tokens: int, say: Callable[[str], None]):
         from model.stability import StabilityMonitor
 
         self.config, self.data, self.dev, self.steps, self.say = config, data, dev, steps, say
         self.eval_tokens = eval_tokens
         self._last_eval: tuple[int, dict[str, Any]] | None = None  # (tokens, result) of the latest evaluation
-        self.model = build_model(config).to(dev)
+        if isinstance(config, DenseConfig):
+            from model.dense import build_dense_model
+
+            self.model = build_dense_model(config).to(dev)
+            # the baseline has no AR-SSM to check: gradient clipping and the non-finite checks only
+            self.monitor = StabilityMonitor.gradients_only(config.gradient_norm_threshold)
+        else:
+            from model.lm import build_model
+
+            self.model = build_model(config).to(dev)
+            self.monitor = StabilityMonitor(config)
         self.model.train()
-        self.monitor = StabilityMonitor(config)
         decay = [p for p in self.model.parameters() if p.requires_grad and p.dim() >= 2]
         no_decay = [p for p in self.model.parameters() if p.requires_grad and p.dim() < 2]
         self.optimizer = torch.optim.AdamW(

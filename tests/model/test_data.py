@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
-from model.data import (DEFAULT_MAX_BYTES, EOT_TOKEN, DataError, DataSource, _name_fraction, prepare_data,
+from model.data import (DEFAULT_MAX_BYTES, EOT_TOKEN, DataError, DataSource, name_fraction, prepare_data,
                         split_documents)
 
 SMALL = 300_000  # bytes of stdlib text: enough for a 512-token vocabulary, trains in well under a second
@@ -148,7 +148,7 @@ def test_split_is_by_document_and_deterministic():
     share = sum(map(len, va1)) / sum(len(t) for _, t in docs)
     assert 0.1 <= share < 0.12
     # validation is the prefix of the documents ranked by the hash of their name
-    ranked = [text for name, text in sorted(docs, key=lambda d: _name_fraction(d[0]))]
+    ranked = [text for name, text in sorted(docs, key=lambda d: name_fraction(d[0]))]
     assert set(ranked[:nva]) == set(va1)
 
 
