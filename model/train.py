@@ -37,7 +37,7 @@ from model.memory import GIB, TensorMemoryTracker
 WARMUP_FRACTION = 0.05
 MAX_WARMUP_STEPS = 200
 FINAL_LR_FRACTION = 0.1
-# AdamW as in GPT-style LM training: decay matrices/cores (dim >= 2), not gains, biases or per-channel decays.
+# AdamW as in GPT-style LM training; which parameters decay and each group's rate: model/optim.py (param_groups).
 BETAS = (0.9, 0.95)
 WEIGHT_DECAY = 0.1
 
@@ -236,7 +236,8 @@ class _Run:
 
     def __init__(self, config: Phase1Config, data: TokenData, dev: torch.device, steps: int, eval_tokens: int,
                  say: Callable[[str], None]):
-        from model.lm import build_model
+        from model.lm import build_model, unigram_counts
+        from model.optim import param_groups
         from model.stability import StabilityMonitor
 
         self.config, self.data, self.dev, self.steps, self.say = config, data, dev, steps, say
@@ -245,12 +246,9 @@ class _Run:
         self.model = build_model(config).to(dev)
         self.model.train()
         self.monitor = StabilityMonitor(config)
-        decay = [p for p in self.model.parameters() if p.requires_grad and p.dim() >= 2]
-        no_decay = [p for p in self.model.parameters() if p.requires_grad and p.dim() < 2]
-        self.optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": WEIGHT_DECAY}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=config.learning_rate, betas=BETAS, fused=dev.type == "cuda",
-        )
+        self.model.init_output_bias(unigram_counts(data.train, config.vocab_size).to(dev))
+        self.optimizer = torch.optim.AdamW(param_groups(self.model, config.learning_rate, WEIGHT_DECAY),
+                                           lr=config.learning_rate, betas=BETAS, fused=dev.type == "cuda")
         self.warmup = max(1, min(MAX_WARMUP_STEPS, round(WARMUP_FRACTION * steps)))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.scaler = torch.amp.GradScaler(dev.type, enabled=config.dtype == "float16")
