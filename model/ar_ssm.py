@@ -40,12 +40,16 @@ from torch import nn
 
 from kernels.scan import gated_scan
 
+from model.optim import tag
 from model.shapes import CONV_KERNEL
 
 if TYPE_CHECKING:
     from model.config import Phase1Config
 
 GATE_SPARSE_BELOW = 0.1  # a gate below this counts as "off" in gate_sparsity (the guide's definition)
+# effective_rank counts the channels whose gate, averaged over the forward's B*L positions, is at least this: the
+# same 0.1 as "off" above, so a channel is in use unless it is off on (nearly) every position.
+CHANNEL_IN_USE_AT = GATE_SPARSE_BELOW
 
 
 # --- pure arithmetic (no torch needed) -----------------------------------------------------------
@@ -68,10 +72,16 @@ def ar_ssm_param_count(config: "Phase1Config") -> int:
 # --- module --------------------------------------------------------------------------------------
 
 class ARSSM(nn.Module):
-    """Adaptive-rank SSM mixer: x [B, L, D] -> (y [B, L, D], gate_mean, effective_rank, gate_sparsity).
+    """Adaptive-rank SSM mixer: x [B, L, D] -> (y [B, L, D], gate_l1, effective_rank, gate_sparsity).
 
-    gate_mean is a differentiable scalar (the L1 term's mean(g) over all r channels); the two diagnostics are
-    detached scalars from this forward pass. The per-channel mean gate [r] of the last forward is kept in
+    gate_l1 is the differentiable L1 term of this layer before its weight: the SUM over the r - min_rank learned
+    channels of each channel's mean gate over the B*L positions (the forced channels are constant and left out). A
+    sum, not a mean over channels: the pull on each channel is then the weight itself whatever r is, so
+    ar_ssm_l1_regularization means the same at any r_max (averaged over channels it was divided by r, and the guide's
+    1e-4..1e-2 moved sparsity by ~1 point). Per token it stays an average, so it is comparable to the mean CE.
+    The two diagnostics are detached scalars from this forward pass: effective_rank = channels in use, i.e. whose
+    mean gate over the B*L positions is >= CHANNEL_IN_USE_AT (forced channels included, so it lies in
+    [min_rank, r]); gate_sparsity = share of (position, channel) gates below GATE_SPARSE_BELOW over all r channels. The per-channel mean gate [r] of the last forward is kept in
     `last_gate_mean` for the stability monitor's Schatten check.
     """
 
@@ -86,7 +96,7 @@ class ARSSM(nn.Module):
         self.W_o = nn.Linear(r, d, bias=False)  # weight [D, r] = W_o^T
         self.conv = nn.Conv1d(d, d, CONV_KERNEL, groups=d)  # depthwise; causality comes from the left pad
         one_minus_a = torch.logspace(math.log10(0.5), math.log10(1.0 / 1024), r)
-        self.decay_logit = nn.Parameter(torch.log1p(-one_minus_a) - torch.log(one_minus_a))  # sigmoid^-1(a)
+        self.decay_logit = tag(nn.Parameter(torch.log1p(-one_minus_a) - torch.log(one_minus_a)), "decay")  # sigmoid^-1(a)
         self.last_gate_mean: torch.Tensor | None = None
         self._init_weights(config.n_layers)
 
@@ -135,9 +145,10 @@ class ARSSM(nn.Module):
         with torch.no_grad():
             gd = g.detach().float()
             self.last_gate_mean = gd.mean(dim=(0, 1))  # [r]
-            effective_rank = gd.sum(-1).mean()
+            effective_rank = (self.last_gate_mean >= CHANNEL_IN_USE_AT).sum().float()
             sparsity = (gd < GATE_SPARSE_BELOW).float().mean()
-        return y, g.float().mean(), effective_rank, sparsity
+        gate_l1 = g[..., self.min_rank:].float().mean(dim=(0, 1)).sum()
+        return y, gate_l1, effective_rank, sparsity
 
     def mixing_factors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(U [D, r], mean gate [r], W_o [r, D]) of the mixing operator U diag(mean g) W_o.

@@ -41,7 +41,7 @@ class Phase1Config:
     ar_ssm_max_rank: int = 32  # r_max scan channels per layer; guide range 16..64
     ar_ssm_min_rank: int = 4  # channels 0..min_rank-1 always on (g = 1); guide range 2..8; <= max_rank
     ar_ssm_gate_hidden_dim: int | None = None  # gate MLP width; None means d_model // 4 (guide: D/8 .. D/2)
-    ar_ssm_l1_regularization: float = 1e-3  # weight of mean(g) per layer in the loss; guide range 1e-4..1e-2
+    ar_ssm_l1_regularization: float = 1e-3  # weight of the per-layer sum over gate channels of mean(g); 1e-4..1e-2
     ar_ssm_use_fused_scan: bool = True  # Triton scan on CUDA; the torch reference elsewhere
 
     # --- HTT embedding (guide section 2) ---------------------------------------------------------

@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from model.optim import tag
 from model.shapes import factorize  # noqa: F401  (re-exported: model.htt.factorize)
 
 if TYPE_CHECKING:
@@ -86,22 +87,22 @@ class HTTEmbedding(nn.Module):
         if self.num_cores == 2:
             # E[e^2] = r * E[c^2] * s^4 = 1 -> entries ~ N(0, 1) like nn.Embedding, row norm ~ sqrt(D).
             s = (1.0 / (r * c2)) ** 0.25
-            self.core1 = nn.Parameter(torch.randn(vs[0], ds[0], r) * s)
-            self.core2 = nn.Parameter(torch.randn(vs[1], r, ds[1]) * s)
+            self.core1 = tag(nn.Parameter(torch.randn(vs[0], ds[0], r) * s), "embedding")
+            self.core2 = tag(nn.Parameter(torch.randn(vs[1], r, ds[1]) * s), "embedding")
             if self.phase:
-                self.theta1 = nn.Parameter(torch.empty(vs[0], r).uniform_(-math.pi, math.pi))
-                self.theta2 = nn.Parameter(torch.empty(vs[1], r).uniform_(-math.pi, math.pi))
+                self.theta1 = tag(nn.Parameter(torch.empty(vs[0], r).uniform_(-math.pi, math.pi)), "phase")
+                self.theta2 = tag(nn.Parameter(torch.empty(vs[1], r).uniform_(-math.pi, math.pi)), "phase")
         else:
             # E[e^2] = r^2 * E[c^2]^2 * s^6 = 1.
             s = (1.0 / (r * r * c2 * c2)) ** (1.0 / 6.0)
-            self.core1 = nn.Parameter(torch.randn(vs[0], ds[0], r) * s)
-            self.core2 = nn.Parameter(torch.randn(vs[1], r, ds[1], r) * s)
-            self.core3 = nn.Parameter(torch.randn(vs[2], r, ds[2]) * s)
+            self.core1 = tag(nn.Parameter(torch.randn(vs[0], ds[0], r) * s), "embedding")
+            self.core2 = tag(nn.Parameter(torch.randn(vs[1], r, ds[1], r) * s), "embedding")
+            self.core3 = tag(nn.Parameter(torch.randn(vs[2], r, ds[2]) * s), "embedding")
             if self.phase:
-                self.theta1 = nn.Parameter(torch.empty(vs[0], r).uniform_(-math.pi, math.pi))
-                self.theta2l = nn.Parameter(torch.empty(vs[1], r).uniform_(-math.pi, math.pi))
-                self.theta2r = nn.Parameter(torch.empty(vs[1], r).uniform_(-math.pi, math.pi))
-                self.theta3 = nn.Parameter(torch.empty(vs[2], r).uniform_(-math.pi, math.pi))
+                self.theta1 = tag(nn.Parameter(torch.empty(vs[0], r).uniform_(-math.pi, math.pi)), "phase")
+                self.theta2l = tag(nn.Parameter(torch.empty(vs[1], r).uniform_(-math.pi, math.pi)), "phase")
+                self.theta2r = tag(nn.Parameter(torch.empty(vs[1], r).uniform_(-math.pi, math.pi)), "phase")
+                self.theta3 = tag(nn.Parameter(torch.empty(vs[2], r).uniform_(-math.pi, math.pi)), "phase")
 
     def extra_repr(self) -> str:
         return (f"vocab={self.vocab_size} ({'x'.join(map(str, self.v_factors))}), d_model={self.d_model} "

@@ -2,8 +2,9 @@
 
     ids [B, L] -> x = HTT(ids) [B, L, D] (times 1/sqrt(D) with the tied head, see Phase1LM.__init__)
     each block: x = x + ARSSM(norm1(x)); x = x + FFN(norm2(x))
-    h = norm_f(x) [B, L, D] -> logits [B, L, V] (tied: h E^T / sqrt(D); low_rank: (h A) B, A [D, r_h], B [r_h, V])
-    loss = mean next-token cross-entropy + sum over layers of l1 * mean(g)
+    h = norm_f(x) [B, L, D] -> logits [B, L, V] = head(h) + b, b [V] the output bias
+        (tied: h E^T / sqrt(D); low_rank: (h A) B, A [D, r_h], B [r_h, V])
+    loss = mean next-token cross-entropy + l1 * sum over layers and learned gate channels of the channel's mean gate
 
 `targets[b, t]` is the token that should follow `ids[b, t]` (the caller shifts); -100 is ignored.
 
@@ -54,6 +55,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -62,6 +64,7 @@ from torch.utils.checkpoint import checkpoint
 from model.ar_ssm import ARSSM, ar_ssm_param_count
 from model.ffn import LowRankFFN, ffn_param_count
 from model.htt import HTTEmbedding, htt_param_count
+from model.optim import tag
 
 if TYPE_CHECKING:
     from model.config import Phase1Config
@@ -79,10 +82,11 @@ def norm_param_count(config: "Phase1Config") -> int:
 
 
 def head_param_count(config: "Phase1Config") -> int:
-    """Parameters the head adds: 0 when tied to the embedding, D*r_h + r_h*V for the low-rank head."""
+    """Parameters the head adds: the output bias V, plus D*r_h + r_h*V for the low-rank head (the tied head reuses
+    the embedding's cores)."""
     if config.head == "tied":
-        return 0
-    return config.d_model * config.head_rank + config.head_rank * config.vocab_size
+        return config.vocab_size
+    return config.vocab_size + config.d_model * config.head_rank + config.head_rank * config.vocab_size
 
 
 def expected_param_counts(config: "Phase1Config") -> dict[str, int]:
@@ -135,6 +139,16 @@ def saved_bytes_per_token(config: "Phase1Config", *, autocast_bytes: int = 2,
             "total": emb + config.n_layers * block + norm + head}
 
 
+def unigram_counts(tokens, vocab_size: int, chunk: int = 1 << 24) -> torch.Tensor:
+    """Occurrences of each id in the 1-D token array `tokens` (numpy, any integer dtype) -> float64 [V].
+
+    Counted `chunk` tokens at a time, so a memory-mapped corpus of any size needs only chunk * 8 bytes at once."""
+    counts = np.zeros(vocab_size, dtype=np.int64)
+    for start in range(0, len(tokens), chunk):
+        counts += np.bincount(np.asarray(tokens[start:start + chunk]), minlength=vocab_size)[:vocab_size]
+    return torch.from_numpy(counts.astype(np.float64))
+
+
 # --- modules -------------------------------------------------------------------------------------
 
 @dataclass
@@ -144,9 +158,10 @@ class LMOutput:
     logits: torch.Tensor | None  # [B, L, V]; None when the chunked loss avoided materialising them
     loss: torch.Tensor | None  # scalar ce_loss + aux_loss; None without targets
     ce_loss: torch.Tensor | None  # scalar mean next-token cross-entropy (nats); None without targets
-    aux_loss: torch.Tensor  # scalar sum over layers of l1 * mean(g), already weighted
+    aux_loss: torch.Tensor  # scalar l1 * sum over layers of ARSSM's gate_l1 (channel sum of mean gates), weighted
     hidden: torch.Tensor  # [B, L, D] final normed hidden states
-    diagnostics: dict[str, float] = field(default_factory=dict)  # effective_rank, gate_sparsity (layer means)
+    # effective_rank (channels in use per layer, see ARSSM), gate_sparsity (share of gates off); layer means
+    diagnostics: dict[str, float] = field(default_factory=dict)
 
 
 class _RMSNormFn(torch.autograd.Function):
@@ -184,7 +199,7 @@ class RMSNorm(nn.Module):
     def __init__(self, d_model: int, eps: float = NORM_EPS):
         super().__init__()
         self.eps = eps
-        self.weight = nn.Parameter(torch.ones(d_model))
+        self.weight = tag(nn.Parameter(torch.ones(d_model)), "gain")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = _RMSNormFn.apply(x, self.weight, self.eps)
@@ -200,7 +215,7 @@ def _checkpointing(module: nn.Module) -> bool:
 
 
 class Block(nn.Module):
-    """Pre-norm residual block: x [B, L, D] -> (x [B, L, D], gate_mean, effective_rank, gate_sparsity)."""
+    """Pre-norm residual block: x [B, L, D] -> (x [B, L, D], gate_l1, effective_rank, gate_sparsity)."""
 
     def __init__(self, config: "Phase1Config"):
         super().__init__()
@@ -215,12 +230,12 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor):
         if self.checkpoint_mixer and _checkpointing(self):
-            y, gate_mean, eff_rank, sparsity = checkpoint(self._mix, x, use_reentrant=False)
+            y, gate_l1, eff_rank, sparsity = checkpoint(self._mix, x, use_reentrant=False)
         else:
-            y, gate_mean, eff_rank, sparsity = self._mix(x)
+            y, gate_l1, eff_rank, sparsity = self._mix(x)
         x = x + y
         x = x + self.ffn(self.norm2(x))
-        return x, gate_mean, eff_rank, sparsity
+        return x, gate_l1, eff_rank, sparsity
 
 
 class LowRankHead(nn.Module):
@@ -256,12 +271,26 @@ class Phase1LM(nn.Module):
         # 200 AdamW steps) it also ends lower: CE 2.34 against 2.49. The low-rank head has no such coupling
         # (same CE 2.20 either way), so its input is left at the table's scale.
         self.input_scale = config.d_model ** -0.5 if self.head is None else 1.0
+        # Output bias [V]: a token's base rate is one number, which a rank-r tensor-train table (or a rank-r_h head)
+        # can only approximate through h; the bias carries it so the table/factors carry context. Zero at build;
+        # `init_output_bias` sets it from the training tokens' log-frequencies (the trainer does).
+        self.out_bias = tag(nn.Parameter(torch.zeros(config.vocab_size)), "bias")
+
+    @torch.no_grad()
+    def init_output_bias(self, counts: torch.Tensor) -> None:
+        """Set the output bias to the centred log unigram frequencies of token `counts` [V] (add-one smoothed), so
+        the untrained model predicts the unigram distribution up to its (small, zero-mean) initial logits."""
+        if counts.shape != self.out_bias.shape:
+            raise ValueError(f"counts: shape {tuple(counts.shape)} != [V] = {tuple(self.out_bias.shape)}")
+        logp = torch.log(counts.double() + 1.0)
+        self.out_bias.copy_((logp - logp.mean()).to(self.out_bias.dtype))
 
     # --- head ------------------------------------------------------------------------------------
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """h [..., D] -> logits [..., V] (autocast dtype under autocast)."""
         if self.head is not None:
-            return self.head(h)
+            out = self.head(h)
+            return out.add_(self.out_bias.to(out.dtype))  # in place: no second [.., V] (Linear saves no output)
         V, D = self.config.vocab_size, self.config.d_model
         hs = h * (D ** -0.5)
         out = None
@@ -269,6 +298,8 @@ class Phase1LM(nn.Module):
         for start in range(0, V, step):  # whole leading-digit blocks: no block is built twice
             end = min(start + step, V)
             part = hs @ self.embed.table(start, end).t()  # [..., end - start]
+            # in place: a matmul's backward needs its inputs, not its output, so this costs no second logits block
+            part.add_(self.out_bias[start:end].to(part.dtype))
             if end - start == V:
                 return part
             if out is None:
@@ -314,17 +345,17 @@ class Phase1LM(nn.Module):
             x = self.embed(ids)  # [B, L, D] float32
         if self.input_scale != 1.0:
             x = x * self.input_scale
-        gate_means, eff_ranks, sparsities = [], [], []
+        gate_l1s, eff_ranks, sparsities = [], [], []
         for block in self.blocks:
             if cfg.use_gradient_checkpointing and ckpt:
                 x, gm, er, sp = checkpoint(block, x, use_reentrant=False)
             else:
                 x, gm, er, sp = block(x)
-            gate_means.append(gm)
+            gate_l1s.append(gm)
             eff_ranks.append(er)
             sparsities.append(sp)
         h = self.norm_f(x)  # [B, L, D]
-        aux = cfg.ar_ssm_l1_regularization * torch.stack(gate_means).sum()
+        aux = cfg.ar_ssm_l1_regularization * torch.stack(gate_l1s).sum()
         er_mean, sp_mean = torch.stack([torch.stack(eff_ranks).mean(), torch.stack(sparsities).mean()]).tolist()
         diagnostics = {"effective_rank": er_mean, "gate_sparsity": sp_mean}
         if targets is None:
@@ -336,7 +367,8 @@ class Phase1LM(nn.Module):
     def param_counts(self) -> dict[str, int]:
         """Parameters by component (embedding, ar_ssm, ffn, head, norm); they sum to the model's total.
 
-        The tied head adds no parameters (it reuses the embedding's cores), so "head" is 0 then. After
+        "head" is the output bias [V] plus, for the low-rank head, its two factors (the tied head reuses the
+        embedding's cores). After
         `convert_to_lns` the replaced Linear weights are integer buffers, not parameters, and are not counted.
         """
         def n(modules) -> int:
@@ -346,7 +378,7 @@ class Phase1LM(nn.Module):
             "embedding": n([self.embed]),
             "ar_ssm": n(b.mixer for b in self.blocks),
             "ffn": n(b.ffn for b in self.blocks),
-            "head": n([self.head]),
+            "head": n([self.head]) + self.out_bias.numel(),
             "norm": n([self.norm_f, *(b.norm1 for b in self.blocks), *(b.norm2 for b in self.blocks)]),
         }
         assert sum(counts.values()) == sum(p.numel() for p in self.parameters()), "a parameter is in no component"

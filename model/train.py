@@ -39,7 +39,7 @@ from model.memory import GIB, TensorMemoryTracker
 WARMUP_FRACTION = 0.05
 MAX_WARMUP_STEPS = 200
 FINAL_LR_FRACTION = 0.1
-# AdamW as in GPT-style LM training: decay matrices/cores (dim >= 2), not gains, biases or per-channel decays.
+# AdamW as in GPT-style LM training; which parameters decay and each group's rate: model/optim.py (param_groups).
 BETAS = (0.9, 0.95)
 WEIGHT_DECAY = 0.1
 
@@ -249,6 +249,7 @@ class _Run:
 
     def __init__(self, config: Phase1Config | DenseConfig, data: TokenData, dev: torch.device, steps: int,
                  eval_tokens: int, say: Callable[[str], None]):
+        from model.optim import param_groups
         from model.stability import StabilityMonitor
 
         self.config, self.data, self.dev, self.steps, self.say = config, data, dev, steps, say
@@ -261,17 +262,16 @@ class _Run:
             # the baseline has no AR-SSM to check: gradient clipping and the non-finite checks only
             self.monitor = StabilityMonitor.gradients_only(config.gradient_norm_threshold)
         else:
-            from model.lm import build_model
+            from model.lm import build_model, unigram_counts
 
             self.model = build_model(config).to(dev)
             self.monitor = StabilityMonitor(config)
+            self.model.init_output_bias(unigram_counts(data.train, config.vocab_size).to(dev))
         self.model.train()
-        decay = [p for p in self.model.parameters() if p.requires_grad and p.dim() >= 2]
-        no_decay = [p for p in self.model.parameters() if p.requires_grad and p.dim() < 2]
-        self.optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": WEIGHT_DECAY}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=config.learning_rate, betas=BETAS, fused=dev.type == "cuda",
-        )
+        # the dense baseline's parameters are untagged: matrices and its tables decayed at the base rate, norms
+        # and biases undecayed (the usual GPT recipe); Phase 1's tags give its table and phases their own rates
+        self.optimizer = torch.optim.AdamW(param_groups(self.model, config.learning_rate, WEIGHT_DECAY),
+                                           lr=config.learning_rate, betas=BETAS, fused=dev.type == "cuda")
         self.warmup = max(1, min(MAX_WARMUP_STEPS, round(WARMUP_FRACTION * steps)))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.scaler = torch.amp.GradScaler(dev.type, enabled=config.dtype == "float16")

@@ -28,7 +28,7 @@ def test_forward_matches_written_math(min_rank):
     torch.manual_seed(0)
     m = ARSSM(cfg(ar_ssm_min_rank=min_rank))
     x = torch.randn(2, 13, 32)
-    y, gate_mean, eff_rank, sparsity = m(x)
+    y, gate_l1, eff_rank, sparsity = m(x)
     torch.testing.assert_close(y, reference_forward(m, x), rtol=1e-5, atol=1e-5)
 
 
@@ -61,7 +61,7 @@ def test_gate_floor_and_min_rank_changes_output():
     assert (low(x)[0] - high(x)[0]).abs().max() > 1e-4
     _, _, eff, _ = high(x)
     assert 5 <= eff.item() <= 8
-    torch.testing.assert_close(eff, g_high.sum(-1).mean())
+    torch.testing.assert_close(eff, (g_high.mean((0, 1)) >= 0.1).sum().float())
 
 
 def test_diagnostics_come_from_the_forward_gates():
@@ -70,14 +70,44 @@ def test_diagnostics_come_from_the_forward_gates():
     with torch.no_grad():
         m.gate[2].bias[:7] = -6.0  # 7 learned channels nearly off -> sparsity ~ 7/16
     x = torch.randn(3, 10, 32)
-    y, gate_mean, eff_rank, sparsity = m(x)
+    y, gate_l1, eff_rank, sparsity = m(x)
     g = m.gates(x)
-    torch.testing.assert_close(gate_mean, g.mean())
-    torch.testing.assert_close(eff_rank, g.sum(-1).mean())
+    # L1 term: the sum over the 14 learned channels (forced ones left out) of each channel's mean gate
+    torch.testing.assert_close(gate_l1, g[..., 2:].mean((0, 1)).sum())
+    # channels in use: mean gate over the 30 positions >= 0.1 -> the 7 switched-off ones are not counted
+    torch.testing.assert_close(eff_rank, torch.tensor(16.0 - 7.0))
     torch.testing.assert_close(sparsity, (g < 0.1).float().mean())
     assert 0.3 < sparsity.item() < 0.5
     torch.testing.assert_close(m.last_gate_mean, g.mean((0, 1)))
-    assert gate_mean.requires_grad and not eff_rank.requires_grad
+    assert gate_l1.requires_grad and not eff_rank.requires_grad
+
+
+def test_effective_rank_counts_channels_in_use_within_min_and_max_rank():
+    """All learned channels off -> min_rank; all on -> r_max; one channel at 0.05 on average -> not in use."""
+    torch.manual_seed(0)
+    m = ARSSM(cfg(ar_ssm_max_rank=8, ar_ssm_min_rank=3))
+    x = torch.randn(2, 7, 32)
+    with torch.no_grad():
+        m.gate[2].weight.zero_()
+        m.gate[2].bias.fill_(-8.0)
+    assert m(x)[2].item() == 3.0
+    with torch.no_grad():
+        m.gate[2].bias.fill_(8.0)
+    assert m(x)[2].item() == 8.0
+    with torch.no_grad():
+        m.gate[2].bias[0] = torch.logit(torch.tensor(0.05))  # channel 3: gate 0.05 everywhere
+        m.gate[2].bias[1] = torch.logit(torch.tensor(0.15))  # channel 4: gate 0.15 everywhere, in use
+    assert m(x)[2].item() == 7.0
+
+
+def test_gate_l1_is_a_channel_sum_independent_of_max_rank():
+    """Same gates per channel, twice the channels -> twice the L1 term (a mean over channels would stay put)."""
+    for r in (8, 16):
+        m = ARSSM(cfg(ar_ssm_max_rank=r, ar_ssm_min_rank=2))
+        with torch.no_grad():
+            m.gate[2].weight.zero_()
+            m.gate[2].bias.fill_(0.0)  # every learned gate exactly 0.5
+        assert m(torch.randn(2, 5, 32))[1].item() == pytest.approx(0.5 * (r - 2))
 
 
 def test_decay_in_unit_interval_and_one_minus_exact():
@@ -109,8 +139,8 @@ def test_gate_hidden_dim_default_and_explicit_are_built():
 def test_gradients_reach_every_parameter():
     torch.manual_seed(0)
     m = ARSSM(cfg())
-    y, gate_mean, _, _ = m(torch.randn(2, 9, 32))
-    (y.pow(2).mean() + gate_mean).backward()
+    y, gate_l1, _, _ = m(torch.randn(2, 9, 32))
+    (y.pow(2).mean() + gate_l1).backward()
     for name, p in m.named_parameters():
         assert p.grad is not None and p.grad.abs().max() > 0, name
 
@@ -131,7 +161,7 @@ def test_works_under_cpu_autocast_bf16():
     x = torch.randn(2, 9, 32)
     ref = m(x)[0]
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        y, gate_mean, _, _ = m(x)
-        (y.float().pow(2).mean() + gate_mean).backward()
+        y, gate_l1, _, _ = m(x)
+        (y.float().pow(2).mean() + gate_l1).backward()
     assert torch.isfinite(y).all() and all(p.grad is not None for p in m.parameters())
     torch.testing.assert_close(y.float(), ref, rtol=0.05, atol=0.05)

@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -141,8 +144,8 @@ def test_loss_is_ce_plus_weighted_gate_l1():
     assert isinstance(out, LMOutput)
     ce = F.cross_entropy(out.logits.reshape(-1, c.vocab_size), targets.reshape(-1))
     torch.testing.assert_close(out.ce_loss, ce)
-    gate_means = [blk.mixer(blk.norm1(x))[1] for blk, x in zip(m.blocks, _block_inputs(m, ids))]
-    torch.testing.assert_close(out.aux_loss, 1e-3 * torch.stack(gate_means).sum())
+    gate_l1s = [blk.mixer(blk.norm1(x))[1] for blk, x in zip(m.blocks, _block_inputs(m, ids))]
+    torch.testing.assert_close(out.aux_loss, 1e-3 * torch.stack(gate_l1s).sum())
     torch.testing.assert_close(out.loss, out.ce_loss + out.aux_loss)
 
 
@@ -206,14 +209,43 @@ def test_tied_head_is_scaled_table_product_and_low_rank_head_is_two_maps():
     m = build_model(c)
     ids, _ = batch(c)
     with torch.no_grad():
+        bias = torch.randn(97)
+        m.out_bias.copy_(bias)
         out = m(ids)
         table = m.embed.table()
-        torch.testing.assert_close(out.logits, out.hidden @ table.t() / 32 ** 0.5, rtol=1e-5, atol=1e-5)
-        assert m.param_counts()["head"] == 0
+        torch.testing.assert_close(out.logits, out.hidden @ table.t() / 32 ** 0.5 + bias, rtol=1e-5, atol=1e-5)
+        assert m.param_counts()["head"] == 97  # the output bias; the table is the embedding's
         lr = build_model(c.replace(head="low_rank", head_rank=8))
+        lr.out_bias.copy_(bias)
         out = lr(ids)
-        torch.testing.assert_close(out.logits, out.hidden @ lr.head.down.weight.t() @ lr.head.up.weight.t())
-        assert lr.param_counts()["head"] == 32 * 8 + 8 * 97
+        torch.testing.assert_close(out.logits,
+                                   out.hidden @ lr.head.down.weight.t() @ lr.head.up.weight.t() + bias)
+        assert lr.param_counts()["head"] == 97 + 32 * 8 + 8 * 97
+
+
+@pytest.mark.parametrize("head", ["tied", "low_rank"])
+def test_output_bias_is_a_trained_vector_of_size_v_set_from_unigram_counts(head):
+    from model.lm import unigram_counts
+
+    c = cfg(head=head, head_rank=8)
+    m = build_model(c)
+    assert m.out_bias.shape == (97,) and torch.equal(m.out_bias, torch.zeros(97))  # zero until the trainer sets it
+    tokens = np.array([3] * 50 + [5] * 5 + [7] * 500, dtype=np.uint16)
+    counts = unigram_counts(tokens, 97, chunk=64)  # several chunks
+    assert counts[3] == 50 and counts[5] == 5 and counts[7] == 500 and counts.sum() == 555
+    ids, targets = batch(c)
+    before = m(ids).logits
+    m.init_output_bias(counts)
+    after = m(ids).logits
+    b = m.out_bias.detach()
+    # centred log-frequencies (add-one): differences are log count ratios, the mean is 0
+    assert b[7] - b[5] == pytest.approx(math.log(501 / 6), rel=1e-5)
+    assert b.mean().abs() < 1e-5
+    torch.testing.assert_close(after - before, b.expand_as(after))  # the bias is added to every position's logits
+    m(ids, targets).loss.backward()
+    assert m.out_bias.grad is not None and m.out_bias.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="counts"):
+        m.init_output_bias(torch.ones(96))
 
 
 def test_tied_head_builds_table_in_chunks(monkeypatch):
@@ -300,7 +332,7 @@ def test_diagnostics_are_layer_means_of_real_gates():
     with torch.no_grad():
         gates = [blk.mixer.gates(blk.norm1(x)) for blk, x in zip(m.blocks, xs)]
         out = m(ids)
-    eff = torch.stack([g.sum(-1).mean() for g in gates]).mean().item()
+    eff = torch.stack([(g.mean((0, 1)) >= 0.1).sum().float() for g in gates]).mean().item()  # channels in use
     sp = torch.stack([(g < 0.1).float().mean() for g in gates]).mean().item()
     assert out.diagnostics["effective_rank"] == pytest.approx(eff, rel=1e-6)
     assert out.diagnostics["gate_sparsity"] == pytest.approx(sp, abs=1e-7)
