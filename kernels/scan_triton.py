@@ -1,0 +1,282 @@
+"""Triton kernels and launchers of the gated scan (kernels/scan.py holds the reference, autograd and public API).
+
+Chunked two-pass design, no communication between programs (as flash-linear-attention's chunk kernels and
+Mamba-2's state passing). A sequence is one (batch, block of BLOCK_R channels); it is cut into chunks of
+BLOCK_C steps, each walked by one program in sub-tiles of BLOCK_T steps (BLOCK_C = K * BLOCK_T).
+
+Forward ``h_t = a*h_{t-1} + g_t*u_t``, ``y_t = g_t*v_t*h_t``:
+  1. ``_chunk_state_fwd``: each chunk's end state from a zero start, a weighted reduction
+     ``sum_t a^(end-t) g_t u_t`` (reads g, u). The last chunk's is never needed: not launched for it.
+  2. ``_chunk_scan_fwd``: the state entering chunk c, ``sum_{j<c} (a^BLOCK_C)^(c-1-j) state_j`` (a few
+     [BLOCK_R] words from L2), then the recurrence through the chunk's sub-tiles; writes y and the state
+     before every sub-tile (saved for the backward: [S, ceil(L/BLOCK_T), BLOCK_R] fp32, 1/BLOCK_T of the data).
+Backward (mirrored, reverse time), with ``dh_t = g_t v_t dy_t + a*dh_{t+1}``:
+  1. ``_chunk_state_bwd``: each chunk's ``sum_t a^(t-start) g_t v_t dy_t`` (reads dy, g, v); chunk 0 not needed.
+  2. ``_chunk_scan_bwd``: dh entering from later chunks the same way, then the sub-tiles last to first: h
+     recomputed from the saved state, du, dg, dv stored, per-chunk partial da (reduced in torch: deterministic).
+Every value is written by exactly one program, so results are bitwise reproducible run to run; no buffer
+needs zeroing. Data traffic: forward reads 2 + 3 and writes 1 element per (b, t, r) (the second read of g, u
+may hit L2), backward reads 3 + 4 and writes 3.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+_WINDOW = 16  # earlier chunk states read per loop step of the state passing
+
+
+@triton.jit
+def _first_order(a1, x1, a2, x2):
+    # (a1, x1) then (a2, x2): h -> a2*(a1*h + x1) + x2. Associative, not commutative.
+    return a1 * a2, a2 * x1 + x2
+
+
+@triton.jit
+def _pow(base, e, NBITS: tl.constexpr):
+    """base ** e by binary exponentiation, e integer in [0, 2^NBITS). base [1, N] or [N], e broadcastable to it.
+    Exact for any sign of base (no logarithm); 0 ** 0 = 1."""
+    r = tl.where((e & 1) != 0, base, 1.0)
+    b = base
+    for i in tl.static_range(1, NBITS):
+        b = b * b
+        r = tl.where(((e >> i) & 1) != 0, r * b, r)
+    return r
+
+
+@triton.jit
+def _pow_c(base, E: tl.constexpr):
+    """base ** E for a compile-time 1 <= E < 2^16 (binary exponentiation, unrolled at compile time)."""
+    r = base * 0.0 + 1.0
+    b = base
+    for i in tl.static_range(16):
+        if (E >> i) & 1:
+            r = r * b
+        if (E >> i) > 1:
+            b = b * b
+    return r
+
+
+@triton.jit
+def _pass_states(st_ptr, seq, c, NC, lanes, a_c, STEP: tl.constexpr, BLOCK_R: tl.constexpr, WINDOW: tl.constexpr,
+                 LOG_W: tl.constexpr):
+    """State entering chunk c from chunks c-step, c-2*step, ... (STEP +1: forward, earlier chunks; -1:
+    backward, later chunks): sum_k a_c^k * st[c - step*(k+1)] over chunks in [0, NC). a_c = a^BLOCK_C [BLOCK_R].
+    st_ptr: [S, NC, BLOCK_R] fp32 per-chunk states. Returns [BLOCK_R] fp32."""
+    kk = tl.arange(0, WINDOW)
+    pw = _pow(a_c[None, :], kk[:, None], LOG_W + 1)  # [WINDOW, BLOCK_R]: a_c^k
+    a_w = _pow_c(a_c, WINDOW)
+    n = c if STEP > 0 else NC - 1 - c  # chunks on that side
+    acc = tl.zeros([BLOCK_R], dtype=tl.float32)
+    mult = tl.full([BLOCK_R], 1.0, dtype=tl.float32)
+    k0 = 0
+    while k0 < n:  # a while loop: Triton's interpreter cannot take range() of a program-id-derived bound
+        j = c - STEP * (k0 + 1 + kk)  # [WINDOW] chunk read in row k
+        ok = (k0 + kk) < n
+        offs = (seq * NC + j).to(tl.int64)[:, None] * BLOCK_R + lanes[None, :]
+        st = tl.load(st_ptr + offs, mask=ok[:, None], other=0.0)
+        acc += mult * tl.sum(pw * st, axis=0)
+        mult = mult * a_w
+        k0 += WINDOW
+    return acc
+
+
+@triton.jit
+def _chunk_state_fwd(u_ptr, g_ptr, a_ptr, st_ptr, L, R, NC, NRB,
+                     BLOCK_C: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr, LOG_T: tl.constexpr):
+    """st[seq, c] = sum over chunk c of a^(last row - t) * g_t*u_t [BLOCK_R] fp32 (chunks 0 .. NC-2)."""
+    seq = tl.program_id(0)
+    c = tl.program_id(1)
+    b = seq // NRB
+    rows_l = tl.arange(0, BLOCK_T)
+    lanes = tl.arange(0, BLOCK_R)
+    cols = (seq % NRB) * BLOCK_R + lanes
+    lane_ok = cols < R
+    a = tl.load(a_ptr + cols, mask=lane_ok, other=1.0).to(tl.float32)
+    w = _pow(a[None, :], (BLOCK_T - 1 - rows_l)[:, None], LOG_T + 1)  # [BLOCK_T, BLOCK_R] a^(BLOCK_T-1-i)
+    a_t = _pow_c(a, BLOCK_T)
+    acc = tl.zeros([BLOCK_R], dtype=tl.float32)
+    for k in range(BLOCK_C // BLOCK_T):  # chunks 0 .. NC-2 are full (the row mask only guards)
+        rows = c * BLOCK_C + k * BLOCK_T + rows_l
+        offs = b.to(tl.int64) * L * R + rows[:, None].to(tl.int64) * R + cols[None, :]
+        m = lane_ok[None, :] & (rows < L)[:, None]
+        x = tl.load(g_ptr + offs, mask=m, other=0).to(tl.float32) * tl.load(u_ptr + offs, mask=m, other=0).to(tl.float32)
+        acc = acc * a_t + tl.sum(w * x, axis=0)
+    tl.store(st_ptr + (seq * NC + c).to(tl.int64) * BLOCK_R + lanes, acc)
+
+
+@triton.jit
+def _chunk_scan_fwd(u_ptr, g_ptr, v_ptr, a_ptr, st_ptr, y_ptr, carry_ptr, L, R, NC, NRB, NT,
+                    BLOCK_C: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr,
+                    WINDOW: tl.constexpr, LOG_W: tl.constexpr, SAVE_CARRY: tl.constexpr):
+    """y over chunk c; carry[seq, i] = h before sub-tile i (i = c*K + k) when SAVE_CARRY."""
+    seq = tl.program_id(0)
+    c = tl.program_id(1)
+    b = seq // NRB
+    rows_l = tl.arange(0, BLOCK_T)
+    lanes = tl.arange(0, BLOCK_R)
+    cols = (seq % NRB) * BLOCK_R + lanes
+    lane_ok = cols < R
+    a = tl.load(a_ptr + cols, mask=lane_ok, other=1.0).to(tl.float32)
+    a_c = _pow_c(a, BLOCK_C)
+    h_in = _pass_states(st_ptr, seq, c, NC, lanes, a_c, 1, BLOCK_R, WINDOW, LOG_W)
+    decay = tl.broadcast_to(a[None, :], (BLOCK_T, BLOCK_R))
+    last = rows_l[:, None] == BLOCK_T - 1
+    for k in range(BLOCK_C // BLOCK_T):  # sub-tiles wholly past L (last chunk only) are masked out
+        i = c * (BLOCK_C // BLOCK_T) + k  # sub-tile index in the sequence
+        if SAVE_CARRY:
+            tl.store(carry_ptr + (seq * NT + i).to(tl.int64) * BLOCK_R + lanes, h_in, mask=(lanes < BLOCK_R) & (i < NT))
+        rows = c * BLOCK_C + k * BLOCK_T + rows_l
+        offs = b.to(tl.int64) * L * R + rows[:, None].to(tl.int64) * R + cols[None, :]
+        m = (rows < L)[:, None] & lane_ok[None, :]
+        u = tl.load(u_ptr + offs, mask=m, other=0).to(tl.float32)
+        g = tl.load(g_ptr + offs, mask=m, other=0).to(tl.float32)
+        v = tl.load(v_ptr + offs, mask=m, other=0).to(tl.float32)
+        pw, x = tl.associative_scan((decay, g * u), 0, _first_order)  # pw[t] = a^(t+1), x: from a zero start
+        h = x + pw * h_in[None, :]
+        tl.store(y_ptr + offs, (g * v * h).to(y_ptr.dtype.element_ty), mask=m)
+        h_in = tl.sum(tl.where(last, h, 0.0), axis=0)
+
+
+@triton.jit
+def _chunk_state_bwd(dy_ptr, g_ptr, v_ptr, a_ptr, st_ptr, L, R, NC, NRB,
+                     BLOCK_C: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr, LOG_T: tl.constexpr):
+    """st[seq, c] = sum over chunk c of a^(t - first row) * g_t*v_t*dy_t [BLOCK_R] fp32 (chunks 1 .. NC-1)."""
+    seq = tl.program_id(0)
+    c = tl.program_id(1) + 1
+    b = seq // NRB
+    rows_l = tl.arange(0, BLOCK_T)
+    lanes = tl.arange(0, BLOCK_R)
+    cols = (seq % NRB) * BLOCK_R + lanes
+    lane_ok = cols < R
+    a = tl.load(a_ptr + cols, mask=lane_ok, other=1.0).to(tl.float32)
+    w = _pow(a[None, :], rows_l[:, None], LOG_T + 1)  # a^i
+    a_t = _pow_c(a, BLOCK_T)
+    acc = tl.zeros([BLOCK_R], dtype=tl.float32)
+    mult = tl.full([BLOCK_R], 1.0, dtype=tl.float32)
+    for k in range(BLOCK_C // BLOCK_T):  # rows past L load as 0
+        rows = c * BLOCK_C + k * BLOCK_T + rows_l
+        offs = b.to(tl.int64) * L * R + rows[:, None].to(tl.int64) * R + cols[None, :]
+        m = (rows < L)[:, None] & lane_ok[None, :]
+        q = (tl.load(dy_ptr + offs, mask=m, other=0).to(tl.float32) * tl.load(g_ptr + offs, mask=m, other=0).to(tl.float32)
+             * tl.load(v_ptr + offs, mask=m, other=0).to(tl.float32))
+        acc += mult * tl.sum(w * q, axis=0)
+        mult = mult * a_t
+    tl.store(st_ptr + (seq * NC + c).to(tl.int64) * BLOCK_R + lanes, acc)
+
+
+@triton.jit
+def _chunk_scan_bwd(dy_ptr, u_ptr, g_ptr, v_ptr, a_ptr, st_ptr, carry_ptr, du_ptr, dg_ptr, dv_ptr, da_part_ptr,
+                    L, R, NC, NRB, NT,
+                    BLOCK_C: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr,
+                    WINDOW: tl.constexpr, LOG_W: tl.constexpr):
+    """du, dg, dv over chunk c; da_part[b, c, channel] = sum over the chunk of dh_t * h_{t-1}."""
+    seq = tl.program_id(0)
+    c = tl.program_id(1)
+    b = seq // NRB
+    rb = seq % NRB
+    rows_l = tl.arange(0, BLOCK_T)
+    lanes = tl.arange(0, BLOCK_R)
+    cols = rb * BLOCK_R + lanes
+    lane_ok = cols < R
+    a = tl.load(a_ptr + cols, mask=lane_ok, other=1.0).to(tl.float32)
+    a_c = _pow_c(a, BLOCK_C)
+    d_in = _pass_states(st_ptr, seq, c, NC, lanes, a_c, -1, BLOCK_R, WINDOW, LOG_W)  # dL/dh just after the chunk
+    decay = tl.broadcast_to(a[None, :], (BLOCK_T, BLOCK_R))
+    decay_p = tl.where(rows_l[:, None] > 0, decay, 1.0)
+    first = rows_l[:, None] == 0
+    da = tl.zeros([BLOCK_R], dtype=tl.float32)
+    for kr in range(BLOCK_C // BLOCK_T):
+        # Last sub-tile first. Sub-tiles wholly past L (last chunk only) load zeros and give dh = 0: nothing
+        # flows back from after the sequence's end.
+        k = BLOCK_C // BLOCK_T - 1 - kr
+        i = c * (BLOCK_C // BLOCK_T) + k
+        rows = c * BLOCK_C + k * BLOCK_T + rows_l
+        offs = b.to(tl.int64) * L * R + rows[:, None].to(tl.int64) * R + cols[None, :]
+        m = (rows < L)[:, None] & lane_ok[None, :]
+        dy = tl.load(dy_ptr + offs, mask=m, other=0).to(tl.float32)
+        u = tl.load(u_ptr + offs, mask=m, other=0).to(tl.float32)
+        g = tl.load(g_ptr + offs, mask=m, other=0).to(tl.float32)
+        v = tl.load(v_ptr + offs, mask=m, other=0).to(tl.float32)
+        # Row t-1 of g and u (mostly the lines just loaded; row 0 of the sub-tile gets 0): the forward scan of
+        # the shifted input gives h_{t-1} directly (da needs it; no division by a), and h = a*h_{t-1} + g*u.
+        m_p = m & (rows_l[:, None] > 0)
+        u_p = tl.load(u_ptr + offs - R, mask=m_p, other=0).to(tl.float32)
+        g_p = tl.load(g_ptr + offs - R, mask=m_p, other=0).to(tl.float32)
+        h0 = tl.load(carry_ptr + (seq * NT + i).to(tl.int64) * BLOCK_R + lanes, mask=(lanes < BLOCK_R) & (i < NT),
+                     other=0.0)
+        pw_p, x_p = tl.associative_scan((decay_p, g_p * u_p), 0, _first_order)  # pw_p[t] = a^t
+        h_prev = x_p + pw_p * h0[None, :]
+        h = a[None, :] * h_prev + g * u
+        tl.store(dv_ptr + offs, (dy * g * h).to(dv_ptr.dtype.element_ty), mask=m)
+        pw_r, x_r = tl.associative_scan((decay, dy * g * v), 0, _first_order, reverse=True)  # pw_r[t] = a^(T-t)
+        dh = x_r + pw_r * d_in[None, :]
+        tl.store(du_ptr + offs, (g * dh).to(du_ptr.dtype.element_ty), mask=m)
+        tl.store(dg_ptr + offs, (dy * v * h + u * dh).to(dg_ptr.dtype.element_ty), mask=m)
+        da += tl.sum(dh * h_prev, axis=0)
+        d_in = tl.sum(tl.where(first, dh, 0.0), axis=0)
+    tl.store(da_part_ptr + (b * NC + c).to(tl.int64) * (NRB * BLOCK_R) + rb * BLOCK_R + lanes, da)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Launchers. Tiles are one tuple so the backward reads the saved states with the forward's layout.
+# --------------------------------------------------------------------------------------------------------
+
+def _tiles(L: int, R: int, dtype: torch.dtype) -> tuple[int, int, int, int]:
+    """(BLOCK_C, BLOCK_T, BLOCK_R, num_warps) for a [B, L, R] problem.
+
+    BLOCK_T (sub-tile, and the saved-state granularity) and BLOCK_R are the previous kernels' (the estimator
+    copies them: saved states = B * ceil(R/BLOCK_R) * ceil(L/BLOCK_T) * BLOCK_R fp32). BLOCK_C = 4 sub-tiles
+    keeps the state passing short (L/256 words per channel at most) with enough programs to fill the GPU.
+    Predicted, not yet swept on a GPU (bench/scan_notes.md).
+    """
+    block_r = min(triton.next_power_of_2(R), 32)
+    block_t = min(64, max(16, triton.next_power_of_2(L)))
+    block_c = min(4 * block_t, max(block_t, triton.next_power_of_2(L)))
+    return block_c, block_t, block_r, 4
+
+
+def _log2(n: int) -> int:
+    return n.bit_length() - 1
+
+
+def _scan_fwd(u, g, v, a, save_carry: bool, tiles=None):
+    """Forward launcher. u, g, v contiguous [B, L, R] (one dtype); a contiguous [R]. Returns (y [B, L, R],
+    carry [S * ceil(L/BLOCK_T) * BLOCK_R] fp32 (h before each sub-tile, S = B * channel blocks) or None, tiles)."""
+    B, L, R = u.shape
+    block_c, block_t, block_r, warps = tiles = tiles or _tiles(L, R, u.dtype)
+    nc, nrb, nt = triton.cdiv(L, block_c), triton.cdiv(R, block_r), triton.cdiv(L, block_t)
+    n_seq = B * nrb
+    y = torch.empty_like(u)
+    carry = torch.empty(n_seq * nt * block_r, dtype=torch.float32, device=u.device) if save_carry else y
+    states = torch.empty(n_seq * nc * block_r, dtype=torch.float32, device=u.device) if nc > 1 else y
+    if nc > 1:
+        _chunk_state_fwd[(n_seq, nc - 1)](u, g, a, states, L, R, nc, nrb, BLOCK_C=block_c, BLOCK_T=block_t,
+                                          BLOCK_R=block_r, LOG_T=_log2(block_t), num_warps=warps)
+    _chunk_scan_fwd[(n_seq, nc)](u, g, v, a, states, y, carry, L, R, nc, nrb, nt, BLOCK_C=block_c, BLOCK_T=block_t,
+                                 BLOCK_R=block_r, WINDOW=_WINDOW, LOG_W=_log2(_WINDOW),
+                                 SAVE_CARRY=save_carry, num_warps=warps)
+    return y, (carry if save_carry else None), tiles
+
+
+def _scan_bwd(dy, u, g, v, a, carry, tiles):
+    """Backward launcher: (du, dg, dv) [B, L, R] in the input dtype, da [R] in a's dtype. dy contiguous."""
+    B, L, R = u.shape
+    block_c, block_t, block_r, warps = tiles
+    nc, nrb, nt = triton.cdiv(L, block_c), triton.cdiv(R, block_r), triton.cdiv(L, block_t)
+    n_seq = B * nrb
+    du, dg, dv = torch.empty_like(u), torch.empty_like(g), torch.empty_like(v)
+    da_part = torch.empty(B * nc * nrb * block_r, dtype=torch.float32, device=u.device)
+    states = torch.empty(n_seq * nc * block_r, dtype=torch.float32, device=u.device) if nc > 1 else da_part
+    if nc > 1:
+        _chunk_state_bwd[(n_seq, nc - 1)](dy, g, v, a, states, L, R, nc, nrb, BLOCK_C=block_c, BLOCK_T=block_t,
+                                          BLOCK_R=block_r, LOG_T=_log2(block_t), num_warps=warps)
+    _chunk_scan_bwd[(n_seq, nc)](dy, u, g, v, a, states, carry, du, dg, dv, da_part, L, R, nc, nrb, nt,
+                                 BLOCK_C=block_c, BLOCK_T=block_t, BLOCK_R=block_r,
+                                 WINDOW=_WINDOW, LOG_W=_log2(_WINDOW), num_warps=warps)
+    da = da_part.view(B * nc, nrb * block_r).sum(dim=0)  # one small reduction, fixed order: deterministic
+    if nrb * block_r != R:
+        da = da[:R]
+    return du, dg, dv, (da if a.dtype == torch.float32 else da.to(a.dtype))
