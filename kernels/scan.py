@@ -12,7 +12,7 @@ import contextlib
 import torch
 import triton
 
-from kernels.scan_triton import _scan_bwd, _scan_fwd, _tiles  # noqa: F401  (_tiles: the estimator mirrors it)
+from kernels.scan_triton import ScanTiles, _scan_bwd, _scan_fwd, _tiles  # noqa: F401  (re-exported: bench, tests)
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _BACKENDS = ("auto", "triton", "torch")

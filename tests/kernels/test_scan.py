@@ -111,16 +111,20 @@ def test_decay_below_one_differs_from_cumsum():
 
 
 @pytest.mark.parametrize("L,tiles", [
-    (300, (16, 16, 8, 1)),  # 19 chunks: the state passing reads earlier/later chunks in two windows of 16
-    (1000, (32, 16, 8, 2)),  # 32 chunks of two sub-tiles each, the last chunk partly past L
-    (130, (64, 16, 8, 1)),  # 3 chunks of four sub-tiles, the last one past L but for 2 rows
+    # 19 chunks each way: the state passing reads earlier (later) chunks in two windows of 16.
+    (300, scan.ScanTiles(16, fwd_c=16, fwd_r=8, fwd_warps=1, bwd_c=16, bwd_r=4, bwd_warps=1)),
+    # Chunks of two (forward) and four (backward) sub-tiles, the last chunk partly past L; channel blocks
+    # differ between the passes (the saved carry's layout does not depend on them).
+    (1000, scan.ScanTiles(16, fwd_c=32, fwd_r=8, fwd_warps=2, bwd_c=64, bwd_r=2, bwd_warps=1)),
+    # Three chunks of four sub-tiles, the last one past L but for 2 rows.
+    (130, scan.ScanTiles(16, fwd_c=64, fwd_r=8, fwd_warps=1, bwd_c=64, bwd_r=8, bwd_warps=1)),
 ])
 def test_chunked_launchers_match_reference_with_small_tiles(L, tiles):
     """The launchers with small tiles: many chunks per sequence, so the per-chunk states passed forward (and
-    backward) span several windows and several sub-tiles per chunk; odd L and R = 5 in blocks of 8."""
+    backward) span several windows and several sub-tiles per chunk; odd L, R = 5 in blocks of 2 to 8."""
     u, g, v, a, dy = make(2, L, 5, torch.float32, "rand", seed=5)
     y, carry, used = scan._scan_fwd(u, g, v, a, True, tiles)
-    assert used == tiles and carry.numel() == 2 * -(-L // tiles[1]) * tiles[2]  # h before every sub-tile
+    assert used == tiles and carry.shape == (2, -(-L // tiles.block_t), 5)  # h before every sub-tile
     grads = scan._scan_bwd(dy, u, g, v, a, carry, used)
     for name, o, r in zip(("y", "du", "dg", "dv", "da"), (y, *grads), ref64(u, g, v, a, dy)):
         scale = max(1.0, r.abs().max().item()) if name == "da" else 1.0
