@@ -28,6 +28,10 @@ import triton
 import triton.language as tl
 
 _WINDOW = 16  # earlier chunk states read per loop step of the state passing
+# Integer arguments Triton must not specialise on (divisible by 16, equal to 1): the layouts load one element
+# per thread along R, so alignment hints buy nothing, and every shape then shares one compiled kernel per
+# dtype and tile (the bench's quick mode compiles a handful of kernels, not one per shape).
+_SIZES = ["L", "R", "NC", "NRB", "NT", "KSUB"]
 
 
 @triton.jit
@@ -85,9 +89,9 @@ def _pass_states(st_ptr, seq, c, NC, lanes, a_c, STEP: tl.constexpr, BLOCK_R: tl
     return acc
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_SIZES)
 def _chunk_state_fwd(u_ptr, g_ptr, a_ptr, st_ptr, L, R, NC, NRB, KSUB,
-                     BLOCK_C: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr, LOG_T: tl.constexpr):
+                     BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr, LOG_T: tl.constexpr):
     """st[seq, c] = sum over chunk c of a^(last row - t) * g_t*u_t [BLOCK_R] fp32 (chunks 0 .. NC-2)."""
     seq = tl.program_id(0)
     c = tl.program_id(1)
@@ -102,7 +106,7 @@ def _chunk_state_fwd(u_ptr, g_ptr, a_ptr, st_ptr, L, R, NC, NRB, KSUB,
     acc = tl.zeros([BLOCK_R], dtype=tl.float32)
     k = 0
     while k < KSUB:  # chunks 0 .. NC-2 are full (the row mask only guards)
-        rows = c * BLOCK_C + k * BLOCK_T + rows_l
+        rows = (c * KSUB + k) * BLOCK_T + rows_l
         offs = b.to(tl.int64) * L * R + rows[:, None].to(tl.int64) * R + cols[None, :]
         m = lane_ok[None, :] & (rows < L)[:, None]
         x = tl.load(g_ptr + offs, mask=m, other=0).to(tl.float32) * tl.load(u_ptr + offs, mask=m, other=0).to(tl.float32)
@@ -111,9 +115,9 @@ def _chunk_state_fwd(u_ptr, g_ptr, a_ptr, st_ptr, L, R, NC, NRB, KSUB,
     tl.store(st_ptr + (seq * NC + c).to(tl.int64) * BLOCK_R + lanes, acc)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_SIZES)
 def _chunk_scan_fwd(u_ptr, g_ptr, v_ptr, a_ptr, st_ptr, y_ptr, carry_ptr, L, R, NC, NRB, NT, KSUB,
-                    BLOCK_C: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr,
+                    BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr,
                     WINDOW: tl.constexpr, LOG_W: tl.constexpr, SAVE_CARRY: tl.constexpr):
     """y over chunk c; carry[b, i, channel] = h before sub-tile i (i = c*KSUB + k) when SAVE_CARRY."""
     seq = tl.program_id(0)
@@ -124,7 +128,7 @@ def _chunk_scan_fwd(u_ptr, g_ptr, v_ptr, a_ptr, st_ptr, y_ptr, carry_ptr, L, R, 
     cols = (seq % NRB) * BLOCK_R + lanes
     lane_ok = cols < R
     a = tl.load(a_ptr + cols, mask=lane_ok, other=1.0).to(tl.float32)
-    a_c = _pow_c(a, BLOCK_C)
+    a_c = _pow(_pow_c(a, BLOCK_T), KSUB, 5)  # a^(chunk length), KSUB <= 16
     h_in = _pass_states(st_ptr, seq, c, NC, lanes, a_c, 1, BLOCK_R, WINDOW, LOG_W)
     decay = tl.broadcast_to(a[None, :], (BLOCK_T, BLOCK_R))
     last = rows_l[:, None] == BLOCK_T - 1
@@ -134,7 +138,7 @@ def _chunk_scan_fwd(u_ptr, g_ptr, v_ptr, a_ptr, st_ptr, y_ptr, carry_ptr, L, R, 
         i = c * KSUB + k  # sub-tile index in the sequence
         if SAVE_CARRY:
             tl.store(carry_ptr + (b * NT + i).to(tl.int64) * R + cols, h_in, mask=lane_ok & (i < NT))
-        rows = c * BLOCK_C + k * BLOCK_T + rows_l
+        rows = (c * KSUB + k) * BLOCK_T + rows_l
         offs = b.to(tl.int64) * L * R + rows[:, None].to(tl.int64) * R + cols[None, :]
         m = (rows < L)[:, None] & lane_ok[None, :]
         u = tl.load(u_ptr + offs, mask=m, other=0).to(tl.float32)
@@ -147,9 +151,9 @@ def _chunk_scan_fwd(u_ptr, g_ptr, v_ptr, a_ptr, st_ptr, y_ptr, carry_ptr, L, R, 
         k += 1
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_SIZES)
 def _chunk_state_bwd(dy_ptr, g_ptr, v_ptr, a_ptr, st_ptr, L, R, NC, NRB, KSUB,
-                     BLOCK_C: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr, LOG_T: tl.constexpr):
+                     BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr, LOG_T: tl.constexpr):
     """st[seq, c] = sum over chunk c of a^(t - first row) * g_t*v_t*dy_t [BLOCK_R] fp32 (chunks 1 .. NC-1)."""
     seq = tl.program_id(0)
     c = tl.program_id(1) + 1
@@ -165,7 +169,7 @@ def _chunk_state_bwd(dy_ptr, g_ptr, v_ptr, a_ptr, st_ptr, L, R, NC, NRB, KSUB,
     mult = tl.full([BLOCK_R], 1.0, dtype=tl.float32)
     k = 0
     while k < KSUB:  # rows past L load as 0
-        rows = c * BLOCK_C + k * BLOCK_T + rows_l
+        rows = (c * KSUB + k) * BLOCK_T + rows_l
         offs = b.to(tl.int64) * L * R + rows[:, None].to(tl.int64) * R + cols[None, :]
         m = (rows < L)[:, None] & lane_ok[None, :]
         q = (tl.load(dy_ptr + offs, mask=m, other=0).to(tl.float32) * tl.load(g_ptr + offs, mask=m, other=0).to(tl.float32)
@@ -176,10 +180,10 @@ def _chunk_state_bwd(dy_ptr, g_ptr, v_ptr, a_ptr, st_ptr, L, R, NC, NRB, KSUB,
     tl.store(st_ptr + (seq * NC + c).to(tl.int64) * BLOCK_R + lanes, acc)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_SIZES)
 def _chunk_scan_bwd(dy_ptr, u_ptr, g_ptr, v_ptr, a_ptr, st_ptr, carry_ptr, du_ptr, dg_ptr, dv_ptr, da_part_ptr,
                     L, R, NC, NRB, NT, KSUB,
-                    BLOCK_C: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr,
+                    BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr,
                     WINDOW: tl.constexpr, LOG_W: tl.constexpr):
     """du, dg, dv over chunk c; da_part[b, c, channel] = sum over the chunk of dh_t * h_{t-1}. Reads the carry
     [B, NT, R] the forward saved (its layout does not depend on either pass's BLOCK_R)."""
@@ -191,7 +195,7 @@ def _chunk_scan_bwd(dy_ptr, u_ptr, g_ptr, v_ptr, a_ptr, st_ptr, carry_ptr, du_pt
     cols = (seq % NRB) * BLOCK_R + lanes
     lane_ok = cols < R
     a = tl.load(a_ptr + cols, mask=lane_ok, other=1.0).to(tl.float32)
-    a_c = _pow_c(a, BLOCK_C)
+    a_c = _pow(_pow_c(a, BLOCK_T), KSUB, 5)  # a^(chunk length), KSUB <= 16
     d_in = _pass_states(st_ptr, seq, c, NC, lanes, a_c, -1, BLOCK_R, WINDOW, LOG_W)  # dL/dh just after the chunk
     decay = tl.broadcast_to(a[None, :], (BLOCK_T, BLOCK_R))
     decay_p = tl.where(rows_l[:, None] > 0, decay, 1.0)
@@ -203,7 +207,7 @@ def _chunk_scan_bwd(dy_ptr, u_ptr, g_ptr, v_ptr, a_ptr, st_ptr, carry_ptr, du_pt
         # flows back from after the sequence's end.
         k = KSUB - 1 - kr
         i = c * KSUB + k
-        rows = c * BLOCK_C + k * BLOCK_T + rows_l
+        rows = (c * KSUB + k) * BLOCK_T + rows_l
         offs = b.to(tl.int64) * L * R + rows[:, None].to(tl.int64) * R + cols[None, :]
         m = (rows < L)[:, None] & lane_ok[None, :]
         dy = tl.load(dy_ptr + offs, mask=m, other=0).to(tl.float32)
@@ -251,6 +255,11 @@ class ScanTiles:
     bwd_r: int
     bwd_warps: int
 
+    def __post_init__(self):
+        for c in (self.fwd_c, self.bwd_c):  # the kernels take a^(chunk) as (a^block_t)^K with K < 32
+            if c % self.block_t or not 1 <= c // self.block_t <= 16:
+                raise ValueError(f"ScanTiles: chunk {c} must be 1 to 16 sub-tiles of {self.block_t}")
+
 
 def _chunk_len(batch: int, L: int, R: int, block_t: int, block_r: int) -> int:
     # K * block_t with K the largest of 16, 8, 4, 2 that still gives _PROGRAMS programs, else 1: long chunks
@@ -287,7 +296,7 @@ def _scan_fwd(u, g, v, a, save_carry: bool, tiles: ScanTiles | None = None):
     carry = torch.empty((B, nt, R), dtype=torch.float32, device=u.device) if save_carry else y
     # Per-chunk end states [S, nc, fwd_r], chunk nc-1's never written nor read; no zeroing needed.
     states = torch.empty(n_seq * nc * t.fwd_r, dtype=torch.float32, device=u.device) if nc > 1 else y
-    meta = dict(BLOCK_C=t.fwd_c, BLOCK_T=t.block_t, BLOCK_R=t.fwd_r, num_warps=t.fwd_warps)
+    meta = dict(BLOCK_T=t.block_t, BLOCK_R=t.fwd_r, num_warps=t.fwd_warps)
     if nc > 1:
         _chunk_state_fwd[(n_seq, nc - 1)](u, g, a, states, L, R, nc, nrb, t.fwd_c // t.block_t,
                                           LOG_T=_log2(t.block_t), **meta)
@@ -305,7 +314,7 @@ def _scan_bwd(dy, u, g, v, a, carry, tiles: ScanTiles):
     du, dg, dv = torch.empty_like(u), torch.empty_like(g), torch.empty_like(v)
     da_part = torch.empty((B * nc, R), dtype=torch.float32, device=u.device)
     states = torch.empty(n_seq * nc * t.bwd_r, dtype=torch.float32, device=u.device) if nc > 1 else da_part
-    meta = dict(BLOCK_C=t.bwd_c, BLOCK_T=t.block_t, BLOCK_R=t.bwd_r, num_warps=t.bwd_warps)
+    meta = dict(BLOCK_T=t.block_t, BLOCK_R=t.bwd_r, num_warps=t.bwd_warps)
     if nc > 1:
         _chunk_state_bwd[(n_seq, nc - 1)](dy, g, v, a, states, L, R, nc, nrb, t.bwd_c // t.block_t,
                                           LOG_T=_log2(t.block_t), **meta)
