@@ -21,6 +21,7 @@ may hit L2), backward reads 3 + 4 and writes 3.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -269,6 +270,7 @@ def _chunk_len(batch: int, L: int, R: int, block_t: int, block_r: int) -> int:
     return block_t * next((k for k in (16, 8, 4, 2) if n_seq * triton.cdiv(n_sub, k) >= _PROGRAMS), 1)
 
 
+@functools.lru_cache(maxsize=512)  # called on every forward: keep the wrapper's host work small
 def _tiles(L: int, R: int, dtype: torch.dtype, batch: int = 1) -> ScanTiles:
     """Tiles for a [batch, L, R] problem. Predicted from register counts (ptxas -v, sm_90, Triton 3.6), not yet
     timed on a GPU (bench/scan_notes.md): forward 64 x 32 tiles on 4 warps (~156 registers, no spills);

@@ -59,7 +59,7 @@ def test_a_wrong_kernel_is_refused_before_any_timing(cpu):
         return y, carry, t
 
     broken = types.SimpleNamespace(__name__="broken", gated_scan=scan.gated_scan, _scan_fwd=wrong_fwd,
-                                   _scan_bwd=scan._scan_bwd, _tiles=scan._tiles)
+                                   _scan_bwd=scan._scan_bwd)
     calls = []
     with pytest.raises(kb.KernelMismatch, match=r"broken bare B=1 L=70 R=5 torch.float32: rel err \{'y'"):
         kb.bench_scan(fake_do_bench(calls), 3000.0, [(scan, ""), (broken, "_old")], quick=True, shapes=SHAPE,

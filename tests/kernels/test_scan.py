@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import triton
 
 from kernels import scan
 from kernels.scan import gated_scan, gated_scan_ref
@@ -221,6 +222,8 @@ def test_torch_backend_accumulates_in_fp32_under_cpu_autocast():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.skipif(triton.knobs.runtime.interpret, reason="the interpreter runs programs one by one: run with "
+                    "TRITON_INTERPRET=0 (tests/conftest.py sets 1 unless told otherwise)")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_gpu_results_are_bitwise_reproducible(dtype):
     """Many launches at a large shape give bitwise-identical outputs and gradients (every value is written by
