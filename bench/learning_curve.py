@@ -36,8 +36,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-# `python bench/learning_curve.py` puts bench/ first on sys.path, where a script's name (bench/kernels.py) would
-# shadow the package of the same name in this process and in the trial children (spawn copies sys.path).
+# `python bench/learning_curve.py` puts bench/ first on sys.path, where a script named after a package would shadow
+# it in this process and in the trial children (spawn copies sys.path): bench/ leaves the path, the repo root leads.
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # the repo's packages, not bench/kernels.py
+sys.path.insert(0, str(ROOT))  # the repo's packages (the project is not pip-installed)
 
 
 def _children(pid: int) -> list[int]:

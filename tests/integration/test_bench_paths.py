@@ -1,7 +1,8 @@
-"""Bench scripts run as `python bench/x.py` start with bench/ first on sys.path, where bench/kernels.py would shadow the
-`kernels` package. Each script that imports the project puts the repo root first before importing it; bench/kernels.py
-still finds its sibling `lns_bench`. Checked in a fresh interpreter laid out exactly as `python bench/x.py` lays it
-out (script folder first), loading the script's top level without running its main()."""
+"""Bench scripts run as `python bench/x.py` start with bench/ first on sys.path. No script may be named after a project
+package (a bench/kernels.py once shadowed `kernels`); each script that imports the project puts the repo root first,
+and bench/kernel_bench.py still finds its sibling `lns_bench` (bench/ stays on the path after the root). Checked in a
+fresh interpreter laid out exactly as `python bench/x.py` lays it out (script folder first), loading the script's top
+level without running its main()."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ print("ok")
 
 
 @pytest.mark.parametrize("script, extra", [
-    ("kernels.py", "import lns_bench; from lns_bench import bench_lns"),
+    ("kernel_bench.py", "import lns_bench; from lns_bench import bench_lns"),
     ("lns_bench.py", ""),
     ("learning_curve.py", "import tuner.curve"),
 ])
@@ -35,3 +36,9 @@ def test_bench_script_imports_the_packages_not_its_siblings(tmp_path, script, ex
                         extra=extra)
     r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout[-2000:] + r.stderr[-2000:]
+
+
+def test_no_bench_script_is_named_after_a_package():
+    packages = {p.name for p in REPO.iterdir() if (p / "__init__.py").is_file()}
+    assert {"kernels", "model", "tuner"} <= packages
+    assert not [p.name for p in BENCH.glob("*.py") if p.stem in packages]

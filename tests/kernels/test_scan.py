@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import triton
 
 from kernels import scan
 from kernels.scan import gated_scan, gated_scan_ref
@@ -39,7 +40,13 @@ def make(B, L, R, dtype, a_kind, seed=0):
     u = torch.randn(B, L, R, generator=gen).to(dtype)
     g = torch.sigmoid(torch.randn(B, L, R, generator=gen)).to(dtype)
     v = torch.randn(B, L, R, generator=gen).to(dtype)
-    a = torch.ones(R) if a_kind == "one" else torch.rand(R, generator=gen) * 0.99 + 0.01  # a in (0, 1)
+    if a_kind == "one":
+        a = torch.ones(R)
+    elif a_kind == "signed":  # the kernels take powers of a by multiplication: any sign, and 0, must work
+        a = torch.rand(R, generator=gen) * 1.9 - 0.95
+        a[0] = 0.0
+    else:
+        a = torch.rand(R, generator=gen) * 0.99 + 0.01  # a in (0, 1)
     dy = torch.randn(B, L, R, generator=gen).to(dtype)
     return u, g, v, a, dy
 
@@ -64,6 +71,11 @@ CASES = [  # (B, L, R, dtype, a): odd lengths hit the row masks, R not a power o
     (2, 130, 5, torch.bfloat16, "rand"),
     (3, 63, 24, torch.bfloat16, "one"),
     (1, 63, 5, torch.float16, "rand"),
+    # Several chunks of 256 steps (state passing) and a last chunk with a partial and two empty sub-tiles:
+    (1, 600, 40, torch.float32, "rand"),
+    (2, 600, 24, torch.bfloat16, "rand"),
+    (1, 600, 5, torch.float16, "signed"),
+    (1, 300, 5, torch.float32, "signed"),
 ]
 
 
@@ -99,16 +111,32 @@ def test_decay_below_one_differs_from_cumsum():
     assert_close("y", y, ref64(u, g, v, a * 0.5, torch.zeros_like(u))[0], torch.float32)
 
 
-def test_look_back_walks_aggregates_across_windows():
-    """No chunk publishes an inclusive prefix: every carry is summed from aggregates, WINDOW=2 at a time over
-    9 chunks, forward and backward (on the GPU this is the path taken while predecessors are still running)."""
-    u, g, v, a, dy = make(2, 130, 5, torch.float32, "rand", seed=5)
-    meta = {"PUBLISH_INCLUSIVE": False}
-    y, carry, tiles = scan._scan_fwd(u, g, v, a, True, tiles=(16, 8, 1, 2), meta=meta)
-    grads = scan._scan_bwd(dy, u, g, v, a, carry, tiles, meta=meta)
+@pytest.mark.parametrize("L,tiles", [
+    # 19 chunks each way: the state passing reads earlier (later) chunks in two windows of 16.
+    (300, scan.ScanTiles(16, fwd_c=16, fwd_r=8, fwd_warps=1, bwd_c=16, bwd_r=4, bwd_warps=1)),
+    # Chunks of two (forward) and four (backward) sub-tiles, the last chunk partly past L; channel blocks
+    # differ between the passes (the saved carry's layout does not depend on them).
+    (1000, scan.ScanTiles(16, fwd_c=32, fwd_r=8, fwd_warps=2, bwd_c=64, bwd_r=2, bwd_warps=1)),
+    # Three chunks of four sub-tiles, the last one past L but for 2 rows.
+    (130, scan.ScanTiles(16, fwd_c=64, fwd_r=8, fwd_warps=1, bwd_c=64, bwd_r=8, bwd_warps=1)),
+])
+def test_chunked_launchers_match_reference_with_small_tiles(L, tiles):
+    """The launchers with small tiles: many chunks per sequence, so the per-chunk states passed forward (and
+    backward) span several windows and several sub-tiles per chunk; odd L, R = 5 in blocks of 2 to 8."""
+    u, g, v, a, dy = make(2, L, 5, torch.float32, "rand", seed=5)
+    y, carry, used = scan._scan_fwd(u, g, v, a, True, tiles)
+    assert used == tiles and carry.shape == (2, -(-L // tiles.block_t), 5)  # h before every sub-tile
+    grads = scan._scan_bwd(dy, u, g, v, a, carry, used)
     for name, o, r in zip(("y", "du", "dg", "dv", "da"), (y, *grads), ref64(u, g, v, a, dy)):
         scale = max(1.0, r.abs().max().item()) if name == "da" else 1.0
         assert_close(name, o / scale, r / scale, torch.float32)
+
+
+def test_forward_without_grad_saves_no_state():
+    u, g, v, a, _ = make(1, 130, 5, torch.float32, "rand", seed=9)
+    y, carry, _ = scan._scan_fwd(u, g, v, a, False)
+    assert carry is None
+    assert_close("y", y, gated_scan_ref(u.double(), g.double(), v.double(), a.double()), torch.float32)
 
 
 def test_non_contiguous_inputs():
@@ -190,3 +218,38 @@ def test_torch_backend_accumulates_in_fp32_under_cpu_autocast():
     assert got.dtype == torch.float32
     err = (got.double() - expected).norm() / expected.norm()
     assert err < 1e-5, err
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.skipif(triton.knobs.runtime.interpret, reason="the interpreter runs programs one by one: run with "
+                    "TRITON_INTERPRET=0 (tests/conftest.py sets 1 unless told otherwise)")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gpu_results_are_bitwise_reproducible(dtype):
+    """Many launches at a large shape give bitwise-identical outputs and gradients (every value is written by
+    one program, da is reduced in a fixed order). The interpreter runs programs one by one and cannot catch a
+    race; this runs them concurrently, and also checks against the float64 torch scan once."""
+    B, L, R = 8, 16384, 64
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    u = torch.randn(B, L, R, device="cuda", generator=gen).to(dtype)
+    g = torch.sigmoid(torch.randn(B, L, R, device="cuda", generator=gen)).to(dtype)
+    v = torch.randn(B, L, R, device="cuda", generator=gen).to(dtype)
+    a = 0.9 + 0.1 * torch.rand(R, device="cuda", generator=gen)
+    dy = torch.randn(B, L, R, device="cuda", generator=gen).to(dtype)
+
+    def run():
+        leaves = [t.detach().clone().requires_grad_(True) for t in (u, g, v, a)]
+        y = gated_scan(*leaves, backend="triton")
+        return (y, *torch.autograd.grad(y, leaves, dy))
+
+    first = run()
+    ref_leaves = [t.detach().double().requires_grad_(True) for t in (u, g, v, a)]
+    y_ref = scan._gated_scan_torch(*ref_leaves)
+    ref = (y_ref, *torch.autograd.grad(y_ref, ref_leaves, dy.double()))
+    rel_tol = 1e-4 if dtype == torch.float32 else 1.5e-2
+    for name, o, r in zip(("y", "du", "dg", "dv", "da"), first, ref):
+        err = ((o.double() - r).norm() / r.norm()).item()
+        assert err <= rel_tol, f"{name}: relative error {err:.2e} > {rel_tol}"
+    for i in range(50):
+        for name, o, o0 in zip(("y", "du", "dg", "dv", "da"), run(), first):
+            assert torch.equal(o, o0), f"run {i + 1}: {name} differs from the first run"
