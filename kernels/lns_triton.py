@@ -1,0 +1,209 @@
+"""Triton kernels of the LNS matmul `y [M, N] = x [M, K] @ decode(codes [N, K])^T`; the format, the launchers and the
+torch reference are in `kernels/lns.py`.
+
+Two kernels share one K step (`_lns_tile_step`: load an x tile and a code tile, decode, `tl.dot`):
+  * `_lns_matmul_kernel` (tiled): a 1-D grid of [BLOCK_M, BLOCK_N] output tiles, each looping over all of K.
+    For large M (prefill, training-sized batches), where the matmul is compute-bound.
+  * `_lns_skinny_kernel` (small M, <= 64 rows: decode/generation): one row tile holds every row, and the grid is
+    (N tiles, SPLIT_K slices of K) so that a small output still gives every SM work: the matmul is memory-bound
+    there and needs all SMs streaming codes. Each slice writes an fp32 partial; the last slice of a column tile
+    to finish (counted with an atomic) sums the partials in slice order (deterministic), applies the epilogue and
+    resets its counter to 0 for the next call.
+
+Decode (`_decode_codes`): the normalised magnitude `2^((|c| - Q) / 2^f)` is in (0, 1]; the per-channel scale
+`2^(o[n] / 2^f)` is applied once in the epilogue. The exponent argument is built without an int -> float
+conversion (a quarter-rate instruction on sm_90): the fp32 bit pattern `0x4B000000 | m` is the float `2^23 + m`,
+and `(2^23 + m) * 2^-f - (2^23 + Q) * 2^-f` is exactly `(m - Q) * 2^-f` (both terms are exact power-of-two scalings
+of 24-bit integers and their difference is representable). Sign and zero are set on the bits. Exactness: after the
+exp2 (fp32; `ex2.approx` on GPU, error < 2^-22 relative) the value is rounded to nearest-even fp16/bf16. For every
+8-bit code the exact value lies at least 5.4e-5 (relative) from an fp16 rounding tie and 4.9e-4 from a bf16 one,
+so the decoded tile is bit-identical to RNE(2^((m - Q) / 16)) on both backends (tests/kernels/test_lns.py checks
+every code). For 16-bit codes into fp16, 96 of the 32767 magnitudes lie within 2^-21 of a tie, where the GPU's
+ex2.approx may give the neighbouring fp16 value (1 ulp, 2^-11 relative); bf16 is exact for all 16-bit codes.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _to_dtype(v, dtype: tl.constexpr, INTERPRET: tl.constexpr):
+    """Round fp32 `v` to `dtype` to nearest-even, as compiled code does.
+
+    Triton 3.6's interpreter truncates fp32 -> bf16 casts (it ignores the rounding mode), which would make
+    interpreter results less accurate than the GPU's; there we round the fp32 bits to nearest-even first, so
+    the truncating cast is exact. Compiled code takes the plain cast (RTNE by default).
+    """
+    if INTERPRET and dtype == tl.bfloat16:
+        bits = v.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        v = bits.to(tl.float32, bitcast=True)
+    return v.to(dtype)
+
+
+@triton.jit
+def _decode_codes(ct, inv_step, Q: tl.constexpr):
+    """Integer codes (any shape, int8/int16/int32) -> fp32 `sign(c) * 2^((|c| - Q) * inv_step)`, exact 0 for c = 0.
+
+    inv_step = 2^-f (fp32). See the module docstring for why the argument is exact and the result bit-exact.
+    """
+    c = ct.to(tl.int32)
+    mag = tl.abs(c)
+    biased = (mag | 0x4B000000).to(tl.float32, bitcast=True)  # = 2^23 + |c|, exactly (|c| < 2^23)
+    arg = biased * inv_step - (8388608.0 + Q) * inv_step  # = (|c| - Q) * 2^-f, exactly; <= 0
+    # Zero code: (|c| - 1) * 2^20 (exact) is >= 0 for every nonzero code, so the min keeps `arg` there, and -2^20
+    # for c = 0, where exp2 then underflows to exact 0. A float min: LLVM keeps it one FMNMX, where an integer
+    # `c == 0` test became a byte compare, a second byte extraction and a select per element (SASS on sm_90).
+    arg = tl.minimum(arg, biased * 1048576.0 - 8388609.0 * 1048576.0)
+    v = tl.exp2(arg)
+    # Sign: copy c's sign bit (c is sign-extended int32) onto the non-negative value.
+    return (v.to(tl.int32, bitcast=True) | (c & -2147483648)).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _lns_tile_step(acc, x_ptrs, c_ptrs, rm, rn, rk, M, N, k_left, inv_step,
+                   Q: tl.constexpr, TF32: tl.constexpr, INTERPRET: tl.constexpr):
+    """One K step: load an x tile [BM, BK] and a code tile [BK, BN], decode the codes, acc += x @ w^T."""
+    xt = tl.load(x_ptrs, mask=(rm[:, None] < M) & (rk[None, :] < k_left), other=0.0)
+    # Masked codes load as 0, the zero code: padding decodes to exact 0.
+    ct = tl.load(c_ptrs, mask=(rk[:, None] < k_left) & (rn[None, :] < N), other=0)
+    wt = _decode_codes(ct, inv_step, Q)  # normalised: the channel scale is applied once, after the K loop
+    if TF32:
+        acc += tl.dot(xt, wt, input_precision="tf32")
+    else:
+        wt = _to_dtype(wt, xt.dtype, INTERPRET)  # the decoded tile is rounded to fp16/bf16 here
+        if INTERPRET and xt.dtype == tl.bfloat16:
+            # Triton 3.6's interpreter multiplies bf16 tiles as their raw uint16 bits. Widening both
+            # bf16 tiles to fp32 is exact, and so is each bf16 x bf16 product in fp32: the same sums the
+            # tensor cores form with fp32 accumulation. Compiled code never takes this branch.
+            acc += tl.dot(xt.to(tl.float32), wt.to(tl.float32))
+        else:
+            acc += tl.dot(xt, wt)
+    return acc
+
+
+@triton.jit
+def _lns_k_loop(acc, x_ptrs, c_ptrs, rm, rn, rk, M, N, k_lo, k_hi, stride_xk, stride_ck, inv_step,
+                Q: tl.constexpr, BLOCK_K: tl.constexpr, TF32: tl.constexpr, INTERPRET: tl.constexpr):
+    """acc += x[rm, k_lo:k_hi] @ w[rn, k_lo:k_hi]^T, BLOCK_K columns per step; the pointers start at column k_lo."""
+    if INTERPRET:
+        # Triton 3.6's interpreter cannot take a runtime scalar as a `range` bound under NumPy 2.4
+        # (int() of a 1-element array); a while loop runs the same steps. Compiled code keeps the `for`
+        # loop, which Triton software-pipelines (num_stages) and a while loop would not be.
+        k0 = k_lo
+        while k0 < k_hi:
+            acc = _lns_tile_step(acc, x_ptrs, c_ptrs, rm, rn, rk, M, N, k_hi - k0, inv_step, Q, TF32, INTERPRET)
+            x_ptrs += BLOCK_K * stride_xk
+            c_ptrs += BLOCK_K * stride_ck
+            k0 += BLOCK_K
+    else:
+        for k0 in range(k_lo, k_hi, BLOCK_K):
+            acc = _lns_tile_step(acc, x_ptrs, c_ptrs, rm, rn, rk, M, N, k_hi - k0, inv_step, Q, TF32, INTERPRET)
+            x_ptrs += BLOCK_K * stride_xk
+            c_ptrs += BLOCK_K * stride_ck
+    return acc
+
+
+@triton.jit
+def _lns_store_output(acc, o_ptr, b_ptr, y_ptr, rm, rn, M, N, stride_ym, stride_yn, inv_step,
+                      HAS_BIAS: tl.constexpr, INTERPRET: tl.constexpr):
+    """Epilogue: y[rm, rn] = acc * 2^(o[n] / 2^f) (+ bias[n]), cast to y's dtype; acc is fp32 [BM, BN]."""
+    o = tl.load(o_ptr + rn, mask=rn < N, other=0).to(tl.float32)
+    acc = acc * tl.exp2(o * inv_step)[None, :]
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
+    y_ptrs = y_ptr + rm[:, None] * stride_ym + rn[None, :] * stride_yn
+    tl.store(y_ptrs, _to_dtype(acc, y_ptr.dtype.element_ty, INTERPRET), mask=(rm[:, None] < M) & (rn[None, :] < N))
+
+
+@triton.jit
+def _lns_matmul_kernel(
+    # pointers
+    x_ptr, c_ptr, o_ptr, b_ptr, y_ptr,
+    # sizes
+    M, N, K,
+    # strides (elements)
+    stride_xm, stride_xk, stride_cn, stride_ck, stride_ym, stride_yn,
+    # format
+    inv_step,  # 2^-f as fp32
+    Q: tl.constexpr,  # largest magnitude code
+    HAS_BIAS: tl.constexpr,
+    # meta-parameters
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    TF32: tl.constexpr, INTERPRET: tl.constexpr,
+):
+    """Tiled kernel: program `pid` computes one [BLOCK_M, BLOCK_N] tile of y over all of K."""
+    # Grouped tile order: GROUP_M row-tiles share each column of code tiles while it is in L2.
+    pid = tl.program_id(0)
+    num_m = tl.cdiv(M, BLOCK_M)
+    num_n = tl.cdiv(N, BLOCK_N)
+    group = pid // (GROUP_M * num_n)
+    first_m = group * GROUP_M
+    size_m = min(num_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % (GROUP_M * num_n)) % size_m
+    pid_n = (pid % (GROUP_M * num_n)) // size_m
+
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    x_ptrs = x_ptr + rm[:, None] * stride_xm + rk[None, :] * stride_xk  # [BM, BK]
+    c_ptrs = c_ptr + rn[None, :] * stride_cn + rk[:, None] * stride_ck  # [BK, BN]: w^T tile
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc = _lns_k_loop(acc, x_ptrs, c_ptrs, rm, rn, rk, M, N, 0, K, stride_xk, stride_ck, inv_step,
+                      Q, BLOCK_K, TF32, INTERPRET)
+    _lns_store_output(acc, o_ptr, b_ptr, y_ptr, rm, rn, M, N, stride_ym, stride_yn, inv_step, HAS_BIAS, INTERPRET)
+
+
+@triton.jit
+def _lns_skinny_kernel(
+    # pointers; part: fp32 [SPLIT_K, M, N] partial sums; cnt: int32 [>= cdiv(N, BLOCK_N)], all 0 between calls
+    x_ptr, c_ptr, o_ptr, b_ptr, y_ptr, part_ptr, cnt_ptr,
+    # sizes; k_split: columns of K per slice (a multiple of BLOCK_K)
+    M, N, K, k_split,
+    # strides (elements)
+    stride_xm, stride_xk, stride_cn, stride_ck, stride_ym, stride_yn,
+    inv_step,
+    Q: tl.constexpr, HAS_BIAS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+    TF32: tl.constexpr, INTERPRET: tl.constexpr,
+):
+    """Small-M kernel: program (pid_n, pid_k) computes rows 0..M-1 (M <= BLOCK_M) of column tile pid_n over the
+    K slice [pid_k * k_split, (pid_k + 1) * k_split)."""
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    rm = tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    k_lo = pid_k * k_split
+    k_hi = tl.minimum(K, k_lo + k_split)
+    x_ptrs = x_ptr + rm[:, None] * stride_xm + (k_lo + rk)[None, :] * stride_xk  # [BM, BK]
+    c_ptrs = c_ptr + rn[None, :] * stride_cn + (k_lo + rk)[:, None] * stride_ck  # [BK, BN]: w^T tile
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc = _lns_k_loop(acc, x_ptrs, c_ptrs, rm, rn, rk, M, N, k_lo, k_hi, stride_xk, stride_ck, inv_step,
+                      Q, BLOCK_K, TF32, INTERPRET)
+    if SPLIT_K == 1:
+        _lns_store_output(acc, o_ptr, b_ptr, y_ptr, rm, rn, M, N, stride_ym, stride_yn, inv_step, HAS_BIAS,
+                          INTERPRET)
+    else:
+        mask = (rm[:, None] < M) & (rn[None, :] < N)
+        tile = rm[:, None] * N + rn[None, :]
+        tl.store(part_ptr + pid_k * M * N + tile, acc, mask=mask)
+        # Every thread's partial is stored before the counter's release (the atomic is issued by one thread).
+        tl.debug_barrier()
+        done = tl.atomic_add(cnt_ptr + pid_n, 1, sem="acq_rel", scope="gpu")
+        if done == SPLIT_K - 1:  # the last slice of this column tile: every other partial is visible now
+            tl.debug_barrier()
+            total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            for s in tl.static_range(SPLIT_K):  # fixed slice order: the sum does not depend on timing
+                # .cg: read at L2, never a stale L1 line
+                total += tl.load(part_ptr + s * M * N + tile, mask=mask, other=0.0, cache_modifier=".cg")
+            _lns_store_output(total, o_ptr, b_ptr, y_ptr, rm, rn, M, N, stride_ym, stride_yn, inv_step,
+                              HAS_BIAS, INTERPRET)
+            tl.atomic_xchg(cnt_ptr + pid_n, 0)  # ready for the next call
+
+
+# triton.jit picked the interpreter or the compiler when the kernels were defined (TRITON_INTERPRET=1 at import);
+# ask a kernel object rather than the environment, which may have changed since.
+INTERPRETED = type(_lns_matmul_kernel).__name__ == "InterpretedFunction"
