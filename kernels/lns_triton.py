@@ -18,8 +18,10 @@ of 24-bit integers and their difference is representable). Sign and zero are set
 exp2 (fp32; `ex2.approx` on GPU, error < 2^-22 relative) the value is rounded to nearest-even fp16/bf16. For every
 8-bit code the exact value lies at least 5.4e-5 (relative) from an fp16 rounding tie and 4.9e-4 from a bf16 one,
 so the decoded tile is bit-identical to RNE(2^((m - Q) / 16)) on both backends (tests/kernels/test_lns.py checks
-every code). For 16-bit codes into fp16, 96 of the 32767 magnitudes lie within 2^-21 of a tie, where the GPU's
-ex2.approx may give the neighbouring fp16 value (1 ulp, 2^-11 relative); bf16 is exact for all 16-bit codes.
+every code). For 16-bit codes into fp16, 86 of the 32767 magnitudes lie within 2^-21 of a tie, where the GPU's
+ex2.approx may give the neighbouring fp16 value (1 ulp); bf16 is exact for all 16-bit codes. (16-bit codes span
+16 octaves below 1, so their bottom 2 octaves are fp16 subnormals: rounded to multiples of 2^-24, as the tiled
+kernel always did.)
 """
 
 from __future__ import annotations
