@@ -78,9 +78,10 @@ def skinny_config(M: int, N: int, K: int, n_sms: int, code_bytes: int) -> Skinny
 
     block_m: the next power of two >= M, at least 16 (tl.dot's minimum): the one row tile. block_n/block_k: 64/128
     while block_m <= 32, 128/64 above: wider column tiles cut how often x is re-read from L2 (once per column tile),
-    which matters once x has 64 rows. split_k: enough slices that the grid has about 2 programs per SM, but the
-    fp32 partials (split_k * M * N * 4 bytes) stay within a quarter of the code bytes they save streaming, and
-    every slice has at least 2 K steps.
+    which matters once x has 64 rows. split_k: enough slices that the grid has about 2 programs per SM (one
+    4-warp program per SM would leave each scheduler a single warp to issue from), but the fp32 partials
+    (split_k * M * N * 4 bytes, written and read back through L2) stay within half of the code bytes streamed,
+    and every slice has at least 2 K steps.
     """
     block_m = max(16, _next_pow2(M))
     block_n, block_k = (64, 128) if block_m <= 32 else (128, 64)
@@ -88,7 +89,7 @@ def skinny_config(M: int, N: int, K: int, n_sms: int, code_bytes: int) -> Skinny
     block_k = min(block_k, max(16, _next_pow2(K)))
     n_tiles = triton.cdiv(N, block_n)
     want = triton.cdiv(2 * n_sms, n_tiles)
-    by_partials = max(1, (N * K * code_bytes) // (4 * M * N * 4))
+    by_partials = max(1, (N * K * code_bytes) // (2 * M * N * 4))
     by_steps = max(1, triton.cdiv(K, 2 * block_k))
     split = max(1, min(want, by_partials, by_steps))
     k_split = triton.cdiv(triton.cdiv(K, split), block_k) * block_k
