@@ -90,9 +90,13 @@ def _kernel_fields(M: int, N: int, K: int, blocks: tuple[int, int, int], code_by
 
     if not uses_skinny_kernel(M, blocks[0]):
         return {"kernel": "tiled", "block_m": blocks[0], "block_n": blocks[1], "block_k": blocks[2]}
+    import torch
+
     from kernels.lns_launch import skinny_config, sm_count
 
-    cfg = skinny_config(M, N, K, sm_count(device.index if device.type == "cuda" else None), code_bytes)
+    # torch.device("cuda") has no index; the kernel runs on the current device, as x does
+    index = (torch.cuda.current_device() if device.index is None else device.index) if device.type == "cuda" else None
+    cfg = skinny_config(M, N, K, sm_count(index), code_bytes)
     return {"kernel": "skinny", "block_m": cfg.block_m, "block_n": cfg.block_n, "block_k": cfg.block_k,
             "split_k": cfg.split_k}
 
