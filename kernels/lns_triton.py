@@ -10,18 +10,25 @@ Two kernels share one K step (`_lns_tile_step`: load an x tile and a code tile, 
     to finish (counted with an atomic) sums the partials in slice order (deterministic), applies the epilogue and
     resets its counter to 0 for the next call.
 
-Decode (`_decode_codes`): the normalised magnitude `2^((|c| - Q) / 2^f)` is in (0, 1]; the per-channel scale
-`2^(o[n] / 2^f)` is applied once in the epilogue. The exponent argument is built without an int -> float
-conversion (a quarter-rate instruction on sm_90): the fp32 bit pattern `0x4B000000 | m` is the float `2^23 + m`,
-and `(2^23 + m) * 2^-f - (2^23 + Q) * 2^-f` is exactly `(m - Q) * 2^-f` (both terms are exact power-of-two scalings
-of 24-bit integers and their difference is representable). Sign and zero are set on the bits. Exactness: after the
-exp2 (fp32; `ex2.approx` on GPU, error < 2^-22 relative) the value is rounded to nearest-even fp16/bf16. For every
-8-bit code the exact value lies at least 5.4e-5 (relative) from an fp16 rounding tie and 4.9e-4 from a bf16 one,
-so the decoded tile is bit-identical to RNE(2^((m - Q) / 16)) on both backends (tests/kernels/test_lns.py checks
-every code). For 16-bit codes into fp16, 86 of the 32767 magnitudes lie within 2^-21 of a tie, where the GPU's
-ex2.approx may give the neighbouring fp16 value (1 ulp); bf16 is exact for all 16-bit codes. (16-bit codes span
-16 octaves below 1, so their bottom 2 octaves are fp16 subnormals: rounded to multiples of 2^-24, as the tiled
-kernel always did.)
+Decode (`_decode_tile`): the normalised magnitude `2^((|c| - Q) / 2^f)` is in (0, 1]; the per-channel scale
+`2^(o[n] / 2^f)` is applied once in the epilogue. The per-element decode, not memory, bounds the small-M matmul on
+sm_90, so it avoids quarter-rate int -> float conversions and per-element compares. Static SASS counts of one K
+step per thread (8-bit codes, fp16 x, Triton 3.6 compiling offline for sm_90; not timings): tiled 128/128/32, 16
+elements: 333 with the previous exp2 decode -> 206; skinny M = 1 (16/64/128, 64 elements): 761 with the fp32 path
+below -> 693 with the packed fp16 one (the previous kernel at 64/64/128, also 64 elements: 1110).
+  * 8-bit codes, fp16/bf16 dot (`_decode_codes_8bit`): the exp2 argument `(|c| - Q) * 2^-f` is built in fp16,
+    which LLVM packs two elements per instruction; every step is exact (see there). exp2 in fp32, one RNE cast.
+  * 16-bit codes or the fp32 (tf32) dot (`_decode_codes`): fp32 throughout. The bit pattern `0x4B000000 | m` is
+    the float `2^23 + m`, and `(2^23 + m) * 2^-f - (2^23 + Q) * 2^-f` is exactly `(m - Q) * 2^-f`.
+  Both send the zero code's argument far below -150 with a float min (exp2 underflows to exact 0) and copy the
+  sign bit onto the result.
+Exactness: the exp2 (fp32; `ex2.approx` on GPU, error < 2^-22 relative) is rounded to nearest-even fp16/bf16. For
+every 8-bit code the exact value lies at least 5.4e-5 (relative) from an fp16 rounding tie and 4.9e-4 from a bf16
+one, so the decoded tile is bit-identical to RNE(2^((m - Q) / 16)) on both backends (tests/kernels/
+test_lns_small_m.py checks every code). For 16-bit codes into fp16, 86 of the 32767 magnitudes lie within 2^-21 of
+a tie, where the GPU's ex2.approx may give the neighbouring fp16 value (1 ulp); bf16 is exact for all 16-bit
+codes. (16-bit codes span 16 octaves below 1, so their bottom 2 octaves are fp16 subnormals: rounded to multiples
+of 2^-24, as the tiled kernel always did.)
 """
 
 from __future__ import annotations
@@ -65,17 +72,56 @@ def _decode_codes(ct, inv_step, Q: tl.constexpr):
 
 
 @triton.jit
+def _decode_codes_8bit(ct, inv_step, Q: tl.constexpr, dtype: tl.constexpr, INTERPRET: tl.constexpr):
+    """int8 codes -> `dtype` (fp16/bf16) `sign(c) * 2^((|c| - Q) * inv_step)`, rounded to nearest-even; exact 0 for
+    c = 0. The same values as `_decode_codes` followed by the cast, with half the integer/float work per element.
+
+    Why: on sm_90 the per-element decode, not the memory, bounds the small-M matmul. fp16 arithmetic on pairs of
+    elements is packed two per instruction (LLVM emits add/fma/min/abs.f16x2 and 32-bit logic ops on 16-bit pairs),
+    and every step below is exact in fp16 for 8-bit codes: 0x6400 | u is the fp16 1024 + u (u < 1024), so
+    (0x6400 | (c + 128)) - 1152 = c; |c| * 2^-f - Q * 2^-f with |c|, Q <= 127 and f <= 6 has at most 7 significant
+    bits and is >= 2^-6 in magnitude. Only the exp2 runs in fp32, one element at a time.
+    """
+    u = ct.to(tl.uint8, bitcast=True).to(tl.uint16)  # the code's byte, zero-extended
+    h = ((u ^ 0x80) | 0x6400).to(tl.float16, bitcast=True) - 1152.0  # = c, exactly
+    a = tl.abs(h)
+    # 2^-f and Q * 2^-f as fp16 (exact); tl.full also takes the interpreter's plain-float scalar
+    step = tl.full((1, 1), inv_step, tl.float32).to(tl.float16)
+    q_step = tl.full((1, 1), Q * inv_step, tl.float32).to(tl.float16)
+    arg = a * step - q_step  # = (|c| - Q) * 2^-f, exactly; <= 0
+    # Zero code: 512 * (|c| - 1) is >= 0 for every nonzero code (the min keeps arg) and -512 for c = 0, where exp2
+    # underflows to exact 0 (|c| * 512 <= 65024 fits fp16).
+    arg = tl.minimum(arg, a * 512.0 - 512.0)
+    v = _to_dtype(tl.exp2(arg.to(tl.float32)), dtype, INTERPRET)
+    # Sign: bit 15 of both fp16 and bf16, copied from h (+0 for the zero code).
+    sign = h.to(tl.int16, bitcast=True) & -32768
+    return (v.to(tl.int16, bitcast=True) | sign).to(dtype, bitcast=True)
+
+
+@triton.jit
+def _decode_tile(ct, inv_step, Q: tl.constexpr, dtype: tl.constexpr, INTERPRET: tl.constexpr):
+    """Integer codes -> the dot operand in `dtype` (fp32 for the tf32 dot, else fp16/bf16), normalised."""
+    if dtype == tl.float32:
+        return _decode_codes(ct, inv_step, Q)
+    elif Q <= 127:
+        return _decode_codes_8bit(ct, inv_step, Q, dtype, INTERPRET)
+    else:
+        return _to_dtype(_decode_codes(ct, inv_step, Q), dtype, INTERPRET)
+
+
+@triton.jit
 def _lns_tile_step(acc, x_ptrs, c_ptrs, rm, rn, rk, M, N, k_left, inv_step,
                    Q: tl.constexpr, TF32: tl.constexpr, INTERPRET: tl.constexpr):
     """One K step: load an x tile [BM, BK] and a code tile [BK, BN], decode the codes, acc += x @ w^T."""
     xt = tl.load(x_ptrs, mask=(rm[:, None] < M) & (rk[None, :] < k_left), other=0.0)
     # Masked codes load as 0, the zero code: padding decodes to exact 0.
     ct = tl.load(c_ptrs, mask=(rk[:, None] < k_left) & (rn[None, :] < N), other=0)
-    wt = _decode_codes(ct, inv_step, Q)  # normalised: the channel scale is applied once, after the K loop
+    # Normalised: the channel scale is applied once, after the K loop. fp16/bf16 x: the decoded tile is rounded to
+    # x's dtype; fp32 x: it stays fp32 for the tf32 dot.
+    wt = _decode_tile(ct, inv_step, Q, xt.dtype, INTERPRET)
     if TF32:
         acc += tl.dot(xt, wt, input_precision="tf32")
     else:
-        wt = _to_dtype(wt, xt.dtype, INTERPRET)  # the decoded tile is rounded to fp16/bf16 here
         if INTERPRET and xt.dtype == tl.bfloat16:
             # Triton 3.6's interpreter multiplies bf16 tiles as their raw uint16 bits. Widening both
             # bf16 tiles to fp32 is exact, and so is each bf16 x bf16 product in fp32: the same sums the
