@@ -48,6 +48,7 @@ BLOCKS = [(128, 128, 32), (128, 128, 64), (128, 64, 64), (64, 64, 128), (256, 25
 QUICK_BLOCKS = [(128, 128, 32)]  # lns_matmul's and the model config's default tiles
 TINY_BLOCKS = [(16, 16, 16), (32, 64, 32)]
 CHECK_TOL = 2e-3  # normwise relative error, Triton vs reference, fp16 input (see tests/kernels/test_lns.py)
+REPEAT_CHECK = 5  # calls after timing whose outputs must equal the checked output bit for bit
 
 
 def _rel(y, ref) -> float:
@@ -162,9 +163,18 @@ def bench_lns(device, *, shapes=None, blocks=None, bits_list=(8, 16), seed: int 
                             f"blocks=({bm}, {bn}, {bk}): relative error {check:.3e} > {CHECK_TOL:.0e}; not reporting"
                         )
                     lns_ms = _time_ms(fn, device, quick)
+                    # After hundreds of timed calls the output must still be bit-identical: the split-K kernel
+                    # sums its slices in a fixed order and must have left its tile counters at 0 every time.
+                    repeats = [fn() for _ in range(REPEAT_CHECK)]
+                    if not all(torch.equal(r, y) for r in repeats):
+                        raise RuntimeError(
+                            f"{impl} lns_matmul is not repeatable at M={M} K={K} N={N} bits={bits} "
+                            f"blocks=({bm}, {bn}, {bk}): outputs after timing differ from the checked one; "
+                            "not reporting"
+                        )
                     fl = flops(M, N, K)
                     row.update({
-                        "check_rel_err_vs_ref": check, "check_tol": CHECK_TOL,
+                        "check_rel_err_vs_ref": check, "check_tol": CHECK_TOL, "check_repeats_identical": REPEAT_CHECK,
                         "lns_ms": lns_ms[0], "lns_ms_p20": lns_ms[1], "lns_ms_p80": lns_ms[2],
                         "torch_fp16_ms": torch_ms[0], "torch_fp16_ms_p20": torch_ms[1],
                         "torch_fp16_ms_p80": torch_ms[2],

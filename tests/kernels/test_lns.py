@@ -317,3 +317,16 @@ def test_bench_refuses_a_baseline_that_disagrees(monkeypatch):
     with pytest.raises(RuntimeError, match="old lns_matmul disagrees.*not reporting"):
         bench.bench_lns(torch.device("cpu"), shapes=[(20, 32, 16)], blocks=[(16, 16, 16)], bits_list=(8,),
                         baseline=old)
+
+
+def test_bench_refuses_a_kernel_whose_output_changes_between_calls(monkeypatch):
+    real = lns.lns_matmul
+    calls = []
+
+    def drifting(*a, **k):  # right on the checked call, 1% off from the next one on
+        calls.append(1)
+        return real(*a, **k) * (1.0 if len(calls) == 1 else 1.01)
+
+    monkeypatch.setattr(lns, "lns_matmul", drifting)
+    with pytest.raises(RuntimeError, match="not repeatable.*not reporting"):
+        _bench_module().bench_lns(torch.device("cpu"), shapes=[(20, 32, 16)], blocks=[(16, 16, 16)], bits_list=(8,))
