@@ -78,22 +78,32 @@ def skinny_config(M: int, N: int, K: int, n_sms: int, code_bytes: int) -> Skinny
 
     block_m: the next power of two >= M, at least 16 (tl.dot's minimum): the one row tile. block_n/block_k: 64/128
     while block_m <= 32, 128/64 above: wider column tiles cut how often x is re-read from L2 (once per column tile),
-    which matters once x has 64 rows. split_k: enough slices that the grid has about 2 programs per SM (one
-    4-warp program per SM would leave each scheduler a single warp to issue from), but the fp32 partials
-    (split_k * M * N * 4 bytes, written and read back through L2) stay within half of the code bytes streamed,
-    and every slice has at least 2 K steps.
+    which matters once x has 64 rows. split_k: among the splits whose fp32 partials (split_k * M * N * 4 bytes,
+    written and read back through L2) stay within half of the code bytes streamed and whose slices have at least
+    2 K steps, the one that (1) gives the SMs 2 programs (one 4-warp program per SM leaves each scheduler a single
+    warp to issue from), or as many programs as the problem allows, (2) spreads them evenly (programs / (SMs *
+    most programs on one SM) >= 0.9: with all programs resident at once, the SM holding the most sets the time;
+    320 programs on 132 SMs would be 3 on some and 2 on most), (3) with the fewest slices.
     """
     block_m = max(16, _next_pow2(M))
     block_n, block_k = (64, 128) if block_m <= 32 else (128, 64)
     block_n = min(block_n, max(16, _next_pow2(N)))
     block_k = min(block_k, max(16, _next_pow2(K)))
     n_tiles = triton.cdiv(N, block_n)
-    want = triton.cdiv(2 * n_sms, n_tiles)
     by_partials = max(1, (N * K * code_bytes) // (2 * M * N * 4))
     by_steps = max(1, triton.cdiv(K, 2 * block_k))
-    split = max(1, min(want, by_partials, by_steps))
-    k_split = triton.cdiv(triton.cdiv(K, split), block_k) * block_k
-    return SkinnyConfig(block_m, block_n, block_k, triton.cdiv(K, k_split), k_split)
+    best: tuple[tuple[int, bool, int], SkinnyConfig] | None = None
+    for want in range(1, min(by_partials, by_steps) + 1):
+        k_split = triton.cdiv(triton.cdiv(K, want), block_k) * block_k
+        split = triton.cdiv(K, k_split)
+        programs = n_tiles * split
+        most_per_sm = triton.cdiv(programs, n_sms)
+        balanced = programs >= 0.9 * n_sms * most_per_sm
+        key = (min(most_per_sm, 2), balanced, programs if most_per_sm < 2 else -split)
+        if best is None or key > best[0]:
+            best = (key, SkinnyConfig(block_m, block_n, block_k, split, k_split))
+    assert best is not None
+    return best[1]
 
 
 # Split-K tile counters, one int32 per column tile, per device; the kernel leaves them at 0 after every call.

@@ -167,13 +167,18 @@ def test_dispatch_by_m_launches_one_kernel_or_the_other(monkeypatch):
     assert cfg1.split_k > 1  # 2 column tiles on the interpreter's stand-in 4 SMs: K is split
 
 
-@pytest.mark.parametrize("M, want", [(1, (16, 64, 128, 5, 896)), (16, (16, 64, 128, 5, 896)),
+@pytest.mark.parametrize("M, want", [(1, (16, 64, 128, 4, 1024)), (16, (16, 64, 128, 4, 1024)),
                                      (64, (64, 128, 64, 8, 512))])
 def test_small_m_config_on_an_h100_fills_the_sms(M, want):
-    """K = N = 4096 on 132 SMs: ~2 programs per SM of >= 2 K steps, split-K partials <= 1/2 of the 8-bit codes."""
+    """K = N = 4096 on 132 SMs: 2 programs on most SMs (256 in all), >= 2 K steps each, split-K partials <= 1/2 of
+    the 8-bit codes."""
     cfg = skinny_config(M, 4096, 4096, 132, 1)
     assert tuple(cfg) == want
     programs = (4096 // cfg.block_n) * cfg.split_k
-    assert programs >= 256 and cfg.k_split >= 2 * cfg.block_k and cfg.split_k * cfg.k_split >= 4096
+    assert programs == 256 and cfg.k_split >= 2 * cfg.block_k and cfg.split_k * cfg.k_split == 4096
     assert cfg.split_k * M * 4096 * 4 <= 4096 * 4096 // 2
     assert skinny_config(1, 4096, 32, 132, 1) == SkinnyConfig(16, 64, 32, 1, 32)  # one K step: no split
+    # Too small to fill the SMs: as many programs as 2-step slices allow (16 column tiles x 4 slices).
+    assert skinny_config(8, 1024, 1024, 132, 1) == SkinnyConfig(16, 64, 128, 4, 256)
+    # 172 column tiles: 3 slices put 516 programs on 132 SMs evenly (4 on most), where 2 would put 2 or 3.
+    assert skinny_config(1, 11008, 4096, 132, 1).split_k == 3
