@@ -206,6 +206,7 @@ if triton is not None:
     from kernels.lns_triton import _lns_matmul_kernel
 else:
     _INTERPRETED = False
+    SKINNY_MAX_M = 64  # kernels/lns_launch.py's limit (that module needs triton); keeps uses_skinny_kernel defined
 
 
 def validate_block_sizes(block_m: int, block_n: int, block_k: int) -> None:
