@@ -2,10 +2,18 @@
 
 For each shape (M, K, N), code width and tile config it first checks the kernel against `lns_matmul_ref` and
 raises if they disagree (nothing is reported for a wrong kernel), then times both with `triton.testing.do_bench`
-(median and 20/80% quantiles, ms), and reports TFLOP/s, weight bytes, and the relative error of both against
-exact products of (a) the decoded weights and (b) the original fp32 weights (fp32 operands, float64 sums).
+(median and 20/80% quantiles, ms; L2 flushed before every run), and reports TFLOP/s, weight bytes, and the
+relative error of both against exact products of (a) the decoded weights and (b) the original fp32 weights (fp32
+operands, float64 sums). Each row says which kernel `lns_matmul` ran ("kernel": "tiled" with the row's tiles, or
+"skinny", the small-M split-K kernel, with its own tiles and "split_k"); a small-M shape gets one skinny row.
 
-Usage: python bench/lns_bench.py --out DIR            (GPU; writes DIR/lns_bench.json and prints it)
+With `--baseline PATH` (a copy of an older kernels/lns.py) the same shapes and tiles also run that module's
+`lns_matmul`, checked the same way, as rows with "impl": "old" ("impl": "new" for this tree's kernel), each with
+its own torch fp16 timing from the same run.
+
+Usage: python bench/lns_bench.py --out DIR [--baseline PATH]          (GPU; writes DIR/lns_bench.json, prints it)
+       python bench/lns_bench.py --quick --out DIR [--baseline PATH]  (GPU, < 1 min: 8-bit codes, default tiles,
+                                                                       M = 4096 / 8192 and M = 1, 16, 64)
        python bench/lns_bench.py --tiny [--out DIR]   (smoke check; on CPU it runs the Triton interpreter and its
                                                        timings are perf_counter medians, not performance figures)
 `bench_lns(device)` is also imported by bench/kernels.py, which files the list under "lns" of kernels.json.
@@ -14,6 +22,7 @@ Usage: python bench/lns_bench.py --out DIR            (GPU; writes DIR/lns_bench
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -27,27 +36,31 @@ _BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 if sys.path[:1] != [os.path.dirname(_BENCH_DIR)]:
     sys.path.insert(0, os.path.dirname(_BENCH_DIR))
 
-# (M, K, N): the brief's three compute-bound shapes, plus a small-M (memory-bound, decode-like) one where moving
+# (M, K, N): the brief's three compute-bound shapes, plus small-M (memory-bound, decode-like) ones where moving
 # 1-2 bytes per weight instead of 2 should matter most.
-SHAPES = [(4096, 4096, 4096), (8192, 1024, 4096), (2048 * 8, 1024, 64), (16, 4096, 4096)]
-TINY_SHAPES = [(33, 65, 47), (64, 32, 16)]
+SMALL_M_SHAPES = [(1, 4096, 4096), (16, 4096, 4096), (64, 4096, 4096)]
+SHAPES = [(4096, 4096, 4096), (8192, 1024, 4096), (2048 * 8, 1024, 64), *SMALL_M_SHAPES]
+QUICK_SHAPES = [(4096, 4096, 4096), (8192, 1024, 4096), *SMALL_M_SHAPES]
+TINY_SHAPES = [(33, 65, 47), (64, 32, 16), (3, 65, 47)]
 # Tiles: the guide's Ampere default, a deeper K tile, a narrow-N tile for the N = 64 shape, a small tile for
 # small M, the guide's Ada preset.
 BLOCKS = [(128, 128, 32), (128, 128, 64), (128, 64, 64), (64, 64, 128), (256, 256, 64)]
+QUICK_BLOCKS = [(128, 128, 32)]  # lns_matmul's and the model config's default tiles
 TINY_BLOCKS = [(16, 16, 16), (32, 64, 32)]
 CHECK_TOL = 2e-3  # normwise relative error, Triton vs reference, fp16 input (see tests/kernels/test_lns.py)
+REPEAT_CHECK = 5  # calls after timing whose outputs must equal the checked output bit for bit
 
 
 def _rel(y, ref) -> float:
     return ((y.double() - ref).norm() / ref.norm()).item()
 
 
-def _time_ms(fn, device) -> tuple[float, float, float, str]:
+def _time_ms(fn, device, quick: bool = False) -> tuple[float, float, float, str]:
     """(median, p20, p80) in ms and the timer used."""
     if device.type == "cuda":
         from triton.testing import do_bench
 
-        med, p20, p80 = do_bench(fn, warmup=25, rep=100, quantiles=[0.5, 0.2, 0.8])
+        med, p20, p80 = do_bench(fn, warmup=10 if quick else 25, rep=40 if quick else 100, quantiles=[0.5, 0.2, 0.8])
         return med, p20, p80, "triton.testing.do_bench (CUDA events)"
     times = []
     fn()  # warm-up
@@ -59,8 +72,40 @@ def _time_ms(fn, device) -> tuple[float, float, float, str]:
     return statistics.median(times), q[0], q[3], "time.perf_counter on CPU (Triton interpreter: not a speed figure)"
 
 
-def bench_lns(device, *, shapes=None, blocks=None, bits_list=(8, 16), seed: int = 0) -> list[dict]:
-    """Benchmark rows, one per (shape, bits, tiles). Raises RuntimeError if the kernel disagrees with the reference."""
+def load_baseline(path: str):
+    """Import an older kernels/lns.py from `path` as a module of its own (it must not shadow kernels.lns)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("lns_baseline", path)
+    if spec is None or spec.loader is None:
+        raise ValueError(f"--baseline: cannot import {path!r} as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def _kernel_fields(M: int, N: int, K: int, blocks: tuple[int, int, int], code_bytes: int, device) -> dict:
+    """Which kernel this tree's `lns_matmul` runs for M rows with `blocks`, and its real tiles."""
+    from kernels.lns import uses_skinny_kernel
+
+    if not uses_skinny_kernel(M, blocks[0]):
+        return {"kernel": "tiled", "block_m": blocks[0], "block_n": blocks[1], "block_k": blocks[2]}
+    import torch
+
+    from kernels.lns_launch import skinny_config, sm_count
+
+    # torch.device("cuda") has no index; the kernel runs on the current device, as x does
+    index = (torch.cuda.current_device() if device.index is None else device.index) if device.type == "cuda" else None
+    cfg = skinny_config(M, N, K, sm_count(index), code_bytes)
+    return {"kernel": "skinny", "block_m": cfg.block_m, "block_n": cfg.block_n, "block_k": cfg.block_k,
+            "split_k": cfg.split_k}
+
+
+def bench_lns(device, *, shapes=None, blocks=None, bits_list=(8, 16), seed: int = 0, baseline=None,
+              quick: bool = False) -> list[dict]:
+    """Benchmark rows, one per (impl, shape, bits, kernel tiles). Raises RuntimeError if a kernel disagrees with
+    the reference. baseline: a module with an older `lns_matmul` / `LNSWeight` (see `load_baseline`) or None."""
     import torch
 
     from kernels.lns import flops, lns_decode, lns_encode, lns_matmul, lns_matmul_ref
@@ -70,6 +115,9 @@ def bench_lns(device, *, shapes=None, blocks=None, bits_list=(8, 16), seed: int 
     blocks = blocks or (BLOCKS if device.type == "cuda" else TINY_BLOCKS)
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     gen = torch.Generator(device="cpu").manual_seed(seed)
+    impls = [("new", lns_matmul, None)]
+    if baseline is not None:
+        impls.append(("old", baseline.lns_matmul, baseline.LNSWeight))
     rows = []
     for M, K, N in shapes:
         x = torch.randn(M, K, generator=gen).to(device=device, dtype=torch.float16)
@@ -82,41 +130,66 @@ def bench_lns(device, *, shapes=None, blocks=None, bits_list=(8, 16), seed: int 
             exact_dec = x64 @ w_dec.double().t()
             w16 = w_dec.to(torch.float16)  # torch baseline: the same decoded weight, pre-converted to fp16
             y_torch = torch.matmul(x, w16.t())
-            torch_ms = _time_ms(lambda: torch.matmul(x, w16.t()), device)
             ref = lns_matmul_ref(x, lw)
-            for bm, bn, bk in blocks:
-                row = {
-                    "device": dev_name, "M": M, "K": K, "N": N, "bits": bits, "frac_bits": lw.frac_bits,
-                    "block_m": bm, "block_n": bn, "block_k": bk, "x_dtype": "float16",
-                    "weight_bytes_lns": lw.nbytes(), "weight_bytes_fp16": N * K * 2, "weight_bytes_fp32": N * K * 4,
-                }
-                try:
-                    y = lns_matmul(x, lw, bm, bn, bk, backend="triton")
-                except ValueError as e:  # tiles that do not fit this GPU: recorded, never silently replaced
-                    row["error"] = str(e)
+            for impl, matmul, weight_cls in impls:
+                weight = lw if weight_cls is None else weight_cls(lw.codes, lw.offsets, lw.bits, lw.frac_bits)
+                # torch is timed beside each impl, so a row's speedup compares timings taken back to back
+                torch_ms = _time_ms(functools.partial(torch.matmul, x, w16.t()), device, quick)
+                seen = set()
+                for bm, bn, bk in blocks:
+                    row = {
+                        "impl": impl, "device": dev_name, "M": M, "K": K, "N": N, "bits": bits,
+                        "frac_bits": lw.frac_bits, "x_dtype": "float16",
+                        **(_kernel_fields(M, N, K, (bm, bn, bk), lw.codes.element_size(), device) if impl == "new"
+                           else {"kernel": "tiled", "block_m": bm, "block_n": bn, "block_k": bk}),
+                        "weight_bytes_lns": lw.nbytes(), "weight_bytes_fp16": N * K * 2,
+                        "weight_bytes_fp32": N * K * 4,
+                    }
+                    key = (row["kernel"], row["block_m"], row["block_n"], row["block_k"])
+                    if key in seen:  # the skinny kernel ignores the tiles: one row per shape is enough
+                        continue
+                    seen.add(key)
+                    fn = functools.partial(matmul, x, weight, bm, bn, bk, backend="triton")
+                    try:
+                        y = fn()
+                    except ValueError as e:  # tiles that do not fit this GPU: recorded, never silently replaced
+                        row["error"] = str(e)
+                        rows.append(row)
+                        continue
+                    check = ((y.double() - ref.double()).norm() / ref.double().norm()).item()
+                    if not check <= CHECK_TOL:
+                        raise RuntimeError(
+                            f"{impl} lns_matmul disagrees with lns_matmul_ref at M={M} K={K} N={N} bits={bits} "
+                            f"blocks=({bm}, {bn}, {bk}): relative error {check:.3e} > {CHECK_TOL:.0e}; not reporting"
+                        )
+                    lns_ms = _time_ms(fn, device, quick)
+                    # After hundreds of timed calls the output must still be bit-identical: the split-K kernel
+                    # sums its slices in a fixed order and must have left its tile counters at 0 every time.
+                    repeats = [fn() for _ in range(REPEAT_CHECK)]
+                    if not all(torch.equal(r, y) for r in repeats):
+                        raise RuntimeError(
+                            f"{impl} lns_matmul is not repeatable at M={M} K={K} N={N} bits={bits} "
+                            f"blocks=({bm}, {bn}, {bk}): outputs after timing differ from the checked one; "
+                            "not reporting"
+                        )
+                    fl = flops(M, N, K)
+                    row.update({
+                        "check_rel_err_vs_ref": check, "check_tol": CHECK_TOL, "check_repeats_identical": REPEAT_CHECK,
+                        "lns_ms": lns_ms[0], "lns_ms_p20": lns_ms[1], "lns_ms_p80": lns_ms[2],
+                        "torch_fp16_ms": torch_ms[0], "torch_fp16_ms_p20": torch_ms[1],
+                        "torch_fp16_ms_p80": torch_ms[2],
+                        "lns_tflops": fl / (lns_ms[0] * 1e-3) / 1e12,
+                        "torch_fp16_tflops": fl / (torch_ms[0] * 1e-3) / 1e12,
+                        "speedup_vs_torch_fp16": torch_ms[0] / lns_ms[0],
+                        # weight bytes streamed per second by the LNS kernel (codes + offsets), GB/s
+                        "lns_weight_gbps": lw.nbytes() / (lns_ms[0] * 1e-3) / 1e9,
+                        "rel_err_lns_vs_decoded": _rel(y, exact_dec),
+                        "rel_err_torch_fp16_vs_decoded": _rel(y_torch, exact_dec),
+                        "rel_err_lns_vs_original": _rel(y, exact_orig),
+                        "rel_err_torch_fp16_vs_original": _rel(y_torch, exact_orig),
+                        "timer": lns_ms[3],
+                    })
                     rows.append(row)
-                    continue
-                check = ((y.double() - ref.double()).norm() / ref.double().norm()).item()
-                if not check <= CHECK_TOL:
-                    raise RuntimeError(
-                        f"lns_matmul disagrees with lns_matmul_ref at M={M} K={K} N={N} bits={bits} "
-                        f"blocks=({bm}, {bn}, {bk}): relative error {check:.3e} > {CHECK_TOL:.0e}; not reporting"
-                    )
-                lns_ms = _time_ms(lambda: lns_matmul(x, lw, bm, bn, bk, backend="triton"), device)
-                fl = flops(M, N, K)
-                row.update({
-                    "check_rel_err_vs_ref": check, "check_tol": CHECK_TOL,
-                    "lns_ms": lns_ms[0], "lns_ms_p20": lns_ms[1], "lns_ms_p80": lns_ms[2],
-                    "torch_fp16_ms": torch_ms[0], "torch_fp16_ms_p20": torch_ms[1], "torch_fp16_ms_p80": torch_ms[2],
-                    "lns_tflops": fl / (lns_ms[0] * 1e-3) / 1e12, "torch_fp16_tflops": fl / (torch_ms[0] * 1e-3) / 1e12,
-                    "speedup_vs_torch_fp16": torch_ms[0] / lns_ms[0],
-                    "rel_err_lns_vs_decoded": _rel(y, exact_dec),
-                    "rel_err_torch_fp16_vs_decoded": _rel(y_torch, exact_dec),
-                    "rel_err_lns_vs_original": _rel(y, exact_orig),
-                    "rel_err_torch_fp16_vs_original": _rel(y_torch, exact_orig),
-                    "timer": lns_ms[3],
-                })
-                rows.append(row)
             del w_dec, exact_dec, w16, y_torch, ref
         del x, w, x64, exact_orig
         if device.type == "cuda":
@@ -128,7 +201,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", help="folder to write lns_bench.json into")
     p.add_argument("--tiny", action="store_true", help="tiny shapes and tiles: a smoke check (runs on CPU)")
+    p.add_argument("--quick", action="store_true",
+                   help="8-bit codes, default tiles, shapes M = 4096, 8192 and 1, 16, 64; fewer repetitions")
+    p.add_argument("--baseline", metavar="PATH",
+                   help="an older kernels/lns.py to run beside this one (rows with impl 'old')")
     args = p.parse_args(argv)
+    if args.tiny and args.quick:
+        p.error("--tiny and --quick exclude each other")
     import torch
 
     cuda = torch.cuda.is_available()
@@ -140,10 +219,19 @@ def main(argv: list[str] | None = None) -> int:
     import triton
 
     device = torch.device("cuda" if cuda else "cpu")
-    rows = bench_lns(device, shapes=TINY_SHAPES if args.tiny else None, blocks=TINY_BLOCKS if args.tiny else None)
+    baseline = load_baseline(args.baseline) if args.baseline else None
+    t0 = time.perf_counter()
+    if args.tiny:
+        rows = bench_lns(device, shapes=TINY_SHAPES, blocks=TINY_BLOCKS, baseline=baseline)
+    elif args.quick:
+        rows = bench_lns(device, shapes=QUICK_SHAPES, blocks=QUICK_BLOCKS, bits_list=(8,), baseline=baseline,
+                         quick=True)
+    else:
+        rows = bench_lns(device, baseline=baseline)
     result = {
         "device": rows[0]["device"] if rows else str(device), "torch": torch.__version__,
-        "triton": triton.__version__, "python": platform.python_version(), "tiny": args.tiny, "lns": rows,
+        "triton": triton.__version__, "python": platform.python_version(), "tiny": args.tiny, "quick": args.quick,
+        "baseline": args.baseline, "bench_wall_s": time.perf_counter() - t0, "lns": rows,
     }
     text = json.dumps(result, indent=2)
     print(text)

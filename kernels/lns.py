@@ -21,15 +21,15 @@ sit at the bottom code); f = 5 covers only 3.97 octaves and puts 20% of the weig
 3.3%, worse than f = 4. For 16 bits, f = 11 puts the LNS rounding error (1.7e-4) under the fp16 decode rounding
 (2^-11 = 4.9e-4) while still covering 16 octaves.
 
-Matmul: `y[M, N] = x[M, K] @ w[N, K]^T (+ bias[N])`. The kernel loads int8/int16 code tiles, decodes
-`sign * exp2((|c| - Q) / 2^f)` (a value in (0, 1], so it cannot overflow fp16) to the dot dtype, multiplies with
-`tl.dot` (tensor cores; fp32 accumulate), and applies the per-channel scale `2^(o[n] / 2^f)` and bias once in the
-epilogue. Dot dtype: x's dtype for fp16/bf16; for fp32 x the decoded tile stays fp32 and `tl.dot` runs in tf32.
+Matmul: `y[M, N] = x[M, K] @ w[N, K]^T (+ bias[N])`. The kernels (kernels/lns_triton.py) load int8/int16 code
+tiles, decode `sign * exp2((|c| - Q) / 2^f)` (a value in (0, 1], so it cannot overflow fp16) to the dot dtype,
+multiply with `tl.dot` (tensor cores; fp32 accumulate), and apply the per-channel scale `2^(o[n] / 2^f)` and bias
+once in the epilogue. Dot dtype: x's dtype for fp16/bf16; for fp32 x the decoded tile stays fp32 and `tl.dot` runs
+in tf32. `lns_matmul` picks the tiled kernel (large M) or the split-K small-M kernel (kernels/lns_launch.py) by M.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -38,14 +38,12 @@ import torch
 
 try:  # triton is optional on CPU-only installs; the reference path works without it
     import triton
-    import triton.language as tl
 except ImportError:  # pragma: no cover - exercised only where triton is absent
     triton = None
-    tl = None
 
 __all__ = [
     "LNSWeight", "DEFAULT_FRAC_BITS", "lns_encode", "lns_decode", "lns_matmul", "lns_matmul_ref",
-    "lns_logadd_matmul_ref", "relative_error_bound", "validate_block_sizes",
+    "lns_logadd_matmul_ref", "relative_error_bound", "uses_skinny_kernel", "validate_block_sizes",
 ]
 
 # Fractional bits of the fixed-point log per code width; the module docstring says why these.
@@ -194,111 +192,21 @@ def lns_logadd_matmul_ref(x: torch.Tensor, weight: LNSWeight, acc_frac_bits: int
     return sgn * torch.exp2(acc)
 
 
-# --- Triton kernel -----------------------------------------------------------------------------------------------
+# --- Triton launchers (the kernels are in kernels/lns_triton.py) --------------------------------------------------
 
 if triton is not None:
-
-    @triton.jit
-    def _to_dtype(v, dtype: tl.constexpr, INTERPRET: tl.constexpr):
-        """Round fp32 `v` to `dtype` to nearest-even, as compiled code does.
-
-        Triton 3.6's interpreter truncates fp32 -> bf16 casts (it ignores the rounding mode), which would make
-        interpreter results less accurate than the GPU's; there we round the fp32 bits to nearest-even first, so
-        the truncating cast is exact. Compiled code takes the plain cast (RTNE by default).
-        """
-        if INTERPRET and dtype == tl.bfloat16:
-            bits = v.to(tl.uint32, bitcast=True)
-            bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
-            v = bits.to(tl.float32, bitcast=True)
-        return v.to(dtype)
-
-    @triton.jit
-    def _lns_tile_step(acc, x_ptrs, c_ptrs, rm, rn, rk, M, N, k_left, inv_step,
-                       Q: tl.constexpr, TF32: tl.constexpr, INTERPRET: tl.constexpr):
-        """One K step: load an x tile [BM, BK] and a code tile [BK, BN], decode the codes, acc += x @ w^T."""
-        xt = tl.load(x_ptrs, mask=(rm[:, None] < M) & (rk[None, :] < k_left), other=0.0)
-        # Masked codes load as 0, the zero code: padding decodes to exact 0.
-        ct = tl.load(c_ptrs, mask=(rk[:, None] < k_left) & (rn[None, :] < N), other=0).to(tl.int32)
-        mag = tl.abs(ct)
-        # Normalised magnitude in (0, 1]: the channel scale is applied once, after the K loop.
-        wt = tl.exp2((mag - Q).to(tl.float32) * inv_step)
-        wt = tl.where(ct < 0, -wt, wt)
-        wt = tl.where(ct == 0, 0.0, wt)
-        if TF32:
-            acc += tl.dot(xt, wt, input_precision="tf32")
-        else:
-            wt = _to_dtype(wt, xt.dtype, INTERPRET)  # the decoded tile is rounded to fp16/bf16 here
-            if INTERPRET and xt.dtype == tl.bfloat16:
-                # Triton 3.6's interpreter multiplies bf16 tiles as their raw uint16 bits. Widening both
-                # bf16 tiles to fp32 is exact, and so is each bf16 x bf16 product in fp32: the same sums the
-                # tensor cores form with fp32 accumulation. Compiled code never takes this branch.
-                acc += tl.dot(xt.to(tl.float32), wt.to(tl.float32))
-            else:
-                acc += tl.dot(xt, wt)
-        return acc
-
-    @triton.jit
-    def _lns_matmul_kernel(
-        # pointers
-        x_ptr, c_ptr, o_ptr, b_ptr, y_ptr,
-        # sizes
-        M, N, K,
-        # strides (elements)
-        stride_xm, stride_xk, stride_cn, stride_ck, stride_ym, stride_yn,
-        # format
-        inv_step,  # 2^-f as fp32
-        Q: tl.constexpr,  # largest magnitude code
-        HAS_BIAS: tl.constexpr,
-        # meta-parameters
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-        TF32: tl.constexpr, INTERPRET: tl.constexpr,
-    ):
-        # Grouped tile order: GROUP_M row-tiles share each column of code tiles while it is in L2.
-        pid = tl.program_id(0)
-        num_m = tl.cdiv(M, BLOCK_M)
-        num_n = tl.cdiv(N, BLOCK_N)
-        group = pid // (GROUP_M * num_n)
-        first_m = group * GROUP_M
-        size_m = min(num_m - first_m, GROUP_M)
-        pid_m = first_m + (pid % (GROUP_M * num_n)) % size_m
-        pid_n = (pid % (GROUP_M * num_n)) // size_m
-
-        rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        rk = tl.arange(0, BLOCK_K)
-        x_ptrs = x_ptr + rm[:, None] * stride_xm + rk[None, :] * stride_xk  # [BM, BK]
-        c_ptrs = c_ptr + rn[None, :] * stride_cn + rk[:, None] * stride_ck  # [BK, BN]: w^T tile
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        if INTERPRET:
-            # Triton 3.6's interpreter cannot take a runtime scalar as a `range` bound under NumPy 2.4
-            # (int() of a 1-element array); a while loop runs the same steps. Compiled code keeps the `for`
-            # loop, which Triton software-pipelines (num_stages) and a while loop would not be.
-            k0 = 0
-            while k0 < K:
-                acc = _lns_tile_step(acc, x_ptrs, c_ptrs, rm, rn, rk, M, N, K - k0, inv_step, Q, TF32, INTERPRET)
-                x_ptrs += BLOCK_K * stride_xk
-                c_ptrs += BLOCK_K * stride_ck
-                k0 += BLOCK_K
-        else:
-            for k0 in range(0, K, BLOCK_K):
-                acc = _lns_tile_step(acc, x_ptrs, c_ptrs, rm, rn, rk, M, N, K - k0, inv_step, Q, TF32, INTERPRET)
-                x_ptrs += BLOCK_K * stride_xk
-                c_ptrs += BLOCK_K * stride_ck
-
-        # Epilogue: per-channel scale 2^(o[n] / 2^f), bias, cast to the output dtype.
-        o = tl.load(o_ptr + rn, mask=rn < N, other=0).to(tl.float32)
-        acc = acc * tl.exp2(o * inv_step)[None, :]
-        if HAS_BIAS:
-            acc += tl.load(b_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
-        y_ptrs = y_ptr + rm[:, None] * stride_ym + rn[None, :] * stride_yn
-        tl.store(y_ptrs, _to_dtype(acc, y_ptr.dtype.element_ty, INTERPRET), mask=(rm[:, None] < M) & (rn[None, :] < N))
-
-
-    # triton.jit picked the interpreter or the compiler when the kernel was defined (TRITON_INTERPRET=1 at import);
-    # ask the kernel object rather than the environment, which may have changed since.
-    _INTERPRETED = type(_lns_matmul_kernel).__name__ == "InterpretedFunction"
+    from kernels.lns_launch import (
+        SKINNY_MAX_M,
+        check_int32_extents,
+        launch_config,
+        lns_matmul_skinny,
+        max_shared_bytes,
+    )
+    from kernels.lns_triton import INTERPRETED as _INTERPRETED
+    from kernels.lns_triton import _lns_matmul_kernel
 else:
     _INTERPRETED = False
+    SKINNY_MAX_M = 64  # kernels/lns_launch.py's limit (that module needs triton); keeps uses_skinny_kernel defined
 
 
 def validate_block_sizes(block_m: int, block_n: int, block_k: int) -> None:
@@ -308,45 +216,18 @@ def validate_block_sizes(block_m: int, block_n: int, block_k: int) -> None:
             raise ValueError(f"{name}: {v!r} is out of range (allowed: a power of two from 16 to 256)")
 
 
-def _launch_config(block_m: int, block_n: int, block_k: int, x_bytes: int, code_bytes: int,
-                   smem_bytes: int) -> tuple[int, int]:
-    """(num_warps, num_stages) for a tile: more warps for big accumulators, as many pipeline stages (<= 4) as fit.
-
-    Shared memory: each stage buffers an x tile and a code tile; one decoded tile feeds the MMA. The estimate is
-    a little above what Triton 3.6 allocates for sm_90 (53 KiB vs 52 KiB at 128/128/32 fp16 x 4 stages, 128 KiB vs
-    112 KiB at 256/256/64 x 2), and we keep 10% of the device's `smem_bytes` free.
-    """
-    num_warps = 8 if block_m * block_n >= 128 * 128 else 4
-    per_stage = block_m * block_k * x_bytes + block_k * block_n * code_bytes
-    decoded = block_k * block_n * x_bytes
-    budget = int(0.9 * smem_bytes) - decoded
-    num_stages = max(1, min(4, budget // per_stage))
-    return num_warps, num_stages
-
-
-@functools.lru_cache(maxsize=None)
-def _max_shared_bytes(device_index: int | None) -> int:
-    """Shared memory one program may use on this device (opt-in maximum); 160 KiB for the CPU interpreter."""
-    if device_index is None:
-        return 160 * 1024
-    return int(triton.runtime.driver.active.utils.get_device_properties(device_index)["max_shared_mem"])
-
-
 def _lns_matmul_triton(x: torch.Tensor, weight: LNSWeight, bias: torch.Tensor | None,
                        block_m: int, block_n: int, block_k: int) -> torch.Tensor:
     M, K = x.shape
     N = weight.codes.shape[0]
     # Offsets inside the kernel are int32: refuse what would overflow them instead of reading wrong memory.
-    for name, extent in (("x", x.stride(0) * max(M - 1, 0) + x.stride(1) * (K - 1)), ("y [M, N]", M * N),
-                         ("weight", weight.codes.stride(0) * (N - 1) + weight.codes.stride(1) * (K - 1))):
-        if extent >= 2**31:
-            raise ValueError(f"{name}: spans {extent} elements, over the kernel's int32 indexing (2^31); "
-                             "split the batch into smaller calls")
+    check_int32_extents(**{"x": x.stride(0) * max(M - 1, 0) + x.stride(1) * (K - 1), "y [M, N]": M * N,
+                           "weight": weight.codes.stride(0) * (N - 1) + weight.codes.stride(1) * (K - 1)})
     y = torch.empty((M, N), device=x.device, dtype=x.dtype)
     if M == 0:
         return y
-    smem = _max_shared_bytes(x.device.index if x.is_cuda else None)
-    num_warps, num_stages = _launch_config(block_m, block_n, block_k, x.element_size(), weight.codes.element_size(),
+    smem = max_shared_bytes(x.device.index if x.is_cuda else None)
+    num_warps, num_stages = launch_config(block_m, block_n, block_k, x.element_size(), weight.codes.element_size(),
                                            smem)
     grid = (triton.cdiv(M, block_m) * triton.cdiv(N, block_n),)
     try:
@@ -377,7 +258,10 @@ def lns_matmul(
     """`y [M, N] = x [M, K] @ decode(weight) [N, K]^T (+ bias [N])`, output in x's dtype, fp32 accumulation.
 
     x: fp32 / bf16 / fp16 `[M, K]` (any strides). weight: LNSWeight `[N, K]` on x's device. bias: float `[N]`.
-    block_m/n/k: the Triton kernel's tile sizes, powers of two in 16..256 (checked for every backend).
+    block_m/n/k: the tiled Triton kernel's tile sizes, powers of two in 16..256 (checked for every backend).
+    Kernel choice (triton backend), by M: `uses_skinny_kernel(M, block_m)`: a batch of at most 64 rows that fills at
+    most half of one block_m row tile (decode/generation) goes to the small-M kernel, which picks its own tiles and
+    splits K so that every SM streams codes; any other M runs the tiled kernel with block_m/n/k.
     backend: "triton" (on CPU only under TRITON_INTERPRET=1), "torch" (`lns_matmul_ref`), "auto" = triton iff x is
     on CUDA. Inference only: there is no backward, so an input that would need a gradient raises ValueError.
     Dot precision: fp16/bf16 x -> the decoded tile is rounded to x's dtype; fp32 x -> fp32 tile, tf32 tensor cores.
@@ -415,7 +299,20 @@ def lns_matmul(
     if not x.is_cuda and not _interpreter_on():
         raise ValueError(f"backend: 'triton' on {x.device} needs TRITON_INTERPRET=1 (set before importing triton); "
                          "or use backend='torch' / 'auto'")
+    if uses_skinny_kernel(x.shape[0], block_m):
+        return lns_matmul_skinny(x, weight.codes, weight.offsets, weight.frac_bits, weight.max_code, bias)
     return _lns_matmul_triton(x, weight, bias, block_m, block_n, block_k)
+
+
+def uses_skinny_kernel(m: int, block_m: int) -> bool:
+    """Whether `lns_matmul` (triton backend) runs M rows on the small-M kernel rather than the tiled one.
+
+    The small-M kernel holds all rows in one tile (M <= 64). The tiled kernel gets M when M fills more than half of
+    its block_m row tile: the caller's tile then fits the batch, and the grid has cdiv(M, block_m) row tiles.
+    Below that, more than half of every tiled-kernel MMA row is padding, and its grid (cdiv(N, block_n) programs
+    for one row tile) leaves most SMs idle: 32 of 132 at N = 4096, block_n = 128.
+    """
+    return 1 <= m <= SKINNY_MAX_M and 2 * m <= block_m
 
 
 def _interpreter_on() -> bool:

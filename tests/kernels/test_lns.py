@@ -8,10 +8,12 @@ most 2^(2^-(f+1)) - 1 = 2.190e-2 (8 bits, f = 4) and 1.692e-4 (16 bits, f = 11),
 range. Below it (|w| < w_min, the smallest magnitude) the weight goes to the nearer of 0 and w_min: absolute error
 at most w_min / 2.
 
-Kernel vs reference tolerances (normwise relative error ||y - y_ref|| / ||y_ref||; max error / max |y_ref|):
+Kernel vs reference tolerances (normwise relative error ||y - y_ref|| / ||y_ref||; max error / max |y_ref|), the
+same for the tiled and the small-M (split-K) kernel:
   fp32: 2e-3, 2^-10  (interpreter: fp32 dot, ~2e-7; GPU: tf32 operands, unit roundoff 2^-11)
   bf16: 1e-2, 2^-6   (decoded tile and output rounded to bf16, unit roundoff 2^-9; measured 2.4e-3)
   fp16: 2e-3, 2^-9   (unit roundoff 2^-12 on tile and output; measured 3e-4)
+The in-kernel decode (exact for every code) and the small-M kernel are tested in test_lns_small_m.py.
 """
 
 from __future__ import annotations
@@ -287,4 +289,44 @@ def test_bench_refuses_to_report_a_kernel_that_disagrees(monkeypatch):
     real = lns.lns_matmul
     monkeypatch.setattr(lns, "lns_matmul", lambda *a, **k: real(*a, **{**k, "backend": "torch"}) * 1.01)
     with pytest.raises(RuntimeError, match="not reporting"):
+        _bench_module().bench_lns(torch.device("cpu"), shapes=[(20, 32, 16)], blocks=[(16, 16, 16)], bits_list=(8,))
+
+
+def test_bench_runs_a_baseline_module_beside_the_kernel_and_labels_the_small_m_kernel():
+    bench = _bench_module()
+    # Any module with `lns_matmul` and `LNSWeight` serves as the baseline; here a second import of this tree's.
+    old = bench.load_baseline(lns.__file__)
+    assert old.LNSWeight is not LNSWeight
+    rows = bench.bench_lns(torch.device("cpu"), shapes=[(3, 32, 16), (20, 32, 16)], blocks=[(16, 16, 16), (32, 16, 16)],
+                           bits_list=(8,), baseline=old)
+    new = [(r["M"], r["kernel"], r["block_m"]) for r in rows if r["impl"] == "new"]
+    # M = 3: 2M <= block_m for both tile configs -> the small-M kernel, one row; M = 20: the tiled kernel, per tiles.
+    assert new == [(3, "skinny", 16), (20, "tiled", 16), (20, "tiled", 32)]
+    assert [(r["M"], r["kernel"], r["block_m"]) for r in rows if r["impl"] == "old"] == [
+        (3, "tiled", 16), (3, "tiled", 32), (20, "tiled", 16), (20, "tiled", 32)]
+    for r in rows:
+        assert r["check_rel_err_vs_ref"] <= r["check_tol"] and r["speedup_vs_torch_fp16"] > 0
+        assert (r["M"], r["K"], r["N"]) in [(3, 32, 16), (20, 32, 16)]
+
+
+def test_bench_refuses_a_baseline_that_disagrees(monkeypatch):
+    bench = _bench_module()
+    old = bench.load_baseline(lns.__file__)
+    real = old.lns_matmul
+    monkeypatch.setattr(old, "lns_matmul", lambda *a, **k: real(*a, **k) * 1.01)
+    with pytest.raises(RuntimeError, match="old lns_matmul disagrees.*not reporting"):
+        bench.bench_lns(torch.device("cpu"), shapes=[(20, 32, 16)], blocks=[(16, 16, 16)], bits_list=(8,),
+                        baseline=old)
+
+
+def test_bench_refuses_a_kernel_whose_output_changes_between_calls(monkeypatch):
+    real = lns.lns_matmul
+    calls = []
+
+    def drifting(*a, **k):  # right on the checked call, 1% off from the next one on
+        calls.append(1)
+        return real(*a, **k) * (1.0 if len(calls) == 1 else 1.01)
+
+    monkeypatch.setattr(lns, "lns_matmul", drifting)
+    with pytest.raises(RuntimeError, match="not repeatable.*not reporting"):
         _bench_module().bench_lns(torch.device("cpu"), shapes=[(20, 32, 16)], blocks=[(16, 16, 16)], bits_list=(8,))

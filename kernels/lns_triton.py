@@ -1,0 +1,257 @@
+"""Triton kernels of the LNS matmul `y [M, N] = x [M, K] @ decode(codes [N, K])^T`; the format, the launchers and the
+torch reference are in `kernels/lns.py`.
+
+Two kernels share one K step (`_lns_tile_step`: load an x tile and a code tile, decode, `tl.dot`):
+  * `_lns_matmul_kernel` (tiled): a 1-D grid of [BLOCK_M, BLOCK_N] output tiles, each looping over all of K.
+    For large M (prefill, training-sized batches), where the matmul is compute-bound.
+  * `_lns_skinny_kernel` (small M, <= 64 rows: decode/generation): one row tile holds every row, and the grid is
+    (N tiles, SPLIT_K slices of K) so that a small output still gives every SM work: the matmul is memory-bound
+    there and needs all SMs streaming codes. Each slice writes an fp32 partial; the last slice of a column tile
+    to finish (counted with an atomic) sums the partials in slice order (deterministic), applies the epilogue and
+    resets its counter to 0 for the next call.
+
+Decode (`_decode_tile`): the normalised magnitude `2^((|c| - Q) / 2^f)` is in (0, 1]; the per-channel scale
+`2^(o[n] / 2^f)` is applied once in the epilogue. The per-element decode, not memory, bounds the small-M matmul on
+sm_90, so it avoids quarter-rate int -> float conversions and per-element compares. Static SASS counts of one K
+step per thread (8-bit codes, fp16 x, Triton 3.6 compiling offline for sm_90; not timings): tiled 128/128/32, 16
+elements: 333 with the previous exp2 decode -> 206; skinny M = 1 (16/64/128, 64 elements): 761 with the fp32 path
+below -> 693 with the packed fp16 one (the previous kernel at 64/64/128, also 64 elements: 1110).
+  * 8-bit codes, fp16/bf16 dot (`_decode_codes_8bit`): the exp2 argument `(|c| - Q) * 2^-f` is built in fp16,
+    which LLVM packs two elements per instruction; every step is exact (see there). exp2 in fp32, one RNE cast.
+  * 16-bit codes or the fp32 (tf32) dot (`_decode_codes`): fp32 throughout. The bit pattern `0x4B000000 | m` is
+    the float `2^23 + m`, and `(2^23 + m) * 2^-f - (2^23 + Q) * 2^-f` is exactly `(m - Q) * 2^-f`.
+  Both send the zero code's argument far below -150 with a float min (exp2 underflows to exact 0) and copy the
+  sign bit onto the result.
+Exactness: the exp2 (fp32; `ex2.approx` on GPU, error < 2^-22 relative) is rounded to nearest-even fp16/bf16. For
+every 8-bit code the exact value lies at least 5.4e-5 (relative) from an fp16 rounding tie and 4.9e-4 from a bf16
+one, so the decoded tile is bit-identical to RNE(2^((m - Q) / 16)) on both backends (tests/kernels/
+test_lns_small_m.py checks every code). For 16-bit codes into fp16, 86 of the 32767 magnitudes lie within 2^-21 of
+a tie, where the GPU's ex2.approx may give the neighbouring fp16 value (1 ulp); bf16 is exact for all 16-bit
+codes. (16-bit codes span 16 octaves below 1, so their bottom 2 octaves are fp16 subnormals: rounded to multiples
+of 2^-24, as the tiled kernel always did.)
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _to_dtype(v, dtype: tl.constexpr, INTERPRET: tl.constexpr):
+    """Round fp32 `v` to `dtype` to nearest-even, as compiled code does.
+
+    Triton 3.6's interpreter truncates fp32 -> bf16 casts (it ignores the rounding mode), which would make
+    interpreter results less accurate than the GPU's; there we round the fp32 bits to nearest-even first, so
+    the truncating cast is exact. Compiled code takes the plain cast (RTNE by default).
+    """
+    if INTERPRET and dtype == tl.bfloat16:
+        bits = v.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        v = bits.to(tl.float32, bitcast=True)
+    return v.to(dtype)
+
+
+@triton.jit
+def _decode_codes(ct, inv_step, Q: tl.constexpr):
+    """Integer codes (any shape, int8/int16/int32) -> fp32 `sign(c) * 2^((|c| - Q) * inv_step)`, exact 0 for c = 0.
+
+    inv_step = 2^-f (fp32). See the module docstring for why the argument is exact and the result bit-exact.
+    """
+    c = ct.to(tl.int32)
+    mag = tl.abs(c)
+    biased = (mag | 0x4B000000).to(tl.float32, bitcast=True)  # = 2^23 + |c|, exactly (|c| < 2^23)
+    arg = biased * inv_step - (8388608.0 + Q) * inv_step  # = (|c| - Q) * 2^-f, exactly; <= 0
+    # Zero code: (|c| - 1) * 2^20 (exact) is >= 0 for every nonzero code, so the min keeps `arg` there, and -2^20
+    # for c = 0, where exp2 then underflows to exact 0. A float min: LLVM keeps it one FMNMX, where an integer
+    # `c == 0` test became a byte compare, a second byte extraction and a select per element (SASS on sm_90).
+    arg = tl.minimum(arg, biased * 1048576.0 - 8388609.0 * 1048576.0)
+    v = tl.exp2(arg)
+    # Sign: copy c's sign bit (c is sign-extended int32) onto the non-negative value.
+    return (v.to(tl.int32, bitcast=True) | (c & -2147483648)).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _decode_codes_8bit(ct, inv_step, Q: tl.constexpr, dtype: tl.constexpr, INTERPRET: tl.constexpr):
+    """int8 codes -> `dtype` (fp16/bf16) `sign(c) * 2^((|c| - Q) * inv_step)`, rounded to nearest-even; exact 0 for
+    c = 0. The same values as `_decode_codes` followed by the cast, with half the integer/float work per element.
+
+    Why: on sm_90 the per-element decode, not the memory, bounds the small-M matmul. fp16 arithmetic on pairs of
+    elements is packed two per instruction (LLVM emits add/fma/min/abs.f16x2 and 32-bit logic ops on 16-bit pairs),
+    and every step below is exact in fp16 for 8-bit codes: 0x6400 | u is the fp16 1024 + u (u < 1024), so
+    (0x6400 | (c + 128)) - 1152 = c; |c| * 2^-f - Q * 2^-f with |c|, Q <= 127 and f <= 6 has at most 7 significant
+    bits and is >= 2^-6 in magnitude. Only the exp2 runs in fp32, one element at a time.
+    """
+    u = ct.to(tl.uint8, bitcast=True).to(tl.uint16)  # the code's byte, zero-extended
+    h = ((u ^ 0x80) | 0x6400).to(tl.float16, bitcast=True) - 1152.0  # = c, exactly
+    a = tl.abs(h)
+    # 2^-f and Q * 2^-f as fp16 (exact); tl.full also takes the interpreter's plain-float scalar
+    step = tl.full((1, 1), inv_step, tl.float32).to(tl.float16)
+    q_step = tl.full((1, 1), Q * inv_step, tl.float32).to(tl.float16)
+    arg = a * step - q_step  # = (|c| - Q) * 2^-f, exactly; <= 0
+    # Zero code: 512 * (|c| - 1) is >= 0 for every nonzero code (the min keeps arg) and -512 for c = 0, where exp2
+    # underflows to exact 0 (|c| * 512 <= 65024 fits fp16).
+    arg = tl.minimum(arg, a * 512.0 - 512.0)
+    v = _to_dtype(tl.exp2(arg.to(tl.float32)), dtype, INTERPRET)
+    # Sign: bit 15 of both fp16 and bf16, copied from h (+0 for the zero code).
+    sign = h.to(tl.int16, bitcast=True) & -32768
+    return (v.to(tl.int16, bitcast=True) | sign).to(dtype, bitcast=True)
+
+
+@triton.jit
+def _decode_tile(ct, inv_step, Q: tl.constexpr, dtype: tl.constexpr, INTERPRET: tl.constexpr):
+    """Integer codes -> the dot operand in `dtype` (fp32 for the tf32 dot, else fp16/bf16), normalised."""
+    if dtype == tl.float32:
+        return _decode_codes(ct, inv_step, Q)
+    elif Q <= 127:
+        return _decode_codes_8bit(ct, inv_step, Q, dtype, INTERPRET)
+    else:
+        return _to_dtype(_decode_codes(ct, inv_step, Q), dtype, INTERPRET)
+
+
+@triton.jit
+def _lns_tile_step(acc, x_ptrs, c_ptrs, rm, rn, rk, M, N, k_left, inv_step,
+                   Q: tl.constexpr, TF32: tl.constexpr, INTERPRET: tl.constexpr):
+    """One K step: load an x tile [BM, BK] and a code tile [BK, BN], decode the codes, acc += x @ w^T."""
+    xt = tl.load(x_ptrs, mask=(rm[:, None] < M) & (rk[None, :] < k_left), other=0.0)
+    # Masked codes load as 0, the zero code: padding decodes to exact 0.
+    ct = tl.load(c_ptrs, mask=(rk[:, None] < k_left) & (rn[None, :] < N), other=0)
+    # Normalised: the channel scale is applied once, after the K loop. fp16/bf16 x: the decoded tile is rounded to
+    # x's dtype; fp32 x: it stays fp32 for the tf32 dot.
+    wt = _decode_tile(ct, inv_step, Q, xt.dtype, INTERPRET)
+    if TF32:
+        acc += tl.dot(xt, wt, input_precision="tf32")
+    else:
+        if INTERPRET and xt.dtype == tl.bfloat16:
+            # Triton 3.6's interpreter multiplies bf16 tiles as their raw uint16 bits. Widening both
+            # bf16 tiles to fp32 is exact, and so is each bf16 x bf16 product in fp32: the same sums the
+            # tensor cores form with fp32 accumulation. Compiled code never takes this branch.
+            acc += tl.dot(xt.to(tl.float32), wt.to(tl.float32))
+        else:
+            acc += tl.dot(xt, wt)
+    return acc
+
+
+@triton.jit
+def _lns_k_loop(acc, x_ptrs, c_ptrs, rm, rn, rk, M, N, k_lo, k_hi, stride_xk, stride_ck, inv_step,
+                Q: tl.constexpr, BLOCK_K: tl.constexpr, TF32: tl.constexpr, INTERPRET: tl.constexpr):
+    """acc += x[rm, k_lo:k_hi] @ w[rn, k_lo:k_hi]^T, BLOCK_K columns per step; the pointers start at column k_lo."""
+    if INTERPRET:
+        # Triton 3.6's interpreter cannot take a runtime scalar as a `range` bound under NumPy 2.4
+        # (int() of a 1-element array); a while loop runs the same steps. Compiled code keeps the `for`
+        # loop, which Triton software-pipelines (num_stages) and a while loop would not be.
+        k0 = k_lo
+        while k0 < k_hi:
+            acc = _lns_tile_step(acc, x_ptrs, c_ptrs, rm, rn, rk, M, N, k_hi - k0, inv_step, Q, TF32, INTERPRET)
+            x_ptrs += BLOCK_K * stride_xk
+            c_ptrs += BLOCK_K * stride_ck
+            k0 += BLOCK_K
+    else:
+        for k0 in range(k_lo, k_hi, BLOCK_K):
+            acc = _lns_tile_step(acc, x_ptrs, c_ptrs, rm, rn, rk, M, N, k_hi - k0, inv_step, Q, TF32, INTERPRET)
+            x_ptrs += BLOCK_K * stride_xk
+            c_ptrs += BLOCK_K * stride_ck
+    return acc
+
+
+@triton.jit
+def _lns_store_output(acc, o_ptr, b_ptr, y_ptr, rm, rn, M, N, stride_ym, stride_yn, inv_step,
+                      HAS_BIAS: tl.constexpr, INTERPRET: tl.constexpr):
+    """Epilogue: y[rm, rn] = acc * 2^(o[n] / 2^f) (+ bias[n]), cast to y's dtype; acc is fp32 [BM, BN]."""
+    o = tl.load(o_ptr + rn, mask=rn < N, other=0).to(tl.float32)
+    acc = acc * tl.exp2(o * inv_step)[None, :]
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
+    y_ptrs = y_ptr + rm[:, None] * stride_ym + rn[None, :] * stride_yn
+    tl.store(y_ptrs, _to_dtype(acc, y_ptr.dtype.element_ty, INTERPRET), mask=(rm[:, None] < M) & (rn[None, :] < N))
+
+
+@triton.jit
+def _lns_matmul_kernel(
+    # pointers
+    x_ptr, c_ptr, o_ptr, b_ptr, y_ptr,
+    # sizes
+    M, N, K,
+    # strides (elements)
+    stride_xm, stride_xk, stride_cn, stride_ck, stride_ym, stride_yn,
+    # format
+    inv_step,  # 2^-f as fp32
+    Q: tl.constexpr,  # largest magnitude code
+    HAS_BIAS: tl.constexpr,
+    # meta-parameters
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    TF32: tl.constexpr, INTERPRET: tl.constexpr,
+):
+    """Tiled kernel: program `pid` computes one [BLOCK_M, BLOCK_N] tile of y over all of K."""
+    # Grouped tile order: GROUP_M row-tiles share each column of code tiles while it is in L2.
+    pid = tl.program_id(0)
+    num_m = tl.cdiv(M, BLOCK_M)
+    num_n = tl.cdiv(N, BLOCK_N)
+    group = pid // (GROUP_M * num_n)
+    first_m = group * GROUP_M
+    size_m = min(num_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % (GROUP_M * num_n)) % size_m
+    pid_n = (pid % (GROUP_M * num_n)) // size_m
+
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    x_ptrs = x_ptr + rm[:, None] * stride_xm + rk[None, :] * stride_xk  # [BM, BK]
+    c_ptrs = c_ptr + rn[None, :] * stride_cn + rk[:, None] * stride_ck  # [BK, BN]: w^T tile
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc = _lns_k_loop(acc, x_ptrs, c_ptrs, rm, rn, rk, M, N, 0, K, stride_xk, stride_ck, inv_step,
+                      Q, BLOCK_K, TF32, INTERPRET)
+    _lns_store_output(acc, o_ptr, b_ptr, y_ptr, rm, rn, M, N, stride_ym, stride_yn, inv_step, HAS_BIAS, INTERPRET)
+
+
+@triton.jit
+def _lns_skinny_kernel(
+    # pointers; part: fp32 [SPLIT_K, M, N] partial sums; cnt: int32 [>= cdiv(N, BLOCK_N)], all 0 between calls
+    x_ptr, c_ptr, o_ptr, b_ptr, y_ptr, part_ptr, cnt_ptr,
+    # sizes; k_split: columns of K per slice (a multiple of BLOCK_K)
+    M, N, K, k_split,
+    # strides (elements)
+    stride_xm, stride_xk, stride_cn, stride_ck, stride_ym, stride_yn,
+    inv_step,
+    Q: tl.constexpr, HAS_BIAS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+    TF32: tl.constexpr, INTERPRET: tl.constexpr,
+):
+    """Small-M kernel: program (pid_n, pid_k) computes rows 0..M-1 (M <= BLOCK_M) of column tile pid_n over the
+    K slice [pid_k * k_split, (pid_k + 1) * k_split)."""
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    rm = tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    k_lo = pid_k * k_split
+    k_hi = tl.minimum(K, k_lo + k_split)
+    x_ptrs = x_ptr + rm[:, None] * stride_xm + (k_lo + rk)[None, :] * stride_xk  # [BM, BK]
+    c_ptrs = c_ptr + rn[None, :] * stride_cn + (k_lo + rk)[:, None] * stride_ck  # [BK, BN]: w^T tile
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc = _lns_k_loop(acc, x_ptrs, c_ptrs, rm, rn, rk, M, N, k_lo, k_hi, stride_xk, stride_ck, inv_step,
+                      Q, BLOCK_K, TF32, INTERPRET)
+    if SPLIT_K == 1:
+        _lns_store_output(acc, o_ptr, b_ptr, y_ptr, rm, rn, M, N, stride_ym, stride_yn, inv_step, HAS_BIAS,
+                          INTERPRET)
+    else:
+        mask = (rm[:, None] < M) & (rn[None, :] < N)
+        tile = rm[:, None] * N + rn[None, :]
+        tl.store(part_ptr + pid_k * M * N + tile, acc, mask=mask)
+        # Every thread's partial is stored before the counter's release (the atomic is issued by one thread).
+        tl.debug_barrier()
+        done = tl.atomic_add(cnt_ptr + pid_n, 1, sem="acq_rel", scope="gpu")
+        if done == SPLIT_K - 1:  # the last slice of this column tile: every other partial is visible now
+            tl.debug_barrier()
+            total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            for s in tl.static_range(SPLIT_K):  # fixed slice order: the sum does not depend on timing
+                # .cg: read at L2, never a stale L1 line
+                total += tl.load(part_ptr + s * M * N + tile, mask=mask, other=0.0, cache_modifier=".cg")
+            _lns_store_output(total, o_ptr, b_ptr, y_ptr, rm, rn, M, N, stride_ym, stride_yn, inv_step,
+                              HAS_BIAS, INTERPRET)
+            tl.atomic_xchg(cnt_ptr + pid_n, 0)  # ready for the next call
+
+
+# triton.jit picked the interpreter or the compiler when the kernels were defined (TRITON_INTERPRET=1 at import);
+# ask a kernel object rather than the environment, which may have changed since.
+INTERPRETED = type(_lns_matmul_kernel).__name__ == "InterpretedFunction"
