@@ -81,16 +81,24 @@ def run_one(job: dict) -> dict:
     return out
 
 
-def run_pool(jobs: list[dict], *, gpus: list[int | None], per_gpu: int, jsonl: Path, work: Path,
+def run_pool(jobs: list[dict], *, gpus: list[int | None], per_gpu: int | list[int], jsonl: Path, work: Path,
              deadline_s: float | None = None, log=print) -> list[dict]:
     """Run `jobs` with `per_gpu` processes on each GPU of `gpus` (None: one CPU slot), longest first.
 
+    per_gpu: one count for every GPU, or one per entry of `gpus`. A job with "gpus": [...] runs only on those.
     Each finished job's result is appended to `jsonl` at once. Jobs still running at `deadline_s` (seconds from the
     call) are killed and recorded with "killed": true; jobs never started are left out.
     """
     work.mkdir(parents=True, exist_ok=True)
     pending = sorted(jobs, key=lambda j: -j.get("cost", j["train_tokens"]))
-    slots = [g for g in gpus for _ in range(per_gpu)]
+    for j in pending:
+        if "gpus" in j and not set(j["gpus"]) & set(gpus):
+            raise ValueError(f"job {j['id']}: pinned to GPUs {j['gpus']}, none of which is in {gpus}")
+    counts = per_gpu if isinstance(per_gpu, list) else [per_gpu] * len(gpus)
+    if len(counts) != len(gpus):
+        raise ValueError(f"per_gpu: {len(counts)} counts for {len(gpus)} GPUs")
+    # round-robin over the GPUs, so that a few jobs spread out before any GPU takes a second one
+    slots = [g for i in range(max(counts)) for g, c in zip(gpus, counts) if i < c]
     running: dict[int, tuple[subprocess.Popen, dict, float, Path]] = {}
     results: list[dict] = []
     start = time.monotonic()
@@ -116,9 +124,12 @@ def run_pool(jobs: list[dict], *, gpus: list[int | None], per_gpu: int, jsonl: P
 
     while pending or running:
         for slot in range(len(slots)):
-            if slot in running or not pending:
+            if slot in running:
                 continue
-            job = pending.pop(0)
+            job = next((j for j in pending if slots[slot] in j.get("gpus", [slots[slot]])), None)
+            if job is None:
+                continue
+            pending.remove(job)
             job_path, result_path = work / f"{job['id']}.job.json", work / f"{job['id']}.result.json"
             job_path.write_text(json.dumps(job))
             result_path.unlink(missing_ok=True)

@@ -76,14 +76,15 @@ def best_run(runs: list[dict], group: str) -> dict:
     return min(ok, key=lambda r: r["val_ppl"])
 
 
-def row(r: dict) -> dict:
-    return {"lr": r["lr"], "val_ppl": r["val_ppl"], "tokens_per_s": r["tokens_per_s"],
+def row(r: dict, runs: list[dict]) -> dict:
+    tried = sorted(x["lr"] for x in runs if x["group"] == r["group"])
+    return {"lr": r["lr"], "lrs_tried": tried, "val_ppl": r["val_ppl"], "tokens_per_s": r["tokens_per_s"],
             "nvml_peak_gib": r["nvml_peak_gib"], "epochs": r["epochs"], "params": r["param_counts"]}
 
 
 def summarize(runs: list[dict], s: dict, unigram_ppl: float, header: dict, fidelity: dict | None) -> dict:
     dense = best_run(runs, "dense")
-    phase1 = [{"preset": p, **row(best_run(runs, p))} for p in s["presets"]]
+    phase1 = [{"preset": p, **row(best_run(runs, p), runs)} for p in s["presets"]]
     l1_rows = []
     for r in sorted((r for r in runs if r["group"] == "l1"), key=lambda r: r["l1"]):
         if r.get("diverged") or r.get("failed") or r.get("killed"):
@@ -97,7 +98,7 @@ def summarize(runs: list[dict], s: dict, unigram_ppl: float, header: dict, fidel
               "epochs": r.get("epochs")} for r in sorted(runs, key=lambda r: r["id"])]
     return {
         **header, "train_tokens": s["train_tokens"], "eval_tokens": s["eval_tokens"], "unigram_ppl": unigram_ppl,
-        "dense": row(dense), "phase1": phase1, "l1": l1_rows, "fidelity": fidelity,
+        "dense": row(dense, runs), "phase1": phase1, "l1": l1_rows, "fidelity": fidelity,
         "ratios": {p["preset"]: {"ppl_vs_dense": p["val_ppl"] / dense["val_ppl"],
                                  "ppl_vs_unigram": p["val_ppl"] / unigram_ppl,
                                  "nvml_vs_dense": (p["nvml_peak_gib"] / dense["nvml_peak_gib"]
@@ -111,11 +112,18 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--gpus", default="all")
-    p.add_argument("--per-gpu", type=int, default=3)
+    p.add_argument("--per-gpu", default="3", help="processes per GPU: one count, or one per GPU (2,2,3)")
+    p.add_argument("--groups", help="run only these groups (dense, the presets, l1), comma-separated")
+    p.add_argument("--place", action="append", default=[], metavar="GROUP=GPU[,GPU]",
+                   help="pin a group's runs to these GPUs (repeatable)")
+    p.add_argument("--collect", type=Path, nargs="+", metavar="JSONL",
+                   help="no training: summarise the runs recorded in these quality_runs.jsonl files")
     p.add_argument("--cache-dir", default=".phase1_cache")
     p.add_argument("--l1-lr", type=float, default=1e-3, help="learning rate of the L1 sweep's runs")
     p.add_argument("--lrs", help="comma-separated learning rates (default: 3e-4,1e-3,3e-3)")
     p.add_argument("--train-tokens", type=int, help="training tokens per run (default 20M)")
+    p.add_argument("--l1-tokens", type=int, help="training tokens per L1 run (default 8M)")
+    p.add_argument("--skip", default="", help="comma-separated run ids to leave out (e.g. 24gb-lr0.003)")
     p.add_argument("--fidelity", type=Path, help="a fidelity.json whose summary goes under 'fidelity'")
     p.add_argument("--deadline-s", type=float, help="kill runs still going after this many seconds")
     p.add_argument("--tiny", action="store_true", help="CPU-sized smoke run")
@@ -125,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         s["lrs"] = [float(x) for x in args.lrs.split(",")]
     if args.train_tokens:
         s["train_tokens"] = args.train_tokens
+    if args.l1_tokens:
+        s["l1_tokens"] = args.l1_tokens
     args.out.mkdir(parents=True, exist_ok=True)
 
     from model.data import DataSource, prepare_data, unigram_val_loss
@@ -138,9 +148,24 @@ def main(argv: list[str] | None = None) -> int:
     print(f"data: {token_data.n_train_tokens} train tokens, prepared in {time.perf_counter() - t0:.0f} s; "
           f"unigram val PPL {unigram_ppl:.1f}", flush=True)
     jobs = make_jobs(s, data, args.cache_dir, args.l1_lr)
-    runs = lm_runs.run_pool(jobs, gpus=lm_runs.gpu_list(args.gpus), per_gpu=args.per_gpu,
-                            jsonl=args.out / "quality_runs.jsonl", work=args.out / "quality_work",
-                            deadline_s=args.deadline_s, log=lambda m: print(m, flush=True))
+    if args.collect:
+        runs = [json.loads(line) for f in args.collect for line in f.read_text().splitlines() if line.strip()]
+    else:
+        if args.groups:
+            jobs = [j for j in jobs if j["group"] in args.groups.split(",")]
+        jobs = [j for j in jobs if j["id"] not in args.skip.split(",")]
+        for place in args.place:
+            group, gpus = place.split("=")
+            for j in jobs:
+                if j["group"] == group:
+                    j["gpus"] = [int(g) for g in gpus.split(",")]
+        per_gpu = [int(x) for x in args.per_gpu.split(",")]
+        runs = lm_runs.run_pool(jobs, gpus=lm_runs.gpu_list(args.gpus), per_gpu=per_gpu if len(per_gpu) > 1
+                                else per_gpu[0], jsonl=args.out / "quality_runs.jsonl",
+                                work=args.out / "quality_work", deadline_s=args.deadline_s,
+                                log=lambda m: print(m, flush=True))
+        if args.groups:  # a part of the bench: its runs are in the jsonl for a later --collect
+            return 0
     by_id = {j["id"]: j for j in jobs}
     for r in runs:
         r.update({k: by_id[r["id"]][k] for k in ("group", "lr", "l1") if k in by_id[r["id"]]})
