@@ -27,7 +27,7 @@ import sys
 import time
 
 # The repo's packages first (the project is not pip-installed); bench/ (where `python bench/x.py` starts the
-# path) stays after it, for `from lns_bench import bench_lns`.
+# path) stays after it, for `from lns_bench import lns_rows`.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch
@@ -225,6 +225,7 @@ def main(argv=None) -> int:
     p.add_argument("--skip-lns", action="store_true", help="leave out the LNS matmul bench")
     p.add_argument("--quick", action="store_true", help="fewer repetitions, no torch-reference timings")
     p.add_argument("--baseline", metavar="PATH", help="an older scan module (file) to time beside the current one")
+    p.add_argument("--lns-baseline", metavar="PATH", help="an older kernels/lns.py to time beside the current one")
     p.add_argument("--sweep", action="store_true", help="only sweep scan tiles (development; writes sweep.json)")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
@@ -235,9 +236,9 @@ def main(argv=None) -> int:
 
     from kernels import scan
 
-    bench_lns = None
+    lns_rows = None
     if not args.skip_lns and not args.sweep:
-        from lns_bench import bench_lns  # a missing module is an error: pass --skip-lns to leave LNS out
+        from lns_bench import lns_rows  # a missing module is an error: pass --skip-lns to leave LNS out
     impls = [(scan, "")] + ([(load_impl(args.baseline), "_old")] if args.baseline else [])
 
     t0 = time.time()
@@ -257,8 +258,8 @@ def main(argv=None) -> int:
     except KernelMismatch as e:
         print(f"error: kernel disagrees with the reference, not reported: {e}", file=sys.stderr)
         return 1
-    if bench_lns is not None:
-        result["lns"] = bench_lns(torch.device("cuda"))
+    if lns_rows is not None:
+        result["lns"] = lns_rows(torch.device("cuda"), quick=args.quick, baseline_path=args.lns_baseline)
     path = os.path.join(args.out, "kernels.json")
     with open(path, "w") as f:
         json.dump(result, f, indent=1)

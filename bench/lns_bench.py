@@ -197,6 +197,17 @@ def bench_lns(device, *, shapes=None, blocks=None, bits_list=(8, 16), seed: int 
     return rows
 
 
+def lns_rows(device, *, tiny: bool = False, quick: bool = False, baseline_path: str | None = None) -> list[dict]:
+    """The rows of one mode (tiny, quick or full), with an older module's rows when `baseline_path` is given."""
+    baseline = load_baseline(baseline_path) if baseline_path else None
+    if tiny:
+        return bench_lns(device, shapes=TINY_SHAPES, blocks=TINY_BLOCKS, baseline=baseline)
+    if quick:
+        return bench_lns(device, shapes=QUICK_SHAPES, blocks=QUICK_BLOCKS, bits_list=(8,), baseline=baseline,
+                         quick=True)
+    return bench_lns(device, baseline=baseline)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", help="folder to write lns_bench.json into")
@@ -219,15 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     import triton
 
     device = torch.device("cuda" if cuda else "cpu")
-    baseline = load_baseline(args.baseline) if args.baseline else None
     t0 = time.perf_counter()
-    if args.tiny:
-        rows = bench_lns(device, shapes=TINY_SHAPES, blocks=TINY_BLOCKS, baseline=baseline)
-    elif args.quick:
-        rows = bench_lns(device, shapes=QUICK_SHAPES, blocks=QUICK_BLOCKS, bits_list=(8,), baseline=baseline,
-                         quick=True)
-    else:
-        rows = bench_lns(device, baseline=baseline)
+    rows = lns_rows(device, tiny=args.tiny, quick=args.quick, baseline_path=args.baseline)
     result = {
         "device": rows[0]["device"] if rows else str(device), "torch": torch.__version__,
         "triton": triton.__version__, "python": platform.python_version(), "tiny": args.tiny, "quick": args.quick,
