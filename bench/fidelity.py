@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--also-budgets", default="", help="comma-separated extra short budgets in tokens")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--gpus", default="all")
-    p.add_argument("--per-gpu", type=int, default=3)
+    p.add_argument("--per-gpu", default="3", help="processes per GPU: one count, or one per GPU (3,3,4)")
     p.add_argument("--cache-dir", default=".phase1_cache")
     p.add_argument("--deadline-s", type=float, help="kill runs still going after this many seconds")
     args = p.parse_args(argv)
@@ -95,12 +95,19 @@ def main(argv: list[str] | None = None) -> int:
             jobs.append({"id": f"c{i:02d}-t{tokens}", "model": "phase1", "config": smp["config"],
                          "train_tokens": tokens, "eval_tokens": spec.budget.eval_tokens, "data": data,
                          "cache_dir": args.cache_dir})
-    runs = lm_runs.run_pool(jobs, gpus=lm_runs.gpu_list(args.gpus), per_gpu=args.per_gpu,
+    per_gpu = [int(x) for x in args.per_gpu.split(",")]
+    runs = lm_runs.run_pool(jobs, gpus=lm_runs.gpu_list(args.gpus), per_gpu=per_gpu if len(per_gpu) > 1 else per_gpu[0],
                             jsonl=args.out / "fidelity_runs.jsonl", work=args.out / "fidelity_work",
                             deadline_s=args.deadline_s, log=lambda m: print(m, flush=True))
     by_id = {r["id"]: r for r in runs}
-    incomplete = [j["id"] for j in jobs if j["id"] not in by_id or by_id[j["id"]].get("failed")
-                  or by_id[j["id"]].get("killed")]
+    required = {budget, long_tokens}  # the extra short budgets are optional: dropped when any of them is missing
+    for tokens in short_budgets[1:]:
+        if any(f"c{i:02d}-t{tokens}" not in by_id or by_id[f"c{i:02d}-t{tokens}"].get("failed")
+               or by_id[f"c{i:02d}-t{tokens}"].get("killed") for i in range(len(samples))):
+            print(f"fidelity: budget {tokens} incomplete, left out", file=sys.stderr)
+            short_budgets.remove(tokens)
+    incomplete = [j["id"] for j in jobs if j["train_tokens"] in required and (
+        j["id"] not in by_id or by_id[j["id"]].get("failed") or by_id[j["id"]].get("killed"))]
     if incomplete:
         print(f"fidelity: {len(incomplete)} runs failed or did not finish ({', '.join(incomplete[:6])}...); "
               "no figures written (the per-run lines are in fidelity_runs.jsonl)", file=sys.stderr)
@@ -109,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     for i, smp in enumerate(samples):
         pair = {"params": smp["params"]}
         for tokens in sorted({*short_budgets, long_tokens}):
-            r = by_id[f"c{i:02d}-t{tokens}"]
+            r = by_id[f"c{i:02d}-t{tokens}"]  # present and finished (checked above)
             pair[f"ppl_{tokens}"] = None if r.get("diverged") else r["val_ppl"]
             pair[f"tokens_per_s_{tokens}"] = r.get("tokens_per_s")
             pair[f"nvml_peak_gib_{tokens}"] = r.get("nvml_peak_gib")

@@ -620,7 +620,7 @@ class _Loader:
 
         if not isinstance(v, Mapping):
             raise self.fail("data", f"expected a mapping, got {_fmt(v)}", "write data: {source: stdlib}")
-        source = self.choice(v.get("source", "stdlib"), "data.source", ("stdlib", "files", "hf"))
+        source = self.choice(v.get("source", "stdlib"), "data.source", ("stdlib", "python", "files", "hf"))
         # YAML keys are DataSource's fields (path, max_bytes, val_fraction, hf_name, hf_split, ...), with
         # `source` for its `kind` (the name for it).
         allowed = ["source", *(f.name for f in dataclasses.fields(DataSource) if f.name != "kind")]
