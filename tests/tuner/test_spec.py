@@ -246,7 +246,7 @@ def test_phase1_8gb_study_has_the_guides_space():
     assert set(spec.space.names) == {
         "ar_ssm_max_rank", "ar_ssm_min_rank", "ar_ssm_l1_regularization", "ar_ssm_gate_hidden_dim", "htt_rank",
         "htt_num_cores", "htt_phase_encoding", "use_gradient_checkpointing", "checkpoint_ar_ssm", "checkpoint_htt",
-        "ffn_rank"}
+        "ffn_rank", "learning_rate"}  # the learning rate is searched in every shipped study
     assert (spec.model["d_model"], spec.model["n_layers"], spec.model["n_seq"], spec.model["vocab_size"]) == \
         (1024, 12, 2048, 50257)
     assert spec.vram_ceiling_gib == 8.0 and spec.enqueue_presets == ("8gb",)
