@@ -154,6 +154,8 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-tokens", type=int, default=65_536)
     ap.add_argument("--max-bytes", type=int, default=4 << 20)
     ap.add_argument("--n-seq", type=int, default=128)
+    ap.add_argument("--head", choices=("tied", "low_rank"), default="tied")
+    ap.add_argument("--head-rank", type=int, default=32)
     ap.add_argument("--l1", type=float, default=1e-3)
     ap.add_argument("--list", action="store_true")
     args = ap.parse_args(argv)
@@ -166,7 +168,8 @@ def main(argv=None) -> int:
     base = Phase1Config(vocab_size=args.vocab, d_model=args.d_model, n_layers=args.n_layers, n_seq=args.n_seq,
                         batch_size=8, dtype="float32", loss_chunk_size=0, ffn_rank=max(8, args.d_model // 8),
                         ar_ssm_max_rank=16, ar_ssm_min_rank=2, htt_rank=8, ar_ssm_l1_regularization=args.l1,
-                        use_gradient_checkpointing=False, seed=0)
+                        use_gradient_checkpointing=False, seed=0,
+                        head=args.head, head_rank=args.head_rank)
     uni = unigram_val_nats(data.train, data.val, args.vocab, base.n_seq, args.eval_tokens)
     print(f"unigram: {uni:.4f} nats (ppl {math.exp(uni):.1f}), {data.n_train_tokens} train tokens", flush=True)
     for lr in (float(x) for x in args.lrs.split(",")):
@@ -174,7 +177,8 @@ def main(argv=None) -> int:
             res = run_variant(name, base.replace(learning_rate=lr), data, args.train_tokens, args.eval_tokens)
             res.update(requested_train_tokens=args.train_tokens, unigram_val_loss=uni, vocab_size=args.vocab,
                        l1=args.l1, corpus_tokens=data.n_train_tokens, max_bytes=args.max_bytes, n_seq=args.n_seq,
-                       eval_tokens=args.eval_tokens)
+                       eval_tokens=args.eval_tokens, head=args.head,
+                       head_rank=args.head_rank if args.head == "low_rank" else None)
             print(json.dumps(res), flush=True)
             _record(res)
     return 0
@@ -183,7 +187,7 @@ def main(argv=None) -> int:
 def _record(res: dict) -> None:
     """Add `res` to RESULTS, replacing an earlier run of the same settings; locked, so probes may run in parallel."""
     keys = ("variant", "lr", "d_model", "n_layers", "requested_train_tokens", "vocab_size", "l1", "max_bytes", "n_seq",
-            "eval_tokens")
+            "eval_tokens", "head", "head_rank")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     with open(os.path.join(tempfile.gettempdir(), "param_probe.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
