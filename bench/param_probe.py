@@ -31,7 +31,7 @@ import torch
 # the `kernels` package
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model import optim
+from model import lm, optim
 from model.config import Phase1Config
 from model.data import DataSource, prepare_data
 from model.lm import Phase1LM, unigram_counts
@@ -39,6 +39,7 @@ from model.train import train_and_evaluate
 
 RESULTS = Path(__file__).parent / "results" / "param_probe.json"
 ALL_ONE = {k: 1.0 for k in optim.KINDS}
+_CHOSEN = optim.lr_multipliers  # the shipped rule (variants patch optim.lr_multipliers while they run)
 
 
 def _mult(emb, phase=None, bias=1.0):
@@ -84,7 +85,7 @@ VARIANTS = {
     "bias_zero": (_mult(_one), "zero"),
     "bias_unigram": (_mult(_one), "unigram"),
     "emb_sqrtD_bias_zero": (_mult(_sqrt), "zero"),
-    "chosen": (optim.lr_multipliers, "unigram"),  # what model.optim and model.train ship
+    "chosen": (_CHOSEN, "unigram"),  # what model.optim and model.train ship
     "emb_sqrtD_bias_unigram": (_mult(_sqrt), "unigram"),
     "emb_D_bias_unigram": (_mult(_lin), "unigram"),
     "emb_D4_bias_unigram": (_mult(_quarter), "unigram"),
@@ -96,8 +97,11 @@ VARIANTS = {
     "emb_D_phase1_bias_unigram": (_mult(_lin, _one), "unigram"),
     "emb_D/4_bias_unigram": (_mult(_fourth), "unigram"),
     "emb_D_bias_unigram_x10": (_mult(_lin, bias=10.0), "unigram"),
-    "chosen_no_core_wd": (optim.lr_multipliers, "unigram", frozenset({"matrix"})),  # cores without weight decay
+    "chosen_no_core_wd": (_CHOSEN, "unigram", frozenset({"matrix"})),  # cores without weight decay
+    "chosen_head_1/D": (_CHOSEN, "unigram"),  # tied head reads the table at 1/D instead of 1/sqrt(D)
+    "chosen_phase_at_emb_rate": (_mult(lambda d: _CHOSEN(d)["embedding"]), "unigram"),
 }
+HEAD_SCALE = {"chosen_head_1/D": lambda d: 1.0 / d}  # variant -> tied-head scale as a function of D
 
 
 def unigram_val_nats(train: np.ndarray, val: np.ndarray, vocab_size: int, n_seq: int, eval_tokens: int) -> float:
@@ -119,12 +123,20 @@ def run_variant(name: str, config: Phase1Config, data, train_tokens: int, eval_t
             self.out_bias.requires_grad_(False)  # param_groups skips it: the bias stays 0
 
     optim.lr_multipliers, Phase1LM.init_output_bias = rule, init_bias
+    orig_build = lm.build_model
+    if name in HEAD_SCALE:
+        def build(cfg):
+            model = orig_build(cfg)
+            model.head_scale = HEAD_SCALE[name](cfg.d_model)
+            return model
+        lm.build_model = build
     optim._DECAYED = decayed[0] if decayed else orig_decayed
     try:
         t0 = time.perf_counter()
         r = train_and_evaluate(config, data, train_tokens=train_tokens, eval_tokens=eval_tokens, device="cpu")
     finally:
         optim.lr_multipliers, Phase1LM.init_output_bias, optim._DECAYED = orig_mult, orig_init, orig_decayed
+        lm.build_model = orig_build
     return {"variant": name, "lr": config.learning_rate, "d_model": config.d_model, "n_layers": config.n_layers,
             "val_loss": r.val_loss, "val_ppl": r.val_ppl, "train_tokens": r.train_tokens,
             "gate_sparsity": r.diagnostics.get("gate_sparsity"), "effective_rank": r.diagnostics.get("effective_rank"),
@@ -140,6 +152,10 @@ def main(argv=None) -> int:
     ap.add_argument("--vocab", type=int, default=2048)
     ap.add_argument("--train-tokens", type=int, default=300_000)
     ap.add_argument("--eval-tokens", type=int, default=65_536)
+    ap.add_argument("--max-bytes", type=int, default=4 << 20)
+    ap.add_argument("--n-seq", type=int, default=128)
+    ap.add_argument("--head", choices=("tied", "low_rank"), default="tied")
+    ap.add_argument("--head-rank", type=int, default=32)
     ap.add_argument("--l1", type=float, default=1e-3)
     ap.add_argument("--list", action="store_true")
     args = ap.parse_args(argv)
@@ -147,19 +163,22 @@ def main(argv=None) -> int:
         print("\n".join(VARIANTS))
         return 0
     torch.set_num_threads(1)
-    data = prepare_data(DataSource(kind="stdlib", max_bytes=4 << 20), args.vocab,
+    data = prepare_data(DataSource(kind="stdlib", max_bytes=args.max_bytes), args.vocab,
                         os.environ.get("PHASE1_CACHE", ".phase1_cache"))
-    base = Phase1Config(vocab_size=args.vocab, d_model=args.d_model, n_layers=args.n_layers, n_seq=128,
+    base = Phase1Config(vocab_size=args.vocab, d_model=args.d_model, n_layers=args.n_layers, n_seq=args.n_seq,
                         batch_size=8, dtype="float32", loss_chunk_size=0, ffn_rank=max(8, args.d_model // 8),
                         ar_ssm_max_rank=16, ar_ssm_min_rank=2, htt_rank=8, ar_ssm_l1_regularization=args.l1,
-                        use_gradient_checkpointing=False, seed=0)
+                        use_gradient_checkpointing=False, seed=0,
+                        head=args.head, head_rank=args.head_rank)
     uni = unigram_val_nats(data.train, data.val, args.vocab, base.n_seq, args.eval_tokens)
     print(f"unigram: {uni:.4f} nats (ppl {math.exp(uni):.1f}), {data.n_train_tokens} train tokens", flush=True)
     for lr in (float(x) for x in args.lrs.split(",")):
         for name in args.variants.split(","):
             res = run_variant(name, base.replace(learning_rate=lr), data, args.train_tokens, args.eval_tokens)
             res.update(requested_train_tokens=args.train_tokens, unigram_val_loss=uni, vocab_size=args.vocab,
-                       l1=args.l1, corpus_tokens=data.n_train_tokens)
+                       l1=args.l1, corpus_tokens=data.n_train_tokens, max_bytes=args.max_bytes, n_seq=args.n_seq,
+                       eval_tokens=args.eval_tokens, head=args.head,
+                       head_rank=args.head_rank if args.head == "low_rank" else None)
             print(json.dumps(res), flush=True)
             _record(res)
     return 0
@@ -167,7 +186,8 @@ def main(argv=None) -> int:
 
 def _record(res: dict) -> None:
     """Add `res` to RESULTS, replacing an earlier run of the same settings; locked, so probes may run in parallel."""
-    keys = ("variant", "lr", "d_model", "n_layers", "requested_train_tokens", "vocab_size", "l1")
+    keys = ("variant", "lr", "d_model", "n_layers", "requested_train_tokens", "vocab_size", "l1", "max_bytes", "n_seq",
+            "eval_tokens", "head", "head_rank")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     with open(os.path.join(tempfile.gettempdir(), "param_probe.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)

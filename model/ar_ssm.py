@@ -81,8 +81,9 @@ class ARSSM(nn.Module):
     1e-4..1e-2 moved sparsity by ~1 point). Per token it stays an average, so it is comparable to the mean CE.
     The two diagnostics are detached scalars from this forward pass: effective_rank = channels in use, i.e. whose
     mean gate over the B*L positions is >= CHANNEL_IN_USE_AT (forced channels included, so it lies in
-    [min_rank, r]); gate_sparsity = share of (position, channel) gates below GATE_SPARSE_BELOW over all r channels. The per-channel mean gate [r] of the last forward is kept in
-    `last_gate_mean` for the stability monitor's Schatten check.
+    [min_rank, r]); gate_sparsity = share of (position, channel) gates below GATE_SPARSE_BELOW over all r channels.
+    The per-channel mean gate [r] of the last forward is kept in `last_gate_mean` for the stability monitor's
+    Schatten check.
     """
 
     def __init__(self, config: "Phase1Config"):
@@ -96,7 +97,8 @@ class ARSSM(nn.Module):
         self.W_o = nn.Linear(r, d, bias=False)  # weight [D, r] = W_o^T
         self.conv = nn.Conv1d(d, d, CONV_KERNEL, groups=d)  # depthwise; causality comes from the left pad
         one_minus_a = torch.logspace(math.log10(0.5), math.log10(1.0 / 1024), r)
-        self.decay_logit = tag(nn.Parameter(torch.log1p(-one_minus_a) - torch.log(one_minus_a)), "decay")  # sigmoid^-1(a)
+        decay_logit = torch.log1p(-one_minus_a) - torch.log(one_minus_a)  # sigmoid^-1(a)
+        self.decay_logit = tag(nn.Parameter(decay_logit), "decay")
         self.last_gate_mean: torch.Tensor | None = None
         self._init_weights(config.n_layers)
 

@@ -271,6 +271,7 @@ class Phase1LM(nn.Module):
         # 200 AdamW steps) it also ends lower: CE 2.34 against 2.49. The low-rank head has no such coupling
         # (same CE 2.20 either way), so its input is left at the table's scale.
         self.input_scale = config.d_model ** -0.5 if self.head is None else 1.0
+        self.head_scale = config.d_model ** -0.5  # tied head: logits = (h * head_scale) E^T + b
         # Output bias [V]: a token's base rate is one number, which a rank-r tensor-train table (or a rank-r_h head)
         # can only approximate through h; the bias carries it so the table/factors carry context. Zero at build;
         # `init_output_bias` sets it from the training tokens' log-frequencies (the trainer does).
@@ -291,8 +292,8 @@ class Phase1LM(nn.Module):
         if self.head is not None:
             out = self.head(h)
             return out.add_(self.out_bias.to(out.dtype))  # in place: no second [.., V] (Linear saves no output)
-        V, D = self.config.vocab_size, self.config.d_model
-        hs = h * (D ** -0.5)
+        V = self.config.vocab_size
+        hs = h * self.head_scale
         out = None
         step = max(1, TABLE_CHUNK_ROWS // self.embed.rows_per_leading_digit) * self.embed.rows_per_leading_digit
         for start in range(0, V, step):  # whole leading-digit blocks: no block is built twice

@@ -71,7 +71,7 @@ def test_untagged_models_get_matrix_and_bias_groups_and_tags_are_checked():
 
 def test_trainer_adamw_uses_the_groups_and_a_first_step_moves_each_kind_by_its_rate():
     """Adam's first step moves every entry with a nonzero gradient by lr (m/sqrt(v) = sign(g)), so the measured
-    step of each group is its rate: the cores 8 sqrt(D) = 45x the matrices at D = 32."""
+    step of each group is its rate: the cores 8 sqrt(D) = 45x the matrices at D = 32, the phases 1x."""
     from model.train import BETAS
 
     c = cfg(learning_rate=1e-3)

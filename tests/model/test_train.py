@@ -198,3 +198,22 @@ def test_checkpointing_and_chunked_loss_lower_the_measured_peak(tiny, data):
     saving = train_and_evaluate(tiny.replace(use_gradient_checkpointing=True, loss_chunk_size=16), data, **kw)
     assert saving.peak_torch_gib < 0.8 * plain.peak_torch_gib, (saving.peak_torch_gib, plain.peak_torch_gib)
     assert saving.val_loss == pytest.approx(plain.val_loss, rel=1e-4)
+
+
+def test_trainer_uses_the_param_groups_and_starts_the_output_bias_at_the_unigram(tiny, data):
+    """The trainer's AdamW has model.optim's groups (rates, decay) and the output bias is set from the training
+    tokens' counts before the first step."""
+    import numpy as np
+
+    from model.optim import param_groups
+    from model.train import WEIGHT_DECAY, _Run
+
+    run = _Run(tiny, data, torch.device("cpu"), steps=10, eval_tokens=4096, say=lambda line: None)
+    got = {g["name"]: (g["initial_lr"], g["weight_decay"], len(g["params"])) for g in run.optimizer.param_groups}
+    want = {g["name"]: (g["lr"], g["weight_decay"], len(g["params"]))
+            for g in param_groups(run.model, tiny.learning_rate, WEIGHT_DECAY)}
+    assert got == want
+    assert got["embedding"][0] == pytest.approx(tiny.learning_rate * 8 * math.sqrt(tiny.d_model))
+    counts = np.bincount(np.asarray(data.train), minlength=VOCAB).astype(np.float64) + 1.0
+    expected = np.log(counts) - np.log(counts).mean()
+    np.testing.assert_allclose(run.model.out_bias.detach().numpy(), expected, rtol=1e-5, atol=1e-5)
