@@ -71,34 +71,35 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--per-gpu", default="3", help="processes per GPU: one count, or one per GPU (3,3,4)")
     p.add_argument("--cache-dir", default=".phase1_cache")
     p.add_argument("--deadline-s", type=float, help="kill runs still going after this many seconds")
+    p.add_argument("--budget-tokens", type=int, help="the short budget (default: the study's train_tokens)")
+    p.add_argument("--collect", type=Path, metavar="JSONL",
+                   help="no training: summarise the runs recorded in this fidelity_runs.jsonl")
+    p.add_argument("--partial", action="store_true",
+                   help="with --collect: write the correlation over the configurations whose short and long runs "
+                        "both finished, marked \"complete\": false, instead of refusing")
+    p.add_argument("--device-label", help="with --collect: the device the collected runs ran on (for the header)")
     args = p.parse_args(argv)
 
     from tuner.spec import load_spec
 
     spec = load_spec(args.study)
-    budget = spec.budget.train_tokens
+    budget = args.budget_tokens or spec.budget.train_tokens
     short_budgets = [budget] + [int(x) for x in args.also_budgets.split(",") if x]
     long_tokens = args.factor * budget
     samples = sample_configs(spec, args.n, args.seed)
     data = spec.data.to_dict()
     args.out.mkdir(parents=True, exist_ok=True)
 
-    from model.data import prepare_data
-
-    t0 = time.perf_counter()
-    token_data = prepare_data(spec.data, samples[0]["config"]["vocab_size"], args.cache_dir, progress=print)
-    print(f"data: {token_data.n_train_tokens} train tokens ({long_tokens / token_data.n_train_tokens:.2f} epochs "
-          f"for the long run), prepared in {time.perf_counter() - t0:.0f} s", flush=True)
     jobs = []
     for i, smp in enumerate(samples):
         for tokens in sorted({*short_budgets, long_tokens}):
             jobs.append({"id": f"c{i:02d}-t{tokens}", "model": "phase1", "config": smp["config"],
                          "train_tokens": tokens, "eval_tokens": spec.budget.eval_tokens, "data": data,
                          "cache_dir": args.cache_dir})
-    per_gpu = [int(x) for x in args.per_gpu.split(",")]
-    runs = lm_runs.run_pool(jobs, gpus=lm_runs.gpu_list(args.gpus), per_gpu=per_gpu if len(per_gpu) > 1 else per_gpu[0],
-                            jsonl=args.out / "fidelity_runs.jsonl", work=args.out / "fidelity_work",
-                            deadline_s=args.deadline_s, log=lambda m: print(m, flush=True))
+    if args.collect:
+        runs = [json.loads(line) for line in args.collect.read_text().splitlines() if line.strip()]
+    else:
+        runs = _train(args, spec, samples, jobs, long_tokens)
     by_id = {r["id"]: r for r in runs}
     required = {budget, long_tokens}  # the extra short budgets are optional: dropped when any of them is missing
     for tokens in short_budgets[1:]:
@@ -106,15 +107,20 @@ def main(argv: list[str] | None = None) -> int:
                or by_id[f"c{i:02d}-t{tokens}"].get("killed") for i in range(len(samples))):
             print(f"fidelity: budget {tokens} incomplete, left out", file=sys.stderr)
             short_budgets.remove(tokens)
-    incomplete = [j["id"] for j in jobs if j["train_tokens"] in required and (
-        j["id"] not in by_id or by_id[j["id"]].get("failed") or by_id[j["id"]].get("killed"))]
-    if incomplete:
+
+    def finished(run_id: str) -> bool:
+        return run_id in by_id and not by_id[run_id].get("failed") and not by_id[run_id].get("killed")
+
+    incomplete = [j["id"] for j in jobs if j["train_tokens"] in required and not finished(j["id"])]
+    if incomplete and not args.partial:
         print(f"fidelity: {len(incomplete)} runs failed or did not finish ({', '.join(incomplete[:6])}...); "
               "no figures written (the per-run lines are in fidelity_runs.jsonl)", file=sys.stderr)
         return 1
+    keep = [i for i in range(len(samples)) if all(finished(f"c{i:02d}-t{t}") for t in required)]
     pairs = []
-    for i, smp in enumerate(samples):
-        pair = {"params": smp["params"]}
+    for i in keep:
+        smp = samples[i]
+        pair = {"config": i, "params": smp["params"]}
         for tokens in sorted({*short_budgets, long_tokens}):
             r = by_id[f"c{i:02d}-t{tokens}"]  # present and finished (checked above)
             pair[f"ppl_{tokens}"] = None if r.get("diverged") else r["val_ppl"]
@@ -123,12 +129,29 @@ def main(argv: list[str] | None = None) -> int:
             pair[f"epochs_{tokens}"] = r.get("epochs")
         pairs.append(pair)
     by_budget = {str(b): correlations(pairs, f"ppl_{b}", f"ppl_{long_tokens}") for b in short_budgets}
-    result = {**lm_runs.device_header(), "study": str(args.study), "n": args.n, "seed": args.seed,
+    result = {**lm_runs.device_header(), "study": str(args.study), "n": len(pairs), "n_configs": args.n,
+              "complete": not incomplete, "unfinished_runs": incomplete, "seed": args.seed,
               "budget_tokens": budget, "long_tokens": long_tokens, "spearman": by_budget[str(budget)]["spearman"],
               "by_budget": by_budget, "n_diverged": sum(1 for r in runs if r.get("diverged")), "pairs": pairs}
+    if args.collect:
+        result.pop("torch", None)  # this process's torch, not the runs'
+        result["device"] = f"{args.device_label or 'unknown device'} (runs collected from {args.collect.name})"
     (args.out / "fidelity.json").write_text(json.dumps(result, indent=1))
     print(json.dumps({k: v for k, v in result.items() if k != "pairs"}, indent=1))
     return 0
+
+
+def _train(args, spec, samples: list[dict], jobs: list[dict], long_tokens: int) -> list[dict]:
+    from model.data import prepare_data
+
+    t0 = time.perf_counter()
+    token_data = prepare_data(spec.data, samples[0]["config"]["vocab_size"], args.cache_dir, progress=print)
+    print(f"data: {token_data.n_train_tokens} train tokens ({long_tokens / token_data.n_train_tokens:.2f} epochs "
+          f"for the long run), prepared in {time.perf_counter() - t0:.0f} s", flush=True)
+    per_gpu = [int(x) for x in args.per_gpu.split(",")]
+    return lm_runs.run_pool(jobs, gpus=lm_runs.gpu_list(args.gpus), per_gpu=per_gpu if len(per_gpu) > 1 else per_gpu[0],
+                            jsonl=args.out / "fidelity_runs.jsonl", work=args.out / "fidelity_work",
+                            deadline_s=args.deadline_s, log=lambda m: print(m, flush=True))
 
 
 if __name__ == "__main__":

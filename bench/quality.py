@@ -77,7 +77,7 @@ def best_run(runs: list[dict], group: str) -> dict:
 
 
 def row(r: dict, runs: list[dict]) -> dict:
-    tried = sorted(x["lr"] for x in runs if x["group"] == r["group"])
+    tried = sorted({x["lr"] for x in runs if x["group"] == r["group"] and not x.get("killed") and not x.get("failed")})
     return {"lr": r["lr"], "lrs_tried": tried, "val_ppl": r["val_ppl"], "tokens_per_s": r["tokens_per_s"],
             "nvml_peak_gib": r["nvml_peak_gib"], "epochs": r["epochs"], "params": r["param_counts"]}
 
@@ -108,6 +108,20 @@ def summarize(runs: list[dict], s: dict, unigram_ppl: float, header: dict, fidel
     }
 
 
+def _collect(files: list[Path]) -> list[dict]:
+    """Runs recorded in quality_runs.jsonl files; a run id recorded twice keeps its finished record."""
+    by_id: dict[str, dict] = {}
+    for f in files:
+        for line in f.read_text().splitlines():
+            r = json.loads(line) if line.strip() else None
+            if r is None or "meta" in r:
+                continue
+            old = by_id.get(r["id"])
+            if old is None or old.get("killed") or old.get("failed"):
+                by_id[r["id"]] = r
+    return list(by_id.values())
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, type=Path)
@@ -127,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fidelity", type=Path, help="a fidelity.json whose summary goes under 'fidelity'")
     p.add_argument("--deadline-s", type=float, help="kill runs still going after this many seconds")
     p.add_argument("--tiny", action="store_true", help="CPU-sized smoke run")
+    p.add_argument("--unigram-ppl", type=float, help="with --collect: the runs' unigram PPL (from their log)")
+    p.add_argument("--device-label", help="with --collect: the device the collected runs ran on (for the header)")
     args = p.parse_args(argv)
     s = dict(TINY if args.tiny else FULL)
     if args.lrs:
@@ -142,14 +158,25 @@ def main(argv: list[str] | None = None) -> int:
     data = {"kind": "python", "max_bytes": s["max_bytes"]}
     vocab = phase1_config(s["presets"][0], s["shape"])["vocab_size"]
     n_seq = phase1_config(s["presets"][0], s["shape"])["n_seq"]
-    t0 = time.perf_counter()
-    token_data = prepare_data(DataSource(**data), vocab, args.cache_dir, progress=print)
-    unigram_ppl = math.exp(unigram_val_loss(token_data, n_seq, s["eval_tokens"]))
-    print(f"data: {token_data.n_train_tokens} train tokens, prepared in {time.perf_counter() - t0:.0f} s; "
-          f"unigram val PPL {unigram_ppl:.1f}", flush=True)
+    if args.collect:  # the unigram floor of the data the runs trained on, as their bench recorded it
+        unigram_ppl = args.unigram_ppl or next(
+            (json.loads(line)["meta"]["unigram_ppl"] for f in args.collect for line in f.read_text().splitlines()
+             if line.startswith('{"meta"')), None)
+        if unigram_ppl is None:
+            raise SystemExit("quality: the collected runs carry no unigram PPL; pass --unigram-ppl from their log")
+    else:
+        t0 = time.perf_counter()
+        token_data = prepare_data(DataSource(**data), vocab, args.cache_dir, progress=print)
+        unigram_ppl = math.exp(unigram_val_loss(token_data, n_seq, s["eval_tokens"]))
+        print(f"data: {token_data.n_train_tokens} train tokens, prepared in {time.perf_counter() - t0:.0f} s; "
+              f"unigram val PPL {unigram_ppl:.1f}", flush=True)
+        args.out.mkdir(parents=True, exist_ok=True)
+        with open(args.out / "quality_runs.jsonl", "a") as fh:  # read back by --collect
+            fh.write(json.dumps({"meta": {"unigram_ppl": unigram_ppl, "data": data,
+                                          "n_train_tokens": token_data.n_train_tokens}}) + "\n")
     jobs = make_jobs(s, data, args.cache_dir, args.l1_lr)
     if args.collect:
-        runs = [json.loads(line) for f in args.collect for line in f.read_text().splitlines() if line.strip()]
+        runs = _collect(args.collect)
     else:
         if args.groups:
             jobs = [j for j in jobs if j["group"] in args.groups.split(",")]
@@ -172,8 +199,12 @@ def main(argv: list[str] | None = None) -> int:
     fidelity = None
     if args.fidelity and args.fidelity.exists():
         f = json.loads(args.fidelity.read_text())
-        fidelity = {k: f[k] for k in ("n", "budget_tokens", "long_tokens", "spearman")}
-    result = summarize(runs, s, unigram_ppl, lm_runs.device_header(), fidelity)
+        fidelity = {k: f[k] for k in ("n", "budget_tokens", "long_tokens", "spearman", "complete") if k in f}
+    header = lm_runs.device_header()
+    if args.collect:
+        header = {"device": f"{args.device_label or 'unknown device'} (runs collected from "
+                            f"{', '.join(f.name for f in args.collect)})"}
+    result = summarize(runs, s, unigram_ppl, header, fidelity)
     (args.out / "quality.json").write_text(json.dumps(result, indent=1))
     print(json.dumps({k: v for k, v in result.items() if k != "sweep"}, indent=1))
     return 0
