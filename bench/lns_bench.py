@@ -4,8 +4,7 @@ For each shape (M, K, N), code width and tile config it first checks the kernel 
 raises if they disagree (nothing is reported for a wrong kernel), then times both with `triton.testing.do_bench`
 (median and 20/80% quantiles, ms; L2 flushed before every run), and reports TFLOP/s, weight bytes, and the
 relative error of both against exact products of (a) the decoded weights and (b) the original fp32 weights (fp32
-operands, float64 sums). Each row says which kernel `lns_matmul` ran ("kernel": "tiled" with the row's tiles, or
-"skinny", the small-M split-K kernel, with its own tiles and "split_k"); a small-M shape gets one skinny row.
+operands, float64 sums). Every M, small ones included, runs the one tiled kernel with the row's tiles.
 
 With `--baseline PATH` (a copy of an older kernels/lns.py) the same shapes and tiles also run that module's
 `lns_matmul`, checked the same way, as rows with "impl": "old" ("impl": "new" for this tree's kernel), each with
@@ -16,7 +15,7 @@ Usage: python bench/lns_bench.py --out DIR [--baseline PATH]          (GPU; writ
                                                                        M = 4096 / 8192 and M = 1, 16, 64)
        python bench/lns_bench.py --tiny [--out DIR]   (smoke check; on CPU it runs the Triton interpreter and its
                                                        timings are perf_counter medians, not performance figures)
-`bench_lns(device)` is also imported by bench/kernels.py, which files the list under "lns" of kernels.json.
+`lns_rows` is also imported by bench/kernel_bench.py, which files the list under "lns" of kernels.json.
 """
 
 from __future__ import annotations
@@ -31,13 +30,13 @@ import sys
 import time
 
 _BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
-# `python bench/lns_bench.py` puts bench/ first on sys.path, where bench/kernels.py would shadow the `kernels`
-# package: the repo root goes first (bench/ stays, after it, for scripts that import this one by name).
+# `python bench/lns_bench.py` puts bench/ first on sys.path, where a bench script named after a package would shadow
+# it: the repo root goes first (bench/ stays, after it, for scripts that import this one by name).
 if sys.path[:1] != [os.path.dirname(_BENCH_DIR)]:
     sys.path.insert(0, os.path.dirname(_BENCH_DIR))
 
-# (M, K, N): the brief's three compute-bound shapes, plus small-M (memory-bound, decode-like) ones where moving
-# 1-2 bytes per weight instead of 2 should matter most.
+# (M, K, N): the brief's three compute-bound shapes, plus small-M (decode-like) ones, where moving 1-2 bytes per
+# weight instead of 2 would matter most if the decode were free (it is not: docs/lns_kernel.md).
 SMALL_M_SHAPES = [(1, 4096, 4096), (16, 4096, 4096), (64, 4096, 4096)]
 SHAPES = [(4096, 4096, 4096), (8192, 1024, 4096), (2048 * 8, 1024, 64), *SMALL_M_SHAPES]
 QUICK_SHAPES = [(4096, 4096, 4096), (8192, 1024, 4096), *SMALL_M_SHAPES]
@@ -85,23 +84,6 @@ def load_baseline(path: str):
     return module
 
 
-def _kernel_fields(M: int, N: int, K: int, blocks: tuple[int, int, int], code_bytes: int, device) -> dict:
-    """Which kernel this tree's `lns_matmul` runs for M rows with `blocks`, and its real tiles."""
-    from kernels.lns import uses_skinny_kernel
-
-    if not uses_skinny_kernel(M, blocks[0]):
-        return {"kernel": "tiled", "block_m": blocks[0], "block_n": blocks[1], "block_k": blocks[2]}
-    import torch
-
-    from kernels.lns_launch import skinny_config, sm_count
-
-    # torch.device("cuda") has no index; the kernel runs on the current device, as x does
-    index = (torch.cuda.current_device() if device.index is None else device.index) if device.type == "cuda" else None
-    cfg = skinny_config(M, N, K, sm_count(index), code_bytes)
-    return {"kernel": "skinny", "block_m": cfg.block_m, "block_n": cfg.block_n, "block_k": cfg.block_k,
-            "split_k": cfg.split_k}
-
-
 def bench_lns(device, *, shapes=None, blocks=None, bits_list=(8, 16), seed: int = 0, baseline=None,
               quick: bool = False) -> list[dict]:
     """Benchmark rows, one per (impl, shape, bits, kernel tiles). Raises RuntimeError if a kernel disagrees with
@@ -135,20 +117,13 @@ def bench_lns(device, *, shapes=None, blocks=None, bits_list=(8, 16), seed: int 
                 weight = lw if weight_cls is None else weight_cls(lw.codes, lw.offsets, lw.bits, lw.frac_bits)
                 # torch is timed beside each impl, so a row's speedup compares timings taken back to back
                 torch_ms = _time_ms(functools.partial(torch.matmul, x, w16.t()), device, quick)
-                seen = set()
                 for bm, bn, bk in blocks:
                     row = {
                         "impl": impl, "device": dev_name, "M": M, "K": K, "N": N, "bits": bits,
-                        "frac_bits": lw.frac_bits, "x_dtype": "float16",
-                        **(_kernel_fields(M, N, K, (bm, bn, bk), lw.codes.element_size(), device) if impl == "new"
-                           else {"kernel": "tiled", "block_m": bm, "block_n": bn, "block_k": bk}),
+                        "frac_bits": lw.frac_bits, "x_dtype": "float16", "block_m": bm, "block_n": bn, "block_k": bk,
                         "weight_bytes_lns": lw.nbytes(), "weight_bytes_fp16": N * K * 2,
                         "weight_bytes_fp32": N * K * 4,
                     }
-                    key = (row["kernel"], row["block_m"], row["block_n"], row["block_k"])
-                    if key in seen:  # the skinny kernel ignores the tiles: one row per shape is enough
-                        continue
-                    seen.add(key)
                     fn = functools.partial(matmul, x, weight, bm, bn, bk, backend="triton")
                     try:
                         y = fn()
@@ -163,8 +138,8 @@ def bench_lns(device, *, shapes=None, blocks=None, bits_list=(8, 16), seed: int 
                             f"blocks=({bm}, {bn}, {bk}): relative error {check:.3e} > {CHECK_TOL:.0e}; not reporting"
                         )
                     lns_ms = _time_ms(fn, device, quick)
-                    # After hundreds of timed calls the output must still be bit-identical: the split-K kernel
-                    # sums its slices in a fixed order and must have left its tile counters at 0 every time.
+                    # After hundreds of timed calls the output must still be bit-identical: a kernel with state
+                    # between calls (a baseline's split-K tile counters, say) that drifted would show here.
                     repeats = [fn() for _ in range(REPEAT_CHECK)]
                     if not all(torch.equal(r, y) for r in repeats):
                         raise RuntimeError(

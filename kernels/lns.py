@@ -25,7 +25,7 @@ Matmul: `y[M, N] = x[M, K] @ w[N, K]^T (+ bias[N])`. The kernels (kernels/lns_tr
 tiles, decode `sign * exp2((|c| - Q) / 2^f)` (a value in (0, 1], so it cannot overflow fp16) to the dot dtype,
 multiply with `tl.dot` (tensor cores; fp32 accumulate), and apply the per-channel scale `2^(o[n] / 2^f)` and bias
 once in the epilogue. Dot dtype: x's dtype for fp16/bf16; for fp32 x the decoded tile stays fp32 and `tl.dot` runs
-in tf32. `lns_matmul` picks the tiled kernel (large M) or the split-K small-M kernel (kernels/lns_launch.py) by M.
+in tf32. One tiled kernel serves every M (docs/lns_kernel.md: a split-K small-M kernel measured slower on an H100).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ except ImportError:  # pragma: no cover - exercised only where triton is absent
 
 __all__ = [
     "LNSWeight", "DEFAULT_FRAC_BITS", "lns_encode", "lns_decode", "lns_matmul", "lns_matmul_ref",
-    "lns_logadd_matmul_ref", "relative_error_bound", "uses_skinny_kernel", "validate_block_sizes",
+    "lns_logadd_matmul_ref", "relative_error_bound", "validate_block_sizes",
 ]
 
 # Fractional bits of the fixed-point log per code width; the module docstring says why these.
@@ -192,21 +192,14 @@ def lns_logadd_matmul_ref(x: torch.Tensor, weight: LNSWeight, acc_frac_bits: int
     return sgn * torch.exp2(acc)
 
 
-# --- Triton launchers (the kernels are in kernels/lns_triton.py) --------------------------------------------------
+# --- Triton launcher (the kernel is in kernels/lns_triton.py) ----------------------------------------------------
 
 if triton is not None:
-    from kernels.lns_launch import (
-        SKINNY_MAX_M,
-        check_int32_extents,
-        launch_config,
-        lns_matmul_skinny,
-        max_shared_bytes,
-    )
+    from kernels.lns_launch import check_int32_extents, launch_config, max_shared_bytes
     from kernels.lns_triton import INTERPRETED as _INTERPRETED
     from kernels.lns_triton import _lns_matmul_kernel
 else:
     _INTERPRETED = False
-    SKINNY_MAX_M = 64  # kernels/lns_launch.py's limit (that module needs triton); keeps uses_skinny_kernel defined
 
 
 def validate_block_sizes(block_m: int, block_n: int, block_k: int) -> None:
@@ -258,10 +251,7 @@ def lns_matmul(
     """`y [M, N] = x [M, K] @ decode(weight) [N, K]^T (+ bias [N])`, output in x's dtype, fp32 accumulation.
 
     x: fp32 / bf16 / fp16 `[M, K]` (any strides). weight: LNSWeight `[N, K]` on x's device. bias: float `[N]`.
-    block_m/n/k: the tiled Triton kernel's tile sizes, powers of two in 16..256 (checked for every backend).
-    Kernel choice (triton backend), by M: `uses_skinny_kernel(M, block_m)`: a batch of at most 64 rows that fills at
-    most half of one block_m row tile (decode/generation) goes to the small-M kernel, which picks its own tiles and
-    splits K so that every SM streams codes; any other M runs the tiled kernel with block_m/n/k.
+    block_m/n/k: the Triton kernel's tile sizes, powers of two in 16..256 (checked for every backend), for every M.
     backend: "triton" (on CPU only under TRITON_INTERPRET=1), "torch" (`lns_matmul_ref`), "auto" = triton iff x is
     on CUDA. Inference only: there is no backward, so an input that would need a gradient raises ValueError.
     Dot precision: fp16/bf16 x -> the decoded tile is rounded to x's dtype; fp32 x -> fp32 tile, tf32 tensor cores.
@@ -299,20 +289,7 @@ def lns_matmul(
     if not x.is_cuda and not _interpreter_on():
         raise ValueError(f"backend: 'triton' on {x.device} needs TRITON_INTERPRET=1 (set before importing triton); "
                          "or use backend='torch' / 'auto'")
-    if uses_skinny_kernel(x.shape[0], block_m):
-        return lns_matmul_skinny(x, weight.codes, weight.offsets, weight.frac_bits, weight.max_code, bias)
     return _lns_matmul_triton(x, weight, bias, block_m, block_n, block_k)
-
-
-def uses_skinny_kernel(m: int, block_m: int) -> bool:
-    """Whether `lns_matmul` (triton backend) runs M rows on the small-M kernel rather than the tiled one.
-
-    The small-M kernel holds all rows in one tile (M <= 64). The tiled kernel gets M when M fills more than half of
-    its block_m row tile: the caller's tile then fits the batch, and the grid has cdiv(M, block_m) row tiles.
-    Below that, more than half of every tiled-kernel MMA row is padding, and its grid (cdiv(N, block_n) programs
-    for one row tile) leaves most SMs idle: 32 of 132 at N = 4096, block_n = 128.
-    """
-    return 1 <= m <= SKINNY_MAX_M and 2 * m <= block_m
 
 
 def _interpreter_on() -> bool:

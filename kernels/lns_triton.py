@@ -1,21 +1,15 @@
-"""Triton kernels of the LNS matmul `y [M, N] = x [M, K] @ decode(codes [N, K])^T`; the format, the launchers and the
+"""Triton kernel of the LNS matmul `y [M, N] = x [M, K] @ decode(codes [N, K])^T`; the format, the launcher and the
 torch reference are in `kernels/lns.py`.
 
-Two kernels share one K step (`_lns_tile_step`: load an x tile and a code tile, decode, `tl.dot`):
-  * `_lns_matmul_kernel` (tiled): a 1-D grid of [BLOCK_M, BLOCK_N] output tiles, each looping over all of K.
-    For large M (prefill, training-sized batches), where the matmul is compute-bound.
-  * `_lns_skinny_kernel` (small M, <= 64 rows: decode/generation): one row tile holds every row, and the grid is
-    (N tiles, SPLIT_K slices of K) so that a small output still gives every SM work: the matmul is memory-bound
-    there and needs all SMs streaming codes. Each slice writes an fp32 partial; the last slice of a column tile
-    to finish (counted with an atomic) sums the partials in slice order (deterministic), applies the epilogue and
-    resets its counter to 0 for the next call.
+`_lns_matmul_kernel` (tiled) runs every M: a 1-D grid of [BLOCK_M, BLOCK_N] output tiles, each looping over all of K
+(`_lns_tile_step`: load an x tile and a code tile, decode, `tl.dot`). A split-K kernel for M <= 64 was measured
+slower than this one on an H100 and removed (docs/lns_kernel.md).
 
 Decode (`_decode_tile`): the normalised magnitude `2^((|c| - Q) / 2^f)` is in (0, 1]; the per-channel scale
 `2^(o[n] / 2^f)` is applied once in the epilogue. The per-element decode, not memory, bounds the small-M matmul on
 sm_90, so it avoids quarter-rate int -> float conversions and per-element compares. Static SASS counts of one K
 step per thread (8-bit codes, fp16 x, Triton 3.6 compiling offline for sm_90; not timings): tiled 128/128/32, 16
-elements: 333 with the previous exp2 decode -> 206; skinny M = 1 (16/64/128, 64 elements): 761 with the fp32 path
-below -> 693 with the packed fp16 one (the previous kernel at 64/64/128, also 64 elements: 1110).
+elements: 333 with the previous exp2 decode -> 206.
   * 8-bit codes, fp16/bf16 dot (`_decode_codes_8bit`): the exp2 argument `(|c| - Q) * 2^-f` is built in fp16,
     which LLVM packs two elements per instruction; every step is exact (see there). exp2 in fp32, one RNE cast.
   * 16-bit codes or the fp32 (tf32) dot (`_decode_codes`): fp32 throughout. The bit pattern `0x4B000000 | m` is
@@ -25,7 +19,7 @@ below -> 693 with the packed fp16 one (the previous kernel at 64/64/128, also 64
 Exactness: the exp2 (fp32; `ex2.approx` on GPU, error < 2^-22 relative) is rounded to nearest-even fp16/bf16. For
 every 8-bit code the exact value lies at least 5.4e-5 (relative) from an fp16 rounding tie and 4.9e-4 from a bf16
 one, so the decoded tile is bit-identical to RNE(2^((m - Q) / 16)) on both backends (tests/kernels/
-test_lns_small_m.py checks every code). For 16-bit codes into fp16, 86 of the 32767 magnitudes lie within 2^-21 of
+test_lns_decode.py checks every code). For 16-bit codes into fp16, 86 of the 32767 magnitudes lie within 2^-21 of
 a tie, where the GPU's ex2.approx may give the neighbouring fp16 value (1 ulp); bf16 is exact for all 16-bit
 codes. (16-bit codes span 16 octaves below 1, so their bottom 2 octaves are fp16 subnormals: rounded to multiples
 of 2^-24, as the tiled kernel always did.)
@@ -133,22 +127,22 @@ def _lns_tile_step(acc, x_ptrs, c_ptrs, rm, rn, rk, M, N, k_left, inv_step,
 
 
 @triton.jit
-def _lns_k_loop(acc, x_ptrs, c_ptrs, rm, rn, rk, M, N, k_lo, k_hi, stride_xk, stride_ck, inv_step,
+def _lns_k_loop(acc, x_ptrs, c_ptrs, rm, rn, rk, M, N, K, stride_xk, stride_ck, inv_step,
                 Q: tl.constexpr, BLOCK_K: tl.constexpr, TF32: tl.constexpr, INTERPRET: tl.constexpr):
-    """acc += x[rm, k_lo:k_hi] @ w[rn, k_lo:k_hi]^T, BLOCK_K columns per step; the pointers start at column k_lo."""
+    """acc += x[rm, :] @ w[rn, :]^T over all K, BLOCK_K columns per step; the pointers start at column 0."""
     if INTERPRET:
         # Triton 3.6's interpreter cannot take a runtime scalar as a `range` bound under NumPy 2.4
         # (int() of a 1-element array); a while loop runs the same steps. Compiled code keeps the `for`
         # loop, which Triton software-pipelines (num_stages) and a while loop would not be.
-        k0 = k_lo
-        while k0 < k_hi:
-            acc = _lns_tile_step(acc, x_ptrs, c_ptrs, rm, rn, rk, M, N, k_hi - k0, inv_step, Q, TF32, INTERPRET)
+        k0 = 0
+        while k0 < K:
+            acc = _lns_tile_step(acc, x_ptrs, c_ptrs, rm, rn, rk, M, N, K - k0, inv_step, Q, TF32, INTERPRET)
             x_ptrs += BLOCK_K * stride_xk
             c_ptrs += BLOCK_K * stride_ck
             k0 += BLOCK_K
     else:
-        for k0 in range(k_lo, k_hi, BLOCK_K):
-            acc = _lns_tile_step(acc, x_ptrs, c_ptrs, rm, rn, rk, M, N, k_hi - k0, inv_step, Q, TF32, INTERPRET)
+        for k0 in range(0, K, BLOCK_K):
+            acc = _lns_tile_step(acc, x_ptrs, c_ptrs, rm, rn, rk, M, N, K - k0, inv_step, Q, TF32, INTERPRET)
             x_ptrs += BLOCK_K * stride_xk
             c_ptrs += BLOCK_K * stride_ck
     return acc
@@ -199,59 +193,11 @@ def _lns_matmul_kernel(
     x_ptrs = x_ptr + rm[:, None] * stride_xm + rk[None, :] * stride_xk  # [BM, BK]
     c_ptrs = c_ptr + rn[None, :] * stride_cn + rk[:, None] * stride_ck  # [BK, BN]: w^T tile
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    acc = _lns_k_loop(acc, x_ptrs, c_ptrs, rm, rn, rk, M, N, 0, K, stride_xk, stride_ck, inv_step,
+    acc = _lns_k_loop(acc, x_ptrs, c_ptrs, rm, rn, rk, M, N, K, stride_xk, stride_ck, inv_step,
                       Q, BLOCK_K, TF32, INTERPRET)
     _lns_store_output(acc, o_ptr, b_ptr, y_ptr, rm, rn, M, N, stride_ym, stride_yn, inv_step, HAS_BIAS, INTERPRET)
 
 
-@triton.jit
-def _lns_skinny_kernel(
-    # pointers; part: fp32 [SPLIT_K, M, N] partial sums; cnt: int32 [>= cdiv(N, BLOCK_N)], all 0 between calls
-    x_ptr, c_ptr, o_ptr, b_ptr, y_ptr, part_ptr, cnt_ptr,
-    # sizes; k_split: columns of K per slice (a multiple of BLOCK_K)
-    M, N, K, k_split,
-    # strides (elements)
-    stride_xm, stride_xk, stride_cn, stride_ck, stride_ym, stride_yn,
-    inv_step,
-    Q: tl.constexpr, HAS_BIAS: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
-    TF32: tl.constexpr, INTERPRET: tl.constexpr,
-):
-    """Small-M kernel: program (pid_n, pid_k) computes rows 0..M-1 (M <= BLOCK_M) of column tile pid_n over the
-    K slice [pid_k * k_split, (pid_k + 1) * k_split)."""
-    pid_n = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    rm = tl.arange(0, BLOCK_M)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    rk = tl.arange(0, BLOCK_K)
-    k_lo = pid_k * k_split
-    k_hi = tl.minimum(K, k_lo + k_split)
-    x_ptrs = x_ptr + rm[:, None] * stride_xm + (k_lo + rk)[None, :] * stride_xk  # [BM, BK]
-    c_ptrs = c_ptr + rn[None, :] * stride_cn + (k_lo + rk)[:, None] * stride_ck  # [BK, BN]: w^T tile
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    acc = _lns_k_loop(acc, x_ptrs, c_ptrs, rm, rn, rk, M, N, k_lo, k_hi, stride_xk, stride_ck, inv_step,
-                      Q, BLOCK_K, TF32, INTERPRET)
-    if SPLIT_K == 1:
-        _lns_store_output(acc, o_ptr, b_ptr, y_ptr, rm, rn, M, N, stride_ym, stride_yn, inv_step, HAS_BIAS,
-                          INTERPRET)
-    else:
-        mask = (rm[:, None] < M) & (rn[None, :] < N)
-        tile = rm[:, None] * N + rn[None, :]
-        tl.store(part_ptr + pid_k * M * N + tile, acc, mask=mask)
-        # Every thread's partial is stored before the counter's release (the atomic is issued by one thread).
-        tl.debug_barrier()
-        done = tl.atomic_add(cnt_ptr + pid_n, 1, sem="acq_rel", scope="gpu")
-        if done == SPLIT_K - 1:  # the last slice of this column tile: every other partial is visible now
-            tl.debug_barrier()
-            total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-            for s in tl.static_range(SPLIT_K):  # fixed slice order: the sum does not depend on timing
-                # .cg: read at L2, never a stale L1 line
-                total += tl.load(part_ptr + s * M * N + tile, mask=mask, other=0.0, cache_modifier=".cg")
-            _lns_store_output(total, o_ptr, b_ptr, y_ptr, rm, rn, M, N, stride_ym, stride_yn, inv_step,
-                              HAS_BIAS, INTERPRET)
-            tl.atomic_xchg(cnt_ptr + pid_n, 0)  # ready for the next call
-
-
-# triton.jit picked the interpreter or the compiler when the kernels were defined (TRITON_INTERPRET=1 at import);
-# ask a kernel object rather than the environment, which may have changed since.
+# triton.jit picked the interpreter or the compiler when the kernel was defined (TRITON_INTERPRET=1 at import);
+# ask the kernel object rather than the environment, which may have changed since.
 INTERPRETED = type(_lns_matmul_kernel).__name__ == "InterpretedFunction"

@@ -8,12 +8,12 @@ most 2^(2^-(f+1)) - 1 = 2.190e-2 (8 bits, f = 4) and 1.692e-4 (16 bits, f = 11),
 range. Below it (|w| < w_min, the smallest magnitude) the weight goes to the nearer of 0 and w_min: absolute error
 at most w_min / 2.
 
-Kernel vs reference tolerances (normwise relative error ||y - y_ref|| / ||y_ref||; max error / max |y_ref|), the
-same for the tiled and the small-M (split-K) kernel:
+Kernel vs reference tolerances (normwise relative error ||y - y_ref|| / ||y_ref||; max error / max |y_ref|), for
+every M (small M included: one tiled kernel serves all):
   fp32: 2e-3, 2^-10  (interpreter: fp32 dot, ~2e-7; GPU: tf32 operands, unit roundoff 2^-11)
   bf16: 1e-2, 2^-6   (decoded tile and output rounded to bf16, unit roundoff 2^-9; measured 2.4e-3)
   fp16: 2e-3, 2^-9   (unit roundoff 2^-12 on tile and output; measured 3e-4)
-The in-kernel decode (exact for every code) and the small-M kernel are tested in test_lns_small_m.py.
+The in-kernel decode (exact for every code) is tested in test_lns_decode.py.
 """
 
 from __future__ import annotations
@@ -153,6 +153,28 @@ def test_triton_handles_strided_input_and_no_bias():
     assert_close_to_ref(lns_matmul(x, lw, 16, 32, 16, backend="triton"), lns_matmul_ref(x, lw), torch.float16)
 
 
+@pytest.mark.parametrize("M", [1, 3, 17, 64, 65])
+@pytest.mark.parametrize("bits", [8, 16])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_small_m_matches_reference_on_odd_shapes(dtype, bits, M):
+    """Decode-like batches with the default tiles (128, 128, 32): one mostly-masked row tile."""
+    torch.manual_seed(6)
+    N, K = 47, 301
+    x = torch.randn(M, K).to(dtype)
+    lw = lns_encode(torch.randn(N, K) * 0.05, bits)
+    bias = torch.randn(N)
+    y = lns_matmul(x, lw, backend="triton", bias=bias)
+    assert y.dtype == dtype and y.shape == (M, N)
+    assert_close_to_ref(y, lns_matmul_ref(x, lw, bias), dtype)
+
+
+def test_small_m_handles_strided_input():
+    torch.manual_seed(8)
+    x = torch.randn(65, 5, dtype=torch.float16).t()  # [5, 65], K stride 5: not contiguous
+    lw = lns_encode(torch.randn(20, 65), 8)
+    assert_close_to_ref(lns_matmul(x, lw, backend="triton"), lns_matmul_ref(x, lw), torch.float16)
+
+
 def test_kernel_decodes_tiles_to_bf16_and_scales_in_the_epilogue():
     """The kernel's exact arithmetic, emulated in torch: normalised codes rounded to bf16, fp32 sums, channel scale.
 
@@ -183,11 +205,11 @@ def test_block_sizes_are_the_kernels_real_tiles(monkeypatch):
             return launch
 
     monkeypatch.setattr(lns, "_lns_matmul_kernel", Spy())
-    x = torch.randn(33, 65)
     lw = lns_encode(torch.randn(47, 65), 8)
-    for bm, bn, bk in [(16, 16, 16), (32, 64, 32)]:
-        lns_matmul(x, lw, bm, bn, bk, backend="triton")
-    assert launches == [((3 * 3,), 16, 16, 16), ((2 * 1,), 32, 64, 32)]
+    # M = 1 too: every M, however small, runs this kernel with the caller's tiles.
+    for M, bm, bn, bk in [(33, 16, 16, 16), (33, 32, 64, 32), (1, 128, 32, 64)]:
+        lns_matmul(torch.randn(M, 65), lw, bm, bn, bk, backend="triton")
+    assert launches == [((3 * 3,), 16, 16, 16), ((2 * 1,), 32, 64, 32), ((1 * 2,), 128, 32, 64)]
 
 
 @pytest.mark.parametrize("blocks, name", [
@@ -292,18 +314,16 @@ def test_bench_refuses_to_report_a_kernel_that_disagrees(monkeypatch):
         _bench_module().bench_lns(torch.device("cpu"), shapes=[(20, 32, 16)], blocks=[(16, 16, 16)], bits_list=(8,))
 
 
-def test_bench_runs_a_baseline_module_beside_the_kernel_and_labels_the_small_m_kernel():
+def test_bench_runs_a_baseline_module_beside_the_kernel():
     bench = _bench_module()
     # Any module with `lns_matmul` and `LNSWeight` serves as the baseline; here a second import of this tree's.
     old = bench.load_baseline(lns.__file__)
     assert old.LNSWeight is not LNSWeight
     rows = bench.bench_lns(torch.device("cpu"), shapes=[(3, 32, 16), (20, 32, 16)], blocks=[(16, 16, 16), (32, 16, 16)],
                            bits_list=(8,), baseline=old)
-    new = [(r["M"], r["kernel"], r["block_m"]) for r in rows if r["impl"] == "new"]
-    # M = 3: 2M <= block_m for both tile configs -> the small-M kernel, one row; M = 20: the tiled kernel, per tiles.
-    assert new == [(3, "skinny", 16), (20, "tiled", 16), (20, "tiled", 32)]
-    assert [(r["M"], r["kernel"], r["block_m"]) for r in rows if r["impl"] == "old"] == [
-        (3, "tiled", 16), (3, "tiled", 32), (20, "tiled", 16), (20, "tiled", 32)]
+    # One row per (impl, shape, tiles), small M included, in that order.
+    assert [(r["impl"], r["M"], r["block_m"]) for r in rows] == [
+        (impl, M, bm) for M in (3, 20) for impl in ("new", "old") for bm in (16, 32)]
     for r in rows:
         assert r["check_rel_err_vs_ref"] <= r["check_tol"] and r["speedup_vs_torch_fp16"] > 0
         assert (r["M"], r["K"], r["N"]) in [(3, 32, 16), (20, 32, 16)]
