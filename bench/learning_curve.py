@@ -5,7 +5,7 @@
 
 Both runs use the same search space, the same sampler (RandomSampler, fixed seed: the k-th trial of each run gets the
 same parameters whatever happened before, so the two fronts differ only by what the pruner removed), the same data and
-token budget, one worker each (tuner.worker.run_worker: trial child process, real objective), on SQLite files under
+token budget, one worker each (tuner.trial.worker.run_worker: trial child process, real objective), on SQLite files under
 DIR. Writes DIR/learning_curve.json:
 
   device, trials                  where it ran; trials per run
@@ -42,8 +42,14 @@ _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
 
-from tuner.curve import (
-    MIN_REFERENCES, fit_power_law, late_alphas, predict, predict_late_alpha, rank_predictor_error, relative_error,
+from tuner.analysis.curve import (
+    MIN_REFERENCES,
+    fit_power_law,
+    late_alphas,
+    predict,
+    predict_late_alpha,
+    rank_predictor_error,
+    relative_error,
 )
 
 # Reference point of the hypervolume, fixed here for both runs: the uniform model's PPL (= vocabulary size; any model
@@ -166,11 +172,11 @@ def study_dict(name: str, pruning: bool, args: argparse.Namespace) -> dict[str, 
 
 
 def run_study(label: str, pruning: bool, args: argparse.Namespace, out: Path) -> tuple[list[Any], float]:
-    """Run one study to `args.trials` trials through tuner.worker.run_worker (child process, real objective)."""
+    """Run one study to `args.trials` trials through tuner.trial.worker.run_worker (child process, real objective)."""
     import optuna
 
-    from tuner.spec import spec_from_dict
-    from tuner.worker import run_worker
+    from tuner.study.loader import spec_from_dict
+    from tuner.trial.worker import run_worker
 
     spec = spec_from_dict(study_dict(f"learning_curve_{label}", pruning, args), where=f"bench:{label}")
     url = f"sqlite:///{out / f'{label}.db'}"
@@ -189,8 +195,8 @@ def prepare(args: argparse.Namespace, out: Path) -> None:
     import optuna
 
     from model.data import DataSource, prepare_data
-    from tuner.spec import spec_from_dict
-    from tuner.worker import run_worker
+    from tuner.study.loader import spec_from_dict
+    from tuner.trial.worker import run_worker
 
     prepare_data(DataSource(kind="stdlib", max_bytes=args.data_bytes), VOCAB, out / "cache")
     (out / "warmup.db").unlink(missing_ok=True)

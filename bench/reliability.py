@@ -71,7 +71,7 @@ def run_fuzz(folder: Path, n_studies: int = 450, n_random: int = 300, n_presets:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import tuner.storage as st
+    import tuner.storage.connect as st
     from tests.reliability import harness as h
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

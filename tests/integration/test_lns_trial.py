@@ -18,9 +18,10 @@ TrialState = optuna.trial.TrialState
 
 @pytest.mark.slow
 def test_lns_trial_trains_float_converts_and_evaluates_lns(tmp_path, pg_url):
-    from tuner.spec import spec_from_dict
-    from tuner.storage import create_or_load_study, open_storage
-    from tuner.worker import run_worker
+    from tuner.storage.connect import open_storage
+    from tuner.storage.studies import create_or_load_study
+    from tuner.study.loader import spec_from_dict
+    from tuner.trial.worker import run_worker
 
     spec = spec_from_dict({
         "name": "lns_trial",

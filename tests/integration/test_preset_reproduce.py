@@ -39,8 +39,8 @@ def _tuner(args, cwd, timeout):
 
 @pytest.mark.slow
 def test_export_then_train_with_no_flags_reproduces(tmp_path, pg_url):
-    from tuner.spec import spec_from_dict
-    from tuner.worker import run_worker
+    from tuner.study.loader import spec_from_dict
+    from tuner.trial.worker import run_worker
 
     spec = spec_from_dict(SPEC)
     assert run_worker(spec, pg_url, cache_dir=tmp_path / ".phase1_cache", install_signal_handlers=False) == 0

@@ -7,7 +7,7 @@ tiny models trained on real text (the standard library's sources) on CPU.
 
 Heartbeat timing: the product's defaults are a 30 s heartbeat and a 120 s grace period (tuner.storage). Neither
 `tuner worker` nor `run_worker` takes them as settings, so `worker_main` sets the keyword defaults of
-`tuner.storage.open_storage` before calling `run_worker` (the same function, with shorter timing); the grace period
+`tuner.storage.connect.open_storage` before calling `run_worker` (the same function, with shorter timing); the grace period
 used is reported next to every latency measured with it.
 
 Not imported by the package (bench/ and tests/ only).
@@ -115,7 +115,7 @@ def start_harness_worker(study: str, url: str, log_path: Path, *, grace_s: int =
 
 def set_storage_timing(grace_s: int, heartbeat_s: int) -> None:
     """Make every open_storage() call in this process use this heartbeat interval and grace period."""
-    import tuner.storage as st
+    import tuner.storage.connect as st
 
     defaults = dict(st.open_storage.__kwdefaults__)
     defaults.update(grace_period_s=int(grace_s), heartbeat_interval_s=int(heartbeat_s))
@@ -135,8 +135,8 @@ def worker_main(argv: list[str]) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     set_storage_timing(a.grace_s, a.heartbeat_s)
-    from tuner.trial_runner import FaultInjection
-    from tuner.worker import run_worker
+    from tuner.trial.faults import FaultInjection
+    from tuner.trial.worker import run_worker
 
     fault = None
     if a.fault:

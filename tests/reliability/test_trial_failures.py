@@ -18,8 +18,8 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def _run(tmp_path, pg_url, spec: dict, fault=None) -> list:
-    from tuner.spec import load_spec
-    from tuner.worker import run_worker
+    from tuner.study.loader import load_spec
+    from tuner.trial.worker import run_worker
 
     loaded = load_spec(write_study(tmp_path, spec))
     assert run_worker(loaded, pg_url, cache_dir=CACHE_DIR, fault=fault, install_signal_handlers=False) == 0
@@ -28,7 +28,7 @@ def _run(tmp_path, pg_url, spec: dict, fault=None) -> list:
 
 @pytest.mark.parametrize("kind", ["oom", "error"])
 def test_exception_in_training_step_is_recorded_and_worker_continues(tmp_path, pg_url, kind):
-    from tuner.trial_runner import FaultInjection
+    from tuner.trial.faults import FaultInjection
 
     trials = _run(tmp_path, pg_url, tiny_spec(f"fault_{kind}", 2), FaultInjection(kind=kind, at_step=2, trials=(0,)))
     assert [t.number for t in trials] == [0, 1]

@@ -1,5 +1,5 @@
-"""tuner.calibration: JSON store keyed by (device, driver, torch), refine() from finished trials, and how
-tuner.estimate uses (or, without one, labels the lack of) a calibration."""
+"""tuner.vram.calibration: JSON store keyed by (device, driver, torch), refine() from finished trials, and how
+tuner.vram.estimate uses (or, without one, labels the lack of) a calibration."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ import json
 import pytest
 
 from model.config import PRESETS
-from tuner import calibration as cal
-from tuner.estimate import estimate
+from tuner.vram import calibration as cal
+from tuner.vram.calibrate import calibrate_device
+from tuner.vram.nvml import current_device_key
+from tuner.vram.estimate.predict import estimate
 
 
 def _cal(**kw) -> cal.DeviceCalibration:
@@ -103,16 +105,22 @@ def test_refine_rejects_non_measurements(nvml, torch_peak, reserved):
         cal.refine(_cal(), p, nvml, torch_peak, reserved)
 
 
+def _estimate_from_file(config, path):
+    """What the objective does: the caller chooses the calibration, estimate() stays pure."""
+    choice = cal.choose_calibration(path, current_device_key())
+    return estimate(config, choice.calibration, calibrated=choice.calibrated, calibration_source=choice.source)
+
+
 def test_estimate_without_calibration_says_so(tmp_path):
-    e = estimate(PRESETS["8gb"], calibration_path=tmp_path / "none.json")
+    e = _estimate_from_file(PRESETS["8gb"], tmp_path / "none.json")
     assert e.calibrated is False and e.outside_gib == 0.0
     assert "NOT calibrated" in e.outside_source
     # A stored calibration of another machine is used, labelled as borrowed, still calibrated=False here
     # (this test machine has no GPU whose key could match).
     path = tmp_path / "c.json"
     cal.save_calibration(_cal(device="Some Other GPU"), path)
-    e2 = estimate(PRESETS["8gb"], calibration_path=path)
-    if cal.current_device_key() is None:
+    e2 = _estimate_from_file(PRESETS["8gb"], path)
+    if current_device_key() is None:
         assert e2.calibrated is False
         assert "borrowed" in e2.outside_source and "Some Other GPU" in e2.outside_source
         assert e2.outside_gib == pytest.approx(0.74)
@@ -124,4 +132,4 @@ def test_calibrate_device_needs_a_gpu():
     if torch.cuda.is_available():
         pytest.skip("a GPU is present: calibrate_device is exercised by bench/estimate_validation.py")
     with pytest.raises(cal.CalibrationError, match="needs a CUDA GPU"):
-        cal.calibrate_device()
+        calibrate_device()

@@ -106,8 +106,8 @@ SCRIPT = textwrap.dedent("""
         codes["help"] = e.code
     codes["create"] = main(["create", study_file, "--storage", url])
     import optuna
-    from tuner.constraints import set_trial_constraint
-    from tuner.spec import load_spec
+    from tuner.storage.constraints import set_trial_constraint
+    from tuner.study.loader import load_spec
     spec = load_spec(study_file)
     study = optuna.load_study(study_name="unit", storage=url)
     for i, (ppl, vram) in enumerate([(40.0, 1.0), (30.0, 2.0), (20.0, 9.0)]):

@@ -14,7 +14,12 @@ from optuna.samplers.nsgaii._constraints_evaluation import _constrained_dominate
 from optuna.study._constrained_optimization import _get_feasible_trials
 from optuna_dashboard._serializer import serialize_frozen_trial
 
-from tuner.constraints import CONSTRAINTS_ATTR, constraint_value, is_feasible, set_trial_constraint
+from tuner.storage.constraints import (
+    CONSTRAINTS_ATTR,
+    constraint_value,
+    is_feasible,
+    set_trial_constraint,
+)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -1,4 +1,4 @@
-"""tuner.curve: power-law fit, prediction interval, Pareto entry test, and the pruning monitor."""
+"""tuner.analysis.curve: power-law fit, prediction interval, Pareto entry test, and the pruning monitor."""
 
 from __future__ import annotations
 
@@ -9,10 +9,18 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from tuner.curve import (
-    LearningCurveMonitor, LearningCurvePrune, can_enter_front, eval_points, fit_power_law, fit_rank_predictor,
-    late_alphas, predict, predict_late_alpha, rank_predictor_error, t_quantile,
+from tuner.analysis.curve import (
+    can_enter_front,
+    eval_points,
+    fit_power_law,
+    fit_rank_predictor,
+    late_alphas,
+    predict,
+    predict_late_alpha,
+    rank_predictor_error,
+    t_quantile,
 )
+from tuner.analysis.curve_monitor import LearningCurveMonitor, LearningCurvePrune
 
 
 @dataclass

@@ -8,10 +8,10 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from tuner.constraints import set_trial_constraint
 from tuner.errors import SpecError
-from tuner.objective import Objective
-from tuner.spec import spec_from_dict
+from tuner.storage.constraints import set_trial_constraint
+from tuner.study.loader import spec_from_dict
+from tuner.trial.objective import Objective
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 BUDGET = 2048
@@ -46,7 +46,7 @@ def _study_with_history(n_values=2):
         t = optuna.trial.create_trial(values=values, params={"learning_rate": 3e-3}, distributions=dist,
                                       user_attrs={"end_reason": reason, "curve": curve,
                                                   "curve_budget_tokens": curve[-1]["tokens"]})
-        set_trial_constraint(t, cons)  # the form the samplers and tuner.constraints read
+        set_trial_constraint(t, cons)  # the form the samplers and tuner.storage.constraints read
         study.add_trial(t)
     return study
 

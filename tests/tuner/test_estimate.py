@@ -1,4 +1,4 @@
-"""tuner.estimate: fast, torch-free arithmetic whose tensor-bytes part matches a real CPU training peak.
+"""tuner.vram.estimate: fast, torch-free arithmetic whose tensor-bytes part matches a real CPU training peak.
 
 Tolerance of the CPU validation: the predicted tensor peak is within 5 % of the peak that model.train measures with
 its TensorMemoryTracker (kind "cpu_tensor_bytes") over two real training steps and one evaluation of tiny models.
@@ -16,8 +16,9 @@ import textwrap
 import pytest
 
 from model.config import PRESETS, Phase1Config
-from tuner import estimate as est_mod
-from tuner.estimate import estimate
+from tuner.vram.estimate import allocator as est_alloc
+from tuner.vram.estimate import tensors as est_tensors
+from tuner.vram.estimate.predict import estimate
 
 TOLERANCE = 0.05
 
@@ -30,7 +31,7 @@ def test_prediction_is_fast_and_imports_no_torch():
         import sys, time
         t = time.perf_counter()
         from model.config import PRESETS
-        from tuner.estimate import estimate
+        from tuner.vram.estimate.predict import estimate
         for name in ("8gb", "10gb", "24gb"):
             for b in (1, 4, 8, 16):
                 e = estimate(PRESETS[name], batch_size=b)
@@ -42,14 +43,14 @@ def test_prediction_is_fast_and_imports_no_torch():
 
 
 def test_model_constants_and_param_count_match_the_model():
-    from model import lm
     from kernels.scan import _TORCH_CHUNK
+    from model import lm
 
-    assert est_mod.TABLE_CHUNK_ROWS == lm.TABLE_CHUNK_ROWS
-    assert est_mod.SCAN_TORCH_CHUNK == _TORCH_CHUNK
+    assert est_tensors.TABLE_CHUNK_ROWS == lm.TABLE_CHUNK_ROWS
+    assert est_tensors.SCAN_TORCH_CHUNK == _TORCH_CHUNK
     for cfg in (PRESETS["8gb"], PRESETS["24gb"], Phase1Config(htt_num_cores=3, head="low_rank", d_model=96),
                 Phase1Config(ar_ssm_min_rank=32, ar_ssm_max_rank=32, htt_phase_encoding=False)):
-        assert sum(est_mod._param_tensors(cfg)) == lm.expected_param_counts(cfg)["total"]
+        assert sum(est_tensors._param_tensors(cfg)) == lm.expected_param_counts(cfg)["total"]
         assert estimate(cfg).params == lm.expected_param_counts(cfg)["total"]
 
 
@@ -61,7 +62,7 @@ def test_model_constants_and_param_count_match_the_model():
 ])
 def test_tensor_bytes_match_a_real_cpu_training_peak(fields):
     from model.train import train_and_evaluate
-    from tuner.calibration import synthetic_token_data
+    from tuner.vram.calibrate import synthetic_token_data
 
     cfg = Phase1Config(**{**TINY, **fields})
     data = synthetic_token_data(cfg.vocab_size, 4096, seed=1)
@@ -159,21 +160,21 @@ def test_cli_bad_params_one_line_error(tmp_path, capsys, params):
 def test_segment_replay_monotone_allocations_leave_no_gap():
     # Allocations only (no frees): the segment's end is exactly the live bytes, whatever the sizes.
     ev = [("alloc", f"t{i}", (i % 7 + 1) * 1024 * 512) for i in range(40)]
-    assert est_mod._segment_gap(ev) == 0
+    assert est_alloc._segment_gap(ev) == 0
     # Stack-like use (free the newest, then ask for no more than was freed) refills the end: still no gap.
     ev = [("alloc", "a", 4 << 20), ("alloc", "b", 8 << 20), ("free", "b", 0), ("alloc", "c", 6 << 20),
           ("alloc", "d", 2 << 20), ("free", "a", 0), ("alloc", "e", 4 << 20)]
-    assert est_mod._segment_gap(ev) == 0
+    assert est_alloc._segment_gap(ev) == 0
 
 
 def test_segment_replay_grows_past_a_too_small_hole():
     # A 3 MiB hole, then a 4 MiB request: it cannot use the hole and extends the end (best fit, no moving).
     mib = 1 << 20
     ev = [("alloc", "a", 3 * mib), ("alloc", "b", 5 * mib), ("free", "a", 0), ("alloc", "c", 4 * mib)]
-    assert est_mod._segment_gap(ev) == 3 * mib
+    assert est_alloc._segment_gap(ev) == 3 * mib
     # A free block at the end is grown in place rather than left behind.
     ev = [("alloc", "a", 5 * mib), ("alloc", "b", 2 * mib), ("free", "b", 0), ("alloc", "c", 3 * mib)]
-    assert est_mod._segment_gap(ev) == 0
+    assert est_alloc._segment_gap(ev) == 0
 
 
 def test_ce_backward_replay_kappa():
@@ -183,19 +184,19 @@ def test_ce_backward_replay_kappa():
     low = Phase1Config.from_dict({**TINY, "vocab_size": 50257, "head": "low_rank", "head_rank": 8})
     rows = 2048
     f = 4 * rows * low.vocab_size
-    gap = est_mod._segment_gap(est_mod.ce_backward_events(low, rows))
-    assert abs(gap - f // 2) <= 2 * est_mod.BLOCK
-    assert est_mod._segment_gap(est_mod.ce_backward_events(low.replace(dtype="float32"), rows)) == 0
+    gap = est_alloc._segment_gap(est_alloc.ce_backward_events(low, rows))
+    assert abs(gap - f // 2) <= 2 * est_alloc.BLOCK
+    assert est_alloc._segment_gap(est_alloc.ce_backward_events(low.replace(dtype="float32"), rows)) == 0
     # Unchunked: the previous step's logits, freed when model() returns, leave the same 0.5 F hole.
-    gap_u = est_mod._segment_gap(est_mod.ce_backward_events(low, rows, chunked=False))
-    assert abs(gap_u - f // 2) <= 2 * est_mod.BLOCK
+    gap_u = est_alloc._segment_gap(est_alloc.ce_backward_events(low, rows, chunked=False))
+    assert abs(gap_u - f // 2) <= 2 * est_alloc.BLOCK
     # Tied head: the table blocks kept between the logits buffer and its fp32 copy add their parts' holes. These
     # figures equal a replay of the full allocation trace of real CPU training steps (profiler memory events) of
     # d_model 256, vocab 50257, B 2, n_seq 512 / chunk 256 (and unchunked n_seq 256): 0.580 bf16, 0.140 fp32.
     tied = Phase1Config.from_dict({**TINY, "vocab_size": 50257, "d_model": 256, "n_seq": 512, "batch_size": 2,
                                    "loss_chunk_size": 256})
-    assert est_mod.replay_kappa(tied, 512, True) == pytest.approx(0.580, abs=0.005)
-    assert est_mod.replay_kappa(tied.replace(dtype="float32"), 512, True) == pytest.approx(0.140, abs=0.005)
+    assert est_alloc.replay_kappa(tied, 512, True) == pytest.approx(0.580, abs=0.005)
+    assert est_alloc.replay_kappa(tied.replace(dtype="float32"), 512, True) == pytest.approx(0.140, abs=0.005)
 
 
 def test_allocator_part_is_page_rounding_when_the_ce_hole_is_closed():

@@ -11,10 +11,10 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from tuner.constraints import constraint_value
-from tuner.objective import Objective, TrialFailed, TrialInterrupted, params_total
-from tuner.spec import spec_from_dict
-from tuner.worker import StudyBudget, counted_trials, enqueue_retry
+from tuner.storage.constraints import constraint_value
+from tuner.study.loader import spec_from_dict
+from tuner.trial.budget import StudyBudget, counted_trials, enqueue_retry
+from tuner.trial.objective import Objective, TrialFailed, TrialInterrupted, params_total
 
 TrialState = optuna.trial.TrialState
 optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -147,7 +147,7 @@ class _NoRunRunner:
 
 
 def test_predicted_over_ceiling_uses_the_real_estimate_and_never_trains():
-    from tuner.estimate import estimate
+    from tuner.vram.estimate.predict import estimate
 
     spec = _spec(estimate=True, ceiling=1e-4)  # far below any model's tensor bytes
     study = optuna.create_study(directions=spec.directions)

@@ -7,9 +7,9 @@ import optuna
 import pytest
 
 from model.config import PRESETS
-from tuner import calibration as cal
-from tuner.estimate import estimate
-from tuner.objective import Objective
+from tuner.trial.objective import Objective
+from tuner.vram import calibration as cal
+from tuner.vram.estimate.predict import estimate
 
 
 def _calibration() -> cal.DeviceCalibration:
@@ -38,7 +38,8 @@ def test_completed_gpu_trial_refines_the_stored_calibration(tmp_path):
 def test_uncalibrated_estimate_refines_nothing(tmp_path):
     path = tmp_path / "calibration.json"
     objective = Objective(spec=None, runner=None, calibration_path=path)
-    objective._estimate_of_trial = estimate(PRESETS["8gb"], calibration_path=path)  # no entry: uncalibrated
+    choice = cal.choose_calibration(path, None)  # no entry: uncalibrated
+    objective._estimate_of_trial = estimate(PRESETS["8gb"], choice.calibration, calibrated=choice.calibrated)
     trial = optuna.create_study().ask()
     objective._refine_calibration(trial, {"peak_torch_gib": 5.0, "peak_reserved_gib": 5.5}, nvml_peak_gib=6.3)
     assert not path.exists()

@@ -8,9 +8,15 @@ import random
 import optuna
 import pytest
 
-from tuner.constraints import set_trial_constraint
-from tuner.pareto import (export_choice, hypervolume, pareto_front, reference_point, status_summary,
-                          workers_seen)
+from tuner.analysis.pareto import (
+    export_choice,
+    hypervolume,
+    pareto_front,
+    reference_point,
+    status_summary,
+    workers_seen,
+)
+from tuner.storage.constraints import set_trial_constraint
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 NAMES = ["val_ppl", "peak_vram_gib"]

@@ -8,7 +8,7 @@ import yaml
 from model.config import PRESETS, Phase1Config
 from tuner import __version__
 from tuner.errors import PresetError
-from tuner.preset import load_preset, write_preset
+from tuner.study.preset import load_preset, write_preset
 
 
 def test_round_trip_with_provenance(tmp_path):

@@ -1,4 +1,4 @@
-"""tuner.report_curves: learning-curve PNG from real optuna trials in a sqlite study."""
+"""tuner.analysis.report: learning-curve PNG from real optuna trials in a sqlite study."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import optuna
 import pytest
 
-from tuner.curve import LearningCurveMonitor, LearningCurvePrune
-from tuner.report_curves import pareto_numbers_min, write_learning_curves
+from tuner.analysis.curve_monitor import LearningCurveMonitor, LearningCurvePrune
+from tuner.analysis.report import pareto_numbers_min, write_learning_curves
 
 BUDGET = 200_000
 

@@ -1,4 +1,4 @@
-"""Storage outage handling (tuner.resilience) on a real Postgres reached through a TCP relay this test can cut:
+"""Storage outage handling (tuner.storage.resilient) on a real Postgres reached through a TCP relay this test can cut:
 storage calls wait out an outage and then succeed (a trial finishing during it is recorded), the heartbeat
 thread survives it, the wait is bounded, stale-trial failing holds off right after an outage; a heartbeat-stale
 trial is recorded as `worker_lost` and its retry starts clean; per-worker sampler seeds.
@@ -20,10 +20,15 @@ import pytest
 from optuna.trial import TrialState
 
 from tests.tuner.test_spec import BASE
-from tuner.resilience import (END_ATTRS, ResilientRDBStorage, StorageUnavailable, WorkerLostRetryCallback,
-                              is_connection_failure, worker_seed)
-from tuner.spec import spec_from_dict
-from tuner.storage import make_sampler, open_storage
+from tuner.storage.callbacks import END_ATTRS, WorkerLostRetryCallback
+from tuner.storage.connect import open_storage
+from tuner.storage.resilient import (
+    ResilientRDBStorage,
+    StorageUnavailable,
+    is_connection_failure,
+)
+from tuner.storage.samplers import make_sampler, worker_seed
+from tuner.study.loader import spec_from_dict
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 pytestmark = pytest.mark.filterwarnings(  # heartbeats outside study.optimize and fail_stale_trials are deliberate here
@@ -147,7 +152,7 @@ def test_trial_finished_during_an_outage_is_recorded_after_it(relayed, caplog):
     relay.cut()
     threading.Timer(2.0, relay.restore).start()
     t0 = time.monotonic()
-    with caplog.at_level(logging.WARNING, logger="tuner.resilience"):
+    with caplog.at_level(logging.WARNING, logger="tuner.storage.resilient"):
         study.tell(trial, 1.5)  # blocks through the outage, then records
     waited = time.monotonic() - t0
     assert 1.5 < waited < 15, waited
@@ -235,7 +240,7 @@ def test_stale_trial_is_recorded_as_worker_lost_and_its_retry_starts_clean(pg_ur
 
 
 def test_end_attrs_cover_the_objectives_attempt_attrs():
-    from tuner.objective import _ATTEMPT_ATTRS
+    from tuner.trial.objective import _ATTEMPT_ATTRS
 
     assert set(_ATTEMPT_ATTRS) <= END_ATTRS
 

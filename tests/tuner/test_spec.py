@@ -11,7 +11,7 @@ import yaml
 
 from model.config import ConfigError, Phase1Config
 from tuner.errors import SpecError
-from tuner.spec import load_spec, spec_from_dict
+from tuner.study.loader import load_spec, spec_from_dict
 
 REPO = Path(__file__).resolve().parents[2]
 

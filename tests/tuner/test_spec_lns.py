@@ -1,5 +1,5 @@
 """LNS in a study: lns_enabled (fixed under model:, or a search-space parameter) is a valid study setting, because a
-trial trains the config with LNS off and evaluates the converted model (tuner.trial_runner); the built config keeps
+trial trains the config with LNS off and evaluates the converted model (tuner.trial.runner); the built config keeps
 lns_enabled so the trial knows to convert. The trainability rule itself still runs on every corner of the space."""
 
 from __future__ import annotations
@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 
 from model.config import ConfigError, Phase1Config
-from tuner.spec import spec_from_dict, trial_trainable
+from tuner.study.loader import spec_from_dict
+from tuner.study.spec import trial_trainable
 
 BASE = {
     "name": "lns_unit",

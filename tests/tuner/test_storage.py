@@ -12,9 +12,11 @@ import pytest
 
 from tests.tuner.test_spec import BASE
 from tuner.errors import SpecError, StorageError
-from tuner.spec import spec_from_dict
-from tuner.storage import (GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S, create_or_load_study, load_study, make_sampler,
-                           mask_text, mask_url, open_storage, resolve_storage_url, study_spec)
+from tuner.storage.connect import GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S, open_storage
+from tuner.storage.samplers import make_sampler
+from tuner.storage.studies import create_or_load_study, load_study, study_spec
+from tuner.storage.urls import mask_text, mask_url, resolve_storage_url
+from tuner.study.loader import spec_from_dict
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

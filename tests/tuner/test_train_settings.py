@@ -12,7 +12,7 @@ from model.config import Phase1Config
 from model.data import DataSource
 from tuner.cli import main
 from tuner.commands.train import DEFAULT_EVAL_TOKENS, _settings
-from tuner.preset import load_preset, write_preset
+from tuner.study.preset import load_preset, write_preset
 
 CFG = Phase1Config(vocab_size=512, d_model=32, n_layers=1, n_seq=64)
 

@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from tuner.vram import VramCeilingExceeded, VramGuard, allocator_fraction, nvml_available
+from tuner.vram.guard import VramCeilingExceeded, VramGuard, allocator_fraction
+from tuner.vram.nvml import nvml_available
 
 
 @pytest.mark.parametrize("ceiling, total, want", [(8.0, 80.0, 0.1), (4.0, 16.0, 0.25), (100.0, 80.0, 1.0)])

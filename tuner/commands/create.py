@@ -12,8 +12,10 @@ def add_parser(subparsers):
 
 
 def run(args) -> int:
-    from tuner.spec import load_spec
-    from tuner.storage import create_or_load_study, mask_url, storage_from_flag, study_names
+    from tuner.storage.connect import storage_from_flag
+    from tuner.storage.studies import create_or_load_study, study_names
+    from tuner.storage.urls import mask_url
+    from tuner.study.loader import load_spec
 
     spec = load_spec(args.study_file)  # every spec error surfaces here, before storage is touched
     url, storage = storage_from_flag(args.storage)

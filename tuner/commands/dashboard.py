@@ -16,7 +16,8 @@ def add_parser(subparsers):
 def run(args) -> int:
     import optuna_dashboard
 
-    from tuner.storage import mask_url, storage_from_flag
+    from tuner.storage.connect import storage_from_flag
+    from tuner.storage.urls import mask_url
 
     url, storage = storage_from_flag(args.storage)
     print(f"optuna-dashboard for {mask_url(url)} on http://{args.host}:{args.port}/ (Ctrl-C stops it)", flush=True)

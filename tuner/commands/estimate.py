@@ -5,7 +5,7 @@
     tuner estimate studies/x.yaml --params ar_ssm_max_rank=64,batch_size=4 [--json]
     tuner estimate --calibrate          # on the GPU: measure and store this device's calibration
 
-The prediction is pure arithmetic (tuner.estimate); the printed table shows the three parts (tensor bytes,
+The prediction is pure arithmetic (tuner.vram.estimate); the printed table shows the three parts (tensor bytes,
 allocator overhead, memory outside the allocator) and the tensor bytes per component at the peak moment.
 """
 
@@ -69,12 +69,12 @@ def resolve_config(args: argparse.Namespace) -> Any:
     if args.preset:
         if args.params:
             raise EstimateArgsError("--params applies to a study file; with --preset edit the preset instead")
-        from tuner.preset import load_preset
+        from tuner.study.preset import load_preset
 
         cfg = load_preset(args.preset)
         cfg = getattr(cfg, "config", cfg)  # a preset object carrying provenance, or the config itself
     elif args.study:
-        from tuner.spec import load_spec
+        from tuner.study.loader import load_spec
 
         spec = load_spec(args.study)
         cfg = spec.build_config(parse_params(args.params))
@@ -88,18 +88,26 @@ def resolve_config(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tuner import calibration as cal_mod
-    from tuner.estimate import estimate
+    from tuner.vram.calibration import choose_calibration, save_calibration
+    from tuner.vram.estimate import estimate
+    from tuner.vram.nvml import current_device_key
 
     if args.calibrate:
-        cal = cal_mod.calibrate_device()
-        path = cal_mod.save_calibration(cal, args.calibration)
+        from tuner.vram.calibrate import calibrate_device
+
+        cal = calibrate_device()
+        path = save_calibration(cal, args.calibration)
         print(json.dumps(cal.to_dict(), indent=2) if args.json else
               f"calibrated {cal.key}: context {cal.context_gib:.3f} GiB, outside {cal.outside_gib:.3f} GiB, "
               f"workspace {cal.workspace_gib:.3f} GiB -> {path}")
         return 0
     cfg = resolve_config(args)
-    est = estimate(cfg, device=args.device, calibration_path=args.calibration)
+    if args.device == "cuda":  # the caller reads the calibration file and NVML: estimate() itself is pure
+        choice = choose_calibration(args.calibration, current_device_key())
+        est = estimate(cfg, choice.calibration, device="cuda", calibrated=choice.calibrated,
+                       calibration_source=choice.source)
+    else:
+        est = estimate(cfg, device=args.device)
     if args.json:
         print(json.dumps(est.to_dict(), indent=2))
     else:

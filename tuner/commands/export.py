@@ -16,10 +16,11 @@ def add_parser(subparsers):
 
 def run(args) -> int:
     from model.config import Phase1Config
+    from tuner.analysis.pareto import export_choice, metric_value, pareto_front
     from tuner.errors import TunerError
-    from tuner.pareto import export_choice, metric_value, pareto_front
-    from tuner.preset import write_preset
-    from tuner.storage import load_study, storage_from_flag, study_spec
+    from tuner.storage.connect import storage_from_flag
+    from tuner.storage.studies import load_study, study_spec
+    from tuner.study.preset import write_preset
 
     if not args.max_vram_gib > 0:
         raise TunerError(f"--max-vram-gib: {args.max_vram_gib} must be > 0 (GiB)")

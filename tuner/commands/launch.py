@@ -32,9 +32,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from tuner.errors import TunerError
-    from tuner.launcher import Launcher, parse_gpus
-    from tuner.spec import load_spec
-    from tuner.storage import create_or_load_study, mask_url, open_storage, resolve_storage_url
+    from tuner.storage.connect import open_storage
+    from tuner.storage.studies import create_or_load_study
+    from tuner.storage.urls import mask_url, resolve_storage_url
+    from tuner.study.loader import load_spec
+    from tuner.trial.launcher import Launcher, parse_gpus
 
     spec = load_spec(args.study_file)
     if args.workers is not None and args.workers < 1:

@@ -13,8 +13,9 @@ def add_parser(subparsers):
 
 
 def run(args) -> int:
-    from tuner.pareto import pareto_front, trial_row
-    from tuner.storage import load_study, storage_from_flag
+    from tuner.analysis.pareto import pareto_front, trial_row
+    from tuner.storage.connect import storage_from_flag
+    from tuner.storage.studies import load_study
 
     _, storage = storage_from_flag(args.storage)
     study = load_study(args.study, storage)

@@ -1,5 +1,5 @@
 """`tuner report --study NAME --out DIR`: Pareto front (PNG + interactive HTML), parameter importances per
-objective, learning curves of the Pareto and pruned trials with their power-law fits (tuner.report_curves) and a
+objective, learning curves of the Pareto and pruned trials with their power-law fits (tuner.analysis.report) and a
 markdown summary tying them together."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ def _pareto_png(trials, names, directions, front, out: Path, ceiling_gib: float 
     matplotlib.use("Agg")  # files only; never needs a display
     import matplotlib.pyplot as plt
 
-    from tuner.constraints import is_feasible
+    from tuner.storage.constraints import is_feasible
 
     done = [t for t in trials if t.state.name == "COMPLETE" and t.values is not None]
     fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
@@ -81,9 +81,11 @@ def _importances(study, names) -> dict:
 def run(args) -> int:
     import optuna
 
+    from tuner.analysis.pareto import pareto_front, trial_row
     from tuner.commands.status import summarize
-    from tuner.pareto import pareto_front, trial_row
-    from tuner.storage import load_study, mask_url, storage_from_flag
+    from tuner.storage.connect import storage_from_flag
+    from tuner.storage.studies import load_study
+    from tuner.storage.urls import mask_url
 
     url, storage = storage_from_flag(args.storage)
     study = load_study(args.study, storage)
@@ -102,9 +104,9 @@ def run(args) -> int:
     importances = _importances(study, names)
     files["importances"] = out / "importances.json"
     files["importances"].write_text(json.dumps(importances, indent=2, sort_keys=True))
-    from tuner.report_curves import write_learning_curves
+    from tuner.analysis.report import write_learning_curves
 
-    # The feasible front (tuner.pareto), not report_curves' own unconstrained default: an over-ceiling trial is never
+    # The feasible front (tuner.analysis.pareto), not report_curves' own unconstrained default: an over-ceiling trial is never
     # drawn as a Pareto trial.
     curves = write_learning_curves(study.get_trials(), out, pareto_numbers={t.number for t in front})
     if curves is not None:  # None: no trial recorded a curve (all pruned before training, or an old study)

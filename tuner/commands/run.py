@@ -27,14 +27,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tuner.spec import load_spec
-    from tuner.storage import mask_url, resolve_storage_url
+    from tuner.storage.urls import mask_url, resolve_storage_url
+    from tuner.study.loader import load_spec
 
     spec = load_spec(args.study_file)  # every spec error before storage or a GPU is touched
     url = resolve_storage_url(getattr(args, "storage", None))
     n_total = args.n_trials if args.n_trials is not None else spec.n_trials
     from tuner.commands.worker import ProgressDisplay, quiet_optuna
-    from tuner.worker import run_worker
+    from tuner.trial.worker import run_worker
 
     quiet_optuna()
     display = ProgressDisplay(spec, n_total)

@@ -15,8 +15,8 @@ def add_parser(subparsers):
 
 
 def summarize(study, storage, alive_within_s: float = 300.0) -> dict:
-    from tuner.pareto import status_summary
-    from tuner.storage import heartbeat_ages_s, study_spec
+    from tuner.analysis.pareto import status_summary
+    from tuner.storage.studies import heartbeat_ages_s, study_spec
 
     spec = study_spec(study)
     trials = study.get_trials(deepcopy=False)
@@ -26,7 +26,7 @@ def summarize(study, storage, alive_within_s: float = 300.0) -> dict:
         [d.name.lower() for d in study.directions],
         vocab_size=model.vocab_size if model else None,
         ceiling_gib=spec.vram_ceiling_gib if spec else None,
-        heartbeat_age_s=heartbeat_ages_s(storage, study._study_id), alive_within_s=alive_within_s,
+        heartbeat_age_s=heartbeat_ages_s(storage, study), alive_within_s=alive_within_s,
     )
     summary["study"] = study.study_name
     summary["vram_ceiling_gib"] = spec.vram_ceiling_gib if spec else None
@@ -35,7 +35,9 @@ def summarize(study, storage, alive_within_s: float = 300.0) -> dict:
 
 
 def run(args) -> int:
-    from tuner.storage import load_study, mask_url, storage_from_flag
+    from tuner.storage.connect import storage_from_flag
+    from tuner.storage.studies import load_study
+    from tuner.storage.urls import mask_url
 
     url, storage = storage_from_flag(args.storage)
     study = load_study(args.study, storage)

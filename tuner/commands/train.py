@@ -66,7 +66,7 @@ def _settings(args, preset) -> tuple[Any, int, int, str]:
     prov = preset.provenance
     spec = None
     if args.study is not None:
-        from tuner.spec import load_spec
+        from tuner.study.loader import load_spec
 
         spec = load_spec(args.study)
     if args.data is not None:
@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from tuner.errors import TunerError
-    from tuner.preset import load_preset
+    from tuner.study.preset import load_preset
 
     preset = load_preset(args.preset)
     config = preset.config
@@ -114,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     data.check()
     ceiling = float(config.target_vram_gb)
 
-    from tuner.trial_runner import TrialRunner
+    from tuner.trial.runner import TrialRunner
 
     runner = TrialRunner(gpu=args.gpu, cache_dir=args.cache_dir or Path.cwd() / ".phase1_cache",
                          cpu_threads=args.threads or None)

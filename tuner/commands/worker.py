@@ -29,8 +29,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tuner.storage import load_study, mask_url, open_storage, resolve_storage_url
-    from tuner.worker import run_worker, spec_of_study
+    from tuner.storage.connect import open_storage
+    from tuner.storage.studies import load_study
+    from tuner.storage.urls import mask_url, resolve_storage_url
+    from tuner.trial.worker import run_worker, spec_of_study
 
     url = resolve_storage_url(getattr(args, "storage", None))
     spec = spec_of_study(load_study(args.study, open_storage(url)))
@@ -59,7 +61,13 @@ class ProgressDisplay:
 
     def __init__(self, spec, n_total: int, live: bool = True):
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
 
         self.spec = spec
         self.console = Console(stderr=False)
@@ -86,7 +94,7 @@ class ProgressDisplay:
                                  description=f"trial {msg['trial']} step {msg['step']} loss {msg['loss']:.3f}")
 
     def trial_end(self, study, trial) -> None:
-        from tuner.worker import counted_trials
+        from tuner.trial.budget import counted_trials
 
         self.progress_bar.update(self.trials_task, completed=counted_trials(study))
         reason = trial.user_attrs.get("end_reason", "?")
@@ -99,7 +107,8 @@ class ProgressDisplay:
                            + (f" [{wall:.1f} s]" if wall is not None else ""), highlight=False)
 
     def summary(self, url: str) -> None:
-        from tuner.storage import load_study, open_storage
+        from tuner.storage.connect import open_storage
+        from tuner.storage.studies import load_study
 
         study = load_study(self.spec.name, open_storage(url))
         by_reason: dict[str, int] = {}

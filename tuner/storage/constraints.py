@@ -25,6 +25,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from tuner.storage._optuna_compat import trial_id
+
 CONSTRAINTS_ATTR = "constraints"  # == optuna.study._constrained_optimization._CONSTRAINTS_KEY == dashboard's key
 
 
@@ -45,13 +47,13 @@ def set_trial_constraint(trial: Any, value_gib: float) -> None:
             raise ValueError(f"trial {trial.number}: constraint already set to {attrs[CONSTRAINTS_ATTR]}")
         trial.system_attrs = {**attrs, CONSTRAINTS_ATTR: [value]}
         return
-    storage, trial_id = trial.storage, trial._trial_id
-    system_attrs = storage.get_trial_system_attrs(trial_id)
+    storage, tid = trial.storage, trial_id(trial)
+    system_attrs = storage.get_trial_system_attrs(tid)
     # A heartbeat retry copies every system attr of the failed trial, its constraint included; that value was
     # the failed attempt's, so the retry's own measurement replaces it. Anything else set twice is a bug.
     if CONSTRAINTS_ATTR in system_attrs and "failed_trial" not in system_attrs:
         raise ValueError(f"trial {trial.number}: constraint already set")
-    storage.set_trial_system_attr(trial_id, CONSTRAINTS_ATTR, [value])
+    storage.set_trial_system_attr(tid, CONSTRAINTS_ATTR, [value])
 
 
 def constraint_value(trial: Any) -> float | None:

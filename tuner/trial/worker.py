@@ -1,7 +1,7 @@
 """A worker: one process, one GPU, `study.optimize(objective)` until the study's trial budget is spent.
 
 Heartbeats only run inside `study.optimize`, so the worker uses it (not a bare ask/tell loop); the storage from
-tuner.storage.open_storage carries the heartbeat and RetryHeartbeatStaleTrialCallback, so a worker that dies
+tuner.storage.connect.open_storage carries the heartbeat and RetryHeartbeatStaleTrialCallback, so a worker that dies
 (SIGKILL) has its trial failed by the heartbeat and re-run by another worker.
 
 Shared budget: several workers on one study stop when the study holds `n_trials` counted trials in total:
@@ -10,14 +10,14 @@ start a trial while the remaining budget is already being run by others waits fo
 trials through the heartbeat if they die), so the study ends with exactly n_trials unless two workers ask at the
 same instant.
 
-Storage outage (database restart): the storage (tuner.resilience.ResilientRDBStorage) retries every call with
-backoff until the database answers again (up to STORAGE_OUTAGE_S), so a trial that finished during the outage is
+Storage outage (database restart): the storage (tuner.storage.resilient.ResilientRDBStorage) retries every call with
+backoff until the database answers again (up to OUTAGE_LIMIT_S), so a trial that finished during the outage is
 recorded when it is back, the heartbeat resumes, and the budget wait carries on; only an outage longer than that
 ends the worker, with an error naming the masked URL (exit 2; its unfinished trial is failed by the heartbeat and
 retried by another worker).
 
 Sampler seed: every worker of a seeded study draws from its own sequence, the study's seed mixed with a hash of the
-worker id (host:pid[:gpu]; tuner.resilience.worker_seed), else parallel workers would replay one another's
+worker id (host:pid[:gpu]; tuner.storage.samplers.worker_seed), else parallel workers would replay one another's
 configurations. `seed_mode="study"` keeps the study's seed itself: a lone worker's run is then reproducible from
 it; "auto" (default) does that for `tuner run` (given a StudySpec: one in-process worker) and mixes for
 `tuner worker` (given a study name: what `tuner launch` starts several of). The seed used is logged and stored as
@@ -36,110 +36,16 @@ import os
 import signal
 import socket
 import threading
-import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable
 
 import optuna
-from optuna.trial import TrialState
+
+from tuner.storage.resilient import OUTAGE_LIMIT_S
+from tuner.trial.budget import RetryInterrupted, StudyBudget, counted_trials
 
 log = logging.getLogger(__name__)
-
-COUNTED_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-WAIT_POLL_S = 1.0
-STORAGE_OUTAGE_S = 600.0  # how long a worker waits for its database to come back before giving up
-
-
-def counted_trials(study: optuna.Study) -> int:
-    """Finished trials that count toward the budget: COMPLETE + PRUNED + FAIL, minus FAILs a retry replaced."""
-    trials = study.get_trials(deepcopy=False)
-    retried: set[int] = set()
-    for t in trials:
-        retried.update(t.system_attrs.get("retry_history", ()))
-    return sum(1 for t in trials if t.state in COUNTED_STATES and not (t.state == TrialState.FAIL
-                                                                        and t.number in retried))
-
-
-class StudyBudget:
-    """optimize() callback: stop when the study has n_trials counted trials; wait while others run the rest."""
-
-    def __init__(self, n_trials: int, stop_event: threading.Event):
-        self.n_trials = int(n_trials)
-        self.stop_event = stop_event
-
-    def remaining(self, study: optuna.Study) -> tuple[int, int]:
-        """(budget not yet counted, trials running now) for the whole study."""
-        running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
-        return self.n_trials - counted_trials(study), running
-
-    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        if self.wait_turn(study) is False:
-            study.stop()
-
-    def wait_turn(self, study: optuna.Study) -> bool:
-        """True when this worker should start another trial; False when the budget is spent or we are stopping.
-
-        A storage error that is a connection failure is temporary here (the database restarting): the wait goes
-        on, for at most STORAGE_OUTAGE_S in a row."""
-        from tuner.resilience import StorageUnavailable, is_connection_failure
-
-        outage_since: float | None = None
-        while not self.stop_event.is_set():
-            try:
-                left, running = self.remaining(study)
-                if left <= 0:
-                    return False
-                if left > running:
-                    return True
-                # Every remaining trial is running on another worker: wait; if one dies, the heartbeat fails it,
-                # its retry is enqueued and the budget opens again.
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    optuna.storages.fail_stale_trials(study)
-                outage_since = None
-            except StorageUnavailable:
-                raise
-            except Exception as exc:  # noqa: BLE001 - only connection failures are waited out, the rest re-raised
-                if not is_connection_failure(exc):
-                    raise
-                now = time.monotonic()
-                if outage_since is None:
-                    outage_since = now
-                    log.warning("worker: storage error while waiting for a turn (%s); treating it as temporary "
-                                "for up to %.0f s", type(exc).__name__, STORAGE_OUTAGE_S)
-                elif now - outage_since > STORAGE_OUTAGE_S:
-                    raise
-            self.stop_event.wait(WAIT_POLL_S)
-        return False
-
-
-class RetryInterrupted:
-    """optimize() callback: re-enqueue a trial that ended `interrupted` (same params), then stop the worker.
-
-    The retry carries the system attrs RetryHeartbeatStaleTrialCallback writes (`failed_trial`: the original
-    trial's number, `retry_history`), so both kinds of retry read the same and the budget counts the replaced trial
-    once; unlike that callback it does not copy the user attrs (end_reason, error_summary, ... of the interrupted
-    attempt would otherwise stick to the retry)."""
-
-    def __init__(self, stop_event: threading.Event):
-        self.stop_event = stop_event
-
-    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        if trial.state == TrialState.FAIL and trial.user_attrs.get("end_reason") == "interrupted":
-            enqueue_retry(study, trial)
-        if self.stop_event.is_set():
-            study.stop()
-
-
-def enqueue_retry(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-    """Add a WAITING copy of `trial`'s params that records which trial it replaces."""
-    history = list(trial.system_attrs.get("retry_history", [])) + [trial.number]
-    system_attrs = {"failed_trial": trial.system_attrs.get("failed_trial", trial.number), "retry_history": history}
-    user_attrs = {k: trial.user_attrs[k] for k in ("preset",) if k in trial.user_attrs}
-    study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, params=trial.params,
-                                              distributions=trial.distributions, user_attrs=user_attrs,
-                                              system_attrs=system_attrs))
 
 
 def run_worker(study: Any, storage_url: str, gpu: int | None = None, n_trials: int | None = None, *,
@@ -154,20 +60,23 @@ def run_worker(study: Any, storage_url: str, gpu: int | None = None, n_trials: i
 
     gpu: physical GPU index to pin the trial child to (None: CPU, or the only GPU).
     cache_dir: tokenized-data cache shared by workers (default `.phase1_cache` in the cwd).
-    fault: test-only tuner.trial_runner.FaultInjection.
+    fault: test-only tuner.trial.faults.FaultInjection.
     cpu_threads: torch threads of a CPU trial child (see TrialRunner).
     heartbeat_interval_s / grace_period_s: seconds between this worker's heartbeats / without one before a RUNNING
         trial counts as stale (None: tuner.storage's defaults, 30 s / 120 s). The grace period should be several
         heartbeat intervals.
     seed_mode: "worker" (study seed mixed with this worker's id), "study" (the study's seed itself), or "auto":
         "study" when `study` is a StudySpec (`tuner run`), "worker" when it is a study name (`tuner worker`).
-    Raises StorageError when the database stays unreachable longer than STORAGE_OUTAGE_S.
+    Raises StorageError when the database stays unreachable longer than OUTAGE_LIMIT_S.
     """
     from tuner.errors import StorageError
-    from tuner.objective import Objective, TrialFailed
-    from tuner.resilience import StorageUnavailable, worker_seed
-    from tuner.storage import create_or_load_study, load_study, make_sampler, mask_url, open_storage
-    from tuner.trial_runner import TrialRunner
+    from tuner.storage.connect import open_storage
+    from tuner.storage.resilient import StorageUnavailable
+    from tuner.storage.samplers import make_sampler, worker_seed
+    from tuner.storage.studies import create_or_load_study, load_study
+    from tuner.storage.urls import mask_url
+    from tuner.trial.objective import Objective, TrialFailed
+    from tuner.trial.runner import TrialRunner
 
     if seed_mode not in ("auto", "worker", "study"):
         raise ValueError(f"seed_mode {seed_mode!r}: use 'auto', 'worker' or 'study'")
@@ -176,7 +85,7 @@ def run_worker(study: Any, storage_url: str, gpu: int | None = None, n_trials: i
         timing["heartbeat_interval_s"] = int(heartbeat_interval_s)
     if grace_period_s is not None:
         timing["grace_period_s"] = int(grace_period_s)
-    storage = open_storage(storage_url, outage_limit_s=STORAGE_OUTAGE_S, **timing)
+    storage = open_storage(storage_url, outage_limit_s=OUTAGE_LIMIT_S, **timing)
     worker_id = f"{socket.gethostname()}:{os.getpid()}" + (f":gpu{gpu}" if gpu is not None else "")
     if isinstance(study, str):
         opt_study = load_study(study, storage)
@@ -256,7 +165,7 @@ def _in_chain(exc: BaseException, kind: type[BaseException]) -> BaseException | 
 def spec_of_study(study: optuna.Study):
     """The StudySpec stored on the study (written by tuner.storage.create_or_load_study)."""
     from tuner.errors import StorageError
-    from tuner.storage import study_spec
+    from tuner.storage.studies import study_spec
 
     spec = study_spec(study)
     if spec is None:

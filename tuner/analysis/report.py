@@ -11,7 +11,8 @@ import math
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from tuner.curve import fit_power_law
+from tuner.analysis.curve import fit_power_law
+from tuner.analysis.pareto import dominates
 
 __all__ = ["write_learning_curves", "pareto_numbers_min"]
 
@@ -24,8 +25,7 @@ def pareto_numbers_min(trials: Sequence[Any]) -> set[int]:
     pts = [(t.number, tuple(t.values)) for t in trials if getattr(t, "values", None)]
     front = set()
     for num, v in pts:
-        dominated = any(all(a <= b for a, b in zip(w, v)) and any(a < b for a, b in zip(w, v)) for _, w in pts)
-        if not dominated:
+        if not any(dominates(w, v) for _, w in pts):
             front.add(num)
     return front
 

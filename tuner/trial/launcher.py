@@ -31,7 +31,7 @@ _WORKER_ENTRY = "import sys; from tuner.cli import main; sys.exit(main())"
 
 def parse_gpus(gpus: str) -> list[int]:
     """'all' -> every GPU NVML sees; '0,1' -> [0, 1]. Raises TunerError with the fix when impossible."""
-    from tuner.vram import NvmlUnavailable, nvml_device_count
+    from tuner.vram.nvml import NvmlUnavailable, nvml_device_count
 
     text = gpus.strip().lower()
     if text == "all":

@@ -2,7 +2,7 @@
 
 Flow (architecture.md, "The flow of one trial"):
   params = spec.space.suggest(trial) -> config = spec.build_config(params) -> pre-flight estimate -> train in the
-  worker's warm child (tuner.trial_runner) under the VRAM guard -> objective values + user attrs + constraint.
+  worker's warm child (tuner.trial.runner) under the VRAM guard -> objective values + user attrs + constraint.
 
 How each end is recorded (user attr `end_reason` is always set):
   complete                COMPLETE, measured values, constraint = peak - ceiling (<= 0 feasible; on CPU a measured
@@ -16,7 +16,7 @@ How each end is recorded (user attr `end_reason` is always set):
   invalid_config          PRUNED (a config the spec's corner check let through; the sampler should not waste
                           more trials there, and a PRUNED trial is never mistaken for a measured point).
   timeout                 PRUNED (the configuration is valid, just slower than trial_timeout_s).
-  interrupted             FAIL; the worker's callback re-enqueues the same params (see tuner.worker), the retry
+  interrupted             FAIL; the worker's callback re-enqueues the same params (see tuner.trial.worker), the retry
                           records the trial it replaces (system attrs failed_trial / retry_history).
   error                   FAIL with `error_summary` + `traceback` (also a child crash).
 Objective values are returned in the spec's metric order (val_ppl, peak_vram_gib, params, tokens_per_s).
@@ -39,7 +39,8 @@ from typing import Any, Callable
 import optuna
 
 from model.config import ConfigError
-from tuner.constraints import set_trial_constraint
+from tuner.storage._optuna_compat import trial_id
+from tuner.storage.constraints import set_trial_constraint
 
 log = logging.getLogger(__name__)
 
@@ -64,13 +65,13 @@ class Objective:
 
     Args:
         spec: the StudySpec.
-        runner: the worker's tuner.trial_runner.TrialRunner (warm child).
+        runner: the worker's tuner.trial.runner.TrialRunner (warm child).
         stop_event: set by the worker's signal handler; the current trial stops and is marked interrupted.
         worker_id: recorded as user attr `worker`.
         on_progress: called with the child's progress messages ({"step", "tokens", "loss"}) plus "trial".
         on_trial_start: called with (trial number, params) when a trial starts (progress displays).
-        fault: test-only tuner.trial_runner.FaultInjection passed to the child.
-        calibration_path: the VRAM-estimator calibration file (None: tuner.calibration.default_path()); read by the
+        fault: test-only tuner.trial.faults.FaultInjection passed to the child.
+        calibration_path: the VRAM-estimator calibration file (None: tuner.vram.calibration.default_path()); read by the
             pre-flight estimate, refined after each completed GPU trial.
     """
 
@@ -80,7 +81,7 @@ class Objective:
                  calibration_path: str | os.PathLike | None = None):
         self.spec = spec
         self.calibration_path = calibration_path
-        self._estimate_of_trial: Any = None  # the current trial's tuner.estimate.Estimate (one trial at a time)
+        self._estimate_of_trial: Any = None  # the current trial's tuner.vram.estimate.Estimate (one trial at a time)
         self.runner = runner
         self.stop_event = stop_event or threading.Event()
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
@@ -92,7 +93,7 @@ class Objective:
     def __call__(self, trial: optuna.trial.Trial) -> tuple[float, ...]:
         """Run one trial. Any unexpected exception becomes FAIL + end_reason `error` with its traceback: the worker
         survives its trial whatever happened in it."""
-        from tuner.trial_runner import ChildStartError
+        from tuner.trial.runner import ChildStartError
 
         try:
             return self._run(trial)
@@ -244,7 +245,7 @@ class Objective:
     def _reset_inherited(trial) -> None:
         """A heartbeat retry (RetryHeartbeatStaleTrialCallback) copies the dead attempt's user attrs; blank the ones
         that describe how that attempt ended so they cannot stick to this one."""
-        failed = trial.storage.get_trial_system_attrs(trial._trial_id).get("failed_trial")
+        failed = trial.storage.get_trial_system_attrs(trial_id(trial)).get("failed_trial")
         if failed is not None:
             trial.set_user_attr("retry_of", failed)
         for key in _ATTEMPT_ATTRS:
@@ -298,12 +299,19 @@ class Objective:
 
     def _estimate(self, trial, config, device: str) -> float | None:
         """Predicted peak GiB in the measure the trial is judged by: on GPU the NVML per-process total (tensor +
-        allocator + outside), on CPU the tensor-bytes peak (tuner.estimate with device="cpu")."""
+        allocator + outside), on CPU the tensor-bytes peak (tuner.vram.estimate with device="cpu")."""
         if not self.spec.estimate.enabled:
             return None
-        from tuner.estimate import estimate
+        from tuner.vram.calibration import choose_calibration
+        from tuner.vram.estimate import estimate
+        from tuner.vram.nvml import current_device_key
 
-        est = estimate(config, device=device, calibration_path=self.calibration_path)
+        if device == "cuda":  # the calibration file and NVML are read here, by the caller: estimate() is pure
+            choice = choose_calibration(self.calibration_path, current_device_key())
+            est = estimate(config, choice.calibration, device=device, calibrated=choice.calibrated,
+                           calibration_source=choice.source)
+        else:
+            est = estimate(config, device=device)
         self._estimate_of_trial = est
         predicted = float(est.total_gib)
         trial.set_user_attr("estimate", est.to_dict())  # the breakdown, beside the measured peak
@@ -319,7 +327,7 @@ class Objective:
         est = self._estimate_of_trial
         if est is None or not est.calibrated or not est.calibration_key:
             return
-        from tuner.calibration import CalibrationError, refine_stored
+        from tuner.vram.calibration import CalibrationError, refine_stored
 
         try:
             refine_stored(self.calibration_path, est.calibration_key, est, measured_nvml_gib=float(nvml_peak_gib),
@@ -338,13 +346,13 @@ class Objective:
         front: every feasible (val_ppl, peak_vram_gib) point of the study's complete trials (a point is dominated by
         the front iff by some feasible point). reference_curves: the `curve` user attrs of complete trials with the
         same budget; with enough of them the child predicts the final PPL with their late exponents
-        (tuner.curve.predict_late_alpha) instead of the trial's own early fit, which is biased low at the budget.
+        (tuner.analysis.curve.predict_late_alpha) instead of the trial's own early fit, which is biased low at the budget.
         """
         lc = self.spec.pruning
         names = self.spec.metric_names
         # The rule compares (val_ppl, peak) with the front: without both objectives there is nothing to compare.
         comparable = "val_ppl" in names and "peak_vram_gib" in names
-        from tuner.constraints import is_feasible
+        from tuner.storage.constraints import is_feasible
 
         budget = int(self.spec.budget.train_tokens)
         points, references = [], []

@@ -1,6 +1,6 @@
 """The in-run half of the VRAM ceiling: an allocator cap plus an NVML sampler watching this process's own memory.
 
-The estimator (tuner/estimate.py) is the first half: it refuses configs predicted over the ceiling before any GPU
+The estimator (tuner/vram/estimate/) is the first half: it refuses configs predicted over the ceiling before any GPU
 time. This module is the second: while a trial trains, PyTorch's caching allocator is capped at the ceiling (so it
 fails fast with an OOM instead of overshooting), and a thread reads this process's used GPU memory through NVML
 (by PID, nvmlDeviceGetComputeRunningProcesses) at least 10 times a second, keeping the peak. Crossing the ceiling
@@ -18,7 +18,8 @@ import threading
 import time
 from typing import Callable
 
-GIB = float(2**30)
+from tuner.units import GIB
+from tuner.vram.nvml import NvmlUnavailable, process_used_gib
 
 # NVML refreshes its per-process accounting roughly every 1/10 s or faster; sampling at 20 Hz keeps the
 # detection delay (one interval) well under the 1 s the service promises.
@@ -34,10 +35,6 @@ class VramCeilingExceeded(RuntimeError):
         self.ceiling_gib = float(ceiling_gib)
 
 
-class NvmlUnavailable(RuntimeError):
-    """NVML cannot be initialised here (no NVIDIA driver / GPU)."""
-
-
 def allocator_fraction(ceiling_gib: float, total_gib: float) -> float:
     """Fraction of the device's memory to give `torch.cuda.set_per_process_memory_fraction` for a ceiling.
 
@@ -48,52 +45,6 @@ def allocator_fraction(ceiling_gib: float, total_gib: float) -> float:
     if not total_gib > 0:
         raise ValueError(f"total_gib: {total_gib!r} must be > 0")
     return min(1.0, ceiling_gib / total_gib)
-
-
-def nvml_available() -> bool:
-    """True when NVML initialises (an NVIDIA driver is present). Shuts NVML down again."""
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-    except Exception:
-        return False
-    try:
-        pynvml.nvmlShutdown()
-    except Exception:
-        pass
-    return True
-
-
-def nvml_device_count() -> int:
-    """Number of NVIDIA GPUs NVML sees; raises NvmlUnavailable without a driver."""
-    import pynvml
-
-    try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError as e:
-        raise NvmlUnavailable(f"NVML could not start ({e}): no NVIDIA GPU or driver on this machine") from e
-    try:
-        return int(pynvml.nvmlDeviceGetCount())
-    finally:
-        pynvml.nvmlShutdown()
-
-
-def process_used_gib(handle, pid: int) -> float | None:
-    """GPU memory (GiB) that process `pid` uses on the NVML device `handle`; None when NVML does not list it.
-
-    NVML lists host PIDs; inside a container without the host PID namespace our PID is never listed, and the
-    caller must say so rather than report 0.
-    """
-    import pynvml
-
-    used = None
-    for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
-        if proc.pid == pid:
-            mem = proc.usedGpuMemory
-            if mem is not None:  # None: NVML_VALUE_NOT_AVAILABLE (e.g. under MIG without permission)
-                used = (used or 0.0) + mem / GIB
-    return used
 
 
 class VramGuard:

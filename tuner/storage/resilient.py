@@ -23,33 +23,29 @@
 
 from __future__ import annotations
 
-import copy
-import functools
-import hashlib
 import logging
 import threading
 import time
 from typing import Any
 
 import optuna
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
 from tuner.errors import StorageError
+from tuner.storage._optuna_compat import (
+    StaleTrialHook,
+    base_stale_trial_ids,
+    heartbeat_ages_s,
+    retry_wrapped,
+)
+from tuner.storage.urls import mask_text, mask_url
 
 log = logging.getLogger(__name__)
 
 OUTAGE_LIMIT_S = 600.0  # how long storage calls wait for an unreachable database before giving up
 BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 5.0  # short enough that a worker notices a restarted server within seconds
-
-# User attrs describing how one attempt ended. A retry must not inherit them. The first group mirrors
-# tuner.objective._ATTEMPT_ATTRS (a test checks it stays a superset); the rest are per-attempt measurements.
-END_ATTRS = frozenset({
-    "end_reason", "error_summary", "traceback", "objective_note", "stop_summary", "ceiling_detected",
-    "child_replaced", "prune_summary", "observed_peak_gib", "nvml_peak_gib", "torch_peak_gib",
-    "worker", "curve", "trial_wall_s", "tokens_per_s",
-})
 
 
 class StorageUnavailable(StorageError):
@@ -75,15 +71,7 @@ def is_connection_failure(exc: BaseException) -> bool:
     return False
 
 
-def _masked(url: str) -> str:
-    from tuner.storage import mask_url
-
-    return mask_url(url)
-
-
 def _detail(exc: BaseException, url: str) -> str:
-    from tuner.storage import mask_text
-
     root: BaseException = exc
     while root.__cause__ is not None:
         root = root.__cause__
@@ -92,21 +80,9 @@ def _detail(exc: BaseException, url: str) -> str:
     return f"{type(orig).__name__}: {mask_text(text, url)}"
 
 
-# Storage methods retried through an outage: every method that talks to the database (the private ones are what
-# optuna's _CachedStorage calls on its backend). Nested calls (get_all_trials -> _get_trials) retry only outermost.
-_RETRIED_METHODS = (
-    "create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr", "get_study_id_from_name",
-    "get_study_name_from_id", "get_study_directions", "get_study_user_attrs", "get_study_system_attrs",
-    "get_trial_user_attrs", "get_trial_system_attrs", "get_all_studies", "create_new_trial", "_create_new_trial",
-    "set_trial_param", "_set_trial_param", "get_trial_param", "set_trial_state_values",
-    "set_trial_intermediate_value", "set_trial_user_attr", "set_trial_system_attr",
-    "get_trial_id_from_study_id_trial_number", "get_trial_number_from_id", "get_trial", "get_all_trials",
-    "_get_trials", "get_n_trials", "get_best_trial", "_get_best_trial_id", "get_trial_params", "_get_stale_trial_ids",
-)
-
-
-class ResilientRDBStorage(RDBStorage):
-    """RDBStorage that waits out a database outage (see the module docstring). Built by tuner.storage.open_storage."""
+@retry_wrapped("_call")
+class ResilientRDBStorage(StaleTrialHook):
+    """RDBStorage that waits out a database outage (see the module docstring). Built by tuner.storage.connect.open_storage."""
 
     def __init__(self, url: str, *, outage_limit_s: float = OUTAGE_LIMIT_S, **kwargs: Any):
         self._init_resilience(outage_limit_s)
@@ -144,7 +120,7 @@ class ResilientRDBStorage(RDBStorage):
             since = self._outage_since
         if first:
             log.warning("storage %s unreachable (%s, in %s); retrying with backoff for up to %.0f s",
-                        _masked(self.url), _detail(exc, self.url), what, self.outage_limit_s)
+                        mask_url(self.url), _detail(exc, self.url), what, self.outage_limit_s)
         return since
 
     def _outage_over(self) -> None:
@@ -154,7 +130,7 @@ class ResilientRDBStorage(RDBStorage):
                 self._last_recovery = time.monotonic()
                 self._stale_hold_logged = False
         if since is not None:
-            log.warning("storage %s is back after %.1f s; carrying on", _masked(self.url), time.monotonic() - since)
+            log.warning("storage %s is back after %.1f s; carrying on", mask_url(self.url), time.monotonic() - since)
 
     def _call(self, name: str, base, args: tuple, kwargs: dict) -> Any:
         if getattr(self._local, "depth", 0):
@@ -179,7 +155,7 @@ class ResilientRDBStorage(RDBStorage):
                     left = self.outage_limit_s - (time.monotonic() - since)
                     if left <= 0:
                         raise StorageUnavailable(
-                            f"storage {_masked(self.url)} unreachable for {self.outage_limit_s:.0f} s "
+                            f"storage {mask_url(self.url)} unreachable for {self.outage_limit_s:.0f} s "
                             f"({_detail(exc, self.url)}); check that the database server is running and reachable, "
                             "then start the worker again (its unfinished trial is retried)") from exc
                     self._drop_session()
@@ -231,7 +207,7 @@ class ResilientRDBStorage(RDBStorage):
         if self._outage_since is not None:
             self._outage_over()
 
-    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+    def stale_trial_ids(self, study_id: int) -> list[int]:
         grace = self.grace_period if self.grace_period is not None else 2 * (self.heartbeat_interval or 0)
         last = self._last_recovery
         if last is not None and time.monotonic() - last < grace:
@@ -240,21 +216,13 @@ class ResilientRDBStorage(RDBStorage):
                 log.warning("not failing stale trials for %.0f s after the storage outage: other workers' "
                             "heartbeats could not be recorded during it either", grace - (time.monotonic() - last))
             return []
-        return self._call("_get_stale_trial_ids", RDBStorage._get_stale_trial_ids, (study_id,), {})
+        return self._call("stale_trial_ids", base_stale_trial_ids, (study_id,), {})
 
     def heartbeat_age_s(self, trial_id: int) -> float | None:
         """Seconds since the trial's last heartbeat by the database's clock (None: it never beat)."""
-        import sqlalchemy as sa
-        from optuna.storages._rdb import models
 
-        def read(_self) -> float | None:
-            hb = models.TrialHeartbeatModel
-            with _self.engine.connect() as conn:
-                now = conn.execute(sa.select(sa.func.now())).scalar()
-                beat = conn.execute(sa.select(hb.heartbeat).where(hb.trial_id == trial_id)).scalar()
-            if now is None or beat is None:
-                return None
-            return (now.replace(tzinfo=None) - beat.replace(tzinfo=None)).total_seconds()
+        def read(_self: ResilientRDBStorage) -> float | None:
+            return heartbeat_ages_s(_self.engine, trial_id_=trial_id).get(trial_id)
 
         return self._call("heartbeat_age_s", read, (), {})
 
@@ -275,53 +243,3 @@ class ResilientRDBStorage(RDBStorage):
         if getattr(self._local, "allow_finished", False):
             return
         super().check_trial_is_updatable(trial_id, trial_state)
-
-
-def _retrying(name: str):
-    base = getattr(RDBStorage, name)
-
-    @functools.wraps(base)
-    def method(self, *args, **kwargs):
-        return self._call(name, base, args, kwargs)
-
-    return method
-
-
-for _name in _RETRIED_METHODS:
-    if hasattr(RDBStorage, _name) and _name not in ResilientRDBStorage.__dict__:
-        setattr(ResilientRDBStorage, _name, _retrying(_name))
-
-
-class WorkerLostRetryCallback(RetryHeartbeatStaleTrialCallback):
-    """RetryHeartbeatStaleTrialCallback that records why the stale trial failed and gives its retry a clean slate.
-
-    The failed trial gets `end_reason = worker_lost` and `error_summary = "worker heartbeat lost (no heartbeat for
-    N s)"`; the retry (same params, system attrs `failed_trial` / `retry_history` as Optuna writes them) inherits
-    the failed trial's user attrs except those in END_ATTRS."""
-
-    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        backend = getattr(study._storage, "_backend", study._storage)
-        age = backend.heartbeat_age_s(trial._trial_id) if hasattr(backend, "heartbeat_age_s") else None
-        summary = ("worker heartbeat lost (no heartbeat for "
-                   + (f"{age:.0f} s)" if age is not None else "the grace period; it never beat)"))
-        attrs = {"end_reason": "worker_lost", "error_summary": summary}
-        if hasattr(backend, "set_finished_trial_user_attrs"):
-            backend.set_finished_trial_user_attrs(trial._trial_id, attrs)
-        else:
-            log.warning("trial %d: %s (storage %s cannot record it on the trial)", trial.number, summary,
-                        type(backend).__name__)
-        log.warning("trial %d failed: %s; re-queueing it (retry history %s)", trial.number, summary,
-                    list(trial.system_attrs.get("retry_history", [])) + [trial.number])
-        clean = copy.deepcopy(trial)
-        clean.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in END_ATTRS}
-        super().__call__(study, clean)
-
-
-def worker_seed(seed: int | None, key: str | None) -> int | None:
-    """The sampler seed of one worker: the study's `seed` itself when `key` is None (a lone worker: the run is
-    reproducible from the study's seed), else `seed` mixed with `key` (the worker id) through SHA-256, so parallel
-    workers of one seeded study draw distinct sequences instead of replaying one another's. None stays None."""
-    if seed is None or key is None:
-        return seed
-    digest = hashlib.sha256(f"{int(seed)}:{key}".encode()).digest()
-    return int.from_bytes(digest[:4], "little")

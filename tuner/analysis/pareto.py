@@ -1,7 +1,7 @@
 """Pure functions over a study's trials: feasible Pareto front, hypervolume, status summary, export choice.
 
 They take FrozenTrials (from `study.get_trials()`) and the study's metric names and directions, so tests call them
-directly on trials made with Optuna's own API. Feasible = every recorded constraint <= 0 (tuner.constraints).
+directly on trials made with Optuna's own API. Feasible = every recorded constraint <= 0 (tuner.storage.constraints).
 
 Hypervolume reference point (fixed per study, so the number is comparable over the study's life): per objective
 - val_ppl: the vocabulary size, the perplexity of the uniform model (any model that learned anything beats it);
@@ -18,7 +18,8 @@ import datetime as _dt
 from collections import Counter
 from typing import Any, Mapping, Sequence
 
-from tuner.constraints import constraint_value, is_feasible
+from tuner.storage._optuna_compat import compute_hypervolume, trial_id
+from tuner.storage.constraints import constraint_value, is_feasible
 
 
 def _sign(direction: Any) -> float:
@@ -39,7 +40,8 @@ def feasible_complete(trials: Sequence) -> list:
     return [t for t in trials if t.state.name == "COMPLETE" and t.values is not None and is_feasible(t)]
 
 
-def _dominates(a: Sequence[float], b: Sequence[float]) -> bool:
+def dominates(a: Sequence[float], b: Sequence[float]) -> bool:
+    """True when `a` is no worse than `b` in every objective and better in one (all minimised)."""
     return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
 
 
@@ -50,7 +52,7 @@ def pareto_front(trials: Sequence, directions: Sequence) -> list:
     pool = feasible_complete(trials)
     signs = [_sign(d) for d in directions]
     keyed = [(t, [s * v for s, v in zip(signs, t.values)]) for t in pool]
-    front = [t for t, v in keyed if not any(_dominates(w, v) for _, w in keyed)]
+    front = [t for t, v in keyed if not any(dominates(w, v) for _, w in keyed)]
     return sorted(front, key=lambda t: t.number)
 
 
@@ -83,7 +85,6 @@ def hypervolume(front: Sequence, directions: Sequence, reference: Sequence[float
     if reference is None:
         return None
     import numpy as np
-    from optuna._hypervolume import compute_hypervolume  # Optuna's exact WFG / 2-D sweep
 
     signs = np.array([_sign(d) for d in directions])
     ref = np.asarray(reference, dtype=float)
@@ -126,8 +127,8 @@ def workers_seen(trials: Sequence, *, now: _dt.datetime, heartbeat_age_s: Mappin
                 ages.append(max(0.0, (now - stamp).total_seconds()))
         if t.state.name == "RUNNING":
             row["running"].append(t.number)
-            if t._trial_id in heartbeat_age_s:
-                ages.append(max(0.0, float(heartbeat_age_s[t._trial_id])))
+            if trial_id(t) in heartbeat_age_s:
+                ages.append(max(0.0, float(heartbeat_age_s[trial_id(t)])))
         if ages:
             age = min(ages)
             row["last_seen_s"] = age if row["last_seen_s"] is None else min(row["last_seen_s"], age)

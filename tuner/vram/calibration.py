@@ -9,7 +9,7 @@ What the estimator cannot derive from a config is stored here, keyed by (device 
   `torch.cuda.max_memory_allocated` but not in any tensor of the model;
 - a robust running correction learned by `refine()` from finished trials, each a median over the last `WINDOW`:
   the ratio measured/predicted tensor peak (`tensor_scale`); per dtype class ("amp" | "fp32") the offset of the
-  allocator's CE-hole coefficient kappa over the replay's (tuner.estimate: reserved peak = max(tensor peak, tensor
+  allocator's CE-hole coefficient kappa over the replay's (tuner.vram.estimate: reserved peak = max(tensor peak, tensor
   at the CE backward + kappa F)), kappa inverted from each trial's allocator gap (reserved - allocated peak); and,
   when the trial's reserved peak is known, the outside part NVML - reserved (`outside_effective_gib`).
 
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime as _dt
 import json
 import os
 import statistics
@@ -31,7 +30,6 @@ from typing import Any, Callable, Iterator
 
 from tuner.errors import TunerError
 
-GIB = float(2**30)
 WINDOW = 50  # finished trials kept per device for the running medians
 MIN_REFINE_SAMPLES = 3  # below this many trials the calibrate_device() figures are used as they are
 MIN_KAPPA_SAMPLES = 2  # each trial measures the offset directly; two, so one odd trial cannot set it alone
@@ -102,7 +100,7 @@ class DeviceCalibration:
 
     def kappa_offset(self, cls: str) -> float | None:
         """This device's offset of the CE-hole kappa over the best-fit replay's, for dtype class `cls` (median of
-        its trials); None before MIN_KAPPA_SAMPLES trials (tuner.estimate then uses the replay's kappa as it is)."""
+        its trials); None before MIN_KAPPA_SAMPLES trials (tuner.vram.estimate then uses the replay's kappa as it is)."""
         k = self.kappa_samples(cls)
         return statistics.median(k) if len(k) >= MIN_KAPPA_SAMPLES else None
 
@@ -138,7 +136,7 @@ def refine(calibration: DeviceCalibration, predicted: Any, measured_nvml_gib: fl
            measured_torch_peak_gib: float, measured_reserved_gib: float | None = None) -> DeviceCalibration:
     """Return `calibration` updated with one finished trial on its device.
 
-    predicted: the `tuner.estimate.Estimate` made for the trial (its raw tensor part and its CE-backward figures are
+    predicted: the `tuner.vram.estimate.Estimate` made for the trial (its raw tensor part and its CE-backward figures are
     used, so corrections never compound). measured_nvml_gib: the NVML per-process peak; measured_torch_peak_gib:
     `torch.cuda.max_memory_allocated`; measured_reserved_gib: `torch.cuda.max_memory_reserved` when the worker has
     it. The allocator gap (reserved - allocated peak) is inverted into the trial's kappa; its offset over the kappa
@@ -160,7 +158,7 @@ def refine(calibration: DeviceCalibration, predicted: Any, measured_nvml_gib: fl
     cls = getattr(predicted, "allocator_class", "")
     if cls not in ALLOCATOR_CLASSES:
         raise CalibrationError("refine: the prediction has no allocator class; pass the Estimate made for the trial "
-                               "by tuner.estimate.estimate(..., device='cuda')")
+                               "by tuner.vram.estimate.estimate(..., device='cuda')")
     # the library workspaces are added to the tensor part separately (not scaled), so take them out of the ratio
     ratio = (measured_torch_peak_gib - calibration.workspace_gib) / raw
     if measured_reserved_gib is not None:
@@ -264,163 +262,39 @@ def refine_stored(path: str | os.PathLike | None, key: str, predicted: Any, meas
                                                           measured_reserved_gib))
 
 
-# --- which machine is this -------------------------------------------------------------------------------
+# --- which entry an estimate uses -----------------------------------------------------------------------
 
 
-def current_device_key(index: int = 0) -> str | None:
-    """(device name, driver, torch version) of GPU `index` via NVML, without importing torch; None without a GPU."""
-    from importlib.metadata import PackageNotFoundError, version
+@dataclass(frozen=True)
+class CalibrationChoice:
+    """The calibration an estimate uses, whether it is this machine's, and where its outside part comes from."""
 
+    calibration: DeviceCalibration | None
+    calibrated: bool
+    source: str
+
+
+def describe_calibration(calibration: DeviceCalibration | None) -> str:
+    """How an estimate given `calibration` explains its outside part."""
+    if calibration is None:
+        return "NOT calibrated: outside part unknown (0 used); run `tuner estimate --calibrate` on the trial's GPU"
+    n = calibration.n_refined
+    return f"calibration {calibration.key}" + (f", refined by {n} trials" if n else "")
+
+
+def choose_calibration(path: str | os.PathLike[str] | None, here: str | None) -> CalibrationChoice:
+    """The entry of the calibration file `path` (None: default_path()) for this machine's device key `here`
+    (tuner.vram.nvml.current_device_key(); None without a GPU), else the file's most recent entry (labelled as
+    borrowed, calibrated=False), else none."""
     try:
-        import pynvml
-
-        pynvml.nvmlInit()
-    except Exception:  # no driver / no GPU: this machine has nothing to calibrate
-        return None
-    try:
-        h = pynvml.nvmlDeviceGetHandleByIndex(index)
-        name = pynvml.nvmlDeviceGetName(h)
-        driver = pynvml.nvmlSystemGetDriverVersion()
-    except Exception:
-        return None
-    finally:
-        with contextlib.suppress(Exception):
-            pynvml.nvmlShutdown()
-    name = name.decode() if isinstance(name, bytes) else str(name)
-    driver = driver.decode() if isinstance(driver, bytes) else str(driver)
-    try:
-        tv = version("torch")
-    except PackageNotFoundError:
-        tv = "none"
-    return device_key(name, driver, tv)
-
-
-# --- measuring a device ------------------------------------------------------------------------------------
-
-
-def nvml_process_used_bytes(pid: int | None = None, index: int = 0) -> tuple[int | None, str]:
-    """NVML memory of process `pid` on GPU `index`: (bytes, how). Falls back to the only process listed (containers
-    may show host PIDs); returns (None, reason) when it cannot tell. Caller must have called nvmlInit()."""
-    import pynvml
-
-    pid = os.getpid() if pid is None else pid
-    h = pynvml.nvmlDeviceGetHandleByIndex(index)
-    procs = list(pynvml.nvmlDeviceGetComputeRunningProcesses(h))
-    for p in procs:
-        if p.pid == pid and p.usedGpuMemory is not None:
-            return int(p.usedGpuMemory), "nvml_process"
-    if len(procs) == 1 and procs[0].usedGpuMemory is not None:
-        return int(procs[0].usedGpuMemory), "nvml_only_process"
-    return None, f"pid {pid} not among {len(procs)} NVML processes"
-
-
-def calibrate_device(index: int = 0, *, config: Any = None) -> DeviceCalibration:
-    """Measure this GPU in the current process; call it in a FRESH process (nothing on the GPU yet).
-
-    1. bare context: NVML process memory after CUDA init and one tiny allocation, minus torch reserved;
-    2. workspace: allocator bytes added by one matmul in this thread and one in autograd's backward thread
-       (cuBLAS workspaces live in the caching allocator, one per (thread handle, stream));
-    3. outside after kernels ran: real training steps of a small Phase 1 model (`config`, default 2 layers,
-       d_model 1024, vocab 50257, n_seq 256) in float32 and bfloat16 through model.train, then NVML - reserved;
-    4. the allocator gap of those runs and the kappa it implies, stored in `extra` for the record only (its CE
-       chunk is too small to measure kappa; trials refine it, see refine()).
-    """
-    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
-    import pynvml
-    import torch
-
-    if not torch.cuda.is_available():
-        raise CalibrationError("calibrate_device needs a CUDA GPU; run it on the machine whose trials you estimate")
-    pynvml.nvmlInit()
-    try:
-        dev = torch.device("cuda", index)
-        torch.cuda.set_device(dev)
-        torch.empty(1, device=dev)
-        torch.cuda.synchronize()
-        used, how = nvml_process_used_bytes(index=index)
-        if used is None:
-            raise CalibrationError(f"calibrate_device: NVML cannot see this process ({how})")
-        context = used - torch.cuda.memory_reserved(dev)
-
-        base = torch.cuda.memory_allocated(dev)
-        a = torch.randn(256, 256, device=dev, requires_grad=True)
-        b = torch.randn(256, 256, device=dev)
-        for dt in (torch.float32, torch.bfloat16):
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dt != torch.float32):
-                (a @ b).float().sum().backward()
-        torch.cuda.synchronize()
-        workspace = torch.cuda.memory_allocated(dev) - base - a.numel() * 4 * 2 - b.numel() * 4  # minus a, a.grad, b
-        del a, b
-
-        frag = _run_training_steps(config, dev)
-        torch.cuda.synchronize()
-        used, how = nvml_process_used_bytes(index=index)
-        if used is None:
-            raise CalibrationError(f"calibrate_device: NVML cannot see this process ({how})")
-        outside = used - torch.cuda.memory_reserved(dev)
-        driver = pynvml.nvmlSystemGetDriverVersion()
-        name = pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(index))
-    finally:
-        pynvml.nvmlShutdown()
-    from importlib.metadata import version
-
-    return DeviceCalibration(
-        device=name.decode() if isinstance(name, bytes) else str(name),
-        driver=driver.decode() if isinstance(driver, bytes) else str(driver),
-        torch=version("torch"), cuda=str(torch.version.cuda), context_gib=context / GIB, outside_gib=outside / GIB,
-        workspace_gib=max(0, workspace) / GIB, source=f"calibrate_device ({how})",
-        measured_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), extra=frag,
-    )
-
-
-def _run_training_steps(config: Any, dev: Any) -> dict[str, Any]:
-    """A few real optimizer steps of a small model in fp32 and bf16, so the kernels trials use get loaded.
-
-    Also records each run's allocator gap (peak reserved - peak allocated, the cache emptied before each run) and the
-    kappa tuner.estimate would infer from it. Returns {"allocator_runs": [...]} for DeviceCalibration.extra."""
-    import torch
-
-    from model.config import Phase1Config
-    from model.train import train_and_evaluate
-    from tuner.estimate import estimate
-
-    base = config or Phase1Config(n_layers=2, n_seq=256, batch_size=2, loss_chunk_size=128,
-                                  stability_monitoring_enabled=False)
-    data = synthetic_token_data(base.vocab_size, n_tokens=base.n_seq * base.batch_size * 4 + base.n_seq + 2, seed=0)
-    runs = []
-    for dt in ("float32", "bfloat16"):
-        cfg = base.replace(dtype=dt)
-        tokens = cfg.n_seq * cfg.batch_size * 2
-        torch.cuda.empty_cache()  # reserved starts from what is allocated, so the run's peak reserved is its own
-        torch.cuda.reset_peak_memory_stats(dev)
-        train_and_evaluate(cfg, data, train_tokens=tokens, eval_tokens=cfg.n_seq, device=str(dev))
-        torch.cuda.synchronize(dev)
-        alloc, res = torch.cuda.max_memory_allocated(dev) / GIB, torch.cuda.max_memory_reserved(dev) / GIB
-        e = estimate(cfg, device="cuda", calibration=_plain())
-        runs.append({"dtype": dt, "peak_allocated_gib": alloc, "peak_reserved_gib": res,
-                     "ce_chunk_gib": e.ce_chunk_gib, "kappa": e.observed_kappa(alloc, res - alloc)})  # None: no hole
-    return {"allocator_runs": runs}
-
-
-def _plain() -> "DeviceCalibration":
-    return DeviceCalibration(device="-", driver="-", torch="-", context_gib=0.0, outside_gib=0.0, workspace_gib=0.0,
-                             source="calibrating")
-
-
-def synthetic_token_data(vocab_size: int, n_tokens: int, seed: int = 0) -> Any:
-    """A `model.data.TokenData` of uniformly random token ids (memory measurements need shapes, not text).
-
-    Only `train`, `val` and `vocab_size` matter to training; the provenance fields say "synthetic"."""
-    import numpy as np
-
-    from model import data as mdata
-
-    rng = np.random.default_rng(seed)
-    dtype = np.uint16 if vocab_size <= 65535 else np.uint32
-    train = rng.integers(0, vocab_size, size=n_tokens, dtype=np.int64).astype(dtype)
-    val = rng.integers(0, vocab_size, size=n_tokens, dtype=np.int64).astype(dtype)
-    return mdata.TokenData(
-        train=train, val=val, vocab_size=vocab_size, tokenizer_path="", corpus_hash="synthetic-uniform",
-        eot_id=0, n_learned_tokens=vocab_size, n_train_docs=1, n_val_docs=1, n_bytes=0, skipped_files=0,
-        cache_path="", from_cache=False, prepare_time_s=0.0,
-    )
+        entries = load_all(path)
+        last = load_calibration(path)
+    except CalibrationError as exc:
+        return CalibrationChoice(None, False, f"outside part unknown (0 used): {exc}")
+    if here is not None and here in entries:
+        return CalibrationChoice(entries[here], True, f"stored calibration of this machine ({here})")
+    if last is not None:
+        return CalibrationChoice(last, False, (
+            f"NOT calibrated for this machine: outside part borrowed from the stored calibration of {last.key}; "
+            "run `tuner estimate --calibrate` on the trial's GPU"))
+    return CalibrationChoice(None, False, describe_calibration(None))

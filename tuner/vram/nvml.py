@@ -1,0 +1,106 @@
+"""NVML, read without torch: is there a GPU, how many, which one (its calibration key), and how much memory one process uses on it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+from tuner.units import GIB
+from tuner.vram.calibration import device_key
+
+
+class NvmlUnavailable(RuntimeError):
+    """NVML cannot be initialised here (no NVIDIA driver / GPU)."""
+
+
+def nvml_available() -> bool:
+    """True when NVML initialises (an NVIDIA driver is present). Shuts NVML down again."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:
+        return False
+    try:
+        pynvml.nvmlShutdown()
+    except Exception:
+        pass
+    return True
+
+
+def nvml_device_count() -> int:
+    """Number of NVIDIA GPUs NVML sees; raises NvmlUnavailable without a driver."""
+    import pynvml
+
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError as e:
+        raise NvmlUnavailable(f"NVML could not start ({e}): no NVIDIA GPU or driver on this machine") from e
+    try:
+        return int(pynvml.nvmlDeviceGetCount())
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def process_used_gib(handle, pid: int) -> float | None:
+    """GPU memory (GiB) that process `pid` uses on the NVML device `handle`; None when NVML does not list it.
+
+    NVML lists host PIDs; inside a container without the host PID namespace our PID is never listed, and the
+    caller must say so rather than report 0.
+    """
+    import pynvml
+
+    used = None
+    for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
+        if proc.pid == pid:
+            mem = proc.usedGpuMemory
+            if mem is not None:  # None: NVML_VALUE_NOT_AVAILABLE (e.g. under MIG without permission)
+                used = (used or 0.0) + mem / GIB
+    return used
+
+
+def current_device_key(index: int = 0) -> str | None:
+    """(device name, driver, torch version) of GPU `index` via NVML, without importing torch; None without a GPU."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:  # no driver / no GPU: this machine has nothing to calibrate
+        return None
+    try:
+        h = pynvml.nvmlDeviceGetHandleByIndex(index)
+        name = pynvml.nvmlDeviceGetName(h)
+        driver = pynvml.nvmlSystemGetDriverVersion()
+    except Exception:
+        return None
+    finally:
+        with contextlib.suppress(Exception):
+            pynvml.nvmlShutdown()
+    name = name.decode() if isinstance(name, bytes) else str(name)
+    driver = driver.decode() if isinstance(driver, bytes) else str(driver)
+    try:
+        tv = version("torch")
+    except PackageNotFoundError:
+        tv = "none"
+    return device_key(name, driver, tv)
+
+
+# --- measuring a device ------------------------------------------------------------------------------------
+
+
+def nvml_process_used_bytes(pid: int | None = None, index: int = 0) -> tuple[int | None, str]:
+    """NVML memory of process `pid` on GPU `index`: (bytes, how). Falls back to the only process listed (containers
+    may show host PIDs); returns (None, reason) when it cannot tell. Caller must have called nvmlInit()."""
+    import pynvml
+
+    pid = os.getpid() if pid is None else pid
+    h = pynvml.nvmlDeviceGetHandleByIndex(index)
+    procs = list(pynvml.nvmlDeviceGetComputeRunningProcesses(h))
+    for p in procs:
+        if p.pid == pid and p.usedGpuMemory is not None:
+            return int(p.usedGpuMemory), "nvml_process"
+    if len(procs) == 1 and procs[0].usedGpuMemory is not None:
+        return int(procs[0].usedGpuMemory), "nvml_only_process"
+    return None, f"pid {pid} not among {len(procs)} NVML processes"
