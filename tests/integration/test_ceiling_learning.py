@@ -43,8 +43,10 @@ def _spec(sampler: dict):
 WORKER = """
 import sys, yaml
 from tuner.study.loader import spec_from_dict
+from tuner.storage.connect import open_storage
 from tuner.trial.worker import run_worker
-sys.exit(run_worker(spec_from_dict(yaml.safe_load(open(sys.argv[1]))), sys.argv[2], cache_dir=sys.argv[3]))
+spec = spec_from_dict(yaml.safe_load(open(sys.argv[1])))
+sys.exit(run_worker(spec, storage=open_storage(sys.argv[2]), seed=spec.sampler.seed, cache_dir=sys.argv[3]))
 """
 SAMPLERS = {"tpe": {"name": "tpe", "seed": 0, "n_startup_trials": 6},
             "nsga2": {"name": "nsga2", "seed": 0, "population_size": 8}}

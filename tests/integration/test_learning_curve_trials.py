@@ -51,7 +51,7 @@ def _run(spec, url, cache_dir, params_list):
     study = create_or_load_study(spec, open_storage(url))
     for p in params_list:
         study.enqueue_trial(p)
-    assert run_worker(spec, url, n_trials=len(params_list), cache_dir=cache_dir, install_signal_handlers=False) == 0
+    assert run_worker(spec, storage=open_storage(url), seed=spec.sampler.seed, n_trials=len(params_list), cache_dir=cache_dir, install_signal_handlers=False) == 0
     return sorted(optuna.load_study(study_name=spec.name, storage=url).trials, key=lambda t: t.number)
 
 

@@ -45,11 +45,12 @@ WORKER_SCRIPT = """
 import sys
 from tuner.study.loader import spec_from_dict
 from tuner.trial.faults import FaultInjection
+from tuner.storage.connect import open_storage
 from tuner.trial.worker import run_worker
 import yaml
 spec = spec_from_dict(yaml.safe_load(open(sys.argv[1]).read()))
 fault = FaultInjection("slow", at_step=1, trials=(0,), sleep_s=0.5) if sys.argv[4] == "slow" else None
-sys.exit(run_worker(spec, sys.argv[2], cache_dir=sys.argv[3], fault=fault))
+sys.exit(run_worker(spec, storage=open_storage(sys.argv[2]), seed=spec.sampler.seed, cache_dir=sys.argv[3], fault=fault))
 """
 
 
@@ -124,7 +125,7 @@ def test_failures_inside_the_step_are_recorded_and_the_worker_continues(tmp_path
     spec = _spec("faults", n_trials=4)
     faults = [FaultInjection("oom", at_step=2, trials=(0,)), FaultInjection("error", at_step=2, trials=(1,)),
               FaultInjection("nonfinite", at_step=2, trials=(2,))]
-    code = run_worker(spec, pg_url, cache_dir=tmp_path / "cache", fault=faults, install_signal_handlers=False)
+    code = run_worker(spec, storage=open_storage(pg_url), seed=spec.sampler.seed, cache_dir=tmp_path / "cache", fault=faults, install_signal_handlers=False)
     assert code == 0
     trials = {t.number: t for t in load_study("faults", open_storage(pg_url)).get_trials()}
     assert sorted(trials) == [0, 1, 2, 3]
@@ -132,7 +133,7 @@ def test_failures_inside_the_step_are_recorded_and_the_worker_continues(tmp_path
     oom = trials[0]  # COMPLETE but infeasible, so every sampler learns from it
     assert oom.state == TrialState.COMPLETE and oom.user_attrs["end_reason"] == "oom"
     assert "OutOfMemoryError" in oom.user_attrs["error_summary"]
-    assert "_raise_fault" in oom.user_attrs["traceback"]
+    assert "raise_fault" in oom.user_attrs["traceback"]
     assert constraint_value(oom) > 0 and oom.values[0] == 512.0  # vocab_size: the uniform model's PPL
     assert "vocab_size" in oom.user_attrs["objective_note"] and oom.user_attrs["child_replaced"] is True
 

@@ -135,14 +135,21 @@ def worker_main(argv: list[str]) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     set_storage_timing(a.grace_s, a.heartbeat_s)
+    from tuner.storage.connect import open_storage
+    from tuner.storage.samplers import worker_seed
+    from tuner.storage.studies import load_study
     from tuner.trial.faults import FaultInjection
-    from tuner.trial.worker import run_worker
+    from tuner.trial.worker import default_worker_id, run_worker, spec_of_study
 
     fault = None
     if a.fault:
         kind, at_step, sleep_s = (a.fault.split(":") + ["1", "0.5"])[:3]
         fault = FaultInjection(kind=kind, at_step=int(at_step), sleep_s=float(sleep_s))
-    return run_worker(a.study, os.environ["TUNER_STORAGE"], n_trials=a.n_trials, cache_dir=CACHE_DIR, fault=fault)
+    storage = open_storage(os.environ["TUNER_STORAGE"])  # with the timing set above
+    spec = spec_of_study(load_study(a.study, storage))
+    worker_id = default_worker_id(None)  # as `tuner worker` does: the study seed mixed with the worker id
+    return run_worker(spec, storage=storage, seed=worker_seed(spec.sampler.seed, worker_id), worker_id=worker_id,
+                      n_trials=a.n_trials, cache_dir=CACHE_DIR, fault=fault)
 
 
 def stop_process(p: subprocess.Popen, timeout: float = 10.0) -> None:

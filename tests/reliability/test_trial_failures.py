@@ -18,11 +18,12 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def _run(tmp_path, pg_url, spec: dict, fault=None) -> list:
+    from tuner.storage.connect import open_storage
     from tuner.study.loader import load_spec
     from tuner.trial.worker import run_worker
 
     loaded = load_spec(write_study(tmp_path, spec))
-    assert run_worker(loaded, pg_url, cache_dir=CACHE_DIR, fault=fault, install_signal_handlers=False) == 0
+    assert run_worker(loaded, storage=open_storage(pg_url), seed=loaded.sampler.seed, cache_dir=CACHE_DIR, fault=fault, install_signal_handlers=False) == 0
     return optuna.load_study(study_name=spec["name"], storage=pg_url).get_trials()
 
 

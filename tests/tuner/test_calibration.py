@@ -10,8 +10,8 @@ import pytest
 from model.config import PRESETS
 from tuner.vram import calibration as cal
 from tuner.vram.calibrate import calibrate_device
-from tuner.vram.nvml import current_device_key
 from tuner.vram.estimate.predict import estimate
+from tuner.vram.nvml import current_device_key
 
 
 def _cal(**kw) -> cal.DeviceCalibration:

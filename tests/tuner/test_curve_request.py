@@ -56,16 +56,16 @@ def test_request_is_always_sent_with_front_and_same_budget_references(enabled):
     study = _study_with_history()
     trial = study.ask()
     req = Objective(_spec(enabled), runner=None)._pruning_request(trial, predicted=0.25)
-    assert req["enabled"] is enabled
-    assert (req["min_fraction"], req["confidence"], req["proxy_peak_gib"]) == (0.3, 0.85, 0.25)
-    assert sorted(req["front"]) == [(100.0, 0.2), (120.0, 0.1)]
-    assert req["reference_curves"] == [_curve(100.0)]
+    assert req.settings.enabled is enabled
+    assert (req.settings.min_fraction, req.settings.confidence, req.proxy_peak_gib) == (0.3, 0.85, 0.25)
+    assert sorted(req.front) == [(100.0, 0.2), (120.0, 0.1)]
+    assert list(req.reference_curves) == [_curve(100.0)]
 
 
 def test_without_both_objectives_the_curve_is_recorded_but_never_prunes():
     study = _study_with_history(n_values=1)
     req = Objective(_spec(True, metrics=("val_ppl",)), runner=None)._pruning_request(study.ask(), predicted=None)
-    assert req["enabled"] is False and req["front"] == [] and req["reference_curves"] == [_curve(100.0)]
+    assert req.settings.enabled is False and list(req.front) == [] and list(req.reference_curves) == [_curve(100.0)]
 
 
 def test_spec_refuses_pruning_on_a_budget_too_small_for_a_curve():

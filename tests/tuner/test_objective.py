@@ -14,7 +14,14 @@ import pytest
 from tuner.storage.constraints import constraint_value
 from tuner.study.loader import spec_from_dict
 from tuner.trial.budget import StudyBudget, counted_trials, enqueue_retry
-from tuner.trial.objective import Objective, TrialFailed, TrialInterrupted, params_total
+from tuner.trial.objective import Objective
+from tuner.trial.outcome import TrialOutcome
+from tuner.trial.recording import (
+    TrialFailed,
+    TrialInterrupted,
+    params_total,
+    record_outcome,
+)
 
 TrialState = optuna.trial.TrialState
 optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -42,12 +49,11 @@ def _spec(metrics=("val_ppl", "peak_vram_gib"), estimate=False, ceiling=CEILING)
 def _run_with_outcome(spec, outcome, device="cpu"):
     """One real trial whose training outcome is `outcome` (as TrialRunner.run returns it)."""
     study = optuna.create_study(directions=spec.directions)
-    obj = Objective(spec, runner=None)
 
     def objective(trial):
         params = spec.space.suggest(trial)
         config = spec.build_config(params)
-        return obj._record(trial, config, dict(outcome), device)
+        return record_outcome(trial, spec, config, TrialOutcome.from_dict(outcome), device)
 
     study.optimize(objective, n_trials=1, catch=(TrialFailed,))
     return study.trials[0]
@@ -114,12 +120,11 @@ def test_non_value_ends_are_pruned_or_failed_with_their_reason(kind, state):
 def test_interrupted_is_failed_and_a_retry_records_what_it_replaces():
     spec = _spec()
     study = optuna.create_study(directions=spec.directions)
-    obj = Objective(spec, runner=None)
 
     def objective(trial):
         spec.space.suggest(trial)
-        return obj._record(trial, spec.build_config(trial.params), {"kind": "interrupted",
-                                                                    "error_summary": "stop"}, "cpu")
+        return record_outcome(trial, spec, spec.build_config(trial.params),
+                              TrialOutcome(kind="interrupted", error_summary="stop"), "cpu")
 
     study.optimize(objective, n_trials=1, catch=(TrialInterrupted,))
     first = study.trials[0]

@@ -20,7 +20,7 @@ import pytest
 from optuna.trial import TrialState
 
 from tests.tuner.test_spec import BASE
-from tuner.storage.callbacks import END_ATTRS, WorkerLostRetryCallback
+from tuner.storage.callbacks import WorkerLostRetryCallback
 from tuner.storage.connect import open_storage
 from tuner.storage.resilient import (
     ResilientRDBStorage,
@@ -239,10 +239,17 @@ def test_stale_trial_is_recorded_as_worker_lost_and_its_retry_starts_clean(pg_ur
     assert retry.user_attrs == {"preset": "tiny", "config": {"a": 1}}  # ending attrs of the dead attempt dropped
 
 
-def test_end_attrs_cover_the_objectives_attempt_attrs():
-    from tuner.trial.objective import _ATTEMPT_ATTRS
+def test_a_retry_carries_no_attempt_attr_into_its_own_run():
+    """One list (tuner.storage.trial_attrs.ATTEMPT_ATTRS): the heartbeat callback leaves them out of the retry and
+    the objective blanks any the retry still carries before it runs."""
+    from tuner.storage.trial_attrs import ATTEMPT_ATTRS
+    from tuner.trial.objective import Objective
 
-    assert set(_ATTEMPT_ATTRS) <= END_ATTRS
+    trial = optuna.create_study().ask()
+    for key in ATTEMPT_ATTRS:
+        trial.set_user_attr(key, "from the dead attempt")
+    Objective._reset_inherited(trial)
+    assert {k: trial.user_attrs[k] for k in ATTEMPT_ATTRS} == dict.fromkeys(ATTEMPT_ATTRS)
 
 
 def test_worker_seed():

@@ -1,5 +1,7 @@
 """One module per CLI subcommand: `add_parser(subparsers)` and `run(args) -> int`. Heavy imports live inside run()."""
 
+from typing import Any
+
 
 def add_heartbeat_options(p) -> None:
     """--heartbeat-s / --grace-s, shared by every command that runs or starts workers (run, worker, launch)."""
@@ -8,6 +10,19 @@ def add_heartbeat_options(p) -> None:
     p.add_argument("--grace-s", type=int, default=None,
                    help="seconds without a heartbeat before a running trial is failed and retried (default 120; "
                         "several heartbeats)")
+
+
+def open_worker_storage(url: str, args: Any) -> Any:
+    """The storage a worker runs against, with this command's --heartbeat-s / --grace-s (only those given:
+    open_storage's defaults otherwise)."""
+    from tuner.storage.connect import open_storage
+
+    timing: dict[str, int] = {}
+    if args.heartbeat_s is not None:
+        timing["heartbeat_interval_s"] = int(args.heartbeat_s)
+    if args.grace_s is not None:
+        timing["grace_period_s"] = int(args.grace_s)
+    return open_storage(url, **timing)
 
 
 def add_trial_process_options(p) -> None:

@@ -10,7 +10,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from tuner.commands import add_heartbeat_options, add_trial_process_options
+from tuner.commands import (
+    add_heartbeat_options,
+    add_trial_process_options,
+    open_worker_storage,
+)
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -41,9 +45,9 @@ def run(args: argparse.Namespace) -> int:
     display.console.print(f"study [bold]{spec.name}[/] on {mask_url(url)}: {n_total} trials, ceiling "
                           f"{spec.vram_ceiling_gib:g} GiB, sampler {spec.sampler.name}")
     with display:
-        code = run_worker(spec, url, gpu=args.gpu, n_trials=n_total, cache_dir=args.cache_dir,
-                          cpu_threads=args.threads or None, on_progress=display.progress,
-                          on_trial_start=display.trial_start, on_trial_end=display.trial_end,
-                          heartbeat_interval_s=args.heartbeat_s, grace_period_s=args.grace_s)
+        # One in-process worker: the study's own seed, so the run is reproducible from it.
+        code = run_worker(spec, storage=open_worker_storage(url, args), seed=spec.sampler.seed, gpu=args.gpu,
+                          n_trials=n_total, cache_dir=args.cache_dir, cpu_threads=args.threads or None,
+                          hooks=display.hooks())
     display.summary(url)
     return code

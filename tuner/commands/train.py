@@ -16,7 +16,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tuner.trial.outcome import TrialOutcome
 
 DEFAULT_TRAIN_TOKENS = 200_000
 DEFAULT_EVAL_TOKENS = 50_000
@@ -114,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
     data.check()
     ceiling = float(config.target_vram_gb)
 
+    from tuner.trial.outcome import TrialRequest
     from tuner.trial.runner import TrialRunner
 
     runner = TrialRunner(gpu=args.gpu, cache_dir=args.cache_dir or Path.cwd() / ".phase1_cache",
@@ -127,10 +131,9 @@ def run(args: argparse.Namespace) -> int:
         if not args.json:
             print(f"train: {preset.source}, data {data.describe()} ({data_from}), {train_tokens} train / "
                   f"{eval_tokens} eval tokens, ceiling {ceiling:g} GiB", file=sys.stderr, flush=True)
-        outcome = runner.run({"config": config.to_dict(), "data": data, "train_tokens": train_tokens,
-                              "eval_tokens": eval_tokens, "ceiling_gib": ceiling, "eval_points": [],
-                              "pruning": None, "trial_number": None, "fault": None},
-                             args.timeout_s, on_progress=progress)
+        request = TrialRequest(config=config.to_dict(), data=data, train_tokens=train_tokens,
+                               eval_tokens=eval_tokens, ceiling_gib=ceiling)
+        outcome = runner.run(request, args.timeout_s, on_progress=progress)
         device = runner.device
     finally:
         runner.close()
@@ -147,20 +150,18 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _summary(outcome: dict[str, Any], device: str, ceiling: float, train_tokens: int, eval_tokens: int,
+def _summary(outcome: TrialOutcome, device: str, ceiling: float, train_tokens: int, eval_tokens: int,
              preset) -> dict[str, Any]:
-    kind = outcome["kind"]
+    kind = outcome.kind
     line: dict[str, Any] = {"val_ppl": None, "peak_vram_gib": None, "peak_vram_kind": None, "end_reason": kind,
-                            "ceiling_gib": ceiling, "device": outcome.get("device_name"), "train_tokens": train_tokens,
+                            "ceiling_gib": ceiling, "device": outcome.device_name, "train_tokens": train_tokens,
                             "eval_tokens": eval_tokens, "preset": preset.source}
     if kind == "complete":
-        r = outcome["result"]
-        if device == "cuda" and outcome.get("nvml_pid_seen"):
-            peak, peak_kind = outcome["nvml_peak_gib"], "nvml_process"
-        elif device == "cuda":
-            peak, peak_kind = r["peak_torch_gib"], "cuda_max_allocated_nvml_pid_unseen"
-        else:
-            peak, peak_kind = r["peak_torch_gib"], "cpu_tensor_bytes"
+        from tuner.trial.outcome import peak_vram
+
+        r = outcome.result or {}
+        measured = peak_vram(outcome, device=device, ceiling_gib=ceiling)
+        peak, peak_kind = measured.gib, measured.kind
         line.update(val_ppl=r["val_ppl"], val_loss=r["val_loss"], peak_vram_gib=peak, peak_vram_kind=peak_kind,
                     torch_peak_gib=r["peak_torch_gib"], tokens_per_s=r["tokens_per_s"], steps=r["steps"],
                     params_total=int(sum(v for k, v in (r.get("param_counts") or {}).items()
@@ -172,6 +173,6 @@ def _summary(outcome: dict[str, Any], device: str, ceiling: float, train_tokens:
             line["preset_val_ppl"] = preset.provenance["val_ppl"]
             line["ppl_rel_diff"] = abs(r["val_ppl"] - preset.provenance["val_ppl"]) / preset.provenance["val_ppl"]
     else:
-        line["peak_vram_gib"] = outcome.get("peak_gib") or outcome.get("nvml_peak_gib")
-        line["error_summary"] = outcome.get("error_summary")
+        line["peak_vram_gib"] = outcome.peak_gib or outcome.nvml_peak_gib
+        line["error_summary"] = outcome.error_summary
     return line

@@ -11,7 +11,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from tuner.commands import add_heartbeat_options, add_trial_process_options
+from tuner.commands import (
+    add_heartbeat_options,
+    add_trial_process_options,
+    open_worker_storage,
+)
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -29,23 +33,26 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tuner.storage.connect import open_storage
+    from tuner.storage.samplers import worker_seed
     from tuner.storage.studies import load_study
     from tuner.storage.urls import mask_url, resolve_storage_url
-    from tuner.trial.worker import run_worker, spec_of_study
+    from tuner.trial.worker import default_worker_id, run_worker, spec_of_study
 
     url = resolve_storage_url(getattr(args, "storage", None))
-    spec = spec_of_study(load_study(args.study, open_storage(url)))
+    storage = open_worker_storage(url, args)
+    spec = spec_of_study(load_study(args.study, storage))
     n_total = args.n_trials if args.n_trials is not None else spec.n_trials
     quiet_optuna()
     display = ProgressDisplay(spec, n_total, live=not args.quiet)
     display.console.print(f"worker on study [bold]{spec.name}[/] at {mask_url(url)}"
                           + (f", GPU {args.gpu}" if args.gpu is not None else ""))
     with display:
-        code = run_worker(args.study, url, gpu=args.gpu, n_trials=n_total, cache_dir=args.cache_dir,
-                          cpu_threads=args.threads or None, on_progress=display.progress,
-                          on_trial_start=display.trial_start, on_trial_end=display.trial_end,
-                          heartbeat_interval_s=args.heartbeat_s, grace_period_s=args.grace_s)
+        # One of several workers (tuner launch): the study seed mixed with this worker's id, so parallel workers
+        # do not replay one another's configurations.
+        worker_id = default_worker_id(args.gpu)
+        code = run_worker(spec, storage=storage, seed=worker_seed(spec.sampler.seed, worker_id), worker_id=worker_id,
+                          gpu=args.gpu, n_trials=n_total, cache_dir=args.cache_dir, cpu_threads=args.threads or None,
+                          hooks=display.hooks())
     return code
 
 
@@ -84,6 +91,12 @@ class ProgressDisplay:
 
     def __exit__(self, *exc) -> None:
         self.progress_bar.__exit__(*exc)
+
+    def hooks(self) -> Any:
+        """This display's callbacks for run_worker."""
+        from tuner.trial.worker import WorkerHooks
+
+        return WorkerHooks(on_trial_start=self.trial_start, on_progress=self.progress, on_trial_end=self.trial_end)
 
     def trial_start(self, number: int, params: dict[str, Any]) -> None:
         self.progress_bar.reset(self.step_task, total=self.spec.budget.train_tokens,

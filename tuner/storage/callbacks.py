@@ -9,31 +9,23 @@ import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 
 from tuner.storage._optuna_compat import storage_backend, trial_id
+from tuner.storage.trial_attrs import ATTEMPT_ATTRS, EndReason
 
 log = logging.getLogger(__name__)
-
-# User attrs describing how one attempt ended. A retry must not inherit them. The first group mirrors
-# tuner.trial.objective._ATTEMPT_ATTRS (a test checks it stays a superset); the rest are per-attempt measurements.
-END_ATTRS = frozenset({
-    "end_reason", "error_summary", "traceback", "objective_note", "stop_summary", "ceiling_detected",
-    "child_replaced", "prune_summary", "observed_peak_gib", "nvml_peak_gib", "torch_peak_gib",
-    "worker", "curve", "trial_wall_s", "tokens_per_s",
-})
-
 
 class WorkerLostRetryCallback(RetryHeartbeatStaleTrialCallback):
     """RetryHeartbeatStaleTrialCallback that records why the stale trial failed and gives its retry a clean slate.
 
     The failed trial gets `end_reason = worker_lost` and `error_summary = "worker heartbeat lost (no heartbeat for
     N s)"`; the retry (same params, system attrs `failed_trial` / `retry_history` as Optuna writes them) inherits
-    the failed trial's user attrs except those in END_ATTRS."""
+    the failed trial's user attrs except those in ATTEMPT_ATTRS."""
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         backend = storage_backend(study)
         age = backend.heartbeat_age_s(trial_id(trial)) if hasattr(backend, "heartbeat_age_s") else None
         summary = ("worker heartbeat lost (no heartbeat for "
                    + (f"{age:.0f} s)" if age is not None else "the grace period; it never beat)"))
-        attrs = {"end_reason": "worker_lost", "error_summary": summary}
+        attrs = {"end_reason": EndReason.WORKER_LOST.value, "error_summary": summary}
         if hasattr(backend, "set_finished_trial_user_attrs"):
             backend.set_finished_trial_user_attrs(trial_id(trial), attrs)
         else:
@@ -42,5 +34,5 @@ class WorkerLostRetryCallback(RetryHeartbeatStaleTrialCallback):
         log.warning("trial %d failed: %s; re-queueing it (retry history %s)", trial.number, summary,
                     list(trial.system_attrs.get("retry_history", [])) + [trial.number])
         clean = copy.deepcopy(trial)
-        clean.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in END_ATTRS}
+        clean.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in ATTEMPT_ATTRS}
         super().__call__(study, clean)

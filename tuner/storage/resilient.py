@@ -17,7 +17,7 @@
   heartbeats could not be recorded during the outage either, so their silence is no sign that they died.
 - `WorkerLostRetryCallback`: RetryHeartbeatStaleTrialCallback that also records on the failed trial
   `end_reason = worker_lost` and `error_summary = "worker heartbeat lost (no heartbeat for N s)"`, and does not
-  copy the dead attempt's ending user attrs (`END_ATTRS`) into the retry.
+  copy the dead attempt's ending user attrs (`tuner.storage.trial_attrs.ATTEMPT_ATTRS`) into the retry.
 - `worker_seed(seed, key)`: a study seed mixed with a worker's id, so parallel workers draw distinct sequences.
 """
 

@@ -11,8 +11,8 @@ import time
 import traceback
 from typing import Any
 
-from tuner.study.spec import LearningCurvePruning
 from tuner.trial.faults import fault_for, raise_fault
+from tuner.trial.outcome import TrialRequest
 from tuner.units import GIB
 
 PROGRESS_EVERY_S = 0.25
@@ -52,7 +52,7 @@ def child_main(conn, gpu: int | None, parent_pid: int, cpu_threads: int | None =
         if kind == "exit":
             return
         if kind == "trial":
-            outcome = state.run_trial(msg)
+            outcome = state.run_trial(msg["request"], msg["cache_dir"])
             try:
                 conn.send({"type": "result", "outcome": outcome})
             except (OSError, BrokenPipeError):
@@ -95,9 +95,10 @@ class _ChildState:
             self._data[key] = prepare_data(source, vocab_size, cache_dir)
         return self._data[key]
 
-    def run_trial(self, req: dict[str, Any]) -> dict[str, Any]:
+    def run_trial(self, req: TrialRequest, cache_dir: str) -> dict[str, Any]:
+        """Run one trial; the outcome as the flat mapping tuner.trial.outcome.TrialOutcome.from_dict reads."""
         try:
-            return self._run_trial(req)
+            return self._run_trial(req, cache_dir)
         except BaseException as e:  # noqa: BLE001 - any failure becomes an outcome; the child stays up
             return _error_outcome(e)
         finally:
@@ -113,7 +114,7 @@ class _ChildState:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
 
-    def _run_trial(self, req: dict[str, Any]) -> dict[str, Any]:
+    def _run_trial(self, req: TrialRequest, cache_dir: str) -> dict[str, Any]:
         import torch
 
         from model.config import ConfigError, Phase1Config
@@ -125,13 +126,13 @@ class _ChildState:
         )
         from tuner.vram.guard import VramCeilingExceeded, VramGuard
 
-        config = Phase1Config.from_dict(req["config"])
+        config = Phase1Config.from_dict(req.config)
         lns = config.lns_enabled
         # LNS weights are inference-only: train the float model, convert, evaluate the converted one.
         train_config = config.replace(lns_enabled=False) if lns else config
-        data = self.data(req["data"], config.vocab_size, req["cache_dir"])
-        ceiling = float(req["ceiling_gib"])
-        fault = fault_for(req.get("fault"), req.get("trial_number"))
+        data = self.data(req.data, config.vocab_size, cache_dir)
+        ceiling = float(req.ceiling_gib)
+        fault = fault_for(req.fault, req.trial_number)
         guard = None
         if self.device == "cuda":
             guard = VramGuard(ceiling, device_index=self.nvml_index, torch_device=0, device_uuid=self.device_uuid,
@@ -139,20 +140,19 @@ class _ChildState:
 
         monitor = None
         curve_note: dict[str, Any] = {}
-        pruning = req.get("pruning")
+        pruning = req.pruning
         if pruning is not None:
-            proxy = float(pruning.get("proxy_peak_gib") or 0.0)
+            proxy = float(pruning.proxy_peak_gib or 0.0)
             try:
                 monitor = LearningCurveMonitor(
-                    LearningCurvePruning(pruning["enabled"], pruning["min_fraction"], pruning["confidence"]),
-                    req["train_tokens"], [tuple(p) for p in pruning["front"]],
+                    pruning.settings, req.train_tokens, [tuple(p) for p in pruning.front],
                     (lambda: guard.peak_gib) if guard is not None else (lambda: proxy),
-                    reference_curves=pruning.get("reference_curves") or ())
+                    reference_curves=pruning.reference_curves or ())
             except ValueError as e:  # a budget under 16 tokens has no log-spaced schedule
-                if pruning["enabled"]:
+                if pruning.settings.enabled:
                     raise  # the spec rejects this combination; reaching here is a bug worth a traceback
                 curve_note = {"curve_note": f"no learning curve recorded: {e}"}
-        eval_points = list(monitor.eval_points) if monitor is not None else list(req.get("eval_points") or [])
+        eval_points = list(monitor.eval_points) if monitor is not None else list(req.eval_points)
 
         last_sent = [0.0]
 
@@ -180,12 +180,12 @@ class _ChildState:
                 guard.start()
             try:
                 result = train_and_evaluate(
-                    train_config, data, train_tokens=int(req["train_tokens"]), eval_tokens=int(req["eval_tokens"]),
+                    train_config, data, train_tokens=int(req.train_tokens), eval_tokens=int(req.eval_tokens),
                     device=self.device, on_step=on_step, eval_points=eval_points,
                     on_eval=monitor.on_eval if monitor is not None else None, return_model=lns)
                 out = _result_dict(result)
                 if lns:
-                    out.update(_lns_evaluate(result.model, config, data, int(req["eval_tokens"]), self.device))
+                    out.update(_lns_evaluate(result.model, config, data, int(req.eval_tokens), self.device))
                     result.model = None
             finally:
                 if guard is not None:

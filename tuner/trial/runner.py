@@ -27,6 +27,7 @@ from typing import Any, Callable
 
 from tuner.errors import TunerError
 from tuner.trial.child import child_main
+from tuner.trial.outcome import TrialOutcome, TrialRequest
 
 # Ends after which the child is replaced: its CUDA context may be poisoned, or its memory leaked or fragmented.
 _REPLACE_AFTER = {"vram_ceiling", "oom", "timeout", "interrupted", "crash"}
@@ -131,21 +132,18 @@ class TrialRunner:
             conn.close()
 
     # --- one trial ----------------------------------------------------------------------------------------------
-    def run(self, request: dict[str, Any], timeout_s: float, *,
+    def run(self, request: TrialRequest, timeout_s: float, *,
             on_progress: Callable[[dict[str, Any]], None] | None = None,
-            stop_requested: Callable[[], bool] = lambda: False) -> dict[str, Any]:
-        """Run one trial; return its outcome dict ({"kind", "result"?, "error_summary"?, "traceback"?, ...}).
+            stop_requested: Callable[[], bool] = lambda: False) -> TrialOutcome:
+        """Run one trial; return how it ended (tuner.trial.outcome.TrialOutcome).
 
-        request: {"config": Phase1Config dict, "data": model.data.DataSource, "train_tokens", "eval_tokens",
-        "ceiling_gib", "eval_points" (list of token counts, used without a monitor), "pruning": None | {"enabled",
-        "min_fraction", "confidence", "front": [(ppl, gib)], "reference_curves": [[{tokens, val_ppl}]],
-        "proxy_peak_gib"}, "trial_number", "fault": FaultInjection | None}. With "pruning" a LearningCurveMonitor
-        records the curve (its own log-spaced eval points) whether or not it may prune ("enabled").
-        The wall clock for `timeout_s` starts when the request is sent (the child is already warm).
+        With `request.pruning` a LearningCurveMonitor records the curve (its own log-spaced eval points) whether or
+        not it may prune (`settings.enabled`). The wall clock for `timeout_s` starts when the request is sent (the
+        child is already warm).
         """
         self.ensure_started()
         conn, proc = self._conn, self._proc
-        conn.send({"type": "trial", "cache_dir": self.cache_dir, **request})
+        conn.send({"type": "trial", "cache_dir": self.cache_dir, "request": request})
         t0 = time.monotonic()
         ceiling_msg: dict[str, Any] | None = None
         ceiling_seen_at: float | None = None
@@ -197,7 +195,7 @@ class TrialRunner:
         outcome["replace_child"] = replace
         if replace:
             self._discard()  # killed now; a fresh child starts with the next trial
-        return outcome
+        return TrialOutcome.from_dict(outcome)
 
     def _crash_outcome(self, proc) -> dict[str, Any]:
         proc.join(1.0)

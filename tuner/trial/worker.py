@@ -11,17 +11,16 @@ trials through the heartbeat if they die), so the study ends with exactly n_tria
 same instant.
 
 Storage outage (database restart): the storage (tuner.storage.resilient.ResilientRDBStorage) retries every call with
-backoff until the database answers again (up to OUTAGE_LIMIT_S), so a trial that finished during the outage is
+backoff until the database answers again (up to tuner.storage.resilient.OUTAGE_LIMIT_S), so a trial that finished during the outage is
 recorded when it is back, the heartbeat resumes, and the budget wait carries on; only an outage longer than that
 ends the worker, with an error naming the masked URL (exit 2; its unfinished trial is failed by the heartbeat and
 retried by another worker).
 
 Sampler seed: every worker of a seeded study draws from its own sequence, the study's seed mixed with a hash of the
 worker id (host:pid[:gpu]; tuner.storage.samplers.worker_seed), else parallel workers would replay one another's
-configurations. `seed_mode="study"` keeps the study's seed itself: a lone worker's run is then reproducible from
-it; "auto" (default) does that for `tuner run` (given a StudySpec: one in-process worker) and mixes for
-`tuner worker` (given a study name: what `tuner launch` starts several of). The seed used is logged and stored as
-study system attr `tuner:sampler_seed:<worker id>`.
+configurations. The caller passes the seed: `tuner worker` (what `tuner launch` starts several of) mixes it,
+`tuner run` (one in-process worker) keeps the study's seed itself, so a lone worker's run is reproducible from it.
+The seed used is logged and stored as study system attr `tuner:sampler_seed:<worker id>`.
 
 SIGTERM / SIGINT: the current trial is asked to stop at its next step (killed after a grace period), ends FAIL
 with end_reason `interrupted`, and is re-enqueued with the same params through RetryHeartbeatStaleTrialCallback's
@@ -37,69 +36,69 @@ import signal
 import socket
 import threading
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import optuna
 
-from tuner.storage.resilient import OUTAGE_LIMIT_S
+from tuner.storage._optuna_compat import study_id
+from tuner.storage.resilient import ResilientRDBStorage
+from tuner.study.spec import StudySpec
 from tuner.trial.budget import RetryInterrupted, StudyBudget, counted_trials
+from tuner.trial.faults import FaultInjection
 
 log = logging.getLogger(__name__)
 
 
-def run_worker(study: Any, storage_url: str, gpu: int | None = None, n_trials: int | None = None, *,
-               cache_dir: str | os.PathLike | None = None, on_progress: Callable[[dict[str, Any]], None] | None = None,
-               on_trial_start: Callable[[int, dict[str, Any]], None] | None = None,
-               on_trial_end: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
-               fault=None, cpu_threads: int | None = 1, install_signal_handlers: bool = True,
-               heartbeat_interval_s: int | None = None, grace_period_s: int | None = None,
-               seed_mode: str = "auto") -> int:
-    """Run trials of `study` (a StudySpec, or the name of a study already in storage) until the study holds
-    `n_trials` counted trials (default: the spec's n_trials) or SIGTERM/SIGINT arrives. Returns the exit code (0).
+@dataclass(frozen=True)
+class WorkerHooks:
+    """Callbacks of a progress display: a trial starts (number, params), the child reports progress ({"step",
+    "tokens", "loss", "trial"}), a trial ends (study, frozen trial)."""
 
+    on_trial_start: Callable[[int, dict[str, Any]], None] | None = None
+    on_progress: Callable[[dict[str, Any]], None] | None = None
+    on_trial_end: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None
+
+
+def default_worker_id(gpu: int | None) -> str:
+    """host:pid[:gpuN], the id a worker records on its trials and mixes into its sampler seed."""
+    return f"{socket.gethostname()}:{os.getpid()}" + (f":gpu{gpu}" if gpu is not None else "")
+
+
+def run_worker(spec: StudySpec, *, storage: ResilientRDBStorage, seed: int | None, worker_id: str | None = None,
+               gpu: int | None = None, n_trials: int | None = None, cache_dir: str | os.PathLike[str] | None = None,
+               hooks: WorkerHooks | None = None, fault: FaultInjection | list[FaultInjection] | None = None,
+               cpu_threads: int | None = 1, install_signal_handlers: bool = True) -> int:
+    """Run trials of `spec`'s study in `storage` (created if needed) until the study holds `n_trials` counted
+    trials (default: the spec's n_trials) or SIGTERM/SIGINT arrives. Returns the exit code (0).
+
+    storage: an open storage (tuner.storage.connect.open_storage: heartbeats, outage retries).
+    seed: this worker's sampler seed; the caller decides (`tuner run`: the study's seed, so a lone worker's run is
+        reproducible; `tuner worker`: tuner.storage.samplers.worker_seed(study seed, worker id), so parallel
+        workers do not replay one another). worker_id: default host:pid[:gpuN].
     gpu: physical GPU index to pin the trial child to (None: CPU, or the only GPU).
     cache_dir: tokenized-data cache shared by workers (default `.phase1_cache` in the cwd).
-    fault: test-only tuner.trial.faults.FaultInjection.
+    fault: test-only tuner.trial.faults.FaultInjection (one, or a list).
     cpu_threads: torch threads of a CPU trial child (see TrialRunner).
-    heartbeat_interval_s / grace_period_s: seconds between this worker's heartbeats / without one before a RUNNING
-        trial counts as stale (None: tuner.storage's defaults, 30 s / 120 s). The grace period should be several
-        heartbeat intervals.
-    seed_mode: "worker" (study seed mixed with this worker's id), "study" (the study's seed itself), or "auto":
-        "study" when `study` is a StudySpec (`tuner run`), "worker" when it is a study name (`tuner worker`).
-    Raises StorageError when the database stays unreachable longer than OUTAGE_LIMIT_S.
+    Raises StorageError when the database stays unreachable longer than the storage's outage limit.
     """
     from tuner.errors import StorageError
-    from tuner.storage.connect import open_storage
     from tuner.storage.resilient import StorageUnavailable
-    from tuner.storage.samplers import make_sampler, worker_seed
-    from tuner.storage.studies import create_or_load_study, load_study
+    from tuner.storage.samplers import make_sampler
+    from tuner.storage.studies import create_or_load_study
     from tuner.storage.urls import mask_url
-    from tuner.trial.objective import Objective, TrialFailed
+    from tuner.trial.objective import Objective
+    from tuner.trial.recording import TrialFailed
     from tuner.trial.runner import TrialRunner
 
-    if seed_mode not in ("auto", "worker", "study"):
-        raise ValueError(f"seed_mode {seed_mode!r}: use 'auto', 'worker' or 'study'")
-    timing: dict[str, Any] = {}  # only what was given: open_storage's own defaults otherwise
-    if heartbeat_interval_s is not None:
-        timing["heartbeat_interval_s"] = int(heartbeat_interval_s)
-    if grace_period_s is not None:
-        timing["grace_period_s"] = int(grace_period_s)
-    storage = open_storage(storage_url, outage_limit_s=OUTAGE_LIMIT_S, **timing)
-    worker_id = f"{socket.gethostname()}:{os.getpid()}" + (f":gpu{gpu}" if gpu is not None else "")
-    if isinstance(study, str):
-        opt_study = load_study(study, storage)
-        spec = spec_of_study(opt_study)
-    else:
-        spec = study
-        opt_study = create_or_load_study(spec, storage)
-    mixed = seed_mode == "worker" or (seed_mode == "auto" and isinstance(study, str))
-    seed = worker_seed(spec.sampler.seed, worker_id if mixed else None)
+    hooks = hooks or WorkerHooks()
+    worker_id = worker_id or default_worker_id(gpu)
+    opt_study = create_or_load_study(spec, storage)
     opt_study.sampler = make_sampler(spec, seed=seed)
     if spec.sampler.seed is not None:
-        storage.set_study_system_attr(opt_study._study_id, f"tuner:sampler_seed:{worker_id}", seed)
-        log.info("worker %s: sampler seed %s (%s)", worker_id, seed,
-                 f"study seed {spec.sampler.seed} mixed with the worker id" if mixed else "the study's seed")
+        storage.set_study_system_attr(study_id(opt_study), f"tuner:sampler_seed:{worker_id}", seed)
+        log.info("worker %s: sampler seed %s (study seed %s)", worker_id, seed, spec.sampler.seed)
     budget_n = int(n_trials if n_trials is not None else spec.n_trials)
 
     stop_event = threading.Event()
@@ -114,12 +113,12 @@ def run_worker(study: Any, storage_url: str, gpu: int | None = None, n_trials: i
             previous[sig] = signal.signal(sig, _on_signal)
 
     runner = TrialRunner(gpu=gpu, cache_dir=cache_dir or Path.cwd() / ".phase1_cache", cpu_threads=cpu_threads)
-    objective = Objective(spec, runner, stop_event=stop_event, worker_id=worker_id, on_progress=on_progress,
-                          on_trial_start=on_trial_start, fault=fault)
+    objective = Objective(spec, runner, stop_event=stop_event, worker_id=worker_id, on_progress=hooks.on_progress,
+                          on_trial_start=hooks.on_trial_start, fault=fault)
     budget = StudyBudget(budget_n, stop_event)
     callbacks = [RetryInterrupted(stop_event), budget]
-    if on_trial_end is not None:
-        callbacks.insert(0, on_trial_end)
+    if hooks.on_trial_end is not None:
+        callbacks.insert(0, hooks.on_trial_end)
     try:
         while True:
             try:
@@ -146,7 +145,7 @@ def run_worker(study: Any, storage_url: str, gpu: int | None = None, n_trials: i
             signal.signal(sig, handler)
         storage.remove_session()
     log.info("worker %s: done (%d counted trials in study %s at %s)", worker_id, counted_trials(opt_study),
-             spec.name, mask_url(storage_url))
+             spec.name, mask_url(storage.url))
     return 0
 
 
