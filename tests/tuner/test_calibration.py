@@ -15,8 +15,16 @@ from tuner.vram.nvml import current_device_key
 
 
 def _cal(**kw) -> cal.DeviceCalibration:
-    base = dict(device="NVIDIA H100 80GB HBM3", driver="570.1", torch="2.11.0", context_gib=0.6,
-                outside_gib=0.74, workspace_gib=0.0625, cuda="13.0", measured_at="2026-11-24T00:00:00+00:00")
+    base = dict(
+        device="NVIDIA H100 80GB HBM3",
+        driver="570.1",
+        torch="2.11.0",
+        context_gib=0.6,
+        outside_gib=0.74,
+        workspace_gib=0.0625,
+        cuda="13.0",
+        measured_at="2026-11-24T00:00:00+00:00",
+    )
     return cal.DeviceCalibration(**{**base, **kw})
 
 
@@ -97,8 +105,9 @@ def test_refine_targets_the_allocator_gap_per_dtype_class():
         assert f.kappa_source == "replay" and f.ce_hole_kappa == f.ce_replay_kappa
 
 
-@pytest.mark.parametrize("nvml,torch_peak,reserved", [(0.0, 1.0, None), (float("nan"), 1.0, None),
-                                                       (5.0, -1.0, None), (5.0, 4.0, 0.0)])
+@pytest.mark.parametrize(
+    "nvml,torch_peak,reserved", [(0.0, 1.0, None), (float("nan"), 1.0, None), (5.0, -1.0, None), (5.0, 4.0, 0.0)]
+)
 def test_refine_rejects_non_measurements(nvml, torch_peak, reserved):
     p = estimate(PRESETS["8gb"], calibration=_cal())
     with pytest.raises(cal.CalibrationError):

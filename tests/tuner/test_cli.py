@@ -87,10 +87,16 @@ def test_bad_spec_via_console_script_leaves_postgres_empty(tmp_path, pg_url):
     d = dict(BASE)
     d["search_space"] = {"ar_ssm_max_rank": {"type": "int", "low": 64, "high": 8}}
     bad.write_text(yaml.safe_dump(d))
-    r = subprocess.run([sys.executable, "-m", "tuner.cli", "create", str(bad), "--storage", pg_url],
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "tuner.cli", "create", str(bad), "--storage", pg_url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 2
-    assert r.stderr.strip() == f"error: {bad}: search_space.ar_ssm_max_rank: low 64 > high 8; swap them or fix the range"
+    assert (
+        r.stderr.strip() == f"error: {bad}: search_space.ar_ssm_max_rank: low 64 > high 8; swap them or fix the range"
+    )
     assert "Traceback" not in r.stderr
     assert optuna.get_all_study_summaries(pg_url, include_best_trial=False) == []
 
@@ -128,8 +134,13 @@ def test_read_only_commands_do_not_import_torch(tmp_path, pg_url):
     study_file = tmp_path / "s.yaml"
     study_file.write_text(yaml.safe_dump(BASE))
     out = tmp_path / "preset.yaml"
-    r = subprocess.run([sys.executable, "-c", SCRIPT, pg_url, str(study_file), str(out)], capture_output=True,
-                       text=True, timeout=120, cwd=REPO)
+    r = subprocess.run(
+        [sys.executable, "-c", SCRIPT, pg_url, str(study_file), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout.strip().splitlines()[-1])
     assert result["codes"] == {"help": 0, "create": 0, "status": 0, "pareto": 0, "export": 0}, r.stderr

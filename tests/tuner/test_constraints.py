@@ -70,8 +70,9 @@ def test_reading_emits_no_warning():
 
 def test_frozen_trial_before_add_trial():
     study = optuna.create_study(directions=["minimize", "minimize"])
-    ft = optuna.trial.create_trial(values=[1.0, 2.0], params={"x": 0.5},
-                                   distributions={"x": optuna.distributions.FloatDistribution(0, 1)})
+    ft = optuna.trial.create_trial(
+        values=[1.0, 2.0], params={"x": 0.5}, distributions={"x": optuna.distributions.FloatDistribution(0, 1)}
+    )
     set_trial_constraint(ft, 3.0)
     study.add_trial(ft)
     stored = study.get_trials()[0]
@@ -97,8 +98,11 @@ def test_no_constraint_counts_as_feasible_like_optuna():
 def _over_ceiling_shares(sampler: str, constrained: bool, n: int = 60) -> tuple[float, float]:
     """Toy study: x in [0, 1], 'peak' = 10 x GiB against a 5 GiB ceiling (half the space over it), quality better
     with larger x. Returns the share of over-ceiling trials in the first and the second half."""
-    s = (optuna.samplers.TPESampler(seed=0, n_startup_trials=10, multivariate=True, constant_liar=True)
-         if sampler == "tpe" else optuna.samplers.NSGAIISampler(seed=0, population_size=10))
+    s = (
+        optuna.samplers.TPESampler(seed=0, n_startup_trials=10, multivariate=True, constant_liar=True)
+        if sampler == "tpe"
+        else optuna.samplers.NSGAIISampler(seed=0, population_size=10)
+    )
     study = optuna.create_study(directions=["minimize", "minimize"], sampler=s)
     over = []
     for _ in range(n):
@@ -110,7 +114,7 @@ def _over_ceiling_shares(sampler: str, constrained: bool, n: int = 60) -> tuple[
             set_trial_constraint(t, peak - 5.0)
         over.append(peak > 5.0)
         study.tell(t, (2.0 - x + 0.1 * y, peak))
-    return sum(over[: n // 2]) / (n // 2), sum(over[n // 2:]) / (n // 2)
+    return sum(over[: n // 2]) / (n // 2), sum(over[n // 2 :]) / (n // 2)
 
 
 @pytest.mark.parametrize("sampler", ["tpe", "nsga2"])

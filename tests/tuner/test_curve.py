@@ -46,8 +46,10 @@ def _curve(tokens, alpha, c, noise, seed=0):
 
 # -- eval_points ------------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("budget,n,frac", [(1_000_000, 5, 1 / 8), (100_000, 6, 1 / 16), (64, 4, 1 / 8),
-                                           (3_000_017, 9, 1 / 8)])
+
+@pytest.mark.parametrize(
+    "budget,n,frac", [(1_000_000, 5, 1 / 8), (100_000, 6, 1 / 16), (64, 4, 1 / 8), (3_000_017, 9, 1 / 8)]
+)
 def test_eval_points_log_spaced_first_early_last_is_budget(budget, n, frac):
     pts = eval_points(budget, n, frac)
     assert len(pts) == n >= 4
@@ -69,9 +71,19 @@ def test_eval_points_rejects_bad_requests():
 
 # -- Student t and the fit --------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("p,dof,expected", [(0.975, 1, 12.7062), (0.95, 1, 6.3138), (0.975, 2, 4.3027),
-                                            (0.95, 10, 1.8125), (0.975, 30, 2.0423), (0.9, 5, 1.4759),
-                                            (0.05, 4, -2.1318)])
+
+@pytest.mark.parametrize(
+    "p,dof,expected",
+    [
+        (0.975, 1, 12.7062),
+        (0.95, 1, 6.3138),
+        (0.975, 2, 4.3027),
+        (0.95, 10, 1.8125),
+        (0.975, 30, 2.0423),
+        (0.9, 5, 1.4759),
+        (0.05, 4, -2.1318),
+    ],
+)
 def test_t_quantile_matches_tables(p, dof, expected):
     assert t_quantile(p, dof) == pytest.approx(expected, abs=2e-4)
 
@@ -112,8 +124,9 @@ def _width(pred):
 
 def test_interval_widens_with_noise():
     tokens = np.geomspace(1e4, 2.5e5, 6)
-    widths = [_width(predict(fit_power_law(tokens, _curve(tokens, -0.45, 9, s, seed=3)), 1e6)) for s in
-              (0.005, 0.02, 0.08)]
+    widths = [
+        _width(predict(fit_power_law(tokens, _curve(tokens, -0.45, 9, s, seed=3)), 1e6)) for s in (0.005, 0.02, 0.08)
+    ]
     assert widths[0] < widths[1] < widths[2]
 
 
@@ -122,8 +135,9 @@ def test_interval_shrinks_with_more_points():
     for n in (3, 5, 10, 40):
         tokens = np.geomspace(1e4, 2.5e5, n)
         # the same noise realisation family; average over seeds so one unlucky draw can't flip the order
-        w = np.median([_width(predict(fit_power_law(tokens, _curve(tokens, -0.45, 9, 0.03, seed=s)), 1e6))
-                       for s in range(20)])
+        w = np.median(
+            [_width(predict(fit_power_law(tokens, _curve(tokens, -0.45, 9, 0.03, seed=s)), 1e6)) for s in range(20)]
+        )
         widths.append(w)
     assert widths[0] > widths[1] > widths[2] > widths[3]
 
@@ -155,6 +169,7 @@ def test_fit_rejects_bad_input():
 
 
 # -- Pareto entry -----------------------------------------------------------------------------------------------------
+
 
 def test_can_enter_front_cases():
     front = [(100.0, 4.0), (150.0, 2.0), (300.0, 1.0)]
@@ -259,6 +274,7 @@ def test_monitor_rejects_settings_without_the_fields():
 
 # -- effective-rank predictor -----------------------------------------------------------------------------------------
 
+
 def test_rank_predictor_recovers_a_log_linear_relation_and_scores_out_of_sample():
     rng = np.random.default_rng(5)
     ranks = rng.uniform(30, 90, 12)
@@ -271,6 +287,7 @@ def test_rank_predictor_recovers_a_log_linear_relation_and_scores_out_of_sample(
 
 
 # -- late exponents from completed curves -----------------------------------------------------------------------------
+
 
 def _bent_curve(tokens, scale, alpha_early=-0.6, alpha_late=-0.25, knee=200_000.0):
     """A log-log curve that flattens after `knee` (as within-run curves do): slope alpha_early, then alpha_late."""

@@ -18,16 +18,19 @@ BUDGET = 2048
 
 
 def _spec(enabled: bool, metrics=("val_ppl", "peak_vram_gib"), train_tokens=BUDGET):
-    return spec_from_dict({
-        "name": "request_unit",
-        "objectives": [{"metric": m, "direction": "minimize"} for m in metrics],
-        "vram_ceiling_gib": 1.0,
-        "model": {"vocab_size": 512, "d_model": 32, "n_layers": 1, "n_seq": 64},
-        "search_space": {"learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}},
-        "data": {"source": "stdlib"},
-        "budget": {"train_tokens": train_tokens, "eval_tokens": 512},
-        "pruning": {"learning_curve": {"enabled": enabled, "min_fraction": 0.3, "confidence": 0.85}},
-    }, check_paths=False)
+    return spec_from_dict(
+        {
+            "name": "request_unit",
+            "objectives": [{"metric": m, "direction": "minimize"} for m in metrics],
+            "vram_ceiling_gib": 1.0,
+            "model": {"vocab_size": 512, "d_model": 32, "n_layers": 1, "n_seq": 64},
+            "search_space": {"learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}},
+            "data": {"source": "stdlib"},
+            "budget": {"train_tokens": train_tokens, "eval_tokens": 512},
+            "pruning": {"learning_curve": {"enabled": enabled, "min_fraction": 0.3, "confidence": 0.85}},
+        },
+        check_paths=False,
+    )
 
 
 def _curve(final_ppl, budget=BUDGET):
@@ -38,14 +41,17 @@ def _study_with_history(n_values=2):
     study = optuna.create_study(directions=["minimize"] * n_values)
     dist = {"learning_rate": optuna.distributions.FloatDistribution(1e-3, 1e-2, log=True)}
     rows = [  # (values, end_reason, constraint, curve)
-        ([100.0, 0.2][:n_values], "complete", -0.8, _curve(100.0)),           # feasible, reference
-        ([90.0, 1.5][:n_values], "vram_ceiling", 0.5, _curve(90.0)),          # over the ceiling: neither
-        ([120.0, 0.1][:n_values], "complete", -0.9, _curve(120.0, 4096)),     # another budget: front, not reference
+        ([100.0, 0.2][:n_values], "complete", -0.8, _curve(100.0)),  # feasible, reference
+        ([90.0, 1.5][:n_values], "vram_ceiling", 0.5, _curve(90.0)),  # over the ceiling: neither
+        ([120.0, 0.1][:n_values], "complete", -0.9, _curve(120.0, 4096)),  # another budget: front, not reference
     ]
     for values, reason, cons, curve in rows:
-        t = optuna.trial.create_trial(values=values, params={"learning_rate": 3e-3}, distributions=dist,
-                                      user_attrs={"end_reason": reason, "curve": curve,
-                                                  "curve_budget_tokens": curve[-1]["tokens"]})
+        t = optuna.trial.create_trial(
+            values=values,
+            params={"learning_rate": 3e-3},
+            distributions=dist,
+            user_attrs={"end_reason": reason, "curve": curve, "curve_budget_tokens": curve[-1]["tokens"]},
+        )
         set_trial_constraint(t, cons)  # the form the samplers and tuner.storage.constraints read
         study.add_trial(t)
     return study

@@ -22,8 +22,19 @@ from tuner.vram.estimate.predict import estimate
 
 TOLERANCE = 0.05
 
-TINY = dict(vocab_size=500, d_model=128, n_layers=2, n_seq=128, batch_size=4, loss_chunk_size=32, ffn_rank=16,
-            ar_ssm_max_rank=16, ar_ssm_min_rank=4, htt_rank=8, stability_monitoring_enabled=False)
+TINY = dict(
+    vocab_size=500,
+    d_model=128,
+    n_layers=2,
+    n_seq=128,
+    batch_size=4,
+    loss_chunk_size=32,
+    ffn_rank=16,
+    ar_ssm_max_rank=16,
+    ar_ssm_min_rank=4,
+    htt_rank=8,
+    stability_monitoring_enabled=False,
+)
 
 
 def test_prediction_is_fast_and_imports_no_torch():
@@ -48,40 +59,70 @@ def test_model_constants_and_param_count_match_the_model():
 
     assert est_tensors.TABLE_CHUNK_ROWS == lm.TABLE_CHUNK_ROWS
     assert est_tensors.SCAN_TORCH_CHUNK == _TORCH_CHUNK
-    for cfg in (PRESETS["8gb"], PRESETS["24gb"], Phase1Config(htt_num_cores=3, head="low_rank", d_model=96),
-                Phase1Config(ar_ssm_min_rank=32, ar_ssm_max_rank=32, htt_phase_encoding=False)):
+    for cfg in (
+        PRESETS["8gb"],
+        PRESETS["24gb"],
+        Phase1Config(htt_num_cores=3, head="low_rank", d_model=96),
+        Phase1Config(ar_ssm_min_rank=32, ar_ssm_max_rank=32, htt_phase_encoding=False),
+    ):
         assert sum(est_tensors._param_tensors(cfg)) == lm.expected_param_counts(cfg)["total"]
         assert estimate(cfg).params == lm.expected_param_counts(cfg)["total"]
 
 
-@pytest.mark.parametrize("fields", [
-    pytest.param(dict(), id="bf16-ckpt"),
-    pytest.param(dict(dtype="float32", use_gradient_checkpointing=False), id="fp32-nockpt"),
-    pytest.param(dict(use_gradient_checkpointing=False, checkpoint_ar_ssm=True, checkpoint_htt=True, loss_chunk_size=0,
-                      head="low_rank", head_rank=32, htt_num_cores=3), id="bf16-ckpt-mixer-htt-unchunked-lowrank-3cores"),
-])
+@pytest.mark.parametrize(
+    "fields",
+    [
+        pytest.param(dict(), id="bf16-ckpt"),
+        pytest.param(dict(dtype="float32", use_gradient_checkpointing=False), id="fp32-nockpt"),
+        pytest.param(
+            dict(
+                use_gradient_checkpointing=False,
+                checkpoint_ar_ssm=True,
+                checkpoint_htt=True,
+                loss_chunk_size=0,
+                head="low_rank",
+                head_rank=32,
+                htt_num_cores=3,
+            ),
+            id="bf16-ckpt-mixer-htt-unchunked-lowrank-3cores",
+        ),
+    ],
+)
 def test_tensor_bytes_match_a_real_cpu_training_peak(fields):
     from model.train import train_and_evaluate
     from tuner.vram.calibrate import synthetic_token_data
 
     cfg = Phase1Config(**{**TINY, **fields})
     data = synthetic_token_data(cfg.vocab_size, 4096, seed=1)
-    result = train_and_evaluate(cfg, data, train_tokens=2 * cfg.batch_size * cfg.n_seq, eval_tokens=cfg.n_seq,
-                                device="cpu")
+    result = train_and_evaluate(
+        cfg, data, train_tokens=2 * cfg.batch_size * cfg.n_seq, eval_tokens=cfg.n_seq, device="cpu"
+    )
     assert result.peak_memory_kind == "cpu_tensor_bytes"
     predicted = estimate(cfg, device="cpu").tensor_gib
     assert predicted == pytest.approx(result.peak_torch_gib, rel=TOLERANCE), (predicted, result.peak_torch_gib)
 
 
 def _activation_gib(e) -> float:
-    return sum(v for k, v in e.components.items()
-               if k.startswith(("activations", "recomputed", "logits", "backward_temp", "forward_temp")))
+    return sum(
+        v
+        for k, v in e.components.items()
+        if k.startswith(("activations", "recomputed", "logits", "backward_temp", "forward_temp"))
+    )
 
 
 @pytest.mark.parametrize("flag", ["use_gradient_checkpointing", "checkpoint_ar_ssm", "checkpoint_htt"])
 def test_each_checkpoint_flag_lowers_the_activation_part(flag):
-    off = Phase1Config(**{**TINY, "use_gradient_checkpointing": False, "checkpoint_ar_ssm": False,
-                          "checkpoint_htt": False, "n_layers": 6, "vocab_size": 64, "loss_chunk_size": 16})
+    off = Phase1Config(
+        **{
+            **TINY,
+            "use_gradient_checkpointing": False,
+            "checkpoint_ar_ssm": False,
+            "checkpoint_htt": False,
+            "n_layers": 6,
+            "vocab_size": 64,
+            "loss_chunk_size": 16,
+        }
+    )
     on = off.replace(**{flag: True})
     e_off, e_on = estimate(off, device="cpu"), estimate(on, device="cpu")
     assert _activation_gib(e_on) < _activation_gib(e_off)
@@ -96,8 +137,16 @@ def test_breakdown_is_consistent_and_scales_with_batch():
     big = estimate(PRESETS["24gb"], batch_size=16)
     assert big.tensor_gib > 1.8 * e.tensor_gib - 0.5  # activations dominate: nearly linear in B
     d = e.to_dict()
-    for key in ("total_gib", "tensor_gib", "allocator_gib", "outside_gib", "components", "calibrated",
-                "peak_moment", "moments"):
+    for key in (
+        "total_gib",
+        "tensor_gib",
+        "allocator_gib",
+        "outside_gib",
+        "components",
+        "calibrated",
+        "peak_moment",
+        "moments",
+    ):
         assert key in d
     json.dumps(d)
 
@@ -162,8 +211,15 @@ def test_segment_replay_monotone_allocations_leave_no_gap():
     ev = [("alloc", f"t{i}", (i % 7 + 1) * 1024 * 512) for i in range(40)]
     assert est_alloc._segment_gap(ev) == 0
     # Stack-like use (free the newest, then ask for no more than was freed) refills the end: still no gap.
-    ev = [("alloc", "a", 4 << 20), ("alloc", "b", 8 << 20), ("free", "b", 0), ("alloc", "c", 6 << 20),
-          ("alloc", "d", 2 << 20), ("free", "a", 0), ("alloc", "e", 4 << 20)]
+    ev = [
+        ("alloc", "a", 4 << 20),
+        ("alloc", "b", 8 << 20),
+        ("free", "b", 0),
+        ("alloc", "c", 6 << 20),
+        ("alloc", "d", 2 << 20),
+        ("free", "a", 0),
+        ("alloc", "e", 4 << 20),
+    ]
     assert est_alloc._segment_gap(ev) == 0
 
 
@@ -193,8 +249,9 @@ def test_ce_backward_replay_kappa():
     # Tied head: the table blocks kept between the logits buffer and its fp32 copy add their parts' holes. These
     # figures equal a replay of the full allocation trace of real CPU training steps (profiler memory events) of
     # d_model 256, vocab 50257, B 2, n_seq 512 / chunk 256 (and unchunked n_seq 256): 0.580 bf16, 0.140 fp32.
-    tied = Phase1Config.from_dict({**TINY, "vocab_size": 50257, "d_model": 256, "n_seq": 512, "batch_size": 2,
-                                   "loss_chunk_size": 256})
+    tied = Phase1Config.from_dict(
+        {**TINY, "vocab_size": 50257, "d_model": 256, "n_seq": 512, "batch_size": 2, "loss_chunk_size": 256}
+    )
     assert est_alloc.replay_kappa(tied, 512, True) == pytest.approx(0.580, abs=0.005)
     assert est_alloc.replay_kappa(tied.replace(dtype="float32"), 512, True) == pytest.approx(0.140, abs=0.005)
 

@@ -31,19 +31,30 @@ VOCAB = 512
 
 
 def _spec(metrics=("val_ppl", "peak_vram_gib"), estimate=False, ceiling=CEILING):
-    return spec_from_dict({
-        "name": "objective_unit",
-        "objectives": [{"metric": m, "direction": "maximize" if m == "tokens_per_s" else "minimize"} for m in metrics],
-        "vram_ceiling_gib": ceiling,
-        "sampler": {"name": "random", "seed": 0},
-        "n_trials": 4,
-        "model": {"vocab_size": VOCAB, "d_model": 32, "n_layers": 1, "n_seq": 64, "batch_size": 4,
-                  "dtype": "float32"},
-        "search_space": {"learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}},
-        "data": {"source": "stdlib", "max_bytes": 262144},
-        "budget": {"train_tokens": 2048, "eval_tokens": 1024, "trial_timeout_s": 60},
-        "estimate": {"enabled": estimate, "margin": 0.0},
-    }, check_paths=False)
+    return spec_from_dict(
+        {
+            "name": "objective_unit",
+            "objectives": [
+                {"metric": m, "direction": "maximize" if m == "tokens_per_s" else "minimize"} for m in metrics
+            ],
+            "vram_ceiling_gib": ceiling,
+            "sampler": {"name": "random", "seed": 0},
+            "n_trials": 4,
+            "model": {
+                "vocab_size": VOCAB,
+                "d_model": 32,
+                "n_layers": 1,
+                "n_seq": 64,
+                "batch_size": 4,
+                "dtype": "float32",
+            },
+            "search_space": {"learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}},
+            "data": {"source": "stdlib", "max_bytes": 262144},
+            "budget": {"train_tokens": 2048, "eval_tokens": 1024, "trial_timeout_s": 60},
+            "estimate": {"enabled": estimate, "margin": 0.0},
+        },
+        check_paths=False,
+    )
 
 
 def _run_with_outcome(spec, outcome, device="cpu"):
@@ -60,11 +71,22 @@ def _run_with_outcome(spec, outcome, device="cpu"):
 
 
 def _complete_result(val_ppl=300.0, peak=0.25):
-    return {"kind": "complete", "wall_s": 1.0, "device_name": "cpu",
-            "result": {"val_ppl": val_ppl, "val_loss": 5.7, "peak_torch_gib": peak, "tokens_per_s": 1234.0,
-                       "param_counts": {"embedding": 10, "ar_ssm": 20, "ffn": 30, "head": 0, "norm": 4},
-                       "diagnostics": {"effective_rank": 7.5, "gate_sparsity": 0.25, "det_min": 0.9},
-                       "steps": 8, "train_time_s": 0.5, "curve": [{"tokens": 2048, "val_ppl": val_ppl}]}}
+    return {
+        "kind": "complete",
+        "wall_s": 1.0,
+        "device_name": "cpu",
+        "result": {
+            "val_ppl": val_ppl,
+            "val_loss": 5.7,
+            "peak_torch_gib": peak,
+            "tokens_per_s": 1234.0,
+            "param_counts": {"embedding": 10, "ar_ssm": 20, "ffn": 30, "head": 0, "norm": 4},
+            "diagnostics": {"effective_rank": 7.5, "gate_sparsity": 0.25, "det_min": 0.9},
+            "steps": 8,
+            "train_time_s": 0.5,
+            "curve": [{"tokens": 2048, "val_ppl": val_ppl}],
+        },
+    }
 
 
 def test_complete_records_values_in_spec_order_and_a_feasible_constraint():
@@ -85,8 +107,16 @@ def test_cpu_peak_over_the_ceiling_is_complete_but_infeasible():
 
 
 def test_gpu_ceiling_stop_is_complete_infeasible_with_vocab_ppl_and_observed_peak():
-    t = _run_with_outcome(_spec(), {"kind": "vram_ceiling", "peak_gib": 1.3, "nvml_peak_gib": 1.3,
-                                    "error_summary": "GPU memory 1.300 GiB crossed the ceiling"}, device="cuda")
+    t = _run_with_outcome(
+        _spec(),
+        {
+            "kind": "vram_ceiling",
+            "peak_gib": 1.3,
+            "nvml_peak_gib": 1.3,
+            "error_summary": "GPU memory 1.300 GiB crossed the ceiling",
+        },
+        device="cuda",
+    )
     assert t.state == TrialState.COMPLETE and t.values == [float(VOCAB), 1.3]
     assert t.user_attrs["end_reason"] == "vram_ceiling" and "vocab_size" in t.user_attrs["objective_note"]
     assert t.user_attrs["observed_peak_gib"] == 1.3 and constraint_value(t) == pytest.approx(0.3)
@@ -99,15 +129,24 @@ def test_oom_is_infeasible_even_without_an_observed_peak():
     assert t.user_attrs["traceback"] == "tb"
 
 
-@pytest.mark.parametrize("kind, state", [("numerical_instability", TrialState.PRUNED),
-                                         ("learning_curve", TrialState.PRUNED),
-                                         ("invalid_config", TrialState.PRUNED),
-                                         ("timeout", TrialState.PRUNED),
-                                         ("error", TrialState.FAIL),
-                                         ("crash", TrialState.FAIL)])
+@pytest.mark.parametrize(
+    "kind, state",
+    [
+        ("numerical_instability", TrialState.PRUNED),
+        ("learning_curve", TrialState.PRUNED),
+        ("invalid_config", TrialState.PRUNED),
+        ("timeout", TrialState.PRUNED),
+        ("error", TrialState.FAIL),
+        ("crash", TrialState.FAIL),
+    ],
+)
 def test_non_value_ends_are_pruned_or_failed_with_their_reason(kind, state):
-    outcome = {"kind": kind, "error_summary": f"{kind} happened", "traceback": "Traceback ...",
-               "stability": {"check": "det", "value": 1e-9}}
+    outcome = {
+        "kind": kind,
+        "error_summary": f"{kind} happened",
+        "traceback": "Traceback ...",
+        "stability": {"check": "det", "value": 1e-9},
+    }
     t = _run_with_outcome(_spec(), outcome)
     assert t.state == state
     assert t.user_attrs["end_reason"] == ("error" if kind == "crash" else kind)
@@ -123,8 +162,9 @@ def test_interrupted_is_failed_and_a_retry_records_what_it_replaces():
 
     def objective(trial):
         spec.space.suggest(trial)
-        return record_outcome(trial, spec, spec.build_config(trial.params),
-                              TrialOutcome(kind="interrupted", error_summary="stop"), "cpu")
+        return record_outcome(
+            trial, spec, spec.build_config(trial.params), TrialOutcome(kind="interrupted", error_summary="stop"), "cpu"
+        )
 
     study.optimize(objective, n_trials=1, catch=(TrialInterrupted,))
     first = study.trials[0]

@@ -13,8 +13,16 @@ from tuner.vram.estimate.predict import estimate
 
 
 def _calibration() -> cal.DeviceCalibration:
-    return cal.DeviceCalibration(device="TestGPU", driver="1.0", torch="2.0", cuda="13.0", context_gib=0.5,
-                                 outside_gib=0.74, workspace_gib=0.0625, measured_at="2026-11-24T00:00:00+00:00")
+    return cal.DeviceCalibration(
+        device="TestGPU",
+        driver="1.0",
+        torch="2.0",
+        cuda="13.0",
+        context_gib=0.5,
+        outside_gib=0.74,
+        workspace_gib=0.0625,
+        measured_at="2026-11-24T00:00:00+00:00",
+    )
 
 
 def test_completed_gpu_trial_refines_the_stored_calibration(tmp_path):
@@ -27,8 +35,9 @@ def test_completed_gpu_trial_refines_the_stored_calibration(tmp_path):
     trial = optuna.create_study().ask()
     torch_peak = est.tensor_gib * 1.02
     reserved = torch_peak + 0.3
-    objective._refine_calibration(trial, {"peak_torch_gib": torch_peak, "peak_reserved_gib": reserved},
-                                  nvml_peak_gib=reserved + 0.8)
+    objective._refine_calibration(
+        trial, {"peak_torch_gib": torch_peak, "peak_reserved_gib": reserved}, nvml_peak_gib=reserved + 0.8
+    )
     stored = cal.load_calibration(path, c.key)
     assert stored.n_refined == 1
     assert stored.outside_residuals_gib == (pytest.approx(0.8),)

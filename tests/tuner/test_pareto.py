@@ -24,8 +24,13 @@ DIST = {"x": optuna.distributions.FloatDistribution(0, 1)}
 
 
 def add(study, values, constraint=None, state=optuna.trial.TrialState.COMPLETE, **user_attrs):
-    ft = optuna.trial.create_trial(state=state, values=values if state.name == "COMPLETE" else None,
-                                   params={"x": 0.5}, distributions=DIST, user_attrs=user_attrs)
+    ft = optuna.trial.create_trial(
+        state=state,
+        values=values if state.name == "COMPLETE" else None,
+        params={"x": 0.5},
+        distributions=DIST,
+        user_attrs=user_attrs,
+    )
     if constraint is not None:
         set_trial_constraint(ft, constraint)
     study.add_trial(ft)
@@ -91,7 +96,7 @@ def test_export_choice_lowest_ppl_under_budget():
     add(study, [15.0, 7.5], constraint=-0.5)  # 2
     add(study, [10.0, 9.0], constraint=1.0)  # 3: infeasible (over the 8 GiB ceiling)
     trials = study.get_trials()
-    pick = lambda x: export_choice(trials, NAMES, ["minimize", "minimize"], x)  # noqa: E731
+    pick = lambda x: export_choice(trials, NAMES, ["minimize", "minimize"], x)
     assert pick(8.0).number == 2
     assert pick(6.0).number == 1
     assert pick(5.0).number == 1  # boundary included

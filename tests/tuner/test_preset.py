@@ -13,14 +13,20 @@ from tuner.study.preset import load_preset, write_preset
 
 def test_round_trip_with_provenance(tmp_path):
     cfg = Phase1Config(vocab_size=512, d_model=64, n_layers=2, n_seq=64, ar_ssm_max_rank=24, target_vram_gb=6.0)
-    path = write_preset(tmp_path / "sub" / "p.yaml", cfg, study="s1", trial=7, val_ppl=42.5, peak_vram_gib=1.25,
-                        device="cpu")
+    path = write_preset(
+        tmp_path / "sub" / "p.yaml", cfg, study="s1", trial=7, val_ppl=42.5, peak_vram_gib=1.25, device="cpu"
+    )
     raw = yaml.safe_load(path.read_text())
     assert set(raw) == {"config", "provenance"}
     assert raw["config"] == cfg.to_dict()  # the full config, every field
     prov = raw["provenance"]
-    assert (prov["study"], prov["trial"], prov["val_ppl"], prov["peak_vram_gib"], prov["device"]) == \
-        ("s1", 7, 42.5, 1.25, "cpu")
+    assert (prov["study"], prov["trial"], prov["val_ppl"], prov["peak_vram_gib"], prov["device"]) == (
+        "s1",
+        7,
+        42.5,
+        1.25,
+        "cpu",
+    )
     assert prov["version"] == __version__ and prov["date"].startswith("20")
     loaded = load_preset(path)
     assert loaded.config == cfg and loaded.provenance == prov and loaded.source == str(path)

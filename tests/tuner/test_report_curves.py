@@ -29,7 +29,7 @@ def study(tmp_path):
     s = optuna.create_study(storage=f"sqlite:///{tmp_path / 'curves.db'}", directions=["minimize", "minimize"])
     rng = np.random.default_rng(0)
     front: list[tuple[float, float]] = []
-    for k, (final_ppl, vram) in enumerate([(120, 1.0), (90, 2.0), (400, 2.5), (80, 3.0), (500, 3.0), (150, 0.9)]):
+    for _k, (final_ppl, vram) in enumerate([(120, 1.0), (90, 2.0), (400, 2.5), (80, 3.0), (500, 3.0), (150, 0.9)]):
         trial = s.ask()
         mon = LearningCurveMonitor(_Settings(), BUDGET, front, lambda v=vram: v)
         c = math.log(final_ppl) + 0.45 * math.log(BUDGET)

@@ -32,7 +32,8 @@ from tuner.study.loader import spec_from_dict
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 pytestmark = pytest.mark.filterwarnings(  # heartbeats outside study.optimize and fail_stale_trials are deliberate here
-    "ignore:Heartbeat of storage:UserWarning", "ignore::optuna.exceptions.ExperimentalWarning")
+    "ignore:Heartbeat of storage:UserWarning", "ignore::optuna.exceptions.ExperimentalWarning"
+)
 
 
 class Relay:
@@ -273,8 +274,9 @@ def test_make_sampler_seed_override_draws_distinct_sequences():
     assert draws(make_sampler(spec, seed=0)) == draws(make_sampler(spec))
 
 
-@pytest.mark.parametrize("argv", [
-    ["worker", "--study", "s"], ["run", "study.yaml"], ["launch", "study.yaml", "--workers", "2"]])
+@pytest.mark.parametrize(
+    "argv", [["worker", "--study", "s"], ["run", "study.yaml"], ["launch", "study.yaml", "--workers", "2"]]
+)
 def test_heartbeat_flags_parse(argv):
     from tuner.cli import build_parser
 
@@ -306,9 +308,27 @@ def test_launch_passes_heartbeat_flags_to_its_workers(tmp_path):
     d["name"] = "flags"
     study = tmp_path / "flags.yaml"
     study.write_text(yaml.safe_dump(d, sort_keys=False))
-    r = subprocess.run([sys.executable, "-m", "tuner.cli", "launch", str(study), "--workers", "1", "--storage",
-                        f"sqlite:///{tmp_path / 't.db'}", "--heartbeat-s", "3", "--grace-s", "2"], cwd=str(REPO),
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tuner.cli",
+            "launch",
+            str(study),
+            "--workers",
+            "1",
+            "--storage",
+            f"sqlite:///{tmp_path / 't.db'}",
+            "--heartbeat-s",
+            "3",
+            "--grace-s",
+            "2",
+        ],
+        cwd=str(REPO),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     out = r.stdout + r.stderr
     assert "grace period 2 s is shorter than the heartbeat interval 3 s" in out, out
     assert "not restarting" in out, out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 
 import optuna
@@ -17,7 +18,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 BASE = {
     "name": "unit",
-    "objectives": [{"metric": "val_ppl", "direction": "minimize"}, {"metric": "peak_vram_gib", "direction": "minimize"}],
+    "objectives": [
+        {"metric": "val_ppl", "direction": "minimize"},
+        {"metric": "peak_vram_gib", "direction": "minimize"},
+    ],
     "vram_ceiling_gib": 8,
     "sampler": {"name": "tpe", "seed": 0},
     "n_trials": 4,
@@ -27,8 +31,11 @@ BASE = {
         "ar_ssm_min_rank": {"type": "int", "low": 2, "high": 8},
         "ar_ssm_l1_regularization": {"type": "float", "low": 1.0e-4, "high": 1.0e-2, "log": True},
         "use_gradient_checkpointing": {"type": "categorical", "choices": [True, False]},
-        "checkpoint_ar_ssm": {"type": "categorical", "choices": [True, False],
-                              "when": {"use_gradient_checkpointing": False}},
+        "checkpoint_ar_ssm": {
+            "type": "categorical",
+            "choices": [True, False],
+            "when": {"use_gradient_checkpointing": False},
+        },
     },
     "data": {"source": "stdlib"},
     "budget": {"train_tokens": 1000, "eval_tokens": 500, "trial_timeout_s": 60},
@@ -61,74 +68,171 @@ SS = "search_space"
 # (case id, spec mapping or YAML text, key that the message must name, a word of the problem/fix)
 BAD = [
     ("unknown-top-key", {**BASE, "n_trial": 3}, "n_trial:", "did you mean 'n_trials'"),
-    ("unknown-param", mutate(**{f"{SS}__ar_ssm_max_rnk": {"type": "int", "low": 1, "high": 4}}),
-     "search_space.ar_ssm_max_rnk", "did you mean 'ar_ssm_max_rank'"),
-    ("unknown-param-key", mutate(**{f"{SS}__ar_ssm_max_rank__hi": 4}), "search_space.ar_ssm_max_rank.hi", "unknown key"),
-    ("low-gt-high", mutate(**{f"{SS}__ar_ssm_max_rank": {"type": "int", "low": 64, "high": 8}}),
-     "search_space.ar_ssm_max_rank", "low 64 > high 8"),
-    ("low-eq-high", mutate(**{f"{SS}__ar_ssm_max_rank": {"type": "int", "low": 8, "high": 8}}),
-     "search_space.ar_ssm_max_rank", "model:"),
-    ("float-for-int-field", mutate(**{f"{SS}__ar_ssm_max_rank": {"type": "float", "low": 8, "high": 16}}),
-     "search_space.ar_ssm_max_rank.type", "type: int"),
-    ("int-for-bool-field", mutate(**{f"{SS}__htt_phase_encoding": {"type": "int", "low": 0, "high": 1}}),
-     "search_space.htt_phase_encoding.type", "categorical"),
-    ("choice-wrong-type", mutate(**{f"{SS}__htt_phase_encoding": {"type": "categorical", "choices": [1, 0]}}),
-     "search_space.htt_phase_encoding.choices[0]", "true or false"),
-    ("empty-choices", mutate(**{f"{SS}__htt_phase_encoding": {"type": "categorical", "choices": []}}),
-     "search_space.htt_phase_encoding.choices", "non-empty"),
-    ("duplicate-choice", mutate(**{f"{SS}__htt_num_cores": {"type": "categorical", "choices": [2, 2]}}),
-     "search_space.htt_num_cores.choices", "twice"),
+    (
+        "unknown-param",
+        mutate(**{f"{SS}__ar_ssm_max_rnk": {"type": "int", "low": 1, "high": 4}}),
+        "search_space.ar_ssm_max_rnk",
+        "did you mean 'ar_ssm_max_rank'",
+    ),
+    (
+        "unknown-param-key",
+        mutate(**{f"{SS}__ar_ssm_max_rank__hi": 4}),
+        "search_space.ar_ssm_max_rank.hi",
+        "unknown key",
+    ),
+    (
+        "low-gt-high",
+        mutate(**{f"{SS}__ar_ssm_max_rank": {"type": "int", "low": 64, "high": 8}}),
+        "search_space.ar_ssm_max_rank",
+        "low 64 > high 8",
+    ),
+    (
+        "low-eq-high",
+        mutate(**{f"{SS}__ar_ssm_max_rank": {"type": "int", "low": 8, "high": 8}}),
+        "search_space.ar_ssm_max_rank",
+        "model:",
+    ),
+    (
+        "float-for-int-field",
+        mutate(**{f"{SS}__ar_ssm_max_rank": {"type": "float", "low": 8, "high": 16}}),
+        "search_space.ar_ssm_max_rank.type",
+        "type: int",
+    ),
+    (
+        "int-for-bool-field",
+        mutate(**{f"{SS}__htt_phase_encoding": {"type": "int", "low": 0, "high": 1}}),
+        "search_space.htt_phase_encoding.type",
+        "categorical",
+    ),
+    (
+        "choice-wrong-type",
+        mutate(**{f"{SS}__htt_phase_encoding": {"type": "categorical", "choices": [1, 0]}}),
+        "search_space.htt_phase_encoding.choices[0]",
+        "true or false",
+    ),
+    (
+        "empty-choices",
+        mutate(**{f"{SS}__htt_phase_encoding": {"type": "categorical", "choices": []}}),
+        "search_space.htt_phase_encoding.choices",
+        "non-empty",
+    ),
+    (
+        "duplicate-choice",
+        mutate(**{f"{SS}__htt_num_cores": {"type": "categorical", "choices": [2, 2]}}),
+        "search_space.htt_num_cores.choices",
+        "twice",
+    ),
     ("missing-type", mutate(**{f"{SS}__htt_rank": {"low": 8, "high": 16}}), "search_space.htt_rank.type", "missing"),
-    ("int-float-bound", mutate(**{f"{SS}__htt_rank": {"type": "int", "low": 8, "high": 16.5}}),
-     "search_space.htt_rank.high", "integer"),
-    ("yaml11-exponent", "name: unit\nvram_ceiling_gib: 8\nbudget: {train_tokens: 10, eval_tokens: 10}\n"
-     "search_space:\n  ar_ssm_l1_regularization: {type: float, low: 1e-4, high: 1.0e-2}\n",
-     "search_space.ar_ssm_l1_regularization.low", "1.0e-4"),
-    ("log-nonpositive", mutate(**{f"{SS}__ar_ssm_l1_regularization__low": 0.0}),
-     "search_space.ar_ssm_l1_regularization.low", "log"),
-    ("step-not-dividing", mutate(**{f"{SS}__ar_ssm_max_rank__high": 30}), "search_space.ar_ssm_max_rank.high",
-     "use high: 24"),
-    ("single-value-invalid", mutate(**{f"{SS}__htt_num_cores": {"type": "int", "low": 2, "high": 4}}),
-     "search_space.htt_num_cores", "2 or 3"),
-    ("min-above-max", mutate(**{f"{SS}__ar_ssm_min_rank": {"type": "int", "low": 4, "high": 16}}),
-     "search_space.ar_ssm_min_rank", "ar_ssm_max_rank=8"),
-    ("min-above-fixed-max", mutate(**{f"{SS}__ar_ssm_max_rank": _DELETE, "model__ar_ssm_max_rank": 4}),
-     "search_space.ar_ssm_min_rank", "ar_ssm_max_rank = 4"),
+    (
+        "int-float-bound",
+        mutate(**{f"{SS}__htt_rank": {"type": "int", "low": 8, "high": 16.5}}),
+        "search_space.htt_rank.high",
+        "integer",
+    ),
+    (
+        "yaml11-exponent",
+        "name: unit\nvram_ceiling_gib: 8\nbudget: {train_tokens: 10, eval_tokens: 10}\n"
+        "search_space:\n  ar_ssm_l1_regularization: {type: float, low: 1e-4, high: 1.0e-2}\n",
+        "search_space.ar_ssm_l1_regularization.low",
+        "1.0e-4",
+    ),
+    (
+        "log-nonpositive",
+        mutate(**{f"{SS}__ar_ssm_l1_regularization__low": 0.0}),
+        "search_space.ar_ssm_l1_regularization.low",
+        "log",
+    ),
+    (
+        "step-not-dividing",
+        mutate(**{f"{SS}__ar_ssm_max_rank__high": 30}),
+        "search_space.ar_ssm_max_rank.high",
+        "use high: 24",
+    ),
+    (
+        "single-value-invalid",
+        mutate(**{f"{SS}__htt_num_cores": {"type": "int", "low": 2, "high": 4}}),
+        "search_space.htt_num_cores",
+        "2 or 3",
+    ),
+    (
+        "min-above-max",
+        mutate(**{f"{SS}__ar_ssm_min_rank": {"type": "int", "low": 4, "high": 16}}),
+        "search_space.ar_ssm_min_rank",
+        "ar_ssm_max_rank=8",
+    ),
+    (
+        "min-above-fixed-max",
+        mutate(**{f"{SS}__ar_ssm_max_rank": _DELETE, "model__ar_ssm_max_rank": 4}),
+        "search_space.ar_ssm_min_rank",
+        "ar_ssm_max_rank = 4",
+    ),
     ("also-fixed", mutate(**{"model__ar_ssm_max_rank": 16}), "search_space.ar_ssm_max_rank", "also fixed"),
     ("derived-field", mutate(**{"model__target_vram_gb": 8.0}), "model.target_vram_gb", "vram_ceiling_gib"),
     ("unknown-sampler", mutate(sampler={"name": "cmaes"}), "sampler.name", "tpe"),
-    ("sampler-option", mutate(sampler={"name": "tpe", "population_size": 8}), "sampler.population_size",
-     "not an option of the tpe sampler"),
-    ("bad-direction", mutate(objectives=[{"metric": "val_ppl", "direction": "minimise"}]), "objectives[0].direction",
-     "did you mean 'minimize'"),
+    (
+        "sampler-option",
+        mutate(sampler={"name": "tpe", "population_size": 8}),
+        "sampler.population_size",
+        "not an option of the tpe sampler",
+    ),
+    (
+        "bad-direction",
+        mutate(objectives=[{"metric": "val_ppl", "direction": "minimise"}]),
+        "objectives[0].direction",
+        "did you mean 'minimize'",
+    ),
     ("bad-metric", mutate(objectives=[{"metric": "ppl", "direction": "minimize"}]), "objectives[0].metric", "val_ppl"),
     ("dup-metric", mutate(objectives=[{"metric": "val_ppl"}, {"metric": "val_ppl"}]), "objectives[1].metric", "twice"),
     ("bad-model-value", mutate(model__d_model=4), "model.d_model", ">= 8"),
     ("unknown-model-field", mutate(model__dmodel=64), "model.dmodel", "did you mean 'd_model'"),
     # lns_enabled (fixed or searched) is valid: a trial trains with LNS off and evaluates converted
     # (tests/tuner/test_spec_lns.py, tests/integration/test_lns_trial.py).
-    ("missing-data-path", mutate(data={"source": "files", "path": "/nonexistent/corpus"}), "data.path",
-     "/nonexistent/corpus"),
+    (
+        "missing-data-path",
+        mutate(data={"source": "files", "path": "/nonexistent/corpus"}),
+        "data.path",
+        "/nonexistent/corpus",
+    ),
     ("unknown-data-source", mutate(data={"source": "web"}), "data.source", "stdlib"),
     ("unknown-data-key", mutate(data={"source": "stdlib", "pth": "x"}), "data.pth", "did you mean 'path'"),
     ("missing-budget", mutate(budget=_DELETE), "budget", "missing"),
     ("budget-tokens", mutate(budget={"train_tokens": 0, "eval_tokens": 10}), "budget.train_tokens", ">= 1"),
     ("unknown-preset", mutate(enqueue_presets=["9gb"]), "enqueue_presets[0]", "did you mean"),
-    ("preset-outside-space", mutate(enqueue_presets=["24gb"]), "enqueue_presets[0]",
-     "ar_ssm_max_rank: 64, outside"),
-    ("when-unknown-key", mutate(**{f"{SS}__checkpoint_ar_ssm__when": {"use_checkpointing": False}}),
-     "search_space.checkpoint_ar_ssm.when.use_checkpointing", "not a parameter"),
-    ("when-never-holds", mutate(**{f"{SS}__checkpoint_htt": {"type": "categorical", "choices": [True, False],
-                                                            "when": {"lns_enabled": True}}}),
-     "search_space.checkpoint_htt.when.lns_enabled", "never holds"),
-    ("when-wrong-type", mutate(**{f"{SS}__checkpoint_ar_ssm__when": {"use_gradient_checkpointing": "no"}}),
-     "search_space.checkpoint_ar_ssm.when.use_gradient_checkpointing", "true or false"),
-    ("when-cycle", mutate(**{f"{SS}__use_gradient_checkpointing__when": {"checkpoint_ar_ssm": True}}),
-     "when", "cycle"),
-    ("grid-float", mutate(sampler={"name": "grid"}), "search_space.ar_ssm_l1_regularization",
-     "grid"),
-    ("pruning-confidence", mutate(pruning={"learning_curve": {"confidence": 1.5}}),
-     "pruning.learning_curve.confidence", "< 1"),
+    ("preset-outside-space", mutate(enqueue_presets=["24gb"]), "enqueue_presets[0]", "ar_ssm_max_rank: 64, outside"),
+    (
+        "when-unknown-key",
+        mutate(**{f"{SS}__checkpoint_ar_ssm__when": {"use_checkpointing": False}}),
+        "search_space.checkpoint_ar_ssm.when.use_checkpointing",
+        "not a parameter",
+    ),
+    (
+        "when-never-holds",
+        mutate(
+            **{
+                f"{SS}__checkpoint_htt": {
+                    "type": "categorical",
+                    "choices": [True, False],
+                    "when": {"lns_enabled": True},
+                }
+            }
+        ),
+        "search_space.checkpoint_htt.when.lns_enabled",
+        "never holds",
+    ),
+    (
+        "when-wrong-type",
+        mutate(**{f"{SS}__checkpoint_ar_ssm__when": {"use_gradient_checkpointing": "no"}}),
+        "search_space.checkpoint_ar_ssm.when.use_gradient_checkpointing",
+        "true or false",
+    ),
+    ("when-cycle", mutate(**{f"{SS}__use_gradient_checkpointing__when": {"checkpoint_ar_ssm": True}}), "when", "cycle"),
+    ("grid-float", mutate(sampler={"name": "grid"}), "search_space.ar_ssm_l1_regularization", "grid"),
+    (
+        "pruning-confidence",
+        mutate(pruning={"learning_curve": {"confidence": 1.5}}),
+        "pruning.learning_curve.confidence",
+        "< 1",
+    ),
     ("estimate-key", mutate(estimate={"enable": True}), "estimate.enable", "did you mean 'enabled'"),
     ("bad-name", mutate(name="my study!"), "name", "letters"),
     ("missing-name", mutate(name=_DELETE), "name", "missing"),
@@ -169,7 +273,7 @@ def test_valid_spec_defaults_and_round_trip(tmp_path):
     again = spec_from_dict(yaml.safe_load(spec.to_yaml()), where="stored")
     assert again.to_dict() == spec.to_dict()
     assert again.space == spec.space and again.model == spec.model
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         spec.name = "other"  # frozen
 
 
@@ -207,8 +311,10 @@ def test_suggest_follows_conditions():
 
 def test_conditions_sorted_after_their_parents():
     d = copy.deepcopy(BASE)
-    d["search_space"] = {"checkpoint_ar_ssm": d["search_space"]["checkpoint_ar_ssm"],
-                         "use_gradient_checkpointing": d["search_space"]["use_gradient_checkpointing"]}
+    d["search_space"] = {
+        "checkpoint_ar_ssm": d["search_space"]["checkpoint_ar_ssm"],
+        "use_gradient_checkpointing": d["search_space"]["use_gradient_checkpointing"],
+    }
     spec = spec_from_dict(d)
     assert spec.space.names == ("use_gradient_checkpointing", "checkpoint_ar_ssm")
 
@@ -228,14 +334,22 @@ def test_preset_params_restricted_to_space():
     spec = spec_from_dict(d)
     params = spec.preset_params("8gb")
     # 8gb: max_rank 16, min_rank 4, l1 0.01, checkpointing on -> the conditional checkpoint_ar_ssm is inactive
-    assert params == {"ar_ssm_max_rank": 16, "ar_ssm_min_rank": 4, "ar_ssm_l1_regularization": 0.01,
-                      "use_gradient_checkpointing": True}
+    assert params == {
+        "ar_ssm_max_rank": 16,
+        "ar_ssm_min_rank": 4,
+        "ar_ssm_l1_regularization": 0.01,
+        "use_gradient_checkpointing": True,
+    }
 
 
 def test_grid_sampler_space():
-    d = mutate(sampler={"name": "grid"}, **{f"{SS}__ar_ssm_l1_regularization": {"type": "float", "low": 0.001,
-                                                                               "high": 0.003, "step": 0.001},
-                                            f"{SS}__checkpoint_ar_ssm": _DELETE})
+    d = mutate(
+        sampler={"name": "grid"},
+        **{
+            f"{SS}__ar_ssm_l1_regularization": {"type": "float", "low": 0.001, "high": 0.003, "step": 0.001},
+            f"{SS}__checkpoint_ar_ssm": _DELETE,
+        },
+    )
     spec = spec_from_dict(d)
     grid = spec.space.grid()
     assert grid["ar_ssm_max_rank"] == [8, 16, 24, 32] and len(grid["ar_ssm_l1_regularization"]) == 3
@@ -244,10 +358,23 @@ def test_grid_sampler_space():
 def test_phase1_8gb_study_has_the_guides_space():
     spec = load_spec(REPO / "studies" / "phase1_8gb.yaml")
     assert set(spec.space.names) == {
-        "ar_ssm_max_rank", "ar_ssm_min_rank", "ar_ssm_l1_regularization", "ar_ssm_gate_hidden_dim", "htt_rank",
-        "htt_num_cores", "htt_phase_encoding", "use_gradient_checkpointing", "checkpoint_ar_ssm", "checkpoint_htt",
-        "ffn_rank"}
-    assert (spec.model["d_model"], spec.model["n_layers"], spec.model["n_seq"], spec.model["vocab_size"]) == \
-        (1024, 12, 2048, 50257)
+        "ar_ssm_max_rank",
+        "ar_ssm_min_rank",
+        "ar_ssm_l1_regularization",
+        "ar_ssm_gate_hidden_dim",
+        "htt_rank",
+        "htt_num_cores",
+        "htt_phase_encoding",
+        "use_gradient_checkpointing",
+        "checkpoint_ar_ssm",
+        "checkpoint_htt",
+        "ffn_rank",
+    }
+    assert (spec.model["d_model"], spec.model["n_layers"], spec.model["n_seq"], spec.model["vocab_size"]) == (
+        1024,
+        12,
+        2048,
+        50257,
+    )
     assert spec.vram_ceiling_gib == 8.0 and spec.enqueue_presets == ("8gb",)
     assert spec.preset_params("8gb")["htt_rank"] == 12

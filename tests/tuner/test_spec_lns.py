@@ -12,7 +12,10 @@ from tuner.study.spec import trial_trainable
 
 BASE = {
     "name": "lns_unit",
-    "objectives": [{"metric": "val_ppl", "direction": "minimize"}, {"metric": "peak_vram_gib", "direction": "minimize"}],
+    "objectives": [
+        {"metric": "val_ppl", "direction": "minimize"},
+        {"metric": "peak_vram_gib", "direction": "minimize"},
+    ],
     "vram_ceiling_gib": 8,
     "model": {"vocab_size": 512, "d_model": 64, "n_layers": 2, "n_seq": 64},
     "search_space": {"learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}},

@@ -29,6 +29,7 @@ def spec(**changes):
 
 # --- URLs -------------------------------------------------------------------------------------------------------
 
+
 def test_resolution_order(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert resolve_storage_url("sqlite:///flag.db", {"TUNER_STORAGE": "postgresql://h/db"}) == "sqlite:///flag.db"
@@ -38,13 +39,16 @@ def test_resolution_order(tmp_path, monkeypatch):
     assert resolve_storage_url(None) == "postgresql://env/db"
 
 
-@pytest.mark.parametrize("url, masked", [
-    ("postgresql+psycopg2://tuner:s3cr%40t@db:5432/tuner", "postgresql+psycopg2://tuner:***@db:5432/tuner"),
-    ("postgresql://u:p@h/d", "postgresql://u:***@h/d"),
-    ("postgresql://u@h/d", "postgresql://u@h/d"),
-    ("sqlite:////tmp/tuner.db", "sqlite:////tmp/tuner.db"),
-    ("mysql://root:pw@[::1]:3306/x", "mysql://root:***@[::1]:3306/x"),
-])
+@pytest.mark.parametrize(
+    "url, masked",
+    [
+        ("postgresql+psycopg2://tuner:s3cr%40t@db:5432/tuner", "postgresql+psycopg2://tuner:***@db:5432/tuner"),
+        ("postgresql://u:p@h/d", "postgresql://u:***@h/d"),
+        ("postgresql://u@h/d", "postgresql://u@h/d"),
+        ("sqlite:////tmp/tuner.db", "sqlite:////tmp/tuner.db"),
+        ("mysql://root:pw@[::1]:3306/x", "mysql://root:***@[::1]:3306/x"),
+    ],
+)
 def test_mask_url(url, masked):
     assert mask_url(url) == masked
 
@@ -57,6 +61,7 @@ def test_mask_text_removes_password_anywhere():
 
 
 # --- connecting -------------------------------------------------------------------------------------------------
+
 
 def _closed_port() -> int:
     with socket.socket() as s:
@@ -133,6 +138,7 @@ def test_stale_trial_is_requeued(pg_url):
 
 # --- studies ----------------------------------------------------------------------------------------------------
 
+
 def test_create_sets_names_spec_and_presets_once(pg_url):
     s = spec(enqueue_presets=["8gb"])
     storage = open_storage(pg_url)
@@ -166,8 +172,15 @@ def test_load_study_uses_stored_spec_sampler_and_names_missing(pg_url):
         load_study("other", storage)
 
 
-@pytest.mark.parametrize("name, cls", [("tpe", optuna.samplers.TPESampler), ("nsga2", optuna.samplers.NSGAIISampler),
-                                       ("gp", optuna.samplers.GPSampler), ("random", optuna.samplers.RandomSampler)])
+@pytest.mark.parametrize(
+    "name, cls",
+    [
+        ("tpe", optuna.samplers.TPESampler),
+        ("nsga2", optuna.samplers.NSGAIISampler),
+        ("gp", optuna.samplers.GPSampler),
+        ("random", optuna.samplers.RandomSampler),
+    ],
+)
 def test_make_sampler(name, cls):
     assert isinstance(make_sampler(spec(sampler={"name": name, "seed": 1})), cls)
 
@@ -175,7 +188,9 @@ def test_make_sampler(name, cls):
 def test_make_grid_sampler():
     d = copy.deepcopy(BASE)
     d["sampler"] = {"name": "grid"}
-    d["search_space"] = {"ar_ssm_max_rank": {"type": "int", "low": 8, "high": 16, "step": 8},
-                         "htt_phase_encoding": {"type": "categorical", "choices": [True, False]}}
+    d["search_space"] = {
+        "ar_ssm_max_rank": {"type": "int", "low": 8, "high": 16, "step": 8},
+        "htt_phase_encoding": {"type": "categorical", "choices": [True, False]},
+    }
     sampler = make_sampler(spec_from_dict(d))
     assert isinstance(sampler, optuna.samplers.GridSampler)

@@ -18,8 +18,9 @@ CFG = Phase1Config(vocab_size=512, d_model=32, n_layers=1, n_seq=64)
 
 
 def _preset(tmp_path, **extra):
-    return write_preset(tmp_path / "p.yaml", CFG, study="s", trial=0, val_ppl=10.0, peak_vram_gib=0.1, device="cpu",
-                        **extra)
+    return write_preset(
+        tmp_path / "p.yaml", CFG, study="s", trial=0, val_ppl=10.0, peak_vram_gib=0.1, device="cpu", **extra
+    )
 
 
 def _args(**kw):
@@ -42,12 +43,15 @@ def test_old_preset_without_reproduction_keys_uses_the_defaults(tmp_path):
     assert data == DataSource(kind="stdlib") and src == "default" and evals == DEFAULT_EVAL_TOKENS
 
 
-@pytest.mark.parametrize("extra, expected", [
-    ({"train_tokens": "abc"}, "provenance.train_tokens: 'abc' is not a positive integer"),
-    ({"eval_tokens": 0}, "provenance.eval_tokens: 0 is not a positive integer"),
-    ({"eval_tokens": {"source": "nowhere"}}, "provenance.eval_tokens: {'source': 'nowhere'} is not a positive"),
-    ({"data": "nowhere"}, "provenance.data: expected a mapping"),
-])
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        ({"train_tokens": "abc"}, "provenance.train_tokens: 'abc' is not a positive integer"),
+        ({"eval_tokens": 0}, "provenance.eval_tokens: 0 is not a positive integer"),
+        ({"eval_tokens": {"source": "nowhere"}}, "provenance.eval_tokens: {'source': 'nowhere'} is not a positive"),
+        ({"data": "nowhere"}, "provenance.data: expected a mapping"),
+    ],
+)
 def test_malformed_provenance_is_a_one_line_error(tmp_path, capsys, extra, expected):
     path = _preset(tmp_path, **extra)
     code = main(["train", "--preset", str(path), "--json", "--storage", f"sqlite:///{tmp_path}/t.db"])

@@ -68,8 +68,9 @@ def test_thread_samples_at_least_ten_per_second_and_stops_a_step_loop_within_one
     """A 'training loop' calling check() every 20 ms stops < 1 s after the memory crosses."""
     level = {"gib": 0.1}
     crossed_events = []
-    guard = VramGuard(2.0, sampler=lambda: level["gib"], interval_s=0.05,
-                      on_cross=lambda peak, t: crossed_events.append((peak, t)))
+    guard = VramGuard(
+        2.0, sampler=lambda: level["gib"], interval_s=0.05, on_cross=lambda peak, t: crossed_events.append((peak, t))
+    )
     with guard:
         t0 = time.monotonic()
         time.sleep(0.5)

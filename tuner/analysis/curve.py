@@ -19,14 +19,16 @@ picklable state.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Where to evaluate
 # ---------------------------------------------------------------------------------------------------------------------
+
 
 def eval_points(budget_tokens: int, n: int = 5, first_fraction: float = 1 / 8) -> list[int]:
     """`n` token counts, log-spaced from `first_fraction * budget_tokens` up to `budget_tokens` (the last point).
@@ -38,8 +40,9 @@ def eval_points(budget_tokens: int, n: int = 5, first_fraction: float = 1 / 8) -
     if n < 4:
         raise ValueError(f"eval_points: n={n}; a fit with an uncertainty needs at least 4 points, use n >= 4")
     if not 0.0 < first_fraction <= 1 / 8:
-        raise ValueError(f"eval_points: first_fraction={first_fraction}; must be in (0, 1/8] so pruning can "
-                         "start early")
+        raise ValueError(
+            f"eval_points: first_fraction={first_fraction}; must be in (0, 1/8] so pruning can start early"
+        )
     budget = int(budget_tokens)
     first = budget * first_fraction
     if first < 1:
@@ -48,14 +51,16 @@ def eval_points(budget_tokens: int, n: int = 5, first_fraction: float = 1 / 8) -
     pts[-1] = budget
     pts[0] = min(pts[0], int(math.floor(first)))  # rounding must not push the first point past the fraction
     if len(set(pts)) != n or any(b <= a for a, b in zip(pts, pts[1:])):
-        raise ValueError(f"eval_points: budget_tokens={budget_tokens} too small for {n} distinct points; "
-                         f"raise the budget or lower n")
+        raise ValueError(
+            f"eval_points: budget_tokens={budget_tokens} too small for {n} distinct points; raise the budget or lower n"
+        )
     return pts
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Student t quantile (integer degrees of freedom; numpy only, no scipy)
 # ---------------------------------------------------------------------------------------------------------------------
+
 
 def _t_cdf(t: float, dof: int) -> float:
     """P(T <= t) for Student's t with integer `dof` >= 1 (Abramowitz & Stegun 26.7.3/26.7.4, exact finite sums)."""
@@ -103,6 +108,7 @@ def t_quantile(p: float, dof: int) -> float:
 # ---------------------------------------------------------------------------------------------------------------------
 # Fit and prediction
 # ---------------------------------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class PowerLawFit:
@@ -173,9 +179,15 @@ def fit_power_law(tokens: Sequence[float], ppl: Sequence[float]) -> PowerLawFit:
     sst = float(((y - y.mean()) ** 2).sum())
     r2 = 1.0 - sse / sst if sst > 0 else 1.0
     sigma = math.sqrt(sse / (n - 2)) if n > 2 else float("nan")
-    cov = (sigma ** 2) * xtx_inv if n > 2 else np.full((2, 2), np.nan)
-    return PowerLawFit(alpha=float(alpha), c=float(c), r2=float(r2), sigma=float(sigma),
-                       cov=((float(cov[0, 0]), float(cov[0, 1])), (float(cov[1, 0]), float(cov[1, 1]))), n=n)
+    cov = (sigma**2) * xtx_inv if n > 2 else np.full((2, 2), np.nan)
+    return PowerLawFit(
+        alpha=float(alpha),
+        c=float(c),
+        r2=float(r2),
+        sigma=float(sigma),
+        cov=((float(cov[0, 0]), float(cov[0, 1])), (float(cov[1, 0]), float(cov[1, 1]))),
+        n=n,
+    )
 
 
 def predict(fit: PowerLawFit, tokens: float, confidence: float = 0.9) -> Prediction:
@@ -193,7 +205,7 @@ def predict(fit: PowerLawFit, tokens: float, confidence: float = 0.9) -> Predict
         return Prediction(int(tokens), math.exp(mean_log), 0.0, float("inf"), confidence)
     cov = np.asarray(fit.cov)
     v = np.array([x0, 1.0])
-    se = math.sqrt(fit.sigma ** 2 + float(v @ cov @ v))
+    se = math.sqrt(fit.sigma**2 + float(v @ cov @ v))
     half = t_quantile(0.5 + confidence / 2.0, fit.dof) * se
     return Prediction(int(tokens), math.exp(mean_log), math.exp(mean_log - half), math.exp(mean_log + half), confidence)
 
@@ -245,8 +257,9 @@ def late_alphas(reference_curves: Iterable[Iterable[Any]], from_tokens: float, b
     return out
 
 
-def predict_late_alpha(tokens: float, ppl: float, budget_tokens: float, alphas: Sequence[float],
-                       confidence: float = 0.9) -> Prediction:
+def predict_late_alpha(
+    tokens: float, ppl: float, budget_tokens: float, alphas: Sequence[float], confidence: float = 0.9
+) -> Prediction:
     """PPL at the budget from the trial's latest point (tokens, ppl) and the late exponents of completed curves.
 
     log ppl(B) = log ppl + mean(alpha_late) * log(B / tokens); the interval is the Student-t prediction interval of
@@ -262,13 +275,20 @@ def predict_late_alpha(tokens: float, ppl: float, budget_tokens: float, alphas: 
     dist = math.log(budget_tokens / tokens)
     mean_log = math.log(ppl) + float(a.mean()) * dist
     half = t_quantile(0.5 + confidence / 2.0, m - 1) * float(a.std(ddof=1)) * math.sqrt(1 + 1 / m) * dist
-    return Prediction(int(budget_tokens), math.exp(mean_log), math.exp(mean_log - half), math.exp(mean_log + half),
-                      confidence, "late_alpha")
+    return Prediction(
+        int(budget_tokens),
+        math.exp(mean_log),
+        math.exp(mean_log - half),
+        math.exp(mean_log + half),
+        confidence,
+        "late_alpha",
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Pareto test
 # ---------------------------------------------------------------------------------------------------------------------
+
 
 def can_enter_front(optimistic_ppl: float, peak_vram_gib: float, front: Iterable[tuple[float, float]]) -> bool:
     """Whether a point (optimistic_ppl, peak_vram_gib) could join the 2-D minimisation front of (ppl, vram_gib) points.
@@ -285,6 +305,7 @@ def can_enter_front(optimistic_ppl: float, peak_vram_gib: float, front: Iterable
 # ---------------------------------------------------------------------------------------------------------------------
 # The seeds' other claim: the representation effective rank predicts the final PPL
 # ---------------------------------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class RankPredictor:
@@ -321,6 +342,6 @@ def rank_predictor_error(ranks: Sequence[float], final_ppls: Sequence[float]) ->
         raise ValueError(f"rank_predictor_error: needs >= 3 (rank, ppl) pairs, got {len(r)}")
     errs = []
     for i in range(len(r)):
-        fit = fit_rank_predictor(r[:i] + r[i + 1:], p[:i] + p[i + 1:])
+        fit = fit_rank_predictor(r[:i] + r[i + 1 :], p[:i] + p[i + 1 :])
         errs.append(relative_error(fit.predict(r[i]), p[i]))
     return float(np.median(errs))

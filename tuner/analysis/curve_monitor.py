@@ -1,9 +1,11 @@
-"""The learning-curve monitor wired into a trial: records the curve, predicts the final PPL, prunes (LearningCurvePrune)."""
+"""The learning-curve monitor wired into a trial: records the curve, predicts the final PPL, prunes
+(LearningCurvePrune)."""
 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from tuner.analysis.curve import (
     MIN_REFERENCES,
@@ -23,6 +25,7 @@ from tuner.analysis.curve import (
 # The monitor wired into a trial
 # ---------------------------------------------------------------------------------------------------------------------
 
+
 class LearningCurvePrune(Exception):
     """Raised from `on_eval` to stop a trial: even the optimistic final PPL is dominated by the front.
 
@@ -38,9 +41,11 @@ class LearningCurvePrune(Exception):
     def __str__(self) -> str:
         p = self.prediction
         vram = "?" if self.peak_vram_gib is None else f"{self.peak_vram_gib:.3f}"
-        return (f"learning curve: predicted final PPL {p.mean_ppl:.2f} (optimistic {p.optimistic_ppl:.2f} at "
-                f"{p.confidence:.0%}) at {p.tokens} tokens cannot enter the Pareto front at peak {vram} GiB "
-                f"(method {p.method}; own fit alpha {self.fit.alpha:.3f}, r2 {self.fit.r2:.3f}, n {self.fit.n})")
+        return (
+            f"learning curve: predicted final PPL {p.mean_ppl:.2f} (optimistic {p.optimistic_ppl:.2f} at "
+            f"{p.confidence:.0%}) at {p.tokens} tokens cannot enter the Pareto front at peak {vram} GiB "
+            f"(method {p.method}; own fit alpha {self.fit.alpha:.3f}, r2 {self.fit.r2:.3f}, n {self.fit.n})"
+        )
 
 
 FrontLike = Sequence[tuple[float, float]] | Callable[[], Sequence[tuple[float, float]]]
@@ -63,9 +68,17 @@ class LearningCurveMonitor:
       only when `settings.enabled`.
     """
 
-    def __init__(self, settings: Any, budget_tokens: int, front: FrontLike,
-                 peak_vram_gib_fn: Callable[[], float], *, reference_curves: Iterable[Iterable[Any]] = (),
-                 n_points: int = 6, first_fraction: float = 1 / 16):
+    def __init__(
+        self,
+        settings: Any,
+        budget_tokens: int,
+        front: FrontLike,
+        peak_vram_gib_fn: Callable[[], float],
+        *,
+        reference_curves: Iterable[Iterable[Any]] = (),
+        n_points: int = 6,
+        first_fraction: float = 1 / 16,
+    ):
         for name in ("enabled", "min_fraction", "confidence"):
             if not hasattr(settings, name):
                 raise TypeError(f"LearningCurveMonitor: settings lacks `{name}` (pass spec.pruning.learning_curve)")
@@ -93,10 +106,14 @@ class LearningCurveMonitor:
         """Record one evaluation (`info.tokens, .val_loss, .val_ppl, .repr_effective_rank`); maybe raise
         LearningCurvePrune. Evaluations at or past the budget are recorded but never prune (nothing left to save)."""
         tokens = int(info.tokens)
-        self.points.append({
-            "tokens": tokens, "val_loss": float(info.val_loss), "val_ppl": float(info.val_ppl),
-            "repr_effective_rank": _float_or_none(getattr(info, "repr_effective_rank", None)),
-        })
+        self.points.append(
+            {
+                "tokens": tokens,
+                "val_loss": float(info.val_loss),
+                "val_ppl": float(info.val_ppl),
+                "repr_effective_rank": _float_or_none(getattr(info, "repr_effective_rank", None)),
+            }
+        )
         if tokens >= self.budget_tokens:
             return
         usable = [p for p in self.points if p["tokens"] > 0 and math.isfinite(p["val_ppl"]) and p["val_ppl"] > 0]
@@ -106,11 +123,19 @@ class LearningCurveMonitor:
         self.prediction = predict(self.fit, self.budget_tokens, self.confidence)
         alphas = late_alphas(self.reference_curves, usable[-1]["tokens"], self.budget_tokens)
         if len(alphas) >= MIN_REFERENCES:
-            self.prediction = predict_late_alpha(usable[-1]["tokens"], usable[-1]["val_ppl"], self.budget_tokens,
-                                                 alphas, self.confidence)
-        self.predictions.append({"made_at_tokens": tokens, **self.prediction.to_dict(),
-                                 "alpha": self.fit.alpha, "r2": self.fit.r2, "n": self.fit.n,
-                                 "n_references": len(alphas)})
+            self.prediction = predict_late_alpha(
+                usable[-1]["tokens"], usable[-1]["val_ppl"], self.budget_tokens, alphas, self.confidence
+            )
+        self.predictions.append(
+            {
+                "made_at_tokens": tokens,
+                **self.prediction.to_dict(),
+                "alpha": self.fit.alpha,
+                "r2": self.fit.r2,
+                "n": self.fit.n,
+                "n_references": len(alphas),
+            }
+        )
         if not self.enabled or tokens < self.min_fraction * self.budget_tokens:
             return
         peak = float(self._peak_fn())

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import datetime as _dt
 from collections import Counter
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from tuner.storage._optuna_compat import compute_hypervolume, trial_id
 from tuner.storage.constraints import constraint_value, is_feasible
@@ -56,8 +57,14 @@ def pareto_front(trials: Sequence, directions: Sequence) -> list:
     return sorted(front, key=lambda t: t.number)
 
 
-def reference_point(metric_names: Sequence[str], directions: Sequence, *, vocab_size: int | None,
-                    ceiling_gib: float | None, trials: Sequence = ()) -> list[float] | None:
+def reference_point(
+    metric_names: Sequence[str],
+    directions: Sequence,
+    *,
+    vocab_size: int | None,
+    ceiling_gib: float | None,
+    trials: Sequence = (),
+) -> list[float] | None:
     """The hypervolume reference in minimisation form (see module docstring); None when one is not derivable."""
     ref: list[float] = []
     feasible = feasible_complete(trials)
@@ -95,8 +102,9 @@ def hypervolume(front: Sequence, directions: Sequence, reference: Sequence[float
     return float(compute_hypervolume(points, ref))
 
 
-def export_choice(trials: Sequence, metric_names: Sequence[str], directions: Sequence,
-                  max_vram_gib: float) -> Any | None:
+def export_choice(
+    trials: Sequence, metric_names: Sequence[str], directions: Sequence, max_vram_gib: float
+) -> Any | None:
     """The feasible Pareto trial with the lowest val_ppl whose peak_vram_gib <= max_vram_gib (None if none)."""
     candidates = []
     for t in pareto_front(trials, directions):
@@ -107,8 +115,13 @@ def export_choice(trials: Sequence, metric_names: Sequence[str], directions: Seq
     return min(candidates, key=lambda c: c[:3])[3] if candidates else None
 
 
-def workers_seen(trials: Sequence, *, now: _dt.datetime, heartbeat_age_s: Mapping[int, float] | None = None,
-                 alive_within_s: float = 300.0) -> list[dict[str, Any]]:
+def workers_seen(
+    trials: Sequence,
+    *,
+    now: _dt.datetime,
+    heartbeat_age_s: Mapping[int, float] | None = None,
+    alive_within_s: float = 300.0,
+) -> list[dict[str, Any]]:
     """One row per `worker` user attr: trials done, its RUNNING trial, seconds since last seen, alive or not.
 
     Last seen = the newest of its trials' start/complete times and heartbeats (`heartbeat_age_s`: trial_id ->
@@ -137,15 +150,23 @@ def workers_seen(trials: Sequence, *, now: _dt.datetime, heartbeat_age_s: Mappin
     return sorted(rows.values(), key=lambda r: r["worker"])
 
 
-def status_summary(trials: Sequence, metric_names: Sequence[str], directions: Sequence, *,
-                   vocab_size: int | None = None, ceiling_gib: float | None = None,
-                   now: _dt.datetime | None = None, heartbeat_age_s: Mapping[int, float] | None = None,
-                   alive_within_s: float = 300.0) -> dict[str, Any]:
+def status_summary(
+    trials: Sequence,
+    metric_names: Sequence[str],
+    directions: Sequence,
+    *,
+    vocab_size: int | None = None,
+    ceiling_gib: float | None = None,
+    now: _dt.datetime | None = None,
+    heartbeat_age_s: Mapping[int, float] | None = None,
+    alive_within_s: float = 300.0,
+) -> dict[str, Any]:
     """Trials by state and end_reason, workers, best feasible value per objective, Pareto size, hypervolume."""
     now = now or _dt.datetime.now()
     by_state = Counter(t.state.name for t in trials)
-    by_reason = Counter(str(t.user_attrs.get("end_reason", "unrecorded")) for t in trials
-                        if t.state.name not in ("RUNNING", "WAITING"))
+    by_reason = Counter(
+        str(t.user_attrs.get("end_reason", "unrecorded")) for t in trials if t.state.name not in ("RUNNING", "WAITING")
+    )
     feasible = feasible_complete(trials)
     best: dict[str, Any] = {}
     for i, (metric, d) in enumerate(zip(metric_names, directions)):

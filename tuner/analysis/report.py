@@ -8,8 +8,9 @@ finished trials are drawn thin and grey for context.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from tuner.analysis.curve import fit_power_law
 from tuner.analysis.pareto import dominates
@@ -35,8 +36,13 @@ def _curve(t: Any) -> list[dict[str, Any]]:
     return [p for p in pts if p.get("tokens", 0) > 0 and p.get("val_ppl") and math.isfinite(p["val_ppl"])]
 
 
-def write_learning_curves(trials: Iterable[Any], out_dir: str | Path, *, pareto_numbers: Iterable[int] | None = None,
-                          filename: str = "learning_curves.png") -> Path | None:
+def write_learning_curves(
+    trials: Iterable[Any],
+    out_dir: str | Path,
+    *,
+    pareto_numbers: Iterable[int] | None = None,
+    filename: str = "learning_curves.png",
+) -> Path | None:
     """Write `out_dir/filename` (PNG) and return its path; None when no trial carries a `curve` user attribute.
 
     trials: optuna FrozenTrials (any state) with user attrs `curve` (list of {tokens, val_ppl, ...}), `end_reason`,
@@ -63,8 +69,9 @@ def write_learning_curves(trials: Iterable[Any], out_dir: str | Path, *, pareto_
     fig, ax = plt.subplots(figsize=(9, 6), dpi=110)
     for t in others:
         pts = _curve(t)
-        ax.plot([p["tokens"] for p in pts], [p["val_ppl"] for p in pts], color="0.7", lw=0.8, marker=".", ms=3,
-                zorder=1)
+        ax.plot(
+            [p["tokens"] for p in pts], [p["val_ppl"] for p in pts], color="0.7", lw=0.8, marker=".", ms=3, zorder=1
+        )
     cmap = plt.get_cmap("viridis", max(len(front), 1))
     for i, t in enumerate(sorted(front, key=lambda t: t.number)):
         _draw(ax, t, cmap(i), "o", "-", f"#{t.number} (Pareto)", np)
@@ -76,8 +83,10 @@ def write_learning_curves(trials: Iterable[Any], out_dir: str | Path, *, pareto_
     ax.set_yscale("log")
     ax.set_xlabel("training tokens")
     ax.set_ylabel("validation PPL")
-    ax.set_title(f"Learning curves: {len(front)} Pareto, {len(pruned)} pruned, {len(others)} other "
-                 f"(lines: fits log PPL = alpha log tokens + c)")
+    ax.set_title(
+        f"Learning curves: {len(front)} Pareto, {len(pruned)} pruned, {len(others)} other "
+        f"(lines: fits log PPL = alpha log tokens + c)"
+    )
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="upper right", ncol=2)
     out = Path(out_dir)
@@ -89,8 +98,9 @@ def write_learning_curves(trials: Iterable[Any], out_dir: str | Path, *, pareto_
     return path
 
 
-def _draw(ax: Any, t: Any, color: Any, marker: str, fit_style: str, label: str | None, np: Any,
-          mark_bound: bool = False) -> None:
+def _draw(
+    ax: Any, t: Any, color: Any, marker: str, fit_style: str, label: str | None, np: Any, mark_bound: bool = False
+) -> None:
     pts = _curve(t)
     x = [p["tokens"] for p in pts]
     y = [p["val_ppl"] for p in pts]

@@ -5,11 +5,16 @@ from typing import Any
 
 def add_heartbeat_options(p) -> None:
     """--heartbeat-s / --grace-s, shared by every command that runs or starts workers (run, worker, launch)."""
-    p.add_argument("--heartbeat-s", type=int, default=None,
-                   help="seconds between a running trial's heartbeats (default 30)")
-    p.add_argument("--grace-s", type=int, default=None,
-                   help="seconds without a heartbeat before a running trial is failed and retried (default 120; "
-                        "several heartbeats)")
+    p.add_argument(
+        "--heartbeat-s", type=int, default=None, help="seconds between a running trial's heartbeats (default 30)"
+    )
+    p.add_argument(
+        "--grace-s",
+        type=int,
+        default=None,
+        help="seconds without a heartbeat before a running trial is failed and retried (default 120; "
+        "several heartbeats)",
+    )
 
 
 def open_worker_storage(url: str, args: Any) -> Any:
@@ -28,6 +33,10 @@ def open_worker_storage(url: str, args: Any) -> Any:
 def add_trial_process_options(p) -> None:
     """--cache-dir / --threads, shared by the commands that run trials in this process tree (run, worker)."""
     p.add_argument("--cache-dir", default=None, help="tokenized-data cache (default: .phase1_cache in the cwd)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads per trial on CPU (default 1: avoids oversubscribing shared cores; 0 = torch's "
-                        "default); ignored on a GPU")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads per trial on CPU (default 1: avoids oversubscribing shared cores; 0 = torch's "
+        "default); ignored on a GPU",
+    )

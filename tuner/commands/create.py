@@ -4,9 +4,12 @@ from __future__ import annotations
 
 
 def add_parser(subparsers):
-    p = subparsers.add_parser("create", help="validate a study file and create its study (idempotent)",
-                              description="Validate STUDY.yaml completely, then create the study in the storage "
-                                          "with its presets enqueued; an existing identical study is left as is.")
+    p = subparsers.add_parser(
+        "create",
+        help="validate a study file and create its study (idempotent)",
+        description="Validate STUDY.yaml completely, then create the study in the storage "
+        "with its presets enqueued; an existing identical study is left as is.",
+    )
     p.add_argument("study_file", metavar="STUDY.yaml", help="study definition (see studies/)")
     return p
 
@@ -23,6 +26,8 @@ def run(args) -> int:
     study = create_or_load_study(spec, storage)
     waiting = sum(1 for t in study.get_trials(deepcopy=False) if t.state.name == "WAITING")
     verb = "exists" if existed else "created"
-    print(f"study {spec.name} {verb} in {mask_url(url)}: objectives {', '.join(spec.metric_names)}, "
-          f"{len(spec.space.params)} parameters, {waiting} enqueued trial(s) waiting")
+    print(
+        f"study {spec.name} {verb} in {mask_url(url)}: objectives {', '.join(spec.metric_names)}, "
+        f"{len(spec.space.params)} parameters, {waiting} enqueued trial(s) waiting"
+    )
     return 0

@@ -7,8 +7,11 @@ import sys
 
 def add_parser(subparsers):
     p = subparsers.add_parser("dashboard", help="serve optuna-dashboard for the storage (127.0.0.1 by default)")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to bind (default 127.0.0.1; the dashboard can edit studies, so expose it with care)")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default 127.0.0.1; the dashboard can edit studies, so expose it with care)",
+    )
     p.add_argument("--port", type=int, default=8080)
     return p
 
@@ -22,7 +25,8 @@ def run(args) -> int:
     url, storage = storage_from_flag(args.storage)
     print(f"optuna-dashboard for {mask_url(url)} on http://{args.host}:{args.port}/ (Ctrl-C stops it)", flush=True)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"warning: binding {args.host} exposes the dashboard (and study edits) beyond this machine",
-              file=sys.stderr)
+        print(
+            f"warning: binding {args.host} exposes the dashboard (and study edits) beyond this machine", file=sys.stderr
+        )
     optuna_dashboard.run_server(storage, host=args.host, port=args.port)
     return 0

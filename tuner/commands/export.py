@@ -28,8 +28,10 @@ def run(args) -> int:
     study = load_study(args.study, storage)
     names = study.metric_names or []
     if "val_ppl" not in names:
-        raise TunerError(f"study {args.study}: val_ppl is not an objective (objectives: {names}); export picks the "
-                         "lowest val_ppl, so it needs a study with that objective")
+        raise TunerError(
+            f"study {args.study}: val_ppl is not an objective (objectives: {names}); export picks the "
+            "lowest val_ppl, so it needs a study with that objective"
+        )
     trials = study.get_trials(deepcopy=False)
     directions = [d.name.lower() for d in study.directions]
     trial = export_choice(trials, names, directions, args.max_vram_gib)
@@ -37,18 +39,24 @@ def run(args) -> int:
         front = pareto_front(trials, directions)
         vrams = [(metric_value(t, "peak_vram_gib", names), t.number) for t in front]
         vrams = [v for v in vrams if v[0] is not None]
-        hint = (f"the front's smallest peak is {min(vrams)[0]:.3f} GiB (trial {min(vrams)[1]}); raise --max-vram-gib"
-                if vrams else "no feasible trial has completed yet; run more trials")
-        raise TunerError(f"study {args.study}: no feasible Pareto trial with peak_vram_gib <= {args.max_vram_gib} "
-                         f"GiB; {hint}")
+        hint = (
+            f"the front's smallest peak is {min(vrams)[0]:.3f} GiB (trial {min(vrams)[1]}); raise --max-vram-gib"
+            if vrams
+            else "no feasible trial has completed yet; run more trials"
+        )
+        raise TunerError(
+            f"study {args.study}: no feasible Pareto trial with peak_vram_gib <= {args.max_vram_gib} GiB; {hint}"
+        )
     spec = study_spec(study)
     stored = trial.user_attrs.get("config")
     if isinstance(stored, dict):
         config = Phase1Config.from_dict(stored, where=f"trial {trial.number} config")
     else:
         if spec is None:
-            raise TunerError(f"trial {trial.number} has no `config` user attr and the study no stored spec; "
-                             "it was not made by tuner and cannot be exported")
+            raise TunerError(
+                f"trial {trial.number} has no `config` user attr and the study no stored spec; "
+                "it was not made by tuner and cannot be exported"
+            )
         config = spec.build_config(trial.params)
     config = config.replace(target_vram_gb=float(args.max_vram_gib))  # the budget this preset is promised to fit
     ppl = metric_value(trial, "val_ppl", names)
@@ -56,11 +64,24 @@ def run(args) -> int:
     # What the trial was trained on, so `tuner train --preset FILE` reproduces it with no other flag.
     reproduce = {}
     if spec is not None:
-        reproduce = {"data": spec.data.to_dict(), "train_tokens": int(spec.budget.train_tokens),
-                     "eval_tokens": int(spec.budget.eval_tokens)}
-    path = write_preset(args.out, config, study=args.study, trial=trial.number, val_ppl=ppl, peak_vram_gib=vram,
-                        device=trial.user_attrs.get("device"),
-                        peak_vram_kind=trial.user_attrs.get("peak_vram_kind"), **reproduce)
-    print(f"wrote {path}: trial {trial.number}, val_ppl {ppl:.4g}, peak_vram_gib {vram:.3f} "
-          f"(budget {args.max_vram_gib} GiB)")
+        reproduce = {
+            "data": spec.data.to_dict(),
+            "train_tokens": int(spec.budget.train_tokens),
+            "eval_tokens": int(spec.budget.eval_tokens),
+        }
+    path = write_preset(
+        args.out,
+        config,
+        study=args.study,
+        trial=trial.number,
+        val_ppl=ppl,
+        peak_vram_gib=vram,
+        device=trial.user_attrs.get("device"),
+        peak_vram_kind=trial.user_attrs.get("peak_vram_kind"),
+        **reproduce,
+    )
+    print(
+        f"wrote {path}: trial {trial.number}, val_ppl {ppl:.4g}, peak_vram_gib {vram:.3f} "
+        f"(budget {args.max_vram_gib} GiB)"
+    )
     return 0

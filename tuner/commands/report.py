@@ -31,8 +31,14 @@ def _pareto_png(trials, names, directions, front, out: Path, ceiling_gib: float 
     if feas:
         ax.scatter([t.values[x_i] for t in feas], [t.values[y_i] for t in feas], c="0.6", s=18, label="feasible")
     if infeas:
-        ax.scatter([t.values[x_i] for t in infeas], [t.values[y_i] for t in infeas], c="tab:red", marker="x", s=22,
-                   label="over the VRAM ceiling (infeasible)")
+        ax.scatter(
+            [t.values[x_i] for t in infeas],
+            [t.values[y_i] for t in infeas],
+            c="tab:red",
+            marker="x",
+            s=22,
+            label="over the VRAM ceiling (infeasible)",
+        )
     if front:
         pts = sorted((t.values[x_i], t.values[y_i]) for t in front)
         ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", c="tab:blue", ms=5, label="Pareto front")
@@ -106,8 +112,8 @@ def run(args) -> int:
     files["importances"].write_text(json.dumps(importances, indent=2, sort_keys=True))
     from tuner.analysis.report import write_learning_curves
 
-    # The feasible front (tuner.analysis.pareto), not report_curves' own unconstrained default: an over-ceiling trial is never
-    # drawn as a Pareto trial.
+    # The feasible front (tuner.analysis.pareto), not the report's own unconstrained default: an over-ceiling trial
+    # is never drawn as a Pareto trial.
     curves = write_learning_curves(study.get_trials(), out, pareto_numbers={t.number for t in front})
     if curves is not None:  # None: no trial recorded a curve (all pruned before training, or an old study)
         files["learning_curves"] = Path(curves)
@@ -121,14 +127,26 @@ def run(args) -> int:
 
 
 def _markdown(name, url, s, names, front, importances, files, out: Path) -> str:
-    lines = [f"# Study `{name}`", "", f"Storage: `{url}`. VRAM ceiling: {s['vram_ceiling_gib']} GiB (2^30 bytes).", "",
-             "## Trials", "", "| state | count |", "| --- | --- |"]
+    lines = [
+        f"# Study `{name}`",
+        "",
+        f"Storage: `{url}`. VRAM ceiling: {s['vram_ceiling_gib']} GiB (2^30 bytes).",
+        "",
+        "## Trials",
+        "",
+        "| state | count |",
+        "| --- | --- |",
+    ]
     lines += [f"| {k.lower()} | {v} |" for k, v in s["by_state"].items()]
     lines += ["", "| end reason | count |", "| --- | --- |"]
     lines += [f"| {k} | {v} |" for k, v in s["by_end_reason"].items()]
     hv = s["hypervolume"]
-    lines += ["", f"Feasible: {s['feasible']}; over the ceiling (infeasible): {s['infeasible']}; "
-              f"hypervolume: {'n/a' if hv is None else f'{hv:.6g}'} (reference point {s['reference_point']}).", ""]
+    lines += [
+        "",
+        f"Feasible: {s['feasible']}; over the ceiling (infeasible): {s['infeasible']}; "
+        f"hypervolume: {'n/a' if hv is None else f'{hv:.6g}'} (reference point {s['reference_point']}).",
+        "",
+    ]
     lines += ["## Pareto front (feasible trials)", "", f"![Pareto front]({files['pareto_png'].name})", ""]
     if "pareto_html" in files:
         lines += [f"Interactive: [{files['pareto_html'].name}]({files['pareto_html'].name})", ""]

@@ -18,11 +18,18 @@ from tuner.commands import (
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("run", help="create the study if needed and run its trials with one local worker",
-                              description=__doc__.split("\n\n")[0])
+    p = subparsers.add_parser(
+        "run",
+        help="create the study if needed and run its trials with one local worker",
+        description=__doc__.split("\n\n")[0],
+    )
     p.add_argument("study_file", metavar="STUDY.yaml", help="study definition, e.g. studies/quickstart.yaml")
-    p.add_argument("--n-trials", type=int, default=None,
-                   help="trials the study should hold in total (default: the file's n_trials)")
+    p.add_argument(
+        "--n-trials",
+        type=int,
+        default=None,
+        help="trials the study should hold in total (default: the file's n_trials)",
+    )
     p.add_argument("--gpu", type=int, default=None, help="physical GPU index to run on (default: the visible one)")
     add_heartbeat_options(p)
     add_trial_process_options(p)
@@ -42,12 +49,21 @@ def run(args: argparse.Namespace) -> int:
 
     quiet_optuna()
     display = ProgressDisplay(spec, n_total)
-    display.console.print(f"study [bold]{spec.name}[/] on {mask_url(url)}: {n_total} trials, ceiling "
-                          f"{spec.vram_ceiling_gib:g} GiB, sampler {spec.sampler.name}")
+    display.console.print(
+        f"study [bold]{spec.name}[/] on {mask_url(url)}: {n_total} trials, ceiling "
+        f"{spec.vram_ceiling_gib:g} GiB, sampler {spec.sampler.name}"
+    )
     with display:
         # One in-process worker: the study's own seed, so the run is reproducible from it.
-        code = run_worker(spec, storage=open_worker_storage(url, args), seed=spec.sampler.seed, gpu=args.gpu,
-                          n_trials=n_total, cache_dir=args.cache_dir, cpu_threads=args.threads or None,
-                          hooks=display.hooks())
+        code = run_worker(
+            spec,
+            storage=open_worker_storage(url, args),
+            seed=spec.sampler.seed,
+            gpu=args.gpu,
+            n_trials=n_total,
+            cache_dir=args.cache_dir,
+            cpu_threads=args.threads or None,
+            hooks=display.hooks(),
+        )
     display.summary(url)
     return code

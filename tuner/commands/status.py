@@ -9,8 +9,13 @@ def add_parser(subparsers):
     p = subparsers.add_parser("status", help="a study's progress: states, end reasons, workers, best, hypervolume")
     p.add_argument("--study", required=True, metavar="NAME")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--alive-within-s", type=float, default=300.0, metavar="S",
-                   help="a worker seen within S seconds counts as alive (default 300)")
+    p.add_argument(
+        "--alive-within-s",
+        type=float,
+        default=300.0,
+        metavar="S",
+        help="a worker seen within S seconds counts as alive (default 300)",
+    )
     return p
 
 
@@ -22,11 +27,13 @@ def summarize(study, storage, alive_within_s: float = 300.0) -> dict:
     trials = study.get_trials(deepcopy=False)
     model = spec.build_config({}) if spec is not None else None
     summary = status_summary(
-        trials, study.metric_names or [f"objective{i}" for i in range(len(study.directions))],
+        trials,
+        study.metric_names or [f"objective{i}" for i in range(len(study.directions))],
         [d.name.lower() for d in study.directions],
         vocab_size=model.vocab_size if model else None,
         ceiling_gib=spec.vram_ceiling_gib if spec else None,
-        heartbeat_age_s=heartbeat_ages_s(storage, study), alive_within_s=alive_within_s,
+        heartbeat_age_s=heartbeat_ages_s(storage, study),
+        alive_within_s=alive_within_s,
     )
     summary["study"] = study.study_name
     summary["vram_ceiling_gib"] = spec.vram_ceiling_gib if spec else None
@@ -49,16 +56,20 @@ def run(args) -> int:
     print(f"trials: {s['n_trials']}  " + "  ".join(f"{k.lower()} {v}" for k, v in s["by_state"].items()))
     if s["by_end_reason"]:
         print("end reasons: " + "  ".join(f"{k} {v}" for k, v in s["by_end_reason"].items()))
-    print(f"feasible {s['feasible']}  infeasible (over the ceiling) {s['infeasible']}  "
-          f"pareto front {s['pareto_size']}  hypervolume {_fmt(s['hypervolume'])}")
+    print(
+        f"feasible {s['feasible']}  infeasible (over the ceiling) {s['infeasible']}  "
+        f"pareto front {s['pareto_size']}  hypervolume {_fmt(s['hypervolume'])}"
+    )
     for metric, best in s["best_feasible"].items():
         print(f"best feasible {metric}: " + (f"{best['value']:.6g} (trial {best['trial']})" if best else "none yet"))
     alive = [w for w in s["workers"] if w["alive"]]
     print(f"workers: {len(alive)} alive of {len(s['workers'])} seen")
     for w in s["workers"]:
         running = f", running trial {w['running']}" if w["running"] else ""
-        print(f"  {w['worker']}: {'alive' if w['alive'] else 'gone'}, last seen {_fmt(w['last_seen_s'])} s ago, "
-              f"{w['trials']} trials{running}")
+        print(
+            f"  {w['worker']}: {'alive' if w['alive'] else 'gone'}, last seen {_fmt(w['last_seen_s'])} s ago, "
+            f"{w['trials']} trials{running}"
+        )
     return 0
 
 

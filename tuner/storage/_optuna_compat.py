@@ -33,13 +33,37 @@ from optuna.storages._rdb import models as _models
 # are what optuna's _CachedStorage calls on its backend). Nested calls (get_all_trials -> _get_trials) retry only
 # at the outermost call.
 RETRIED_METHODS: tuple[str, ...] = (
-    "create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr", "get_study_id_from_name",
-    "get_study_name_from_id", "get_study_directions", "get_study_user_attrs", "get_study_system_attrs",
-    "get_trial_user_attrs", "get_trial_system_attrs", "get_all_studies", "create_new_trial", "_create_new_trial",
-    "set_trial_param", "_set_trial_param", "get_trial_param", "set_trial_state_values",
-    "set_trial_intermediate_value", "set_trial_user_attr", "set_trial_system_attr",
-    "get_trial_id_from_study_id_trial_number", "get_trial_number_from_id", "get_trial", "get_all_trials",
-    "_get_trials", "get_n_trials", "get_best_trial", "_get_best_trial_id", "get_trial_params", "_get_stale_trial_ids",
+    "create_new_study",
+    "delete_study",
+    "set_study_user_attr",
+    "set_study_system_attr",
+    "get_study_id_from_name",
+    "get_study_name_from_id",
+    "get_study_directions",
+    "get_study_user_attrs",
+    "get_study_system_attrs",
+    "get_trial_user_attrs",
+    "get_trial_system_attrs",
+    "get_all_studies",
+    "create_new_trial",
+    "_create_new_trial",
+    "set_trial_param",
+    "_set_trial_param",
+    "get_trial_param",
+    "set_trial_state_values",
+    "set_trial_intermediate_value",
+    "set_trial_user_attr",
+    "set_trial_system_attr",
+    "get_trial_id_from_study_id_trial_number",
+    "get_trial_number_from_id",
+    "get_trial",
+    "get_all_trials",
+    "_get_trials",
+    "get_n_trials",
+    "get_best_trial",
+    "_get_best_trial_id",
+    "get_trial_params",
+    "_get_stale_trial_ids",
 )
 
 StorageT = TypeVar("StorageT", bound=type[RDBStorage])
@@ -71,8 +95,9 @@ def base_stale_trial_ids(storage: RDBStorage, study_id_: int) -> list[int]:
     return list(RDBStorage._get_stale_trial_ids(storage, study_id_))
 
 
-def heartbeat_ages_s(engine: sa.engine.Engine, *, study_id_: int | None = None,
-                     trial_id_: int | None = None) -> dict[int, float]:
+def heartbeat_ages_s(
+    engine: sa.engine.Engine, *, study_id_: int | None = None, trial_id_: int | None = None
+) -> dict[int, float]:
     """trial_id -> seconds since the trial's last heartbeat, by the database's own clock, for the trials of one
     study and/or one trial (a trial that never beat is absent)."""
     hb, tr = _models.TrialHeartbeatModel, _models.TrialModel

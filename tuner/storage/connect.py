@@ -66,7 +66,7 @@ def _preflight(url: str, host: str, port: int) -> None:
     for family, kind, proto, _, addr in result["addrs"]:
         left = deadline - time.monotonic()
         if left <= 0:
-            last = socket.timeout()
+            last = TimeoutError()
             break
         try:
             with socket.socket(family, kind, proto) as s:
@@ -88,7 +88,10 @@ def engine_kwargs(url: str) -> dict[str, Any]:
             "pool_recycle": POOL_RECYCLE_S,
             "connect_args": {
                 "connect_timeout": CONNECT_TIMEOUT_S,
-                "keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3,
+                "keepalives": 1,
+                "keepalives_idle": 30,
+                "keepalives_interval": 10,
+                "keepalives_count": 3,
             },
         }
     if backend == "sqlite":
@@ -97,9 +100,14 @@ def engine_kwargs(url: str) -> dict[str, Any]:
     return {"pool_pre_ping": True, "pool_recycle": POOL_RECYCLE_S}
 
 
-def open_storage(url: str, *, heartbeat_interval_s: int = HEARTBEAT_INTERVAL_S,
-                 grace_period_s: int = GRACE_PERIOD_S, max_retry: int | None = MAX_RETRY,
-                 outage_limit_s: float = OUTAGE_LIMIT_S):
+def open_storage(
+    url: str,
+    *,
+    heartbeat_interval_s: int = HEARTBEAT_INTERVAL_S,
+    grace_period_s: int = GRACE_PERIOD_S,
+    max_retry: int | None = MAX_RETRY,
+    outage_limit_s: float = OUTAGE_LIMIT_S,
+):
     """RDBStorage with heartbeats and stale-trial retry. Raises StorageError (masked URL, host:port) within 10 s.
 
     Once open, the storage waits out a database outage of up to `outage_limit_s` (tuner.storage.resilient): its calls
@@ -108,17 +116,19 @@ def open_storage(url: str, *, heartbeat_interval_s: int = HEARTBEAT_INTERVAL_S,
     import optuna
     import sqlalchemy.exc
 
-
     if int(grace_period_s) < int(heartbeat_interval_s):
-        raise StorageError(f"grace period {grace_period_s} s is shorter than the heartbeat interval "
-                           f"{heartbeat_interval_s} s: live trials would be failed as stale; give a grace period of "
-                           "several heartbeats, e.g. --heartbeat-s 30 --grace-s 120")
+        raise StorageError(
+            f"grace period {grace_period_s} s is shorter than the heartbeat interval "
+            f"{heartbeat_interval_s} s: live trials would be failed as stale; give a grace period of "
+            "several heartbeats, e.g. --heartbeat-s 30 --grace-s 120"
+        )
     host, port, backend = host_port(url)
     if backend == "sqlite":
         path = url.split("///", 1)[1] if "///" in url else ""
         if path and path != ":memory:" and not Path(path).parent.is_dir():
-            raise StorageError(f"storage {mask_url(url)}: folder {Path(path).parent} does not exist; create it or "
-                               "choose another file")
+            raise StorageError(
+                f"storage {mask_url(url)}: folder {Path(path).parent} does not exist; create it or choose another file"
+            )
     elif host and port:
         _preflight(url, host, port)
     last: Exception | None = None
@@ -142,9 +152,11 @@ def open_storage(url: str, *, heartbeat_interval_s: int = HEARTBEAT_INTERVAL_S,
         except sqlalchemy.exc.OperationalError as exc:
             detail = " ".join(str(exc.orig if exc.orig is not None else exc).split())
             where = f" at {host}:{port}" if host else ""
-            raise StorageError(f"storage {mask_url(url)}{where}: {mask_text(detail, url)}; check that a database "
-                               f"server answers there and the user, password and database name, or set --storage / "
-                               f"{ENV_VAR}") from None
+            raise StorageError(
+                f"storage {mask_url(url)}{where}: {mask_text(detail, url)}; check that a database "
+                f"server answers there and the user, password and database name, or set --storage / "
+                f"{ENV_VAR}"
+            ) from None
         except (ValueError, ImportError, RuntimeError) as exc:
             raise StorageError(f"storage {mask_url(url)}: {mask_text(str(exc), url)}") from None
     raise StorageError(f"storage {mask_url(url)}: could not create the tables ({mask_text(str(last), url)})")

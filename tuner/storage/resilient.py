@@ -82,7 +82,9 @@ def _detail(exc: BaseException, url: str) -> str:
 
 @retry_wrapped("_call")
 class ResilientRDBStorage(StaleTrialHook):
-    """RDBStorage that waits out a database outage (see the module docstring). Built by tuner.storage.connect.open_storage."""
+    """RDBStorage that waits out a database outage (see the module docstring).
+
+    Built by tuner.storage.connect.open_storage."""
 
     def __init__(self, url: str, *, outage_limit_s: float = OUTAGE_LIMIT_S, **kwargs: Any):
         self._init_resilience(outage_limit_s)
@@ -119,8 +121,13 @@ class ResilientRDBStorage(StaleTrialHook):
                 self._outage_since = now
             since = self._outage_since
         if first:
-            log.warning("storage %s unreachable (%s, in %s); retrying with backoff for up to %.0f s",
-                        mask_url(self.url), _detail(exc, self.url), what, self.outage_limit_s)
+            log.warning(
+                "storage %s unreachable (%s, in %s); retrying with backoff for up to %.0f s",
+                mask_url(self.url),
+                _detail(exc, self.url),
+                what,
+                self.outage_limit_s,
+            )
         return since
 
     def _outage_over(self) -> None:
@@ -147,7 +154,7 @@ class ResilientRDBStorage(StaleTrialHook):
                         self._outage_over()
                         return True  # the attempt that lost its connection had committed
                     raise
-                except Exception as exc:  # noqa: BLE001 - only connection failures are retried, the rest re-raised
+                except Exception as exc:
                     if not is_connection_failure(exc):
                         raise
                     failed_once = True
@@ -157,7 +164,8 @@ class ResilientRDBStorage(StaleTrialHook):
                         raise StorageUnavailable(
                             f"storage {mask_url(self.url)} unreachable for {self.outage_limit_s:.0f} s "
                             f"({_detail(exc, self.url)}); check that the database server is running and reachable, "
-                            "then start the worker again (its unfinished trial is retried)") from exc
+                            "then start the worker again (its unfinished trial is retried)"
+                        ) from exc
                     self._drop_session()
                     time.sleep(min(delay, left))
                     delay = min(delay * 2, BACKOFF_MAX_S)
@@ -189,16 +197,25 @@ class ResilientRDBStorage(StaleTrialHook):
         """One beat; never raises (it runs in Optuna's heartbeat thread, which dies on an exception)."""
         try:
             RDBStorage.record_heartbeat(self, trial_id)
-        except Exception as exc:  # noqa: BLE001 - a failed beat is logged; the next one is tried on time
+        except Exception as exc:
             self._drop_session()
             if is_connection_failure(exc):
                 self._outage_failure(exc, "heartbeat")
                 if not self._beat_failing:
-                    log.warning("heartbeat of trial id %d not recorded (%s); still beating every %s s",
-                                trial_id, _detail(exc, self.url), self.heartbeat_interval)
+                    log.warning(
+                        "heartbeat of trial id %d not recorded (%s); still beating every %s s",
+                        trial_id,
+                        _detail(exc, self.url),
+                        self.heartbeat_interval,
+                    )
             else:
-                log.warning("heartbeat of trial id %d not recorded: %s; still beating every %s s", trial_id,
-                            _detail(exc, self.url), self.heartbeat_interval, exc_info=not self._beat_failing)
+                log.warning(
+                    "heartbeat of trial id %d not recorded: %s; still beating every %s s",
+                    trial_id,
+                    _detail(exc, self.url),
+                    self.heartbeat_interval,
+                    exc_info=not self._beat_failing,
+                )
             self._beat_failing = True
             return
         if self._beat_failing:
@@ -213,8 +230,11 @@ class ResilientRDBStorage(StaleTrialHook):
         if last is not None and time.monotonic() - last < grace:
             if not self._stale_hold_logged:
                 self._stale_hold_logged = True
-                log.warning("not failing stale trials for %.0f s after the storage outage: other workers' "
-                            "heartbeats could not be recorded during it either", grace - (time.monotonic() - last))
+                log.warning(
+                    "not failing stale trials for %.0f s after the storage outage: other workers' "
+                    "heartbeats could not be recorded during it either",
+                    grace - (time.monotonic() - last),
+                )
             return []
         return self._call("stale_trial_ids", base_stale_trial_ids, (study_id,), {})
 
@@ -229,6 +249,7 @@ class ResilientRDBStorage(StaleTrialHook):
     def set_finished_trial_user_attrs(self, trial_id: int, attrs: dict[str, Any]) -> None:
         """Write user attrs on a trial that has already finished (Optuna refuses that; used only to record why a
         heartbeat-stale trial failed, right after this process failed it)."""
+
         def write(_self) -> None:
             _self._local.allow_finished = True
             try:

@@ -19,8 +19,8 @@ def make_sampler(spec, *, seed: Any = _SPEC_SEED):
 
     Determinism: by default the sampler is seeded with the spec's `sampler.seed`, so one worker alone replays the
     same sequence of configurations from that seed. Parallel workers must not all use it (they would draw the same
-    configurations): tuner.trial.worker passes `seed=tuner.storage.samplers.worker_seed(spec seed, worker id)`, the study seed
-    mixed with a hash of the worker's host:pid, and logs it."""
+    configurations): `tuner worker` passes `seed=worker_seed(spec seed, worker id)`, the study seed mixed with a
+    hash of the worker's host:pid, and the worker logs it."""
 
     s = spec.sampler
     kw = s.kwargs
@@ -44,7 +44,8 @@ def make_sampler(spec, *, seed: Any = _SPEC_SEED):
             # Optuna's default population (50) means a short study never leaves the random first generation.
             population = kw.get("population_size", max(4, min(50, spec.n_trials // 5)))
             return optuna.samplers.NSGAIISampler(
-                seed=s.seed, population_size=population,
+                seed=s.seed,
+                population_size=population,
                 **{k: kw[k] for k in ("mutation_prob", "crossover_prob") if k in kw},
             )
         if s.name == "gp":

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import time
 import warnings
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from tuner.errors import SpecError, StorageError
 from tuner.storage import _optuna_compat as _compat
@@ -36,8 +37,9 @@ def create_or_load_study(spec, storage, *, sampler=None, wait_s: float = 10.0):
 
     sampler = sampler if sampler is not None else make_sampler(spec)
     try:
-        study = optuna.create_study(storage=storage, study_name=spec.name, directions=spec.directions,
-                                    sampler=sampler, load_if_exists=False)
+        study = optuna.create_study(
+            storage=storage, study_name=spec.name, directions=spec.directions, sampler=sampler, load_if_exists=False
+        )
         created = True
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(study_name=spec.name, storage=storage, sampler=sampler)
@@ -45,8 +47,11 @@ def create_or_load_study(spec, storage, *, sampler=None, wait_s: float = 10.0):
     if not created:
         stored_dirs = [d.name.lower() for d in study.directions]
         if stored_dirs != list(spec.directions):
-            raise SpecError(f"{spec.path or spec.name}: objectives: study {spec.name!r} already exists with directions "
-                            f"{stored_dirs}; rename the study (name:) or delete the old one")
+            raise SpecError(
+                f"{spec.path or spec.name}: objectives: study {spec.name!r} already exists with directions "
+                f"{stored_dirs}; rename the study (name:) or delete the old one"
+            )
+
         def initialised() -> bool:
             return bool(storage.get_study_system_attrs(study_id(study)).get(INIT_ATTR))
 
@@ -58,9 +63,11 @@ def create_or_load_study(spec, storage, *, sampler=None, wait_s: float = 10.0):
             if stored is not None and _comparable(yaml.safe_load(stored)) != _comparable(spec.to_dict()):
                 old, new = _comparable(yaml.safe_load(stored)), _comparable(spec.to_dict())
                 keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-                raise SpecError(f"{spec.path or spec.name}: {', '.join(keys)}: study {spec.name!r} already exists "
-                                "with a different definition; rename the study (name:) to start a new one, or "
-                                "restore the old values")
+                raise SpecError(
+                    f"{spec.path or spec.name}: {', '.join(keys)}: study {spec.name!r} already exists "
+                    "with a different definition; rename the study (name:) to start a new one, or "
+                    "restore the old values"
+                )
             return study
     # creator (or the survivor of a creator that died half-way)
     with warnings.catch_warnings():
@@ -91,8 +98,10 @@ def load_study(name: str, storage):
     except KeyError:
         names = study_names(storage)
         listing = ", ".join(names) if names else "none"
-        raise StorageError(f"study {name!r} not found in {mask_url(storage.url)} (studies there: {listing}); "
-                           "create it with `tuner create STUDY.yaml` or pass the right --storage") from None
+        raise StorageError(
+            f"study {name!r} not found in {mask_url(storage.url)} (studies there: {listing}); "
+            "create it with `tuner create STUDY.yaml` or pass the right --storage"
+        ) from None
     spec = _stored_spec(name, storage.get_study_user_attrs(study_id))
     sampler = make_sampler(spec) if spec is not None else None
     return optuna.load_study(study_name=name, storage=storage, sampler=sampler)

@@ -29,8 +29,22 @@ class EndReason(str, Enum):
 # User attrs describing one attempt: how it ended and what it measured. A retry (heartbeat or interrupt) must not
 # inherit them: the heartbeat callback leaves them out of the retry's copy, and the objective blanks any that a
 # retry still carries before it runs.
-ATTEMPT_ATTRS: frozenset[str] = frozenset({
-    "end_reason", "error_summary", "traceback", "objective_note", "stop_summary", "ceiling_detected",
-    "child_replaced", "prune_summary", "observed_peak_gib", "nvml_peak_gib", "torch_peak_gib",
-    "worker", "curve", "trial_wall_s", "tokens_per_s",
-})
+ATTEMPT_ATTRS: frozenset[str] = frozenset(
+    {
+        "end_reason",
+        "error_summary",
+        "traceback",
+        "objective_note",
+        "stop_summary",
+        "ceiling_detected",
+        "child_replaced",
+        "prune_summary",
+        "observed_peak_gib",
+        "nvml_peak_gib",
+        "torch_peak_gib",
+        "worker",
+        "curve",
+        "trial_wall_s",
+        "tokens_per_s",
+    }
+)

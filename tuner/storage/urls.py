@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 from tuner.errors import StorageError
 
@@ -43,8 +43,10 @@ def host_port(url: str) -> tuple[str | None, int | None, str]:
     try:
         u = make_url(url)
     except Exception:  # noqa: BLE001 - reported below with the masked URL
-        raise StorageError(f"storage URL {mask_url(url)} cannot be parsed; write e.g. "
-                           "postgresql+psycopg2://user:PASSWORD@127.0.0.1:5432/tuner or sqlite:///tuner.db") from None
+        raise StorageError(
+            f"storage URL {mask_url(url)} cannot be parsed; write e.g. "
+            "postgresql+psycopg2://user:PASSWORD@127.0.0.1:5432/tuner or sqlite:///tuner.db"
+        ) from None
     backend = u.get_backend_name()
     default_port = {"postgresql": 5432, "mysql": 3306}.get(backend)
     return u.host, (u.port or default_port), backend

@@ -34,8 +34,9 @@ that still fails validation is recorded by the objective as `invalid_config` (a 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -68,6 +69,7 @@ from tuner.study.spec import (
 
 # --- loading -------------------------------------------------------------------------------------------------
 
+
 def load_spec(path: str | Path) -> StudySpec:
     """Read and validate a study file (yaml.safe_load only). Raises SpecError `FILE: key: problem; fix`."""
     p = Path(path)
@@ -85,8 +87,14 @@ def load_spec(path: str | Path) -> StudySpec:
     return spec_from_dict(data, where=str(p), base_dir=p.resolve().parent, path=str(p))
 
 
-def spec_from_dict(data: Any, where: str = "<spec>", *, base_dir: str | Path | None = None,
-                   check_paths: bool = True, path: str | None = None) -> StudySpec:
+def spec_from_dict(
+    data: Any,
+    where: str = "<spec>",
+    *,
+    base_dir: str | Path | None = None,
+    check_paths: bool = True,
+    path: str | None = None,
+) -> StudySpec:
     """Validate a mapping into a StudySpec. `base_dir` resolves a relative data path (default: cwd);
     `check_paths=False` skips the data-path existence check (a stored spec read on a machine without the data)."""
     return _Loader(where, Path(base_dir) if base_dir else Path.cwd(), check_paths).load(data, path)
@@ -105,8 +113,11 @@ class _Loader(SpaceReader):
                 raise self.fail(required, "missing", f"add `{required}:` (see studies/quickstart.yaml)")
         name = top["name"]
         if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]*", name):
-            raise self.fail("name", f"{fmt_value(name)} is not a study name",
-                            "use letters, digits, '_', '.' or '-', starting with a letter or digit")
+            raise self.fail(
+                "name",
+                f"{fmt_value(name)} is not a study name",
+                "use letters, digits, '_', '.' or '-', starting with a letter or digit",
+            )
         objectives = self.objectives(top.get("objectives"))
         ceiling = float(self.number(top["vram_ceiling_gib"], "vram_ceiling_gib", low=0, strict_low=True))
         sampler = self.sampler(top.get("sampler", {"name": "tpe"}))
@@ -120,9 +131,13 @@ class _Loader(SpaceReader):
         presets = self.presets(top.get("enqueue_presets", []) or [], space, model)
         pruning = self.pruning(top.get("pruning", {}) or {})
         if pruning.enabled and budget.train_tokens < MIN_CURVE_TOKENS:
-            raise self.fail("pruning.learning_curve.enabled", f"true with budget.train_tokens = "
-                            f"{budget.train_tokens}; the learning curve needs log-spaced evaluations from 1/16 of "
-                            "the budget", f"raise train_tokens to >= {MIN_CURVE_TOKENS} or set enabled: false")
+            raise self.fail(
+                "pruning.learning_curve.enabled",
+                f"true with budget.train_tokens = "
+                f"{budget.train_tokens}; the learning curve needs log-spaced evaluations from 1/16 of "
+                "the budget",
+                f"raise train_tokens to >= {MIN_CURVE_TOKENS} or set enabled: false",
+            )
         estimate = self.estimate(top.get("estimate", {}) or {})
         self.check_space(space, model, ceiling)
         raw = {
@@ -134,24 +149,48 @@ class _Loader(SpaceReader):
             "model": dict(model),
             "search_space": {p.name: param_dict(p) for p in space.params},
             "data": data_raw,
-            "budget": {"train_tokens": budget.train_tokens, "eval_tokens": budget.eval_tokens,
-                       "trial_timeout_s": budget.trial_timeout_s},
+            "budget": {
+                "train_tokens": budget.train_tokens,
+                "eval_tokens": budget.eval_tokens,
+                "trial_timeout_s": budget.trial_timeout_s,
+            },
             "enqueue_presets": list(presets),
-            "pruning": {"learning_curve": {"enabled": pruning.enabled, "min_fraction": pruning.min_fraction,
-                                           "confidence": pruning.confidence}},
+            "pruning": {
+                "learning_curve": {
+                    "enabled": pruning.enabled,
+                    "min_fraction": pruning.min_fraction,
+                    "confidence": pruning.confidence,
+                }
+            },
             "estimate": {"enabled": estimate.enabled, "margin": estimate.margin},
         }
-        spec = StudySpec(name=name, objectives=objectives, vram_ceiling_gib=ceiling, sampler=sampler,
-                         n_trials=n_trials, model=model, space=space, data=data_source, budget=budget,
-                         enqueue_presets=presets, pruning=pruning, estimate=estimate, path=path, raw=raw)
+        spec = StudySpec(
+            name=name,
+            objectives=objectives,
+            vram_ceiling_gib=ceiling,
+            sampler=sampler,
+            n_trials=n_trials,
+            model=model,
+            space=space,
+            data=data_source,
+            budget=budget,
+            enqueue_presets=presets,
+            pruning=pruning,
+            estimate=estimate,
+            path=path,
+            raw=raw,
+        )
         return spec
 
     def objectives(self, v: Any) -> tuple[Objective, ...]:
         if v is None:
             return (Objective("val_ppl", "minimize"), Objective("peak_vram_gib", "minimize"))
         if not isinstance(v, list) or not v:
-            raise self.fail("objectives", f"{fmt_value(v)} is not a non-empty list",
-                            "write e.g. [{metric: val_ppl, direction: minimize}]")
+            raise self.fail(
+                "objectives",
+                f"{fmt_value(v)} is not a non-empty list",
+                "write e.g. [{metric: val_ppl, direction: minimize}]",
+            )
         out, seen = [], set()
         for i, item in enumerate(v):
             key = f"objectives[{i}]"
@@ -191,7 +230,6 @@ class _Loader(SpaceReader):
                 opts[k] = float(self.number(val, f"sampler.{k}", low=0, high=1))
         return SamplerSpec(name, seed, tuple(sorted(opts.items())))
 
-
     def model(self, v: Any, ceiling: float) -> dict[str, Any]:
         m = self.mapping(v, "model", tuple(self.types))
         for k in m:
@@ -200,14 +238,14 @@ class _Loader(SpaceReader):
         try:
             cfg = Phase1Config.from_dict({**m, "target_vram_gb": ceiling}, where="model")
         except ConfigError as exc:
-            raise self.config_error(exc, "model." if not str(exc).startswith("model") else "",
-                                    "fix the value under model:") from None
+            raise self.config_error(
+                exc, "model." if not str(exc).startswith("model") else "", "fix the value under model:"
+            ) from None
         try:
             trial_trainable(cfg)
         except ConfigError as exc:
             raise self.config_error(exc, "model.", "studies train their trials") from None
         return {k: getattr(cfg, k) for k in m}  # ints given for float fields come back as floats
-
 
     def data(self, v: Any) -> tuple[Any, dict[str, Any]]:
         import dataclasses
@@ -263,8 +301,11 @@ class _Loader(SpaceReader):
             key = f"enqueue_presets[{i}]"
             name = str(name) if isinstance(name, (int, str)) and not isinstance(name, bool) else name
             if name not in PRESETS:
-                raise self.fail(key, f"{fmt_value(name)} is not a preset{did_you_mean(name, PRESETS)}",
-                                "use one of: " + ", ".join(PRESETS))
+                raise self.fail(
+                    key,
+                    f"{fmt_value(name)} is not a preset{did_you_mean(name, PRESETS)}",
+                    "use one of: " + ", ".join(PRESETS),
+                )
             if name in out:
                 raise self.fail(key, f"{name} is listed twice", "list each preset once")
             cfg = preset_values(name, model)
@@ -274,28 +315,50 @@ class _Loader(SpaceReader):
                     continue
                 value = cfg[p.name]
                 if not p.contains(value):
-                    raise self.fail(key, f"preset {name} has {p.name}: {fmt_value(value)}, outside "
-                                    f"search_space.{p.name} ({describe_param(p)})",
-                                    "widen that parameter's range or drop the preset")
+                    raise self.fail(
+                        key,
+                        f"preset {name} has {p.name}: {fmt_value(value)}, outside "
+                        f"search_space.{p.name} ({describe_param(p)})",
+                        "widen that parameter's range or drop the preset",
+                    )
                 seen[p.name] = value
             out.append(name)
         return tuple(out)
 
     def pruning(self, v: Any) -> LearningCurvePruning:
         m = self.mapping(v, "pruning", ("learning_curve",))
-        lc = self.mapping(m.get("learning_curve", {}) or {}, "pruning.learning_curve",
-                          ("enabled", "min_fraction", "confidence"))
+        lc = self.mapping(
+            m.get("learning_curve", {}) or {}, "pruning.learning_curve", ("enabled", "min_fraction", "confidence")
+        )
         d = LearningCurvePruning()
         return LearningCurvePruning(
             self.boolean(lc.get("enabled", d.enabled), "pruning.learning_curve.enabled"),
-            float(self.number(lc.get("min_fraction", d.min_fraction), "pruning.learning_curve.min_fraction",
-                              low=0, high=1, strict_low=True, strict_high=True)),
-            float(self.number(lc.get("confidence", d.confidence), "pruning.learning_curve.confidence",
-                              low=0, high=1, strict_low=True, strict_high=True)),
+            float(
+                self.number(
+                    lc.get("min_fraction", d.min_fraction),
+                    "pruning.learning_curve.min_fraction",
+                    low=0,
+                    high=1,
+                    strict_low=True,
+                    strict_high=True,
+                )
+            ),
+            float(
+                self.number(
+                    lc.get("confidence", d.confidence),
+                    "pruning.learning_curve.confidence",
+                    low=0,
+                    high=1,
+                    strict_low=True,
+                    strict_high=True,
+                )
+            ),
         )
 
     def estimate(self, v: Any) -> EstimateSettings:
         m = self.mapping(v, "estimate", ("enabled", "margin"))
         d = EstimateSettings()
-        return EstimateSettings(self.boolean(m.get("enabled", d.enabled), "estimate.enabled"),
-                                float(self.number(m.get("margin", d.margin), "estimate.margin", low=0, high=1)))
+        return EstimateSettings(
+            self.boolean(m.get("enabled", d.enabled), "estimate.enabled"),
+            float(self.number(m.get("margin", d.margin), "estimate.margin", low=0, high=1)),
+        )

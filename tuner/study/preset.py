@@ -10,9 +10,10 @@ named). `load_preset` also accepts the built-in names of model.PRESETS (8gb, 10g
 from __future__ import annotations
 
 import datetime as _dt
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -37,15 +38,30 @@ def preset_text(config: Phase1Config, provenance: Mapping[str, Any]) -> str:
     return header + yaml.safe_dump({"config": config.to_dict(), "provenance": prov}, sort_keys=False)
 
 
-def write_preset(path: str | Path, config: Phase1Config, *, study: str, trial: int, val_ppl: float,
-                 peak_vram_gib: float, device: str | None, date: str | None = None, **extra: Any) -> Path:
+def write_preset(
+    path: str | Path,
+    config: Phase1Config,
+    *,
+    study: str,
+    trial: int,
+    val_ppl: float,
+    peak_vram_gib: float,
+    device: str | None,
+    date: str | None = None,
+    **extra: Any,
+) -> Path:
     """Write a preset file (parent folders created); returns its path."""
     from tuner import __version__
 
     provenance = {
-        "study": study, "trial": int(trial), "val_ppl": float(val_ppl), "peak_vram_gib": float(peak_vram_gib),
-        "device": device, "date": date or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "version": __version__, **extra,
+        "study": study,
+        "trial": int(trial),
+        "val_ppl": float(val_ppl),
+        "peak_vram_gib": float(peak_vram_gib),
+        "device": device,
+        "date": date or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "version": __version__,
+        **extra,
     }
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
@@ -62,8 +78,10 @@ def load_preset(name_or_path: str | Path) -> Preset:
     if not p.exists():
         if text in PRESETS:
             return Preset(PRESETS[text].replace(), {}, f"built-in {text}")
-        raise PresetError(f"{text}: no such file or built-in preset; pass a preset file written by `tuner export` "
-                          f"or one of: {', '.join(PRESETS)}")
+        raise PresetError(
+            f"{text}: no such file or built-in preset; pass a preset file written by `tuner export` "
+            f"or one of: {', '.join(PRESETS)}"
+        )
     if not p.is_file():
         raise PresetError(f"{p}: is not a file; pass a preset YAML file")
     try:
@@ -71,8 +89,10 @@ def load_preset(name_or_path: str | Path) -> Preset:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f"line {mark.line + 1}: " if mark is not None else ""
-        raise PresetError(f"{p}: {at}invalid YAML ({' '.join(str(getattr(exc, 'problem', exc)).split())}); "
-                          "fix the syntax or export the preset again") from None
+        raise PresetError(
+            f"{p}: {at}invalid YAML ({' '.join(str(getattr(exc, 'problem', exc)).split())}); "
+            "fix the syntax or export the preset again"
+        ) from None
     except UnicodeDecodeError:
         raise PresetError(f"{p}: not UTF-8 text; export the preset again") from None
     if not isinstance(data, Mapping):
@@ -89,6 +109,7 @@ def load_preset(name_or_path: str | Path) -> Preset:
         config = Phase1Config.from_dict(data["config"], where="config")
     except ConfigError as exc:
         msg = str(exc)
-        raise PresetError(f"{p}: {msg if msg.startswith('config') else 'config.' + msg}; fix the value or export "
-                          "the preset again") from None
+        raise PresetError(
+            f"{p}: {msg if msg.startswith('config') else 'config.' + msg}; fix the value or export the preset again"
+        ) from None
     return Preset(config, dict(provenance), str(p))

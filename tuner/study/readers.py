@@ -5,8 +5,9 @@ from __future__ import annotations
 import difflib
 import math
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -23,8 +24,11 @@ def did_you_mean(key: str, known) -> str:
 
 
 def fmt_value(v: Any) -> str:
-    return yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip() if not isinstance(
-        v, str) else repr(v)
+    return (
+        yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip()
+        if not isinstance(v, str)
+        else repr(v)
+    )
 
 
 class Readers:
@@ -43,16 +47,31 @@ class Readers:
             raise self.fail(key, f"expected a mapping, got {fmt_value(v)}", "write `key: value` pairs")
         for k in v:
             if k not in allowed:
-                raise self.fail(f"{key}.{k}" if key else str(k), f"unknown key{did_you_mean(k, allowed)}",
-                                "allowed keys: " + ", ".join(allowed))
+                raise self.fail(
+                    f"{key}.{k}" if key else str(k),
+                    f"unknown key{did_you_mean(k, allowed)}",
+                    "allowed keys: " + ", ".join(allowed),
+                )
         return dict(v)
 
-    def number(self, v: Any, key: str, *, integer: bool = False, low: float | None = None,
-               high: float | None = None, strict_low: bool = False, strict_high: bool = False) -> Any:
+    def number(
+        self,
+        v: Any,
+        key: str,
+        *,
+        integer: bool = False,
+        low: float | None = None,
+        high: float | None = None,
+        strict_low: bool = False,
+        strict_high: bool = False,
+    ) -> Any:
         kind = "an integer" if integer else "a number"
         if isinstance(v, str) and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+", v.strip()):
-            raise self.fail(key, f"{v!r} is a string, not a number (YAML 1.1 reads exponents without a dot as text)",
-                            f"write {float(v)!r} or put a dot in the mantissa (1.0e-4)")
+            raise self.fail(
+                key,
+                f"{v!r} is a string, not a number (YAML 1.1 reads exponents without a dot as text)",
+                f"write {float(v)!r} or put a dot in the mantissa (1.0e-4)",
+            )
         ok = isinstance(v, int) if integer else isinstance(v, (int, float))
         if isinstance(v, bool) or not ok or (isinstance(v, float) and not math.isfinite(v)):
             if integer and isinstance(v, float) and v.is_integer():
@@ -71,10 +90,10 @@ class Readers:
 
     def choice(self, v: Any, key: str, allowed) -> str:
         if v not in allowed or not isinstance(v, str):
-            raise self.fail(key, f"{fmt_value(v)} is not allowed{did_you_mean(v, allowed)}",
-                            "use one of: " + ", ".join(allowed))
+            raise self.fail(
+                key, f"{fmt_value(v)} is not allowed{did_you_mean(v, allowed)}", "use one of: " + ", ".join(allowed)
+            )
         return v
-
 
     def config_error(self, exc: ConfigError, prefix: str, fix: str) -> SpecError:
         msg = str(exc)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Any, Literal, Mapping, get_args
+from collections.abc import Mapping
+from typing import Any, Literal, get_args
 
 from model.config import (
     ConfigError,
@@ -25,14 +26,18 @@ class SpaceReader(Readers):
 
     def space(self, v: Any, model: dict[str, Any]) -> SearchSpace:
         if not isinstance(v, Mapping):
-            raise self.fail("search_space", f"expected a mapping of parameters, got {fmt_value(v)}",
-                            "write `field: {type: int, low: .., high: ..}` entries")
+            raise self.fail(
+                "search_space",
+                f"expected a mapping of parameters, got {fmt_value(v)}",
+                "write `field: {type: int, low: .., high: ..}` entries",
+            )
         params: dict[str, Param] = {}
         for name, body in v.items():
             key = f"search_space.{name}"
             if name not in self.types:
-                raise self.fail(key, f"not a Phase1Config field{did_you_mean(name, self.types)}",
-                                "use a field of model/config.py")
+                raise self.fail(
+                    key, f"not a Phase1Config field{did_you_mean(name, self.types)}", "use a field of model/config.py"
+                )
             if name in DERIVED_FIELDS:
                 raise self.fail(key, f"is set from {DERIVED_FIELDS[name]}", "remove it from search_space:")
             if name in model:
@@ -45,12 +50,18 @@ class SpaceReader(Readers):
                 if k == p.name:
                     raise self.fail(key, "a parameter cannot depend on itself", "remove this condition")
                 if k not in self.types:
-                    raise self.fail(key, f"not a parameter or Phase1Config field{did_you_mean(k, self.types)}",
-                                    "name a search_space parameter or a model field")
+                    raise self.fail(
+                        key,
+                        f"not a parameter or Phase1Config field{did_you_mean(k, self.types)}",
+                        "name a search_space parameter or a model field",
+                    )
                 for a in allowed:
                     if not type_ok(a, self.types[k]):
-                        raise self.fail(key, f"{fmt_value(a)} is not {describe_type(self.types[k])}",
-                                        f"compare with a value {k} can take")
+                        raise self.fail(
+                            key,
+                            f"{fmt_value(a)} is not {describe_type(self.types[k])}",
+                            f"compare with a value {k} can take",
+                        )
         order = self.order(params)
         base = {k: model.get(k, getattr(Phase1Config(), k)) for p in order for k, _ in p.when if k not in params}
         space = SearchSpace(tuple(order), tuple(sorted(base.items())))
@@ -62,9 +73,11 @@ class SpaceReader(Readers):
                     continue  # a float equality condition is legal but undecidable here
                 if not any(any(r == a and type(r) is type(a) for a in allowed) for r in reachable):
                     src = f"search_space.{k}" if k in params else (f"model.{k}" if k in model else f"default {k}")
-                    raise self.fail(f"search_space.{p.name}.when.{k}",
-                                    f"never holds ({src} is {fmt_value(reachable if len(reachable) > 1 else reachable[0])})",
-                                    f"remove the condition, or search/fix {k} so it can be {fmt_value(list(allowed))}")
+                    raise self.fail(
+                        f"search_space.{p.name}.when.{k}",
+                        f"never holds ({src} is {fmt_value(reachable if len(reachable) > 1 else reachable[0])})",
+                        f"remove the condition, or search/fix {k} so it can be {fmt_value(list(allowed))}",
+                    )
         return space
 
     def param(self, name: str, body: Any, key: str) -> Param:
@@ -80,14 +93,18 @@ class SpaceReader(Readers):
                     raise self.fail(f"{key}.{k}", "not used by a categorical parameter", "list values under choices:")
             choices = m.get("choices")
             if not isinstance(choices, list) or not choices:
-                raise self.fail(f"{key}.choices", f"{fmt_value(choices)} is not a non-empty list",
-                                "write choices: [a, b, ...]")
+                raise self.fail(
+                    f"{key}.choices", f"{fmt_value(choices)} is not a non-empty list", "write choices: [a, b, ...]"
+                )
             for i, c in enumerate(choices):
                 if not isinstance(c, (bool, int, float, str)) and c is not None:
                     raise self.fail(f"{key}.choices[{i}]", f"{fmt_value(c)} is not a scalar", "use plain values")
                 if not type_ok(c, hint):
-                    raise self.fail(f"{key}.choices[{i}]", f"{fmt_value(c)} is not {describe_type(hint)}",
-                                    f"use values of {name}'s type")
+                    raise self.fail(
+                        f"{key}.choices[{i}]",
+                        f"{fmt_value(c)} is not {describe_type(hint)}",
+                        f"use values of {name}'s type",
+                    )
             if len({(type(c), c) for c in choices}) != len(choices):
                 raise self.fail(f"{key}.choices", "contains a value twice", "list each choice once")
             return Param(name, "categorical", choices=tuple(choices), when=when)
@@ -95,10 +112,13 @@ class SpaceReader(Readers):
             raise self.fail(f"{key}.choices", f"not used by a {kind} parameter", "use low/high, or type: categorical")
         base_types = {a for a in (get_args(hint) or (hint,)) if a is not type(None)}
         if getattr(hint, "__origin__", None) is Literal or not base_types & ({int} if kind == "int" else {float}):
-            raise self.fail(f"{key}.type", f"{kind} does not fit {name} ({describe_type(hint)})",
-                            "use type: categorical with allowed values" if getattr(hint, "__origin__", None)
-                            is Literal or bool in base_types or str in base_types else
-                            f"use type: {'int' if int in base_types else 'float'}")
+            raise self.fail(
+                f"{key}.type",
+                f"{kind} does not fit {name} ({describe_type(hint)})",
+                "use type: categorical with allowed values"
+                if getattr(hint, "__origin__", None) is Literal or bool in base_types or str in base_types
+                else f"use type: {'int' if int in base_types else 'float'}",
+            )
         for k in ("low", "high"):
             if k not in m:
                 raise self.fail(f"{key}.{k}", "missing", f"add `{k}:`")
@@ -121,10 +141,20 @@ class SpaceReader(Readers):
             span = (high - low) / step
             if abs(span - round(span)) > 1e-9:
                 top = low + math.floor(span + 1e-9) * step
-                raise self.fail(f"{key}.high", f"{high} is not low + a multiple of step {step}",
-                                f"use high: {top if integer else round(top, 12)}")
-        return Param(name, kind, low=low if integer else float(low), high=high if integer else float(high),
-                     step=step if (integer or step is None) else float(step), log=log, when=when)
+                raise self.fail(
+                    f"{key}.high",
+                    f"{high} is not low + a multiple of step {step}",
+                    f"use high: {top if integer else round(top, 12)}",
+                )
+        return Param(
+            name,
+            kind,
+            low=low if integer else float(low),
+            high=high if integer else float(high),
+            step=step if (integer or step is None) else float(step),
+            log=log,
+            when=when,
+        )
 
     def when(self, v: Any, key: str) -> tuple[tuple[str, tuple[Any, ...]], ...]:
         if not isinstance(v, Mapping) or not v:
@@ -146,9 +176,12 @@ class SpaceReader(Readers):
             if name in done:
                 return
             if name in visiting:
-                cycle = " -> ".join(visiting[visiting.index(name):] + [name])
-                raise self.fail(f"search_space.{name}.when", f"conditions form a cycle ({cycle})",
-                                "make one of these parameters unconditional")
+                cycle = " -> ".join(visiting[visiting.index(name) :] + [name])
+                raise self.fail(
+                    f"search_space.{name}.when",
+                    f"conditions form a cycle ({cycle})",
+                    "make one of these parameters unconditional",
+                )
             visiting.append(name)
             for k, _ in params[name].when:
                 if k in params:
@@ -163,12 +196,15 @@ class SpaceReader(Readers):
     def check_grid(self, space: SearchSpace) -> None:
         for p in space.params:
             if p.when:
-                raise self.fail(f"search_space.{p.name}.when", "the grid sampler cannot use conditions",
-                                "remove when:, or use sampler: tpe")
+                raise self.fail(
+                    f"search_space.{p.name}.when",
+                    "the grid sampler cannot use conditions",
+                    "remove when:, or use sampler: tpe",
+                )
             if p.type == "float" and p.step is None:
-                raise self.fail(f"search_space.{p.name}", "a float without step has no grid",
-                                "add step:, or use sampler: tpe")
-
+                raise self.fail(
+                    f"search_space.{p.name}", "a float without step has no grid", "add step:, or use sampler: tpe"
+                )
 
     # impossible combinations ------------------------------------------------------------------------
     def check_space(self, space: SearchSpace, model: dict[str, Any], ceiling: float) -> None:
@@ -180,8 +216,10 @@ class SpaceReader(Readers):
                     Phase1Config.from_dict({**fixed, p.name: value})
                 except ConfigError as exc:
                     if str(exc).split(":", 1)[0] == p.name:
-                        raise SpecError(f"{self.where}: search_space.{p.name}: value {fmt_value(value)} is invalid "
-                                        f"({exc}); narrow the range or drop that choice") from None
+                        raise SpecError(
+                            f"{self.where}: search_space.{p.name}: value {fmt_value(value)} is invalid "
+                            f"({exc}); narrow the range or drop that choice"
+                        ) from None
         # 2) every corner combination (conditions applied), checked together
         corners = [(p, p.values(limit=2) if p.type != "categorical" else list(p.choices)) for p in space.params]
         total = math.prod(len(vals) for _, vals in corners) if corners else 1
@@ -210,5 +248,7 @@ class SpaceReader(Readers):
                 bad = str(exc).split(":", 1)[0]
                 key = f"search_space.{bad}" if bad in space else "search_space"
                 combo_txt = ", ".join(f"{k}={fmt_value(v)}" for k, v in values.items() if k in str(exc) or k == bad)
-                raise SpecError(f"{self.where}: {key}: the combination {combo_txt or fmt_value(values)} is invalid "
-                                f"({exc}); narrow the ranges so that every combination is valid") from None
+                raise SpecError(
+                    f"{self.where}: {key}: the combination {combo_txt or fmt_value(values)} is invalid "
+                    f"({exc}); narrow the ranges so that every combination is valid"
+                ) from None

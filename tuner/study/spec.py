@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -27,8 +28,20 @@ SAMPLER_OPTIONS: dict[str, dict[str, type]] = {
 }
 
 
-TOP_KEYS = ("name", "objectives", "vram_ceiling_gib", "sampler", "n_trials", "model", "search_space", "data",
-            "budget", "enqueue_presets", "pruning", "estimate")
+TOP_KEYS = (
+    "name",
+    "objectives",
+    "vram_ceiling_gib",
+    "sampler",
+    "n_trials",
+    "model",
+    "search_space",
+    "data",
+    "budget",
+    "enqueue_presets",
+    "pruning",
+    "estimate",
+)
 PARAM_KEYS = ("type", "low", "high", "step", "log", "choices", "when")
 # Set from vram_ceiling_gib, so the study and its configs cannot disagree about the budget.
 DERIVED_FIELDS = {"target_vram_gb": "vram_ceiling_gib"}

@@ -29,8 +29,9 @@ def counted_trials(study: optuna.Study) -> int:
     retried: set[int] = set()
     for t in trials:
         retried.update(t.system_attrs.get("retry_history", ()))
-    return sum(1 for t in trials if t.state in COUNTED_STATES and not (t.state == TrialState.FAIL
-                                                                        and t.number in retried))
+    return sum(
+        1 for t in trials if t.state in COUNTED_STATES and not (t.state == TrialState.FAIL and t.number in retried)
+    )
 
 
 class StudyBudget:
@@ -45,7 +46,7 @@ class StudyBudget:
         running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
         return self.n_trials - counted_trials(study), running
 
-    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:  # noqa: ARG002 - callback API
         if self.wait_turn(study) is False:
             study.stop()
 
@@ -71,14 +72,18 @@ class StudyBudget:
                 outage_since = None
             except StorageUnavailable:
                 raise
-            except Exception as exc:  # noqa: BLE001 - only connection failures are waited out, the rest re-raised
+            except Exception as exc:
                 if not is_connection_failure(exc):
                     raise
                 now = time.monotonic()
                 if outage_since is None:
                     outage_since = now
-                    log.warning("worker: storage error while waiting for a turn (%s); treating it as temporary "
-                                "for up to %.0f s", type(exc).__name__, OUTAGE_LIMIT_S)
+                    log.warning(
+                        "worker: storage error while waiting for a turn (%s); treating it as temporary "
+                        "for up to %.0f s",
+                        type(exc).__name__,
+                        OUTAGE_LIMIT_S,
+                    )
                 elif now - outage_since > OUTAGE_LIMIT_S:
                     raise
             self.stop_event.wait(WAIT_POLL_S)
@@ -108,6 +113,12 @@ def enqueue_retry(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     history = list(trial.system_attrs.get("retry_history", [])) + [trial.number]
     system_attrs = {"failed_trial": trial.system_attrs.get("failed_trial", trial.number), "retry_history": history}
     user_attrs = {k: trial.user_attrs[k] for k in ("preset",) if k in trial.user_attrs}
-    study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, params=trial.params,
-                                              distributions=trial.distributions, user_attrs=user_attrs,
-                                              system_attrs=system_attrs))
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=TrialState.WAITING,
+            params=trial.params,
+            distributions=trial.distributions,
+            user_attrs=user_attrs,
+            system_attrs=system_attrs,
+        )
+    )

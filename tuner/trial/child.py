@@ -1,4 +1,5 @@
-"""The trial child: the spawned process that holds the GPU, keeps torch and the data warm, and trains one trial per request."""
+"""The trial child: the spawned process that holds the GPU, keeps torch and the data warm, and trains one trial
+per request."""
 
 from __future__ import annotations
 
@@ -135,8 +136,13 @@ class _ChildState:
         fault = fault_for(req.fault, req.trial_number)
         guard = None
         if self.device == "cuda":
-            guard = VramGuard(ceiling, device_index=self.nvml_index, torch_device=0, device_uuid=self.device_uuid,
-                              on_cross=lambda peak, t: self.send({"type": "ceiling", "peak_gib": peak}))
+            guard = VramGuard(
+                ceiling,
+                device_index=self.nvml_index,
+                torch_device=0,
+                device_uuid=self.device_uuid,
+                on_cross=lambda peak, _t: self.send({"type": "ceiling", "peak_gib": peak}),
+            )
 
         monitor = None
         curve_note: dict[str, Any] = {}
@@ -145,9 +151,12 @@ class _ChildState:
             proxy = float(pruning.proxy_peak_gib or 0.0)
             try:
                 monitor = LearningCurveMonitor(
-                    pruning.settings, req.train_tokens, [tuple(p) for p in pruning.front],
+                    pruning.settings,
+                    req.train_tokens,
+                    [tuple(p) for p in pruning.front],
                     (lambda: guard.peak_gib) if guard is not None else (lambda: proxy),
-                    reference_curves=pruning.reference_curves or ())
+                    reference_curves=pruning.reference_curves or (),
+                )
             except ValueError as e:  # a budget under 16 tokens has no log-spaced schedule
                 if pruning.settings.enabled:
                     raise  # the spec rejects this combination; reaching here is a bug worth a traceback
@@ -170,19 +179,33 @@ class _ChildState:
             now = time.monotonic()
             if now - last_sent[0] >= PROGRESS_EVERY_S:
                 last_sent[0] = now
-                self.send({"type": "progress", "step": info.step, "tokens": info.tokens,
-                           "loss": float(info.loss), "elapsed_s": float(info.elapsed_s)})
+                self.send(
+                    {
+                        "type": "progress",
+                        "step": info.step,
+                        "tokens": info.tokens,
+                        "loss": float(info.loss),
+                        "elapsed_s": float(info.elapsed_s),
+                    }
+                )
 
         base = {"device": self.device, "device_name": self.device_name}
-        curve_attrs = lambda: monitor.attrs() if monitor is not None else dict(curve_note)  # noqa: E731
+        curve_attrs = lambda: monitor.attrs() if monitor is not None else dict(curve_note)
         try:
             if guard is not None:
                 guard.start()
             try:
                 result = train_and_evaluate(
-                    train_config, data, train_tokens=int(req.train_tokens), eval_tokens=int(req.eval_tokens),
-                    device=self.device, on_step=on_step, eval_points=eval_points,
-                    on_eval=monitor.on_eval if monitor is not None else None, return_model=lns)
+                    train_config,
+                    data,
+                    train_tokens=int(req.train_tokens),
+                    eval_tokens=int(req.eval_tokens),
+                    device=self.device,
+                    on_step=on_step,
+                    eval_points=eval_points,
+                    on_eval=monitor.on_eval if monitor is not None else None,
+                    return_model=lns,
+                )
                 out = _result_dict(result)
                 if lns:
                     out.update(_lns_evaluate(result.model, config, data, int(req.eval_tokens), self.device))
@@ -191,17 +214,34 @@ class _ChildState:
                 if guard is not None:
                     guard.stop()
         except VramCeilingExceeded as e:
-            return {**base, "kind": "vram_ceiling", "peak_gib": e.peak_gib, **_guard_attrs(guard), **curve_attrs(),
-                    "error_summary": str(e)}
+            return {
+                **base,
+                "kind": "vram_ceiling",
+                "peak_gib": e.peak_gib,
+                **_guard_attrs(guard),
+                **curve_attrs(),
+                "error_summary": str(e),
+            }
         except torch.cuda.OutOfMemoryError as e:
-            return {**base, "kind": "oom", **_guard_attrs(guard), **_torch_peak(self.device), **curve_attrs(),
-                    **_exc_fields(e)}
+            return {
+                **base,
+                "kind": "oom",
+                **_guard_attrs(guard),
+                **_torch_peak(self.device),
+                **curve_attrs(),
+                **_exc_fields(e),
+            }
         except NumericalInstabilityError as e:
-            return {**base, "kind": "numerical_instability", "stability": _jsonable(e.diagnostics),
-                    **_guard_attrs(guard), **curve_attrs(), **_exc_fields(e)}
+            return {
+                **base,
+                "kind": "numerical_instability",
+                "stability": _jsonable(e.diagnostics),
+                **_guard_attrs(guard),
+                **curve_attrs(),
+                **_exc_fields(e),
+            }
         except LearningCurvePrune as e:
-            return {**base, "kind": "learning_curve", **_guard_attrs(guard), **curve_attrs(),
-                    "error_summary": str(e)}
+            return {**base, "kind": "learning_curve", **_guard_attrs(guard), **curve_attrs(), "error_summary": str(e)}
         except ConfigError as e:
             return {**base, "kind": "invalid_config", "error_summary": str(e)}
         except TrialStopRequested as e:
@@ -254,8 +294,13 @@ def _jsonable(v: Any) -> Any:
 def _guard_attrs(guard) -> dict[str, Any]:
     if guard is None:
         return {}
-    return {"nvml_peak_gib": guard.peak_gib, "nvml_samples": guard.n_samples, "nvml_pid_seen": guard.n_seen,
-            "nvml_lookup": guard.nvml_lookup, "allocator_fraction": guard.allocator_fraction}
+    return {
+        "nvml_peak_gib": guard.peak_gib,
+        "nvml_samples": guard.n_samples,
+        "nvml_pid_seen": guard.n_seen,
+        "nvml_lookup": guard.nvml_lookup,
+        "allocator_fraction": guard.allocator_fraction,
+    }
 
 
 def _torch_peak(device: str) -> dict[str, Any]:

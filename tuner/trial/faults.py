@@ -36,7 +36,7 @@ def fault_for(fault, trial_number: int | None) -> FaultInjection | None:
     """The first FaultInjection (one, or a list of them) that applies to this trial."""
     if fault is None:
         return None
-    for f in (fault if isinstance(fault, (list, tuple)) else [fault]):
+    for f in fault if isinstance(fault, (list, tuple)) else [fault]:
         if f.applies(trial_number):
             return f
     return None
@@ -52,8 +52,10 @@ def raise_fault(fault: FaultInjection, info) -> None:
     if fault.kind == "nonfinite":
         from model.errors import NumericalInstabilityError
 
-        raise NumericalInstabilityError(f"injected non-finite loss at step {info.step} (test fault hook)",
-                                        {"check": "finite_loss", "value": float("nan"), "step": info.step})
+        raise NumericalInstabilityError(
+            f"injected non-finite loss at step {info.step} (test fault hook)",
+            {"check": "finite_loss", "value": float("nan"), "step": info.step},
+        )
     if fault.kind == "slow":
         time.sleep(fault.sleep_s)
         return

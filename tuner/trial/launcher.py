@@ -4,7 +4,8 @@ Each worker is `tuner worker --study NAME [--gpu i]` with CUDA_VISIBLE_DEVICES p
 URL in TUNER_STORAGE (never in argv, where `ps` would show a password).
 The supervisor restarts a worker that exits non-zero (at most `max_restarts` times per slot; a slot that keeps
 crashing is given up and reported; exit code 2, a user error, is never restarted), leaves a worker that exits 0
-finished (the study's shared budget is spent), and forwards SIGTERM/SIGINT to every worker, which end their current trials as `interrupted` (re-enqueued) and exit 0.
+finished (the study's shared budget is spent), and forwards SIGTERM/SIGINT to every worker, which end their
+current trials as `interrupted` (re-enqueued) and exit 0.
 Workers still running `SHUTDOWN_KILL_S` after the signal are killed, so launch exits within 30 s.
 """
 
@@ -65,8 +66,16 @@ class Launcher:
     """Supervise one worker per slot. `run()` returns 0 when all workers finished (or were stopped by a signal),
     1 when a slot was given up after too many crashes."""
 
-    def __init__(self, study_name: str, storage_url: str, gpus: list[int] | None = None, workers: int | None = None,
-                 n_trials: int | None = None, max_restarts: int = 3, extra_args: list[str] | None = None):
+    def __init__(
+        self,
+        study_name: str,
+        storage_url: str,
+        gpus: list[int] | None = None,
+        workers: int | None = None,
+        n_trials: int | None = None,
+        max_restarts: int = 3,
+        extra_args: list[str] | None = None,
+    ):
         if gpus is None and not workers:
             raise TunerError("tuner launch: give --gpus all|0,1 or --workers N")
         self.study_name = study_name
@@ -91,8 +100,9 @@ class Launcher:
         if slot.gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = str(slot.gpu)
         slot.proc = subprocess.Popen(self._command(slot), env=env)
-        log.info("launch: worker pid %d started%s", slot.proc.pid,
-                 f" on GPU {slot.gpu}" if slot.gpu is not None else "")
+        log.info(
+            "launch: worker pid %d started%s", slot.proc.pid, f" on GPU {slot.gpu}" if slot.gpu is not None else ""
+        )
 
     def request_stop(self, signum: int | None = None, frame=None) -> None:  # noqa: ARG002
         self.stop_event.set()
@@ -135,12 +145,21 @@ class Launcher:
                 continue
             if slot.restarts >= self.max_restarts:
                 slot.gave_up = True
-                log.error("launch: worker%s crashed %d times (exit codes %s); giving up on it",
-                          f" on GPU {slot.gpu}" if slot.gpu is not None else "", slot.restarts + 1, slot.exit_codes)
+                log.error(
+                    "launch: worker%s crashed %d times (exit codes %s); giving up on it",
+                    f" on GPU {slot.gpu}" if slot.gpu is not None else "",
+                    slot.restarts + 1,
+                    slot.exit_codes,
+                )
                 continue
             slot.restarts += 1
-            log.warning("launch: worker pid %d exited with %d; restart %d/%d", slot.proc.pid, code, slot.restarts,
-                        self.max_restarts)
+            log.warning(
+                "launch: worker pid %d exited with %d; restart %d/%d",
+                slot.proc.pid,
+                code,
+                slot.restarts,
+                self.max_restarts,
+            )
             self._start(slot)
         return all(s.finished or s.gave_up for s in self.slots)
 
@@ -157,8 +176,9 @@ class Launcher:
             try:
                 p.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                log.error("launch: worker pid %d did not exit within %.0f s of SIGTERM; killing it", p.pid,
-                          SHUTDOWN_KILL_S)
+                log.error(
+                    "launch: worker pid %d did not exit within %.0f s of SIGTERM; killing it", p.pid, SHUTDOWN_KILL_S
+                )
 
     def _kill_all(self) -> None:
         for slot in self.slots:

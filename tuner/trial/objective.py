@@ -20,7 +20,8 @@ import logging
 import os
 import socket
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import optuna
 
@@ -37,6 +38,7 @@ from tuner.trial.recording import (
 
 log = logging.getLogger(__name__)
 
+
 class Objective:
     """Callable objective for `study.optimize`.
 
@@ -52,10 +54,18 @@ class Objective:
             pre-flight estimate, refined after each completed GPU trial.
     """
 
-    def __init__(self, spec, runner, *, stop_event: threading.Event | None = None, worker_id: str | None = None,
-                 on_progress: Callable[[dict[str, Any]], None] | None = None,
-                 on_trial_start: Callable[[int, dict[str, Any]], None] | None = None, fault=None,
-                 calibration_path: str | os.PathLike | None = None):
+    def __init__(
+        self,
+        spec,
+        runner,
+        *,
+        stop_event: threading.Event | None = None,
+        worker_id: str | None = None,
+        on_progress: Callable[[dict[str, Any]], None] | None = None,
+        on_trial_start: Callable[[int, dict[str, Any]], None] | None = None,
+        fault=None,
+        calibration_path: str | os.PathLike | None = None,
+    ):
         self.spec = spec
         self.calibration_path = calibration_path
         self._estimate_of_trial: Any = None  # the current trial's tuner.vram.estimate.Estimate (one trial at a time)
@@ -104,7 +114,7 @@ class Objective:
         except ConfigError as e:
             trial.set_user_attr("end_reason", EndReason.INVALID_CONFIG.value)
             trial.set_user_attr("error_summary", str(e))
-            raise optuna.TrialPruned(f"invalid_config: {e}")
+            raise optuna.TrialPruned(f"invalid_config: {e}") from None
         trial.set_user_attr("config", config.to_dict())
         ceiling = float(spec.vram_ceiling_gib)
 
@@ -116,21 +126,33 @@ class Objective:
 
         predicted = self._estimate(trial, config, device)
         if predicted is not None and predicted > ceiling * (1.0 + spec.estimate.margin):
-            return record_infeasible(trial, spec, config, EndReason.PREDICTED_OVER_CEILING, peak_gib=predicted,
-                                     note=f"not trained: predicted peak {predicted:.3f} GiB > ceiling {ceiling:g} GiB "
-                                         f"x (1 + margin {spec.estimate.margin:g}); val_ppl = vocab_size "
-                                         "(the uniform model's PPL)")
+            return record_infeasible(
+                trial,
+                spec,
+                config,
+                EndReason.PREDICTED_OVER_CEILING,
+                peak_gib=predicted,
+                note=f"not trained: predicted peak {predicted:.3f} GiB > ceiling {ceiling:g} GiB "
+                f"x (1 + margin {spec.estimate.margin:g}); val_ppl = vocab_size "
+                "(the uniform model's PPL)",
+            )
 
         request = TrialRequest(
-            config=config.to_dict(), data=spec.data, train_tokens=spec.budget.train_tokens,
-            eval_tokens=spec.budget.eval_tokens, ceiling_gib=ceiling, pruning=self._pruning_request(trial, predicted),
-            trial_number=trial.number, fault=self.fault,
+            config=config.to_dict(),
+            data=spec.data,
+            train_tokens=spec.budget.train_tokens,
+            eval_tokens=spec.budget.eval_tokens,
+            ceiling_gib=ceiling,
+            pruning=self._pruning_request(trial, predicted),
+            trial_number=trial.number,
+            fault=self.fault,
         )
         progress = None
         if self.on_progress is not None:
-            progress = lambda msg: self.on_progress({**msg, "trial": trial.number})  # noqa: E731
-        outcome = self.runner.run(request, spec.budget.trial_timeout_s, on_progress=progress,
-                                  stop_requested=self.stop_event.is_set)
+            progress = lambda msg: self.on_progress({**msg, "trial": trial.number})
+        outcome = self.runner.run(
+            request, spec.budget.trial_timeout_s, on_progress=progress, stop_requested=self.stop_event.is_set
+        )
         values = record_outcome(trial, spec, config, outcome, device)
         if outcome.kind == "complete" and device == "cuda" and outcome.nvml_pid_seen:
             self._refine_calibration(trial, outcome.result or {}, float(outcome.nvml_peak_gib or 0.0))
@@ -147,7 +169,6 @@ class Objective:
             if trial.user_attrs.get(key) is not None:
                 trial.set_user_attr(key, None)
 
-
     def _estimate(self, trial, config, device: str) -> float | None:
         """Predicted peak GiB in the measure the trial is judged by: on GPU the NVML per-process total (tensor +
         allocator + outside), on CPU the tensor-bytes peak (tuner.vram.estimate with device="cpu")."""
@@ -159,8 +180,13 @@ class Objective:
 
         if device == "cuda":  # the calibration file and NVML are read here, by the caller: estimate() is pure
             choice = choose_calibration(self.calibration_path, current_device_key())
-            est = estimate(config, choice.calibration, device=device, calibrated=choice.calibrated,
-                           calibration_source=choice.source)
+            est = estimate(
+                config,
+                choice.calibration,
+                device=device,
+                calibrated=choice.calibrated,
+                calibration_source=choice.source,
+            )
         else:
             est = estimate(config, device=device)
         self._estimate_of_trial = est
@@ -181,9 +207,14 @@ class Objective:
         from tuner.vram.calibration import CalibrationError, refine_stored
 
         try:
-            refine_stored(self.calibration_path, est.calibration_key, est, measured_nvml_gib=float(nvml_peak_gib),
-                          measured_torch_peak_gib=float(r["peak_torch_gib"]),
-                          measured_reserved_gib=r.get("peak_reserved_gib"))
+            refine_stored(
+                self.calibration_path,
+                est.calibration_key,
+                est,
+                measured_nvml_gib=float(nvml_peak_gib),
+                measured_torch_peak_gib=float(r["peak_torch_gib"]),
+                measured_reserved_gib=r.get("peak_reserved_gib"),
+            )
         except (OSError, CalibrationError) as e:  # a refinement is a bonus; the trial's own result stands
             log.warning("calibration not refined from trial %d: %s", trial.number, e)
             trial.set_user_attr("calibration_refined", False)
@@ -197,7 +228,8 @@ class Objective:
         front: every feasible (val_ppl, peak_vram_gib) point of the study's complete trials (a point is dominated by
         the front iff by some feasible point). reference_curves: the `curve` user attrs of complete trials with the
         same budget; with enough of them the child predicts the final PPL with their late exponents
-        (tuner.analysis.curve.predict_late_alpha) instead of the trial's own early fit, which is biased low at the budget.
+        (tuner.analysis.curve.predict_late_alpha) instead of the trial's own early fit, which is biased low at the
+        budget.
         """
         lc = self.spec.pruning
         names = self.spec.metric_names
@@ -214,10 +246,9 @@ class Objective:
             if curve and t.user_attrs.get("curve_budget_tokens", budget) == budget:
                 references.append(curve)
             if comparable and is_feasible(t):
-                points.append((float(t.values[names.index("val_ppl")]),
-                               float(t.values[names.index("peak_vram_gib")])))
+                points.append((float(t.values[names.index("val_ppl")]), float(t.values[names.index("peak_vram_gib")])))
         settings = dataclasses.replace(lc, enabled=bool(lc.enabled and comparable))
         # CPU has no live memory figure during the run: the estimate stands in for the trial's peak.
-        return PruningRequest(settings, front=tuple(points), reference_curves=tuple(references),
-                              proxy_peak_gib=predicted)
-
+        return PruningRequest(
+            settings, front=tuple(points), reference_curves=tuple(references), proxy_peak_gib=predicted
+        )

@@ -18,15 +18,38 @@ from tuner.study.spec import LearningCurvePruning
 FEASIBLE_EPS_GIB = 1e-3  # an OOM at the allocator cap has a constraint of at least this (never "exactly feasible")
 
 # How the trial child's run can end. `crash` (the child process died) is recorded as EndReason.ERROR.
-OutcomeKind = Literal["complete", "vram_ceiling", "oom", "numerical_instability", "learning_curve", "invalid_config",
-                      "interrupted", "timeout", "error", "crash"]
+OutcomeKind = Literal[
+    "complete",
+    "vram_ceiling",
+    "oom",
+    "numerical_instability",
+    "learning_curve",
+    "invalid_config",
+    "interrupted",
+    "timeout",
+    "error",
+    "crash",
+]
 
 # Measurements of the run that are recorded on the trial as user attrs of the same name, whatever the ending.
-MEASURED_ATTRS = ("nvml_peak_gib", "nvml_samples", "nvml_pid_seen", "nvml_lookup", "allocator_fraction",
-                  "torch_peak_gib")
+MEASURED_ATTRS = (
+    "nvml_peak_gib",
+    "nvml_samples",
+    "nvml_pid_seen",
+    "nvml_lookup",
+    "allocator_fraction",
+    "torch_peak_gib",
+)
 # Fields of a complete run's result recorded as user attrs of the same name.
-RESULT_ATTRS = ("tokens_per_s", "param_counts", "train_time_s", "steps", "val_loss", "val_ppl_float",
-                "lns_converted_linears")
+RESULT_ATTRS = (
+    "tokens_per_s",
+    "param_counts",
+    "train_time_s",
+    "steps",
+    "val_loss",
+    "val_ppl_float",
+    "lns_converted_linears",
+)
 
 
 @dataclass(frozen=True)
@@ -123,12 +146,16 @@ ENDINGS: dict[EndReason, Ending] = {
     EndReason.VRAM_CEILING: Ending("complete", infeasible=True),
     EndReason.OOM: Ending("complete", infeasible=True, if_set=("error_summary", "traceback")),
     EndReason.PREDICTED_OVER_CEILING: Ending("complete", infeasible=True),
-    EndReason.NUMERICAL_INSTABILITY: Ending("pruned", always={"stability": "stability"},
-                                            if_set=("error_summary", "traceback"),
-                                            message="numerical_instability: {summary}"),
+    EndReason.NUMERICAL_INSTABILITY: Ending(
+        "pruned",
+        always={"stability": "stability"},
+        if_set=("error_summary", "traceback"),
+        message="numerical_instability: {summary}",
+    ),
     EndReason.LEARNING_CURVE: Ending("pruned", always={"prune_summary": "error_summary"}),
-    EndReason.INVALID_CONFIG: Ending("pruned", always={"error_summary": "error_summary"},
-                                     message="invalid_config: {summary}"),
+    EndReason.INVALID_CONFIG: Ending(
+        "pruned", always={"error_summary": "error_summary"}, message="invalid_config: {summary}"
+    ),
     EndReason.TIMEOUT: Ending("pruned", always={"error_summary": "error_summary"}),
     EndReason.INTERRUPTED: Ending("fail", always={"error_summary": "error_summary"}),
     EndReason.ERROR: Ending("fail", if_set=("error_summary", "traceback")),

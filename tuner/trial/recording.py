@@ -50,8 +50,7 @@ class TrialInterrupted(TrialFailed):
     """The worker is stopping (SIGTERM/SIGINT): the trial ends FAIL with end_reason `interrupted` and is retried."""
 
 
-def record_outcome(trial: Any, spec: StudySpec, config: Any, outcome: TrialOutcome,
-                   device: str) -> tuple[float, ...]:
+def record_outcome(trial: Any, spec: StudySpec, config: Any, outcome: TrialOutcome, device: str) -> tuple[float, ...]:
     """Record `outcome` on `trial`; return the objective values, or raise TrialPruned / TrialFailed /
     TrialInterrupted as the reason's ENDINGS entry says."""
     ceiling = float(spec.vram_ceiling_gib)
@@ -79,12 +78,16 @@ def record_outcome(trial: Any, spec: StudySpec, config: Any, outcome: TrialOutco
         peak = peak_vram(outcome, device=device, ceiling_gib=ceiling).gib
         if reason is EndReason.VRAM_CEILING:
             trial.set_user_attr("ceiling_detected", "killed" if outcome.killed else "guard_stop")
-            note = (f"stopped at {peak:.3f} GiB > ceiling {ceiling:g} GiB before the end; "
-                    "val_ppl = vocab_size (the uniform model's PPL)")
+            note = (
+                f"stopped at {peak:.3f} GiB > ceiling {ceiling:g} GiB before the end; "
+                "val_ppl = vocab_size (the uniform model's PPL)"
+            )
         else:  # oom
-            note = (f"CUDA out of memory at the allocator cap (ceiling {ceiling:g} GiB); peak_vram_gib = "
-                    f"max(observed {observed_peak_gib(outcome):.3f}, ceiling + {FEASIBLE_EPS_GIB:g}); "
-                    "val_ppl = vocab_size (the uniform model's PPL)")
+            note = (
+                f"CUDA out of memory at the allocator cap (ceiling {ceiling:g} GiB); peak_vram_gib = "
+                f"max(observed {observed_peak_gib(outcome):.3f}, ceiling + {FEASIBLE_EPS_GIB:g}); "
+                "val_ppl = vocab_size (the uniform model's PPL)"
+            )
         summary = outcome.error_summary if reason is EndReason.VRAM_CEILING else None
         return record_infeasible(trial, spec, config, reason, peak_gib=peak, note=note, summary=summary)
     trial.set_user_attr("end_reason", reason.value)
@@ -96,8 +99,7 @@ def record_outcome(trial: Any, spec: StudySpec, config: Any, outcome: TrialOutco
     raise TrialFailed(message)
 
 
-def _record_complete(trial: Any, spec: StudySpec, config: Any, outcome: TrialOutcome,
-                     device: str) -> tuple[float, ...]:
+def _record_complete(trial: Any, spec: StudySpec, config: Any, outcome: TrialOutcome, device: str) -> tuple[float, ...]:
     ceiling = float(spec.vram_ceiling_gib)
     r = outcome.result or {}
     measured = peak_vram(outcome, device=device, ceiling_gib=ceiling)
@@ -126,12 +128,21 @@ def _record_complete(trial: Any, spec: StudySpec, config: Any, outcome: TrialOut
     if over:  # only on CPU: the GPU guard stops the run instead
         trial.set_user_attr("ceiling_detected", "after_run")
     set_trial_constraint(trial, peak - ceiling)
-    return objective_values(spec, val_ppl=r["val_ppl"], peak=peak, params=params_total(counts),
-                            tokens_per_s=r.get("tokens_per_s") or 0.0)
+    return objective_values(
+        spec, val_ppl=r["val_ppl"], peak=peak, params=params_total(counts), tokens_per_s=r.get("tokens_per_s") or 0.0
+    )
 
 
-def record_infeasible(trial: Any, spec: StudySpec, config: Any, reason: EndReason, *, peak_gib: float, note: str,
-                      summary: str | None = None) -> tuple[float, ...]:
+def record_infeasible(
+    trial: Any,
+    spec: StudySpec,
+    config: Any,
+    reason: EndReason,
+    *,
+    peak_gib: float,
+    note: str,
+    summary: str | None = None,
+) -> tuple[float, ...]:
     """An over-ceiling end recorded COMPLETE with val_ppl = vocab_size and a positive constraint."""
     ceiling = float(spec.vram_ceiling_gib)
     counts = expected_param_counts(config)
@@ -146,8 +157,9 @@ def record_infeasible(trial: Any, spec: StudySpec, config: Any, reason: EndReaso
     if summary and "error_summary" not in trial.user_attrs:
         trial.set_user_attr("stop_summary", summary)
     set_trial_constraint(trial, max(peak_gib - ceiling, FEASIBLE_EPS_GIB))
-    return objective_values(spec, val_ppl=float(config.vocab_size), peak=peak_gib, params=params_total(counts),
-                            tokens_per_s=0.0)
+    return objective_values(
+        spec, val_ppl=float(config.vocab_size), peak=peak_gib, params=params_total(counts), tokens_per_s=0.0
+    )
 
 
 def record_interrupted(trial: Any, summary: str) -> tuple[float, ...]:
@@ -157,11 +169,16 @@ def record_interrupted(trial: Any, summary: str) -> tuple[float, ...]:
     raise TrialInterrupted(summary)
 
 
-def objective_values(spec: StudySpec, *, val_ppl: float, peak: float, params: float,
-                     tokens_per_s: float) -> tuple[float, ...]:
+def objective_values(
+    spec: StudySpec, *, val_ppl: float, peak: float, params: float, tokens_per_s: float
+) -> tuple[float, ...]:
     """The objective values in the spec's metric order."""
-    table = {"val_ppl": float(val_ppl), "peak_vram_gib": float(peak), "params": float(params),
-             "tokens_per_s": float(tokens_per_s)}
+    table = {
+        "val_ppl": float(val_ppl),
+        "peak_vram_gib": float(peak),
+        "params": float(params),
+        "tokens_per_s": float(tokens_per_s),
+    }
     return tuple(table[m] for m in spec.metric_names)
 
 

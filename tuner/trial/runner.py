@@ -22,8 +22,9 @@ import multiprocessing as mp
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from tuner.errors import TunerError
 from tuner.trial.child import child_main
@@ -53,8 +54,9 @@ class TrialRunner:
             on a GPU.
     """
 
-    def __init__(self, gpu: int | None = None, cache_dir: str | os.PathLike = ".phase1_cache",
-                 cpu_threads: int | None = 1):
+    def __init__(
+        self, gpu: int | None = None, cache_dir: str | os.PathLike = ".phase1_cache", cpu_threads: int | None = 1
+    ):
         self.gpu = gpu
         self.cpu_threads = cpu_threads
         self.cache_dir = str(Path(cache_dir).resolve())
@@ -72,8 +74,12 @@ class TrialRunner:
             return
         self._discard()
         parent_conn, child_conn = self._ctx.Pipe(duplex=True)
-        proc = self._ctx.Process(target=child_main, args=(child_conn, self.gpu, os.getpid(), self.cpu_threads),
-                                 name=f"tuner-trial-child-{self.n_started}", daemon=True)
+        proc = self._ctx.Process(
+            target=child_main,
+            args=(child_conn, self.gpu, os.getpid(), self.cpu_threads),
+            name=f"tuner-trial-child-{self.n_started}",
+            daemon=True,
+        )
         proc.start()
         child_conn.close()
         self._proc, self._conn = proc, parent_conn
@@ -87,8 +93,9 @@ class TrialRunner:
                     proc.join(1.0)
                     code = proc.exitcode
                     self._discard()
-                    raise ChildStartError(f"trial child exited during startup ({_describe_exit(code)}); see its "
-                                          "output above") from None
+                    raise ChildStartError(
+                        f"trial child exited during startup ({_describe_exit(code)}); see its output above"
+                    ) from None
                 if msg.get("type") == "ready":
                     self.device, self.device_name = msg["device"], msg["device_name"]
                     return
@@ -132,9 +139,14 @@ class TrialRunner:
             conn.close()
 
     # --- one trial ----------------------------------------------------------------------------------------------
-    def run(self, request: TrialRequest, timeout_s: float, *,
-            on_progress: Callable[[dict[str, Any]], None] | None = None,
-            stop_requested: Callable[[], bool] = lambda: False) -> TrialOutcome:
+    def run(
+        self,
+        request: TrialRequest,
+        timeout_s: float,
+        *,
+        on_progress: Callable[[dict[str, Any]], None] | None = None,
+        stop_requested: Callable[[], bool] = lambda: False,
+    ) -> TrialOutcome:
         """Run one trial; return how it ended (tuner.trial.outcome.TrialOutcome).
 
         With `request.pruning` a LearningCurveMonitor records the curve (its own log-spaced eval points) whether or
@@ -169,13 +181,19 @@ class TrialRunner:
                 break
             now = time.monotonic()
             if ceiling_seen_at is not None and now - ceiling_seen_at > CEILING_KILL_AFTER_S:
-                outcome = {"kind": "vram_ceiling", "peak_gib": ceiling_msg["peak_gib"], "killed": True,
-                           "error_summary": f"child did not stop within {CEILING_KILL_AFTER_S:.0f} s of crossing "
-                                            "the ceiling; killed"}
+                outcome = {
+                    "kind": "vram_ceiling",
+                    "peak_gib": ceiling_msg["peak_gib"],
+                    "killed": True,
+                    "error_summary": f"child did not stop within {CEILING_KILL_AFTER_S:.0f} s of crossing "
+                    "the ceiling; killed",
+                }
                 break
             if now - t0 > timeout_s:
-                outcome = {"kind": "timeout", "error_summary": f"trial exceeded trial_timeout_s = {timeout_s:g} s; "
-                                                               "child killed"}
+                outcome = {
+                    "kind": "timeout",
+                    "error_summary": f"trial exceeded trial_timeout_s = {timeout_s:g} s; child killed",
+                }
                 break
             if stop_sent_at is None and stop_requested():
                 try:
@@ -184,9 +202,11 @@ class TrialRunner:
                     pass
                 stop_sent_at = now
             if stop_sent_at is not None and now - stop_sent_at > STOP_GRACE_S:
-                outcome = {"kind": "interrupted", "killed": True,
-                           "error_summary": f"worker stopping; trial did not stop within {STOP_GRACE_S:.0f} s, "
-                                            "child killed"}
+                outcome = {
+                    "kind": "interrupted",
+                    "killed": True,
+                    "error_summary": f"worker stopping; trial did not stop within {STOP_GRACE_S:.0f} s, child killed",
+                }
                 break
         outcome.setdefault("wall_s", time.monotonic() - t0)
         if outcome["kind"] == "vram_ceiling" and ceiling_msg is not None:

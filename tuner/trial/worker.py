@@ -11,10 +11,10 @@ trials through the heartbeat if they die), so the study ends with exactly n_tria
 same instant.
 
 Storage outage (database restart): the storage (tuner.storage.resilient.ResilientRDBStorage) retries every call with
-backoff until the database answers again (up to tuner.storage.resilient.OUTAGE_LIMIT_S), so a trial that finished during the outage is
-recorded when it is back, the heartbeat resumes, and the budget wait carries on; only an outage longer than that
-ends the worker, with an error naming the masked URL (exit 2; its unfinished trial is failed by the heartbeat and
-retried by another worker).
+backoff until the database answers again (up to tuner.storage.resilient.OUTAGE_LIMIT_S), so a trial that finished
+during the outage is recorded when it is back, the heartbeat resumes, and the budget wait carries on; only an outage
+longer than that ends the worker, with an error naming the masked URL (exit 2; its unfinished trial is failed by the
+heartbeat and retried by another worker).
 
 Sampler seed: every worker of a seeded study draws from its own sequence, the study's seed mixed with a hash of the
 worker id (host:pid[:gpu]; tuner.storage.samplers.worker_seed), else parallel workers would replay one another's
@@ -36,9 +36,10 @@ import signal
 import socket
 import threading
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import optuna
 
@@ -66,10 +67,20 @@ def default_worker_id(gpu: int | None) -> str:
     return f"{socket.gethostname()}:{os.getpid()}" + (f":gpu{gpu}" if gpu is not None else "")
 
 
-def run_worker(spec: StudySpec, *, storage: ResilientRDBStorage, seed: int | None, worker_id: str | None = None,
-               gpu: int | None = None, n_trials: int | None = None, cache_dir: str | os.PathLike[str] | None = None,
-               hooks: WorkerHooks | None = None, fault: FaultInjection | list[FaultInjection] | None = None,
-               cpu_threads: int | None = 1, install_signal_handlers: bool = True) -> int:
+def run_worker(
+    spec: StudySpec,
+    *,
+    storage: ResilientRDBStorage,
+    seed: int | None,
+    worker_id: str | None = None,
+    gpu: int | None = None,
+    n_trials: int | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    hooks: WorkerHooks | None = None,
+    fault: FaultInjection | list[FaultInjection] | None = None,
+    cpu_threads: int | None = 1,
+    install_signal_handlers: bool = True,
+) -> int:
     """Run trials of `spec`'s study in `storage` (created if needed) until the study holds `n_trials` counted
     trials (default: the spec's n_trials) or SIGTERM/SIGINT arrives. Returns the exit code (0).
 
@@ -104,17 +115,24 @@ def run_worker(spec: StudySpec, *, storage: ResilientRDBStorage, seed: int | Non
     stop_event = threading.Event()
     previous = {}
     if install_signal_handlers and threading.current_thread() is threading.main_thread():
+
         def _on_signal(signum, frame):  # noqa: ARG001
-            log.warning("worker: %s received; finishing the current trial as interrupted",
-                        signal.Signals(signum).name)
+            log.warning("worker: %s received; finishing the current trial as interrupted", signal.Signals(signum).name)
             stop_event.set()
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             previous[sig] = signal.signal(sig, _on_signal)
 
     runner = TrialRunner(gpu=gpu, cache_dir=cache_dir or Path.cwd() / ".phase1_cache", cpu_threads=cpu_threads)
-    objective = Objective(spec, runner, stop_event=stop_event, worker_id=worker_id, on_progress=hooks.on_progress,
-                          on_trial_start=hooks.on_trial_start, fault=fault)
+    objective = Objective(
+        spec,
+        runner,
+        stop_event=stop_event,
+        worker_id=worker_id,
+        on_progress=hooks.on_progress,
+        on_trial_start=hooks.on_trial_start,
+        fault=fault,
+    )
     budget = StudyBudget(budget_n, stop_event)
     callbacks = [RetryInterrupted(stop_event), budget]
     if hooks.on_trial_end is not None:
@@ -127,7 +145,7 @@ def run_worker(spec: StudySpec, *, storage: ResilientRDBStorage, seed: int | Non
                         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                         opt_study.optimize(objective, n_trials=None, catch=(TrialFailed,), callbacks=callbacks)
                 break
-            except Exception as e:  # noqa: BLE001 - classified below; anything else propagates unchanged
+            except Exception as e:
                 lost = _in_chain(e, StorageUnavailable)
                 if lost is not None:
                     # Optuna's own error path may have replaced it (UnboundLocalError / AssertionError in _run_trial)
@@ -135,8 +153,11 @@ def run_worker(spec: StudySpec, *, storage: ResilientRDBStorage, seed: int | Non
                 if _in_chain(e, optuna.exceptions.UpdateFinishedTrialError) is not None:
                     # Our trial was failed as stale by another worker (an outage longer than the grace period)
                     # while its result was being recorded; its retry is queued. Carry on with the next trial.
-                    log.warning("worker %s: the trial just finished had already been failed as stale by another "
-                                "worker (no heartbeat for the grace period); its retry re-runs it", worker_id)
+                    log.warning(
+                        "worker %s: the trial just finished had already been failed as stale by another "
+                        "worker (no heartbeat for the grace period); its retry re-runs it",
+                        worker_id,
+                    )
                     continue
                 raise
     finally:
@@ -144,8 +165,13 @@ def run_worker(spec: StudySpec, *, storage: ResilientRDBStorage, seed: int | Non
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         storage.remove_session()
-    log.info("worker %s: done (%d counted trials in study %s at %s)", worker_id, counted_trials(opt_study),
-             spec.name, mask_url(storage.url))
+    log.info(
+        "worker %s: done (%d counted trials in study %s at %s)",
+        worker_id,
+        counted_trials(opt_study),
+        spec.name,
+        mask_url(storage.url),
+    )
     return 0
 
 
@@ -168,6 +194,8 @@ def spec_of_study(study: optuna.Study):
 
     spec = study_spec(study)
     if spec is None:
-        raise StorageError(f"study {study.study_name!r} has no stored spec; it was not made by tuner: create it "
-                           "with `tuner create STUDY.yaml` or `tuner run STUDY.yaml`")
+        raise StorageError(
+            f"study {study.study_name!r} has no stored spec; it was not made by tuner: create it "
+            "with `tuner create STUDY.yaml` or `tuner run STUDY.yaml`"
+        )
     return spec

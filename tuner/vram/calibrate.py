@@ -1,4 +1,5 @@
-"""Measuring a GPU for the estimator's calibration (`tuner estimate --calibrate`): runs real training steps in this process."""
+"""Measuring a GPU for the estimator's calibration (`tuner estimate --calibrate`): runs real training steps in
+this process."""
 
 from __future__ import annotations
 
@@ -64,9 +65,14 @@ def calibrate_device(index: int = 0, *, config: Any = None) -> DeviceCalibration
     return DeviceCalibration(
         device=name.decode() if isinstance(name, bytes) else str(name),
         driver=driver.decode() if isinstance(driver, bytes) else str(driver),
-        torch=version("torch"), cuda=str(torch.version.cuda), context_gib=context / GIB, outside_gib=outside / GIB,
-        workspace_gib=max(0, workspace) / GIB, source=f"calibrate_device ({how})",
-        measured_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), extra=frag,
+        torch=version("torch"),
+        cuda=str(torch.version.cuda),
+        context_gib=context / GIB,
+        outside_gib=outside / GIB,
+        workspace_gib=max(0, workspace) / GIB,
+        source=f"calibrate_device ({how})",
+        measured_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        extra=frag,
     )
 
 
@@ -81,8 +87,9 @@ def _run_training_steps(config: Any, dev: Any) -> dict[str, Any]:
     from model.train import train_and_evaluate
     from tuner.vram.estimate.predict import estimate
 
-    base = config or Phase1Config(n_layers=2, n_seq=256, batch_size=2, loss_chunk_size=128,
-                                  stability_monitoring_enabled=False)
+    base = config or Phase1Config(
+        n_layers=2, n_seq=256, batch_size=2, loss_chunk_size=128, stability_monitoring_enabled=False
+    )
     data = synthetic_token_data(base.vocab_size, n_tokens=base.n_seq * base.batch_size * 4 + base.n_seq + 2, seed=0)
     runs = []
     for dt in ("float32", "bfloat16"):
@@ -94,14 +101,22 @@ def _run_training_steps(config: Any, dev: Any) -> dict[str, Any]:
         torch.cuda.synchronize(dev)
         alloc, res = torch.cuda.max_memory_allocated(dev) / GIB, torch.cuda.max_memory_reserved(dev) / GIB
         e = estimate(cfg, device="cuda", calibration=_plain())
-        runs.append({"dtype": dt, "peak_allocated_gib": alloc, "peak_reserved_gib": res,
-                     "ce_chunk_gib": e.ce_chunk_gib, "kappa": e.observed_kappa(alloc, res - alloc)})  # None: no hole
+        runs.append(
+            {
+                "dtype": dt,
+                "peak_allocated_gib": alloc,
+                "peak_reserved_gib": res,
+                "ce_chunk_gib": e.ce_chunk_gib,
+                "kappa": e.observed_kappa(alloc, res - alloc),
+            }
+        )  # None: no hole
     return {"allocator_runs": runs}
 
 
-def _plain() -> "DeviceCalibration":
-    return DeviceCalibration(device="-", driver="-", torch="-", context_gib=0.0, outside_gib=0.0, workspace_gib=0.0,
-                             source="calibrating")
+def _plain() -> DeviceCalibration:
+    return DeviceCalibration(
+        device="-", driver="-", torch="-", context_gib=0.0, outside_gib=0.0, workspace_gib=0.0, source="calibrating"
+    )
 
 
 def synthetic_token_data(vocab_size: int, n_tokens: int, seed: int = 0) -> Any:
@@ -117,7 +132,18 @@ def synthetic_token_data(vocab_size: int, n_tokens: int, seed: int = 0) -> Any:
     train = rng.integers(0, vocab_size, size=n_tokens, dtype=np.int64).astype(dtype)
     val = rng.integers(0, vocab_size, size=n_tokens, dtype=np.int64).astype(dtype)
     return mdata.TokenData(
-        train=train, val=val, vocab_size=vocab_size, tokenizer_path="", corpus_hash="synthetic-uniform",
-        eot_id=0, n_learned_tokens=vocab_size, n_train_docs=1, n_val_docs=1, n_bytes=0, skipped_files=0,
-        cache_path="", from_cache=False, prepare_time_s=0.0,
+        train=train,
+        val=val,
+        vocab_size=vocab_size,
+        tokenizer_path="",
+        corpus_hash="synthetic-uniform",
+        eot_id=0,
+        n_learned_tokens=vocab_size,
+        n_train_docs=1,
+        n_val_docs=1,
+        n_bytes=0,
+        skipped_files=0,
+        cache_path="",
+        from_cache=False,
+        prepare_time_s=0.0,
     )

@@ -24,9 +24,10 @@ import dataclasses
 import json
 import os
 import statistics
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from tuner.errors import TunerError
 
@@ -100,7 +101,8 @@ class DeviceCalibration:
 
     def kappa_offset(self, cls: str) -> float | None:
         """This device's offset of the CE-hole kappa over the best-fit replay's, for dtype class `cls` (median of
-        its trials); None before MIN_KAPPA_SAMPLES trials (tuner.vram.estimate then uses the replay's kappa as it is)."""
+        its trials); None before MIN_KAPPA_SAMPLES trials (tuner.vram.estimate then uses the replay's kappa as
+        it is)."""
         k = self.kappa_samples(cls)
         return statistics.median(k) if len(k) >= MIN_KAPPA_SAMPLES else None
 
@@ -114,7 +116,7 @@ class DeviceCalibration:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "DeviceCalibration":
+    def from_dict(cls, d: dict[str, Any]) -> DeviceCalibration:
         names = {f.name for f in dataclasses.fields(cls)}
         kw = {k: v for k, v in d.items() if k in names}
         for k in _TUPLE_FIELDS:
@@ -122,8 +124,9 @@ class DeviceCalibration:
         try:
             return cls(**kw)
         except TypeError as exc:
-            raise CalibrationError(f"calibration entry {d.get('key', '?')}: {exc}; re-run `tuner estimate "
-                                   "--calibrate` on that GPU") from None
+            raise CalibrationError(
+                f"calibration entry {d.get('key', '?')}: {exc}; re-run `tuner estimate --calibrate` on that GPU"
+            ) from None
 
 
 _TUPLE_FIELDS = ("tensor_ratios", "outside_residuals_gib", "kappa_offsets_amp", "kappa_offsets_fp32")
@@ -132,12 +135,17 @@ _TUPLE_FIELDS = ("tensor_ratios", "outside_residuals_gib", "kappa_offsets_amp", 
 # --- refine from finished trials ---------------------------------------------------------------------
 
 
-def refine(calibration: DeviceCalibration, predicted: Any, measured_nvml_gib: float,
-           measured_torch_peak_gib: float, measured_reserved_gib: float | None = None) -> DeviceCalibration:
+def refine(
+    calibration: DeviceCalibration,
+    predicted: Any,
+    measured_nvml_gib: float,
+    measured_torch_peak_gib: float,
+    measured_reserved_gib: float | None = None,
+) -> DeviceCalibration:
     """Return `calibration` updated with one finished trial on its device.
 
-    predicted: the `tuner.vram.estimate.Estimate` made for the trial (its raw tensor part and its CE-backward figures are
-    used, so corrections never compound). measured_nvml_gib: the NVML per-process peak; measured_torch_peak_gib:
+    predicted: the `tuner.vram.estimate.Estimate` made for the trial (its raw tensor part and its CE-backward figures
+    are used, so corrections never compound). measured_nvml_gib: the NVML per-process peak; measured_torch_peak_gib:
     `torch.cuda.max_memory_allocated`; measured_reserved_gib: `torch.cuda.max_memory_reserved` when the worker has
     it. The allocator gap (reserved - allocated peak) is inverted into the trial's kappa; its offset over the kappa
     the estimate used from the replay (predicted.ce_replay_kappa) is kept per dtype class.
@@ -157,8 +165,10 @@ def refine(calibration: DeviceCalibration, predicted: Any, measured_nvml_gib: fl
         raise CalibrationError("refine: the prediction has no tensor part; pass the Estimate made for the trial")
     cls = getattr(predicted, "allocator_class", "")
     if cls not in ALLOCATOR_CLASSES:
-        raise CalibrationError("refine: the prediction has no allocator class; pass the Estimate made for the trial "
-                               "by tuner.vram.estimate.estimate(..., device='cuda')")
+        raise CalibrationError(
+            "refine: the prediction has no allocator class; pass the Estimate made for the trial "
+            "by tuner.vram.estimate.estimate(..., device='cuda')"
+        )
     # the library workspaces are added to the tensor part separately (not scaled), so take them out of the ratio
     ratio = (measured_torch_peak_gib - calibration.workspace_gib) / raw
     if measured_reserved_gib is not None:
@@ -187,8 +197,9 @@ def _read(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise CalibrationError(f"{path}: unreadable calibration file ({exc}); delete it and re-run "
-                               "`tuner estimate --calibrate` on the GPU") from None
+        raise CalibrationError(
+            f"{path}: unreadable calibration file ({exc}); delete it and re-run `tuner estimate --calibrate` on the GPU"
+        ) from None
     if not isinstance(data, dict) or not isinstance(data.get("entries"), dict):
         raise CalibrationError(f"{path}: not a calibration file (no 'entries'); delete it and re-calibrate")
     return data
@@ -240,8 +251,9 @@ def load_all(path: str | os.PathLike | None = None) -> dict[str, DeviceCalibrati
     return {k: DeviceCalibration.from_dict(v) for k, v in _read(p)["entries"].items()}
 
 
-def update_calibration(path: str | os.PathLike | None, key: str,
-                       fn: Callable[[DeviceCalibration], DeviceCalibration]) -> DeviceCalibration:
+def update_calibration(
+    path: str | os.PathLike | None, key: str, fn: Callable[[DeviceCalibration], DeviceCalibration]
+) -> DeviceCalibration:
     """Read-modify-write one entry under the file lock (several workers refine one file safely)."""
     p = Path(path) if path is not None else default_path()
     with _locked(p):
@@ -255,11 +267,18 @@ def update_calibration(path: str | os.PathLike | None, key: str,
     return new
 
 
-def refine_stored(path: str | os.PathLike | None, key: str, predicted: Any, measured_nvml_gib: float,
-                  measured_torch_peak_gib: float, measured_reserved_gib: float | None = None) -> DeviceCalibration:
+def refine_stored(
+    path: str | os.PathLike | None,
+    key: str,
+    predicted: Any,
+    measured_nvml_gib: float,
+    measured_torch_peak_gib: float,
+    measured_reserved_gib: float | None = None,
+) -> DeviceCalibration:
     """`refine()` applied to the stored entry `key`, atomically. What the worker calls after each finished trial."""
-    return update_calibration(path, key, lambda c: refine(c, predicted, measured_nvml_gib, measured_torch_peak_gib,
-                                                          measured_reserved_gib))
+    return update_calibration(
+        path, key, lambda c: refine(c, predicted, measured_nvml_gib, measured_torch_peak_gib, measured_reserved_gib)
+    )
 
 
 # --- which entry an estimate uses -----------------------------------------------------------------------
@@ -294,7 +313,12 @@ def choose_calibration(path: str | os.PathLike[str] | None, here: str | None) ->
     if here is not None and here in entries:
         return CalibrationChoice(entries[here], True, f"stored calibration of this machine ({here})")
     if last is not None:
-        return CalibrationChoice(last, False, (
-            f"NOT calibrated for this machine: outside part borrowed from the stored calibration of {last.key}; "
-            "run `tuner estimate --calibrate` on the trial's GPU"))
+        return CalibrationChoice(
+            last,
+            False,
+            (
+                f"NOT calibrated for this machine: outside part borrowed from the stored calibration of {last.key}; "
+                "run `tuner estimate --calibrate` on the trial's GPU"
+            ),
+        )
     return CalibrationChoice(None, False, describe_calibration(None))

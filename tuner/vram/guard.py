@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from tuner.units import GIB
 from tuner.vram.nvml import NvmlUnavailable, process_used_gib
@@ -111,7 +111,7 @@ class VramGuard:
         self.sampler_error: str | None = None
 
     # --- lifecycle --------------------------------------------------------------------------------
-    def start(self) -> "VramGuard":
+    def start(self) -> VramGuard:
         if self._sampler is None:
             self._start_nvml()
         if self.torch_device is not None:
@@ -133,10 +133,10 @@ class VramGuard:
                 self._nvml_started = False
                 try:
                     pynvml.nvmlShutdown()
-                except Exception:
+                except Exception:  # noqa: BLE001 - shutting NVML down on the way out; nothing to keep
                     pass
 
-    def __enter__(self) -> "VramGuard":
+    def __enter__(self) -> VramGuard:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -212,7 +212,7 @@ class VramGuard:
         while not self._stop.is_set():
             try:
                 self.sample_once()
-            except Exception as e:  # a sampler failure is recorded, and stops sampling: never a silent zero
+            except Exception as e:  # noqa: BLE001 - a sampler failure is recorded and stops sampling: never a silent zero
                 self.sampler_error = f"{type(e).__name__}: {e}"
                 return
             self._stop.wait(self.interval_s)

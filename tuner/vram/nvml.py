@@ -1,4 +1,8 @@
-"""NVML, read without torch: is there a GPU, how many, which one (its calibration key), and how much memory one process uses on it."""
+"""NVML, read without torch: is there a GPU, how many, which one (its calibration key), and how much memory one
+process uses on it.
+
+A machine without NVML (no driver, no GPU, no library) raises anything from pynvml's NVMLError to ImportError or
+OSError at its first call: each of those means "no NVML here", hence the broad excepts."""
 
 from __future__ import annotations
 
@@ -19,11 +23,11 @@ def nvml_available() -> bool:
         import pynvml
 
         pynvml.nvmlInit()
-    except Exception:
+    except Exception:  # noqa: BLE001 - no NVML here (see the module docstring)
         return False
     try:
         pynvml.nvmlShutdown()
-    except Exception:
+    except Exception:  # noqa: BLE001 - no NVML here (see the module docstring)
         pass
     return True
 
@@ -67,13 +71,13 @@ def current_device_key(index: int = 0) -> str | None:
         import pynvml
 
         pynvml.nvmlInit()
-    except Exception:  # no driver / no GPU: this machine has nothing to calibrate
+    except Exception:  # noqa: BLE001 - no driver / no GPU: this machine has nothing to calibrate
         return None
     try:
         h = pynvml.nvmlDeviceGetHandleByIndex(index)
         name = pynvml.nvmlDeviceGetName(h)
         driver = pynvml.nvmlSystemGetDriverVersion()
-    except Exception:
+    except Exception:  # noqa: BLE001 - no NVML here (see the module docstring)
         return None
     finally:
         with contextlib.suppress(Exception):

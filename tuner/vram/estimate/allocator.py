@@ -1,4 +1,5 @@
-"""The caching allocator's side of the estimate: request rounding, and the cross-entropy backward's segment gap (kappa)."""
+"""The caching allocator's side of the estimate: request rounding, and the cross-entropy backward's segment gap
+(kappa)."""
 
 from __future__ import annotations
 

@@ -95,25 +95,45 @@ class Estimate:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "total_gib": self.total_gib, "tensor_gib": self.tensor_gib, "allocator_gib": self.allocator_gib,
-            "outside_gib": self.outside_gib, "components": dict(self.components),
-            "tensor_raw_gib": self.tensor_raw_gib, "tensor_scale": self.tensor_scale,
-            "peak_moment": self.peak_moment, "moments": dict(self.moments),
-            "calibrated": self.calibrated, "outside_source": self.outside_source,
-            "calibration_key": self.calibration_key, "device": self.device, "batch_size": self.batch_size,
-            "n_seq": self.n_seq, "params": self.params, "notes": list(self.notes),
-            "transient_gib": self.transient_gib, "ce_chunk_gib": self.ce_chunk_gib,
-            "ce_backward_gib": self.ce_backward_gib, "ce_hole_kappa": self.ce_hole_kappa,
+            "total_gib": self.total_gib,
+            "tensor_gib": self.tensor_gib,
+            "allocator_gib": self.allocator_gib,
+            "outside_gib": self.outside_gib,
+            "components": dict(self.components),
+            "tensor_raw_gib": self.tensor_raw_gib,
+            "tensor_scale": self.tensor_scale,
+            "peak_moment": self.peak_moment,
+            "moments": dict(self.moments),
+            "calibrated": self.calibrated,
+            "outside_source": self.outside_source,
+            "calibration_key": self.calibration_key,
+            "device": self.device,
+            "batch_size": self.batch_size,
+            "n_seq": self.n_seq,
+            "params": self.params,
+            "notes": list(self.notes),
+            "transient_gib": self.transient_gib,
+            "ce_chunk_gib": self.ce_chunk_gib,
+            "ce_backward_gib": self.ce_backward_gib,
+            "ce_hole_kappa": self.ce_hole_kappa,
             "ce_replay_kappa": self.ce_replay_kappa,
-            "kappa_source": self.kappa_source, "allocator_class": self.allocator_class,
+            "kappa_source": self.kappa_source,
+            "allocator_class": self.allocator_class,
         }
 
 
 # --- public API ---------------------------------------------------------------------------------------------------
 
 
-def estimate(config: Any, calibration: DeviceCalibration | None = None, *, batch_size: int | None = None,
-             device: str = "cuda", calibrated: bool | None = None, calibration_source: str | None = None) -> Estimate:
+def estimate(
+    config: Any,
+    calibration: DeviceCalibration | None = None,
+    *,
+    batch_size: int | None = None,
+    device: str = "cuda",
+    calibrated: bool | None = None,
+    calibration_source: str | None = None,
+) -> Estimate:
     """Predict the peak memory of one training trial of `config` (a model.config.Phase1Config). Pure: reads no
     file and starts no NVML; the caller chooses the calibration (tuner.vram.calibration.choose_calibration).
 
@@ -141,13 +161,28 @@ def estimate(config: Any, calibration: DeviceCalibration | None = None, *, batch
     cls = "amp" if amp else "fp32"
     if device == "cpu":
         return Estimate(
-            total_gib=raw_gib, tensor_gib=raw_gib, allocator_gib=0.0, outside_gib=0.0, components=components,
-            tensor_raw_gib=raw_gib, tensor_scale=1.0, peak_moment=tl.peak_moment,
-            moments={k: v / GIB for k, v in tl.moments.items()}, calibrated=True,
-            outside_source="cpu: tensor bytes only (no allocator cache, no device context)", calibration_key=None,
-            device=device, batch_size=cfg.batch_size, n_seq=cfg.n_seq, params=sizes["n_params"],
-            notes=tuple(notes), transient_gib=transient_gib, ce_chunk_gib=ce_chunk, ce_backward_gib=ce_bwd_raw,
-            allocator_class=cls, config=cfg.to_dict(),
+            total_gib=raw_gib,
+            tensor_gib=raw_gib,
+            allocator_gib=0.0,
+            outside_gib=0.0,
+            components=components,
+            tensor_raw_gib=raw_gib,
+            tensor_scale=1.0,
+            peak_moment=tl.peak_moment,
+            moments={k: v / GIB for k, v in tl.moments.items()},
+            calibrated=True,
+            outside_source="cpu: tensor bytes only (no allocator cache, no device context)",
+            calibration_key=None,
+            device=device,
+            batch_size=cfg.batch_size,
+            n_seq=cfg.n_seq,
+            params=sizes["n_params"],
+            notes=tuple(notes),
+            transient_gib=transient_gib,
+            ce_chunk_gib=ce_chunk,
+            ce_backward_gib=ce_bwd_raw,
+            allocator_class=cls,
+            config=cfg.to_dict(),
         )
     cal = calibration
     if calibrated is None:
@@ -169,11 +204,29 @@ def estimate(config: Any, calibration: DeviceCalibration | None = None, *, batch
     alloc = allocator_gib(tensor, ce_bwd, ce_chunk, kappa)
     outside = cal.outside_effective_gib if cal is not None else 0.0
     return Estimate(
-        total_gib=tensor + alloc + outside, tensor_gib=tensor, allocator_gib=alloc, outside_gib=outside,
-        components=components, tensor_raw_gib=raw_gib, tensor_scale=scale,
-        peak_moment=tl.peak_moment, moments={k: v / GIB for k, v in tl.moments.items()}, calibrated=calibrated,
-        outside_source=source, calibration_key=cal.key if cal is not None else None, device=device,
-        batch_size=cfg.batch_size, n_seq=cfg.n_seq, params=sizes["n_params"], notes=tuple(notes),
-        transient_gib=transient_gib, ce_chunk_gib=ce_chunk, ce_backward_gib=ce_bwd, ce_hole_kappa=kappa,
-        ce_replay_kappa=replay, kappa_source=kappa_source, allocator_class=cls, config=cfg.to_dict(),
+        total_gib=tensor + alloc + outside,
+        tensor_gib=tensor,
+        allocator_gib=alloc,
+        outside_gib=outside,
+        components=components,
+        tensor_raw_gib=raw_gib,
+        tensor_scale=scale,
+        peak_moment=tl.peak_moment,
+        moments={k: v / GIB for k, v in tl.moments.items()},
+        calibrated=calibrated,
+        outside_source=source,
+        calibration_key=cal.key if cal is not None else None,
+        device=device,
+        batch_size=cfg.batch_size,
+        n_seq=cfg.n_seq,
+        params=sizes["n_params"],
+        notes=tuple(notes),
+        transient_gib=transient_gib,
+        ce_chunk_gib=ce_chunk,
+        ce_backward_gib=ce_bwd,
+        ce_hole_kappa=kappa,
+        ce_replay_kappa=replay,
+        kappa_source=kappa_source,
+        allocator_class=cls,
+        config=cfg.to_dict(),
     )

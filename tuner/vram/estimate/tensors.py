@@ -159,7 +159,9 @@ def _mixer(sh: _Shape, c: Any) -> dict[str, int]:
     R, m, H = c.ar_ssm_max_rank, c.ar_ssm_min_rank, c.gate_hidden_dim
     saved = block_round(s * N * D)
     if R > m:
-        saved += 2 * block_round(s * N * H) + block_round(s * N * (R - m))  # gate hidden (GELU input), GELU out, sigmoid out
+        saved += 2 * block_round(s * N * H) + block_round(
+            s * N * (R - m)
+        )  # gate hidden (GELU input), GELU out, sigmoid out
     saved += 3 * block_round(s * N * R)  # g, u, v
     pad = B * D * (L + CONV_KERNEL - 1)
     saved += block_round(s * pad)
@@ -185,7 +187,11 @@ def _htt_rows(sh: _Shape, c: Any) -> dict[str, int]:
         saved = 2 * idx
         if c.htt_phase_encoding:
             saved += 2 * block_round(4 * n * R) + g1  # phase sum (cos input), cos, gathered core1 rows (phase mul)
-        saved += (block_round(s * n * d1 * R) + block_round(s * n * R * d2)) if sh.amp else (g1 + g2 if c.htt_phase_encoding else g2 + g1)
+        saved += (
+            (block_round(s * n * d1 * R) + block_round(s * n * R * d2))
+            if sh.amp
+            else (g1 + g2 if c.htt_phase_encoding else g2 + g1)
+        )
         bmm_out = block_round(s * n * d1 * d2)
         fwd = g1 + g2 + (g1 if c.htt_phase_encoding else 0)
     else:
@@ -240,7 +246,9 @@ def _loss_chunk(sh: _Shape, c: Any, rows: int) -> dict[str, int]:
             rr = (2 if c.htt_phase_encoding else 1) * c.htt_rank
             # every chunk recomputes t23 [r1, v2*v3*d2*d3] (ac, permuted copy kept by its matmul) and the scaled
             # middle core [v2*r1*d2, r2] (ac cast kept by the first matmul)
-            cores += n_chunks * (block_round(s * rr * vs[1] * vs[2] * ds[1] * ds[2]) + block_round(s * vs[1] * rr * ds[1] * rr))
+            cores += n_chunks * (
+                block_round(s * rr * vs[1] * vs[2] * ds[1] * ds[2]) + block_round(s * vs[1] * rr * ds[1] * rr)
+            )
         head_saved = hs + tables + cores
         part = block_round(s * rows * step) if n_chunks > 1 else 0
         head_fwd = head_saved + table_tmp + part
@@ -259,8 +267,16 @@ def _loss_chunk(sh: _Shape, c: Any, rows: int) -> dict[str, int]:
 def tensor_timeline(c: Any, device: str) -> tuple[_Timeline, dict[str, int]]:
     """Walk one steady-state training step (model/train.py) and record the candidate peaks."""
     amp = c.dtype != "float32"
-    sh = _Shape(B=c.batch_size, L=c.n_seq, N=c.batch_size * c.n_seq, D=c.d_model, V=c.vocab_size,
-                s=2 if amp else 4, amp=amp, cuda=device == "cuda")
+    sh = _Shape(
+        B=c.batch_size,
+        L=c.n_seq,
+        N=c.batch_size * c.n_seq,
+        D=c.d_model,
+        V=c.vocab_size,
+        s=2 if amp else 4,
+        amp=amp,
+        cuda=device == "cuda",
+    )
     N, D = sh.N, sh.D
     params = _param_tensors(c)
     p_bytes = sum(block_round(4 * p) for p in params)
@@ -319,18 +335,29 @@ def tensor_timeline(c: Any, device: str) -> tuple[_Timeline, dict[str, int]]:
     tl.sub("autocast_weight_copies", weights_ac)  # autocast exits after the forward: its cache is cleared
     if amp and not ck_block:
         # the non-checkpointed linears keep their cast weights for the backward
-        keep = weights_ac if not ck_mixer else block_round(2 * (_linear_weight_elems(c) - c.n_layers * _mixer_weight_elems(c)))
+        keep = (
+            weights_ac
+            if not ck_mixer
+            else block_round(2 * (_linear_weight_elems(c) - c.n_layers * _mixer_weight_elems(c)))
+        )
         tl.add("autocast_weight_copies", keep)
 
     # --- backward --------------------------------------------------------------------------------------------
     emb_grads = block_round(4 * sum(params[:4]))
     if chunked:
         h_grad = x_res if n_loss_chunks > 1 else 0  # accumulated gradient of h from the chunks done so far
-        tl.mark("backward: loss", logits_loss=lc["bwd"], backward_temporaries=h_grad,
-                gradients=emb_grads if c.head == "tied" else 0)
+        tl.mark(
+            "backward: loss",
+            logits_loss=lc["bwd"],
+            backward_temporaries=h_grad,
+            gradients=emb_grads if c.head == "tied" else 0,
+        )
     else:
-        tl.mark("backward: loss", logits_loss=2 * block_round(4 * rows * sh.V),
-                gradients=emb_grads if c.head == "tied" else 0)
+        tl.mark(
+            "backward: loss",
+            logits_loss=2 * block_round(4 * rows * sh.V),
+            gradients=emb_grads if c.head == "tied" else 0,
+        )
         tl.sub("logits_loss", tl.live["logits_loss"])
     grads = emb_grads if c.head == "tied" else block_round(4 * (params[-1] + params[-2]))
     tl.add("gradients", grads)
@@ -338,7 +365,9 @@ def tensor_timeline(c: Any, device: str) -> tuple[_Timeline, dict[str, int]]:
     tl.mark("backward: final norm", backward_temporaries=x_res + norm["bwd"])
     tl.sub("activations_blocks", x_res)  # the last block's output, norm_f's input, is released
     tl.add("backward_temporaries", x_res)  # the residual gradient [N, D] fp32 flowing down the blocks
-    per_layer_grads = (p_bytes - sum(block_round(4 * p) for p in params[:4]) - block_round(4 * params[-1])) // max(1, c.n_layers)
+    per_layer_grads = (p_bytes - sum(block_round(4 * p) for p in params[:4]) - block_round(4 * params[-1])) // max(
+        1, c.n_layers
+    )
     for k in reversed(range(c.n_layers)):
         if ck_block:
             tl.add("recomputed_block", full_block - x_res)  # the input is already kept
