@@ -269,9 +269,10 @@ def test_make_sampler_seed_override_draws_distinct_sequences():
         study = optuna.create_study(sampler=sampler)
         return [study.ask().suggest_float("x", 0, 1) for _ in range(5)]
 
-    assert draws(make_sampler(spec)) == draws(make_sampler(spec))  # one worker: reproducible from the seed
-    assert draws(make_sampler(spec, seed=worker_seed(0, "a"))) != draws(make_sampler(spec, seed=worker_seed(0, "b")))
-    assert draws(make_sampler(spec, seed=0)) == draws(make_sampler(spec))
+    seed = spec.sampler.seed
+    assert draws(make_sampler(spec, seed)) == draws(make_sampler(spec, seed))  # one worker: reproducible from the seed
+    assert draws(make_sampler(spec, worker_seed(0, "a"))) != draws(make_sampler(spec, worker_seed(0, "b")))
+    assert draws(make_sampler(spec, 0)) == draws(make_sampler(spec, seed))
 
 
 @pytest.mark.parametrize(

@@ -182,7 +182,7 @@ def test_load_study_uses_stored_spec_sampler_and_names_missing(pg_url):
     ],
 )
 def test_make_sampler(name, cls):
-    assert isinstance(make_sampler(spec(sampler={"name": name, "seed": 1})), cls)
+    assert isinstance(make_sampler(spec(sampler={"name": name, "seed": 1}), 1), cls)
 
 
 def test_make_grid_sampler():
@@ -192,5 +192,6 @@ def test_make_grid_sampler():
         "ar_ssm_max_rank": {"type": "int", "low": 8, "high": 16, "step": 8},
         "htt_phase_encoding": {"type": "categorical", "choices": [True, False]},
     }
-    sampler = make_sampler(spec_from_dict(d))
+    loaded = spec_from_dict(d)
+    sampler = make_sampler(loaded, loaded.sampler.seed)
     assert isinstance(sampler, optuna.samplers.GridSampler)

@@ -35,7 +35,7 @@ class LearningCurvePrune(Exception):
         self.prediction, self.fit, self.peak_vram_gib = prediction, fit, peak_vram_gib
         super().__init__(prediction, fit, peak_vram_gib)
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.prediction, self.fit, self.peak_vram_gib))
 
     def __str__(self) -> str:
@@ -94,7 +94,7 @@ class LearningCurveMonitor:
         self._peak_fn = peak_vram_gib_fn
         self.reference_curves = [as_pairs(c) for c in reference_curves]
         self.eval_points: list[int] = eval_points(self.budget_tokens, n_points, first_fraction)
-        self.points: list[dict[str, float]] = []
+        self.points: list[dict[str, Any]] = []
         self.fit: PowerLawFit | None = None
         self.prediction: Prediction | None = None
         self.predictions: list[dict[str, Any]] = []  # one per fit: made_at_tokens + the Prediction fields

@@ -28,7 +28,7 @@ def _sign(direction: Any) -> float:
     return -1.0 if str(name).lower() == "maximize" else 1.0
 
 
-def metric_value(trial, metric: str, metric_names: Sequence[str]) -> float | None:
+def metric_value(trial: Any, metric: str, metric_names: Sequence[str]) -> float | None:
     """The trial's value of `metric`: its objective value when the metric is an objective, else its user attr."""
     if metric in metric_names and trial.values is not None:
         return float(trial.values[list(metric_names).index(metric)])
@@ -36,7 +36,7 @@ def metric_value(trial, metric: str, metric_names: Sequence[str]) -> float | Non
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def feasible_complete(trials: Sequence) -> list:
+def feasible_complete(trials: Sequence[Any]) -> list[Any]:
     """COMPLETE trials with objective values whose constraints hold."""
     return [t for t in trials if t.state.name == "COMPLETE" and t.values is not None and is_feasible(t)]
 
@@ -46,7 +46,7 @@ def dominates(a: Sequence[float], b: Sequence[float]) -> bool:
     return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
 
 
-def pareto_front(trials: Sequence, directions: Sequence) -> list:
+def pareto_front(trials: Sequence[Any], directions: Sequence[Any]) -> list[Any]:
     """Feasible COMPLETE trials no other feasible COMPLETE trial dominates, by trial number.
 
     Trials with identical values are all kept (as Optuna's `best_trials` does)."""
@@ -59,11 +59,11 @@ def pareto_front(trials: Sequence, directions: Sequence) -> list:
 
 def reference_point(
     metric_names: Sequence[str],
-    directions: Sequence,
+    directions: Sequence[Any],
     *,
     vocab_size: int | None,
     ceiling_gib: float | None,
-    trials: Sequence = (),
+    trials: Sequence[Any] = (),
 ) -> list[float] | None:
     """The hypervolume reference in minimisation form (see module docstring); None when one is not derivable."""
     ref: list[float] = []
@@ -77,8 +77,8 @@ def reference_point(
         elif metric == "tokens_per_s" and sign < 0:
             ref.append(0.0)
         elif metric == "params":
-            values = [metric_value(t, "params", metric_names) for t in feasible]
-            values = [v for v in values if v is not None]
+            measured = [metric_value(t, "params", metric_names) for t in feasible]
+            values = [v for v in measured if v is not None]
             if not values:
                 return None
             ref.append(sign * 2.0 * max(values) if sign > 0 else 0.0)
@@ -87,7 +87,7 @@ def reference_point(
     return ref
 
 
-def hypervolume(front: Sequence, directions: Sequence, reference: Sequence[float] | None) -> float | None:
+def hypervolume(front: Sequence[Any], directions: Sequence[Any], reference: Sequence[float] | None) -> float | None:
     """Hypervolume of the trials' values against `reference` (minimisation form); 0.0 for an empty front."""
     if reference is None:
         return None
@@ -103,7 +103,7 @@ def hypervolume(front: Sequence, directions: Sequence, reference: Sequence[float
 
 
 def export_choice(
-    trials: Sequence, metric_names: Sequence[str], directions: Sequence, max_vram_gib: float
+    trials: Sequence[Any], metric_names: Sequence[str], directions: Sequence[Any], max_vram_gib: float
 ) -> Any | None:
     """The feasible Pareto trial with the lowest val_ppl whose peak_vram_gib <= max_vram_gib (None if none)."""
     candidates = []
@@ -116,7 +116,7 @@ def export_choice(
 
 
 def workers_seen(
-    trials: Sequence,
+    trials: Sequence[Any],
     *,
     now: _dt.datetime,
     heartbeat_age_s: Mapping[int, float] | None = None,
@@ -151,9 +151,9 @@ def workers_seen(
 
 
 def status_summary(
-    trials: Sequence,
+    trials: Sequence[Any],
     metric_names: Sequence[str],
-    directions: Sequence,
+    directions: Sequence[Any],
     *,
     vocab_size: int | None = None,
     ceiling_gib: float | None = None,
@@ -192,7 +192,7 @@ def status_summary(
     }
 
 
-def trial_row(trial, metric_names: Sequence[str]) -> dict[str, Any]:
+def trial_row(trial: Any, metric_names: Sequence[str]) -> dict[str, Any]:
     """A JSON-ready description of one trial (for `pareto --json` and reports)."""
     return {
         "number": trial.number,

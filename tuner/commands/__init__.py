@@ -1,9 +1,10 @@
 """One module per CLI subcommand: `add_parser(subparsers)` and `run(args) -> int`. Heavy imports live inside run()."""
 
+import argparse
 from typing import Any
 
 
-def add_heartbeat_options(p) -> None:
+def add_heartbeat_options(p: argparse.ArgumentParser) -> None:
     """--heartbeat-s / --grace-s, shared by every command that runs or starts workers (run, worker, launch)."""
     p.add_argument(
         "--heartbeat-s", type=int, default=None, help="seconds between a running trial's heartbeats (default 30)"
@@ -30,7 +31,7 @@ def open_worker_storage(url: str, args: Any) -> Any:
     return open_storage(url, **timing)
 
 
-def add_trial_process_options(p) -> None:
+def add_trial_process_options(p: argparse.ArgumentParser) -> None:
     """--cache-dir / --threads, shared by the commands that run trials in this process tree (run, worker)."""
     p.add_argument("--cache-dir", default=None, help="tokenized-data cache (default: .phase1_cache in the cwd)")
     p.add_argument(

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
+from typing import Any
 
-def add_parser(subparsers):
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser
     p = subparsers.add_parser(
         "create",
         help="validate a study file and create its study (idempotent)",
@@ -14,7 +18,7 @@ def add_parser(subparsers):
     return p
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from tuner.storage.connect import storage_from_flag
     from tuner.storage.studies import create_or_load_study, study_names
     from tuner.storage.urls import mask_url

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
+from typing import Any
 
 
-def add_parser(subparsers):
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser
     p = subparsers.add_parser("dashboard", help="serve optuna-dashboard for the storage (127.0.0.1 by default)")
     p.add_argument(
         "--host",
@@ -16,7 +19,7 @@ def add_parser(subparsers):
     return p
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     import optuna_dashboard
 
     from tuner.storage.connect import storage_from_flag

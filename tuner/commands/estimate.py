@@ -23,6 +23,7 @@ class EstimateArgsError(TunerError):
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser
     p = subparsers.add_parser(
         "estimate",
         help="predict a trial's peak GPU memory (GiB) before it runs",
@@ -82,8 +83,7 @@ def resolve_config(args: argparse.Namespace) -> Any:
             raise EstimateArgsError("--params applies to a study file; with --preset edit the preset instead")
         from tuner.study.preset import load_preset
 
-        cfg = load_preset(args.preset)
-        cfg = getattr(cfg, "config", cfg)  # a preset object carrying provenance, or the config itself
+        cfg = load_preset(args.preset).config
     elif args.study:
         from tuner.study.loader import load_spec
 

@@ -5,8 +5,12 @@ carries the study's data source (`data`, model.data.DataSource.to_dict()) and bu
 
 from __future__ import annotations
 
+import argparse
+from typing import Any
 
-def add_parser(subparsers):
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser
     p = subparsers.add_parser("export", help="write the best feasible Pareto trial under a VRAM budget as a preset")
     p.add_argument("--study", required=True, metavar="NAME")
     p.add_argument("--max-vram-gib", required=True, type=float, metavar="X", help="VRAM budget in GiB (2^30 bytes)")
@@ -14,7 +18,7 @@ def add_parser(subparsers):
     return p
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from model.config import Phase1Config
     from tuner.analysis.pareto import export_choice, metric_value, pareto_front
     from tuner.errors import TunerError
@@ -61,6 +65,8 @@ def run(args) -> int:
     config = config.replace(target_vram_gb=float(args.max_vram_gib))  # the budget this preset is promised to fit
     ppl = metric_value(trial, "val_ppl", names)
     vram = metric_value(trial, "peak_vram_gib", names)
+    if ppl is None or vram is None:  # export_choice only returns trials with both
+        raise TunerError(f"trial {trial.number} lacks val_ppl or peak_vram_gib; it cannot be exported")
     # What the trial was trained on, so `tuner train --preset FILE` reproduces it with no other flag.
     reproduce = {}
     if spec is not None:

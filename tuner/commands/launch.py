@@ -16,6 +16,7 @@ from tuner.commands import add_heartbeat_options
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser
     p = subparsers.add_parser(
         "launch", help="supervise one worker per GPU (or --workers N on CPU)", description=__doc__.split("\n\n")[0]
     )

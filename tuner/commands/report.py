@@ -4,18 +4,24 @@ markdown summary tying them together."""
 
 from __future__ import annotations
 
+import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
-def add_parser(subparsers):
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser
     p = subparsers.add_parser("report", help="write plots, importances and a markdown summary of a study")
     p.add_argument("--study", required=True, metavar="NAME")
     p.add_argument("--out", required=True, metavar="DIR", help="folder to write into (created)")
     return p
 
 
-def _pareto_png(trials, names, directions, front, out: Path, ceiling_gib: float | None = None) -> Path:
+def _pareto_png(
+    trials: Any, names: Any, directions: Any, front: Any, out: Path, ceiling_gib: float | None = None
+) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")  # files only; never needs a display
@@ -59,20 +65,20 @@ def _pareto_png(trials, names, directions, front, out: Path, ceiling_gib: float 
     return path
 
 
-def _importances(study, names) -> dict:
+def _importances(study: Any, names: list[str]) -> dict[str, dict[str, Any]]:
     """Optuna's default evaluator (PED-ANOVA in Optuna 5), which ranks parameters for LOW target values: a
     maximised objective is negated."""
     import warnings
 
     import optuna
 
-    out = {}
+    out: dict[str, dict[str, Any]] = {}
     for i, (name, d) in enumerate(zip(names, study.directions)):
         sign = -1.0 if d.name == "MAXIMIZE" else 1.0
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                imp = optuna.importance.get_param_importances(study, target=lambda t, i=i, s=sign: s * t.values[i])
+                imp = optuna.importance.get_param_importances(study, target=_signed_value(i, sign))
         except (ValueError, RuntimeError) as exc:  # too few trials or no shared parameter: say so in the report
             out[name] = {"_unavailable": " ".join(str(exc).split())}
             continue
@@ -84,7 +90,12 @@ def _importances(study, names) -> dict:
     return out
 
 
-def run(args) -> int:
+def _signed_value(i: int, sign: float) -> Callable[[Any], float]:
+    """Objective i of a trial, negated for a maximised objective (the evaluator ranks low values)."""
+    return lambda t: sign * float(t.values[i])
+
+
+def run(args: argparse.Namespace) -> int:
     import optuna
 
     from tuner.analysis.pareto import pareto_front, trial_row
@@ -126,7 +137,7 @@ def run(args) -> int:
     return 0
 
 
-def _markdown(name, url, s, names, front, importances, files, out: Path) -> str:
+def _markdown(name: str, url: str, s: Any, names: Any, front: Any, importances: Any, files: Any, out: Path) -> str:
     lines = [
         f"# Study `{name}`",
         "",

@@ -18,6 +18,7 @@ from tuner.commands import (
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser
     p = subparsers.add_parser(
         "run",
         help="create the study if needed and run its trials with one local worker",

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+from typing import Any
 
 
-def add_parser(subparsers):
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser
     p = subparsers.add_parser("status", help="a study's progress: states, end reasons, workers, best, hypervolume")
     p.add_argument("--study", required=True, metavar="NAME")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -19,7 +22,7 @@ def add_parser(subparsers):
     return p
 
 
-def summarize(study, storage, alive_within_s: float = 300.0) -> dict:
+def summarize(study: Any, storage: Any, alive_within_s: float = 300.0) -> dict[str, Any]:
     from tuner.analysis.pareto import status_summary
     from tuner.storage.studies import heartbeat_ages_s, study_spec
 
@@ -41,7 +44,7 @@ def summarize(study, storage, alive_within_s: float = 300.0) -> dict:
     return summary
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from tuner.storage.connect import storage_from_flag
     from tuner.storage.studies import load_study
     from tuner.storage.urls import mask_url
@@ -73,5 +76,5 @@ def run(args) -> int:
     return 0
 
 
-def _fmt(v) -> str:
+def _fmt(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.4g}"

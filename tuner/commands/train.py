@@ -26,6 +26,7 @@ DEFAULT_EVAL_TOKENS = 50_000
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser
     p = subparsers.add_parser(
         "train", help="train a preset's config (exported file or built-in name)", description=__doc__.split("\n\n")[0]
     )
@@ -53,7 +54,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
-def parse_data(text: str):
+def parse_data(text: str) -> Any:
     """--data value -> model.data.DataSource. 'stdlib' | a path | a YAML mapping (study `data:` syntax)."""
     import yaml
 
@@ -69,7 +70,7 @@ def parse_data(text: str):
     return DataSource(kind="files", path=str(value))
 
 
-def _settings(args, preset) -> tuple[Any, int, int, str]:
+def _settings(args: argparse.Namespace, preset: Any) -> tuple[Any, int, int, str]:
     """(DataSource, train_tokens, eval_tokens, where they came from)."""
     from model.data import DataSource
 
@@ -106,7 +107,7 @@ def _settings(args, preset) -> tuple[Any, int, int, str]:
     return data, train, evals, src
 
 
-def _tokens(flag: str, given: int | None, preset, key: str, from_study: int | None, default: int) -> int:
+def _tokens(flag: str, given: int | None, preset: Any, key: str, from_study: int | None, default: int) -> int:
     """A token budget: the flag, else the preset's provenance `key`, else the --study file's, else the default.
     A present but malformed value is an error naming where it is, never skipped."""
     from tuner.errors import PresetError, TunerError
@@ -164,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
         device = runner.device
     finally:
         runner.close()
-    line = _summary(outcome, device, ceiling, train_tokens, eval_tokens, preset)
+    line = _summary(outcome, device or "cpu", ceiling, train_tokens, eval_tokens, preset)
     if args.json:
         print(json.dumps(line), flush=True)
     else:
@@ -178,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _summary(
-    outcome: TrialOutcome, device: str, ceiling: float, train_tokens: int, eval_tokens: int, preset
+    outcome: TrialOutcome, device: str, ceiling: float, train_tokens: int, eval_tokens: int, preset: Any
 ) -> dict[str, Any]:
     kind = outcome.kind
     line: dict[str, Any] = {

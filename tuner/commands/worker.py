@@ -19,6 +19,7 @@ from tuner.commands import (
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser
     p = subparsers.add_parser(
         "worker", help="run trials of a study in storage (one process, one GPU)", description=__doc__.split("\n\n")[0]
     )
@@ -81,7 +82,7 @@ def quiet_optuna() -> None:
 class ProgressDisplay:
     """rich progress: trials done / total and the current trial's step, tokens and loss; a line per trial."""
 
-    def __init__(self, spec, n_total: int, live: bool = True):
+    def __init__(self, spec: Any, n_total: int, live: bool = True):
         from rich.console import Console
         from rich.progress import (
             BarColumn,
@@ -110,7 +111,7 @@ class ProgressDisplay:
         self.progress_bar.__enter__()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: Any) -> None:
         self.progress_bar.__exit__(*exc)
 
     def hooks(self) -> Any:
@@ -129,7 +130,7 @@ class ProgressDisplay:
             description=f"trial {msg['trial']} step {msg['step']} loss {msg['loss']:.3f}",
         )
 
-    def trial_end(self, study, trial) -> None:
+    def trial_end(self, study: Any, trial: Any) -> None:
         from tuner.trial.budget import counted_trials
 
         self.progress_bar.update(self.trials_task, completed=counted_trials(study))

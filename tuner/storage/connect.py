@@ -107,7 +107,7 @@ def open_storage(
     grace_period_s: int = GRACE_PERIOD_S,
     max_retry: int | None = MAX_RETRY,
     outage_limit_s: float = OUTAGE_LIMIT_S,
-):
+) -> ResilientRDBStorage:
     """RDBStorage with heartbeats and stale-trial retry. Raises StorageError (masked URL, host:port) within 10 s.
 
     Once open, the storage waits out a database outage of up to `outage_limit_s` (tuner.storage.resilient): its calls
@@ -162,7 +162,7 @@ def open_storage(
     raise StorageError(f"storage {mask_url(url)}: could not create the tables ({mask_text(str(last), url)})")
 
 
-def storage_from_flag(flag: str | None, **kwargs):
+def storage_from_flag(flag: str | None, **kwargs: Any) -> tuple[str, ResilientRDBStorage]:
     """(url, storage) for a CLI `--storage` value, resolved and opened."""
     url = resolve_storage_url(flag)
     return url, open_storage(url, **kwargs)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import optuna
@@ -119,7 +120,7 @@ class ResilientRDBStorage(StaleTrialHook):
             first = self._outage_since is None
             if first:
                 self._outage_since = now
-            since = self._outage_since
+            since = now if self._outage_since is None else self._outage_since
         if first:
             log.warning(
                 "storage %s unreachable (%s, in %s); retrying with backoff for up to %.0f s",
@@ -139,7 +140,7 @@ class ResilientRDBStorage(StaleTrialHook):
         if since is not None:
             log.warning("storage %s is back after %.1f s; carrying on", mask_url(self.url), time.monotonic() - since)
 
-    def _call(self, name: str, base, args: tuple, kwargs: dict) -> Any:
+    def _call(self, name: str, base: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if getattr(self._local, "depth", 0):
             return base(self, *args, **kwargs)
         self._local.depth = 1
@@ -182,7 +183,7 @@ class ResilientRDBStorage(StaleTrialHook):
         except Exception:  # noqa: BLE001 - closing a session on a dead connection may itself fail; nothing to keep
             pass
 
-    def _already_set(self, trial_id: int, state: TrialState, values=None) -> bool:
+    def _already_set(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None) -> bool:
         """After a retried finishing write: does the trial already hold exactly what we asked for?"""
         trial = RDBStorage.get_trial(self, trial_id)
         if trial.state != state:
@@ -236,7 +237,8 @@ class ResilientRDBStorage(StaleTrialHook):
                     grace - (time.monotonic() - last),
                 )
             return []
-        return self._call("stale_trial_ids", base_stale_trial_ids, (study_id,), {})
+        ids: list[int] = self._call("stale_trial_ids", base_stale_trial_ids, (study_id,), {})
+        return ids
 
     def heartbeat_age_s(self, trial_id: int) -> float | None:
         """Seconds since the trial's last heartbeat by the database's clock (None: it never beat)."""
@@ -244,13 +246,14 @@ class ResilientRDBStorage(StaleTrialHook):
         def read(_self: ResilientRDBStorage) -> float | None:
             return heartbeat_ages_s(_self.engine, trial_id_=trial_id).get(trial_id)
 
-        return self._call("heartbeat_age_s", read, (), {})
+        age: float | None = self._call("heartbeat_age_s", read, (), {})
+        return age
 
     def set_finished_trial_user_attrs(self, trial_id: int, attrs: dict[str, Any]) -> None:
         """Write user attrs on a trial that has already finished (Optuna refuses that; used only to record why a
         heartbeat-stale trial failed, right after this process failed it)."""
 
-        def write(_self) -> None:
+        def write(_self: ResilientRDBStorage) -> None:
             _self._local.allow_finished = True
             try:
                 for k, v in attrs.items():

@@ -2,32 +2,27 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import warnings
-from typing import Any
 
 import optuna
 
 from tuner.errors import SpecError
+from tuner.study.spec import StudySpec
 
-_SPEC_SEED = object()
 
-
-def make_sampler(spec, *, seed: Any = _SPEC_SEED):
+def make_sampler(spec: StudySpec, seed: int | None) -> optuna.samplers.BaseSampler:
     """The spec's sampler. Constraints need no `constraints_func` in Optuna 5: TPE, NSGA-II and GP read each
     trial's recorded constraint (tuner.storage.constraints) on their own; `constraints_func` is deprecated.
 
-    Determinism: by default the sampler is seeded with the spec's `sampler.seed`, so one worker alone replays the
-    same sequence of configurations from that seed. Parallel workers must not all use it (they would draw the same
-    configurations): `tuner worker` passes `seed=worker_seed(spec seed, worker id)`, the study seed mixed with a
-    hash of the worker's host:pid, and the worker logs it."""
+    seed: the caller's choice, always explicit. The spec's own `sampler.seed` makes one worker alone replay the same
+    sequence of configurations; parallel workers must not all use it (they would draw the same configurations):
+    `tuner worker` passes `worker_seed(spec seed, worker id)`, the study seed mixed with a hash of the worker's
+    host:pid, and the worker logs it."""
 
-    s = spec.sampler
+    s = dataclasses.replace(spec.sampler, seed=seed)
     kw = s.kwargs
-    if seed is not _SPEC_SEED:
-        import dataclasses
-
-        s = dataclasses.replace(s, seed=seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if s.name == "tpe":

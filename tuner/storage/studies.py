@@ -7,12 +7,15 @@ import warnings
 from collections.abc import Mapping
 from typing import Any
 
+import optuna
+
 from tuner.errors import SpecError, StorageError
 from tuner.storage import _optuna_compat as _compat
 from tuner.storage._optuna_compat import study_id
 from tuner.storage.samplers import make_sampler
 from tuner.storage.urls import mask_url
 from tuner.study.loader import spec_from_dict
+from tuner.study.spec import StudySpec
 
 SPEC_ATTR = "spec"  # study user attr: the normalised study YAML (workers rebuild the spec from it)
 INIT_ATTR = "tuner:initialized"  # study system attr: metric names, spec and presets are in place
@@ -24,7 +27,9 @@ def _comparable(d: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def create_or_load_study(spec, storage, *, sampler=None, wait_s: float = 10.0):
+def create_or_load_study(
+    spec: StudySpec, storage: Any, *, sampler: optuna.samplers.BaseSampler | None = None, wait_s: float = 10.0
+) -> optuna.Study:
     """Create the spec's study (metric names, spec YAML as user attr `spec`, presets enqueued) or load it.
 
     The only place that calls `optuna.create_study`. Exactly one of several concurrent callers creates the study
@@ -35,10 +40,14 @@ def create_or_load_study(spec, storage, *, sampler=None, wait_s: float = 10.0):
     import optuna
     import yaml
 
-    sampler = sampler if sampler is not None else make_sampler(spec)
+    sampler = sampler if sampler is not None else make_sampler(spec, spec.sampler.seed)
     try:
         study = optuna.create_study(
-            storage=storage, study_name=spec.name, directions=spec.directions, sampler=sampler, load_if_exists=False
+            storage=storage,
+            study_name=spec.name,
+            directions=[optuna.study.StudyDirection[d.upper()] for d in spec.directions],
+            sampler=sampler,
+            load_if_exists=False,
         )
         created = True
     except optuna.exceptions.DuplicatedStudyError:
@@ -81,13 +90,13 @@ def create_or_load_study(spec, storage, *, sampler=None, wait_s: float = 10.0):
     return study
 
 
-def study_names(storage) -> list[str]:
+def study_names(storage: Any) -> list[str]:
     import optuna
 
     return [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
 
 
-def load_study(name: str, storage):
+def load_study(name: str, storage: Any) -> optuna.Study:
     """Load a study by name with the sampler its stored spec names (TPE when it has none).
 
     Raises StorageError naming the existing studies when there is no such study."""
@@ -103,11 +112,11 @@ def load_study(name: str, storage):
             "create it with `tuner create STUDY.yaml` or pass the right --storage"
         ) from None
     spec = _stored_spec(name, storage.get_study_user_attrs(study_id))
-    sampler = make_sampler(spec) if spec is not None else None
+    sampler = make_sampler(spec, spec.sampler.seed) if spec is not None else None
     return optuna.load_study(study_name=name, storage=storage, sampler=sampler)
 
 
-def _stored_spec(name: str, user_attrs: Mapping[str, Any]):
+def _stored_spec(name: str, user_attrs: Mapping[str, Any]) -> StudySpec | None:
     import yaml
 
     text = user_attrs.get(SPEC_ATTR)
@@ -116,7 +125,7 @@ def _stored_spec(name: str, user_attrs: Mapping[str, Any]):
     return spec_from_dict(yaml.safe_load(text), where=f"study {name} (stored spec)", check_paths=False)
 
 
-def study_spec(study):
+def study_spec(study: optuna.Study) -> StudySpec | None:
     """The StudySpec stored on a study, or None for a study made outside tuner."""
     return _stored_spec(study.study_name, study.user_attrs)
 

@@ -214,7 +214,7 @@ class _Loader(SpaceReader):
         seed = m.get("seed")
         if seed is not None:
             seed = self.number(seed, "sampler.seed", integer=True, low=0)
-        opts = {}
+        opts: dict[str, Any] = {}
         for k, val in m.items():
             if k in ("name", "seed"):
                 continue

@@ -35,7 +35,7 @@ def preset_text(config: Phase1Config, provenance: Mapping[str, Any]) -> str:
     prov = {k: provenance[k] for k in PROVENANCE_KEYS if k in provenance}
     prov.update({k: v for k, v in provenance.items() if k not in prov})
     header = "# Phase 1 preset written by `tuner export`; load with `tuner train --preset FILE`. Memory in GiB.\n"
-    return header + yaml.safe_dump({"config": config.to_dict(), "provenance": prov}, sort_keys=False)
+    return header + str(yaml.safe_dump({"config": config.to_dict(), "provenance": prov}, sort_keys=False))
 
 
 def write_preset(

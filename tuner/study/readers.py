@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from model.config import (
 from tuner.errors import SpecError
 
 
-def did_you_mean(key: str, known) -> str:
+def did_you_mean(key: object, known: Iterable[object]) -> str:
     close = difflib.get_close_matches(str(key), sorted(map(str, known)), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
@@ -42,7 +42,7 @@ class Readers:
         return SpecError(f"{self.where}: {key}: {problem}; {fix}" if key else f"{self.where}: {problem}; {fix}")
 
     # small typed readers -----------------------------------------------------------------------------
-    def mapping(self, v: Any, key: str, allowed) -> dict[str, Any]:
+    def mapping(self, v: Any, key: str, allowed: Sequence[str]) -> dict[str, Any]:
         if not isinstance(v, Mapping):
             raise self.fail(key, f"expected a mapping, got {fmt_value(v)}", "write `key: value` pairs")
         for k in v:
@@ -88,7 +88,7 @@ class Readers:
             raise self.fail(key, f"{fmt_value(v)} is not true or false", "write true or false")
         return v
 
-    def choice(self, v: Any, key: str, allowed) -> str:
+    def choice(self, v: Any, key: str, allowed: Sequence[str]) -> str:
         if v not in allowed or not isinstance(v, str):
             raise self.fail(
                 key, f"{fmt_value(v)} is not allowed{did_you_mean(v, allowed)}", "use one of: " + ", ".join(allowed)

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import optuna
+
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -22,7 +27,25 @@ class Param:
     choices: tuple[Any, ...] = ()
     when: tuple[tuple[str, tuple[Any, ...]], ...] = ()
 
-    def distribution(self):
+    @property
+    def lo(self) -> float:
+        """`low` of a numeric parameter (the loader sets it for every int/float parameter)."""
+        if self.low is None:
+            raise ValueError(f"{self.name}: a {self.type} parameter has no range")
+        return self.low
+
+    @property
+    def hi(self) -> float:
+        """`high` of a numeric parameter."""
+        if self.high is None:
+            raise ValueError(f"{self.name}: a {self.type} parameter has no range")
+        return self.high
+
+    @property
+    def int_step(self) -> int:
+        return int(self.step or 1)
+
+    def distribution(self) -> Any:
         """The Optuna distribution (optuna imported lazily: spec loading does not need it)."""
         from optuna.distributions import (
             CategoricalDistribution,
@@ -31,17 +54,17 @@ class Param:
         )
 
         if self.type == "int":
-            return IntDistribution(int(self.low), int(self.high), log=self.log, step=int(self.step or 1))
+            return IntDistribution(int(self.lo), int(self.hi), log=self.log, step=self.int_step)
         if self.type == "float":
-            return FloatDistribution(float(self.low), float(self.high), log=self.log, step=self.step)
+            return FloatDistribution(float(self.lo), float(self.hi), log=self.log, step=self.step)
         return CategoricalDistribution(list(self.choices))
 
     @property
     def top(self) -> Any:
         """Highest value this parameter can take (int: the last step below `high`)."""
         if self.type == "int":
-            step = int(self.step or 1)
-            return int(self.low) + (int(self.high) - int(self.low)) // step * step
+            step = self.int_step
+            return int(self.lo) + (int(self.hi) - int(self.lo)) // step * step
         return self.high
 
     def values(self, limit: int | None = None) -> list[Any]:
@@ -50,23 +73,23 @@ class Param:
             return list(self.choices)
         if self.type == "float":
             return [self.low, self.high]
-        step = int(self.step or 1)
-        n = (self.top - int(self.low)) // step + 1
+        step = self.int_step
+        n = (self.top - int(self.lo)) // step + 1
         if limit is not None and n > limit:
-            return [int(self.low), self.top]
-        return list(range(int(self.low), self.top + 1, step))
+            return [int(self.lo), self.top]
+        return list(range(int(self.lo), self.top + 1, step))
 
     def contains(self, value: Any) -> bool:
         if self.type == "categorical":
             return any(value == c and type(value) is type(c) for c in self.choices)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return False
-        if not (self.low <= value <= self.high):
+        if not (self.lo <= value <= self.hi):
             return False
         if self.type == "int":
-            return isinstance(value, int) and (value - int(self.low)) % int(self.step or 1) == 0
+            return isinstance(value, int) and (value - int(self.lo)) % self.int_step == 0
         if self.step is not None:
-            k = (value - self.low) / self.step
+            k = (value - self.lo) / self.step
             return abs(k - round(k)) < 1e-9
         return True
 
@@ -97,7 +120,7 @@ class SearchSpace:
         seen = dict(self.base) | dict(values)
         return [p for p in self.params if holds(p.when, seen)]
 
-    def suggest(self, trial) -> dict[str, Any]:
+    def suggest(self, trial: optuna.trial.BaseTrial) -> dict[str, Any]:
         """Sample every active parameter through `trial.suggest_*`; returns {field: value} (inactive ones absent)."""
         seen: dict[str, Any] = dict(self.base)
         out: dict[str, Any] = {}
@@ -105,9 +128,9 @@ class SearchSpace:
             if not holds(p.when, seen):
                 continue
             if p.type == "int":
-                value = trial.suggest_int(p.name, int(p.low), int(p.high), step=int(p.step or 1), log=p.log)
+                value: Any = trial.suggest_int(p.name, int(p.lo), int(p.hi), step=p.int_step, log=p.log)
             elif p.type == "float":
-                value = trial.suggest_float(p.name, float(p.low), float(p.high), step=p.step, log=p.log)
+                value = trial.suggest_float(p.name, float(p.lo), float(p.hi), step=p.step, log=p.log)
             else:
                 value = trial.suggest_categorical(p.name, list(p.choices))
             seen[p.name] = out[p.name] = value
@@ -115,11 +138,12 @@ class SearchSpace:
 
     def grid(self) -> dict[str, list[Any]]:
         """Every value of every parameter, for GridSampler (only valid for a space without floats or `when`)."""
-        out = {}
+        out: dict[str, list[Any]] = {}
         for p in self.params:
             if p.type == "float":
-                n = int(round((p.high - p.low) / p.step))
-                out[p.name] = [p.low + i * p.step for i in range(n + 1)]
+                step = float(p.step or 0.0)  # the loader refuses a grid float without step
+                n = int(round((p.hi - p.lo) / step))
+                out[p.name] = [p.lo + i * step for i in range(n + 1)]
             else:
                 out[p.name] = p.values()
         return out

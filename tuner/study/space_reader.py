@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal, get_args
 
 from model.config import (
@@ -19,6 +19,12 @@ from tuner.study.space import Param, SearchSpace, holds
 from tuner.study.spec import DERIVED_FIELDS, PARAM_KEYS, trial_trainable
 
 _CORNER_LIMIT = 20_000  # corner combinations checked exhaustively; beyond it a seeded sample of this size
+
+_KINDS: dict[str, Literal["int", "float", "categorical"]] = {
+    "int": "int",
+    "float": "float",
+    "categorical": "categorical",
+}
 
 
 class SpaceReader(Readers):
@@ -85,7 +91,7 @@ class SpaceReader(Readers):
         hint = self.types[name]
         if "type" not in m:
             raise self.fail(f"{key}.type", "missing", "add `type: int`, `type: float` or `type: categorical`")
-        kind = self.choice(m["type"], f"{key}.type", ("int", "float", "categorical"))
+        kind = _KINDS[self.choice(m["type"], f"{key}.type", tuple(_KINDS))]
         when = self.when(m["when"], f"{key}.when") if "when" in m else ()
         if kind == "categorical":
             for k in ("low", "high", "step", "log"):
@@ -223,13 +229,13 @@ class SpaceReader(Readers):
         # 2) every corner combination (conditions applied), checked together
         corners = [(p, p.values(limit=2) if p.type != "categorical" else list(p.choices)) for p in space.params]
         total = math.prod(len(vals) for _, vals in corners) if corners else 1
-        combos = itertools.product(*[vals for _, vals in corners])
+        combos: Iterable[Sequence[Any]] = itertools.product(*[vals for _, vals in corners])
         if total > _CORNER_LIMIT:
             import random
 
             rng = random.Random(0)
             combos = ([rng.choice(vals) for _, vals in corners] for _ in range(_CORNER_LIMIT))
-        seen_sets: set[tuple] = set()
+        seen_sets: set[tuple[tuple[str, Any], ...]] = set()
         for combo in combos:
             values: dict[str, Any] = {}
             chosen = dict(zip((p.name for p, _ in corners), combo))

@@ -134,7 +134,7 @@ class StudySpec:
         return dict(self.raw)
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+        return str(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
 def preset_values(name: str, model: Mapping[str, Any]) -> dict[str, Any]:

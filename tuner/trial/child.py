@@ -10,6 +10,7 @@ import signal
 import threading
 import time
 import traceback
+from multiprocessing.connection import Connection
 from typing import Any
 
 from tuner.trial.faults import fault_for, raise_fault
@@ -23,7 +24,7 @@ class TrialStopRequested(Exception):
     """Raised inside the child's step callback when the parent asked the trial to stop (worker shutting down)."""
 
 
-def child_main(conn, gpu: int | None, parent_pid: int, cpu_threads: int | None = 1) -> None:
+def child_main(conn: Connection, gpu: int | None, parent_pid: int, cpu_threads: int | None = 1) -> None:
     """Entry point of the trial child. Sets the GPU environment before torch loads, then serves requests."""
     # The worker decides when to stop; Ctrl-C / a group SIGTERM must not kill the child mid-step on its own.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -64,7 +65,7 @@ def child_main(conn, gpu: int | None, parent_pid: int, cpu_threads: int | None =
 class _ChildState:
     """What the child keeps warm between trials: torch, the device, open token data per (source, vocab)."""
 
-    def __init__(self, conn, gpu: int | None, parent_pid: int):
+    def __init__(self, conn: Connection, gpu: int | None, parent_pid: int) -> None:
         import torch
 
         self.conn = conn
@@ -88,7 +89,7 @@ class _ChildState:
         with self.send_lock:  # the guard thread and the step callback both send
             self.conn.send(msg)
 
-    def data(self, source, vocab_size: int, cache_dir: str):
+    def data(self, source: Any, vocab_size: int, cache_dir: str) -> Any:
         from model.data import prepare_data
 
         key = (repr(source), vocab_size, cache_dir)
@@ -153,7 +154,7 @@ class _ChildState:
                 monitor = LearningCurveMonitor(
                     pruning.settings,
                     req.train_tokens,
-                    [tuple(p) for p in pruning.front],
+                    [(float(p[0]), float(p[1])) for p in pruning.front],
                     (lambda: guard.peak_gib) if guard is not None else (lambda: proxy),
                     reference_curves=pruning.reference_curves or (),
                 )
@@ -165,7 +166,7 @@ class _ChildState:
 
         last_sent = [0.0]
 
-        def on_step(info) -> None:
+        def on_step(info: Any) -> None:
             if guard is not None:
                 guard.check()
             if os.getppid() != self.parent_pid:  # the worker died (e.g. SIGKILL): do not train for nobody
@@ -190,7 +191,10 @@ class _ChildState:
                 )
 
         base = {"device": self.device, "device_name": self.device_name}
-        curve_attrs = lambda: monitor.attrs() if monitor is not None else dict(curve_note)
+
+        def curve_attrs() -> dict[str, Any]:
+            return monitor.attrs() if monitor is not None else dict(curve_note)
+
         try:
             if guard is not None:
                 guard.start()
@@ -251,7 +255,7 @@ class _ChildState:
         return {**base, "kind": "complete", "result": out, **_guard_attrs(guard), **curve_attrs()}
 
 
-def _lns_evaluate(trained, config, data, eval_tokens: int, device: str) -> dict[str, Any]:
+def _lns_evaluate(trained: Any, config: Any, data: Any, eval_tokens: int, device: str) -> dict[str, Any]:
     """Convert the trained float model's linears to LNS in place and evaluate the converted model."""
     from model.lns_linear import convert_to_lns
     from model.train import evaluate
@@ -261,7 +265,7 @@ def _lns_evaluate(trained, config, data, eval_tokens: int, device: str) -> dict[
     return {"lns_converted_linears": int(n), "val_loss": float(val_loss), "val_ppl": float(val_ppl)}
 
 
-def _result_dict(result) -> dict[str, Any]:
+def _result_dict(result: Any) -> dict[str, Any]:
     """TrainResult -> JSON-ready dict (the model, if any, is left out)."""
     fields = [f.name for f in dataclasses.fields(result)] if dataclasses.is_dataclass(result) else list(vars(result))
     out = {}
@@ -291,7 +295,7 @@ def _jsonable(v: Any) -> Any:
         return str(v)
 
 
-def _guard_attrs(guard) -> dict[str, Any]:
+def _guard_attrs(guard: Any) -> dict[str, Any]:
     if guard is None:
         return {}
     return {

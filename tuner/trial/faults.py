@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Sequence
+from typing import Any
 
 
 class InjectedFault(RuntimeError):
@@ -32,17 +34,19 @@ class FaultInjection:
 # =====================================================================================================================
 
 
-def fault_for(fault, trial_number: int | None) -> FaultInjection | None:
+def fault_for(
+    fault: FaultInjection | Sequence[FaultInjection] | None, trial_number: int | None
+) -> FaultInjection | None:
     """The first FaultInjection (one, or a list of them) that applies to this trial."""
     if fault is None:
         return None
-    for f in fault if isinstance(fault, (list, tuple)) else [fault]:
+    for f in fault if isinstance(fault, Sequence) else [fault]:
         if f.applies(trial_number):
             return f
     return None
 
 
-def raise_fault(fault: FaultInjection, info) -> None:
+def raise_fault(fault: FaultInjection, info: Any) -> None:
     if fault.kind == "oom":
         import torch
 

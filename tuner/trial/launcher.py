@@ -55,7 +55,7 @@ def parse_gpus(gpus: str) -> list[int]:
 @dataclass
 class _Slot:
     gpu: int | None
-    proc: subprocess.Popen | None = None
+    proc: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     finished: bool = False
     gave_up: bool = False
@@ -80,7 +80,7 @@ class Launcher:
             raise TunerError("tuner launch: give --gpus all|0,1 or --workers N")
         self.study_name = study_name
         self.storage_url = storage_url
-        self.slots = [_Slot(g) for g in gpus] if gpus is not None else [_Slot(None) for _ in range(int(workers))]
+        self.slots = [_Slot(g) for g in gpus] if gpus is not None else [_Slot(None) for _ in range(int(workers or 0))]
         self.n_trials = n_trials
         self.max_restarts = int(max_restarts)
         self.extra_args = list(extra_args or [])
@@ -104,7 +104,7 @@ class Launcher:
             "launch: worker pid %d started%s", slot.proc.pid, f" on GPU {slot.gpu}" if slot.gpu is not None else ""
         )
 
-    def request_stop(self, signum: int | None = None, frame=None) -> None:  # noqa: ARG002
+    def request_stop(self, signum: int | None = None, frame: object = None) -> None:  # noqa: ARG002
         self.stop_event.set()
 
     def run(self, install_signal_handlers: bool = True) -> int:

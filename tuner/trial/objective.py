@@ -28,6 +28,7 @@ import optuna
 from model.config import ConfigError
 from tuner.storage._optuna_compat import trial_id
 from tuner.storage.trial_attrs import ATTEMPT_ATTRS, EndReason
+from tuner.study.spec import StudySpec
 from tuner.trial.outcome import PruningRequest, TrialRequest
 from tuner.trial.recording import (
     TrialFailed,
@@ -56,16 +57,16 @@ class Objective:
 
     def __init__(
         self,
-        spec,
-        runner,
+        spec: StudySpec,
+        runner: Any,
         *,
         stop_event: threading.Event | None = None,
         worker_id: str | None = None,
         on_progress: Callable[[dict[str, Any]], None] | None = None,
         on_trial_start: Callable[[int, dict[str, Any]], None] | None = None,
-        fault=None,
-        calibration_path: str | os.PathLike | None = None,
-    ):
+        fault: Any = None,
+        calibration_path: str | os.PathLike[str] | None = None,
+    ) -> None:
         self.spec = spec
         self.calibration_path = calibration_path
         self._estimate_of_trial: Any = None  # the current trial's tuner.vram.estimate.Estimate (one trial at a time)
@@ -159,7 +160,7 @@ class Objective:
         return values
 
     @staticmethod
-    def _reset_inherited(trial) -> None:
+    def _reset_inherited(trial: Any) -> None:
         """A heartbeat retry (RetryHeartbeatStaleTrialCallback) copies the dead attempt's user attrs; blank the ones
         that describe how that attempt ended so they cannot stick to this one."""
         failed = trial.storage.get_trial_system_attrs(trial_id(trial)).get("failed_trial")
@@ -169,7 +170,7 @@ class Objective:
             if trial.user_attrs.get(key) is not None:
                 trial.set_user_attr(key, None)
 
-    def _estimate(self, trial, config, device: str) -> float | None:
+    def _estimate(self, trial: Any, config: Any, device: str) -> float | None:
         """Predicted peak GiB in the measure the trial is judged by: on GPU the NVML per-process total (tensor +
         allocator + outside), on CPU the tensor-bytes peak (tuner.vram.estimate with device="cpu")."""
         if not self.spec.estimate.enabled:
@@ -197,7 +198,7 @@ class Objective:
         trial.set_user_attr("estimate_calibrated", bool(est.calibrated))
         return predicted
 
-    def _refine_calibration(self, trial, r: dict[str, Any], nvml_peak_gib: float) -> None:
+    def _refine_calibration(self, trial: Any, r: dict[str, Any], nvml_peak_gib: float) -> None:
         """Teach the device's calibration from a trial that ran to the end with a per-process NVML peak (issue 6: the
         calibration refines itself from finished trials on the same device). Ceiling stops and OOMs are not used:
         their peaks are cut short. An uncalibrated estimate has no device entry to refine."""
@@ -221,7 +222,7 @@ class Objective:
             return
         trial.set_user_attr("calibration_refined", True)
 
-    def _pruning_request(self, trial, predicted: float | None) -> PruningRequest:
+    def _pruning_request(self, trial: Any, predicted: float | None) -> PruningRequest:
         """Learning-curve settings for the child. Always sent: the curve, its fit and the prediction are recorded on
         every trial (issue 7); `enabled` (the spec's pruning switch) only decides whether the child may prune.
 

@@ -23,6 +23,8 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
@@ -55,14 +57,14 @@ class TrialRunner:
     """
 
     def __init__(
-        self, gpu: int | None = None, cache_dir: str | os.PathLike = ".phase1_cache", cpu_threads: int | None = 1
-    ):
+        self, gpu: int | None = None, cache_dir: str | os.PathLike[str] = ".phase1_cache", cpu_threads: int | None = 1
+    ) -> None:
         self.gpu = gpu
         self.cpu_threads = cpu_threads
         self.cache_dir = str(Path(cache_dir).resolve())
         self._ctx = mp.get_context("spawn")
         self._proc: mp.process.BaseProcess | None = None
-        self._conn = None
+        self._conn: Connection | None = None
         self.device: str | None = None  # "cuda" | "cpu", known once the child is ready
         self.device_name: str | None = None
         self.n_started = 0
@@ -118,7 +120,7 @@ class TrialRunner:
         if self._proc is None:
             return
         try:
-            if self._proc.is_alive():
+            if self._proc.is_alive() and self._conn is not None:
                 try:
                     self._conn.send({"type": "exit"})
                 except (OSError, BrokenPipeError):
@@ -155,6 +157,8 @@ class TrialRunner:
         """
         self.ensure_started()
         conn, proc = self._conn, self._proc
+        if conn is None or proc is None:  # ensure_started raises when no child could start
+            raise ChildStartError("trial child is not running")
         conn.send({"type": "trial", "cache_dir": self.cache_dir, "request": request})
         t0 = time.monotonic()
         ceiling_msg: dict[str, Any] | None = None
@@ -180,7 +184,7 @@ class TrialRunner:
                 outcome = self._crash_outcome(proc)
                 break
             now = time.monotonic()
-            if ceiling_seen_at is not None and now - ceiling_seen_at > CEILING_KILL_AFTER_S:
+            if ceiling_msg is not None and ceiling_seen_at is not None and now - ceiling_seen_at > CEILING_KILL_AFTER_S:
                 outcome = {
                     "kind": "vram_ceiling",
                     "peak_gib": ceiling_msg["peak_gib"],
@@ -217,7 +221,7 @@ class TrialRunner:
             self._discard()  # killed now; a fresh child starts with the next trial
         return TrialOutcome.from_dict(outcome)
 
-    def _crash_outcome(self, proc) -> dict[str, Any]:
+    def _crash_outcome(self, proc: BaseProcess) -> dict[str, Any]:
         proc.join(1.0)
         return {"kind": "crash", "error_summary": f"trial child process died ({_describe_exit(proc.exitcode)})"}
 

@@ -106,7 +106,7 @@ def run_worker(
     hooks = hooks or WorkerHooks()
     worker_id = worker_id or default_worker_id(gpu)
     opt_study = create_or_load_study(spec, storage)
-    opt_study.sampler = make_sampler(spec, seed=seed)
+    opt_study.sampler = make_sampler(spec, seed)
     if spec.sampler.seed is not None:
         storage.set_study_system_attr(study_id(opt_study), f"tuner:sampler_seed:{worker_id}", seed)
         log.info("worker %s: sampler seed %s (study seed %s)", worker_id, seed, spec.sampler.seed)
@@ -116,7 +116,7 @@ def run_worker(
     previous = {}
     if install_signal_handlers and threading.current_thread() is threading.main_thread():
 
-        def _on_signal(signum, frame):  # noqa: ARG001
+        def _on_signal(signum: int, frame: object) -> None:  # noqa: ARG001
             log.warning("worker: %s received; finishing the current trial as interrupted", signal.Signals(signum).name)
             stop_event.set()
 
@@ -134,7 +134,7 @@ def run_worker(
         fault=fault,
     )
     budget = StudyBudget(budget_n, stop_event)
-    callbacks = [RetryInterrupted(stop_event), budget]
+    callbacks: list[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = [RetryInterrupted(stop_event), budget]
     if hooks.on_trial_end is not None:
         callbacks.insert(0, hooks.on_trial_end)
     try:
@@ -187,7 +187,7 @@ def _in_chain(exc: BaseException, kind: type[BaseException]) -> BaseException | 
     return None
 
 
-def spec_of_study(study: optuna.Study):
+def spec_of_study(study: optuna.Study) -> StudySpec:
     """The StudySpec stored on the study (written by tuner.storage.create_or_load_study)."""
     from tuner.errors import StorageError
     from tuner.storage.studies import study_spec

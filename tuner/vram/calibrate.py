@@ -45,7 +45,7 @@ def calibrate_device(index: int = 0, *, config: Any = None) -> DeviceCalibration
         b = torch.randn(256, 256, device=dev)
         for dt in (torch.float32, torch.bfloat16):
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dt != torch.float32):
-                (a @ b).float().sum().backward()
+                (a @ b).float().sum().backward()  # type: ignore[no-untyped-call]  # torch's backward is unannotated
         torch.cuda.synchronize()
         workspace = torch.cuda.memory_allocated(dev) - base - a.numel() * 4 * 2 - b.numel() * 4  # minus a, a.grad, b
         del a, b

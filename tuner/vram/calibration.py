@@ -225,7 +225,7 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def save_calibration(cal: DeviceCalibration, path: str | os.PathLike | None = None) -> Path:
+def save_calibration(cal: DeviceCalibration, path: str | os.PathLike[str] | None = None) -> Path:
     """Store `cal` under its key (replacing that key's entry) and mark it the file's most recent entry."""
     p = Path(path) if path is not None else default_path()
     with _locked(p):
@@ -237,7 +237,7 @@ def save_calibration(cal: DeviceCalibration, path: str | os.PathLike | None = No
     return p
 
 
-def load_calibration(path: str | os.PathLike | None = None, key: str | None = None) -> DeviceCalibration | None:
+def load_calibration(path: str | os.PathLike[str] | None = None, key: str | None = None) -> DeviceCalibration | None:
     """The entry for `key` (None: the file's most recent entry); None when the file or the entry is absent."""
     p = Path(path) if path is not None else default_path()
     data = _read(p)
@@ -246,13 +246,13 @@ def load_calibration(path: str | os.PathLike | None = None, key: str | None = No
     return DeviceCalibration.from_dict(entry) if entry else None
 
 
-def load_all(path: str | os.PathLike | None = None) -> dict[str, DeviceCalibration]:
+def load_all(path: str | os.PathLike[str] | None = None) -> dict[str, DeviceCalibration]:
     p = Path(path) if path is not None else default_path()
     return {k: DeviceCalibration.from_dict(v) for k, v in _read(p)["entries"].items()}
 
 
 def update_calibration(
-    path: str | os.PathLike | None, key: str, fn: Callable[[DeviceCalibration], DeviceCalibration]
+    path: str | os.PathLike[str] | None, key: str, fn: Callable[[DeviceCalibration], DeviceCalibration]
 ) -> DeviceCalibration:
     """Read-modify-write one entry under the file lock (several workers refine one file safely)."""
     p = Path(path) if path is not None else default_path()
@@ -268,7 +268,7 @@ def update_calibration(
 
 
 def refine_stored(
-    path: str | os.PathLike | None,
+    path: str | os.PathLike[str] | None,
     key: str,
     predicted: Any,
     measured_nvml_gib: float,

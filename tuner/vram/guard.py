@@ -139,7 +139,7 @@ class VramGuard:
     def __enter__(self) -> VramGuard:
         return self.start()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
     # --- the step-side check ------------------------------------------------------------------------
@@ -155,6 +155,8 @@ class VramGuard:
 
     def sample_once(self) -> float | None:
         """Take one sample now (also what the thread does each interval). Returns the used GiB or None."""
+        if self._sampler is None:
+            raise RuntimeError("VramGuard.sample_once: start() the guard first (no sampler yet)")
         used = self._sampler()
         with self._lock:
             self.n_samples += 1
@@ -171,7 +173,7 @@ class VramGuard:
             elif self.crossed and used > (self.crossed_peak_gib or 0.0):
                 self.crossed_peak_gib = used
         if newly and self._on_cross is not None:
-            self._on_cross(used, self.crossed_at)
+            self._on_cross(used, self.crossed_at or time.monotonic())
         return used
 
     # --- internals ------------------------------------------------------------------------------------

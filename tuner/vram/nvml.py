@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from typing import Any
 
 from tuner.units import GIB
 from tuner.vram.calibration import device_key
@@ -46,7 +47,7 @@ def nvml_device_count() -> int:
         pynvml.nvmlShutdown()
 
 
-def process_used_gib(handle, pid: int) -> float | None:
+def process_used_gib(handle: Any, pid: int) -> float | None:
     """GPU memory (GiB) that process `pid` uses on the NVML device `handle`; None when NVML does not list it.
 
     NVML lists host PIDs; inside a container without the host PID namespace our PID is never listed, and the

@@ -43,7 +43,7 @@ def _segment_gap(events: list[tuple[str, str, int]]) -> int:
     nowhere extends the segment's end, reusing a free block at the end. Returns (high-water mark of the end) -
     (high-water mark of the live bytes) in bytes: 0 for any pattern whose holes are always refilled in time, e.g.
     a monotone sequence of allocations."""
-    blocks: list[list] = []  # [start, size, name or None], address order, covering [0, end)
+    blocks: list[list[Any]] = []  # [start, size, name or None], address order, covering [0, end)
     end = live = hw_end = hw_live = 0
     for kind, name, nbytes in events:
         if kind == "free":
@@ -151,4 +151,4 @@ def replay_kappa(c: Any, rows: int, chunked: bool) -> float:
     freed logits buffer, separated from the fp32 copy's hole by the kept table blocks; unchunked: the previous
     step's logits; either is too small for the log-softmax gradient) plus the table and part blocks' holes; in
     fp32 only those small holes (about 0.1)."""
-    return _segment_gap(ce_backward_events(c, rows, chunked=chunked)) / (4 * rows * c.vocab_size)
+    return float(_segment_gap(ce_backward_events(c, rows, chunked=chunked)) / (4 * rows * c.vocab_size))

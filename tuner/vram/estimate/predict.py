@@ -195,7 +195,7 @@ def estimate(
         components["library_workspace"] = workspace
     replay = replay_kappa(cfg, rows, chunked)
     offset = cal.kappa_offset(cls) if cal is not None else None
-    if offset is not None:
+    if cal is not None and offset is not None:
         kappa = max(0.0, replay + offset)
         kappa_source = f"replay {offset:+.3f} (median offset of {len(cal.kappa_samples(cls))} {cls} trials)"
     else:

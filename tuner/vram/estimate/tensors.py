@@ -92,7 +92,7 @@ def _linear_weight_elems(c: Any) -> int:
     per_layer = (H * D + H + (r - m) * H + (r - m) if r > m else 0) + 3 * r * D + D * CONV_KERNEL + D
     per_layer += 2 * f * FFN_EXPANSION * D + 2 * D * f
     head = c.head_rank * (D + c.vocab_size) if c.head == "low_rank" else 0
-    return c.n_layers * per_layer + head
+    return int(c.n_layers * per_layer + head)
 
 
 def _rms_norm(sh: _Shape) -> dict[str, int]:
@@ -401,4 +401,4 @@ def tensor_timeline(c: Any, device: str) -> tuple[_Timeline, dict[str, int]]:
 
 def _mixer_weight_elems(c: Any) -> int:
     D, r, m, H = c.d_model, c.ar_ssm_max_rank, c.ar_ssm_min_rank, c.gate_hidden_dim
-    return (H * D + H + (r - m) * H + (r - m) if r > m else 0) + 3 * r * D + D * CONV_KERNEL + D
+    return int((H * D + H + (r - m) * H + (r - m) if r > m else 0) + 3 * r * D + D * CONV_KERNEL + D)
