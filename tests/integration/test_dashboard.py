@@ -20,7 +20,7 @@ import psutil
 import pytest
 import yaml
 
-from tests.tuner.test_spec import BASE
+from tests.tuner.tiny import BASE
 from tuner.storage.connect import open_storage
 from tuner.storage.constraints import set_trial_constraint
 from tuner.storage.studies import create_or_load_study

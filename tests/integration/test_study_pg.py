@@ -11,7 +11,7 @@ from pathlib import Path
 import optuna
 import yaml
 
-from tests.tuner.test_spec import BASE
+from tests.tuner.tiny import BASE
 from tuner.cli import main
 from tuner.storage.constraints import set_trial_constraint
 from tuner.study.loader import load_spec

@@ -11,8 +11,8 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 
-from tests.reliability import fuzz
-from tests.reliability.harness import REPO, child_env
+from testing import fuzz
+from testing.harness import REPO, child_env
 
 FUZZ = settings(deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck))
 N_MUTATED_STUDIES = 450

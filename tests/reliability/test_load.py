@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.reliability.harness import fresh_pg_database, measure_load
+from testing.harness import fresh_pg_database, measure_load
 
 N_WORKERS, PER_WORKER = 8, 25
 

@@ -12,7 +12,7 @@ import math
 import optuna
 import pytest
 
-from tests.reliability.harness import CACHE_DIR, tiny_spec, write_study
+from testing.harness import CACHE_DIR, tiny_spec, write_study
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -12,6 +12,7 @@ from model.shapes import (  # torch-free: `import model` loads only the config
     factorize,
 )
 from tuner.vram.estimate.allocator import BLOCK, TABLE_CHUNK_ROWS, block_round
+from tuner.vram.estimate.params import linear_weight_elems, mixer_weight_elems, param_tensors
 
 # Constants of the model code these formulas follow (kept equal to theirs; a test imports both and compares).
 SCAN_TORCH_CHUNK = 64  # kernels.scan._TORCH_CHUNK
@@ -57,42 +58,6 @@ class _Shape:
     s: int  # bytes of a matmul output / autocast activation: 2 (bf16, fp16) or 4 (fp32)
     amp: bool
     cuda: bool
-
-
-def _param_tensors(c: Any) -> list[int]:
-    """Element counts of every parameter tensor, in model order (model.lm.Phase1LM.parameters())."""
-    D, r, m, H, f = c.d_model, c.ar_ssm_max_rank, c.ar_ssm_min_rank, c.gate_hidden_dim, c.ffn_rank
-    vs, ds = factorize(c.vocab_size, c.htt_num_cores), factorize(c.d_model, c.htt_num_cores)
-    R = c.htt_rank
-    out: list[int] = []
-    if c.htt_num_cores == 2:
-        out += [vs[0] * ds[0] * R, vs[1] * R * ds[1]]
-        if c.htt_phase_encoding:
-            out += [vs[0] * R, vs[1] * R]
-    else:
-        out += [vs[0] * ds[0] * R, vs[1] * R * ds[1] * R, vs[2] * R * ds[2]]
-        if c.htt_phase_encoding:
-            out += [vs[0] * R, vs[1] * R, vs[1] * R, vs[2] * R]
-    for _ in range(c.n_layers):
-        out.append(D)  # norm1
-        if r > m:
-            out += [H * D, H, (r - m) * H, r - m]  # gate MLP
-        out += [r * D, r * D, D * r, D * CONV_KERNEL, D, r]  # U, V, W_o, conv weight+bias, decay_logit
-        out.append(D)  # norm2
-        out += [f * D, FFN_EXPANSION * D * f, f * FFN_EXPANSION * D, D * f]  # U1, V1, U2, V2
-    out.append(D)  # norm_f
-    if c.head == "low_rank":
-        out += [c.head_rank * D, c.vocab_size * c.head_rank]
-    return out
-
-
-def _linear_weight_elems(c: Any) -> int:
-    """Elements of all nn.Linear / Conv1d weights (what autocast casts and caches during the forward)."""
-    D, r, m, H, f = c.d_model, c.ar_ssm_max_rank, c.ar_ssm_min_rank, c.gate_hidden_dim, c.ffn_rank
-    per_layer = (H * D + H + (r - m) * H + (r - m) if r > m else 0) + 3 * r * D + D * CONV_KERNEL + D
-    per_layer += 2 * f * FFN_EXPANSION * D + 2 * D * f
-    head = c.head_rank * (D + c.vocab_size) if c.head == "low_rank" else 0
-    return int(c.n_layers * per_layer + head)
 
 
 def _rms_norm(sh: _Shape) -> dict[str, int]:
@@ -241,7 +206,7 @@ def _loss_chunk(sh: _Shape, c: Any, rows: int) -> dict[str, int]:
             rows_k = (hi - lo) * per_digit
             tables += block_round(s * rows_k * DD)  # the permuted copy the matmul keeps
             table_tmp = max(table_tmp, block_round(s * rows_k * DD))  # matmul output before the permuting copy
-        cores = 2 * block_round(4 * sum(_param_tensors(c)[:2]))  # phase-scaled cores (cos and sin halves)
+        cores = 2 * block_round(4 * sum(param_tensors(c)[:2]))  # phase-scaled cores (cos and sin halves)
         if c.htt_num_cores == 3:
             rr = (2 if c.htt_phase_encoding else 1) * c.htt_rank
             # every chunk recomputes t23 [r1, v2*v3*d2*d3] (ac, permuted copy kept by its matmul) and the scaled
@@ -278,7 +243,7 @@ def tensor_timeline(c: Any, device: str) -> tuple[_Timeline, dict[str, int]]:
         cuda=device == "cuda",
     )
     N, D = sh.N, sh.D
-    params = _param_tensors(c)
+    params = param_tensors(c)
     p_bytes = sum(block_round(4 * p) for p in params)
     tl = _Timeline()
     tl.add("parameters", p_bytes)
@@ -286,7 +251,7 @@ def tensor_timeline(c: Any, device: str) -> tuple[_Timeline, dict[str, int]]:
     tl.add("batch", block_round(8 * c.batch_size * (c.n_seq + 1)))
     x_res = block_round(4 * N * D)  # one fp32 residual-stream tensor
     tl.add("previous_step_output", x_res)  # last step's LMOutput.hidden lives until this forward returns
-    weights_ac = block_round(2 * _linear_weight_elems(c)) if amp else 0
+    weights_ac = block_round(2 * linear_weight_elems(c)) if amp else 0
     tl.add("autocast_weight_copies", weights_ac)  # autocast's cache of cast weights, until autocast exits
 
     norm = _rms_norm(sh)
@@ -338,7 +303,7 @@ def tensor_timeline(c: Any, device: str) -> tuple[_Timeline, dict[str, int]]:
         keep = (
             weights_ac
             if not ck_mixer
-            else block_round(2 * (_linear_weight_elems(c) - c.n_layers * _mixer_weight_elems(c)))
+            else block_round(2 * (linear_weight_elems(c) - c.n_layers * mixer_weight_elems(c)))
         )
         tl.add("autocast_weight_copies", keep)
 
@@ -397,8 +362,3 @@ def tensor_timeline(c: Any, device: str) -> tuple[_Timeline, dict[str, int]]:
         opt_tmp = 2 * max(block_round(4 * p) for p in params)  # for-loop AdamW: one parameter's temporaries at a time
     tl.mark("optimizer step", optimizer_temporaries=opt_tmp)
     return tl, {"p_bytes": p_bytes, "n_params": sum(params)}
-
-
-def _mixer_weight_elems(c: Any) -> int:
-    D, r, m, H = c.d_model, c.ar_ssm_max_rank, c.ar_ssm_min_rank, c.gate_hidden_dim
-    return int((H * D + H + (r - m) * H + (r - m) if r > m else 0) + 3 * r * D + D * CONV_KERNEL + D)

@@ -5,10 +5,9 @@ Everything here runs the real service: `tuner worker` / `tuner launch` processes
 CLI does not expose, `run_worker` in a process started from this module: see `worker_main`), real Postgres, real
 tiny models trained on real text (the standard library's sources) on CPU.
 
-Heartbeat timing: the product's defaults are a 30 s heartbeat and a 120 s grace period (tuner.storage). Neither
-`tuner worker` nor `run_worker` takes them as settings, so `worker_main` sets the keyword defaults of
-`tuner.storage.connect.open_storage` before calling `run_worker` (the same function, with shorter timing); the grace period
-used is reported next to every latency measured with it.
+Heartbeat timing: the product's defaults are a 30 s heartbeat and a 120 s grace period (tuner.storage.connect).
+`worker_main` opens the worker's storage with shorter ones and hands it to `run_worker` (the same function `tuner
+worker` calls); the grace period used is reported next to every latency measured with it.
 
 Not imported by the package (bench/ and tests/ only).
 """
@@ -25,12 +24,13 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 PG_ADMIN_URL = os.environ.get("TUNER_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
 # Tokenized data shared by every test and worker process of this suite (prepared once, memory-mapped).
 CACHE_DIR = Path(tempfile.gettempdir()) / "phase1_reliability_cache"
@@ -40,22 +40,42 @@ TEST_HEARTBEAT_S = 1
 
 # --- studies ----------------------------------------------------------------------------------------------------------
 
-def tiny_spec(name: str, n_trials: int, *, train_tokens: int = 256, eval_tokens: int = 128,
-              model: dict[str, Any] | None = None, timeout_s: float = 300) -> dict[str, Any]:
+
+def tiny_spec(
+    name: str,
+    n_trials: int,
+    *,
+    train_tokens: int = 256,
+    eval_tokens: int = 128,
+    model: dict[str, Any] | None = None,
+    timeout_s: float = 300,
+) -> dict[str, Any]:
     """A study a 2-core CPU runs in seconds per trial: vocab 512, d_model 32, one layer, 32-token windows."""
-    m = {"vocab_size": 512, "d_model": 32, "n_layers": 1, "n_seq": 32, "batch_size": 2, "dtype": "float32",
-         "loss_chunk_size": 0, "seed": 0}
+    m = {
+        "vocab_size": 512,
+        "d_model": 32,
+        "n_layers": 1,
+        "n_seq": 32,
+        "batch_size": 2,
+        "dtype": "float32",
+        "loss_chunk_size": 0,
+        "seed": 0,
+    }
     m.update(model or {})
     return {
         "name": name,
-        "objectives": [{"metric": "val_ppl", "direction": "minimize"},
-                       {"metric": "peak_vram_gib", "direction": "minimize"}],
+        "objectives": [
+            {"metric": "val_ppl", "direction": "minimize"},
+            {"metric": "peak_vram_gib", "direction": "minimize"},
+        ],
         "vram_ceiling_gib": 1,
         "sampler": {"name": "random", "seed": 0},
         "n_trials": n_trials,
         "model": m,
-        "search_space": {"learning_rate": {"type": "float", "low": 1.0e-3, "high": 1.0e-2, "log": True},
-                         "ffn_rank": {"type": "int", "low": 8, "high": 32, "step": 8}},
+        "search_space": {
+            "learning_rate": {"type": "float", "low": 1.0e-3, "high": 1.0e-2, "log": True},
+            "ffn_rank": {"type": "int", "low": 8, "high": 32, "step": 8},
+        },
         "data": {"source": "stdlib", "max_bytes": 262144},
         "budget": {"train_tokens": train_tokens, "eval_tokens": eval_tokens, "trial_timeout_s": timeout_s},
     }
@@ -78,6 +98,7 @@ def create_study(study_file: Path, url: str) -> None:
 
 # --- processes --------------------------------------------------------------------------------------------------------
 
+
 def child_env(url: str | None = None) -> dict[str, str]:
     """Environment of a worker process: one BLAS thread (8 processes on 2 cores), Triton's CPU interpreter."""
     env = dict(os.environ)
@@ -90,36 +111,56 @@ def child_env(url: str | None = None) -> dict[str, str]:
 
 def start_cli_worker(study: str, url: str, log_path: Path, *extra: str) -> subprocess.Popen:
     """A real `tuner worker --study NAME --quiet` process (storage URL in TUNER_STORAGE, output to log_path)."""
-    cmd = [sys.executable, "-m", "tuner.cli", "worker", "--study", study, "--quiet", "--cache-dir", str(CACHE_DIR),
-           *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tuner.cli",
+        "worker",
+        "--study",
+        study,
+        "--quiet",
+        "--cache-dir",
+        str(CACHE_DIR),
+        *extra,
+    ]
     with open(log_path, "w") as out:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen(cmd, cwd=str(REPO), env=child_env(url), stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        return subprocess.Popen(
+            cmd, cwd=str(REPO), env=child_env(url), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
 
-def start_harness_worker(study: str, url: str, log_path: Path, *, grace_s: int = TEST_GRACE_S,
-                         heartbeat_s: int = TEST_HEARTBEAT_S, fault: str | None = None,
-                         n_trials: int | None = None) -> subprocess.Popen:
+def start_harness_worker(
+    study: str,
+    url: str,
+    log_path: Path,
+    *,
+    grace_s: int = TEST_GRACE_S,
+    heartbeat_s: int = TEST_HEARTBEAT_S,
+    fault: str | None = None,
+    n_trials: int | None = None,
+) -> subprocess.Popen:
     """`run_worker` in a fresh process with a shorter heartbeat/grace (see the module docstring) and an optional
     test-only fault "kind:at_step:sleep_s"."""
-    cmd = [sys.executable, "-m", "tests.reliability.harness", "worker", "--study", study, "--grace-s", str(grace_s),
-           "--heartbeat-s", str(heartbeat_s)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "testing.harness",
+        "worker",
+        "--study",
+        study,
+        "--grace-s",
+        str(grace_s),
+        "--heartbeat-s",
+        str(heartbeat_s),
+    ]
     if fault:
         cmd += ["--fault", fault]
     if n_trials is not None:
         cmd += ["--n-trials", str(n_trials)]
     with open(log_path, "w") as out:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen(cmd, cwd=str(REPO), env=child_env(url), stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-
-
-def set_storage_timing(grace_s: int, heartbeat_s: int) -> None:
-    """Make every open_storage() call in this process use this heartbeat interval and grace period."""
-    import tuner.storage.connect as st
-
-    defaults = dict(st.open_storage.__kwdefaults__)
-    defaults.update(grace_period_s=int(grace_s), heartbeat_interval_s=int(heartbeat_s))
-    st.open_storage.__kwdefaults__ = defaults
+        return subprocess.Popen(
+            cmd, cwd=str(REPO), env=child_env(url), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
 
 def worker_main(argv: list[str]) -> int:
@@ -134,7 +175,6 @@ def worker_main(argv: list[str]) -> int:
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    set_storage_timing(a.grace_s, a.heartbeat_s)
     from tuner.storage.connect import open_storage
     from tuner.storage.samplers import worker_seed
     from tuner.storage.studies import load_study
@@ -145,11 +185,20 @@ def worker_main(argv: list[str]) -> int:
     if a.fault:
         kind, at_step, sleep_s = (a.fault.split(":") + ["1", "0.5"])[:3]
         fault = FaultInjection(kind=kind, at_step=int(at_step), sleep_s=float(sleep_s))
-    storage = open_storage(os.environ["TUNER_STORAGE"])  # with the timing set above
+    storage = open_storage(
+        os.environ["TUNER_STORAGE"], heartbeat_interval_s=a.heartbeat_s, grace_period_s=a.grace_s
+    )  # the short test timing
     spec = spec_of_study(load_study(a.study, storage))
     worker_id = default_worker_id(None)  # as `tuner worker` does: the study seed mixed with the worker id
-    return run_worker(spec, storage=storage, seed=worker_seed(spec.sampler.seed, worker_id), worker_id=worker_id,
-                      n_trials=a.n_trials, cache_dir=CACHE_DIR, fault=fault)
+    return run_worker(
+        spec,
+        storage=storage,
+        seed=worker_seed(spec.sampler.seed, worker_id),
+        worker_id=worker_id,
+        n_trials=a.n_trials,
+        cache_dir=CACHE_DIR,
+        fault=fault,
+    )
 
 
 def stop_process(p: subprocess.Popen, timeout: float = 10.0) -> None:
@@ -178,6 +227,7 @@ def wait_for(pred: Callable[[], Any], timeout: float, poll: float = 0.2, what: s
 
 
 # --- storage inspection -----------------------------------------------------------------------------------------------
+
 
 def trials(url: str, name: str) -> list:
     import optuna
@@ -208,9 +258,13 @@ def study_accounting(url: str, name: str) -> dict[str, Any]:
     for t in ts:
         by_state[t.state.name] = by_state.get(t.state.name, 0) + 1
     retried = {n for t in ts for n in t.system_attrs.get("retry_history", ())}
-    return {"trials": ts, "by_state": by_state, "duplicate_numbers": len(numbers) - len(set(numbers)),
-            "retried": retried,
-            "unreplaced_fail": [t.number for t in ts if t.state.name == "FAIL" and t.number not in retried]}
+    return {
+        "trials": ts,
+        "by_state": by_state,
+        "duplicate_numbers": len(numbers) - len(set(numbers)),
+        "retried": retried,
+        "unreplaced_fail": [t.number for t in ts if t.state.name == "FAIL" and t.number not in retried],
+    }
 
 
 @contextlib.contextmanager
@@ -229,13 +283,19 @@ def fresh_pg_database() -> Iterator[str]:
     finally:
         ensure_pg_running()
         with admin.connect() as conn:
-            conn.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n "
-                                 "AND pid <> pg_backend_pid()"), {"n": name})
+            conn.execute(
+                sa.text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n "
+                    "AND pid <> pg_backend_pid()"
+                ),
+                {"n": name},
+            )
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
         admin.dispose()
 
 
 # --- Postgres control -------------------------------------------------------------------------------------------------
+
 
 def pg_version() -> str:
     return sorted(os.listdir("/etc/postgresql"))[0]
@@ -246,8 +306,12 @@ def pg_ready() -> bool:
 
 
 def pg_ctl(action: str) -> None:
-    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", pg_version(), "main", action], check=True,
-                   capture_output=True, timeout=60)
+    subprocess.run(
+        ["pg_ctlcluster", "--skip-systemctl-redirect", pg_version(), "main", action],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
 
 
 def ensure_pg_running() -> None:
@@ -260,12 +324,14 @@ def ensure_pg_running() -> None:
 
 # --- measurements (tests assert on them; bench/reliability.py reports them) -------------------------------------
 
+
 def _logs(paths: list[Path]) -> str:
     return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-4000:]}" for p in paths if p.exists())
 
 
-def measure_sigkill(url: str, workdir: Path, *, grace_s: int = TEST_GRACE_S,
-                    heartbeat_s: int = TEST_HEARTBEAT_S) -> dict[str, Any]:
+def measure_sigkill(
+    url: str, workdir: Path, *, grace_s: int = TEST_GRACE_S, heartbeat_s: int = TEST_HEARTBEAT_S
+) -> dict[str, Any]:
     """Worker A runs the study's only trial (slowed by the fault hook so it is mid-training); worker B waits for
     it. A is SIGKILLed; B's heartbeat check fails the trial and B re-runs it. Returns the trials and timings:
     detect_s = SIGKILL -> the trial seen FAIL in storage (polled every 0.1 s)."""
@@ -291,9 +357,17 @@ def measure_sigkill(url: str, workdir: Path, *, grace_s: int = TEST_GRACE_S,
         detect_s = time.monotonic() - t_kill
         orphans = wait_for(lambda: session_pids(a.pid) == [] or None, 30, 0.5, "trial child of the killed worker gone")
         b_code = b.wait(300)
-        return {"study": name, "victim": victim.number, "detect_s": detect_s, "grace_s": grace_s,
-                "heartbeat_s": heartbeat_s, "b_exit": b_code, "orphans_gone": bool(orphans),
-                "accounting": study_accounting(url, name), "logs": _logs(logs)}
+        return {
+            "study": name,
+            "victim": victim.number,
+            "detect_s": detect_s,
+            "grace_s": grace_s,
+            "heartbeat_s": heartbeat_s,
+            "b_exit": b_code,
+            "orphans_gone": bool(orphans),
+            "accounting": study_accounting(url, name),
+            "logs": _logs(logs),
+        }
     finally:
         stop_process(a)
         if b is not None:
@@ -322,9 +396,17 @@ def measure_sigterm_worker(url: str, workdir: Path) -> dict[str, Any]:
         children_gone = bool(wait_for(lambda: session_pids(w.pid) == [] or None, 15, 0.5, "worker's child gone"))
         w2 = start_cli_worker(name, url, logs[1])
         code2 = w2.wait(300)
-        return {"study": name, "victim": victim.number, "exit_code": code, "exit_s": exit_s,
-                "after_stop": after_stop, "children_gone": children_gone, "finisher_exit": code2,
-                "final": study_accounting(url, name), "logs": _logs(logs)}
+        return {
+            "study": name,
+            "victim": victim.number,
+            "exit_code": code,
+            "exit_s": exit_s,
+            "after_stop": after_stop,
+            "children_gone": children_gone,
+            "finisher_exit": code2,
+            "final": study_accounting(url, name),
+            "logs": _logs(logs),
+        }
     finally:
         stop_process(w)
         if w2 is not None:
@@ -334,8 +416,11 @@ def measure_sigterm_worker(url: str, workdir: Path) -> dict[str, Any]:
 def _has_progress(url: str, name: str, number: int) -> bool:
     """True once the trial has been running for a few seconds (its child is past startup and training)."""
     t = next(t for t in trials(url, name) if t.number == number)
-    return t.state.name == "RUNNING" and t.datetime_start is not None and \
-        (time.time() - t.datetime_start.timestamp()) > 3.0
+    return (
+        t.state.name == "RUNNING"
+        and t.datetime_start is not None
+        and (time.time() - t.datetime_start.timestamp()) > 3.0
+    )
 
 
 def measure_sigterm_launch(url: str, workdir: Path, n_workers: int = 2) -> dict[str, Any]:
@@ -344,10 +429,26 @@ def measure_sigterm_launch(url: str, workdir: Path, n_workers: int = 2) -> dict[
     study_file = write_study(workdir, tiny_spec(name, 4, train_tokens=4096))
     log = workdir / f"{name}.log"
     with open(log, "w") as out:
-        p = subprocess.Popen([sys.executable, "-m", "tuner.cli", "launch", str(study_file), "--workers",
-                              str(n_workers), "--cache-dir", str(CACHE_DIR)], cwd=str(REPO), env=child_env(url),
-                             stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        p = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tuner.cli",
+                "launch",
+                str(study_file),
+                "--workers",
+                str(n_workers),
+                "--cache-dir",
+                str(CACHE_DIR),
+            ],
+            cwd=str(REPO),
+            env=child_env(url),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
+
         def running():
             try:
                 rs = [t for t in trials(url, name) if t.state.name == "RUNNING"]
@@ -369,15 +470,23 @@ def measure_sigterm_launch(url: str, workdir: Path, n_workers: int = 2) -> dict[
             code = None
         exit_s = time.monotonic() - t0
         left = wait_for(lambda: session_pids(p.pid) == [] or None, 15, 0.5, "launch's processes gone")
-        return {"study": name, "exit_code": code, "exit_s": exit_s, "interrupted": [t.number for t in running_then],
-                "cmdlines": cmdlines, "processes_gone": bool(left), "accounting": study_accounting(url, name),
-                "log": _logs([log])}
+        return {
+            "study": name,
+            "exit_code": code,
+            "exit_s": exit_s,
+            "interrupted": [t.number for t in running_then],
+            "cmdlines": cmdlines,
+            "processes_gone": bool(left),
+            "accounting": study_accounting(url, name),
+            "log": _logs([log]),
+        }
     finally:
         stop_process(p)
 
 
-def measure_pg_restart(url: str, workdir: Path, *, n_workers: int = 2, n_trials: int = 6,
-                       outage_s: float = 6.0) -> dict[str, Any]:
+def measure_pg_restart(
+    url: str, workdir: Path, *, n_workers: int = 2, n_trials: int = 6, outage_s: float = 6.0
+) -> dict[str, Any]:
     """`n_workers` real `tuner worker` processes on one study; once trials have completed and others are running,
     the local Postgres is stopped for `outage_s` and started again. Returns the study afterwards and
     `lost_results`: trials whose training had produced a result (complete/pruned/failed) that storage does not
@@ -388,6 +497,7 @@ def measure_pg_restart(url: str, workdir: Path, *, n_workers: int = 2, n_trials:
     ws = [start_cli_worker(name, url, logs[i]) for i in range(n_workers)]
     outage = None
     try:
+
         def progressed():
             acc = study_accounting(url, name)
             return acc if acc["by_state"].get("COMPLETE", 0) >= 1 and acc["by_state"].get("RUNNING", 0) >= 1 else None
@@ -405,16 +515,24 @@ def measure_pg_restart(url: str, workdir: Path, *, n_workers: int = 2, n_trials:
         acc = study_accounting(url, name)
         ts = acc["trials"]
         lost = [t.number for t in ts if t.state.name in ("FAIL", "RUNNING")]
-        return {"study": name, "outage_s": outage, "before": before["by_state"], "exit_codes": codes,
-                "accounting": acc, "lost_results": lost, "logs": _logs(logs)}
+        return {
+            "study": name,
+            "outage_s": outage,
+            "before": before["by_state"],
+            "exit_codes": codes,
+            "accounting": acc,
+            "lost_results": lost,
+            "logs": _logs(logs),
+        }
     finally:
         ensure_pg_running()
         for w in ws:
             stop_process(w)
 
 
-def measure_heartbeat_outage(url: str, workdir: Path, *, grace_s: int = TEST_GRACE_S,
-                             heartbeat_s: int = TEST_HEARTBEAT_S, outage_s: float = 3.0) -> dict[str, Any]:
+def measure_heartbeat_outage(
+    url: str, workdir: Path, *, grace_s: int = TEST_GRACE_S, heartbeat_s: int = TEST_HEARTBEAT_S, outage_s: float = 3.0
+) -> dict[str, Any]:
     """Worker A trains the study's only trial (slowed to ~30 s), worker B waits for it (checking for stale
     trials every second). Postgres is down for `outage_s` (< grace) mid-trial. A worker whose heartbeat resumes
     after the outage keeps its trial: it must not be failed as stale, and no retry may be queued."""
@@ -427,8 +545,12 @@ def measure_heartbeat_outage(url: str, workdir: Path, *, grace_s: int = TEST_GRA
         victim = wait_for(lambda: running_trial_of(url, name, a.pid), 300, 0.5, "worker A running a trial")
         b = start_harness_worker(name, url, logs[1], grace_s=grace_s, heartbeat_s=heartbeat_s)
         # the outage must fall inside training (A's trial writes its last user attr before it sends the request)
-        wait_for(lambda: "predicted_peak_kind" in (running_trial_of(url, name, a.pid) or victim).user_attrs, 120,
-                 0.5, "worker A's trial training")
+        wait_for(
+            lambda: "predicted_peak_kind" in (running_trial_of(url, name, a.pid) or victim).user_attrs,
+            120,
+            0.5,
+            "worker A's trial training",
+        )
         time.sleep(3.0)
         try:
             pg_ctl("stop")
@@ -439,9 +561,14 @@ def measure_heartbeat_outage(url: str, workdir: Path, *, grace_s: int = TEST_GRA
         time.sleep(grace_s + 2 * heartbeat_s + 2.0)  # long enough for a trial without heartbeats to go stale
         mid = next(t for t in trials(url, name) if t.number == victim.number)
         codes = [a.wait(300), b.wait(300)]
-        return {"study": name, "victim": victim.number, "state_after_grace": mid.state.name, "exit_codes": codes,
-                "accounting": study_accounting(url, name),
-                "logs": _logs(logs)}
+        return {
+            "study": name,
+            "victim": victim.number,
+            "state_after_grace": mid.state.name,
+            "exit_codes": codes,
+            "accounting": study_accounting(url, name),
+            "logs": _logs(logs),
+        }
     finally:
         ensure_pg_running()
         stop_process(a)
@@ -449,8 +576,9 @@ def measure_heartbeat_outage(url: str, workdir: Path, *, grace_s: int = TEST_GRA
             stop_process(b)
 
 
-def measure_load(url: str, workdir: Path, *, n_workers: int = 8, per_worker: int = 25,
-                 timeout_s: float = 3600) -> dict[str, Any]:
+def measure_load(
+    url: str, workdir: Path, *, n_workers: int = 8, per_worker: int = 25, timeout_s: float = 3600
+) -> dict[str, Any]:
     """`n_workers` real `tuner worker` processes share one study of n_workers * per_worker trials. Returns the
     accounting, storage errors seen in the workers' output, trials/s (first trial start to last trial end) and the
     storage overhead per trial: median of (trial wall time in storage, start -> complete) minus the trial runner's
@@ -474,19 +602,37 @@ def measure_load(url: str, workdir: Path, *, n_workers: int = 8, per_worker: int
     ts = acc["trials"]
     finished = [t for t in ts if t.datetime_complete is not None and t.datetime_start is not None]
     span = (max(t.datetime_complete for t in finished) - min(t.datetime_start for t in finished)).total_seconds()
-    overheads = sorted((t.datetime_complete - t.datetime_start).total_seconds() - float(t.user_attrs["trial_wall_s"])
-                       for t in finished if "trial_wall_s" in t.user_attrs)
+    overheads = sorted(
+        (t.datetime_complete - t.datetime_start).total_seconds() - float(t.user_attrs["trial_wall_s"])
+        for t in finished
+        if "trial_wall_s" in t.user_attrs
+    )
     text = _logs(logs)
-    storage_errors = [ln for ln in text.splitlines()
-                      if re.search(r"OperationalError|IntegrityError|StorageError|DatabaseError|deadlock|"
-                                   r"Traceback|could not connect|server closed", ln)]
-    return {"study": name, "n_workers": n_workers, "total": total, "exit_codes": codes, "wall_s": wall,
-            "accounting": acc, "storage_errors": storage_errors, "trials_per_s": len(finished) / span if span else 0.0,
-            "overhead_ms_per_trial": 1000.0 * overheads[len(overheads) // 2] if overheads else None,
-            "overhead_ms_mean": 1000.0 * sum(overheads) / len(overheads) if overheads else None, "logs": text}
+    storage_errors = [
+        ln
+        for ln in text.splitlines()
+        if re.search(
+            r"OperationalError|IntegrityError|StorageError|DatabaseError|deadlock|"
+            r"Traceback|could not connect|server closed",
+            ln,
+        )
+    ]
+    return {
+        "study": name,
+        "n_workers": n_workers,
+        "total": total,
+        "exit_codes": codes,
+        "wall_s": wall,
+        "accounting": acc,
+        "storage_errors": storage_errors,
+        "trials_per_s": len(finished) / span if span else 0.0,
+        "overhead_ms_per_trial": 1000.0 * overheads[len(overheads) // 2] if overheads else None,
+        "overhead_ms_mean": 1000.0 * sum(overheads) / len(overheads) if overheads else None,
+        "logs": text,
+    }
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["worker"]:
         sys.exit(worker_main(sys.argv[2:]))
-    raise SystemExit("usage: python -m tests.reliability.harness worker ...")
+    raise SystemExit("usage: python -m testing.harness worker ...")

@@ -13,10 +13,11 @@ import optuna
 import pytest
 import yaml
 
-from tests.tuner.test_spec import BAD, BASE
+from tests.tuner.study.test_spec import BAD
+from tests.tuner.tiny import BASE
 from tuner.cli import build_parser, main
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 MINE = {"create", "status", "pareto", "report", "export", "dashboard"}
 
 

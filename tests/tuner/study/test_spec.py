@@ -4,66 +4,15 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from pathlib import Path
 
 import optuna
 import pytest
 import yaml
 
 from model.config import ConfigError, Phase1Config
+from tests.tuner.tiny import _DELETE, BASE, REPO, SS, mutate, write
 from tuner.errors import SpecError
 from tuner.study.loader import load_spec, spec_from_dict
-
-REPO = Path(__file__).resolve().parents[2]
-
-BASE = {
-    "name": "unit",
-    "objectives": [
-        {"metric": "val_ppl", "direction": "minimize"},
-        {"metric": "peak_vram_gib", "direction": "minimize"},
-    ],
-    "vram_ceiling_gib": 8,
-    "sampler": {"name": "tpe", "seed": 0},
-    "n_trials": 4,
-    "model": {"vocab_size": 512, "d_model": 64, "n_layers": 2, "n_seq": 64},
-    "search_space": {
-        "ar_ssm_max_rank": {"type": "int", "low": 8, "high": 32, "step": 8},
-        "ar_ssm_min_rank": {"type": "int", "low": 2, "high": 8},
-        "ar_ssm_l1_regularization": {"type": "float", "low": 1.0e-4, "high": 1.0e-2, "log": True},
-        "use_gradient_checkpointing": {"type": "categorical", "choices": [True, False]},
-        "checkpoint_ar_ssm": {
-            "type": "categorical",
-            "choices": [True, False],
-            "when": {"use_gradient_checkpointing": False},
-        },
-    },
-    "data": {"source": "stdlib"},
-    "budget": {"train_tokens": 1000, "eval_tokens": 500, "trial_timeout_s": 60},
-}
-
-
-def write(tmp_path: Path, data, name: str = "study.yaml") -> Path:
-    p = tmp_path / name
-    p.write_text(data if isinstance(data, str) else yaml.safe_dump(data, sort_keys=False))
-    return p
-
-
-def mutate(**changes):
-    d = copy.deepcopy(BASE)
-    for dotted, value in changes.items():
-        keys = dotted.split("__")
-        node = d
-        for k in keys[:-1]:
-            node = node[k]
-        if value is _DELETE:
-            del node[keys[-1]]
-        else:
-            node[keys[-1]] = value
-    return d
-
-
-_DELETE = object()
-SS = "search_space"
 
 # (case id, spec mapping or YAML text, key that the message must name, a word of the problem/fix)
 BAD = [

@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 from hypothesis import strategies as st
 
-from tests.reliability.harness import tiny_spec
+from testing.harness import tiny_spec
 
 MISSING_DATA = "/nonexistent/phase1_fuzz_data_dir"
 
@@ -119,14 +119,48 @@ def check_preset_text(text: str, folder: Path, tally: Tally) -> None:
 
 # --- strategies -------------------------------------------------------------------------------------------------------
 
-_KEYS = ["name", "objectives", "vram_ceiling_gib", "sampler", "n_trials", "model", "search_space", "data", "budget",
-         "enqueue_presets", "pruning", "estimate", "config", "provenance", "type", "low", "high", "choices", "metric",
-         "direction", "source", "path", "d_model", "learning_rate"]
-_scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**12, 10**12),
-                     st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=12), st.sampled_from(_KEYS))
-yaml_values = st.recursive(_scalars, lambda inner: st.one_of(
-    st.lists(inner, max_size=4), st.dictionaries(st.one_of(st.sampled_from(_KEYS), st.text(max_size=8)), inner,
-                                                 max_size=5)), max_leaves=12)
+_KEYS = [
+    "name",
+    "objectives",
+    "vram_ceiling_gib",
+    "sampler",
+    "n_trials",
+    "model",
+    "search_space",
+    "data",
+    "budget",
+    "enqueue_presets",
+    "pruning",
+    "estimate",
+    "config",
+    "provenance",
+    "type",
+    "low",
+    "high",
+    "choices",
+    "metric",
+    "direction",
+    "source",
+    "path",
+    "d_model",
+    "learning_rate",
+]
+_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**12), 10**12),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=12),
+    st.sampled_from(_KEYS),
+)
+yaml_values = st.recursive(
+    _scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.dictionaries(st.one_of(st.sampled_from(_KEYS), st.text(max_size=8)), inner, max_size=5),
+    ),
+    max_leaves=12,
+)
 raw_text = st.text(alphabet=string.printable + "äπ€\u3000", max_size=200)
 
 
@@ -140,15 +174,18 @@ def _insert(t: tuple[str, int, str]) -> str:
 random_documents = st.one_of(
     yaml_values.map(lambda v: yaml.safe_dump(v, allow_unicode=True)),
     raw_text,
-    st.tuples(yaml_values.map(lambda v: yaml.safe_dump(v)), st.integers(0, 10**6),
-              st.sampled_from(list(":-[]{}!&*#'\"\t"))).map(_insert),
+    st.tuples(
+        yaml_values.map(lambda v: yaml.safe_dump(v)), st.integers(0, 10**6), st.sampled_from(list(":-[]{}!&*#'\"\t"))
+    ).map(_insert),
 )
 
-TAG_PAYLOADS = ["!!python/object/apply:os.system [{cmd!r}]",
-                "!!python/object/apply:subprocess.check_output [[sh, -c, {cmd!r}]]",
-                "!!python/object/new:os.system [{cmd!r}]",
-                "!!python/name:os.system",
-                "!!python/object:__main__.X {{}}"]
+TAG_PAYLOADS = [
+    "!!python/object/apply:os.system [{cmd!r}]",
+    "!!python/object/apply:subprocess.check_output [[sh, -c, {cmd!r}]]",
+    "!!python/object/new:os.system [{cmd!r}]",
+    "!!python/name:os.system",
+    "!!python/object:__main__.X {{}}",
+]
 
 
 def _paths(d: Any, prefix: tuple = ()) -> list[tuple]:
@@ -205,28 +242,69 @@ def _wrong_type(value: Any) -> list[Any]:
 def mutated_study(draw) -> str:
     """A valid tiny study with exactly one change that must make it invalid."""
     spec = base_study()
-    kind = draw(st.sampled_from(["wrong_type", "out_of_range", "unknown_key", "empty_choices", "low_gt_high",
-                                 "missing_data_path", "bad_enum", "missing_key", "yaml_tag"]))
+    kind = draw(
+        st.sampled_from(
+            [
+                "wrong_type",
+                "out_of_range",
+                "unknown_key",
+                "empty_choices",
+                "low_gt_high",
+                "missing_data_path",
+                "bad_enum",
+                "missing_key",
+                "yaml_tag",
+            ]
+        )
+    )
     if kind == "wrong_type":
         path = draw(st.sampled_from(_paths(spec)))
         _set(spec, path, draw(st.sampled_from(_wrong_type(_get(spec, path)))))
     elif kind == "out_of_range":
-        target = draw(st.sampled_from([("vram_ceiling_gib",), ("n_trials",), ("budget", "train_tokens"),
-                                       ("budget", "eval_tokens"), ("budget", "trial_timeout_s"),
-                                       ("model", "d_model"), ("model", "vocab_size"), ("model", "n_layers"),
-                                       ("model", "batch_size"), ("search_space", "learning_rate", "low"),
-                                       ("search_space", "ffn_rank", "step"), ("estimate", "margin"),
-                                       ("pruning", "learning_curve", "confidence")]))
+        target = draw(
+            st.sampled_from(
+                [
+                    ("vram_ceiling_gib",),
+                    ("n_trials",),
+                    ("budget", "train_tokens"),
+                    ("budget", "eval_tokens"),
+                    ("budget", "trial_timeout_s"),
+                    ("model", "d_model"),
+                    ("model", "vocab_size"),
+                    ("model", "n_layers"),
+                    ("model", "batch_size"),
+                    ("search_space", "learning_rate", "low"),
+                    ("search_space", "ffn_rank", "step"),
+                    ("estimate", "margin"),
+                    ("pruning", "learning_curve", "confidence"),
+                ]
+            )
+        )
         zero_ok = target in (("estimate", "margin"),)  # 0 is a valid margin
-        _set(spec, target, draw(st.sampled_from([-1, -10**9, float("-inf"), float("nan")] + ([] if zero_ok else [0]))))
+        _set(
+            spec, target, draw(st.sampled_from([-1, -(10**9), float("-inf"), float("nan")] + ([] if zero_ok else [0])))
+        )
     elif kind == "unknown_key":
-        where = draw(st.sampled_from([(), ("model",), ("budget",), ("sampler",), ("data",),
-                                      ("search_space", "learning_rate"), ("pruning", "learning_curve"),
-                                      ("estimate",)]))
+        where = draw(
+            st.sampled_from(
+                [
+                    (),
+                    ("model",),
+                    ("budget",),
+                    ("sampler",),
+                    ("data",),
+                    ("search_space", "learning_rate"),
+                    ("pruning", "learning_curve"),
+                    ("estimate",),
+                ]
+            )
+        )
         key = draw(st.text(alphabet=string.ascii_lowercase + "_", min_size=3, max_size=12))
         node = _get(spec, where)
-        if key in node or (where == ("sampler",) and key in ("n_startup_trials", "multivariate", "constant_liar",
-                                                              "n_ei_candidates", "seed")):
+        if key in node or (
+            where == ("sampler",)
+            and key in ("n_startup_trials", "multivariate", "constant_liar", "n_ei_candidates", "seed")
+        ):
             key = key + "_zz_unknown"
         node[key] = draw(st.sampled_from([1, "x", True]))
     elif kind == "empty_choices":
@@ -236,24 +314,48 @@ def mutated_study(draw) -> str:
         lo, hi = spec["search_space"][p]["low"], spec["search_space"][p]["high"]
         spec["search_space"][p]["low"], spec["search_space"][p]["high"] = hi * 2, lo
     elif kind == "missing_data_path":
-        spec["data"] = {"source": "files", "path": draw(st.sampled_from(
-            [MISSING_DATA, "relative/missing/dir", "/nonexistent.txt"]))}
+        spec["data"] = {
+            "source": "files",
+            "path": draw(st.sampled_from([MISSING_DATA, "relative/missing/dir", "/nonexistent.txt"])),
+        }
     elif kind == "bad_enum":
-        target = draw(st.sampled_from([("sampler", "name"), ("objectives", 0, "direction"),
-                                       ("objectives", 1, "metric"), ("data", "source"), ("model", "dtype"),
-                                       ("search_space", "learning_rate", "type")]))
+        target = draw(
+            st.sampled_from(
+                [
+                    ("sampler", "name"),
+                    ("objectives", 0, "direction"),
+                    ("objectives", 1, "metric"),
+                    ("data", "source"),
+                    ("model", "dtype"),
+                    ("search_space", "learning_rate", "type"),
+                ]
+            )
+        )
         _set(spec, target, draw(st.sampled_from(["tpee", "maximise", "ppl", "s3", "float64", "Random", ""])))
     elif kind == "missing_key":
-        target = draw(st.sampled_from([("name",), ("vram_ceiling_gib",), ("budget",), ("budget", "train_tokens"),
-                                       ("search_space", "learning_rate", "type"),
-                                       ("search_space", "ffn_rank", "high"), ("objectives", 0, "metric")]))
+        target = draw(
+            st.sampled_from(
+                [
+                    ("name",),
+                    ("vram_ceiling_gib",),
+                    ("budget",),
+                    ("budget", "train_tokens"),
+                    ("search_space", "learning_rate", "type"),
+                    ("search_space", "ffn_rank", "high"),
+                    ("objectives", 0, "metric"),
+                ]
+            )
+        )
         _delete(spec, target)
     elif kind == "yaml_tag":
         text = yaml.safe_dump(spec, sort_keys=False)
         payload = draw(st.sampled_from(TAG_PAYLOADS)).format(cmd="true")
         line = draw(st.sampled_from(["name", "vram_ceiling_gib", "n_trials"]))
-        return text.replace(f"\n{line}:", f"\n{line}: {payload}\nzz_{line}:", 1) if line != "name" else \
-            text.replace("name: fuzzbase", f"name: {payload}", 1)
+        return (
+            text.replace(f"\n{line}:", f"\n{line}: {payload}\nzz_{line}:", 1)
+            if line != "name"
+            else text.replace("name: fuzzbase", f"name: {payload}", 1)
+        )
     return yaml.safe_dump(spec, sort_keys=False, allow_unicode=True)
 
 
@@ -261,27 +363,63 @@ def base_preset() -> dict[str, Any]:
     from model.config import Phase1Config
 
     cfg = Phase1Config().replace(vocab_size=512, d_model=32, n_layers=1, n_seq=32, batch_size=2, dtype="float32")
-    return {"config": cfg.to_dict(), "provenance": {"study": "s", "trial": 1, "val_ppl": 10.0,
-                                                   "peak_vram_gib": 0.1, "device": "cpu", "date": "2026-01-01",
-                                                   "version": "0.1.0", "train_tokens": 256, "eval_tokens": 128}}
+    return {
+        "config": cfg.to_dict(),
+        "provenance": {
+            "study": "s",
+            "trial": 1,
+            "val_ppl": 10.0,
+            "peak_vram_gib": 0.1,
+            "device": "cpu",
+            "date": "2026-01-01",
+            "version": "0.1.0",
+            "train_tokens": 256,
+            "eval_tokens": 128,
+        },
+    }
 
 
 @st.composite
 def mutated_preset(draw) -> str:
     """A preset with one change (most invalid; the CLI call fails anyway on the missing --data folder)."""
     p = copy.deepcopy(base_preset())
-    kind = draw(st.sampled_from(["wrong_type", "out_of_range", "unknown_key", "missing_config", "not_mapping",
-                                 "yaml_tag", "provenance"]))
+    kind = draw(
+        st.sampled_from(
+            ["wrong_type", "out_of_range", "unknown_key", "missing_config", "not_mapping", "yaml_tag", "provenance"]
+        )
+    )
     cfg = p["config"]
     if kind == "wrong_type":
         key = draw(st.sampled_from(sorted(cfg)))
         cfg[key] = draw(st.sampled_from(_wrong_type(cfg[key]) if cfg[key] is not None else ["abc", [1]]))
     elif kind == "out_of_range":
-        key = draw(st.sampled_from(["d_model", "vocab_size", "n_layers", "n_seq", "batch_size", "learning_rate",
-                                    "htt_num_cores", "lns_block_size_m", "stability_threshold", "ffn_rank"]))
+        key = draw(
+            st.sampled_from(
+                [
+                    "d_model",
+                    "vocab_size",
+                    "n_layers",
+                    "n_seq",
+                    "batch_size",
+                    "learning_rate",
+                    "htt_num_cores",
+                    "lns_block_size_m",
+                    "stability_threshold",
+                    "ffn_rank",
+                ]
+            )
+        )
         cfg[key] = draw(st.sampled_from([0, -1, 10**9 + 7, 3]))
-        if (key, cfg[key]) in {("htt_num_cores", 3), ("n_layers", 3), ("n_seq", 3), ("batch_size", 3),
-                               ("learning_rate", 3), ("ffn_rank", 3), ("vocab_size", 3), ("n_layers", 10**9 + 7)}:
+        if (key, cfg[key]) in {
+            ("htt_num_cores", 3),
+            ("n_layers", 3),
+            ("n_seq", 3),
+            ("batch_size", 3),
+            ("learning_rate", 3),
+            ("ffn_rank", 3),
+            ("vocab_size", 3),
+            ("n_layers", 10**9 + 7),
+        }:
             cfg[key] = -1
     elif kind == "unknown_key":
         where = draw(st.sampled_from(["config", "top"]))

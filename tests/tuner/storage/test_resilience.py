@@ -19,7 +19,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tests.tuner.test_spec import BASE
+from tests.tuner.tiny import BASE
 from tuner.storage.callbacks import WorkerLostRetryCallback
 from tuner.storage.connect import open_storage
 from tuner.storage.resilient import (
@@ -303,7 +303,7 @@ def test_launch_passes_heartbeat_flags_to_its_workers(tmp_path):
 
     import yaml
 
-    from tests.tuner.test_spec import REPO
+    from tests.tuner.tiny import REPO
 
     d = copy.deepcopy(BASE)
     d["name"] = "flags"

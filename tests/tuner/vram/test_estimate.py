@@ -18,6 +18,7 @@ import pytest
 from model.config import PRESETS, Phase1Config
 from tuner.vram.estimate import allocator as est_alloc
 from tuner.vram.estimate import tensors as est_tensors
+from tuner.vram.estimate.params import param_tensors
 from tuner.vram.estimate.predict import estimate
 
 TOLERANCE = 0.05
@@ -65,7 +66,7 @@ def test_model_constants_and_param_count_match_the_model():
         Phase1Config(htt_num_cores=3, head="low_rank", d_model=96),
         Phase1Config(ar_ssm_min_rank=32, ar_ssm_max_rank=32, htt_phase_encoding=False),
     ):
-        assert sum(est_tensors._param_tensors(cfg)) == lm.expected_param_counts(cfg)["total"]
+        assert sum(param_tensors(cfg)) == lm.expected_param_counts(cfg)["total"]
         assert estimate(cfg).params == lm.expected_param_counts(cfg)["total"]
 
 

@@ -10,7 +10,7 @@ import time
 import optuna
 import pytest
 
-from tests.tuner.test_spec import BASE
+from tests.tuner.tiny import BASE
 from tuner.errors import SpecError, StorageError
 from tuner.storage.connect import GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S, open_storage
 from tuner.storage.samplers import make_sampler
@@ -123,9 +123,9 @@ def test_postgres_engine_options_and_heartbeat(pg_url):
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage", "ignore::optuna.exceptions.ExperimentalWarning")
-def test_stale_trial_is_requeued(pg_url):
+def test_stale_trial_is_requeued(storage_url):
     """A worker that stops beating: after the grace period its RUNNING trial fails and a WAITING copy appears."""
-    storage = open_storage(pg_url, heartbeat_interval_s=1, grace_period_s=1)
+    storage = open_storage(storage_url, heartbeat_interval_s=1, grace_period_s=1)
     study = optuna.create_study(storage=storage, study_name="hb")  # plain study: only the storage matters here
     trial = study.ask()
     trial.suggest_int("x", 0, 3)
@@ -136,12 +136,12 @@ def test_stale_trial_is_requeued(pg_url):
     assert states == ["FAIL", "WAITING"]
 
 
-# --- studies ----------------------------------------------------------------------------------------------------
+# --- studies (storage contract: the tests below run on SQLite and on PostgreSQL) --------------------------------
 
 
-def test_create_sets_names_spec_and_presets_once(pg_url):
+def test_create_sets_names_spec_and_presets_once(storage_url):
     s = spec(enqueue_presets=["8gb"])
-    storage = open_storage(pg_url)
+    storage = open_storage(storage_url)
     study = create_or_load_study(s, storage)
     assert study.metric_names == ["val_ppl", "peak_vram_gib"]
     assert [d.name for d in study.directions] == ["MINIMIZE", "MINIMIZE"]
@@ -150,12 +150,12 @@ def test_create_sets_names_spec_and_presets_once(pg_url):
     assert len(waiting) == 1 and waiting[0].user_attrs["preset"] == "8gb"
     assert waiting[0].system_attrs["fixed_params"] == s.preset_params("8gb")  # what the trial will use
     # loading again (another worker) enqueues nothing more, also with a different n_trials
-    again = create_or_load_study(spec(enqueue_presets=["8gb"], n_trials=99), open_storage(pg_url))
+    again = create_or_load_study(spec(enqueue_presets=["8gb"], n_trials=99), open_storage(storage_url))
     assert again._study_id == study._study_id and len(again.get_trials()) == 1
 
 
-def test_existing_study_with_other_definition_is_an_error(pg_url):
-    storage = open_storage(pg_url)
+def test_existing_study_with_other_definition_is_an_error(storage_url):
+    storage = open_storage(storage_url)
     create_or_load_study(spec(), storage)
     with pytest.raises(SpecError, match="vram_ceiling_gib: study 'unit' already exists with a different definition"):
         create_or_load_study(spec(vram_ceiling_gib=6), storage)
@@ -163,8 +163,8 @@ def test_existing_study_with_other_definition_is_an_error(pg_url):
         create_or_load_study(spec(objectives=[{"metric": "val_ppl"}]), storage)
 
 
-def test_load_study_uses_stored_spec_sampler_and_names_missing(pg_url):
-    storage = open_storage(pg_url)
+def test_load_study_uses_stored_spec_sampler_and_names_missing(storage_url):
+    storage = open_storage(storage_url)
     create_or_load_study(spec(sampler={"name": "nsga2", "seed": 3, "population_size": 6}), storage)
     study = load_study("unit", storage)
     assert isinstance(study.sampler, optuna.samplers.NSGAIISampler)
