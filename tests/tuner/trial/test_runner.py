@@ -25,14 +25,15 @@ def test_a_trial_past_its_timeout_is_killed_and_the_child_replaced(tmp_path):
         runner.ensure_started()  # the child imports torch here, outside the trial's clock
         assert runner.device == "cpu" and runner.child_pid is not None
         request = TrialRequest(
-            config={"vocab_size": 256, "d_model": 32, "n_layers": 1, "n_seq": 32},
-            data=DataSource(kind="stdlib"),
+            config={"vocab_size": 512, "d_model": 32, "n_layers": 1, "n_seq": 32},
+            data=DataSource(kind="stdlib", max_bytes=262144),
             train_tokens=10_000_000,
             eval_tokens=1000,
             ceiling_gib=1.0,
         )
         outcome = runner.run(request, timeout_s=0.5)
-        assert outcome.kind == "timeout" and "trial_timeout_s" in (outcome.error_summary or "")
+        assert outcome.kind == "timeout", outcome.error_summary
+        assert "trial_timeout_s" in (outcome.error_summary or "")
         assert outcome.replace_child and runner.child_pid is None  # killed: a fresh child serves the next trial
     finally:
         runner.close()
