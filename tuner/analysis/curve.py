@@ -6,7 +6,7 @@ log-log space), the final PPL at the full budget is predicted with a Student-t p
 *optimistic* bound is still dominated by the current (val_ppl, peak_vram_gib) Pareto front at the trial's own peak VRAM
 is stopped (`LearningCurvePrune`, end reason `learning_curve`).
 
-The exponent drifts as training goes on (seed 002/004: alpha flattens from window to window; within one run the
+The exponent drifts as training goes on (alpha flattens from one window of tokens to the next; within one run the
 cosine schedule and the early fast phase bend the log-log curve too), so a line through a trial's early points is
 biased low at the budget. When the study has completed curves, the rest of the curve is predicted with the *late*
 exponent they measured from the same token count to the budget (`predict_late_alpha`): the trial's own latest PPL
@@ -309,7 +309,8 @@ def can_enter_front(optimistic_ppl: float, peak_vram_gib: float, front: Iterable
 
 @dataclass(frozen=True)
 class RankPredictor:
-    """log(final_ppl) = slope * effective_rank + intercept, least squares across trials (seed 004's form)."""
+    """log(final_ppl) = slope * effective_rank + intercept, least squares across trials (a log-linear law between rank
+    and final PPL, checked against finished trials by rank_predictor_error)."""
 
     slope: float
     intercept: float

@@ -1,6 +1,6 @@
 """Storage: URL resolution, engine options, password masking, and the one function that builds a study.
 
-Decisions (architecture.md, issue 4):
+Decisions (architecture.md):
 - URL: `--storage` flag, else TUNER_STORAGE, else `sqlite:///<cwd>/tuner.db` (no server needed for the quickstart).
 - Every RDB storage has heartbeats and `RetryHeartbeatStaleTrialCallback` (a worker killed mid-trial has its trial
   re-queued as WAITING after the grace period). Heartbeats only beat inside `study.optimize`.

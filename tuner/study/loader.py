@@ -1,34 +1,7 @@
 """Study files: safe YAML -> a frozen, fully validated `StudySpec`, before anything touches storage or a GPU.
 
-Every problem is one line, `FILE: key.path: problem; fix` (SpecError). The format (issue 4), with defaults:
-
-    name: quickstart                    # required; letters, digits, _ . -
-    objectives:                         # default: val_ppl minimize, peak_vram_gib minimize; an omitted
-                                        # direction is minimize, except tokens_per_s: maximize
-      - {metric: val_ppl, direction: minimize}   # metrics: val_ppl, peak_vram_gib, params, tokens_per_s
-    vram_ceiling_gib: 8                 # required, GiB (2^30 bytes); becomes the configs' target_vram_gb
-    sampler: {name: tpe, seed: 0}       # tpe | nsga2 | gp | random | grid, plus per-sampler options
-    n_trials: 20                        # trials one `tuner run` / worker executes
-    model: {d_model: 64}                # fixed Phase1Config fields (validated by building a Phase1Config)
-    search_space:                       # Phase1Config fields; types must fit the field's type
-      ar_ssm_max_rank: {type: int, low: 8, high: 64, step: 8}
-      ar_ssm_l1_regularization: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}
-      htt_phase_encoding: {type: categorical, choices: [true, false]}
-      checkpoint_htt: {type: categorical, choices: [true, false], when: {use_gradient_checkpointing: false}}
-    data: {source: stdlib}              # | {source: files, path: DIR} | {source: hf, hf_name: ..., hf_split: ...}
-                                        # a relative path is relative to the study file's folder
-    budget: {train_tokens: 200000, eval_tokens: 50000, trial_timeout_s: 600}
-    enqueue_presets: [8gb]              # model.PRESETS names, run first (their search-space fields only)
-    pruning: {learning_curve: {enabled: false, min_fraction: 0.25, confidence: 0.9}}
-    estimate: {enabled: true, margin: 0.05}
-
-`when:` maps a search-space parameter or a Phase1Config field to a value (or a list of values); the parameter
-is sampled only when all conditions hold, otherwise the fixed/default value applies. Impossible combinations
-are decided here, not per trial: every corner of the space (each numeric parameter at its lowest and highest
-reachable value, every categorical choice, conditions applied) must build a trainable Phase1Config, and every
-value of each int/categorical parameter must pass the field's own checks. Phase1Config's cross-field rules
-are monotone inequalities (min_rank <= max_rank, ffn_rank <= 4 * d_model), so corners decide them; a trial
-that still fails validation is recorded by the objective as `invalid_config` (a safety net, not a design path).
+Every problem is one line, `FILE: key.path: problem; fix` (SpecError). The format, its defaults and how impossible
+combinations are decided: docs/study-file.md.
 """
 
 from __future__ import annotations

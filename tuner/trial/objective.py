@@ -199,7 +199,7 @@ class Objective:
         return predicted
 
     def _refine_calibration(self, trial: Any, r: dict[str, Any], nvml_peak_gib: float) -> None:
-        """Teach the device's calibration from a trial that ran to the end with a per-process NVML peak (issue 6: the
+        """Teach the device's calibration from a trial that ran to the end with a per-process NVML peak (the
         calibration refines itself from finished trials on the same device). Ceiling stops and OOMs are not used:
         their peaks are cut short. An uncalibrated estimate has no device entry to refine."""
         est = self._estimate_of_trial
@@ -224,7 +224,7 @@ class Objective:
 
     def _pruning_request(self, trial: Any, predicted: float | None) -> PruningRequest:
         """Learning-curve settings for the child. Always sent: the curve, its fit and the prediction are recorded on
-        every trial (issue 7); `enabled` (the spec's pruning switch) only decides whether the child may prune.
+        every trial; `enabled` (the spec's pruning switch) only decides whether the child may prune.
 
         front: every feasible (val_ppl, peak_vram_gib) point of the study's complete trials (a point is dominated by
         the front iff by some feasible point). reference_curves: the `curve` user attrs of complete trials with the

@@ -1,31 +1,7 @@
-"""Predict a training trial's peak GPU memory, as NVML sees the process, from its Phase1Config alone.
-
-Pure arithmetic (no torch import): a trial is estimated in milliseconds on a machine with no GPU. Three parts:
-
-1. tensor bytes - what `torch.cuda.max_memory_allocated` reports: the peak over one steady-state training step
-   (step >= 2, AdamW state present) of parameters, gradients, optimizer state, saved activations (with each
-   checkpointing flag), autocast weight copies, the chunked logits/cross-entropy working set and the temporaries
-   live at that moment, each request rounded up to the caching allocator's 512-byte blocks. The step is followed
-   as `model/train.py` runs it: forward under autocast, the chunked CE inside `torch.utils.checkpoint`, backward
-   (recomputing checkpointed blocks one at a time), clip, fused AdamW (CUDA) / for-loop AdamW (CPU), zero_grad
-   with set_to_none. Which tensors each op keeps is read off model/{htt,ar_ssm,ffn,lm}.py and kernels/scan.py;
-   the CPU test suite checks the figure against a real peak measurement.
-2. allocator - reserved over allocated with `expandable_segments:True` (what the worker sets). Each pool is ONE
-   virtual segment per stream, mapped in 2 MiB pages at its end and never unmapped before empty_cache, so the peak
-   reserved is the high-water mark of the segment's end: the peak allocated rounded up to a page (plus the small
-   pool's page), unless a free hole in the middle is too small for a later request that then extends the end.
-   The one pattern at the peak that does this is the chunked cross-entropy's backward (replayed on a best-fit
-   segment by `_segment_gap`): under autocast a chunk recomputes logits [rows, V] (ac), their fp32 copy and the
-   log-softmax (fp32, saved); logits and copy are freed, leaving a 1.5 F hole (F = 4 rows V bytes); the nll
-   gradient (F) takes it and leaves 0.5 F; the log-softmax gradient (F) does not fit and extends the end. In fp32
-   `.float()` is a no-op, the hole is exactly F and fills exactly: no gap. So reserved_peak = max(tensor peak,
-   tensor at the CE backward + kappa F), kappa from the replay of the config's own CE allocations (about 0.5-0.65
-   under autocast, 0.1-0.2 in fp32, tied head's table blocks included), plus the device's median offset once
-   `tuner.vram.calibration.refine` has seen trials of that dtype class.
-3. outside the allocator - CUDA context, loaded kernel modules, library handles: a per-(device, driver, torch)
-   calibration (tuner.vram.calibration), never a constant in this file.
-
-All results in GiB (2^30 bytes). Shapes: B batch, L n_seq, N = B*L positions, D d_model, V vocab, r ranks.
+"""Predict a training trial's peak GPU memory, as NVML sees the process, from its Phase1Config alone: tensor bytes
+(the step's timeline, tensors.py) + the caching allocator's growth (allocator.py) + the memory outside the
+allocator (the device calibration the caller passes in). Pure arithmetic, no torch, no file, no NVML. The derivation
+of each part: docs/vram-estimate.md. All results in GiB (2^30 bytes).
 """
 
 from __future__ import annotations
