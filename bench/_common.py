@@ -65,8 +65,7 @@ def stopwatch() -> Iterator[dict[str, float]]:
 def write_json(path: Path, data: Any, *, indent: int = 2) -> Path:
     """Write `data` as JSON (folders created, values JSON lacks written with str()), atomically: a reader sees the
     old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=indent, default=str) + "\n")
-    os.replace(tmp, path)
+    from tuner.fileio import atomic_write_text
+
+    atomic_write_text(path, json.dumps(data, indent=indent, default=str) + "\n")
     return path

@@ -19,17 +19,17 @@ The default file is `~/.cache/phase1-tuner/calibration.json`. Nothing here is ha
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
 import statistics
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tuner.errors import TunerError
+from tuner.fileio import atomic_write_text, file_lock
 
 WINDOW = 50  # finished trials kept per device for the running medians
 MIN_REFINE_SAMPLES = 3  # below this many trials the calibrate_device() figures are used as they are
@@ -206,29 +206,13 @@ def _read(path: Path) -> dict[str, Any]:
 
 
 def _write(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    os.replace(tmp, path)  # atomic: a reader sees the old or the new file, never half of one
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    import fcntl
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True))  # several workers refine one file
 
 
 def save_calibration(cal: DeviceCalibration, path: str | os.PathLike[str] | None = None) -> Path:
     """Store `cal` under its key (replacing that key's entry) and mark it the file's most recent entry."""
     p = Path(path) if path is not None else default_path()
-    with _locked(p):
+    with file_lock(p):
         data = _read(p)
         data["entries"][cal.key] = cal.to_dict()
         data["last_key"] = cal.key
@@ -256,7 +240,7 @@ def update_calibration(
 ) -> DeviceCalibration:
     """Read-modify-write one entry under the file lock (several workers refine one file safely)."""
     p = Path(path) if path is not None else default_path()
-    with _locked(p):
+    with file_lock(p):
         data = _read(p)
         entry = data["entries"].get(key)
         if entry is None:

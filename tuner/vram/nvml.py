@@ -55,12 +55,17 @@ def process_used_gib(handle: Any, pid: int) -> float | None:
     """
     import pynvml
 
+    used = _pid_bytes(pynvml.nvmlDeviceGetComputeRunningProcesses(handle), pid)
+    return None if used is None else used / GIB
+
+
+def _pid_bytes(procs: Any, pid: int) -> int | None:
+    """Bytes NVML charges to `pid` among `procs` (summed over its entries); None when it is not listed."""
     used = None
-    for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
-        if proc.pid == pid:
-            mem = proc.usedGpuMemory
-            if mem is not None:  # None: NVML_VALUE_NOT_AVAILABLE (e.g. under MIG without permission)
-                used = (used or 0.0) + mem / GIB
+    for proc in procs:
+        mem = proc.usedGpuMemory
+        if proc.pid == pid and mem is not None:  # None: NVML_VALUE_NOT_AVAILABLE (e.g. MIG without permission)
+            used = (used or 0) + int(mem)
     return used
 
 
@@ -103,9 +108,9 @@ def nvml_process_used_bytes(pid: int | None = None, index: int = 0) -> tuple[int
     pid = os.getpid() if pid is None else pid
     h = pynvml.nvmlDeviceGetHandleByIndex(index)
     procs = list(pynvml.nvmlDeviceGetComputeRunningProcesses(h))
-    for p in procs:
-        if p.pid == pid and p.usedGpuMemory is not None:
-            return int(p.usedGpuMemory), "nvml_process"
+    used = _pid_bytes(procs, pid)
+    if used is not None:
+        return used, "nvml_process"
     if len(procs) == 1 and procs[0].usedGpuMemory is not None:
         return int(procs[0].usedGpuMemory), "nvml_only_process"
     return None, f"pid {pid} not among {len(procs)} NVML processes"
