@@ -32,7 +32,7 @@ def open_worker_storage(url: str, args: Any) -> Any:
 
 
 def add_trial_process_options(p: argparse.ArgumentParser) -> None:
-    """--cache-dir / --threads, shared by the commands that run trials in this process tree (run, worker)."""
+    """--cache-dir / --threads, shared by the commands that run trials in this process tree (run, worker, train)."""
     p.add_argument("--cache-dir", default=None, help="tokenized-data cache (default: .phase1_cache in the cwd)")
     p.add_argument(
         "--threads",

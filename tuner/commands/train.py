@@ -18,6 +18,8 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
+from tuner.commands import add_trial_process_options
+
 if TYPE_CHECKING:
     from tuner.trial.outcome import TrialOutcome
 
@@ -42,14 +44,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--eval-tokens", type=int, default=None, help="validation tokens")
     p.add_argument("--timeout-s", type=float, default=24 * 3600.0, help="wall-clock limit, s")
     p.add_argument("--gpu", type=int, default=None, help="physical GPU index to train on")
-    p.add_argument("--cache-dir", default=None, help="tokenized-data cache (default: .phase1_cache in the cwd)")
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch threads per trial on CPU (default 1: avoids oversubscribing shared cores; 0 = torch's "
-        "default); ignored on a GPU",
-    )
+    add_trial_process_options(p)
     p.set_defaults(func=run)
     return p
 
