@@ -33,7 +33,7 @@ from tuner.study.spec import (
     Budget,
     EstimateSettings,
     LearningCurvePruning,
-    Objective,
+    ObjectiveSpec,
     SamplerSpec,
     StudySpec,
     preset_values,
@@ -155,9 +155,9 @@ class _Loader(SpaceReader):
         )
         return spec
 
-    def objectives(self, v: Any) -> tuple[Objective, ...]:
+    def objectives(self, v: Any) -> tuple[ObjectiveSpec, ...]:
         if v is None:
-            return (Objective("val_ppl", "minimize"), Objective("peak_vram_gib", "minimize"))
+            return (ObjectiveSpec("val_ppl", "minimize"), ObjectiveSpec("peak_vram_gib", "minimize"))
         if not isinstance(v, list) or not v:
             raise self.fail(
                 "objectives",
@@ -176,7 +176,7 @@ class _Loader(SpaceReader):
             if metric in seen:
                 raise self.fail(f"{key}.metric", f"{metric} is listed twice", "list each metric once")
             seen.add(metric)
-            out.append(Objective(metric, direction))
+            out.append(ObjectiveSpec(metric, direction))
         return tuple(out)
 
     def sampler(self, v: Any) -> SamplerSpec:

@@ -48,7 +48,9 @@ DERIVED_FIELDS = {"target_vram_gb": "vram_ceiling_gib"}
 
 
 @dataclass(frozen=True)
-class Objective:
+class ObjectiveSpec:
+    """One objective of the study as the file states it (the callable objective is tuner.trial.objective.Objective)."""
+
     metric: str  # one of METRICS
     direction: str  # "minimize" | "maximize"
 
@@ -90,7 +92,7 @@ class EstimateSettings:
 @dataclass(frozen=True)
 class StudySpec:
     name: str
-    objectives: tuple[Objective, ...]
+    objectives: tuple[ObjectiveSpec, ...]
     vram_ceiling_gib: float
     sampler: SamplerSpec
     n_trials: int
