@@ -378,7 +378,9 @@ def measure_sigterm_worker(url: str, workdir: Path) -> dict[str, Any]:
     """A real `tuner worker` mid-trial gets SIGTERM: seconds to exit, exit code, and the study afterwards. A second
     `tuner worker` then finishes the study (the interrupted trial's retry included)."""
     name = f"sigterm_{uuid.uuid4().hex[:6]}"
-    create_study(write_study(workdir, tiny_spec(name, 1, train_tokens=4096)), url)
+    # Long enough to be caught mid-training: at 4096 tokens a warm trial ends about 3 s after it starts, the same
+    # moment `_has_progress` first counts it as training, so SIGTERM often arrived after the trial had completed.
+    create_study(write_study(workdir, tiny_spec(name, 1, train_tokens=32768)), url)
     logs = [workdir / f"{name}_w1.log", workdir / f"{name}_w2.log"]
     w = start_cli_worker(name, url, logs[0])
     w2 = None
