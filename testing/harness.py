@@ -428,7 +428,8 @@ def _has_progress(url: str, name: str, number: int) -> bool:
 def measure_sigterm_launch(url: str, workdir: Path, n_workers: int = 2) -> dict[str, Any]:
     """`tuner launch STUDY --workers N` with trials running gets SIGTERM: seconds to exit, exit code, the study."""
     name = f"launch_{uuid.uuid4().hex[:6]}"
-    study_file = write_study(workdir, tiny_spec(name, 4, train_tokens=4096))
+    # Long trials for the same reason as in measure_sigterm_worker: every running trial must be seen training.
+    study_file = write_study(workdir, tiny_spec(name, 4, train_tokens=32768))
     log = workdir / f"{name}.log"
     with open(log, "w") as out:
         p = subprocess.Popen(
