@@ -2,12 +2,12 @@
 
     python bench/estimate_offline.py --rows bench/results/estimate_validation.json [--json OUT]
 
-For every recorded configuration the prediction is recomputed with today's tuner.estimate and the calibration the
+For every recorded configuration the prediction is recomputed with today's tuner.vram.estimate and the calibration the
 run recorded (its refinement lists emptied), then compared with the measured NVML peak:
 (a) none: no refinement; kappa (the allocator's CE-hole coefficient) from the best-fit segment replay;
 (b) lofo: the per-dtype-class offset of kappa over the replay's (median of observed - replayed) fitted on every
     OTHER configuration family, the two rows of a family (same label but the ~size suffix) held out together;
-(c) online: rows in recorded order; row i is predicted with a calibration refined by tuner.calibration.refine only
+(c) online: rows in recorded order; row i is predicted with a calibration refined by tuner.vram.calibration.refine only
     from rows 0..i-1, the way the worker refines after each finished trial (twice: with the reserved peak, as a
     worker that records torch.cuda.max_memory_reserved would pass it, and without it).
 Each protocol prints median / p90 / max absolute error in % of the measured peak and false fits under 8 GiB.
@@ -26,8 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from model.config import Phase1Config  # noqa: E402
-from tuner.calibration import ALLOCATOR_CLASSES, DeviceCalibration, refine  # noqa: E402
-from tuner.estimate import estimate  # noqa: E402
+from tuner.vram.calibration import ALLOCATOR_CLASSES, DeviceCalibration, refine  # noqa: E402
+from tuner.vram.estimate.predict import estimate  # noqa: E402
 
 CEILING_GIB = 8.0
 

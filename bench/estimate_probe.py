@@ -29,7 +29,7 @@ GIB = float(2**30)
 
 
 def _nvml_sampler(stop: threading.Event, out: dict, hz: float = 50.0) -> None:
-    from tuner.calibration import nvml_process_used_bytes
+    from tuner.vram.nvml import nvml_process_used_bytes
 
     peak, n, how = 0, 0, None
     while not stop.is_set():
@@ -51,7 +51,7 @@ def measure_cuda(cfg_dict: dict, steps: int) -> dict:
 
     from model.config import Phase1Config
     from model.train import train_and_evaluate
-    from tuner.calibration import synthetic_token_data
+    from tuner.vram.calibrate import synthetic_token_data
 
     cfg = Phase1Config.from_dict(cfg_dict)
     tokens = cfg.batch_size * cfg.n_seq
@@ -79,7 +79,7 @@ def measure_cuda(cfg_dict: dict, steps: int) -> dict:
     time.sleep(0.1)  # one more sampler period after the last kernel
     stop.set()
     th.join()
-    from tuner.calibration import nvml_process_used_bytes
+    from tuner.vram.nvml import nvml_process_used_bytes
 
     used_end, _ = nvml_process_used_bytes()
     reserved_end = torch.cuda.memory_reserved()
@@ -95,13 +95,12 @@ def measure_cuda(cfg_dict: dict, steps: int) -> dict:
 
 def measure_cpu(cfg_dict: dict, steps: int) -> dict:
     """Peak of the CPU allocator's events (512-byte rounded) over `steps` training steps and one eval batch."""
-    import torch
     from torch._C._profiler import _EventType
     from torch.profiler import ProfilerActivity, profile
 
     from model.config import Phase1Config
     from model.train import train_and_evaluate
-    from tuner.calibration import synthetic_token_data
+    from tuner.vram.calibrate import synthetic_token_data
 
     cfg = Phase1Config.from_dict(cfg_dict)
     tokens = cfg.batch_size * cfg.n_seq
@@ -140,7 +139,8 @@ def main() -> int:
     ap.add_argument("--out", type=Path, help="with --calibrate: calibration JSON file to write")
     args = ap.parse_args()
     if args.calibrate:
-        from tuner.calibration import calibrate_device, save_calibration
+        from tuner.vram.calibrate import calibrate_device
+        from tuner.vram.calibration import save_calibration
 
         cal = calibrate_device()
         if args.out:

@@ -1,4 +1,4 @@
-"""Validate tuner.estimate on the GPU: predicted vs measured NVML peak of >= 30 training configurations.
+"""Validate tuner.vram.estimate on the GPU: predicted vs measured NVML peak of >= 30 training configurations.
 
     python bench/estimate_validation.py --out DIR            # GPU: writes DIR/estimate_validation.json
     python bench/estimate_validation.py --out DIR --dry-run  # anywhere: prints the configurations and predictions
@@ -32,8 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from model.config import Phase1Config  # noqa: E402
-from tuner.calibration import DeviceCalibration  # noqa: E402
-from tuner.estimate import estimate  # noqa: E402
+from tuner.vram.calibration import DeviceCalibration  # noqa: E402
+from tuner.vram.estimate.predict import estimate  # noqa: E402
 
 CEILING_GIB = 8.0
 BASE = dict(vocab_size=50257, d_model=1024, n_layers=12, stability_monitoring_enabled=False)

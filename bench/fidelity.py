@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device-label", help="with --collect: the device the collected runs ran on (for the header)")
     args = p.parse_args(argv)
 
-    from tuner.spec import load_spec
+    from tuner.study.loader import load_spec
 
     spec = load_spec(args.study)
     budget = args.budget_tokens or spec.budget.train_tokens

@@ -5,7 +5,7 @@
 
 Both runs use the same search space, the same sampler (RandomSampler, fixed seed: the k-th trial of each run gets the
 same parameters whatever happened before, so the two fronts differ only by what the pruner removed), the same data and
-token budget, one worker each (tuner.worker.run_worker: trial child process, real objective), on SQLite files under
+token budget, one worker each (tuner.trial.worker.run_worker: trial child process, real objective), on SQLite files under
 DIR. Writes DIR/learning_curve.json:
 
   device, trials                  where it ran; trials per run
@@ -42,8 +42,14 @@ _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
 
-from tuner.curve import (
-    MIN_REFERENCES, fit_power_law, late_alphas, predict, predict_late_alpha, rank_predictor_error, relative_error,
+from tuner.analysis.curve import (
+    MIN_REFERENCES,
+    fit_power_law,
+    late_alphas,
+    predict,
+    predict_late_alpha,
+    rank_predictor_error,
+    relative_error,
 )
 
 # Reference point of the hypervolume, fixed here for both runs: the uniform model's PPL (= vocabulary size; any model
@@ -166,16 +172,17 @@ def study_dict(name: str, pruning: bool, args: argparse.Namespace) -> dict[str, 
 
 
 def run_study(label: str, pruning: bool, args: argparse.Namespace, out: Path) -> tuple[list[Any], float]:
-    """Run one study to `args.trials` trials through tuner.worker.run_worker (child process, real objective)."""
+    """Run one study to `args.trials` trials through tuner.trial.worker.run_worker (child process, real objective)."""
     import optuna
 
-    from tuner.spec import spec_from_dict
-    from tuner.worker import run_worker
+    from tuner.storage.connect import open_storage
+    from tuner.study.loader import spec_from_dict
+    from tuner.trial.worker import run_worker
 
     spec = spec_from_dict(study_dict(f"learning_curve_{label}", pruning, args), where=f"bench:{label}")
     url = f"sqlite:///{out / f'{label}.db'}"
     t0 = time.perf_counter()
-    run_worker(spec, url, gpu=None if args.device == "cpu" else 0, n_trials=args.trials,
+    run_worker(spec, storage=open_storage(url), seed=spec.sampler.seed, gpu=None if args.device == "cpu" else 0, n_trials=args.trials,
                cache_dir=out / "cache", cpu_threads=args.threads, install_signal_handlers=False)
     wall = time.perf_counter() - t0
     study = optuna.load_study(study_name=spec.name, storage=url)
@@ -189,13 +196,14 @@ def prepare(args: argparse.Namespace, out: Path) -> None:
     import optuna
 
     from model.data import DataSource, prepare_data
-    from tuner.spec import spec_from_dict
-    from tuner.worker import run_worker
+    from tuner.storage.connect import open_storage
+    from tuner.study.loader import spec_from_dict
+    from tuner.trial.worker import run_worker
 
     prepare_data(DataSource(kind="stdlib", max_bytes=args.data_bytes), VOCAB, out / "cache")
     (out / "warmup.db").unlink(missing_ok=True)
     spec = spec_from_dict({**study_dict("learning_curve_warmup", False, args), "n_trials": 1}, where="bench:warmup")
-    run_worker(spec, f"sqlite:///{out / 'warmup.db'}", gpu=None if args.device == "cpu" else 0, n_trials=1,
+    run_worker(spec, storage=open_storage(f"sqlite:///{out / 'warmup.db'}"), seed=spec.sampler.seed, gpu=None if args.device == "cpu" else 0, n_trials=1,
                cache_dir=out / "cache", cpu_threads=args.threads, install_signal_handlers=False)
     t = optuna.load_study(study_name=spec.name, storage=f"sqlite:///{out / 'warmup.db'}").trials[0]
     print(f"warm-up trial: {t.user_attrs.get('end_reason')}, {t.user_attrs.get('trial_wall_s')} s (not counted)",

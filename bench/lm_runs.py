@@ -51,7 +51,7 @@ def run_one(job: dict) -> dict:
     device = "cuda" if on_gpu else "cpu"
     guard = None
     if on_gpu:
-        from tuner.vram import VramGuard
+        from tuner.vram.guard import VramGuard
 
         guard = VramGuard(NVML_WATCH_CEILING_GIB, device_uuid=str(torch.cuda.get_device_properties(0).uuid))
         guard.start()

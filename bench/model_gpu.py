@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -20,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from bench._common import device_header, write_json  # noqa: E402
 from model import Phase1Config, build_model  # noqa: E402
 
 GIB = 2**30
@@ -78,12 +78,8 @@ def main() -> int:
         for ckpt in (True, False):
             rows.append(run_variant(base, fused=fused, ckpt=ckpt, batch_size=args.batch_size, steps=args.steps))
             print(json.dumps(rows[-1]), flush=True)
-    result = {
-        "device": torch.cuda.get_device_name(0), "torch": torch.__version__, "python": platform.python_version(),
-        "config": base.to_dict(), "rows": rows,
-    }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "model_gpu.json").write_text(json.dumps(result, indent=2))
+    result = {**device_header(), "config": base.to_dict(), "rows": rows}
+    write_json(args.out / "model_gpu.json", result)
     print(f"{'fused':>6} {'ckpt':>5} {'ms/step':>9} {'tok/s':>9} {'peak GiB':>9}")
     for r in rows:
         print(f"{r['fused_scan']!s:>6} {r['gradient_checkpointing']!s:>5} {r['step_ms_median']:9.1f} "

@@ -25,6 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the repo's packages (the project is not pip-installed)
 
+from bench._common import device_name, write_json  # noqa: E402
+
 
 def _children(pid: int) -> list[int]:
     import psutil
@@ -98,27 +100,15 @@ def main() -> int:
     all_run = rows["all"]
     lost = args.trials - all_run["finished"]
     result = {
-        "device": _device_name(), "n_gpus": n_gpus, "command": " ".join(sys.argv),
+        "device": device_name(), "n_gpus": n_gpus, "command": " ".join(sys.argv),
         "trials_per_hour_one": rows["one"]["trials_per_hour"], "trials_per_hour_all": all_run["trials_per_hour"],
         "restarted_worker_lost_trials": lost, "runs": rows,
         "note": ("one GPU on this host: 'all' is the same single GPU, so the ratio is not a multi-GPU figure"
                  if n_gpus == 1 else ""),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "multigpu.json").write_text(json.dumps(result, indent=1, default=str))
+    write_json(args.out / "multigpu.json", result, indent=1)
     print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=1, default=str))
     return 0 if lost == 0 and all_run["running_left"] == 0 else 1
-
-
-def _device_name() -> str:
-    import pynvml
-
-    pynvml.nvmlInit()
-    try:
-        name = pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(0))
-        return name.decode() if isinstance(name, bytes) else name
-    finally:
-        pynvml.nvmlShutdown()
 
 
 if __name__ == "__main__":

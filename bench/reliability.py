@@ -9,7 +9,7 @@ Writes DIR/reliability.json with exactly the keys
 and DIR/reliability_details.json with what each figure came from. Needs the local Postgres the tests use
 ($TUNER_TEST_PG, default postgres@127.0.0.1:5432) and the right to restart it (pg_ctlcluster); it is running
 again when this script ends, whatever happened. Runs on CPU (2 cores: about 10-15 minutes with the product's
-120 s grace period). The measurement code is shared with tests/reliability/ (tests/reliability/harness.py).
+120 s grace period). The measurement code is shared with tests/reliability/ (testing/harness.py).
 
 Figures:
   grace_period_s / sigkill_detect_s: heartbeat grace period used, and seconds from SIGKILL of a worker mid-trial
@@ -38,6 +38,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
+from bench._common import write_json  # noqa: E402
+
 KEYS = ("grace_period_s", "sigkill_detect_s", "postgres_restart_lost_results", "load_trials", "load_errors",
         "lost_results", "trials_per_s", "overhead_ms_per_trial", "sigterm_exit_s", "fuzz_cases", "fuzz_tracebacks")
 
@@ -45,7 +47,7 @@ KEYS = ("grace_period_s", "sigkill_detect_s", "postgres_restart_lost_results", "
 def run_fuzz(folder: Path, n_studies: int = 450, n_random: int = 300, n_presets: int = 300) -> dict:
     from hypothesis import HealthCheck, given, settings
 
-    from tests.reliability import fuzz
+    from testing import fuzz
 
     tally = fuzz.Tally()
     base = settings(deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck))
@@ -71,8 +73,8 @@ def run_fuzz(folder: Path, n_studies: int = 450, n_random: int = 300, n_presets:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import tuner.storage as st
-    from tests.reliability import harness as h
+    import tuner.storage.connect as st
+    from testing import harness as h
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, type=Path)
@@ -162,8 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         "fuzz_tracebacks": fz["tracebacks"],
     }
     assert tuple(figures) == KEYS
-    (args.out / "reliability.json").write_text(json.dumps(figures, indent=2) + "\n")
-    (args.out / "reliability_details.json").write_text(json.dumps(details, indent=2, default=str) + "\n")
+    write_json(args.out / "reliability.json", figures)
+    write_json(args.out / "reliability_details.json", details)
     print(json.dumps(figures, indent=2))
     return 0
 

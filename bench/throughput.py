@@ -54,7 +54,7 @@ def measure_one(name: str, steps: int, cache_dir: str) -> dict:
 
     from model.data import DataSource, prepare_data
     from model.train import train_and_evaluate
-    from tuner.vram import VramGuard
+    from tuner.vram.guard import VramGuard
 
     config = config_for(name)
     data = prepare_data(DataSource("stdlib"), config.vocab_size, cache_dir)

@@ -12,7 +12,7 @@ import argparse
 import importlib
 import pkgutil
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 EXIT_USER_ERROR = 2
 
@@ -20,8 +20,12 @@ EXIT_USER_ERROR = 2
 def _add_common(p: argparse.ArgumentParser) -> None:
     """--storage and --debug on a subcommand (unless its module already defined them)."""
     if "--storage" not in p._option_string_actions:
-        p.add_argument("--storage", metavar="URL", default=None,
-                       help="study storage URL (default: $TUNER_STORAGE, else sqlite:///tuner.db in this folder)")
+        p.add_argument(
+            "--storage",
+            metavar="URL",
+            default=None,
+            help="study storage URL (default: $TUNER_STORAGE, else sqlite:///tuner.db in this folder)",
+        )
     if "--debug" not in p._option_string_actions:
         p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
 
@@ -32,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tuner",
         description="Search Phase 1 model settings under a VRAM ceiling (Optuna studies, GPU workers, presets). "
-                    "Memory is in GiB (2^30 bytes).",
+        "Memory is in GiB (2^30 bytes).",
     )
     from tuner import __version__
 

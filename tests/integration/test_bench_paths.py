@@ -29,7 +29,7 @@ print("ok")
 @pytest.mark.parametrize("script, extra", [
     ("kernel_bench.py", "import lns_bench; from lns_bench import bench_lns"),
     ("lns_bench.py", ""),
-    ("learning_curve.py", "import tuner.curve"),
+    ("learning_curve.py", "import tuner.analysis.curve"),
 ])
 def test_bench_script_imports_the_packages_not_its_siblings(tmp_path, script, extra):
     code = CHECK.format(bench=str(BENCH), script=str(BENCH / script), package=str(REPO / "kernels" / "__init__.py"),

@@ -20,7 +20,7 @@ CEILING_GIB = 0.01  # ~10 MiB: batch_size above ~16 crosses it at d_model 32 (me
 
 
 def _spec(sampler: dict):
-    from tuner.spec import spec_from_dict
+    from tuner.study.loader import spec_from_dict
 
     return spec_from_dict({
         "name": f"ceiling_{sampler['name']}",
@@ -42,9 +42,11 @@ def _spec(sampler: dict):
 
 WORKER = """
 import sys, yaml
-from tuner.spec import spec_from_dict
-from tuner.worker import run_worker
-sys.exit(run_worker(spec_from_dict(yaml.safe_load(open(sys.argv[1]))), sys.argv[2], cache_dir=sys.argv[3]))
+from tuner.study.loader import spec_from_dict
+from tuner.storage.connect import open_storage
+from tuner.trial.worker import run_worker
+spec = spec_from_dict(yaml.safe_load(open(sys.argv[1])))
+sys.exit(run_worker(spec, storage=open_storage(sys.argv[2]), seed=spec.sampler.seed, cache_dir=sys.argv[3]))
 """
 SAMPLERS = {"tpe": {"name": "tpe", "seed": 0, "n_startup_trials": 6},
             "nsga2": {"name": "nsga2", "seed": 0, "population_size": 8}}
@@ -58,7 +60,7 @@ def test_tpe_and_nsga2_learn_the_ceiling(tmp_path, pg_url):
 
     import yaml
 
-    from tuner.constraints import constraint_value
+    from tuner.storage.constraints import constraint_value
 
     t0 = time.monotonic()
     procs = {}

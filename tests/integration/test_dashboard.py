@@ -20,10 +20,11 @@ import psutil
 import pytest
 import yaml
 
-from tests.tuner.test_spec import BASE
-from tuner.constraints import set_trial_constraint
-from tuner.spec import spec_from_dict
-from tuner.storage import create_or_load_study, open_storage
+from tests.tuner.tiny import BASE
+from tuner.storage.connect import open_storage
+from tuner.storage.constraints import set_trial_constraint
+from tuner.storage.studies import create_or_load_study
+from tuner.study.loader import spec_from_dict
 
 REPO = Path(__file__).resolve().parents[2]
 optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -1,4 +1,4 @@
-"""Learning curves on real trials (issue 7): a real worker (tuner.worker.run_worker, its warm trial child, real tiny
+"""Learning curves on real trials (issue 7): a real worker (tuner.trial.worker.run_worker, its warm trial child, real tiny
 models on real stdlib text, real Postgres) records the curve, its power-law fit and the prediction on EVERY trial,
 pruning off or on; with pruning on, a trial whose curve cannot reach the front is stopped early (PRUNED,
 end_reason learning_curve) while the trials that built the front complete.
@@ -23,7 +23,7 @@ BAD = {"learning_rate": 1e-6, "batch_size": 8}
 
 
 def _spec(name: str, pruning: bool):
-    from tuner.spec import spec_from_dict
+    from tuner.study.loader import spec_from_dict
 
     return spec_from_dict({
         "name": name,
@@ -44,13 +44,14 @@ def _spec(name: str, pruning: bool):
 
 
 def _run(spec, url, cache_dir, params_list):
-    from tuner.storage import create_or_load_study, open_storage
-    from tuner.worker import run_worker
+    from tuner.storage.connect import open_storage
+    from tuner.storage.studies import create_or_load_study
+    from tuner.trial.worker import run_worker
 
     study = create_or_load_study(spec, open_storage(url))
     for p in params_list:
         study.enqueue_trial(p)
-    assert run_worker(spec, url, n_trials=len(params_list), cache_dir=cache_dir, install_signal_handlers=False) == 0
+    assert run_worker(spec, storage=open_storage(url), seed=spec.sampler.seed, n_trials=len(params_list), cache_dir=cache_dir, install_signal_handlers=False) == 0
     return sorted(optuna.load_study(study_name=spec.name, storage=url).trials, key=lambda t: t.number)
 
 

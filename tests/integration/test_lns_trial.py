@@ -18,9 +18,10 @@ TrialState = optuna.trial.TrialState
 
 @pytest.mark.slow
 def test_lns_trial_trains_float_converts_and_evaluates_lns(tmp_path, pg_url):
-    from tuner.spec import spec_from_dict
-    from tuner.storage import create_or_load_study, open_storage
-    from tuner.worker import run_worker
+    from tuner.storage.connect import open_storage
+    from tuner.storage.studies import create_or_load_study
+    from tuner.study.loader import spec_from_dict
+    from tuner.trial.worker import run_worker
 
     spec = spec_from_dict({
         "name": "lns_trial",
@@ -39,7 +40,7 @@ def test_lns_trial_trains_float_converts_and_evaluates_lns(tmp_path, pg_url):
     study = create_or_load_study(spec, open_storage(pg_url))
     study.enqueue_trial({"lns_enabled": False})
     study.enqueue_trial({"lns_enabled": True})
-    assert run_worker(spec, pg_url, cache_dir=tmp_path / "cache", install_signal_handlers=False) == 0
+    assert run_worker(spec, storage=open_storage(pg_url), seed=spec.sampler.seed, cache_dir=tmp_path / "cache", install_signal_handlers=False) == 0
 
     flt, lns = sorted(optuna.load_study(study_name="lns_trial", storage=pg_url).trials, key=lambda t: t.number)
     for t in (flt, lns):

@@ -39,11 +39,12 @@ def _tuner(args, cwd, timeout):
 
 @pytest.mark.slow
 def test_export_then_train_with_no_flags_reproduces(tmp_path, pg_url):
-    from tuner.spec import spec_from_dict
-    from tuner.worker import run_worker
+    from tuner.storage.connect import open_storage
+    from tuner.study.loader import spec_from_dict
+    from tuner.trial.worker import run_worker
 
     spec = spec_from_dict(SPEC)
-    assert run_worker(spec, pg_url, cache_dir=tmp_path / ".phase1_cache", install_signal_handlers=False) == 0
+    assert run_worker(spec, storage=open_storage(pg_url), seed=spec.sampler.seed, cache_dir=tmp_path / ".phase1_cache", install_signal_handlers=False) == 0
 
     preset = tmp_path / "best.yaml"
     export = _tuner(["export", "--study", "reproduce", "--max-vram-gib", "1", "--out", str(preset),

@@ -18,13 +18,13 @@ import time
 import optuna
 import pytest
 
-from tuner.trial_runner import FaultInjection
+from tuner.trial.faults import FaultInjection
 
 TrialState = optuna.trial.TrialState
 
 
 def _spec(name: str, n_trials: int, train_tokens: int = 2048):
-    from tuner.spec import spec_from_dict
+    from tuner.study.loader import spec_from_dict
 
     return spec_from_dict({
         "name": name,
@@ -43,13 +43,14 @@ def _spec(name: str, n_trials: int, train_tokens: int = 2048):
 
 WORKER_SCRIPT = """
 import sys
-from tuner.spec import spec_from_dict
-from tuner.trial_runner import FaultInjection
-from tuner.worker import run_worker
+from tuner.study.loader import spec_from_dict
+from tuner.trial.faults import FaultInjection
+from tuner.storage.connect import open_storage
+from tuner.trial.worker import run_worker
 import yaml
 spec = spec_from_dict(yaml.safe_load(open(sys.argv[1]).read()))
 fault = FaultInjection("slow", at_step=1, trials=(0,), sleep_s=0.5) if sys.argv[4] == "slow" else None
-sys.exit(run_worker(spec, sys.argv[2], cache_dir=sys.argv[3], fault=fault))
+sys.exit(run_worker(spec, storage=open_storage(sys.argv[2]), seed=spec.sampler.seed, cache_dir=sys.argv[3], fault=fault))
 """
 
 
@@ -62,7 +63,8 @@ def test_sigterm_mid_trial_retries_and_exits_zero(tmp_path, pg_url):
     proc = subprocess.Popen([sys.executable, "-c", WORKER_SCRIPT, str(spec_file), pg_url, cache, "slow"],
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        from tuner.storage import load_study, open_storage
+        from tuner.storage.connect import open_storage
+        from tuner.storage.studies import load_study
 
         storage = open_storage(pg_url)
         deadline = time.monotonic() + 120
@@ -115,14 +117,15 @@ def test_sigterm_mid_trial_retries_and_exits_zero(tmp_path, pg_url):
 
 @pytest.mark.slow
 def test_failures_inside_the_step_are_recorded_and_the_worker_continues(tmp_path, pg_url):
-    from tuner.constraints import constraint_value
-    from tuner.storage import load_study, open_storage
-    from tuner.worker import run_worker
+    from tuner.storage.connect import open_storage
+    from tuner.storage.constraints import constraint_value
+    from tuner.storage.studies import load_study
+    from tuner.trial.worker import run_worker
 
     spec = _spec("faults", n_trials=4)
     faults = [FaultInjection("oom", at_step=2, trials=(0,)), FaultInjection("error", at_step=2, trials=(1,)),
               FaultInjection("nonfinite", at_step=2, trials=(2,))]
-    code = run_worker(spec, pg_url, cache_dir=tmp_path / "cache", fault=faults, install_signal_handlers=False)
+    code = run_worker(spec, storage=open_storage(pg_url), seed=spec.sampler.seed, cache_dir=tmp_path / "cache", fault=faults, install_signal_handlers=False)
     assert code == 0
     trials = {t.number: t for t in load_study("faults", open_storage(pg_url)).get_trials()}
     assert sorted(trials) == [0, 1, 2, 3]
@@ -130,7 +133,7 @@ def test_failures_inside_the_step_are_recorded_and_the_worker_continues(tmp_path
     oom = trials[0]  # COMPLETE but infeasible, so every sampler learns from it
     assert oom.state == TrialState.COMPLETE and oom.user_attrs["end_reason"] == "oom"
     assert "OutOfMemoryError" in oom.user_attrs["error_summary"]
-    assert "_raise_fault" in oom.user_attrs["traceback"]
+    assert "raise_fault" in oom.user_attrs["traceback"]
     assert constraint_value(oom) > 0 and oom.values[0] == 512.0  # vocab_size: the uniform model's PPL
     assert "vocab_size" in oom.user_attrs["objective_note"] and oom.user_attrs["child_replaced"] is True
 
@@ -159,7 +162,8 @@ def test_sigterm_to_launch_interrupts_every_worker_and_exits_zero(tmp_path, pg_u
     proc = subprocess.Popen([sys.executable, "-m", "tuner.cli", "launch", str(spec_file), "--workers", "2",
                              "--cache-dir", str(tmp_path / "cache")], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    from tuner.storage import load_study, open_storage
+    from tuner.storage.connect import open_storage
+    from tuner.storage.studies import load_study
 
     try:
         storage = open_storage(pg_url)

@@ -11,11 +11,11 @@ from pathlib import Path
 import optuna
 import yaml
 
-from tests.tuner.test_spec import BASE
+from tests.tuner.tiny import BASE
 from tuner.cli import main
-from tuner.constraints import set_trial_constraint
-from tuner.preset import load_preset
-from tuner.spec import load_spec
+from tuner.storage.constraints import set_trial_constraint
+from tuner.study.loader import load_spec
+from tuner.study.preset import load_preset
 
 REPO = Path(__file__).resolve().parents[2]
 optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -61,7 +61,7 @@ def test_two_workers_share_one_postgres_study(tmp_path, pg_url):
 
 
 def test_launch_gpus_all_without_a_gpu_says_use_workers(tmp_path):
-    from tuner.vram import nvml_available
+    from tuner.vram.nvml import nvml_available
 
     if nvml_available():
         pytest.skip("this machine has an NVIDIA GPU")

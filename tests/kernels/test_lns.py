@@ -25,7 +25,13 @@ import torch
 
 import kernels.lns as lns
 from kernels.lns import (
-    DEFAULT_FRAC_BITS, LNSWeight, lns_decode, lns_encode, lns_logadd_matmul_ref, lns_matmul, lns_matmul_ref,
+    DEFAULT_FRAC_BITS,
+    LNSWeight,
+    lns_decode,
+    lns_encode,
+    lns_logadd_matmul_ref,
+    lns_matmul,
+    lns_matmul_ref,
     relative_error_bound,
 )
 

@@ -15,8 +15,15 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
-from model.data import (DEFAULT_MAX_BYTES, EOT_TOKEN, DataError, DataSource, name_fraction, prepare_data,
-                        split_documents)
+from model.data import (
+    DEFAULT_MAX_BYTES,
+    EOT_TOKEN,
+    DataError,
+    DataSource,
+    name_fraction,
+    prepare_data,
+    split_documents,
+)
 
 SMALL = 300_000  # bytes of stdlib text: enough for a 512-token vocabulary, trains in well under a second
 VOCAB = 512

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from model.config import Phase1Config
-from tests.model.tiny import cfg, n_params
 from model.ffn import LowRankFFN, ffn_layer_param_count, ffn_param_count
+from tests.model.tiny import cfg, n_params
 
 
 @pytest.mark.parametrize("rank", [1, 4, 7, 32])

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from model.config import Phase1Config
-from tests.model.tiny import cfg, n_params
 from model.htt import HTTEmbedding, factorize, htt_param_count
+from tests.model.tiny import cfg, n_params
 
 
 def explicit_table(e: HTTEmbedding) -> torch.Tensor:

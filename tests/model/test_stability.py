@@ -12,7 +12,12 @@ from model.ar_ssm import ARSSM
 from model.config import Phase1Config
 from model.errors import NumericalInstabilityError
 from model.lm import build_model
-from model.stability import StabilityMonitor, StabilityWarning, det_condition, schatten_norms
+from model.stability import (
+    StabilityMonitor,
+    StabilityWarning,
+    det_condition,
+    schatten_norms,
+)
 
 
 def cfg(**kw) -> Phase1Config:

@@ -7,7 +7,7 @@ import atexit
 
 import pytest
 
-from tests.reliability.harness import CACHE_DIR, ensure_pg_running
+from testing.harness import CACHE_DIR, ensure_pg_running
 
 atexit.register(ensure_pg_running)
 

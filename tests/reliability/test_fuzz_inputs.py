@@ -11,8 +11,8 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 
-from tests.reliability import fuzz
-from tests.reliability.harness import REPO, child_env
+from testing import fuzz
+from testing.harness import REPO, child_env
 
 FUZZ = settings(deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck))
 N_MUTATED_STUDIES = 450
@@ -66,7 +66,7 @@ def test_valid_base_files_are_accepted(tmp_path):
     tally = fuzz.Tally()
     fuzz.check_study_text(yaml.safe_dump(fuzz.base_study()), tmp_path, tally, must_fail=False)
     assert tally.cases == 1 and not tally.failures, tally.failures
-    from tuner.preset import load_preset
+    from tuner.study.preset import load_preset
 
     p = tmp_path / "base_preset.yaml"
     p.write_text(yaml.safe_dump(fuzz.base_preset()))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.reliability.harness import fresh_pg_database, measure_load
+from testing.harness import fresh_pg_database, measure_load
 
 N_WORKERS, PER_WORKER = 8, 25
 
@@ -28,7 +28,7 @@ def test_load_all_trials_accounted_zero_storage_errors(load_run):
     assert acc["duplicate_numbers"] == 0 and "RUNNING" not in acc["by_state"] and "WAITING" not in acc["by_state"]
     assert "FAIL" not in acc["by_state"], acc["by_state"]
     counted = sum(v for k, v in acc["by_state"].items() if k in ("COMPLETE", "PRUNED"))
-    # The shared budget (tuner.worker.StudyBudget) is checked without a lock: workers asking at the same instant
+    # The shared budget (tuner.trial.budget.StudyBudget) is checked without a lock: workers asking at the same instant
     # may each start "the last" trial, so a few extra trials (at most one per other worker) are tolerated here;
     # fewer than asked would be lost work.
     assert r["total"] <= counted <= r["total"] + N_WORKERS - 1, acc["by_state"]

@@ -4,7 +4,7 @@ the study ends with its n_trials. The server is started again whatever happens (
 
 from __future__ import annotations
 
-from tests.reliability.harness import fresh_pg_database, measure_pg_restart, pg_ready
+from testing.harness import fresh_pg_database, measure_pg_restart, pg_ready
 
 N_TRIALS = 6
 
@@ -24,7 +24,7 @@ def test_workers_survive_a_postgres_restart(tmp_path):
 def test_heartbeat_resumes_after_a_short_outage(tmp_path):
     """An outage shorter than the grace period must not cost a running trial: its worker's heartbeat resumes,
     so the waiting worker does not fail it as stale (grace 6 s, heartbeat 1 s, outage 3 s)."""
-    from tests.reliability.harness import measure_heartbeat_outage
+    from testing.harness import measure_heartbeat_outage
 
     with fresh_pg_database() as url:
         r = measure_heartbeat_outage(url, tmp_path)

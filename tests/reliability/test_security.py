@@ -12,8 +12,8 @@ import time
 
 import yaml
 
-from tests.reliability import fuzz
-from tests.reliability.harness import REPO, child_env, tiny_spec, write_study
+from testing import fuzz
+from testing.harness import REPO, child_env, tiny_spec, write_study
 
 # A password that appears nowhere else: if it shows up in output, it leaked.
 SECRET = "Rel" + "Pw" + "7q9Zx"

@@ -7,7 +7,7 @@ harness.py for how they are set)."""
 
 from __future__ import annotations
 
-from tests.reliability.harness import measure_sigkill
+from testing.harness import measure_sigkill
 
 
 def test_sigkilled_worker_trial_is_failed_and_retried(tmp_path, pg_url):

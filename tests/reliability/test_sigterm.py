@@ -5,7 +5,7 @@ show in the output nor in the workers' command lines."""
 
 from __future__ import annotations
 
-from tests.reliability.harness import measure_sigterm_launch, measure_sigterm_worker
+from testing.harness import measure_sigterm_launch, measure_sigterm_worker
 
 SECRET = "Term" + "Pw" + "4k2"
 

@@ -12,23 +12,24 @@ import math
 import optuna
 import pytest
 
-from tests.reliability.harness import CACHE_DIR, tiny_spec, write_study
+from testing.harness import CACHE_DIR, tiny_spec, write_study
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def _run(tmp_path, pg_url, spec: dict, fault=None) -> list:
-    from tuner.spec import load_spec
-    from tuner.worker import run_worker
+    from tuner.storage.connect import open_storage
+    from tuner.study.loader import load_spec
+    from tuner.trial.worker import run_worker
 
     loaded = load_spec(write_study(tmp_path, spec))
-    assert run_worker(loaded, pg_url, cache_dir=CACHE_DIR, fault=fault, install_signal_handlers=False) == 0
+    assert run_worker(loaded, storage=open_storage(pg_url), seed=loaded.sampler.seed, cache_dir=CACHE_DIR, fault=fault, install_signal_handlers=False) == 0
     return optuna.load_study(study_name=spec["name"], storage=pg_url).get_trials()
 
 
 @pytest.mark.parametrize("kind", ["oom", "error"])
 def test_exception_in_training_step_is_recorded_and_worker_continues(tmp_path, pg_url, kind):
-    from tuner.trial_runner import FaultInjection
+    from tuner.trial.faults import FaultInjection
 
     trials = _run(tmp_path, pg_url, tiny_spec(f"fault_{kind}", 2), FaultInjection(kind=kind, at_step=2, trials=(0,)))
     assert [t.number for t in trials] == [0, 1]
@@ -75,4 +76,7 @@ def test_numerical_instability_real_bound_and_real_nonfinite_loss(tmp_path, pg_u
     assert "schatten_s1" in bound["stability"]["checks"] and bound["stability"]["step"] == 1, bound
     assert bound["stability"]["s1_max"] > 1.0e-6
     blown = by_bound[1.0e30].user_attrs
-    assert blown["stability"]["check"] in ("non_finite_loss", "grad_norm", "non_finite_parameter", "det"), blown
+    # whichever check sees the blow-up first: with the output bias and the per-kind rates the weights' mixing
+    # operator passes the 1e30 Schatten bound at step 1 before the loss turns non-finite
+    assert blown["stability"]["check"] in ("non_finite_loss", "grad_norm", "non_finite_parameter", "det",
+                                           "schatten_s1", "schatten_s2"), blown

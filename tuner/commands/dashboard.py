@@ -2,26 +2,34 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
+from typing import Any
 
 
-def add_parser(subparsers):
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser
     p = subparsers.add_parser("dashboard", help="serve optuna-dashboard for the storage (127.0.0.1 by default)")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to bind (default 127.0.0.1; the dashboard can edit studies, so expose it with care)")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default 127.0.0.1; the dashboard can edit studies, so expose it with care)",
+    )
     p.add_argument("--port", type=int, default=8080)
     return p
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     import optuna_dashboard
 
-    from tuner.storage import mask_url, storage_from_flag
+    from tuner.storage.connect import storage_from_flag
+    from tuner.storage.urls import mask_url
 
     url, storage = storage_from_flag(args.storage)
     print(f"optuna-dashboard for {mask_url(url)} on http://{args.host}:{args.port}/ (Ctrl-C stops it)", flush=True)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"warning: binding {args.host} exposes the dashboard (and study edits) beyond this machine",
-              file=sys.stderr)
+        print(
+            f"warning: binding {args.host} exposes the dashboard (and study edits) beyond this machine", file=sys.stderr
+        )
     optuna_dashboard.run_server(storage, host=args.host, port=args.port)
     return 0

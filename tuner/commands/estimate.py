@@ -5,7 +5,7 @@
     tuner estimate studies/x.yaml --params ar_ssm_max_rank=64,batch_size=4 [--json]
     tuner estimate --calibrate          # on the GPU: measure and store this device's calibration
 
-The prediction is pure arithmetic (tuner.estimate); the printed table shows the three parts (tensor bytes,
+The prediction is pure arithmetic (tuner.vram.estimate); the printed table shows the three parts (tensor bytes,
 allocator overhead, memory outside the allocator) and the tensor bytes per component at the peak moment.
 """
 
@@ -23,20 +23,30 @@ class EstimateArgsError(TunerError):
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser
     p = subparsers.add_parser(
-        "estimate", help="predict a trial's peak GPU memory (GiB) before it runs",
+        "estimate",
+        help="predict a trial's peak GPU memory (GiB) before it runs",
         description=__doc__.split("\n\n")[0],
     )
     p.add_argument("study", nargs="?", help="study YAML file (with --params), or omit and give --preset")
     p.add_argument("--preset", help="preset name (8gb, 10gb, 24gb, inference) or preset YAML file")
     p.add_argument("--params", default="", help="k=v,... search-space values applied to the study's model")
     p.add_argument("--batch-size", type=int, default=None, help="override the config's batch_size")
-    p.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
-                   help="where the trial runs (cpu: the CPU tensor-bytes peak, no allocator/outside parts)")
-    p.add_argument("--calibration", default=None,
-                   help="calibration JSON (default ~/.cache/phase1-tuner/calibration.json)")
-    p.add_argument("--calibrate", action="store_true",
-                   help="measure this GPU's outside-the-allocator memory and store it (needs a CUDA GPU)")
+    p.add_argument(
+        "--device",
+        choices=("cuda", "cpu"),
+        default="cuda",
+        help="where the trial runs (cpu: the CPU tensor-bytes peak, no allocator/outside parts)",
+    )
+    p.add_argument(
+        "--calibration", default=None, help="calibration JSON (default ~/.cache/phase1-tuner/calibration.json)"
+    )
+    p.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="measure this GPU's outside-the-allocator memory and store it (needs a CUDA GPU)",
+    )
     p.add_argument("--json", action="store_true", help="print the prediction as JSON")
     p.set_defaults(func=run)
     return p
@@ -51,7 +61,9 @@ def parse_params(text: str) -> dict[str, Any]:
         if not item:
             continue
         if "=" not in item:
-            raise EstimateArgsError(f"--params: {item!r} is not k=v; write e.g. --params ar_ssm_max_rank=32,htt_rank=16")
+            raise EstimateArgsError(
+                f"--params: {item!r} is not k=v; write e.g. --params ar_ssm_max_rank=32,htt_rank=16"
+            )
         k, v = (s.strip() for s in item.split("=", 1))
         if not k:
             raise EstimateArgsError(f"--params: {item!r} has no name before '='")
@@ -69,12 +81,11 @@ def resolve_config(args: argparse.Namespace) -> Any:
     if args.preset:
         if args.params:
             raise EstimateArgsError("--params applies to a study file; with --preset edit the preset instead")
-        from tuner.preset import load_preset
+        from tuner.study.preset import load_preset
 
-        cfg = load_preset(args.preset)
-        cfg = getattr(cfg, "config", cfg)  # a preset object carrying provenance, or the config itself
+        cfg = load_preset(args.preset).config
     elif args.study:
-        from tuner.spec import load_spec
+        from tuner.study.loader import load_spec
 
         spec = load_spec(args.study)
         cfg = spec.build_config(parse_params(args.params))
@@ -88,18 +99,30 @@ def resolve_config(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tuner import calibration as cal_mod
-    from tuner.estimate import estimate
+    from tuner.vram.calibration import choose_calibration, save_calibration
+    from tuner.vram.estimate import estimate
+    from tuner.vram.nvml import current_device_key
 
     if args.calibrate:
-        cal = cal_mod.calibrate_device()
-        path = cal_mod.save_calibration(cal, args.calibration)
-        print(json.dumps(cal.to_dict(), indent=2) if args.json else
-              f"calibrated {cal.key}: context {cal.context_gib:.3f} GiB, outside {cal.outside_gib:.3f} GiB, "
-              f"workspace {cal.workspace_gib:.3f} GiB -> {path}")
+        from tuner.vram.calibrate import calibrate_device
+
+        cal = calibrate_device()
+        path = save_calibration(cal, args.calibration)
+        print(
+            json.dumps(cal.to_dict(), indent=2)
+            if args.json
+            else f"calibrated {cal.key}: context {cal.context_gib:.3f} GiB, outside {cal.outside_gib:.3f} GiB, "
+            f"workspace {cal.workspace_gib:.3f} GiB -> {path}"
+        )
         return 0
     cfg = resolve_config(args)
-    est = estimate(cfg, device=args.device, calibration_path=args.calibration)
+    if args.device == "cuda":  # the caller reads the calibration file and NVML: estimate() itself is pure
+        choice = choose_calibration(args.calibration, current_device_key())
+        est = estimate(
+            cfg, choice.calibration, device="cuda", calibrated=choice.calibrated, calibration_source=choice.source
+        )
+    else:
+        est = estimate(cfg, device=args.device)
     if args.json:
         print(json.dumps(est.to_dict(), indent=2))
     else:
@@ -115,8 +138,11 @@ def format_estimate(est: Any) -> str:
         f"  tensor bytes (torch max_memory_allocated)  {est.tensor_gib:8.3f} GiB"
         + (f"  (raw {est.tensor_raw_gib:.3f} x {est.tensor_scale:.3f} refined)" if est.tensor_scale != 1.0 else ""),
         f"  allocator (reserved - allocated)          {est.allocator_gib:8.3f} GiB"
-        + (f"  (CE hole {est.ce_hole_kappa:.2f} x {est.ce_chunk_gib:.3f} GiB, kappa from {est.kappa_source})"
-           if est.device == "cuda" else ""),
+        + (
+            f"  (CE hole {est.ce_hole_kappa:.2f} x {est.ce_chunk_gib:.3f} GiB, kappa from {est.kappa_source})"
+            if est.device == "cuda"
+            else ""
+        ),
         f"  outside the allocator (context, kernels)  {est.outside_gib:8.3f} GiB  [{est.outside_source}]",
         "  tensor bytes per component at the peak:",
     ]

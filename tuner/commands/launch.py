@@ -16,8 +16,10 @@ from tuner.commands import add_heartbeat_options
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("launch", help="supervise one worker per GPU (or --workers N on CPU)",
-                              description=__doc__.split("\n\n")[0])
+    p: argparse.ArgumentParser
+    p = subparsers.add_parser(
+        "launch", help="supervise one worker per GPU (or --workers N on CPU)", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("study_file", metavar="STUDY.yaml", help="study definition")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--gpus", help="'all' or a comma-separated list of GPU indices, e.g. 0,1")
@@ -32,9 +34,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from tuner.errors import TunerError
-    from tuner.launcher import Launcher, parse_gpus
-    from tuner.spec import load_spec
-    from tuner.storage import create_or_load_study, mask_url, open_storage, resolve_storage_url
+    from tuner.storage.connect import open_storage
+    from tuner.storage.studies import create_or_load_study
+    from tuner.storage.urls import mask_url, resolve_storage_url
+    from tuner.study.loader import load_spec
+    from tuner.trial.launcher import Launcher, parse_gpus
 
     spec = load_spec(args.study_file)
     if args.workers is not None and args.workers < 1:
@@ -46,8 +50,18 @@ def run(args: argparse.Namespace) -> int:
     extra += ["--heartbeat-s", str(args.heartbeat_s)] if args.heartbeat_s is not None else []
     extra += ["--grace-s", str(args.grace_s)] if args.grace_s is not None else []
     n = len(gpus) if gpus is not None else args.workers
-    print(f"launch: {n} worker(s) on study {spec.name} at {mask_url(url)}"
-          + (f", GPUs {','.join(map(str, gpus))}" if gpus is not None else ""), flush=True)
-    launcher = Launcher(spec.name, url, gpus=gpus, workers=args.workers, n_trials=args.n_trials,
-                        max_restarts=args.max_restarts, extra_args=extra)
+    print(
+        f"launch: {n} worker(s) on study {spec.name} at {mask_url(url)}"
+        + (f", GPUs {','.join(map(str, gpus))}" if gpus is not None else ""),
+        flush=True,
+    )
+    launcher = Launcher(
+        spec.name,
+        url,
+        gpus=gpus,
+        workers=args.workers,
+        n_trials=args.n_trials,
+        max_restarts=args.max_restarts,
+        extra_args=extra,
+    )
     return launcher.run()

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+from typing import Any
 
 
-def add_parser(subparsers):
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser
     p = subparsers.add_parser("pareto", help="the study's feasible Pareto front")
     p.add_argument("--study", required=True, metavar="NAME")
     p.add_argument("--json", action="store_true", help="print a JSON list of trials")
     return p
 
 
-def run(args) -> int:
-    from tuner.pareto import pareto_front, trial_row
-    from tuner.storage import load_study, storage_from_flag
+def run(args: argparse.Namespace) -> int:
+    from tuner.analysis.pareto import pareto_front, trial_row
+    from tuner.storage.connect import storage_from_flag
+    from tuner.storage.studies import load_study
 
     _, storage = storage_from_flag(args.storage)
     study = load_study(args.study, storage)

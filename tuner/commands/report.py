@@ -1,27 +1,33 @@
 """`tuner report --study NAME --out DIR`: Pareto front (PNG + interactive HTML), parameter importances per
-objective, learning curves of the Pareto and pruned trials with their power-law fits (tuner.report_curves) and a
+objective, learning curves of the Pareto and pruned trials with their power-law fits (tuner.analysis.report) and a
 markdown summary tying them together."""
 
 from __future__ import annotations
 
+import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
-def add_parser(subparsers):
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser
     p = subparsers.add_parser("report", help="write plots, importances and a markdown summary of a study")
     p.add_argument("--study", required=True, metavar="NAME")
     p.add_argument("--out", required=True, metavar="DIR", help="folder to write into (created)")
     return p
 
 
-def _pareto_png(trials, names, directions, front, out: Path, ceiling_gib: float | None = None) -> Path:
+def _pareto_png(
+    trials: Any, names: Any, directions: Any, front: Any, out: Path, ceiling_gib: float | None = None
+) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")  # files only; never needs a display
     import matplotlib.pyplot as plt
 
-    from tuner.constraints import is_feasible
+    from tuner.storage.constraints import is_feasible
 
     done = [t for t in trials if t.state.name == "COMPLETE" and t.values is not None]
     fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
@@ -31,8 +37,14 @@ def _pareto_png(trials, names, directions, front, out: Path, ceiling_gib: float 
     if feas:
         ax.scatter([t.values[x_i] for t in feas], [t.values[y_i] for t in feas], c="0.6", s=18, label="feasible")
     if infeas:
-        ax.scatter([t.values[x_i] for t in infeas], [t.values[y_i] for t in infeas], c="tab:red", marker="x", s=22,
-                   label="over the VRAM ceiling (infeasible)")
+        ax.scatter(
+            [t.values[x_i] for t in infeas],
+            [t.values[y_i] for t in infeas],
+            c="tab:red",
+            marker="x",
+            s=22,
+            label="over the VRAM ceiling (infeasible)",
+        )
     if front:
         pts = sorted((t.values[x_i], t.values[y_i]) for t in front)
         ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", c="tab:blue", ms=5, label="Pareto front")
@@ -53,20 +65,20 @@ def _pareto_png(trials, names, directions, front, out: Path, ceiling_gib: float 
     return path
 
 
-def _importances(study, names) -> dict:
+def _importances(study: Any, names: list[str]) -> dict[str, dict[str, Any]]:
     """Optuna's default evaluator (PED-ANOVA in Optuna 5), which ranks parameters for LOW target values: a
     maximised objective is negated."""
     import warnings
 
     import optuna
 
-    out = {}
+    out: dict[str, dict[str, Any]] = {}
     for i, (name, d) in enumerate(zip(names, study.directions)):
         sign = -1.0 if d.name == "MAXIMIZE" else 1.0
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                imp = optuna.importance.get_param_importances(study, target=lambda t, i=i, s=sign: s * t.values[i])
+                imp = optuna.importance.get_param_importances(study, target=_signed_value(i, sign))
         except (ValueError, RuntimeError) as exc:  # too few trials or no shared parameter: say so in the report
             out[name] = {"_unavailable": " ".join(str(exc).split())}
             continue
@@ -78,12 +90,19 @@ def _importances(study, names) -> dict:
     return out
 
 
-def run(args) -> int:
+def _signed_value(i: int, sign: float) -> Callable[[Any], float]:
+    """Objective i of a trial, negated for a maximised objective (the evaluator ranks low values)."""
+    return lambda t: sign * float(t.values[i])
+
+
+def run(args: argparse.Namespace) -> int:
     import optuna
 
+    from tuner.analysis.pareto import pareto_front, trial_row
     from tuner.commands.status import summarize
-    from tuner.pareto import pareto_front, trial_row
-    from tuner.storage import load_study, mask_url, storage_from_flag
+    from tuner.storage.connect import storage_from_flag
+    from tuner.storage.studies import load_study
+    from tuner.storage.urls import mask_url
 
     url, storage = storage_from_flag(args.storage)
     study = load_study(args.study, storage)
@@ -102,10 +121,10 @@ def run(args) -> int:
     importances = _importances(study, names)
     files["importances"] = out / "importances.json"
     files["importances"].write_text(json.dumps(importances, indent=2, sort_keys=True))
-    from tuner.report_curves import write_learning_curves
+    from tuner.analysis.report import write_learning_curves
 
-    # The feasible front (tuner.pareto), not report_curves' own unconstrained default: an over-ceiling trial is never
-    # drawn as a Pareto trial.
+    # The feasible front (tuner.analysis.pareto), not the report's own unconstrained default: an over-ceiling trial
+    # is never drawn as a Pareto trial.
     curves = write_learning_curves(study.get_trials(), out, pareto_numbers={t.number for t in front})
     if curves is not None:  # None: no trial recorded a curve (all pruned before training, or an old study)
         files["learning_curves"] = Path(curves)
@@ -118,15 +137,27 @@ def run(args) -> int:
     return 0
 
 
-def _markdown(name, url, s, names, front, importances, files, out: Path) -> str:
-    lines = [f"# Study `{name}`", "", f"Storage: `{url}`. VRAM ceiling: {s['vram_ceiling_gib']} GiB (2^30 bytes).", "",
-             "## Trials", "", "| state | count |", "| --- | --- |"]
+def _markdown(name: str, url: str, s: Any, names: Any, front: Any, importances: Any, files: Any, out: Path) -> str:
+    lines = [
+        f"# Study `{name}`",
+        "",
+        f"Storage: `{url}`. VRAM ceiling: {s['vram_ceiling_gib']} GiB (2^30 bytes).",
+        "",
+        "## Trials",
+        "",
+        "| state | count |",
+        "| --- | --- |",
+    ]
     lines += [f"| {k.lower()} | {v} |" for k, v in s["by_state"].items()]
     lines += ["", "| end reason | count |", "| --- | --- |"]
     lines += [f"| {k} | {v} |" for k, v in s["by_end_reason"].items()]
     hv = s["hypervolume"]
-    lines += ["", f"Feasible: {s['feasible']}; over the ceiling (infeasible): {s['infeasible']}; "
-              f"hypervolume: {'n/a' if hv is None else f'{hv:.6g}'} (reference point {s['reference_point']}).", ""]
+    lines += [
+        "",
+        f"Feasible: {s['feasible']}; over the ceiling (infeasible): {s['infeasible']}; "
+        f"hypervolume: {'n/a' if hv is None else f'{hv:.6g}'} (reference point {s['reference_point']}).",
+        "",
+    ]
     lines += ["## Pareto front (feasible trials)", "", f"![Pareto front]({files['pareto_png'].name})", ""]
     if "pareto_html" in files:
         lines += [f"Interactive: [{files['pareto_html'].name}]({files['pareto_html'].name})", ""]

@@ -10,15 +10,27 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from tuner.commands import add_heartbeat_options, add_trial_process_options
+from tuner.commands import (
+    add_heartbeat_options,
+    add_trial_process_options,
+    open_worker_storage,
+)
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("run", help="create the study if needed and run its trials with one local worker",
-                              description=__doc__.split("\n\n")[0])
+    p: argparse.ArgumentParser
+    p = subparsers.add_parser(
+        "run",
+        help="create the study if needed and run its trials with one local worker",
+        description=__doc__.split("\n\n")[0],
+    )
     p.add_argument("study_file", metavar="STUDY.yaml", help="study definition, e.g. studies/quickstart.yaml")
-    p.add_argument("--n-trials", type=int, default=None,
-                   help="trials the study should hold in total (default: the file's n_trials)")
+    p.add_argument(
+        "--n-trials",
+        type=int,
+        default=None,
+        help="trials the study should hold in total (default: the file's n_trials)",
+    )
     p.add_argument("--gpu", type=int, default=None, help="physical GPU index to run on (default: the visible one)")
     add_heartbeat_options(p)
     add_trial_process_options(p)
@@ -27,23 +39,32 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tuner.spec import load_spec
-    from tuner.storage import mask_url, resolve_storage_url
+    from tuner.storage.urls import mask_url, resolve_storage_url
+    from tuner.study.loader import load_spec
 
     spec = load_spec(args.study_file)  # every spec error before storage or a GPU is touched
     url = resolve_storage_url(getattr(args, "storage", None))
     n_total = args.n_trials if args.n_trials is not None else spec.n_trials
     from tuner.commands.worker import ProgressDisplay, quiet_optuna
-    from tuner.worker import run_worker
+    from tuner.trial.worker import run_worker
 
     quiet_optuna()
     display = ProgressDisplay(spec, n_total)
-    display.console.print(f"study [bold]{spec.name}[/] on {mask_url(url)}: {n_total} trials, ceiling "
-                          f"{spec.vram_ceiling_gib:g} GiB, sampler {spec.sampler.name}")
+    display.console.print(
+        f"study [bold]{spec.name}[/] on {mask_url(url)}: {n_total} trials, ceiling "
+        f"{spec.vram_ceiling_gib:g} GiB, sampler {spec.sampler.name}"
+    )
     with display:
-        code = run_worker(spec, url, gpu=args.gpu, n_trials=n_total, cache_dir=args.cache_dir,
-                          cpu_threads=args.threads or None, on_progress=display.progress,
-                          on_trial_start=display.trial_start, on_trial_end=display.trial_end,
-                          heartbeat_interval_s=args.heartbeat_s, grace_period_s=args.grace_s)
+        # One in-process worker: the study's own seed, so the run is reproducible from it.
+        code = run_worker(
+            spec,
+            storage=open_worker_storage(url, args),
+            seed=spec.sampler.seed,
+            gpu=args.gpu,
+            n_trials=n_total,
+            cache_dir=args.cache_dir,
+            cpu_threads=args.threads or None,
+            hooks=display.hooks(),
+        )
     display.summary(url)
     return code

@@ -2,31 +2,41 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+from typing import Any
 
 
-def add_parser(subparsers):
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser
     p = subparsers.add_parser("status", help="a study's progress: states, end reasons, workers, best, hypervolume")
     p.add_argument("--study", required=True, metavar="NAME")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--alive-within-s", type=float, default=300.0, metavar="S",
-                   help="a worker seen within S seconds counts as alive (default 300)")
+    p.add_argument(
+        "--alive-within-s",
+        type=float,
+        default=300.0,
+        metavar="S",
+        help="a worker seen within S seconds counts as alive (default 300)",
+    )
     return p
 
 
-def summarize(study, storage, alive_within_s: float = 300.0) -> dict:
-    from tuner.pareto import status_summary
-    from tuner.storage import heartbeat_ages_s, study_spec
+def summarize(study: Any, storage: Any, alive_within_s: float = 300.0) -> dict[str, Any]:
+    from tuner.analysis.pareto import status_summary
+    from tuner.storage.studies import heartbeat_ages_s, study_spec
 
     spec = study_spec(study)
     trials = study.get_trials(deepcopy=False)
     model = spec.build_config({}) if spec is not None else None
     summary = status_summary(
-        trials, study.metric_names or [f"objective{i}" for i in range(len(study.directions))],
+        trials,
+        study.metric_names or [f"objective{i}" for i in range(len(study.directions))],
         [d.name.lower() for d in study.directions],
         vocab_size=model.vocab_size if model else None,
         ceiling_gib=spec.vram_ceiling_gib if spec else None,
-        heartbeat_age_s=heartbeat_ages_s(storage, study._study_id), alive_within_s=alive_within_s,
+        heartbeat_age_s=heartbeat_ages_s(storage, study),
+        alive_within_s=alive_within_s,
     )
     summary["study"] = study.study_name
     summary["vram_ceiling_gib"] = spec.vram_ceiling_gib if spec else None
@@ -34,8 +44,10 @@ def summarize(study, storage, alive_within_s: float = 300.0) -> dict:
     return summary
 
 
-def run(args) -> int:
-    from tuner.storage import load_study, mask_url, storage_from_flag
+def run(args: argparse.Namespace) -> int:
+    from tuner.storage.connect import storage_from_flag
+    from tuner.storage.studies import load_study
+    from tuner.storage.urls import mask_url
 
     url, storage = storage_from_flag(args.storage)
     study = load_study(args.study, storage)
@@ -47,18 +59,22 @@ def run(args) -> int:
     print(f"trials: {s['n_trials']}  " + "  ".join(f"{k.lower()} {v}" for k, v in s["by_state"].items()))
     if s["by_end_reason"]:
         print("end reasons: " + "  ".join(f"{k} {v}" for k, v in s["by_end_reason"].items()))
-    print(f"feasible {s['feasible']}  infeasible (over the ceiling) {s['infeasible']}  "
-          f"pareto front {s['pareto_size']}  hypervolume {_fmt(s['hypervolume'])}")
+    print(
+        f"feasible {s['feasible']}  infeasible (over the ceiling) {s['infeasible']}  "
+        f"pareto front {s['pareto_size']}  hypervolume {_fmt(s['hypervolume'])}"
+    )
     for metric, best in s["best_feasible"].items():
         print(f"best feasible {metric}: " + (f"{best['value']:.6g} (trial {best['trial']})" if best else "none yet"))
     alive = [w for w in s["workers"] if w["alive"]]
     print(f"workers: {len(alive)} alive of {len(s['workers'])} seen")
     for w in s["workers"]:
         running = f", running trial {w['running']}" if w["running"] else ""
-        print(f"  {w['worker']}: {'alive' if w['alive'] else 'gone'}, last seen {_fmt(w['last_seen_s'])} s ago, "
-              f"{w['trials']} trials{running}")
+        print(
+            f"  {w['worker']}: {'alive' if w['alive'] else 'gone'}, last seen {_fmt(w['last_seen_s'])} s ago, "
+            f"{w['trials']} trials{running}"
+        )
     return 0
 
 
-def _fmt(v) -> str:
+def _fmt(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.4g}"

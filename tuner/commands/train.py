@@ -16,34 +16,40 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from tuner.commands import add_trial_process_options
+
+if TYPE_CHECKING:
+    from tuner.trial.outcome import TrialOutcome
 
 DEFAULT_TRAIN_TOKENS = 200_000
 DEFAULT_EVAL_TOKENS = 50_000
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("train", help="train a preset's config (exported file or built-in name)",
-                              description=__doc__.split("\n\n")[0])
-    p.add_argument("--preset", required=True, help="preset file written by `tuner export`, or 8gb, 10gb, 24gb, "
-                                                   "inference")
+    p: argparse.ArgumentParser
+    p = subparsers.add_parser(
+        "train", help="train a preset's config (exported file or built-in name)", description=__doc__.split("\n\n")[0]
+    )
+    p.add_argument(
+        "--preset", required=True, help="preset file written by `tuner export`, or 8gb, 10gb, 24gb, inference"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON line with val_ppl and peak_vram_gib")
     p.add_argument("--study", default=None, help="study file whose data: and budget: to use")
-    p.add_argument("--data", default=None,
-                   help="'stdlib', a path to text files, or a YAML mapping like the study's data: section")
+    p.add_argument(
+        "--data", default=None, help="'stdlib', a path to text files, or a YAML mapping like the study's data: section"
+    )
     p.add_argument("--train-tokens", type=int, default=None, help="training tokens")
     p.add_argument("--eval-tokens", type=int, default=None, help="validation tokens")
     p.add_argument("--timeout-s", type=float, default=24 * 3600.0, help="wall-clock limit, s")
     p.add_argument("--gpu", type=int, default=None, help="physical GPU index to train on")
-    p.add_argument("--cache-dir", default=None, help="tokenized-data cache (default: .phase1_cache in the cwd)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads per trial on CPU (default 1: avoids oversubscribing shared cores; 0 = torch's "
-                        "default); ignored on a GPU")
+    add_trial_process_options(p)
     p.set_defaults(func=run)
     return p
 
 
-def parse_data(text: str):
+def parse_data(text: str) -> Any:
     """--data value -> model.data.DataSource. 'stdlib' | a path | a YAML mapping (study `data:` syntax)."""
     import yaml
 
@@ -59,14 +65,14 @@ def parse_data(text: str):
     return DataSource(kind="files", path=str(value))
 
 
-def _settings(args, preset) -> tuple[Any, int, int, str]:
+def _settings(args: argparse.Namespace, preset: Any) -> tuple[Any, int, int, str]:
     """(DataSource, train_tokens, eval_tokens, where they came from)."""
     from model.data import DataSource
 
     prov = preset.provenance
     spec = None
     if args.study is not None:
-        from tuner.spec import load_spec
+        from tuner.study.loader import load_spec
 
         spec = load_spec(args.study)
     if args.data is not None:
@@ -77,14 +83,26 @@ def _settings(args, preset) -> tuple[Any, int, int, str]:
         data, src = spec.data, args.study
     else:
         data, src = DataSource(kind="stdlib"), "default"
-    train = _tokens("--train-tokens", args.train_tokens, preset, "train_tokens",
-                    spec.budget.train_tokens if spec else None, DEFAULT_TRAIN_TOKENS)
-    evals = _tokens("--eval-tokens", args.eval_tokens, preset, "eval_tokens",
-                    spec.budget.eval_tokens if spec else None, DEFAULT_EVAL_TOKENS)
+    train = _tokens(
+        "--train-tokens",
+        args.train_tokens,
+        preset,
+        "train_tokens",
+        spec.budget.train_tokens if spec else None,
+        DEFAULT_TRAIN_TOKENS,
+    )
+    evals = _tokens(
+        "--eval-tokens",
+        args.eval_tokens,
+        preset,
+        "eval_tokens",
+        spec.budget.eval_tokens if spec else None,
+        DEFAULT_EVAL_TOKENS,
+    )
     return data, train, evals, src
 
 
-def _tokens(flag: str, given: int | None, preset, key: str, from_study: int | None, default: int) -> int:
+def _tokens(flag: str, given: int | None, preset: Any, key: str, from_study: int | None, default: int) -> int:
     """A token budget: the flag, else the preset's provenance `key`, else the --study file's, else the default.
     A present but malformed value is an error naming where it is, never skipped."""
     from tuner.errors import PresetError, TunerError
@@ -96,8 +114,10 @@ def _tokens(flag: str, given: int | None, preset, key: str, from_study: int | No
     value = preset.provenance.get(key)
     if value is not None:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise PresetError(f"{preset.source}: provenance.{key}: {value!r} is not a positive integer; fix it, "
-                              f"remove it, or pass {flag}")
+            raise PresetError(
+                f"{preset.source}: provenance.{key}: {value!r} is not a positive integer; fix it, "
+                f"remove it, or pass {flag}"
+            )
         return value
     return int(from_study if from_study is not None else default)
 
@@ -106,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from tuner.errors import TunerError
-    from tuner.preset import load_preset
+    from tuner.study.preset import load_preset
 
     preset = load_preset(args.preset)
     config = preset.config
@@ -114,10 +134,12 @@ def run(args: argparse.Namespace) -> int:
     data.check()
     ceiling = float(config.target_vram_gb)
 
-    from tuner.trial_runner import TrialRunner
+    from tuner.trial.outcome import TrialRequest
+    from tuner.trial.runner import TrialRunner
 
-    runner = TrialRunner(gpu=args.gpu, cache_dir=args.cache_dir or Path.cwd() / ".phase1_cache",
-                         cpu_threads=args.threads or None)
+    runner = TrialRunner(
+        gpu=args.gpu, cache_dir=args.cache_dir or Path.cwd() / ".phase1_cache", cpu_threads=args.threads or None
+    )
 
     def progress(msg: dict[str, Any]) -> None:
         if not args.json:
@@ -125,16 +147,20 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         if not args.json:
-            print(f"train: {preset.source}, data {data.describe()} ({data_from}), {train_tokens} train / "
-                  f"{eval_tokens} eval tokens, ceiling {ceiling:g} GiB", file=sys.stderr, flush=True)
-        outcome = runner.run({"config": config.to_dict(), "data": data, "train_tokens": train_tokens,
-                              "eval_tokens": eval_tokens, "ceiling_gib": ceiling, "eval_points": [],
-                              "pruning": None, "trial_number": None, "fault": None},
-                             args.timeout_s, on_progress=progress)
+            print(
+                f"train: {preset.source}, data {data.describe()} ({data_from}), {train_tokens} train / "
+                f"{eval_tokens} eval tokens, ceiling {ceiling:g} GiB",
+                file=sys.stderr,
+                flush=True,
+            )
+        request = TrialRequest(
+            config=config.to_dict(), data=data, train_tokens=train_tokens, eval_tokens=eval_tokens, ceiling_gib=ceiling
+        )
+        outcome = runner.run(request, args.timeout_s, on_progress=progress)
         device = runner.device
     finally:
         runner.close()
-    line = _summary(outcome, device, ceiling, train_tokens, eval_tokens, preset)
+    line = _summary(outcome, device or "cpu", ceiling, train_tokens, eval_tokens, preset)
     if args.json:
         print(json.dumps(line), flush=True)
     else:
@@ -147,24 +173,37 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _summary(outcome: dict[str, Any], device: str, ceiling: float, train_tokens: int, eval_tokens: int,
-             preset) -> dict[str, Any]:
-    kind = outcome["kind"]
-    line: dict[str, Any] = {"val_ppl": None, "peak_vram_gib": None, "peak_vram_kind": None, "end_reason": kind,
-                            "ceiling_gib": ceiling, "device": outcome.get("device_name"), "train_tokens": train_tokens,
-                            "eval_tokens": eval_tokens, "preset": preset.source}
+def _summary(
+    outcome: TrialOutcome, device: str, ceiling: float, train_tokens: int, eval_tokens: int, preset: Any
+) -> dict[str, Any]:
+    kind = outcome.kind
+    line: dict[str, Any] = {
+        "val_ppl": None,
+        "peak_vram_gib": None,
+        "peak_vram_kind": None,
+        "end_reason": kind,
+        "ceiling_gib": ceiling,
+        "device": outcome.device_name,
+        "train_tokens": train_tokens,
+        "eval_tokens": eval_tokens,
+        "preset": preset.source,
+    }
     if kind == "complete":
-        r = outcome["result"]
-        if device == "cuda" and outcome.get("nvml_pid_seen"):
-            peak, peak_kind = outcome["nvml_peak_gib"], "nvml_process"
-        elif device == "cuda":
-            peak, peak_kind = r["peak_torch_gib"], "cuda_max_allocated_nvml_pid_unseen"
-        else:
-            peak, peak_kind = r["peak_torch_gib"], "cpu_tensor_bytes"
-        line.update(val_ppl=r["val_ppl"], val_loss=r["val_loss"], peak_vram_gib=peak, peak_vram_kind=peak_kind,
-                    torch_peak_gib=r["peak_torch_gib"], tokens_per_s=r["tokens_per_s"], steps=r["steps"],
-                    params_total=int(sum(v for k, v in (r.get("param_counts") or {}).items()
-                                             if k != "total")))
+        from tuner.trial.outcome import peak_vram
+
+        r = outcome.result or {}
+        measured = peak_vram(outcome, device=device, ceiling_gib=ceiling)
+        peak, peak_kind = measured.gib, measured.kind
+        line.update(
+            val_ppl=r["val_ppl"],
+            val_loss=r["val_loss"],
+            peak_vram_gib=peak,
+            peak_vram_kind=peak_kind,
+            torch_peak_gib=r["peak_torch_gib"],
+            tokens_per_s=r["tokens_per_s"],
+            steps=r["steps"],
+            params_total=int(sum(v for k, v in (r.get("param_counts") or {}).items() if k != "total")),
+        )
         if peak > ceiling:
             line["end_reason"] = "vram_ceiling"  # CPU only: the GPU guard stops the run instead
             line["error_summary"] = f"peak {peak:.3f} GiB > target_vram_gb {ceiling:g}"
@@ -172,6 +211,6 @@ def _summary(outcome: dict[str, Any], device: str, ceiling: float, train_tokens:
             line["preset_val_ppl"] = preset.provenance["val_ppl"]
             line["ppl_rel_diff"] = abs(r["val_ppl"] - preset.provenance["val_ppl"]) / preset.provenance["val_ppl"]
     else:
-        line["peak_vram_gib"] = outcome.get("peak_gib") or outcome.get("nvml_peak_gib")
-        line["error_summary"] = outcome.get("error_summary")
+        line["peak_vram_gib"] = outcome.peak_gib or outcome.nvml_peak_gib
+        line["error_summary"] = outcome.error_summary
     return line

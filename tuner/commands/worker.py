@@ -11,16 +11,26 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from tuner.commands import add_heartbeat_options, add_trial_process_options
+from tuner.commands import (
+    add_heartbeat_options,
+    add_trial_process_options,
+    open_worker_storage,
+)
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("worker", help="run trials of a study in storage (one process, one GPU)",
-                              description=__doc__.split("\n\n")[0])
+    p: argparse.ArgumentParser
+    p = subparsers.add_parser(
+        "worker", help="run trials of a study in storage (one process, one GPU)", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--study", required=True, help="study name (as created by `tuner create` / `tuner run`)")
     p.add_argument("--gpu", type=int, default=None, help="physical GPU index (NVML numbering) to pin this worker to")
-    p.add_argument("--n-trials", type=int, default=None,
-                   help="trials the study should hold in total, shared by all workers (default: the spec's)")
+    p.add_argument(
+        "--n-trials",
+        type=int,
+        default=None,
+        help="trials the study should hold in total, shared by all workers (default: the spec's)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress display, one line per finished trial only")
     add_heartbeat_options(p)
     add_trial_process_options(p)
@@ -29,21 +39,36 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tuner.storage import load_study, mask_url, open_storage, resolve_storage_url
-    from tuner.worker import run_worker, spec_of_study
+    from tuner.storage.samplers import worker_seed
+    from tuner.storage.studies import load_study
+    from tuner.storage.urls import mask_url, resolve_storage_url
+    from tuner.trial.worker import default_worker_id, run_worker, spec_of_study
 
     url = resolve_storage_url(getattr(args, "storage", None))
-    spec = spec_of_study(load_study(args.study, open_storage(url)))
+    storage = open_worker_storage(url, args)
+    spec = spec_of_study(load_study(args.study, storage))
     n_total = args.n_trials if args.n_trials is not None else spec.n_trials
     quiet_optuna()
     display = ProgressDisplay(spec, n_total, live=not args.quiet)
-    display.console.print(f"worker on study [bold]{spec.name}[/] at {mask_url(url)}"
-                          + (f", GPU {args.gpu}" if args.gpu is not None else ""))
+    display.console.print(
+        f"worker on study [bold]{spec.name}[/] at {mask_url(url)}"
+        + (f", GPU {args.gpu}" if args.gpu is not None else "")
+    )
     with display:
-        code = run_worker(args.study, url, gpu=args.gpu, n_trials=n_total, cache_dir=args.cache_dir,
-                          cpu_threads=args.threads or None, on_progress=display.progress,
-                          on_trial_start=display.trial_start, on_trial_end=display.trial_end,
-                          heartbeat_interval_s=args.heartbeat_s, grace_period_s=args.grace_s)
+        # One of several workers (tuner launch): the study seed mixed with this worker's id, so parallel workers
+        # do not replay one another's configurations.
+        worker_id = default_worker_id(args.gpu)
+        code = run_worker(
+            spec,
+            storage=storage,
+            seed=worker_seed(spec.sampler.seed, worker_id),
+            worker_id=worker_id,
+            gpu=args.gpu,
+            n_trials=n_total,
+            cache_dir=args.cache_dir,
+            cpu_threads=args.threads or None,
+            hooks=display.hooks(),
+        )
     return code
 
 
@@ -57,36 +82,56 @@ def quiet_optuna() -> None:
 class ProgressDisplay:
     """rich progress: trials done / total and the current trial's step, tokens and loss; a line per trial."""
 
-    def __init__(self, spec, n_total: int, live: bool = True):
+    def __init__(self, spec: Any, n_total: int, live: bool = True):
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
 
         self.spec = spec
         self.console = Console(stderr=False)
         self.live = live
-        self.progress_bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                     TimeElapsedColumn(), console=self.console, transient=True,
-                                     disable=not live)
+        self.progress_bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=True,
+            disable=not live,
+        )
         self.trials_task = self.progress_bar.add_task("trials", total=n_total)
         self.step_task = self.progress_bar.add_task("trial -", total=spec.budget.train_tokens)
 
-    def __enter__(self) -> "ProgressDisplay":
+    def __enter__(self) -> ProgressDisplay:
         self.progress_bar.__enter__()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: Any) -> None:
         self.progress_bar.__exit__(*exc)
 
-    def trial_start(self, number: int, params: dict[str, Any]) -> None:
-        self.progress_bar.reset(self.step_task, total=self.spec.budget.train_tokens,
-                                description=f"trial {number}")
+    def hooks(self) -> Any:
+        """This display's callbacks for run_worker."""
+        from tuner.trial.worker import WorkerHooks
+
+        return WorkerHooks(on_trial_start=self.trial_start, on_progress=self.progress, on_trial_end=self.trial_end)
+
+    def trial_start(self, number: int, params: dict[str, Any]) -> None:  # noqa: ARG002 - WorkerHooks' signature
+        self.progress_bar.reset(self.step_task, total=self.spec.budget.train_tokens, description=f"trial {number}")
 
     def progress(self, msg: dict[str, Any]) -> None:
-        self.progress_bar.update(self.step_task, completed=msg["tokens"],
-                                 description=f"trial {msg['trial']} step {msg['step']} loss {msg['loss']:.3f}")
+        self.progress_bar.update(
+            self.step_task,
+            completed=msg["tokens"],
+            description=f"trial {msg['trial']} step {msg['step']} loss {msg['loss']:.3f}",
+        )
 
-    def trial_end(self, study, trial) -> None:
-        from tuner.worker import counted_trials
+    def trial_end(self, study: Any, trial: Any) -> None:
+        from tuner.trial.budget import counted_trials
 
         self.progress_bar.update(self.trials_task, completed=counted_trials(study))
         reason = trial.user_attrs.get("end_reason", "?")
@@ -95,11 +140,15 @@ class ProgressDisplay:
         else:
             vals = trial.user_attrs.get("error_summary", "") or ""
         wall = trial.user_attrs.get("trial_wall_s")
-        self.console.print(f"trial {trial.number} {trial.state.name.lower()} ({reason}): {vals}"
-                           + (f" [{wall:.1f} s]" if wall is not None else ""), highlight=False)
+        self.console.print(
+            f"trial {trial.number} {trial.state.name.lower()} ({reason}): {vals}"
+            + (f" [{wall:.1f} s]" if wall is not None else ""),
+            highlight=False,
+        )
 
     def summary(self, url: str) -> None:
-        from tuner.storage import load_study, open_storage
+        from tuner.storage.connect import open_storage
+        from tuner.storage.studies import load_study
 
         study = load_study(self.spec.name, open_storage(url))
         by_reason: dict[str, int] = {}
@@ -108,5 +157,8 @@ class ProgressDisplay:
             key = (t.user_attrs.get("end_reason") or t.state.name.lower()) if finished else t.state.name.lower()
             by_reason[key] = by_reason.get(key, 0) + 1
         parts = ", ".join(f"{k} {v}" for k, v in sorted(by_reason.items()))
-        self.console.print(f"study {self.spec.name}: {len(study.trials)} trials ({parts}); "
-                           f"see `tuner pareto --study {self.spec.name}`", highlight=False)
+        self.console.print(
+            f"study {self.spec.name}: {len(study.trials)} trials ({parts}); "
+            f"see `tuner pareto --study {self.spec.name}`",
+            highlight=False,
+        )

@@ -1,0 +1,62 @@
+"""The tiny study every tuner test starts from (a valid spec dict: copy it, then change what the test is about)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]  # the repository root
+
+BASE = {
+    "name": "unit",
+    "objectives": [
+        {"metric": "val_ppl", "direction": "minimize"},
+        {"metric": "peak_vram_gib", "direction": "minimize"},
+    ],
+    "vram_ceiling_gib": 8,
+    "sampler": {"name": "tpe", "seed": 0},
+    "n_trials": 4,
+    "model": {"vocab_size": 512, "d_model": 64, "n_layers": 2, "n_seq": 64},
+    "search_space": {
+        "ar_ssm_max_rank": {"type": "int", "low": 8, "high": 32, "step": 8},
+        "ar_ssm_min_rank": {"type": "int", "low": 2, "high": 8},
+        "ar_ssm_l1_regularization": {"type": "float", "low": 1.0e-4, "high": 1.0e-2, "log": True},
+        "use_gradient_checkpointing": {"type": "categorical", "choices": [True, False]},
+        "checkpoint_ar_ssm": {
+            "type": "categorical",
+            "choices": [True, False],
+            "when": {"use_gradient_checkpointing": False},
+        },
+    },
+    "data": {"source": "stdlib"},
+    "budget": {"train_tokens": 1000, "eval_tokens": 500, "trial_timeout_s": 60},
+}
+
+
+def write(tmp_path: Path, data: Any, name: str = "study.yaml") -> Path:
+    """`data` (a mapping, or YAML text) written as a study file."""
+    p = tmp_path / name
+    p.write_text(data if isinstance(data, str) else yaml.safe_dump(data, sort_keys=False))
+    return p
+
+
+def mutate(**changes: Any) -> dict[str, Any]:
+    """A copy of BASE with `a__b=value` set (or removed with _DELETE)."""
+    d = copy.deepcopy(BASE)
+    for dotted, value in changes.items():
+        keys = dotted.split("__")
+        node = d
+        for k in keys[:-1]:
+            node = node[k]
+        if value is _DELETE:
+            del node[keys[-1]]
+        else:
+            node[keys[-1]] = value
+    return d
+
+
+_DELETE = object()  # mutate(key=_DELETE) removes the key
+SS = "search_space"

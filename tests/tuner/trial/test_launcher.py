@@ -1,0 +1,68 @@
+"""The launcher's supervisor (tuner.trial.launcher) with stand-in worker processes: plain Python one-liners that
+exit with a chosen code, so restarts, give-ups and the storage URL's route (environment, never argv) are checked
+without starting real workers."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from tuner.errors import TunerError
+from tuner.trial.launcher import Launcher, _Slot, parse_gpus
+
+
+class _ScriptedLauncher(Launcher):
+    """A Launcher whose workers run `script` (Python source) instead of `tuner worker`."""
+
+    def __init__(self, script: str, **kwargs: object) -> None:
+        super().__init__("unit", "postgresql+psycopg2://u:secret@127.0.0.1/db", **kwargs)  # type: ignore[arg-type]
+        self.script = script
+
+    def _command(self, slot: _Slot) -> list[str]:
+        return [sys.executable, "-c", self.script]
+
+
+def test_parse_gpus():
+    assert parse_gpus("0,1") == [0, 1] and parse_gpus(" 3 ") == [3]
+    for bad in ("", "a,b", "0,0", "-1"):
+        with pytest.raises(TunerError, match="--gpus"):
+            parse_gpus(bad)
+
+
+def test_needs_gpus_or_workers():
+    with pytest.raises(TunerError, match="--gpus all|0,1 or --workers N"):
+        Launcher("unit", "sqlite:///x.db")
+
+
+def test_worker_command_carries_no_storage_url():
+    cmd = Launcher("unit", "postgresql+psycopg2://u:secret@h/db", gpus=[1], n_trials=5)._command(_Slot(1))
+    assert "secret" not in " ".join(cmd)
+    assert cmd[-4:] == ["--gpu", "1", "--n-trials", "5"] and "worker" in cmd
+
+
+def test_finished_workers_end_the_launch():
+    launcher = _ScriptedLauncher("raise SystemExit(0)", workers=2)
+    assert launcher.run(install_signal_handlers=False) == 0
+    assert all(s.finished and s.exit_codes == [0] for s in launcher.slots)
+
+
+def test_a_crashing_worker_is_restarted_then_given_up():
+    launcher = _ScriptedLauncher("raise SystemExit(1)", workers=1, max_restarts=2)
+    assert launcher.run(install_signal_handlers=False) == 1
+    (slot,) = launcher.slots
+    assert slot.gave_up and slot.restarts == 2 and slot.exit_codes == [1, 1, 1]
+
+
+def test_a_user_error_is_never_restarted():
+    launcher = _ScriptedLauncher("raise SystemExit(2)", workers=1, max_restarts=3)
+    assert launcher.run(install_signal_handlers=False) == 1
+    assert launcher.slots[0].exit_codes == [2] and launcher.slots[0].restarts == 0
+
+
+def test_workers_get_the_storage_url_in_their_environment(tmp_path: Path):
+    out = tmp_path / "env.txt"
+    script = f"import os, pathlib; pathlib.Path({str(out)!r}).write_text(os.environ['TUNER_STORAGE'])"
+    assert _ScriptedLauncher(script, workers=1).run(install_signal_handlers=False) == 0
+    assert out.read_text() == "postgresql+psycopg2://u:secret@127.0.0.1/db"

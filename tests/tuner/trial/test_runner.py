@@ -1,0 +1,39 @@
+"""The parent side of a trial (tuner.trial.runner): how a child's exit is described, and a real warm child that
+is stopped at the trial timeout and replaced."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from model.data import DataSource
+from tuner.trial.outcome import TrialRequest
+from tuner.trial.runner import TrialRunner, _describe_exit
+
+
+def test_describe_exit():
+    assert _describe_exit(None) == "exit code unknown"
+    assert _describe_exit(3) == "exit code 3"
+    assert _describe_exit(-signal.SIGKILL) == "killed by signal SIGKILL"
+
+
+@pytest.mark.slow
+def test_a_trial_past_its_timeout_is_killed_and_the_child_replaced(tmp_path):
+    runner = TrialRunner(cache_dir=tmp_path / "cache")
+    try:
+        runner.ensure_started()  # the child imports torch here, outside the trial's clock
+        assert runner.device == "cpu" and runner.child_pid is not None
+        request = TrialRequest(
+            config={"vocab_size": 512, "d_model": 32, "n_layers": 1, "n_seq": 32},
+            data=DataSource(kind="stdlib", max_bytes=262144),
+            train_tokens=10_000_000,
+            eval_tokens=1000,
+            ceiling_gib=1.0,
+        )
+        outcome = runner.run(request, timeout_s=0.5)
+        assert outcome.kind == "timeout", outcome.error_summary
+        assert "trial_timeout_s" in (outcome.error_summary or "")
+        assert outcome.replace_child and runner.child_pid is None  # killed: a fresh child serves the next trial
+    finally:
+        runner.close()

@@ -1,0 +1,154 @@
+"""The one fence around Optuna's private names: every `_`-prefixed Optuna attribute, module or method the tuner
+uses is read here, nowhere else in tuner/.
+
+Why each is needed (Optuna 5.0, pinned to `optuna>=5.0,<5.1` in pyproject.toml):
+- `Study._study_id`, `Trial._trial_id` / `FrozenTrial._trial_id`: the storage API is keyed by these ids and
+  Optuna exposes no public accessor for them.
+- `Study._storage` and `_CachedStorage._backend`: a study wraps an RDBStorage in a cache; the heartbeat callback
+  needs the storage object the tuner opened (ResilientRDBStorage) to record why a trial failed.
+- `optuna.storages._rdb.models`: the heartbeat table, to read heartbeat ages by the database's own clock.
+- `optuna._hypervolume.compute_hypervolume`: Optuna's exact hypervolume (WFG / 2-D sweep).
+- `RDBStorage`'s private methods that `_CachedStorage` calls on its backend (`_create_new_trial`,
+  `_set_trial_param`, `_get_trials`, `_get_best_trial_id`, `_get_stale_trial_ids`): they talk to the database,
+  so the resilient storage must retry them through an outage like the public ones.
+
+`tests/tuner/storage/test_optuna_compat.py` fails when any wrapped RDBStorage method disappears or changes its
+signature, so a new Optuna release cannot break the retry layer silently.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import optuna
+import sqlalchemy as sa
+from optuna._hypervolume import compute_hypervolume as _compute_hypervolume
+from optuna.storages import RDBStorage
+from optuna.storages._rdb import models as _models
+
+# Storage methods retried through an outage: every RDBStorage method that talks to the database (the private ones
+# are what optuna's _CachedStorage calls on its backend). Nested calls (get_all_trials -> _get_trials) retry only
+# at the outermost call.
+RETRIED_METHODS: tuple[str, ...] = (
+    "create_new_study",
+    "delete_study",
+    "set_study_user_attr",
+    "set_study_system_attr",
+    "get_study_id_from_name",
+    "get_study_name_from_id",
+    "get_study_directions",
+    "get_study_user_attrs",
+    "get_study_system_attrs",
+    "get_trial_user_attrs",
+    "get_trial_system_attrs",
+    "get_all_studies",
+    "create_new_trial",
+    "_create_new_trial",
+    "set_trial_param",
+    "_set_trial_param",
+    "get_trial_param",
+    "set_trial_state_values",
+    "set_trial_intermediate_value",
+    "set_trial_user_attr",
+    "set_trial_system_attr",
+    "get_trial_id_from_study_id_trial_number",
+    "get_trial_number_from_id",
+    "get_trial",
+    "get_all_trials",
+    "_get_trials",
+    "get_n_trials",
+    "get_best_trial",
+    "_get_best_trial_id",
+    "get_trial_params",
+    "_get_stale_trial_ids",
+)
+
+StorageT = TypeVar("StorageT", bound=type[RDBStorage])
+
+
+def study_id(study: optuna.Study) -> int:
+    """The storage id of `study`."""
+    return int(study._study_id)
+
+
+def trial_id(trial: optuna.trial.BaseTrial | optuna.trial.FrozenTrial) -> int:
+    """The storage id of a trial (live or frozen)."""
+    return int(trial._trial_id)  # type: ignore[union-attr]
+
+
+def storage_backend(study: optuna.Study) -> Any:
+    """The storage object the study was opened with (unwrapping Optuna's cache layer when there is one)."""
+    storage = study._storage
+    return getattr(storage, "_backend", storage)
+
+
+def compute_hypervolume(points: Any, reference: Any) -> float:
+    """Optuna's exact hypervolume of `points` [n, m] (all minimised) against `reference` [m]."""
+    return float(_compute_hypervolume(points, reference))
+
+
+def base_stale_trial_ids(storage: RDBStorage, study_id_: int) -> list[int]:
+    """RDBStorage's own stale-trial query (bypassing any override)."""
+    return list(RDBStorage._get_stale_trial_ids(storage, study_id_))
+
+
+def heartbeat_ages_s(
+    engine: sa.engine.Engine, *, study_id_: int | None = None, trial_id_: int | None = None
+) -> dict[int, float]:
+    """trial_id -> seconds since the trial's last heartbeat, by the database's own clock, for the trials of one
+    study and/or one trial (a trial that never beat is absent)."""
+    hb, tr = _models.TrialHeartbeatModel, _models.TrialModel
+    query = sa.select(hb.trial_id, hb.heartbeat)
+    if study_id_ is not None:
+        query = query.join(tr, tr.trial_id == hb.trial_id).where(tr.study_id == study_id_)
+    if trial_id_ is not None:
+        query = query.where(hb.trial_id == trial_id_)
+    with engine.connect() as conn:
+        now = conn.execute(sa.select(sa.func.now())).scalar()
+        rows = conn.execute(query).all()
+    if now is None:
+        return {}
+    now = _naive(now)  # as Optuna does: heartbeats are stored without a time zone
+    return {int(tid): (now - _naive(beat)).total_seconds() for tid, beat in rows}
+
+
+def _naive(t: _dt.datetime) -> _dt.datetime:
+    return t.replace(tzinfo=None)
+
+
+def retry_wrapped(call: str, names: Sequence[str] = RETRIED_METHODS) -> Callable[[StorageT], StorageT]:
+    """Class decorator: each RDBStorage method in `names` that the class (or a base between it and RDBStorage)
+    does not override is routed through the class's `call` method as `self.<call>(name, base_method, args, kwargs)`.
+    Explicit composition at class creation; nothing is patched at import of any other module."""
+
+    def wrap(cls: StorageT) -> StorageT:
+        for name in names:
+            base = getattr(RDBStorage, name)  # AttributeError here: an Optuna upgrade removed the method
+            if getattr(cls, name) is not base:
+                continue
+            setattr(cls, name, _routed(call, name, base))
+        return cls
+
+    return wrap
+
+
+def _routed(call: str, name: str, base: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(base)
+    def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return getattr(self, call)(name, base, args, kwargs)
+
+    return method
+
+
+class StaleTrialHook(RDBStorage):
+    """RDBStorage whose private stale-trial query is reachable under a public name: override `stale_trial_ids`
+    (Optuna's heartbeat machinery calls `_get_stale_trial_ids`, which lands there)."""
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        return self.stale_trial_ids(study_id)
+
+    def stale_trial_ids(self, study_id: int) -> list[int]:
+        return base_stale_trial_ids(self, study_id)

@@ -1,0 +1,115 @@
+"""Preset files: a full Phase1Config under `config:` plus `provenance:` (where it came from), as YAML.
+
+    config: {vocab_size: 50257, d_model: 1024, ...}   # every Phase1Config field
+    provenance: {study: NAME, trial: 12, val_ppl: 17.3, peak_vram_gib: 7.41, device: ..., date: ..., version: ...}
+
+Loading validates the config exactly like a study's fixed `model:` section (Phase1Config.from_dict, unknown keys
+named). `load_preset` also accepts the built-in names of model.PRESETS (8gb, 10gb, 24gb, inference).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from model.config import PRESETS, ConfigError, Phase1Config
+from tuner.errors import PresetError
+
+PROVENANCE_KEYS = ("study", "trial", "val_ppl", "peak_vram_gib", "device", "date", "version")
+
+
+@dataclass(frozen=True)
+class Preset:
+    config: Phase1Config
+    provenance: dict[str, Any] = field(default_factory=dict)  # empty for a built-in preset
+    source: str = ""  # file path or "built-in NAME"
+
+
+def preset_text(config: Phase1Config, provenance: Mapping[str, Any]) -> str:
+    """The YAML text of a preset (provenance keys in PROVENANCE_KEYS order, others after)."""
+    prov = {k: provenance[k] for k in PROVENANCE_KEYS if k in provenance}
+    prov.update({k: v for k, v in provenance.items() if k not in prov})
+    header = "# Phase 1 preset written by `tuner export`; load with `tuner train --preset FILE`. Memory in GiB.\n"
+    return header + str(yaml.safe_dump({"config": config.to_dict(), "provenance": prov}, sort_keys=False))
+
+
+def write_preset(
+    path: str | Path,
+    config: Phase1Config,
+    *,
+    study: str,
+    trial: int,
+    val_ppl: float,
+    peak_vram_gib: float,
+    device: str | None,
+    date: str | None = None,
+    **extra: Any,
+) -> Path:
+    """Write a preset file (parent folders created); returns its path."""
+    from tuner import __version__
+
+    provenance = {
+        "study": study,
+        "trial": int(trial),
+        "val_ppl": float(val_ppl),
+        "peak_vram_gib": float(peak_vram_gib),
+        "device": device,
+        "date": date or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "version": __version__,
+        **extra,
+    }
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_text(preset_text(config, provenance), encoding="utf-8")
+    tmp.replace(p)  # a reader never sees half a file
+    return p
+
+
+def load_preset(name_or_path: str | Path) -> Preset:
+    """A preset file, or a built-in name. Raises PresetError naming the file, the key and the fix."""
+    text = str(name_or_path)
+    p = Path(text)
+    if not p.exists():
+        if text in PRESETS:
+            return Preset(PRESETS[text].replace(), {}, f"built-in {text}")
+        raise PresetError(
+            f"{text}: no such file or built-in preset; pass a preset file written by `tuner export` "
+            f"or one of: {', '.join(PRESETS)}"
+        )
+    if not p.is_file():
+        raise PresetError(f"{p}: is not a file; pass a preset YAML file")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f"line {mark.line + 1}: " if mark is not None else ""
+        raise PresetError(
+            f"{p}: {at}invalid YAML ({' '.join(str(getattr(exc, 'problem', exc)).split())}); "
+            "fix the syntax or export the preset again"
+        ) from None
+    except UnicodeDecodeError:
+        raise PresetError(f"{p}: not UTF-8 text; export the preset again") from None
+    if not isinstance(data, Mapping):
+        raise PresetError(f"{p}: expected a mapping with `config:` and `provenance:`; export the preset again")
+    for key in data:
+        if key not in ("config", "provenance"):
+            raise PresetError(f"{p}: {key}: unknown key; a preset has only config: and provenance:")
+    if "config" not in data:
+        raise PresetError(f"{p}: config: missing; a preset holds the full Phase1Config under config:")
+    provenance = data.get("provenance") or {}
+    if not isinstance(provenance, Mapping):
+        raise PresetError(f"{p}: provenance: expected a mapping; remove it or export the preset again")
+    try:
+        config = Phase1Config.from_dict(data["config"], where="config")
+    except ConfigError as exc:
+        msg = str(exc)
+        raise PresetError(
+            f"{p}: {msg if msg.startswith('config') else 'config.' + msg}; fix the value or export the preset again"
+        ) from None
+    return Preset(config, dict(provenance), str(p))

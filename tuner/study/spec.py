@@ -1,0 +1,155 @@
+"""A study's definition: the frozen, validated `StudySpec` and its parts (built by tuner.study.loader)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from model.config import (
+    PRESETS,
+    ConfigError,
+    Phase1Config,
+)
+from tuner.study.space import SearchSpace, holds
+
+METRICS = ("val_ppl", "peak_vram_gib", "params", "tokens_per_s")
+DIRECTIONS = ("minimize", "maximize")
+SAMPLERS = ("tpe", "nsga2", "gp", "random", "grid")
+# Options each sampler accepts besides `name` and `seed` (passed to the Optuna sampler by tuner.storage).
+SAMPLER_OPTIONS: dict[str, dict[str, type]] = {
+    "tpe": {"n_startup_trials": int, "multivariate": bool, "constant_liar": bool, "n_ei_candidates": int},
+    "nsga2": {"population_size": int, "mutation_prob": float, "crossover_prob": float},
+    "gp": {"n_startup_trials": int},
+    "random": {},
+    "grid": {},
+}
+
+
+TOP_KEYS = (
+    "name",
+    "objectives",
+    "vram_ceiling_gib",
+    "sampler",
+    "n_trials",
+    "model",
+    "search_space",
+    "data",
+    "budget",
+    "enqueue_presets",
+    "pruning",
+    "estimate",
+)
+PARAM_KEYS = ("type", "low", "high", "step", "log", "choices", "when")
+# Set from vram_ceiling_gib, so the study and its configs cannot disagree about the budget.
+DERIVED_FIELDS = {"target_vram_gb": "vram_ceiling_gib"}
+
+
+@dataclass(frozen=True)
+class ObjectiveSpec:
+    """One objective of the study as the file states it (the callable objective is tuner.trial.objective.Objective)."""
+
+    metric: str  # one of METRICS
+    direction: str  # "minimize" | "maximize"
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    name: str = "tpe"
+    seed: int | None = None
+    options: tuple[tuple[str, Any], ...] = ()  # per-sampler options (SAMPLER_OPTIONS), sorted
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.options)
+
+
+@dataclass(frozen=True)
+class Budget:
+    train_tokens: int  # tokens each trial trains on
+    eval_tokens: int  # validation tokens per evaluation
+    trial_timeout_s: float  # wall-clock seconds before a trial is stopped (`timeout`)
+
+
+MIN_CURVE_TOKENS = 16  # tuner.analysis.curve.eval_points: 6 distinct log-spaced points from 1/16 of the budget
+
+
+@dataclass(frozen=True)
+class LearningCurvePruning:
+    enabled: bool = False
+    min_fraction: float = 0.25  # fraction of train_tokens before the first pruning decision
+    confidence: float = 0.9  # probability the curve cannot reach the front before it is pruned
+
+
+@dataclass(frozen=True)
+class EstimateSettings:
+    enabled: bool = True  # prune `predicted_over_ceiling` before touching the GPU
+    margin: float = 0.05  # prune when predicted > ceiling * (1 + margin)
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    name: str
+    objectives: tuple[ObjectiveSpec, ...]
+    vram_ceiling_gib: float
+    sampler: SamplerSpec
+    n_trials: int
+    model: dict[str, Any]  # fixed Phase1Config fields (as written; target_vram_gb is derived)
+    space: SearchSpace
+    data: Any  # model.data.DataSource
+    budget: Budget
+    enqueue_presets: tuple[str, ...] = ()
+    pruning: LearningCurvePruning = field(default_factory=LearningCurvePruning)
+    estimate: EstimateSettings = field(default_factory=EstimateSettings)
+    path: str | None = None
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)  # normalised input (to_dict)
+
+    @property
+    def metric_names(self) -> list[str]:
+        return [o.metric for o in self.objectives]
+
+    @property
+    def directions(self) -> list[str]:
+        return [o.direction for o in self.objectives]
+
+    def build_config(self, params: Mapping[str, Any]) -> Phase1Config:
+        """Fixed model + sampled params -> validated Phase1Config (raises ConfigError)."""
+        unknown = [k for k in params if k not in self.space]
+        if unknown:
+            raise ConfigError(f"{unknown[0]}: not a parameter of study {self.name!r}'s search space")
+        return Phase1Config.from_dict({**self.model, **dict(params), "target_vram_gb": float(self.vram_ceiling_gib)})
+
+    def preset_params(self, preset: str) -> dict[str, Any]:
+        """The preset's values of the active search-space parameters (what `enqueue_presets` enqueues)."""
+        cfg = preset_values(preset, self.model)
+        seen = dict(self.space.base)
+        out: dict[str, Any] = {}
+        for p in self.space.params:
+            if holds(p.when, seen):
+                seen[p.name] = out[p.name] = cfg[p.name]
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """Normalised mapping (defaults filled, data path absolute) that spec_from_dict reads back identically."""
+        return dict(self.raw)
+
+    def to_yaml(self) -> str:
+        return str(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def preset_values(name: str, model: Mapping[str, Any]) -> dict[str, Any]:
+    """A built-in preset's field values as a study with fixed `model` would run them: a `None` gate width
+    (meaning d_model // 4) is resolved with the study's d_model, so it can be enqueued into an int parameter."""
+    cfg = PRESETS[name].to_dict()
+    if cfg["ar_ssm_gate_hidden_dim"] is None:
+        cfg["ar_ssm_gate_hidden_dim"] = max(1, int(model.get("d_model", cfg["d_model"])) // 4)
+    return cfg
+
+
+def trial_trainable(cfg: Phase1Config) -> None:
+    """Raise ConfigError when a trial could not train `cfg`. A trial trains an LNS config (lns_enabled: true) with LNS
+    off, converts the trained model and evaluates the converted one (tuner.trial.runner), so LNS is allowed here;
+    every other trainability rule of Phase1Config.check_trainable applies."""
+    cfg.replace(lns_enabled=False).check_trainable()

@@ -1,0 +1,324 @@
+"""The trial child: the spawned process that holds the GPU, keeps torch and the data warm, and trains one trial
+per request."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import signal
+import threading
+import time
+import traceback
+from multiprocessing.connection import Connection
+from typing import Any
+
+from tuner.trial.faults import fault_for, raise_fault
+from tuner.trial.outcome import TrialRequest
+from tuner.units import GIB
+
+PROGRESS_EVERY_S = 0.25
+
+
+class TrialStopRequested(Exception):
+    """Raised inside the child's step callback when the parent asked the trial to stop (worker shutting down)."""
+
+
+def child_main(conn: Connection, gpu: int | None, parent_pid: int, cpu_threads: int | None = 1) -> None:
+    """Entry point of the trial child. Sets the GPU environment before torch loads, then serves requests."""
+    # The worker decides when to stop; Ctrl-C / a group SIGTERM must not kill the child mid-step on its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    # The estimator models this allocator setting; it must be set before CUDA initialises.
+    os.environ["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"
+    try:
+        import torch  # the expensive import, once per child
+
+        import model.train  # noqa: F401
+
+        state = _ChildState(conn, gpu, parent_pid)
+        if state.device == "cpu" and cpu_threads is not None:
+            torch.set_num_threads(int(cpu_threads))
+    except BaseException as e:  # noqa: BLE001 - reported to the parent, then exit
+        conn.send({"type": "startup_error", "error": f"{type(e).__name__}: {e}"})
+        return
+    conn.send({"type": "ready", "device": state.device, "device_name": state.device_name})
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return  # parent gone
+        kind = msg.get("type")
+        if kind == "exit":
+            return
+        if kind == "trial":
+            outcome = state.run_trial(msg["request"], msg["cache_dir"])
+            try:
+                conn.send({"type": "result", "outcome": outcome})
+            except (OSError, BrokenPipeError):
+                return
+        # a late "stop" after the trial already ended is ignored
+
+
+class _ChildState:
+    """What the child keeps warm between trials: torch, the device, open token data per (source, vocab)."""
+
+    def __init__(self, conn: Connection, gpu: int | None, parent_pid: int) -> None:
+        import torch
+
+        self.conn = conn
+        self.send_lock = threading.Lock()
+        self.parent_pid = parent_pid
+        self.nvml_index = gpu if gpu is not None else 0
+        self.device_uuid: str | None = None
+        if torch.cuda.is_available():
+            self.device = "cuda"
+            self.device_name = torch.cuda.get_device_name(0)
+            uuid = getattr(torch.cuda.get_device_properties(0), "uuid", None)
+            self.device_uuid = str(uuid) if uuid is not None else None
+        else:
+            self.device = "cpu"
+            import platform
+
+            self.device_name = f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+        self._data: dict[Any, Any] = {}
+
+    def send(self, msg: dict[str, Any]) -> None:
+        with self.send_lock:  # the guard thread and the step callback both send
+            self.conn.send(msg)
+
+    def data(self, source: Any, vocab_size: int, cache_dir: str) -> Any:
+        from model.data import prepare_data
+
+        key = (repr(source), vocab_size, cache_dir)
+        if key not in self._data:
+            self._data[key] = prepare_data(source, vocab_size, cache_dir)
+        return self._data[key]
+
+    def run_trial(self, req: TrialRequest, cache_dir: str) -> dict[str, Any]:
+        """Run one trial; the outcome as the flat mapping tuner.trial.outcome.TrialOutcome.from_dict reads."""
+        try:
+            return self._run_trial(req, cache_dir)
+        except BaseException as e:  # noqa: BLE001 - any failure becomes an outcome; the child stays up
+            return _error_outcome(e)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        import gc
+
+        import torch
+
+        gc.collect()
+        if self.device == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+
+    def _run_trial(self, req: TrialRequest, cache_dir: str) -> dict[str, Any]:
+        import torch
+
+        from model.config import ConfigError, Phase1Config
+        from model.errors import NumericalInstabilityError
+        from model.train import train_and_evaluate
+        from tuner.analysis.curve_monitor import (
+            LearningCurveMonitor,
+            LearningCurvePrune,
+        )
+        from tuner.vram.guard import VramCeilingExceeded, VramGuard
+
+        config = Phase1Config.from_dict(req.config)
+        lns = config.lns_enabled
+        # LNS weights are inference-only: train the float model, convert, evaluate the converted one.
+        train_config = config.replace(lns_enabled=False) if lns else config
+        data = self.data(req.data, config.vocab_size, cache_dir)
+        ceiling = float(req.ceiling_gib)
+        fault = fault_for(req.fault, req.trial_number)
+        guard = None
+        if self.device == "cuda":
+            guard = VramGuard(
+                ceiling,
+                device_index=self.nvml_index,
+                torch_device=0,
+                device_uuid=self.device_uuid,
+                on_cross=lambda peak, _t: self.send({"type": "ceiling", "peak_gib": peak}),
+            )
+
+        monitor = None
+        curve_note: dict[str, Any] = {}
+        pruning = req.pruning
+        if pruning is not None:
+            proxy = float(pruning.proxy_peak_gib or 0.0)
+            try:
+                monitor = LearningCurveMonitor(
+                    pruning.settings,
+                    req.train_tokens,
+                    [(float(p[0]), float(p[1])) for p in pruning.front],
+                    (lambda: guard.peak_gib) if guard is not None else (lambda: proxy),
+                    reference_curves=pruning.reference_curves or (),
+                )
+            except ValueError as e:  # a budget under 16 tokens has no log-spaced schedule
+                if pruning.settings.enabled:
+                    raise  # the spec rejects this combination; reaching here is a bug worth a traceback
+                curve_note = {"curve_note": f"no learning curve recorded: {e}"}
+        eval_points = list(monitor.eval_points) if monitor is not None else list(req.eval_points)
+
+        last_sent = [0.0]
+
+        def on_step(info: Any) -> None:
+            if guard is not None:
+                guard.check()
+            if os.getppid() != self.parent_pid:  # the worker died (e.g. SIGKILL): do not train for nobody
+                os._exit(3)
+            if self.conn.poll():
+                msg = self.conn.recv()
+                if msg.get("type") in ("stop", "exit"):
+                    raise TrialStopRequested("worker asked the trial to stop")
+            if fault is not None and info.step >= fault.at_step:
+                raise_fault(fault, info)
+            now = time.monotonic()
+            if now - last_sent[0] >= PROGRESS_EVERY_S:
+                last_sent[0] = now
+                self.send(
+                    {
+                        "type": "progress",
+                        "step": info.step,
+                        "tokens": info.tokens,
+                        "loss": float(info.loss),
+                        "elapsed_s": float(info.elapsed_s),
+                    }
+                )
+
+        base = {"device": self.device, "device_name": self.device_name}
+
+        def curve_attrs() -> dict[str, Any]:
+            return monitor.attrs() if monitor is not None else dict(curve_note)
+
+        try:
+            if guard is not None:
+                guard.start()
+            try:
+                result = train_and_evaluate(
+                    train_config,
+                    data,
+                    train_tokens=int(req.train_tokens),
+                    eval_tokens=int(req.eval_tokens),
+                    device=self.device,
+                    on_step=on_step,
+                    eval_points=eval_points,
+                    on_eval=monitor.on_eval if monitor is not None else None,
+                    return_model=lns,
+                )
+                out = _result_dict(result)
+                if lns:
+                    out.update(_lns_evaluate(result.model, config, data, int(req.eval_tokens), self.device))
+                    result.model = None
+            finally:
+                if guard is not None:
+                    guard.stop()
+        except VramCeilingExceeded as e:
+            return {
+                **base,
+                "kind": "vram_ceiling",
+                "peak_gib": e.peak_gib,
+                **_guard_attrs(guard),
+                **curve_attrs(),
+                "error_summary": str(e),
+            }
+        except torch.cuda.OutOfMemoryError as e:
+            return {
+                **base,
+                "kind": "oom",
+                **_guard_attrs(guard),
+                **_torch_peak(self.device),
+                **curve_attrs(),
+                **_exc_fields(e),
+            }
+        except NumericalInstabilityError as e:
+            return {
+                **base,
+                "kind": "numerical_instability",
+                "stability": _jsonable(e.diagnostics),
+                **_guard_attrs(guard),
+                **curve_attrs(),
+                **_exc_fields(e),
+            }
+        except LearningCurvePrune as e:
+            return {**base, "kind": "learning_curve", **_guard_attrs(guard), **curve_attrs(), "error_summary": str(e)}
+        except ConfigError as e:
+            return {**base, "kind": "invalid_config", "error_summary": str(e)}
+        except TrialStopRequested as e:
+            return {**base, "kind": "interrupted", **_guard_attrs(guard), "error_summary": str(e)}
+        if monitor is not None:  # the curve is the trained float model's: judge its prediction against that PPL
+            monitor.final_error(out["val_ppl_float"])
+        return {**base, "kind": "complete", "result": out, **_guard_attrs(guard), **curve_attrs()}
+
+
+def _lns_evaluate(trained: Any, config: Any, data: Any, eval_tokens: int, device: str) -> dict[str, Any]:
+    """Convert the trained float model's linears to LNS in place and evaluate the converted model."""
+    from model.lns_linear import convert_to_lns
+    from model.train import evaluate
+
+    n = convert_to_lns(trained, config)
+    val_loss, val_ppl = evaluate(trained, data, eval_tokens, config, device)
+    return {"lns_converted_linears": int(n), "val_loss": float(val_loss), "val_ppl": float(val_ppl)}
+
+
+def _result_dict(result: Any) -> dict[str, Any]:
+    """TrainResult -> JSON-ready dict (the model, if any, is left out)."""
+    fields = [f.name for f in dataclasses.fields(result)] if dataclasses.is_dataclass(result) else list(vars(result))
+    out = {}
+    for name in fields:
+        if name == "model":
+            continue
+        out[name] = _jsonable(getattr(result, name))
+    out["val_ppl_float"] = out.get("val_ppl")  # the trained float model's; an LNS trial then replaces val_ppl
+    return out
+
+
+def _jsonable(v: Any) -> Any:
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):
+        return _jsonable(dataclasses.asdict(v))
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, (bool, int, str)) or v is None:
+        return v
+    try:
+        f = float(v)  # numpy / torch scalars
+        return f if math.isfinite(f) else None
+    except (TypeError, ValueError):
+        return str(v)
+
+
+def _guard_attrs(guard: Any) -> dict[str, Any]:
+    if guard is None:
+        return {}
+    return {
+        "nvml_peak_gib": guard.peak_gib,
+        "nvml_samples": guard.n_samples,
+        "nvml_pid_seen": guard.n_seen,
+        "nvml_lookup": guard.nvml_lookup,
+        "allocator_fraction": guard.allocator_fraction,
+    }
+
+
+def _torch_peak(device: str) -> dict[str, Any]:
+    if device != "cuda":
+        return {}
+    import torch
+
+    return {"torch_peak_gib": torch.cuda.max_memory_allocated(0) / GIB}
+
+
+def _exc_fields(e: BaseException) -> dict[str, Any]:
+    tb = traceback.format_exception(type(e), e, e.__traceback__)
+    return {"error_summary": f"{type(e).__name__}: {e}"[:500], "traceback": "".join(tb[-12:])[-4000:]}
+
+
+def _error_outcome(e: BaseException) -> dict[str, Any]:
+    return {"kind": "error", **_exc_fields(e)}

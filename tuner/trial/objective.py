@@ -1,0 +1,255 @@
+"""The objective: one Optuna trial from sampled parameters to recorded objective values and end reason.
+
+Flow (architecture.md, "The flow of one trial"):
+  params = spec.space.suggest(trial) -> config = spec.build_config(params) -> pre-flight estimate -> train in the
+  worker's warm child (tuner.trial.runner) under the VRAM guard -> objective values + user attrs + constraint.
+
+How each end is recorded: tuner.trial.recording (by the ENDINGS table of tuner.trial.outcome).
+
+LNS trials (config.lns_enabled): LNS weights are inference-only, so the child trains the same config with
+lns_enabled False, converts the trained model with model.lns_linear.convert_to_lns and evaluates the converted
+model; val_ppl is the LNS model's, user attr `val_ppl_float` the trained float model's (the PPL with LNS off beside
+the one with LNS on), `eval_used_lns` True, `lns_converted_linears` the number of linears converted, peak memory the
+training peak. The learning curve is the float model's (LNS exists only after training).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import optuna
+
+from model.config import ConfigError
+from tuner.storage._optuna_compat import trial_id
+from tuner.storage.trial_attrs import ATTEMPT_ATTRS, EndReason
+from tuner.study.spec import StudySpec
+from tuner.trial.outcome import PruningRequest, TrialRequest
+from tuner.trial.recording import (
+    TrialFailed,
+    record_infeasible,
+    record_interrupted,
+    record_outcome,
+)
+
+log = logging.getLogger(__name__)
+
+
+class Objective:
+    """Callable objective for `study.optimize`.
+
+    Args:
+        spec: the StudySpec.
+        runner: the worker's tuner.trial.runner.TrialRunner (warm child).
+        stop_event: set by the worker's signal handler; the current trial stops and is marked interrupted.
+        worker_id: recorded as user attr `worker`.
+        on_progress: called with the child's progress messages ({"step", "tokens", "loss"}) plus "trial".
+        on_trial_start: called with (trial number, params) when a trial starts (progress displays).
+        fault: test-only tuner.trial.faults.FaultInjection passed to the child.
+        calibration_path: the VRAM-estimator calibration file (None: tuner.vram.calibration.default_path()); read by the
+            pre-flight estimate, refined after each completed GPU trial.
+    """
+
+    def __init__(
+        self,
+        spec: StudySpec,
+        runner: Any,
+        *,
+        stop_event: threading.Event | None = None,
+        worker_id: str | None = None,
+        on_progress: Callable[[dict[str, Any]], None] | None = None,
+        on_trial_start: Callable[[int, dict[str, Any]], None] | None = None,
+        fault: Any = None,
+        calibration_path: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.spec = spec
+        self.calibration_path = calibration_path
+        self._estimate_of_trial: Any = None  # the current trial's tuner.vram.estimate.Estimate (one trial at a time)
+        self.runner = runner
+        self.stop_event = stop_event or threading.Event()
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
+        self.on_progress = on_progress
+        self.on_trial_start = on_trial_start
+        self.fault = fault
+
+    # =================================================================================================================
+    def __call__(self, trial: optuna.trial.Trial) -> tuple[float, ...]:
+        """Run one trial. Any unexpected exception becomes FAIL + end_reason `error` with its traceback: the worker
+        survives its trial whatever happened in it."""
+        from tuner.trial.runner import ChildStartError
+
+        try:
+            return self._run(trial)
+        except (optuna.TrialPruned, TrialFailed):
+            raise
+        except ChildStartError as e:  # a worker problem: recorded on the trial, then the worker stops (FAIL)
+            trial.set_user_attr("end_reason", EndReason.ERROR.value)
+            trial.set_user_attr("error_summary", str(e)[:500])
+            raise
+        except Exception as e:
+            import traceback
+
+            trial.set_user_attr("end_reason", EndReason.ERROR.value)
+            trial.set_user_attr("error_summary", f"{type(e).__name__}: {e}"[:500])
+            trial.set_user_attr("traceback", "".join(traceback.format_exception(e)[-12:])[-4000:])
+            raise TrialFailed(f"{type(e).__name__}: {e}") from e
+
+    def _run(self, trial: optuna.trial.Trial) -> tuple[float, ...]:
+        spec = self.spec
+        self._reset_inherited(trial)
+        trial.set_user_attr("worker", self.worker_id)
+        if self.runner.gpu is not None:
+            trial.set_user_attr("gpu", self.runner.gpu)
+        params = spec.space.suggest(trial)
+        if self.on_trial_start is not None:
+            self.on_trial_start(trial.number, params)
+        if self.stop_event.is_set():
+            return record_interrupted(trial, "worker was stopping before the trial started")
+        try:
+            config = spec.build_config(params)
+        except ConfigError as e:
+            trial.set_user_attr("end_reason", EndReason.INVALID_CONFIG.value)
+            trial.set_user_attr("error_summary", str(e))
+            raise optuna.TrialPruned(f"invalid_config: {e}") from None
+        trial.set_user_attr("config", config.to_dict())
+        ceiling = float(spec.vram_ceiling_gib)
+
+        # The child starts (and reports its device) before the estimate: CPU and GPU compare different figures.
+        self.runner.ensure_started()
+        device = self.runner.device
+        trial.set_user_attr("device", self.runner.device_name)
+        trial.set_user_attr("peak_vram_kind", "nvml_process" if device == "cuda" else "cpu_tensor_bytes")
+
+        predicted = self._estimate(trial, config, device)
+        if predicted is not None and predicted > ceiling * (1.0 + spec.estimate.margin):
+            return record_infeasible(
+                trial,
+                spec,
+                config,
+                EndReason.PREDICTED_OVER_CEILING,
+                peak_gib=predicted,
+                note=f"not trained: predicted peak {predicted:.3f} GiB > ceiling {ceiling:g} GiB "
+                f"x (1 + margin {spec.estimate.margin:g}); val_ppl = vocab_size "
+                "(the uniform model's PPL)",
+            )
+
+        request = TrialRequest(
+            config=config.to_dict(),
+            data=spec.data,
+            train_tokens=spec.budget.train_tokens,
+            eval_tokens=spec.budget.eval_tokens,
+            ceiling_gib=ceiling,
+            pruning=self._pruning_request(trial, predicted),
+            trial_number=trial.number,
+            fault=self.fault,
+        )
+        progress = None
+        if self.on_progress is not None:
+            progress = lambda msg: self.on_progress({**msg, "trial": trial.number})
+        outcome = self.runner.run(
+            request, spec.budget.trial_timeout_s, on_progress=progress, stop_requested=self.stop_event.is_set
+        )
+        values = record_outcome(trial, spec, config, outcome, device)
+        if outcome.kind == "complete" and device == "cuda" and outcome.nvml_pid_seen:
+            self._refine_calibration(trial, outcome.result or {}, float(outcome.nvml_peak_gib or 0.0))
+        return values
+
+    @staticmethod
+    def _reset_inherited(trial: Any) -> None:
+        """A heartbeat retry (RetryHeartbeatStaleTrialCallback) copies the dead attempt's user attrs; blank the ones
+        that describe how that attempt ended so they cannot stick to this one."""
+        failed = trial.storage.get_trial_system_attrs(trial_id(trial)).get("failed_trial")
+        if failed is not None:
+            trial.set_user_attr("retry_of", failed)
+        for key in sorted(ATTEMPT_ATTRS):
+            if trial.user_attrs.get(key) is not None:
+                trial.set_user_attr(key, None)
+
+    def _estimate(self, trial: Any, config: Any, device: str) -> float | None:
+        """Predicted peak GiB in the measure the trial is judged by: on GPU the NVML per-process total (tensor +
+        allocator + outside), on CPU the tensor-bytes peak (tuner.vram.estimate with device="cpu")."""
+        if not self.spec.estimate.enabled:
+            return None
+        from tuner.vram.calibration import choose_calibration
+        from tuner.vram.estimate import estimate
+        from tuner.vram.nvml import current_device_key
+
+        if device == "cuda":  # the calibration file and NVML are read here, by the caller: estimate() is pure
+            choice = choose_calibration(self.calibration_path, current_device_key())
+            est = estimate(
+                config,
+                choice.calibration,
+                device=device,
+                calibrated=choice.calibrated,
+                calibration_source=choice.source,
+            )
+        else:
+            est = estimate(config, device=device)
+        self._estimate_of_trial = est
+        predicted = float(est.total_gib)
+        trial.set_user_attr("estimate", est.to_dict())  # the breakdown, beside the measured peak
+        trial.set_user_attr("predicted_peak_gib", predicted)
+        trial.set_user_attr("predicted_peak_kind", "nvml_process" if device == "cuda" else "cpu_tensor_bytes")
+        trial.set_user_attr("estimate_calibrated", bool(est.calibrated))
+        return predicted
+
+    def _refine_calibration(self, trial: Any, r: dict[str, Any], nvml_peak_gib: float) -> None:
+        """Teach the device's calibration from a trial that ran to the end with a per-process NVML peak (the
+        calibration refines itself from finished trials on the same device). Ceiling stops and OOMs are not used:
+        their peaks are cut short. An uncalibrated estimate has no device entry to refine."""
+        est = self._estimate_of_trial
+        if est is None or not est.calibrated or not est.calibration_key:
+            return
+        from tuner.vram.calibration import CalibrationError, refine_stored
+
+        try:
+            refine_stored(
+                self.calibration_path,
+                est.calibration_key,
+                est,
+                measured_nvml_gib=float(nvml_peak_gib),
+                measured_torch_peak_gib=float(r["peak_torch_gib"]),
+                measured_reserved_gib=r.get("peak_reserved_gib"),
+            )
+        except (OSError, CalibrationError) as e:  # a refinement is a bonus; the trial's own result stands
+            log.warning("calibration not refined from trial %d: %s", trial.number, e)
+            trial.set_user_attr("calibration_refined", False)
+            return
+        trial.set_user_attr("calibration_refined", True)
+
+    def _pruning_request(self, trial: Any, predicted: float | None) -> PruningRequest:
+        """Learning-curve settings for the child. Always sent: the curve, its fit and the prediction are recorded on
+        every trial; `enabled` (the spec's pruning switch) only decides whether the child may prune.
+
+        front: every feasible (val_ppl, peak_vram_gib) point of the study's complete trials (a point is dominated by
+        the front iff by some feasible point). reference_curves: the `curve` user attrs of complete trials with the
+        same budget; with enough of them the child predicts the final PPL with their late exponents
+        (tuner.analysis.curve.predict_late_alpha) instead of the trial's own early fit, which is biased low at the
+        budget.
+        """
+        lc = self.spec.pruning
+        names = self.spec.metric_names
+        # The rule compares (val_ppl, peak) with the front: without both objectives there is nothing to compare.
+        comparable = "val_ppl" in names and "peak_vram_gib" in names
+        from tuner.storage.constraints import is_feasible
+
+        budget = int(self.spec.budget.train_tokens)
+        points, references = [], []
+        for t in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+            if t.user_attrs.get("end_reason") != EndReason.COMPLETE.value:
+                continue
+            curve = t.user_attrs.get("curve")
+            if curve and t.user_attrs.get("curve_budget_tokens", budget) == budget:
+                references.append(curve)
+            if comparable and is_feasible(t):
+                points.append((float(t.values[names.index("val_ppl")]), float(t.values[names.index("peak_vram_gib")])))
+        settings = dataclasses.replace(lc, enabled=bool(lc.enabled and comparable))
+        # CPU has no live memory figure during the run: the estimate stands in for the trial's peak.
+        return PruningRequest(
+            settings, front=tuple(points), reference_curves=tuple(references), proxy_peak_gib=predicted
+        )

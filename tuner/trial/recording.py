@@ -1,0 +1,194 @@
+"""Recording a finished run on its Optuna trial: user attrs, constraint and objective values, by the ENDINGS table.
+
+How each end is recorded (user attr `end_reason` is always set; tuner.trial.outcome.ENDINGS is the table):
+  complete                COMPLETE, measured values, constraint = peak - ceiling (<= 0 feasible; on CPU a measured
+                          peak over the ceiling is known only after the run: end_reason `vram_ceiling`,
+                          `ceiling_detected: after_run`, still COMPLETE with the measured values).
+  vram_ceiling, oom       COMPLETE but infeasible (constraint > 0) so TPE, NSGA-II and GP all learn the boundary;
+                          val_ppl = vocab_size (the uniform model's PPL) unless measured; `objective_note` says so.
+  predicted_over_ceiling  COMPLETE, infeasible, zero GPU time: peak = the prediction.
+  numerical_instability   PRUNED, `stability` diagnostics saved.
+  learning_curve          PRUNED, the curve and its fit saved.
+  invalid_config          PRUNED (a config the spec's corner check let through; the sampler should not waste
+                          more trials there, and a PRUNED trial is never mistaken for a measured point).
+  timeout                 PRUNED (the configuration is valid, just slower than trial_timeout_s).
+  interrupted             FAIL; the worker's callback re-enqueues the same params (tuner.trial.budget), the retry
+                          records the trial it replaces (system attrs failed_trial / retry_history).
+  error                   FAIL with `error_summary` + `traceback` (also a child crash).
+Objective values are returned in the spec's metric order (val_ppl, peak_vram_gib, params, tokens_per_s).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import optuna
+
+from tuner.storage.constraints import set_trial_constraint
+from tuner.storage.trial_attrs import EndReason
+from tuner.study.spec import StudySpec
+from tuner.trial.outcome import (
+    ENDINGS,
+    FEASIBLE_EPS_GIB,
+    MEASURED_ATTRS,
+    RESULT_ATTRS,
+    TrialOutcome,
+    ending_message,
+    observed_peak_gib,
+    peak_vram,
+)
+
+log = logging.getLogger(__name__)
+
+
+class TrialFailed(Exception):
+    """Ends a trial as FAIL after its attributes were recorded; the worker passes it in `catch`."""
+
+
+class TrialInterrupted(TrialFailed):
+    """The worker is stopping (SIGTERM/SIGINT): the trial ends FAIL with end_reason `interrupted` and is retried."""
+
+
+def record_outcome(trial: Any, spec: StudySpec, config: Any, outcome: TrialOutcome, device: str) -> tuple[float, ...]:
+    """Record `outcome` on `trial`; return the objective values, or raise TrialPruned / TrialFailed /
+    TrialInterrupted as the reason's ENDINGS entry says."""
+    ceiling = float(spec.vram_ceiling_gib)
+    for key in MEASURED_ATTRS:
+        if getattr(outcome, key) is not None:
+            trial.set_user_attr(key, getattr(outcome, key))
+    for key, value in outcome.curve_attrs.items():  # every learning-curve attr the monitor wrote
+        if value is not None:
+            trial.set_user_attr(key, value)
+    trial.set_user_attr("trial_wall_s", round(float(outcome.wall_s), 3))
+    if outcome.replace_child:
+        trial.set_user_attr("child_replaced", True)
+
+    reason = outcome.reason
+    ending = ENDINGS[reason]
+    if reason is EndReason.COMPLETE:
+        return _record_complete(trial, spec, config, outcome, device)
+    for attr, source in ending.always.items():
+        value = getattr(outcome, source)
+        trial.set_user_attr(attr, value if value is not None or attr != "stability" else {})
+    for key in ending.if_set:
+        if getattr(outcome, key):
+            trial.set_user_attr(key, getattr(outcome, key))
+    if ending.infeasible:
+        peak = peak_vram(outcome, device=device, ceiling_gib=ceiling).gib
+        if reason is EndReason.VRAM_CEILING:
+            trial.set_user_attr("ceiling_detected", "killed" if outcome.killed else "guard_stop")
+            note = (
+                f"stopped at {peak:.3f} GiB > ceiling {ceiling:g} GiB before the end; "
+                "val_ppl = vocab_size (the uniform model's PPL)"
+            )
+        else:  # oom
+            note = (
+                f"CUDA out of memory at the allocator cap (ceiling {ceiling:g} GiB); peak_vram_gib = "
+                f"max(observed {observed_peak_gib(outcome):.3f}, ceiling + {FEASIBLE_EPS_GIB:g}); "
+                "val_ppl = vocab_size (the uniform model's PPL)"
+            )
+        summary = outcome.error_summary if reason is EndReason.VRAM_CEILING else None
+        return record_infeasible(trial, spec, config, reason, peak_gib=peak, note=note, summary=summary)
+    trial.set_user_attr("end_reason", reason.value)
+    message = ending_message(ending, outcome)
+    if ending.state == "pruned":
+        raise optuna.TrialPruned(message)
+    if reason is EndReason.INTERRUPTED:
+        return record_interrupted(trial, outcome.error_summary or "interrupted")
+    raise TrialFailed(message)
+
+
+def _record_complete(trial: Any, spec: StudySpec, config: Any, outcome: TrialOutcome, device: str) -> tuple[float, ...]:
+    ceiling = float(spec.vram_ceiling_gib)
+    r = outcome.result or {}
+    measured = peak_vram(outcome, device=device, ceiling_gib=ceiling)
+    peak = measured.gib
+    if measured.kind == "cuda_max_allocated_nvml_pid_unseen":
+        # NVML lists host PIDs; in a container without the host PID namespace our PID is never listed. Say so on
+        # the trial and use the allocator's figure, labelled, rather than report 0.
+        log.warning("NVML never listed the trial process (PID namespace?); peak_vram_gib is torch's peak allocated")
+        trial.set_user_attr("peak_vram_kind", measured.kind)
+    for key in RESULT_ATTRS:
+        if r.get(key) is not None:
+            trial.set_user_attr(key, r[key])
+    # The val_ppl objective is the evaluated model's: the LNS-converted one when the config asks for LNS.
+    trial.set_user_attr("eval_used_lns", bool(config.lns_enabled))
+    trial.set_user_attr("torch_peak_gib", r.get("peak_torch_gib"))
+    counts = r.get("param_counts") or expected_param_counts(config)
+    trial.set_user_attr("params_total", params_total(counts))
+    diag = r.get("diagnostics") or {}
+    trial.set_user_attr("effective_rank", diag.get("effective_rank"))
+    trial.set_user_attr("gate_sparsity", diag.get("gate_sparsity"))
+    trial.set_user_attr("stability", {k: v for k, v in diag.items() if k not in ("effective_rank", "gate_sparsity")})
+    if "curve" not in trial.user_attrs and r.get("curve") is not None:
+        trial.set_user_attr("curve", r["curve"])
+    over = peak > ceiling
+    trial.set_user_attr("end_reason", (EndReason.VRAM_CEILING if over else EndReason.COMPLETE).value)
+    if over:  # only on CPU: the GPU guard stops the run instead
+        trial.set_user_attr("ceiling_detected", "after_run")
+    set_trial_constraint(trial, peak - ceiling)
+    return objective_values(
+        spec, val_ppl=r["val_ppl"], peak=peak, params=params_total(counts), tokens_per_s=r.get("tokens_per_s") or 0.0
+    )
+
+
+def record_infeasible(
+    trial: Any,
+    spec: StudySpec,
+    config: Any,
+    reason: EndReason,
+    *,
+    peak_gib: float,
+    note: str,
+    summary: str | None = None,
+) -> tuple[float, ...]:
+    """An over-ceiling end recorded COMPLETE with val_ppl = vocab_size and a positive constraint."""
+    ceiling = float(spec.vram_ceiling_gib)
+    counts = expected_param_counts(config)
+    trial.set_user_attr("end_reason", reason.value)
+    trial.set_user_attr("objective_note", note)
+    trial.set_user_attr("params_total", params_total(counts))
+    trial.set_user_attr("param_counts", dict(counts))
+    if reason is EndReason.VRAM_CEILING:
+        trial.set_user_attr("observed_peak_gib", peak_gib)
+    elif reason is EndReason.PREDICTED_OVER_CEILING:
+        trial.set_user_attr("predicted_peak_gib", peak_gib)
+    if summary and "error_summary" not in trial.user_attrs:
+        trial.set_user_attr("stop_summary", summary)
+    set_trial_constraint(trial, max(peak_gib - ceiling, FEASIBLE_EPS_GIB))
+    return objective_values(
+        spec, val_ppl=float(config.vocab_size), peak=peak_gib, params=params_total(counts), tokens_per_s=0.0
+    )
+
+
+def record_interrupted(trial: Any, summary: str) -> tuple[float, ...]:
+    """End the trial FAIL `interrupted` (the worker re-enqueues its params)."""
+    trial.set_user_attr("end_reason", EndReason.INTERRUPTED.value)
+    trial.set_user_attr("error_summary", summary)
+    raise TrialInterrupted(summary)
+
+
+def objective_values(
+    spec: StudySpec, *, val_ppl: float, peak: float, params: float, tokens_per_s: float
+) -> tuple[float, ...]:
+    """The objective values in the spec's metric order."""
+    table = {
+        "val_ppl": float(val_ppl),
+        "peak_vram_gib": float(peak),
+        "params": float(params),
+        "tokens_per_s": float(tokens_per_s),
+    }
+    return tuple(table[m] for m in spec.metric_names)
+
+
+def expected_param_counts(config: Any) -> dict[str, int]:
+    """Parameter counts per component from the model's formulas, for trials that never build the model."""
+    from model.lm import expected_param_counts as model_counts
+
+    return {k: int(v) for k, v in model_counts(config).items() if k != "total"}
+
+
+def params_total(counts: dict[str, int]) -> int:
+    """Total parameters from per-component counts (a "total" entry, if present, is not added again)."""
+    return int(sum(v for k, v in counts.items() if k != "total"))

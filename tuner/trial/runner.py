@@ -1,0 +1,237 @@
+"""Run one trial in a warm child process that holds the GPU; classify how it ended.
+
+Process model: the worker (parent) holds the study, the heartbeat and the sampler; a child started with the
+multiprocessing *spawn* context holds the GPU. The child pins its GPU (CUDA_VISIBLE_DEVICES) and sets
+PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True before torch initialises CUDA (the estimator models that allocator),
+imports torch once, keeps the tokenized data open (memory-mapped, prepared once in a shared cache dir) and serves
+trial requests over a duplex pipe until told to exit. It is replaced after a CUDA error, an OOM, a ceiling stop, a
+timeout or a crash, so a sticky CUDA error or leaked memory never poisons the next trial, and NVML's per-process
+figure is the trial's own.
+
+Messages child -> parent: {"type": "ready", device, device_name}, {"type": "progress", step, tokens, loss,
+elapsed_s}, {"type": "ceiling", peak_gib}, {"type": "result", "outcome": {...}}. Parent -> child: a trial request
+(dict, see `TrialRunner.run`), {"type": "stop"} (end the current trial cleanly), {"type": "exit"}.
+
+Outcome kinds: complete, vram_ceiling, oom, numerical_instability, learning_curve, invalid_config, interrupted,
+timeout, error. `replace_child` says whether the parent must start a fresh child before the next trial.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import time
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import Any
+
+from tuner.errors import TunerError
+from tuner.trial.child import child_main
+from tuner.trial.outcome import TrialOutcome, TrialRequest
+
+# Ends after which the child is replaced: its CUDA context may be poisoned, or its memory leaked or fragmented.
+_REPLACE_AFTER = {"vram_ceiling", "oom", "timeout", "interrupted", "crash"}
+CEILING_KILL_AFTER_S = 1.0  # the child must stop within this long after reporting a crossing, or it is killed
+STOP_GRACE_S = 10.0  # after a stop request (SIGTERM to the worker), how long the current step may take to finish
+READY_TIMEOUT_S = 300.0  # importing torch on a loaded 2-core machine can take tens of seconds
+
+
+class ChildStartError(TunerError):
+    """The trial child could not start (import failure, no CUDA where expected, ...): a worker problem, not a
+    trial's; the worker stops instead of failing every trial the same way."""
+
+
+class TrialRunner:
+    """One warm child process per worker. `run(request)` sends a trial and waits for its outcome.
+
+    Args:
+        gpu: physical GPU index (NVML numbering) to pin the child to, or None to let it pick (CPU without CUDA).
+        cache_dir: where tokenized data is cached (shared between workers; preparation is locked).
+        cpu_threads: torch intra-op threads of a child that trains on CPU (default 1: the tiny CPU models gain
+            nothing from more, and several workers on a shared machine would oversubscribe its cores - measured on
+            2 shared cores: 1 thread 10 s, 2 threads 67 s for the same run). None keeps torch's default. Ignored
+            on a GPU.
+    """
+
+    def __init__(
+        self, gpu: int | None = None, cache_dir: str | os.PathLike[str] = ".phase1_cache", cpu_threads: int | None = 1
+    ) -> None:
+        self.gpu = gpu
+        self.cpu_threads = cpu_threads
+        self.cache_dir = str(Path(cache_dir).resolve())
+        self._ctx = mp.get_context("spawn")
+        self._proc: mp.process.BaseProcess | None = None
+        self._conn: Connection | None = None
+        self.device: str | None = None  # "cuda" | "cpu", known once the child is ready
+        self.device_name: str | None = None
+        self.n_started = 0
+
+    # --- child lifecycle ----------------------------------------------------------------------------------------
+    def ensure_started(self) -> None:
+        """Start a child if none is alive, and wait until it has imported torch."""
+        if self._proc is not None and self._proc.is_alive():
+            return
+        self._discard()
+        parent_conn, child_conn = self._ctx.Pipe(duplex=True)
+        proc = self._ctx.Process(
+            target=child_main,
+            args=(child_conn, self.gpu, os.getpid(), self.cpu_threads),
+            name=f"tuner-trial-child-{self.n_started}",
+            daemon=True,
+        )
+        proc.start()
+        child_conn.close()
+        self._proc, self._conn = proc, parent_conn
+        self.n_started += 1
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if parent_conn.poll(0.1):
+                try:
+                    msg = parent_conn.recv()
+                except (EOFError, OSError):
+                    proc.join(1.0)
+                    code = proc.exitcode
+                    self._discard()
+                    raise ChildStartError(
+                        f"trial child exited during startup ({_describe_exit(code)}); see its output above"
+                    ) from None
+                if msg.get("type") == "ready":
+                    self.device, self.device_name = msg["device"], msg["device_name"]
+                    return
+                if msg.get("type") == "startup_error":
+                    self._discard()
+                    raise ChildStartError(f"trial child could not start: {msg['error']}")
+            elif not proc.is_alive():
+                code = proc.exitcode
+                self._discard()
+                raise ChildStartError(f"trial child exited during startup ({_describe_exit(code)})")
+        self._discard()
+        raise ChildStartError(f"trial child not ready after {READY_TIMEOUT_S:.0f} s")
+
+    @property
+    def child_pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def close(self) -> None:
+        """Ask the child to exit; kill it if it does not within 5 s. Safe to call twice."""
+        if self._proc is None:
+            return
+        try:
+            if self._proc.is_alive() and self._conn is not None:
+                try:
+                    self._conn.send({"type": "exit"})
+                except (OSError, BrokenPipeError):
+                    pass
+                self._proc.join(5.0)
+        finally:
+            self._discard()
+
+    def _discard(self) -> None:
+        """Kill the child (if any) and forget it."""
+        proc, conn = self._proc, self._conn
+        self._proc, self._conn = None, None
+        if proc is not None:
+            if proc.is_alive():
+                proc.kill()
+            proc.join(5.0)
+        if conn is not None:
+            conn.close()
+
+    # --- one trial ----------------------------------------------------------------------------------------------
+    def run(
+        self,
+        request: TrialRequest,
+        timeout_s: float,
+        *,
+        on_progress: Callable[[dict[str, Any]], None] | None = None,
+        stop_requested: Callable[[], bool] = lambda: False,
+    ) -> TrialOutcome:
+        """Run one trial; return how it ended (tuner.trial.outcome.TrialOutcome).
+
+        With `request.pruning` a LearningCurveMonitor records the curve (its own log-spaced eval points) whether or
+        not it may prune (`settings.enabled`). The wall clock for `timeout_s` starts when the request is sent (the
+        child is already warm).
+        """
+        self.ensure_started()
+        conn, proc = self._conn, self._proc
+        if conn is None or proc is None:  # ensure_started raises when no child could start
+            raise ChildStartError("trial child is not running")
+        conn.send({"type": "trial", "cache_dir": self.cache_dir, "request": request})
+        t0 = time.monotonic()
+        ceiling_msg: dict[str, Any] | None = None
+        ceiling_seen_at: float | None = None
+        stop_sent_at: float | None = None
+        outcome: dict[str, Any] | None = None
+        while outcome is None:
+            if conn.poll(0.05):
+                try:
+                    msg = conn.recv()
+                except (EOFError, OSError):
+                    outcome = self._crash_outcome(proc)
+                    break
+                kind = msg.get("type")
+                if kind == "progress" and on_progress is not None:
+                    on_progress(msg)
+                elif kind == "ceiling":
+                    ceiling_msg, ceiling_seen_at = msg, time.monotonic()
+                elif kind == "result":
+                    outcome = msg["outcome"]
+                continue
+            if not proc.is_alive():
+                outcome = self._crash_outcome(proc)
+                break
+            now = time.monotonic()
+            if ceiling_msg is not None and ceiling_seen_at is not None and now - ceiling_seen_at > CEILING_KILL_AFTER_S:
+                outcome = {
+                    "kind": "vram_ceiling",
+                    "peak_gib": ceiling_msg["peak_gib"],
+                    "killed": True,
+                    "error_summary": f"child did not stop within {CEILING_KILL_AFTER_S:.0f} s of crossing "
+                    "the ceiling; killed",
+                }
+                break
+            if now - t0 > timeout_s:
+                outcome = {
+                    "kind": "timeout",
+                    "error_summary": f"trial exceeded trial_timeout_s = {timeout_s:g} s; child killed",
+                }
+                break
+            if stop_sent_at is None and stop_requested():
+                try:
+                    conn.send({"type": "stop"})
+                except (OSError, BrokenPipeError):
+                    pass
+                stop_sent_at = now
+            if stop_sent_at is not None and now - stop_sent_at > STOP_GRACE_S:
+                outcome = {
+                    "kind": "interrupted",
+                    "killed": True,
+                    "error_summary": f"worker stopping; trial did not stop within {STOP_GRACE_S:.0f} s, child killed",
+                }
+                break
+        outcome.setdefault("wall_s", time.monotonic() - t0)
+        if outcome["kind"] == "vram_ceiling" and ceiling_msg is not None:
+            outcome.setdefault("peak_gib", ceiling_msg["peak_gib"])
+        replace = outcome["kind"] in _REPLACE_AFTER or (outcome["kind"] == "error" and self.device == "cuda")
+        outcome["replace_child"] = replace
+        if replace:
+            self._discard()  # killed now; a fresh child starts with the next trial
+        return TrialOutcome.from_dict(outcome)
+
+    def _crash_outcome(self, proc: BaseProcess) -> dict[str, Any]:
+        proc.join(1.0)
+        return {"kind": "crash", "error_summary": f"trial child process died ({_describe_exit(proc.exitcode)})"}
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "exit code unknown"
+    if code < 0:
+        try:
+            return f"killed by signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
