@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from model.corpus import (  # noqa: F401  (DEFAULT_MAX_BYTES, name_fraction: re-exported for callers of model.data)
+from model.corpus import (
     CACHE_FORMAT,
     DEFAULT_MAX_BYTES,
     Corpus,
@@ -41,6 +41,12 @@ from model.corpus import (  # noqa: F401  (DEFAULT_MAX_BYTES, name_fraction: re-
     read_documents,
     split_documents,
 )
+
+__all__ = [  # the corpus names are re-exported: callers use model.data for the whole pipeline
+    "DEFAULT_MAX_BYTES", "EOT_TOKEN", "MIN_VOCAB_SIZE", "DataError", "DataRepeatWarning", "DataSource", "TokenData",
+    "encode_documents", "name_fraction", "open_token_data", "prepare_data", "split_documents", "token_dtype",
+    "train_tokenizer", "unigram_val_loss",
+]
 
 log = logging.getLogger(__name__)
 
