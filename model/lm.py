@@ -57,19 +57,18 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from model.ar_ssm import ARSSM, ar_ssm_param_count
 from model.ffn import LowRankFFN, ffn_param_count
 from model.htt import HTTEmbedding, htt_param_count
+from model.loss import chunked_cross_entropy
 from model.optim import tag
 
 if TYPE_CHECKING:
     from model.config import Phase1Config
 
-IGNORE_INDEX = -100  # target id excluded from the loss
 NORM_EPS = 1e-6
 TABLE_CHUNK_ROWS = 8192  # tied head: rows of E built at once (8192 x 1024 fp32 = 32 MiB)
 
@@ -308,30 +307,6 @@ class Phase1LM(nn.Module):
             out[..., start:end] = part  # parts die after the copy; the matmul saved hs and the table chunk
         return out
 
-    def _ce_sum(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Sum of next-token CE over the non-ignored positions of h [B, c, D], targets [B, c]."""
-        logits = self.logits(h)
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
-                               ignore_index=IGNORE_INDEX, reduction="sum")
-
-    def _cross_entropy(self, h: torch.Tensor, targets: torch.Tensor):
-        """(mean CE over non-ignored positions, logits [B, L, V] or None when chunked)."""
-        L, c = targets.shape[1], self.config.loss_chunk_size
-        n_valid = (targets != IGNORE_INDEX).sum().clamp(min=1)
-        if c == 0 or c >= L:
-            logits = self.logits(h)
-            ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
-                                 ignore_index=IGNORE_INDEX, reduction="sum")
-            return ce / n_valid, logits
-        total = h.new_zeros((), dtype=torch.float32)
-        for start in range(0, L, c):
-            hc, tc = h[:, start:start + c], targets[:, start:start + c]
-            if torch.is_grad_enabled():  # a memory matter whenever autograd records, training or not
-                total = total + checkpoint(self._ce_sum, hc, tc, use_reentrant=False)
-            else:
-                total = total + self._ce_sum(hc, tc)
-        return total / n_valid, None
-
     # --- forward ---------------------------------------------------------------------------------
     def forward(self, ids: torch.Tensor, targets: torch.Tensor | None = None) -> LMOutput:
         cfg = self.config
@@ -361,7 +336,7 @@ class Phase1LM(nn.Module):
         diagnostics = {"effective_rank": er_mean, "gate_sparsity": sp_mean}
         if targets is None:
             return LMOutput(self.logits(h), None, None, aux, h, diagnostics)
-        ce, logits = self._cross_entropy(h, targets)
+        ce, logits = chunked_cross_entropy(self.logits, h, targets, cfg.loss_chunk_size)
         return LMOutput(logits, ce + aux, ce, aux, h, diagnostics)
 
     # --- accounting ------------------------------------------------------------------------------
