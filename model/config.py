@@ -104,13 +104,7 @@ class Phase1Config:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, where: str = "config") -> "Phase1Config":
         """Build from a mapping; unknown keys are an error naming the key (and the closest known one)."""
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"{where}: expected a mapping of Phase1Config fields, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}
-        for key in data:
-            if key not in known:
-                raise ConfigError(f"{where}.{key}: unknown Phase1Config field{_did_you_mean(str(key), known)}")
-        return cls(**dict(data))
+        return from_mapping(cls, data, where)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -216,6 +210,18 @@ def _check_values(cfg: Phase1Config) -> None:
         raise ConfigError(f"ffn_rank: {cfg.ffn_rank} is out of range (allowed: 1 .. 4 * d_model = {4 * cfg.d_model})")
     if cfg.stability_threshold >= 1.0:
         raise ConfigError(f"stability_threshold: {cfg.stability_threshold} is out of range (allowed: 0 < x < 1)")
+
+
+def from_mapping(cls: Any, data: Any, where: str) -> Any:
+    """`cls(**data)` for a config dataclass, after checking `data` is a mapping of its fields: ConfigError naming
+    the key (and the closest field) otherwise. Shared by Phase1Config and the dense baseline's DenseConfig."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}: expected a mapping of {cls.__name__} fields, got {type(data).__name__}")
+    known = {f.name for f in fields(cls)}
+    for key in data:
+        if key not in known:
+            raise ConfigError(f"{where}.{key}: unknown {cls.__name__} field{_did_you_mean(str(key), known)}")
+    return cls(**dict(data))
 
 
 def _did_you_mean(key: str, known: set[str]) -> str:

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any, Literal, Mapping, get_type_hints
 
-from model.config import ConfigError, DType, _did_you_mean, describe_type, type_ok
+from model.config import ConfigError, DType, describe_type, from_mapping, type_ok
 
 
 @dataclass
@@ -68,13 +68,7 @@ class DenseConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, where: str = "baseline") -> "DenseConfig":
         """Build from a mapping; unknown keys are an error naming the key (and the closest known one)."""
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"{where}: expected a mapping of DenseConfig fields, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}
-        for key in data:
-            if key not in known:
-                raise ConfigError(f"{where}.{key}: unknown DenseConfig field{_did_you_mean(str(key), known)}")
-        return cls(**dict(data))
+        return from_mapping(cls, data, where)
 
     def replace(self, **changes: Any) -> "DenseConfig":
         return dataclasses.replace(self, **changes)
