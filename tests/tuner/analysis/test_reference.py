@@ -42,7 +42,8 @@ def test_status_counts_and_hypervolume_are_phase1_only():
 def test_summary_gives_the_best_feasible_phase1_ratios_to_the_reference():
     s = reference_summary(_study_with_dominating_reference().get_trials(), NAMES)
     assert s is not None
-    assert (s["reference"], s["trial"], s["val_ppl"], s["peak_vram_gib"], s["feasible"]) == ("dense", 3, 20.0, 1.0, True)
+    got = (s["reference"], s["trial"], s["val_ppl"], s["peak_vram_gib"], s["feasible"])
+    assert got == ("dense", 3, 20.0, 1.0, True)
     best = s["best_phase1"]
     assert (best["trial"], best["ppl_ratio"], best["gib_ratio"]) == (0, 2.0, 4.0)
     text = "\n".join(describe_reference(s))
