@@ -87,7 +87,12 @@ def _phase1_only(study: Any) -> Any:
 
     from tuner.storage.trial_attrs import is_reference
 
-    copy = optuna.create_study(directions=study.directions)
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the copy's "new study created" line is noise here
+    try:
+        copy = optuna.create_study(directions=study.directions)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
     copy.add_trials([t for t in study.get_trials(deepcopy=False) if not is_reference(t)])
     return copy
 

@@ -58,7 +58,7 @@ def parse_data(text: str) -> Any:
     """--data value -> model.data.DataSource. 'stdlib' | a path | a YAML mapping (study `data:` syntax)."""
     import yaml
 
-    from model.data import DataSource
+    from model.corpus import DataSource
 
     value = yaml.safe_load(text) if text.strip().startswith("{") else text
     if isinstance(value, dict):
@@ -72,7 +72,7 @@ def parse_data(text: str) -> Any:
 
 def _settings(args: argparse.Namespace, preset: Any) -> tuple[Any, int, int, str]:
     """(DataSource, train_tokens, eval_tokens, where they came from)."""
-    from model.data import DataSource
+    from model.corpus import DataSource
 
     prov = preset.provenance
     spec = None

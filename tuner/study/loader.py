@@ -228,7 +228,7 @@ class _Loader(SpaceReader):
         return {k: getattr(cfg, k) for k in m}  # ints given for float fields come back as floats
 
     def data(self, v: Any) -> tuple[Any, dict[str, Any]]:
-        from model.data import DataError, DataSource  # noqa: WPS433 (lazy: model.data is a sibling module)
+        from model.corpus import DataError, DataSource  # lazy; model.corpus defines them (model.data re-exports)
 
         if not isinstance(v, Mapping):
             raise self.fail("data", f"expected a mapping, got {fmt_value(v)}", "write data: {source: stdlib}")

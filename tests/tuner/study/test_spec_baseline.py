@@ -28,9 +28,7 @@ def test_dense_copies_the_fixed_shape_with_the_dense_default_learning_rate():
 def test_a_fixed_learning_rate_is_shared_and_overrides_win():
     spec = spec_from_dict(mutate(model__learning_rate=2.0e-3, baseline="dense"), check_paths=False)
     assert spec.baseline is not None and spec.baseline.learning_rate == 2.0e-3
-    spec = spec_from_dict(
-        mutate(baseline={"kind": "dense", "n_heads": 8, "learning_rate": 1.0e-3}), check_paths=False
-    )
+    spec = spec_from_dict(mutate(baseline={"kind": "dense", "n_heads": 8, "learning_rate": 1.0e-3}), check_paths=False)
     assert spec.baseline is not None and (spec.baseline.n_heads, spec.baseline.learning_rate) == (8, 1.0e-3)
     again = spec_from_dict(spec.to_dict(), check_paths=False)  # what a worker rebuilds from storage
     assert again.baseline == spec.baseline and again.to_dict() == spec.to_dict()

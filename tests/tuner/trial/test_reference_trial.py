@@ -74,6 +74,12 @@ def test_reference_trial_runs_once_is_marked_and_never_exported(tmp_path, storag
     assert main(["pareto", "--study", "ref", "--storage", storage_url]) == 0
     assert "reference: dense" in capsys.readouterr().out
 
+    report = tmp_path / "report"
+    assert main(["report", "--study", "ref", "--storage", storage_url, "--out", str(report)]) == 0
+    summary = (report / "summary.md").read_text()
+    assert "## Reference trial" in summary and f"reference: dense (trial {ref.number}" in summary
+    assert ref.number not in [r["number"] for r in json.loads((report / "pareto.json").read_text())]
+
     out = tmp_path / "best.yaml"
     assert main(["export", "--study", "ref", "--storage", storage_url, "--max-vram-gib", "8", "--out", str(out)]) == 0
     exported = yaml.safe_load(out.read_text())
@@ -81,10 +87,32 @@ def test_reference_trial_runs_once_is_marked_and_never_exported(tmp_path, storag
 
 
 def test_train_baseline_dense_on_a_tiny_shape(tmp_path, capsys):
-    argv = ["train", "--baseline", "dense", "--vocab-size", "512", "--d-model", "32", "--n-layers", "1",
-            "--n-seq", "32", "--batch-size", "2", "--data", yaml.safe_dump(TINY_DATA, default_flow_style=True),
-            "--train-tokens", "2000", "--eval-tokens", "500", "--cache-dir", str(tmp_path / "cache"), "--json",
-            "--storage", f"sqlite:///{tmp_path}/t.db"]
+    argv = [
+        "train",
+        "--baseline",
+        "dense",
+        "--vocab-size",
+        "512",
+        "--d-model",
+        "32",
+        "--n-layers",
+        "1",
+        "--n-seq",
+        "32",
+        "--batch-size",
+        "2",
+        "--data",
+        yaml.safe_dump(TINY_DATA, default_flow_style=True),
+        "--train-tokens",
+        "2000",
+        "--eval-tokens",
+        "500",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--json",
+        "--storage",
+        f"sqlite:///{tmp_path}/t.db",
+    ]
     assert main(argv) == 0
     line = json.loads(capsys.readouterr().out)
     counts = dense_param_counts(DenseConfig(vocab_size=512, d_model=32, n_layers=1, n_heads=1, n_seq=32))
