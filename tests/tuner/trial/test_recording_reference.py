@@ -9,6 +9,7 @@ import optuna
 
 from model.dense_config import dense_param_counts
 from tests.tuner.tiny import mutate
+from tuner.storage.constraints import is_feasible
 from tuner.study.loader import spec_from_dict
 from tuner.trial.outcome import TrialOutcome
 from tuner.trial.recording import expected_param_counts, record_outcome
@@ -39,3 +40,17 @@ def test_more_than_one_epoch_is_logged_by_the_worker(caplog):
     _, trial, _ = _record(2.5, caplog)
     assert trial.user_attrs["epochs"] == 2.5
     assert f"trial {trial.number} repeated its training data: 2.50 epochs" in caplog.text
+
+
+def test_a_dense_run_stopped_at_the_ceiling_is_infeasible_with_dense_counts():
+    spec = spec_from_dict(mutate(baseline="dense"), check_paths=False)
+    assert spec.baseline is not None
+    study = optuna.create_study(directions=spec.directions)
+    trial = study.ask()
+    outcome = TrialOutcome("vram_ceiling", peak_gib=9.5, error_summary="over")
+    values = record_outcome(trial, spec, spec.baseline, outcome, "cuda")
+    assert values == (float(spec.baseline.vocab_size), 9.5)  # the uniform model's PPL, the guard's peak
+    assert trial.user_attrs["end_reason"] == "vram_ceiling"
+    assert trial.user_attrs["params_total"] == dense_param_counts(spec.baseline)["total"]
+    study.tell(trial, values)
+    assert not is_feasible(study.trials[0])
