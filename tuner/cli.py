@@ -62,7 +62,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
     errors: list[type[BaseException]] = [TunerError, ConfigError]
     try:
-        from model.data import DataError
+        from model.corpus import DataError
     except ImportError:  # model.data missing would surface in the command that needs it, with its own traceback
         pass
     else:

@@ -47,6 +47,8 @@ def test_quickstart_runs_exports_and_reproduces(tmp_path):
         assert 1.0 < t.values[0] < 1e5 and 0.0 < t.values[1] < 1.0
         assert t.user_attrs["params_total"] > 0 and t.user_attrs["tokens_per_s"] > 0
     assert study.best_trials, "empty Pareto front"
+    refs = [t for t in done if t.user_attrs.get("reference") == "dense"]  # the file's `baseline:` reference trial
+    assert len(refs) == 1 and refs[0].params == {} and refs[0].user_attrs["config"]["kind"] == "dense"
     assert wall_s < 180.0, f"quickstart took {wall_s:.1f} s (> 3 minutes)"
 
     pareto = _tuner(["pareto", "--study", "quickstart", "--json"], tmp_path, timeout=60)
@@ -58,6 +60,7 @@ def test_quickstart_runs_exports_and_reproduces(tmp_path):
     import yaml
 
     prov = yaml.safe_load(preset.read_text())["provenance"]
+    assert prov["trial"] != refs[0].number  # export never picks the reference
 
     train = _tuner(["train", "--preset", str(preset), "--study", str(study_file), "--json"], tmp_path, timeout=200)
     assert train.returncode == 0, train.stdout[-2000:] + train.stderr[-2000:]

@@ -2,6 +2,7 @@
 
 They take FrozenTrials (from `study.get_trials()`) and the study's metric names and directions, so tests call them
 directly on trials made with Optuna's own API. Feasible = every recorded constraint <= 0 (tuner.storage.constraints).
+Reference (baseline) trials never count as Phase 1 trials here: tuner.analysis.reference shows them beside the front.
 
 Hypervolume reference point (fixed per study, so the number is comparable over the study's life): per objective
 - val_ppl: the vocabulary size, the perplexity of the uniform model (any model that learned anything beats it);
@@ -21,6 +22,7 @@ from typing import Any
 
 from tuner.storage._optuna_compat import compute_hypervolume, trial_id
 from tuner.storage.constraints import constraint_value, is_feasible
+from tuner.storage.trial_attrs import is_reference
 
 
 def _sign(direction: Any) -> float:
@@ -37,8 +39,14 @@ def metric_value(trial: Any, metric: str, metric_names: Sequence[str]) -> float 
 
 
 def feasible_complete(trials: Sequence[Any]) -> list[Any]:
-    """COMPLETE trials with objective values whose constraints hold."""
-    return [t for t in trials if t.state.name == "COMPLETE" and t.values is not None and is_feasible(t)]
+    """COMPLETE Phase 1 trials with objective values whose constraints hold. Reference (baseline) trials are left
+    out: the front, the hypervolume, the best values and the export are the Phase 1 model's
+    (tuner.analysis.reference shows the reference beside them)."""
+    return [
+        t
+        for t in trials
+        if t.state.name == "COMPLETE" and t.values is not None and is_feasible(t) and not is_reference(t)
+    ]
 
 
 def dominates(a: Sequence[float], b: Sequence[float]) -> bool:
@@ -177,7 +185,7 @@ def status_summary(
             best[metric] = None
     front = pareto_front(trials, directions)
     ref = reference_point(metric_names, directions, vocab_size=vocab_size, ceiling_gib=ceiling_gib, trials=trials)
-    infeasible = sum(1 for t in trials if t.state.name == "COMPLETE" and not is_feasible(t))
+    infeasible = sum(1 for t in trials if t.state.name == "COMPLETE" and not is_feasible(t) and not is_reference(t))
     return {
         "n_trials": len(trials),
         "by_state": dict(sorted(by_state.items())),
@@ -201,4 +209,5 @@ def trial_row(trial: Any, metric_names: Sequence[str]) -> dict[str, Any]:
         "constraint_gib": constraint_value(trial),
         "end_reason": trial.user_attrs.get("end_reason"),
         "device": trial.user_attrs.get("device"),
+        "reference": trial.user_attrs.get("reference"),
     }

@@ -28,8 +28,11 @@ def _pareto_png(
     import matplotlib.pyplot as plt
 
     from tuner.storage.constraints import is_feasible
+    from tuner.storage.trial_attrs import is_reference
 
-    done = [t for t in trials if t.state.name == "COMPLETE" and t.values is not None]
+    finished = [t for t in trials if t.state.name == "COMPLETE" and t.values is not None]
+    done = [t for t in finished if not is_reference(t)]
+    refs = [t for t in finished if is_reference(t)]
     fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
     feas = [t for t in done if is_feasible(t)]
     infeas = [t for t in done if not is_feasible(t)]
@@ -48,13 +51,25 @@ def _pareto_png(
     if front:
         pts = sorted((t.values[x_i], t.values[y_i]) for t in front)
         ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", c="tab:blue", ms=5, label="Pareto front")
+    for t in refs:  # beside the front, never on it: the plain transformer the compression is measured against
+        ax.scatter(
+            [t.values[x_i]],
+            [t.values[y_i]],
+            c="tab:orange",
+            marker="*",
+            s=140,
+            edgecolors="k",
+            linewidths=0.5,
+            label=f"reference: {t.user_attrs['reference']} (trial {t.number})",
+            zorder=4,
+        )
     if ceiling_gib is not None and names[y_i] == "peak_vram_gib":
         ax.axhline(ceiling_gib, ls="--", c="tab:red", lw=1, label=f"ceiling {ceiling_gib:g} GiB")
     ax.set_xlabel(f"{names[x_i]} ({directions[x_i]})")
     ax.set_ylabel(f"{names[y_i]} ({directions[y_i]})")
-    ax.set_title("Pareto front (feasible trials)")
+    ax.set_title("Pareto front (feasible Phase 1 trials)" + (" and the reference" if refs else ""))
     ax.grid(alpha=0.3)
-    if done:
+    if finished:
         ax.legend(fontsize=8)
     else:
         ax.text(0.5, 0.5, "no completed trials yet", ha="center", va="center", transform=ax.transAxes)
@@ -63,6 +78,23 @@ def _pareto_png(
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def _phase1_only(study: Any) -> Any:
+    """An in-memory copy of `study` without its reference trials, for Optuna's own plots (which would otherwise
+    draw the reference as a Pareto trial)."""
+    import optuna
+
+    from tuner.storage.trial_attrs import is_reference
+
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the copy's "new study created" line is noise here
+    try:
+        copy = optuna.create_study(directions=study.directions)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    copy.add_trials([t for t in study.get_trials(deepcopy=False) if not is_reference(t)])
+    return copy
 
 
 def _importances(study: Any, names: list[str]) -> dict[str, dict[str, Any]]:
@@ -115,10 +147,10 @@ def run(args: argparse.Namespace) -> int:
     summary = summarize(study, storage)
     files = {"pareto_png": _pareto_png(trials, names, directions, front, out, summary["vram_ceiling_gib"])}
     if len(names) > 1 and any(t.state.name == "COMPLETE" for t in trials):
-        fig = optuna.visualization.plot_pareto_front(study, target_names=names)
+        fig = optuna.visualization.plot_pareto_front(_phase1_only(study), target_names=names)
         files["pareto_html"] = out / "pareto_front.html"
         fig.write_html(files["pareto_html"], include_plotlyjs=True)  # self-contained: opens offline
-    importances = _importances(study, names)
+    importances = _importances(_phase1_only(study), names)  # the reference has no params to rank
     files["importances"] = out / "importances.json"
     files["importances"].write_text(json.dumps(importances, indent=2, sort_keys=True))
     from tuner.analysis.report import write_learning_curves
@@ -138,6 +170,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _markdown(name: str, url: str, s: Any, names: Any, front: Any, importances: Any, files: Any, out: Path) -> str:
+    from tuner.analysis.reference import describe_reference
+
     lines = [
         f"# Study `{name}`",
         "",
@@ -158,7 +192,10 @@ def _markdown(name: str, url: str, s: Any, names: Any, front: Any, importances: 
         f"hypervolume: {'n/a' if hv is None else f'{hv:.6g}'} (reference point {s['reference_point']}).",
         "",
     ]
-    lines += ["## Pareto front (feasible trials)", "", f"![Pareto front]({files['pareto_png'].name})", ""]
+    if s["reference"] is not None:
+        lines += ["## Reference trial", "", *("- " + line.strip() for line in describe_reference(s["reference"])), ""]
+        lines += ["Ratios are Phase 1 / reference; the reference is not part of the front or the hypervolume.", ""]
+    lines += ["## Pareto front (feasible Phase 1 trials)", "", f"![Pareto front]({files['pareto_png'].name})", ""]
     if "pareto_html" in files:
         lines += [f"Interactive: [{files['pareto_html'].name}]({files['pareto_html'].name})", ""]
     if front:

@@ -1,4 +1,5 @@
-"""`tuner status --study NAME [--json]`: trials by state and end reason, workers alive, best feasible, hypervolume."""
+"""`tuner status --study NAME [--json]`: trials by state and end reason, workers alive, best feasible, hypervolume,
+and the reference (baseline) trial beside the best feasible Phase 1 trial (key `reference`, null without one)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def summarize(study: Any, storage: Any, alive_within_s: float = 300.0) -> dict[str, Any]:
     from tuner.analysis.pareto import status_summary
+    from tuner.analysis.reference import reference_summary
     from tuner.storage.studies import heartbeat_ages_s, study_spec
 
     spec = study_spec(study)
@@ -38,6 +40,7 @@ def summarize(study: Any, storage: Any, alive_within_s: float = 300.0) -> dict[s
         heartbeat_age_s=heartbeat_ages_s(storage, study),
         alive_within_s=alive_within_s,
     )
+    summary["reference"] = reference_summary(trials, study.metric_names or [])
     summary["study"] = study.study_name
     summary["vram_ceiling_gib"] = spec.vram_ceiling_gib if spec else None
     summary["metric_names"] = study.metric_names
@@ -45,6 +48,7 @@ def summarize(study: Any, storage: Any, alive_within_s: float = 300.0) -> dict[s
 
 
 def run(args: argparse.Namespace) -> int:
+    from tuner.analysis.reference import describe_reference
     from tuner.storage.connect import storage_from_flag
     from tuner.storage.studies import load_study
     from tuner.storage.urls import mask_url
@@ -65,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
     )
     for metric, best in s["best_feasible"].items():
         print(f"best feasible {metric}: " + (f"{best['value']:.6g} (trial {best['trial']})" if best else "none yet"))
+    for line in describe_reference(s["reference"]):
+        print(line)
     alive = [w for w in s["workers"] if w["alive"]]
     print(f"workers: {len(alive)} alive of {len(s['workers'])} seen")
     for w in s["workers"]:

@@ -1,6 +1,7 @@
 """`tuner train --preset FILE|NAME`: rebuild a preset's config and train it with the tuner's data and trial runner.
 
     tuner train --preset best.yaml [--json]                       # data and budget from the preset's provenance
+    tuner train --baseline dense --preset 8gb                     # the dense reference of that shape
     tuner train --preset 8gb --study studies/phase1_8gb.yaml      # data and budget from a study file
     tuner train --preset best.yaml --data stdlib --train-tokens 200000 --eval-tokens 50000
 
@@ -19,6 +20,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from tuner.commands import add_trial_process_options
+from tuner.commands.train_baseline import add_baseline_options
 
 if TYPE_CHECKING:
     from tuner.trial.outcome import TrialOutcome
@@ -33,7 +35,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "train", help="train a preset's config (exported file or built-in name)", description=__doc__.split("\n\n")[0]
     )
     p.add_argument(
-        "--preset", required=True, help="preset file written by `tuner export`, or 8gb, 10gb, 24gb, inference"
+        "--preset",
+        default=None,
+        help="preset file written by `tuner export`, or 8gb, 10gb, 24gb, inference (with --baseline: its shape)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON line with val_ppl and peak_vram_gib")
     p.add_argument("--study", default=None, help="study file whose data: and budget: to use")
@@ -44,6 +48,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--eval-tokens", type=int, default=None, help="validation tokens")
     p.add_argument("--timeout-s", type=float, default=24 * 3600.0, help="wall-clock limit, s")
     p.add_argument("--gpu", type=int, default=None, help="physical GPU index to train on")
+    add_baseline_options(p)
     add_trial_process_options(p)
     p.set_defaults(func=run)
     return p
@@ -53,7 +58,7 @@ def parse_data(text: str) -> Any:
     """--data value -> model.data.DataSource. 'stdlib' | a path | a YAML mapping (study `data:` syntax)."""
     import yaml
 
-    from model.data import DataSource
+    from model.corpus import DataSource
 
     value = yaml.safe_load(text) if text.strip().startswith("{") else text
     if isinstance(value, dict):
@@ -67,7 +72,7 @@ def parse_data(text: str) -> Any:
 
 def _settings(args: argparse.Namespace, preset: Any) -> tuple[Any, int, int, str]:
     """(DataSource, train_tokens, eval_tokens, where they came from)."""
-    from model.data import DataSource
+    from model.corpus import DataSource
 
     prov = preset.provenance
     spec = None
@@ -128,11 +133,25 @@ def run(args: argparse.Namespace) -> int:
     from tuner.errors import TunerError
     from tuner.study.preset import load_preset
 
-    preset = load_preset(args.preset)
-    config = preset.config
+    config: Any
+    preset: Any  # a tuner.study.preset.Preset, or the BaselineRun (both carry `source` and `provenance`)
+    if args.baseline is not None:
+        from tuner.commands.train_baseline import baseline_run
+
+        preset = baseline_run(args)
+        config, ceiling = preset.config, preset.ceiling_gib
+    else:
+        from tuner.commands.train_baseline import shape_flags_given
+
+        if args.preset is None:
+            raise TunerError("train: pass --preset FILE|NAME (a Phase 1 config) or --baseline dense")
+        if shape_flags_given(args):
+            raise TunerError(f"train: {shape_flags_given(args)[0]} is a --baseline flag; add --baseline dense")
+        preset = load_preset(args.preset)
+        config = preset.config
+        ceiling = float(config.target_vram_gb)
     data, train_tokens, eval_tokens, data_from = _settings(args, preset)
     data.check()
-    ceiling = float(config.target_vram_gb)
 
     from tuner.trial.outcome import TrialRequest
     from tuner.trial.runner import TrialRunner

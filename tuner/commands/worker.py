@@ -140,8 +140,9 @@ class ProgressDisplay:
         else:
             vals = trial.user_attrs.get("error_summary", "") or ""
         wall = trial.user_attrs.get("trial_wall_s")
+        ref = trial.user_attrs.get("reference")
         self.console.print(
-            f"trial {trial.number} {trial.state.name.lower()} ({reason}): {vals}"
+            f"trial {trial.number}{f' (reference: {ref})' if ref else ''} {trial.state.name.lower()} ({reason}): {vals}"
             + (f" [{wall:.1f} s]" if wall is not None else ""),
             highlight=False,
         )

@@ -13,6 +13,7 @@ from tuner.errors import SpecError, StorageError
 from tuner.storage import _optuna_compat as _compat
 from tuner.storage._optuna_compat import study_id
 from tuner.storage.samplers import make_sampler
+from tuner.storage.trial_attrs import REFERENCE_ATTR, is_reference
 from tuner.storage.urls import mask_url
 from tuner.study.loader import spec_from_dict
 from tuner.study.spec import StudySpec
@@ -30,7 +31,8 @@ def _comparable(d: Mapping[str, Any]) -> dict[str, Any]:
 def create_or_load_study(
     spec: StudySpec, storage: Any, *, sampler: optuna.samplers.BaseSampler | None = None, wait_s: float = 10.0
 ) -> optuna.Study:
-    """Create the spec's study (metric names, spec YAML as user attr `spec`, presets enqueued) or load it.
+    """Create the spec's study (metric names, spec YAML as user attr `spec`, presets and the baseline's reference
+    trial enqueued) or load it.
 
     The only place that calls `optuna.create_study`. Exactly one of several concurrent callers creates the study
     (the storage's unique study name decides) and only that caller enqueues the presets, so they are queued once;
@@ -86,6 +88,9 @@ def create_or_load_study(
     study.set_user_attr("vram_ceiling_gib", spec.vram_ceiling_gib)
     for name in spec.enqueue_presets:
         study.enqueue_trial(spec.preset_params(name), user_attrs={"preset": name}, skip_if_exists=not created)
+    if spec.baseline is not None and (created or not any(is_reference(t) for t in study.get_trials(deepcopy=False))):
+        # No params: the objective trains spec.baseline instead of sampling (skip_if_exists cannot tell {} apart).
+        study.enqueue_trial({}, user_attrs={REFERENCE_ATTR: spec.baseline.kind})
     storage.set_study_system_attr(study_id(study), INIT_ATTR, True)
     return study
 

@@ -8,6 +8,7 @@ here, below tuner.trial.
 from __future__ import annotations
 
 from enum import Enum
+from typing import Any
 
 
 class EndReason(str, Enum):
@@ -46,5 +47,15 @@ ATTEMPT_ATTRS: frozenset[str] = frozenset(
         "curve",
         "trial_wall_s",
         "tokens_per_s",
+        "epochs",
     }
 )
+
+# User attr naming a reference trial's model family ("dense"): set when the study enqueues it (tuner.storage.studies),
+# kept by retries. A reference is shown beside the Phase 1 trials but never joins their front or an export.
+REFERENCE_ATTR = "reference"
+
+
+def is_reference(trial: Any) -> bool:
+    """True for a reference (baseline) trial: any trial-like object with `user_attrs`."""
+    return trial.user_attrs.get(REFERENCE_ATTR) is not None

@@ -6,6 +6,7 @@ combinations are decided: docs/study-file.md.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,6 +19,7 @@ from model.config import (
     ConfigError,
     Phase1Config,
 )
+from model.dense_config import DenseConfig, dense_for
 from tuner.errors import SpecError
 from tuner.study.readers import did_you_mean, fmt_value
 from tuner.study.space import SearchSpace, describe_param, holds, param_dict
@@ -36,6 +38,7 @@ from tuner.study.spec import (
     ObjectiveSpec,
     SamplerSpec,
     StudySpec,
+    baseline_shape,
     preset_values,
     trial_trainable,
 )
@@ -112,6 +115,7 @@ class _Loader(SpaceReader):
                 f"raise train_tokens to >= {MIN_CURVE_TOKENS} or set enabled: false",
             )
         estimate = self.estimate(top.get("estimate", {}) or {})
+        baseline, baseline_raw = self.baseline(top.get("baseline"), model, ceiling)
         self.check_space(space, model, ceiling)
         raw = {
             "name": name,
@@ -137,6 +141,8 @@ class _Loader(SpaceReader):
             },
             "estimate": {"enabled": estimate.enabled, "margin": estimate.margin},
         }
+        if baseline_raw is not None:  # absent stays absent: a stored spec from before the key compares equal
+            raw["baseline"] = baseline_raw
         spec = StudySpec(
             name=name,
             objectives=objectives,
@@ -150,6 +156,7 @@ class _Loader(SpaceReader):
             enqueue_presets=presets,
             pruning=pruning,
             estimate=estimate,
+            baseline=baseline,
             path=path,
             raw=raw,
         )
@@ -221,9 +228,7 @@ class _Loader(SpaceReader):
         return {k: getattr(cfg, k) for k in m}  # ints given for float fields come back as floats
 
     def data(self, v: Any) -> tuple[Any, dict[str, Any]]:
-        import dataclasses
-
-        from model.data import DataError, DataSource  # noqa: WPS433 (lazy: model.data is a sibling module)
+        from model.corpus import DataError, DataSource  # lazy; model.corpus defines them (model.data re-exports)
 
         if not isinstance(v, Mapping):
             raise self.fail("data", f"expected a mapping, got {fmt_value(v)}", "write data: {source: stdlib}")
@@ -327,6 +332,40 @@ class _Loader(SpaceReader):
                 )
             ),
         )
+
+    def baseline(self, v: Any, model: dict[str, Any], ceiling: float) -> tuple[DenseConfig | None, Any]:
+        """`baseline: dense` or a mapping of DenseConfig overrides (`{kind: dense, n_heads: 8}`) -> the reference
+        trial's DenseConfig, built by dense_for from the study's fixed model (absent fields: Phase1Config's
+        defaults, except the learning rate, which is DenseConfig's own unless the study fixes or overrides it)."""
+        if v is None:
+            return None, None
+        fix = "write `baseline: dense` or a mapping like {kind: dense, n_heads: 8}"
+        if isinstance(v, str):
+            if v != "dense":
+                raise self.fail("baseline", f"{fmt_value(v)} is not a baseline{did_you_mean(v, ['dense'])}", fix)
+            overrides: dict[str, Any] = {}
+        elif isinstance(v, Mapping):
+            overrides = dict(v)
+            kind = overrides.pop("kind", "dense")
+            if kind != "dense":
+                raise self.fail("baseline.kind", f"{fmt_value(kind)} is not a baseline kind", "use kind: dense")
+            known = {f.name for f in dataclasses.fields(DenseConfig)} - {"kind"}
+            for key in overrides:
+                if key not in known:
+                    raise self.fail(
+                        f"baseline.{key}",
+                        f"not a DenseConfig field{did_you_mean(key, known)}",
+                        "allowed: " + ", ".join(sorted(known)),
+                    )
+        else:
+            raise self.fail("baseline", f"{fmt_value(v)} is neither `dense` nor a mapping", fix)
+        try:
+            config = dense_for(baseline_shape(model, ceiling), **overrides)
+        except (ConfigError, TypeError) as exc:
+            raise SpecError(
+                f"{self.where}: baseline.{' '.join(str(exc).split())}; fix the value under baseline:"
+            ) from None
+        return config, ("dense" if isinstance(v, str) else {"kind": "dense", **overrides})
 
     def estimate(self, v: Any) -> EstimateSettings:
         m = self.mapping(v, "estimate", ("enabled", "margin"))

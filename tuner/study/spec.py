@@ -13,6 +13,7 @@ from model.config import (
     ConfigError,
     Phase1Config,
 )
+from model.dense_config import DenseConfig
 from tuner.study.space import SearchSpace, holds
 
 METRICS = ("val_ppl", "peak_vram_gib", "params", "tokens_per_s")
@@ -41,6 +42,7 @@ TOP_KEYS = (
     "enqueue_presets",
     "pruning",
     "estimate",
+    "baseline",
 )
 PARAM_KEYS = ("type", "low", "high", "step", "log", "choices", "when")
 # Set from vram_ceiling_gib, so the study and its configs cannot disagree about the budget.
@@ -103,6 +105,8 @@ class StudySpec:
     enqueue_presets: tuple[str, ...] = ()
     pruning: LearningCurvePruning = field(default_factory=LearningCurvePruning)
     estimate: EstimateSettings = field(default_factory=EstimateSettings)
+    # The dense reference trial (model.dense_config.DenseConfig), enqueued once at creation; None: no reference.
+    baseline: DenseConfig | None = None
     path: str | None = None
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)  # normalised input (to_dict)
 
@@ -146,6 +150,14 @@ def preset_values(name: str, model: Mapping[str, Any]) -> dict[str, Any]:
     if cfg["ar_ssm_gate_hidden_dim"] is None:
         cfg["ar_ssm_gate_hidden_dim"] = max(1, int(model.get("d_model", cfg["d_model"])) // 4)
     return cfg
+
+
+def baseline_shape(model: Mapping[str, Any], ceiling_gib: float) -> dict[str, Any]:
+    """The Phase 1 shape and training settings a dense baseline copies (model.dense_config.dense_for's `shape`):
+    the study's fixed model fields over Phase1Config's defaults. The learning rate only when the study fixes it: a
+    default or searched Phase 1 rate is not the dense model's (DenseConfig's own default applies then)."""
+    full = Phase1Config.from_dict({**model, "target_vram_gb": float(ceiling_gib)}).to_dict()
+    return {k: v for k, v in full.items() if k != "learning_rate" or k in model}
 
 
 def trial_trainable(cfg: Phase1Config) -> None:

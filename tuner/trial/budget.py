@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 import warnings
+from typing import Any
 
 import optuna
 from optuna.trial import TrialState
@@ -112,7 +113,7 @@ def enqueue_retry(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     """Add a WAITING copy of `trial`'s params that records which trial it replaces."""
     history = list(trial.system_attrs.get("retry_history", [])) + [trial.number]
     system_attrs = {"failed_trial": trial.system_attrs.get("failed_trial", trial.number), "retry_history": history}
-    user_attrs = {k: trial.user_attrs[k] for k in ("preset",) if k in trial.user_attrs}
+    user_attrs: dict[str, Any] = {k: trial.user_attrs[k] for k in ("preset", "reference") if k in trial.user_attrs}
     study.add_trial(
         optuna.trial.create_trial(
             state=TrialState.WAITING,

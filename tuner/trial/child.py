@@ -120,6 +120,7 @@ class _ChildState:
         import torch
 
         from model.config import ConfigError, Phase1Config
+        from model.dense_config import DenseConfig
         from model.errors import NumericalInstabilityError
         from model.train import train_and_evaluate
         from tuner.analysis.curve_monitor import (
@@ -128,8 +129,11 @@ class _ChildState:
         )
         from tuner.vram.guard import VramCeilingExceeded, VramGuard
 
-        config = Phase1Config.from_dict(req.config)
-        lns = config.lns_enabled
+        # A reference trial sends a DenseConfig (kind "dense"); the trainer takes either.
+        dense = req.config.get("kind") == "dense"
+        config: DenseConfig | Phase1Config
+        config = DenseConfig.from_dict(req.config) if dense else Phase1Config.from_dict(req.config)
+        lns = isinstance(config, Phase1Config) and config.lns_enabled
         # LNS weights are inference-only: train the float model, convert, evaluate the converted one.
         train_config = config.replace(lns_enabled=False) if lns else config
         data = self.data(req.data, config.vocab_size, cache_dir)

@@ -11,6 +11,10 @@ lns_enabled False, converts the trained model with model.lns_linear.convert_to_l
 model; val_ppl is the LNS model's, user attr `val_ppl_float` the trained float model's (the PPL with LNS off beside
 the one with LNS on), `eval_used_lns` True, `lns_converted_linears` the number of linears converted, peak memory the
 training peak. The learning curve is the float model's (LNS exists only after training).
+
+Reference trials (user attr `reference`, enqueued by tuner.storage.studies when the spec has `baseline:`): the
+spec's DenseConfig is trained instead of sampled params; the Phase 1 estimator is skipped (`estimate_skipped`); the
+values, constraint and attrs are recorded as for any trial.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import optuna
 
 from model.config import ConfigError
 from tuner.storage._optuna_compat import trial_id
-from tuner.storage.trial_attrs import ATTEMPT_ATTRS, EndReason
+from tuner.storage.trial_attrs import ATTEMPT_ATTRS, EndReason, is_reference
 from tuner.study.spec import StudySpec
 from tuner.trial.outcome import PruningRequest, TrialRequest
 from tuner.trial.recording import (
@@ -102,9 +106,12 @@ class Objective:
     def _run(self, trial: optuna.trial.Trial) -> tuple[float, ...]:
         spec = self.spec
         self._reset_inherited(trial)
+        self._estimate_of_trial = None  # a reference trial makes none; never refine from the previous trial's
         trial.set_user_attr("worker", self.worker_id)
         if self.runner.gpu is not None:
             trial.set_user_attr("gpu", self.runner.gpu)
+        if is_reference(trial):
+            return self._run_reference(trial)
         params = spec.space.suggest(trial)
         if self.on_trial_start is not None:
             self.on_trial_start(trial.number, params)
@@ -118,13 +125,8 @@ class Objective:
             raise optuna.TrialPruned(f"invalid_config: {e}") from None
         trial.set_user_attr("config", config.to_dict())
         ceiling = float(spec.vram_ceiling_gib)
-
         # The child starts (and reports its device) before the estimate: CPU and GPU compare different figures.
-        self.runner.ensure_started()
-        device = self.runner.device
-        trial.set_user_attr("device", self.runner.device_name)
-        trial.set_user_attr("peak_vram_kind", "nvml_process" if device == "cuda" else "cpu_tensor_bytes")
-
+        device = self._start_child(trial)
         predicted = self._estimate(trial, config, device)
         if predicted is not None and predicted > ceiling * (1.0 + spec.estimate.margin):
             return record_infeasible(
@@ -138,13 +140,42 @@ class Objective:
                 "(the uniform model's PPL)",
             )
 
+        return self._train(trial, config, device, self._pruning_request(trial, predicted))
+
+    def _run_reference(self, trial: optuna.trial.Trial) -> tuple[float, ...]:
+        """The study's dense baseline (spec.baseline): no sampled params, no Phase 1 estimate, never pruned by the
+        learning curve (a reference must finish to be one); trained, measured and recorded like any trial."""
+        config = self.spec.baseline
+        if config is None:
+            raise TrialFailed(f"trial {trial.number} is a reference trial but the study's spec has no `baseline:`")
+        if self.on_trial_start is not None:
+            self.on_trial_start(trial.number, {"reference": config.kind})
+        if self.stop_event.is_set():
+            return record_interrupted(trial, "worker was stopping before the trial started")
+        trial.set_user_attr("config", config.to_dict())
+        trial.set_user_attr("estimate_skipped", "dense baseline: the VRAM estimator models the Phase 1 model only")
+        device = self._start_child(trial)
+        settings = dataclasses.replace(self.spec.pruning, enabled=False)  # the curve is still recorded
+        return self._train(trial, config, device, PruningRequest(settings))
+
+    def _start_child(self, trial: Any) -> str:
+        """Start the warm child if needed; record the device and what the peak will measure. Returns the device."""
+        self.runner.ensure_started()
+        device = str(self.runner.device)
+        trial.set_user_attr("device", self.runner.device_name)
+        trial.set_user_attr("peak_vram_kind", "nvml_process" if device == "cuda" else "cpu_tensor_bytes")
+        return device
+
+    def _train(self, trial: Any, config: Any, device: str, pruning: PruningRequest) -> tuple[float, ...]:
+        """Train `config` (a Phase1Config or DenseConfig) in the warm child under the guard and record the outcome."""
+        spec = self.spec
         request = TrialRequest(
             config=config.to_dict(),
             data=spec.data,
             train_tokens=spec.budget.train_tokens,
             eval_tokens=spec.budget.eval_tokens,
-            ceiling_gib=ceiling,
-            pruning=self._pruning_request(trial, predicted),
+            ceiling_gib=float(spec.vram_ceiling_gib),
+            pruning=pruning,
             trial_number=trial.number,
             fault=self.fault,
         )
@@ -241,7 +272,8 @@ class Objective:
         budget = int(self.spec.budget.train_tokens)
         points, references = [], []
         for t in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-            if t.user_attrs.get("end_reason") != EndReason.COMPLETE.value:
+            # The dense reference is another model family: its point and curve say nothing about a Phase 1 trial.
+            if t.user_attrs.get("end_reason") != EndReason.COMPLETE.value or is_reference(t):
                 continue
             curve = t.user_attrs.get("curve")
             if curve and t.user_attrs.get("curve_budget_tokens", budget) == budget:

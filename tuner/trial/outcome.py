@@ -49,6 +49,7 @@ RESULT_ATTRS = (
     "val_loss",
     "val_ppl_float",
     "lns_converted_linears",
+    "epochs",
 )
 
 
@@ -70,7 +71,8 @@ class PruningRequest:
 class TrialRequest:
     """One training run for the trial child.
 
-    config: a Phase1Config as a dict. data: a model.data.DataSource. train_tokens / eval_tokens: token budgets.
+    config: a Phase1Config as a dict, or a model.dense_config.DenseConfig's (`kind: dense`, a reference trial).
+    data: a model.data.DataSource. train_tokens / eval_tokens: token budgets.
     ceiling_gib: the VRAM ceiling. eval_points: token counts to evaluate at when there is no pruning monitor (with
     one, the monitor's own log-spaced points are used). fault: test-only tuner.trial.faults.FaultInjection (one or
     a list)."""

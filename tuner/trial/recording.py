@@ -113,7 +113,14 @@ def _record_complete(trial: Any, spec: StudySpec, config: Any, outcome: TrialOut
         if r.get(key) is not None:
             trial.set_user_attr(key, r[key])
     # The val_ppl objective is the evaluated model's: the LNS-converted one when the config asks for LNS.
-    trial.set_user_attr("eval_used_lns", bool(config.lns_enabled))
+    trial.set_user_attr("eval_used_lns", bool(getattr(config, "lns_enabled", False)))  # a DenseConfig has no LNS
+    epochs = r.get("epochs")
+    if epochs is not None and float(epochs) > 1.0:  # the trainer warns in the child; say it where the worker logs
+        log.warning(
+            "trial %d repeated its training data: %.2f epochs (train_tokens exceeds the training split)",
+            trial.number,
+            float(epochs),
+        )
     trial.set_user_attr("torch_peak_gib", r.get("peak_torch_gib"))
     counts = r.get("param_counts") or expected_param_counts(config)
     trial.set_user_attr("params_total", params_total(counts))
@@ -183,8 +190,12 @@ def objective_values(
 
 
 def expected_param_counts(config: Any) -> dict[str, int]:
-    """Parameter counts per component from the model's formulas, for trials that never build the model."""
-    from model.lm import expected_param_counts as model_counts
+    """Parameter counts per component from the model's formulas, for trials that never build the model (a
+    DenseConfig's from model.dense_config, a Phase1Config's from model.lm)."""
+    if getattr(config, "kind", None) == "dense":
+        from model.dense_config import dense_param_counts as model_counts
+    else:
+        from model.lm import expected_param_counts as model_counts  # type: ignore[assignment]
 
     return {k: int(v) for k, v in model_counts(config).items() if k != "total"}
 
