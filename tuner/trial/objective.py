@@ -14,7 +14,9 @@ training peak. The learning curve is the float model's (LNS exists only after tr
 
 Reference trials (user attr `reference`, enqueued by tuner.storage.studies when the spec has `baseline:`): the
 spec's DenseConfig is trained instead of sampled params; the Phase 1 estimator is skipped (`estimate_skipped`); the
-values, constraint and attrs are recorded as for any trial.
+guard watches it without stopping it (REFERENCE_WATCH_CEILING_GIB: the reference is a measurement, not a candidate,
+so a plain transformer over the study's ceiling still reports its PPL and real peak; the card itself is its limit);
+the values, constraint (peak - the study's ceiling) and attrs are recorded as for any trial.
 """
 
 from __future__ import annotations
@@ -42,6 +44,10 @@ from tuner.trial.recording import (
 )
 
 log = logging.getLogger(__name__)
+
+# The guard's ceiling for a reference trial: no ceiling (the allocator cap becomes the whole card, the NVML sampler
+# only measures). The study's ceiling still decides its constraint, so an over-ceiling reference is infeasible.
+REFERENCE_WATCH_CEILING_GIB = float("inf")
 
 
 class Objective:
@@ -154,9 +160,10 @@ class Objective:
             return record_interrupted(trial, "worker was stopping before the trial started")
         trial.set_user_attr("config", config.to_dict())
         trial.set_user_attr("estimate_skipped", "dense baseline: the VRAM estimator models the Phase 1 model only")
+        trial.set_user_attr("ceiling_enforced", False)
         device = self._start_child(trial)
         settings = dataclasses.replace(self.spec.pruning, enabled=False)  # the curve is still recorded
-        return self._train(trial, config, device, PruningRequest(settings))
+        return self._train(trial, config, device, PruningRequest(settings), ceiling_gib=REFERENCE_WATCH_CEILING_GIB)
 
     def _start_child(self, trial: Any) -> str:
         """Start the warm child if needed; record the device and what the peak will measure. Returns the device."""
@@ -166,15 +173,18 @@ class Objective:
         trial.set_user_attr("peak_vram_kind", "nvml_process" if device == "cuda" else "cpu_tensor_bytes")
         return device
 
-    def _train(self, trial: Any, config: Any, device: str, pruning: PruningRequest) -> tuple[float, ...]:
-        """Train `config` (a Phase1Config or DenseConfig) in the warm child under the guard and record the outcome."""
+    def _train(
+        self, trial: Any, config: Any, device: str, pruning: PruningRequest, *, ceiling_gib: float | None = None
+    ) -> tuple[float, ...]:
+        """Train `config` (a Phase1Config or DenseConfig) in the warm child under the guard and record the outcome.
+        ceiling_gib: what the guard enforces (default: the study's ceiling)."""
         spec = self.spec
         request = TrialRequest(
             config=config.to_dict(),
             data=spec.data,
             train_tokens=spec.budget.train_tokens,
             eval_tokens=spec.budget.eval_tokens,
-            ceiling_gib=float(spec.vram_ceiling_gib),
+            ceiling_gib=float(spec.vram_ceiling_gib) if ceiling_gib is None else ceiling_gib,
             pruning=pruning,
             trial_number=trial.number,
             fault=self.fault,

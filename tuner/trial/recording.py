@@ -132,7 +132,7 @@ def _record_complete(trial: Any, spec: StudySpec, config: Any, outcome: TrialOut
         trial.set_user_attr("curve", r["curve"])
     over = peak > ceiling
     trial.set_user_attr("end_reason", (EndReason.VRAM_CEILING if over else EndReason.COMPLETE).value)
-    if over:  # only on CPU: the GPU guard stops the run instead
+    if over:  # on CPU, or a reference trial on a GPU (the guard only watches it); else the guard stops the run
         trial.set_user_attr("ceiling_detected", "after_run")
     set_trial_constraint(trial, peak - ceiling)
     return objective_values(

@@ -54,3 +54,42 @@ def test_a_dense_run_stopped_at_the_ceiling_is_infeasible_with_dense_counts():
     assert trial.user_attrs["params_total"] == dense_param_counts(spec.baseline)["total"]
     study.tell(trial, values)
     assert not is_feasible(study.trials[0])
+
+
+class _CapturingRunner:
+    """A CPU runner that records the request it is given and answers with a finished run over the ceiling."""
+
+    gpu = None
+    device = "cpu"
+    device_name = "cpu (test)"
+
+    def __init__(self, peak_gib: float):
+        self.peak_gib = peak_gib
+        self.requests: list = []
+
+    def ensure_started(self) -> None:
+        pass
+
+    def run(self, request, timeout_s, **kwargs):
+        self.requests.append(request)
+        return TrialOutcome("complete", result={"val_ppl": 42.0, "peak_torch_gib": self.peak_gib, "epochs": 0.1})
+
+
+def test_the_reference_is_measured_not_stopped_and_judged_by_the_study_ceiling():
+    """The guard gets no ceiling for a reference (a plain transformer over the study's ceiling still reports its PPL
+    and real peak); its constraint is still peak - the study's ceiling, so it is infeasible there."""
+    from tuner.trial.objective import REFERENCE_WATCH_CEILING_GIB, Objective
+
+    spec = spec_from_dict(mutate(baseline="dense"), check_paths=False)
+    over = float(spec.vram_ceiling_gib) * 3
+    runner = _CapturingRunner(peak_gib=over)
+    study = optuna.create_study(directions=spec.directions)
+    study.enqueue_trial({}, user_attrs={"reference": "dense"})
+    study.optimize(Objective(spec, runner), n_trials=1)
+    (request,) = runner.requests
+    assert request.ceiling_gib == REFERENCE_WATCH_CEILING_GIB == float("inf")
+    assert request.config["kind"] == "dense"
+    t = study.trials[0]
+    assert t.values == [42.0, over]  # the real PPL, not the uniform model's
+    assert t.user_attrs["ceiling_enforced"] is False and t.user_attrs["end_reason"] == "vram_ceiling"
+    assert not is_feasible(t)
