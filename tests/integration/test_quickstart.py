@@ -49,6 +49,19 @@ def test_quickstart_runs_exports_and_reproduces(tmp_path):
     assert study.best_trials, "empty Pareto front"
     refs = [t for t in done if t.user_attrs.get("reference") == "dense"]  # the file's `baseline:` reference trial
     assert len(refs) == 1 and refs[0].params == {} and refs[0].user_attrs["config"]["kind"] == "dense"
+    # every Phase 1 trial learned more than token frequencies: below the unigram PPL of the same data and windows
+    # (the dense reference is not held to it: at 32768 tokens it ends near the unigram, 768 against 704 measured)
+    import math
+
+    from model.data import prepare_data, unigram_val_loss
+    from tuner.study.loader import load_spec
+
+    spec = load_spec(study_file)
+    data = prepare_data(spec.data, spec.model["vocab_size"], tmp_path / ".phase1_cache")  # the run's cache entry
+    unigram_ppl = math.exp(unigram_val_loss(data, spec.model["n_seq"], spec.budget.eval_tokens))
+    print(f"unigram PPL {unigram_ppl:.1f}; trials {sorted(round(t.values[0], 1) for t in done)}")
+    phase1 = [t for t in done if t not in refs]
+    assert all(t.values[0] < unigram_ppl for t in phase1), (unigram_ppl, [t.values[0] for t in phase1])
     assert wall_s < 180.0, f"quickstart took {wall_s:.1f} s (> 3 minutes)"
 
     pareto = _tuner(["pareto", "--study", "quickstart", "--json"], tmp_path, timeout=60)
