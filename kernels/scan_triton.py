@@ -28,6 +28,8 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.scan_shapes import scan_tile_widths
+
 _WINDOW = 16  # earlier chunk states read per loop step of the state passing
 # Integer arguments Triton must not specialise on (divisible by 16, equal to 1): the layouts load one element
 # per thread along R, so alignment hints buy nothing, and every shape then shares one compiled kernel per
@@ -275,10 +277,9 @@ def _tiles(L: int, R: int, dtype: torch.dtype, batch: int = 1) -> ScanTiles:
     """Tiles for a [batch, L, R] problem. Predicted from register counts (ptxas -v, sm_90, Triton 3.6), not yet
     timed on a GPU (bench/scan_notes.md): forward 64 x 32 tiles on 4 warps (~156 registers, no spills);
     backward 64 x 16 on 8 warps (~80 registers, no spills: it holds two scans and six input tiles; 64 x 32 on
-    4 warps needs 255 registers and spills). tuner/estimate.py mirrors block_t = 64 for the saved carry.
+    4 warps needs 255 registers and spills). The widths are kernels/scan_shapes.py's (the estimator reads them).
     """
-    block_t = min(64, max(16, triton.next_power_of_2(L)))
-    fwd_r, bwd_r = min(triton.next_power_of_2(R), 32), min(triton.next_power_of_2(R), 16)
+    block_t, fwd_r, bwd_r = scan_tile_widths(L, R)
     return ScanTiles(block_t, _chunk_len(batch, L, R, block_t, fwd_r), fwd_r, 4,
                      _chunk_len(batch, L, R, block_t, bwd_r), bwd_r, 8)
 

@@ -42,6 +42,8 @@ from kernels.scan import gated_scan
 
 from model.optim import tag
 from model.shapes import CONV_KERNEL
+from model.shapes import ar_ssm_layer_param_count as ar_ssm_layer_param_count  # re-exported (model/shapes.py)
+from model.shapes import ar_ssm_param_count as ar_ssm_param_count
 
 if TYPE_CHECKING:
     from model.config import Phase1Config
@@ -50,23 +52,6 @@ GATE_SPARSE_BELOW = 0.1  # a gate below this counts as "off" in gate_sparsity (t
 # effective_rank counts the channels whose gate, averaged over the forward's B*L positions, is at least this: the
 # same 0.1 as "off" above, so a channel is in use unless it is off on (nearly) every position.
 CHANNEL_IN_USE_AT = GATE_SPARSE_BELOW
-
-
-# --- pure arithmetic (no torch needed) -----------------------------------------------------------
-
-def ar_ssm_layer_param_count(config: "Phase1Config") -> int:
-    """Parameters of one AR-SSM mixer."""
-    d, r, m, hid = config.d_model, config.ar_ssm_max_rank, config.ar_ssm_min_rank, config.gate_hidden_dim
-    gate = (d * hid + hid + hid * (r - m) + (r - m)) if r > m else 0  # no gate MLP when every channel is forced on
-    proj = 2 * d * r + r * d  # U, V [D, r] and W_o [r, D]
-    decay = r
-    conv = d * CONV_KERNEL + d  # depthwise weight + bias
-    return gate + proj + decay + conv
-
-
-def ar_ssm_param_count(config: "Phase1Config") -> int:
-    """Parameters of all n_layers AR-SSM mixers."""
-    return config.n_layers * ar_ssm_layer_param_count(config)
 
 
 # --- module --------------------------------------------------------------------------------------

@@ -19,21 +19,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.shapes import FFN_EXPANSION
+from model.shapes import ffn_layer_param_count as ffn_layer_param_count  # re-exported (model/shapes.py)
+from model.shapes import ffn_param_count as ffn_param_count
 
 if TYPE_CHECKING:
     from model.config import Phase1Config
 
-
-
-def ffn_layer_param_count(config: "Phase1Config") -> int:
-    """Parameters of one low-rank FFN."""
-    d, r, h = config.d_model, config.ffn_rank, FFN_EXPANSION * config.d_model
-    return r * (d + h) + r * (h + d)
-
-
-def ffn_param_count(config: "Phase1Config") -> int:
-    """Parameters of all n_layers low-rank FFNs."""
-    return config.n_layers * ffn_layer_param_count(config)
 
 
 class LowRankFFN(nn.Module):

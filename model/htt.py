@@ -44,29 +44,12 @@ import torch
 from torch import nn
 
 from model.optim import tag
-from model.shapes import factorize  # noqa: F401  (re-exported: model.htt.factorize)
+from model.shapes import factorize as factorize  # re-exported with the count: the formulas live in model/shapes.py
+from model.shapes import htt_param_count as htt_param_count
+from model.shapes import htt_shapes, rows_per_leading_digit
 
 if TYPE_CHECKING:
     from model.config import Phase1Config
-
-
-# --- pure arithmetic (no torch needed) -----------------------------------------------------------
-
-def htt_shapes(config: "Phase1Config") -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """(vocab factors, model-dim factors) used by the embedding built from `config`."""
-    return factorize(config.vocab_size, config.htt_num_cores), factorize(config.d_model, config.htt_num_cores)
-
-
-def htt_param_count(config: "Phase1Config") -> int:
-    """Parameters of the HTT embedding (cores plus phase), pure arithmetic."""
-    (vs, ds), r = htt_shapes(config), config.htt_rank
-    if config.htt_num_cores == 2:
-        cores = r * (vs[0] * ds[0] + vs[1] * ds[1])
-        phase = r * (vs[0] + vs[1])
-    else:
-        cores = r * vs[0] * ds[0] + r * r * vs[1] * ds[1] + r * vs[2] * ds[2]
-        phase = r * (vs[0] + 2 * vs[1] + vs[2])
-    return cores + (phase if config.htt_phase_encoding else 0)
 
 
 # --- module --------------------------------------------------------------------------------------
@@ -134,7 +117,7 @@ class HTTEmbedding(nn.Module):
     @property
     def rows_per_leading_digit(self) -> int:
         """Vocabulary rows sharing one leading digit i1; `table` builds whole blocks of this many rows."""
-        return self.v_factors[1] * (self.v_factors[2] if self.num_cores == 3 else 1)
+        return rows_per_leading_digit(self.v_factors)
 
     def table(self, start: int = 0, end: int | None = None) -> torch.Tensor:
         """Rows start..end-1 of the full table [end - start, D] (the tied head builds it chunk by chunk).

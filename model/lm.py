@@ -60,46 +60,21 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from model.ar_ssm import ARSSM, ar_ssm_param_count
-from model.ffn import LowRankFFN, ffn_param_count
-from model.htt import HTTEmbedding, htt_param_count
+from model.ar_ssm import ARSSM
+from model.ffn import LowRankFFN
+from model.htt import HTTEmbedding
 from model.loss import chunked_cross_entropy
 from model.optim import tag
+from model.shapes import TABLE_CHUNK_ROWS, table_chunk_step
+from model.shapes import expected_param_counts as expected_param_counts  # re-exported: tests and tuner read it here
 
 if TYPE_CHECKING:
     from model.config import Phase1Config
 
 NORM_EPS = 1e-6
-TABLE_CHUNK_ROWS = 8192  # tied head: rows of E built at once (8192 x 1024 fp32 = 32 MiB)
 
 
 # --- pure arithmetic (no torch needed) -----------------------------------------------------------
-
-def norm_param_count(config: "Phase1Config") -> int:
-    """RMSNorm weights: two per block plus the final norm, D each."""
-    return (2 * config.n_layers + 1) * config.d_model
-
-
-def head_param_count(config: "Phase1Config") -> int:
-    """Parameters the head adds: the output bias V, plus D*r_h + r_h*V for the low-rank head (the tied head reuses
-    the embedding's cores)."""
-    if config.head == "tied":
-        return config.vocab_size
-    return config.vocab_size + config.d_model * config.head_rank + config.head_rank * config.vocab_size
-
-
-def expected_param_counts(config: "Phase1Config") -> dict[str, int]:
-    """Parameter counts by component (keys as `Phase1LM.param_counts`) plus "total", from the config alone."""
-    counts = {
-        "embedding": htt_param_count(config),
-        "ar_ssm": ar_ssm_param_count(config),
-        "ffn": ffn_param_count(config),
-        "head": head_param_count(config),
-        "norm": norm_param_count(config),
-    }
-    counts["total"] = sum(counts.values())
-    return counts
-
 
 TORCH_SCAN_EXTRA_BYTES_PER_CHANNEL = 30  # kernels/scan.py torch backend: fp32 copies + einsum casts, measured
 
@@ -294,7 +269,7 @@ class Phase1LM(nn.Module):
         V = self.config.vocab_size
         hs = h * self.head_scale
         out = None
-        step = max(1, TABLE_CHUNK_ROWS // self.embed.rows_per_leading_digit) * self.embed.rows_per_leading_digit
+        step = table_chunk_step(self.embed.rows_per_leading_digit, TABLE_CHUNK_ROWS)  # this module's name: tests shrink it
         for start in range(0, V, step):  # whole leading-digit blocks: no block is built twice
             end = min(start + step, V)
             part = hs @ self.embed.table(start, end).t()  # [..., end - start]
