@@ -69,8 +69,9 @@ def _pow_c(base, E: tl.constexpr):
 
 
 @triton.jit
-def _pass_states(st_ptr, seq, c, NC, lanes, a_c, STEP: tl.constexpr, BLOCK_R: tl.constexpr, WINDOW: tl.constexpr,
-                 LOG_W: tl.constexpr):
+def _pass_states(
+    st_ptr, seq, c, NC, lanes, a_c, STEP: tl.constexpr, BLOCK_R: tl.constexpr, WINDOW: tl.constexpr, LOG_W: tl.constexpr
+):
     """State entering chunk c from chunks c-step, c-2*step, ... (STEP +1: forward, earlier chunks; -1:
     backward, later chunks): sum_k a_c^k * st[c - step*(k+1)] over chunks in [0, NC). a_c = a^BLOCK_C [BLOCK_R].
     st_ptr: [S, NC, BLOCK_R] fp32 per-chunk states. Returns [BLOCK_R] fp32."""
@@ -93,8 +94,9 @@ def _pass_states(st_ptr, seq, c, NC, lanes, a_c, STEP: tl.constexpr, BLOCK_R: tl
 
 
 @triton.jit(do_not_specialize=_SIZES)
-def _chunk_state_fwd(u_ptr, g_ptr, a_ptr, st_ptr, L, R, NC, NRB, KSUB,
-                     BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr, LOG_T: tl.constexpr):
+def _chunk_state_fwd(
+    u_ptr, g_ptr, a_ptr, st_ptr, L, R, NC, NRB, KSUB, BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr, LOG_T: tl.constexpr
+):
     """st[seq, c] = sum over chunk c of a^(last row - t) * g_t*u_t [BLOCK_R] fp32 (chunks 0 .. NC-2)."""
     seq = tl.program_id(0)
     c = tl.program_id(1)
@@ -112,16 +114,35 @@ def _chunk_state_fwd(u_ptr, g_ptr, a_ptr, st_ptr, L, R, NC, NRB, KSUB,
         rows = (c * KSUB + k) * BLOCK_T + rows_l
         offs = b.to(tl.int64) * L * R + rows[:, None].to(tl.int64) * R + cols[None, :]
         m = lane_ok[None, :] & (rows < L)[:, None]
-        x = tl.load(g_ptr + offs, mask=m, other=0).to(tl.float32) * tl.load(u_ptr + offs, mask=m, other=0).to(tl.float32)
+        x = tl.load(g_ptr + offs, mask=m, other=0).to(tl.float32) * tl.load(u_ptr + offs, mask=m, other=0).to(
+            tl.float32
+        )
         acc = acc * a_t + tl.sum(w * x, axis=0)
         k += 1
     tl.store(st_ptr + (seq * NC + c).to(tl.int64) * BLOCK_R + lanes, acc)
 
 
 @triton.jit(do_not_specialize=_SIZES)
-def _chunk_scan_fwd(u_ptr, g_ptr, v_ptr, a_ptr, st_ptr, y_ptr, carry_ptr, L, R, NC, NRB, NT, KSUB,
-                    BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr,
-                    WINDOW: tl.constexpr, LOG_W: tl.constexpr, SAVE_CARRY: tl.constexpr):
+def _chunk_scan_fwd(
+    u_ptr,
+    g_ptr,
+    v_ptr,
+    a_ptr,
+    st_ptr,
+    y_ptr,
+    carry_ptr,
+    L,
+    R,
+    NC,
+    NRB,
+    NT,
+    KSUB,
+    BLOCK_T: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    WINDOW: tl.constexpr,
+    LOG_W: tl.constexpr,
+    SAVE_CARRY: tl.constexpr,
+):
     """y over chunk c; carry[b, i, channel] = h before sub-tile i (i = c*KSUB + k) when SAVE_CARRY."""
     seq = tl.program_id(0)
     c = NC - 1 - tl.program_id(1)  # last chunk first: the chunks pass 1 read last are likeliest in L2
@@ -155,8 +176,21 @@ def _chunk_scan_fwd(u_ptr, g_ptr, v_ptr, a_ptr, st_ptr, y_ptr, carry_ptr, L, R, 
 
 
 @triton.jit(do_not_specialize=_SIZES)
-def _chunk_state_bwd(dy_ptr, g_ptr, v_ptr, a_ptr, st_ptr, L, R, NC, NRB, KSUB,
-                     BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr, LOG_T: tl.constexpr):
+def _chunk_state_bwd(
+    dy_ptr,
+    g_ptr,
+    v_ptr,
+    a_ptr,
+    st_ptr,
+    L,
+    R,
+    NC,
+    NRB,
+    KSUB,
+    BLOCK_T: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    LOG_T: tl.constexpr,
+):
     """st[seq, c] = sum over chunk c of a^(t - first row) * g_t*v_t*dy_t [BLOCK_R] fp32 (chunks 1 .. NC-1)."""
     seq = tl.program_id(0)
     c = tl.program_id(1) + 1
@@ -175,8 +209,11 @@ def _chunk_state_bwd(dy_ptr, g_ptr, v_ptr, a_ptr, st_ptr, L, R, NC, NRB, KSUB,
         rows = (c * KSUB + k) * BLOCK_T + rows_l
         offs = b.to(tl.int64) * L * R + rows[:, None].to(tl.int64) * R + cols[None, :]
         m = (rows < L)[:, None] & lane_ok[None, :]
-        q = (tl.load(dy_ptr + offs, mask=m, other=0).to(tl.float32) * tl.load(g_ptr + offs, mask=m, other=0).to(tl.float32)
-             * tl.load(v_ptr + offs, mask=m, other=0).to(tl.float32))
+        q = (
+            tl.load(dy_ptr + offs, mask=m, other=0).to(tl.float32)
+            * tl.load(g_ptr + offs, mask=m, other=0).to(tl.float32)
+            * tl.load(v_ptr + offs, mask=m, other=0).to(tl.float32)
+        )
         acc += mult * tl.sum(w * q, axis=0)
         mult = mult * a_t
         k += 1
@@ -184,10 +221,29 @@ def _chunk_state_bwd(dy_ptr, g_ptr, v_ptr, a_ptr, st_ptr, L, R, NC, NRB, KSUB,
 
 
 @triton.jit(do_not_specialize=_SIZES)
-def _chunk_scan_bwd(dy_ptr, u_ptr, g_ptr, v_ptr, a_ptr, st_ptr, carry_ptr, du_ptr, dg_ptr, dv_ptr, da_part_ptr,
-                    L, R, NC, NRB, NT, KSUB,
-                    BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr,
-                    WINDOW: tl.constexpr, LOG_W: tl.constexpr):
+def _chunk_scan_bwd(
+    dy_ptr,
+    u_ptr,
+    g_ptr,
+    v_ptr,
+    a_ptr,
+    st_ptr,
+    carry_ptr,
+    du_ptr,
+    dg_ptr,
+    dv_ptr,
+    da_part_ptr,
+    L,
+    R,
+    NC,
+    NRB,
+    NT,
+    KSUB,
+    BLOCK_T: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    WINDOW: tl.constexpr,
+    LOG_W: tl.constexpr,
+):
     """du, dg, dv over chunk c; da_part[b, c, channel] = sum over the chunk of dh_t * h_{t-1}. Reads the carry
     [B, NT, R] the forward saved (its layout does not depend on either pass's BLOCK_R)."""
     seq = tl.program_id(0)
@@ -280,8 +336,9 @@ def _tiles(L: int, R: int, dtype: torch.dtype, batch: int = 1) -> ScanTiles:
     4 warps needs 255 registers and spills). The widths are kernels/scan_shapes.py's (the estimator reads them).
     """
     block_t, fwd_r, bwd_r = scan_tile_widths(L, R)
-    return ScanTiles(block_t, _chunk_len(batch, L, R, block_t, fwd_r), fwd_r, 4,
-                     _chunk_len(batch, L, R, block_t, bwd_r), bwd_r, 8)
+    return ScanTiles(
+        block_t, _chunk_len(batch, L, R, block_t, fwd_r), fwd_r, 4, _chunk_len(batch, L, R, block_t, bwd_r), bwd_r, 8
+    )
 
 
 def _log2(n: int) -> int:
@@ -301,10 +358,28 @@ def _scan_fwd(u, g, v, a, save_carry: bool, tiles: ScanTiles | None = None):
     states = torch.empty(n_seq * nc * t.fwd_r, dtype=torch.float32, device=u.device) if nc > 1 else y
     meta = dict(BLOCK_T=t.block_t, BLOCK_R=t.fwd_r, num_warps=t.fwd_warps)
     if nc > 1:
-        _chunk_state_fwd[(n_seq, nc - 1)](u, g, a, states, L, R, nc, nrb, t.fwd_c // t.block_t,
-                                          LOG_T=_log2(t.block_t), **meta)
-    _chunk_scan_fwd[(n_seq, nc)](u, g, v, a, states, y, carry, L, R, nc, nrb, nt, t.fwd_c // t.block_t,
-                                 WINDOW=_WINDOW, LOG_W=_log2(_WINDOW), SAVE_CARRY=save_carry, **meta)
+        _chunk_state_fwd[(n_seq, nc - 1)](
+            u, g, a, states, L, R, nc, nrb, t.fwd_c // t.block_t, LOG_T=_log2(t.block_t), **meta
+        )
+    _chunk_scan_fwd[(n_seq, nc)](
+        u,
+        g,
+        v,
+        a,
+        states,
+        y,
+        carry,
+        L,
+        R,
+        nc,
+        nrb,
+        nt,
+        t.fwd_c // t.block_t,
+        WINDOW=_WINDOW,
+        LOG_W=_log2(_WINDOW),
+        SAVE_CARRY=save_carry,
+        **meta,
+    )
     return y, (carry if save_carry else None), t
 
 
@@ -319,9 +394,30 @@ def _scan_bwd(dy, u, g, v, a, carry, tiles: ScanTiles):
     states = torch.empty(n_seq * nc * t.bwd_r, dtype=torch.float32, device=u.device) if nc > 1 else da_part
     meta = dict(BLOCK_T=t.block_t, BLOCK_R=t.bwd_r, num_warps=t.bwd_warps)
     if nc > 1:
-        _chunk_state_bwd[(n_seq, nc - 1)](dy, g, v, a, states, L, R, nc, nrb, t.bwd_c // t.block_t,
-                                          LOG_T=_log2(t.block_t), **meta)
-    _chunk_scan_bwd[(n_seq, nc)](dy, u, g, v, a, states, carry, du, dg, dv, da_part, L, R, nc, nrb, nt,
-                                 t.bwd_c // t.block_t, WINDOW=_WINDOW, LOG_W=_log2(_WINDOW), **meta)
+        _chunk_state_bwd[(n_seq, nc - 1)](
+            dy, g, v, a, states, L, R, nc, nrb, t.bwd_c // t.block_t, LOG_T=_log2(t.block_t), **meta
+        )
+    _chunk_scan_bwd[(n_seq, nc)](
+        dy,
+        u,
+        g,
+        v,
+        a,
+        states,
+        carry,
+        du,
+        dg,
+        dv,
+        da_part,
+        L,
+        R,
+        nc,
+        nrb,
+        nt,
+        t.bwd_c // t.block_t,
+        WINDOW=_WINDOW,
+        LOG_W=_log2(_WINDOW),
+        **meta,
+    )
     da = da_part.sum(dim=0)  # [R]: one small reduction in a fixed order (deterministic)
     return du, dg, dv, (da if a.dtype == torch.float32 else da.to(a.dtype))

@@ -56,6 +56,7 @@ CHANNEL_IN_USE_AT = GATE_SPARSE_BELOW
 
 # --- module --------------------------------------------------------------------------------------
 
+
 class ARSSM(nn.Module):
     """Adaptive-rank SSM mixer: x [B, L, D] -> (y [B, L, D], gate_l1, effective_rank, gate_sparsity).
 
@@ -90,8 +91,8 @@ class ARSSM(nn.Module):
     @torch.no_grad()
     def _init_weights(self, n_layers: int) -> None:
         d, r = self.d_model, self.max_rank
-        nn.init.normal_(self.U.weight, std=d ** -0.5)  # u, v ~ N(0, 1) per channel for unit-RMS x
-        nn.init.normal_(self.V.weight, std=d ** -0.5)
+        nn.init.normal_(self.U.weight, std=d**-0.5)  # u, v ~ N(0, 1) per channel for unit-RMS x
+        nn.init.normal_(self.V.weight, std=d**-0.5)
         # Stationary state std of channel k for unit white-noise input is 1/sqrt(1 - a_k^2); scale W_o's
         # column k by its inverse so every channel contributes alike, and by 1/sqrt(2 n_layers) so the
         # residual stream stays O(1) at init (GPT-2's residual-projection scaling).
@@ -112,7 +113,7 @@ class ARSSM(nn.Module):
         return torch.sigmoid(-self.decay_logit)
 
     def scan_backend(self, x: torch.Tensor) -> str:
-        """"triton" when ar_ssm_use_fused_scan and x is on CUDA, else "torch" (the reference, any device)."""
+        """ "triton" when ar_ssm_use_fused_scan and x is on CUDA, else "torch" (the reference, any device)."""
         return "triton" if (self.use_fused_scan and x.is_cuda) else "torch"
 
     def gates(self, x: torch.Tensor) -> torch.Tensor:
@@ -134,7 +135,7 @@ class ARSSM(nn.Module):
             self.last_gate_mean = gd.mean(dim=(0, 1))  # [r]
             effective_rank = (self.last_gate_mean >= CHANNEL_IN_USE_AT).sum().float()
             sparsity = (gd < GATE_SPARSE_BELOW).float().mean()
-        gate_l1 = g[..., self.min_rank:].float().mean(dim=(0, 1)).sum()
+        gate_l1 = g[..., self.min_rank :].float().mean(dim=(0, 1)).sum()
         return y, gate_l1, effective_rank, sparsity
 
     def mixing_factors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

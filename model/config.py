@@ -184,13 +184,30 @@ def _positive(cfg: Phase1Config, name: str) -> None:
 
 def _check_values(cfg: Phase1Config) -> None:
     for name, low in [
-        ("vocab_size", 2), ("d_model", 8), ("n_layers", 1), ("n_seq", 2), ("ffn_rank", 1), ("head_rank", 1),
-        ("ar_ssm_max_rank", 1), ("ar_ssm_min_rank", 1), ("htt_rank", 1), ("batch_size", 1),
-        ("stability_check_every", 1), ("loss_chunk_size", 0), ("ar_ssm_l1_regularization", 0.0), ("seed", 0),
+        ("vocab_size", 2),
+        ("d_model", 8),
+        ("n_layers", 1),
+        ("n_seq", 2),
+        ("ffn_rank", 1),
+        ("head_rank", 1),
+        ("ar_ssm_max_rank", 1),
+        ("ar_ssm_min_rank", 1),
+        ("htt_rank", 1),
+        ("batch_size", 1),
+        ("stability_check_every", 1),
+        ("loss_chunk_size", 0),
+        ("ar_ssm_l1_regularization", 0.0),
+        ("seed", 0),
     ]:
         _at_least(cfg, name, low)
-    for name in ["stability_threshold", "schatten_s1_bound", "schatten_s2_bound", "gradient_norm_threshold",
-                 "target_vram_gb", "learning_rate"]:
+    for name in [
+        "stability_threshold",
+        "schatten_s1_bound",
+        "schatten_s2_bound",
+        "gradient_norm_threshold",
+        "target_vram_gb",
+        "learning_rate",
+    ]:
         _positive(cfg, name)
     if cfg.ar_ssm_min_rank > cfg.ar_ssm_max_rank:
         raise ConfigError(
@@ -198,8 +215,10 @@ def _check_values(cfg: Phase1Config) -> None:
             f"{cfg.ar_ssm_max_rank})"
         )
     if cfg.ar_ssm_gate_hidden_dim is not None and cfg.ar_ssm_gate_hidden_dim < 1:
-        raise ConfigError(f"ar_ssm_gate_hidden_dim: {cfg.ar_ssm_gate_hidden_dim} is out of range (allowed: >= 1, "
-                          "or null for d_model // 4)")
+        raise ConfigError(
+            f"ar_ssm_gate_hidden_dim: {cfg.ar_ssm_gate_hidden_dim} is out of range (allowed: >= 1, "
+            "or null for d_model // 4)"
+        )
     if cfg.htt_num_cores not in (2, 3):
         raise ConfigError(f"htt_num_cores: {cfg.htt_num_cores} is out of range (allowed: 2 or 3)")
     for name in ("lns_block_size_m", "lns_block_size_n", "lns_block_size_k"):
@@ -235,33 +254,65 @@ def _did_you_mean(key: str, known: set[str]) -> str:
 
 PRESETS: dict[str, Phase1Config] = {
     "8gb": Phase1Config(
-        ar_ssm_max_rank=16, ar_ssm_min_rank=4, ar_ssm_l1_regularization=0.01, ar_ssm_use_fused_scan=True,
-        htt_rank=12, htt_num_cores=2, htt_phase_encoding=True,
+        ar_ssm_max_rank=16,
+        ar_ssm_min_rank=4,
+        ar_ssm_l1_regularization=0.01,
+        ar_ssm_use_fused_scan=True,
+        htt_rank=12,
+        htt_num_cores=2,
+        htt_phase_encoding=True,
         lns_enabled=False,
-        stability_monitoring_enabled=True, stability_threshold=1e-6,
-        use_gradient_checkpointing=True, checkpoint_ar_ssm=True, checkpoint_htt=False,
+        stability_monitoring_enabled=True,
+        stability_threshold=1e-6,
+        use_gradient_checkpointing=True,
+        checkpoint_ar_ssm=True,
+        checkpoint_htt=False,
         target_vram_gb=8.0,
     ),
     "10gb": Phase1Config(
-        ar_ssm_max_rank=32, ar_ssm_min_rank=4, ar_ssm_l1_regularization=0.001, ar_ssm_use_fused_scan=True,
-        htt_rank=16, htt_num_cores=2, htt_phase_encoding=True,
+        ar_ssm_max_rank=32,
+        ar_ssm_min_rank=4,
+        ar_ssm_l1_regularization=0.001,
+        ar_ssm_use_fused_scan=True,
+        htt_rank=16,
+        htt_num_cores=2,
+        htt_phase_encoding=True,
         lns_enabled=False,
-        stability_monitoring_enabled=True, stability_threshold=1e-6,
-        use_gradient_checkpointing=True, checkpoint_ar_ssm=True, checkpoint_htt=False,
+        stability_monitoring_enabled=True,
+        stability_threshold=1e-6,
+        use_gradient_checkpointing=True,
+        checkpoint_ar_ssm=True,
+        checkpoint_htt=False,
         target_vram_gb=10.0,
     ),
     "24gb": Phase1Config(
-        ar_ssm_max_rank=64, ar_ssm_min_rank=8, ar_ssm_l1_regularization=0.0001, ar_ssm_use_fused_scan=True,
-        htt_rank=32, htt_num_cores=2, htt_phase_encoding=True,
+        ar_ssm_max_rank=64,
+        ar_ssm_min_rank=8,
+        ar_ssm_l1_regularization=0.0001,
+        ar_ssm_use_fused_scan=True,
+        htt_rank=32,
+        htt_num_cores=2,
+        htt_phase_encoding=True,
         lns_enabled=False,
-        stability_monitoring_enabled=True, stability_threshold=1e-6,
-        use_gradient_checkpointing=False, checkpoint_ar_ssm=False, checkpoint_htt=False,
+        stability_monitoring_enabled=True,
+        stability_threshold=1e-6,
+        use_gradient_checkpointing=False,
+        checkpoint_ar_ssm=False,
+        checkpoint_htt=False,
         target_vram_gb=24.0,
     ),
     "inference": Phase1Config(
-        ar_ssm_max_rank=32, ar_ssm_min_rank=4, ar_ssm_l1_regularization=0.001, ar_ssm_use_fused_scan=True,
-        htt_rank=16, htt_num_cores=2, htt_phase_encoding=True,
-        lns_enabled=True, lns_block_size_m=128, lns_block_size_n=128, lns_block_size_k=32,
+        ar_ssm_max_rank=32,
+        ar_ssm_min_rank=4,
+        ar_ssm_l1_regularization=0.001,
+        ar_ssm_use_fused_scan=True,
+        htt_rank=16,
+        htt_num_cores=2,
+        htt_phase_encoding=True,
+        lns_enabled=True,
+        lns_block_size_m=128,
+        lns_block_size_n=128,
+        lns_block_size_k=32,
         stability_monitoring_enabled=False,
         use_gradient_checkpointing=False,
         target_vram_gb=8.0,

@@ -69,8 +69,11 @@ class DataSource:
             raise DataError(f"data.kind: {self.kind!r} is not one of 'stdlib', 'python', 'files', 'hf'")
         if isinstance(self.max_bytes, bool) or not isinstance(self.max_bytes, int) or self.max_bytes < 1024:
             raise DataError(f"data.max_bytes: {self.max_bytes!r} is out of range (allowed: an integer >= 1024)")
-        if isinstance(self.val_fraction, bool) or not isinstance(self.val_fraction, (int, float)) \
-                or not 0.0 < self.val_fraction < 0.5:
+        if (
+            isinstance(self.val_fraction, bool)
+            or not isinstance(self.val_fraction, (int, float))
+            or not 0.0 < self.val_fraction < 0.5
+        ):
             raise DataError(f"data.val_fraction: {self.val_fraction!r} is out of range (allowed: 0 < x < 0.5)")
         if self.kind == "files" and not self.path:
             raise DataError("data.path: missing; kind 'files' needs the path of a text file or a folder of text files")
@@ -95,8 +98,10 @@ class DataSource:
         if self.kind == "stdlib":
             return f"Python standard library sources ({_stdlib_root()}), first {self.max_bytes} bytes"
         if self.kind == "python":
-            return (f"Python sources: the standard library ({_stdlib_root()}) then site-packages "
-                    f"({', '.join(str(p) for p in _site_roots())}), first {self.max_bytes} bytes")
+            return (
+                f"Python sources: the standard library ({_stdlib_root()}) then site-packages "
+                f"({', '.join(str(p) for p in _site_roots())}), first {self.max_bytes} bytes"
+            )
         if self.kind == "files":
             return f"files under {self.path}, first {self.max_bytes} bytes"
         name = f"{self.hf_name}/{self.hf_config or '-'}:{self.hf_split}"
@@ -206,18 +211,23 @@ def _read_hf(source: DataSource) -> Corpus:
     try:
         import datasets  # optional extra
     except ImportError as exc:
-        raise DataError(f"data.kind: 'hf' needs the optional Hugging Face 'datasets' package; run: {_HF_INSTALL}") \
-            from exc
+        raise DataError(
+            f"data.kind: 'hf' needs the optional Hugging Face 'datasets' package; run: {_HF_INSTALL}"
+        ) from exc
     try:
         stream = datasets.load_dataset(source.hf_name, source.hf_config, split=source.hf_split, streaming=True)
     except Exception as exc:  # network, unknown name, unknown split: one message with the fix
-        raise DataError(f"data.hf_name: cannot load {source.hf_name!r} (config {source.hf_config!r}, split "
-                        f"{source.hf_split!r}): {exc}; check the name and your network connection") from exc
+        raise DataError(
+            f"data.hf_name: cannot load {source.hf_name!r} (config {source.hf_config!r}, split "
+            f"{source.hf_split!r}): {exc}; check the name and your network connection"
+        ) from exc
     docs, n_bytes = [], 0
     for i, record in enumerate(stream):
         if source.hf_text_field not in record:
-            raise DataError(f"data.hf_text_field: {source.hf_text_field!r} is not a field of {source.hf_name} "
-                            f"(fields: {', '.join(record)})")
+            raise DataError(
+                f"data.hf_text_field: {source.hf_text_field!r} is not a field of {source.hf_name} "
+                f"(fields: {', '.join(record)})"
+            )
         text = record[source.hf_text_field] or ""
         raw = text.encode("utf-8")
         if n_bytes + len(raw) > source.max_bytes:
@@ -262,8 +272,10 @@ def split_documents(docs: list[tuple[str, str]], val_fraction: float) -> tuple[l
         name, text = docs[0]
         lines = text.splitlines(keepends=True)
         if len(lines) < 2:
-            raise DataError(f"data: the only document ({name}) has a single line, which cannot be split into "
-                            "train and validation; supply more text")
+            raise DataError(
+                f"data: the only document ({name}) has a single line, which cannot be split into "
+                "train and validation; supply more text"
+            )
         n_val = max(1, int(len(lines) * val_fraction))
         return ["".join(lines[:-n_val])], ["".join(lines[-n_val:])], 1, 1
     sizes = {name: len(text.encode("utf-8")) for name, text in docs}
@@ -285,4 +297,3 @@ def split_documents(docs: list[tuple[str, str]], val_fraction: float) -> tuple[l
 
 
 # --- the result ------------------------------------------------------------------------------------------------------
-

@@ -101,6 +101,7 @@ class DenseLM(nn.Module):
 
     def param_counts(self) -> dict[str, int]:
         """Parameters by component (embedding incl. positions, attention, mlp, norm, head = 0: tied)."""
+
         def n(params) -> int:
             return sum(p.numel() for p in params)
 

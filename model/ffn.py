@@ -26,7 +26,6 @@ if TYPE_CHECKING:
     from model.config import Phase1Config
 
 
-
 class LowRankFFN(nn.Module):
     """x [B, L, D] -> [B, L, D]."""
 
@@ -42,8 +41,8 @@ class LowRankFFN(nn.Module):
             # so the residual stream stays O(1) at init. nn.Linear's default (std 1/sqrt(3 fan_in)) would
             # shrink the signal ~9x through the four factors.
             for lin in (self.U1, self.V1, self.U2):
-                nn.init.normal_(lin.weight, std=lin.in_features ** -0.5)
-            nn.init.normal_(self.V2.weight, std=(r ** -0.5) / math.sqrt(2 * config.n_layers))
+                nn.init.normal_(lin.weight, std=lin.in_features**-0.5)
+            nn.init.normal_(self.V2.weight, std=(r**-0.5) / math.sqrt(2 * config.n_layers))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.V2(self.U2(F.gelu(self.V1(self.U1(x)))))

@@ -54,6 +54,7 @@ if TYPE_CHECKING:
 
 # --- module --------------------------------------------------------------------------------------
 
+
 class HTTEmbedding(nn.Module):
     """Tensor-train token embedding: ids [B, L] int64 -> [B, L, D] float32."""
 
@@ -88,8 +89,10 @@ class HTTEmbedding(nn.Module):
                 self.theta3 = tag(nn.Parameter(torch.empty(vs[2], r).uniform_(-math.pi, math.pi)), "phase")
 
     def extra_repr(self) -> str:
-        return (f"vocab={self.vocab_size} ({'x'.join(map(str, self.v_factors))}), d_model={self.d_model} "
-                f"({'x'.join(map(str, self.d_factors))}), rank={self.rank}, phase={self.phase}")
+        return (
+            f"vocab={self.vocab_size} ({'x'.join(map(str, self.v_factors))}), d_model={self.d_model} "
+            f"({'x'.join(map(str, self.d_factors))}), rank={self.rank}, phase={self.phase}"
+        )
 
     def rows(self, idx: torch.Tensor) -> torch.Tensor:
         """Embedding rows of token ids `idx` [N] int64 -> [N, D]."""
@@ -158,7 +161,7 @@ class HTTEmbedding(nn.Module):
             out = g1.reshape(-1, r1) @ t23.reshape(r1, -1)  # [k*d1, v2*v3*d2*d3]
             out = out.reshape(hi - lo, ds[0], vs[1] * vs[2], ds[1] * ds[2]).permute(0, 2, 1, 3)  # [k, v2*v3, d1, d2*d3]
         out = out.reshape((hi - lo) * block, -1)[:, : self.d_model]  # rows lo*block .. hi*block - 1
-        return out[start - lo * block: end - lo * block]
+        return out[start - lo * block : end - lo * block]
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """ids [B, L] int64 -> embeddings [B, L, D] float32.

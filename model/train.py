@@ -109,10 +109,19 @@ class TrainResult:
 # --- public API ------------------------------------------------------------------------------------------------------
 
 
-def train_and_evaluate(config: Phase1Config | DenseConfig, data: TokenData, *, train_tokens: int, eval_tokens: int,
-                       device: str | torch.device, on_step: Callable[[StepInfo], None] | None = None,
-                       eval_points: Iterable[int] = (), on_eval: Callable[[EvalInfo], None] | None = None,
-                       return_model: bool = False, progress: Callable[[str], None] | bool | None = None) -> TrainResult:
+def train_and_evaluate(
+    config: Phase1Config | DenseConfig,
+    data: TokenData,
+    *,
+    train_tokens: int,
+    eval_tokens: int,
+    device: str | torch.device,
+    on_step: Callable[[StepInfo], None] | None = None,
+    eval_points: Iterable[int] = (),
+    on_eval: Callable[[EvalInfo], None] | None = None,
+    return_model: bool = False,
+    progress: Callable[[str], None] | bool | None = None,
+) -> TrainResult:
     """Build `config`'s model (Phase 1, or the dense baseline for a DenseConfig), train it on `data.train` for
     ceil(train_tokens / (B*L)) steps, evaluate on `data.val`.
 
@@ -135,9 +144,11 @@ def train_and_evaluate(config: Phase1Config | DenseConfig, data: TokenData, *, t
     say = _progress_fn(progress)
     epochs = steps * tokens_per_step / data.n_train_tokens
     if epochs > 1.0:
-        message = (f"train: {steps * tokens_per_step} training tokens is {epochs:.2f} epochs of the "
-                   f"{data.n_train_tokens} tokens in the training split: data repeats (raise data.max_bytes or use "
-                   "a larger corpus for a PPL on fresh text)")
+        message = (
+            f"train: {steps * tokens_per_step} training tokens is {epochs:.2f} epochs of the "
+            f"{data.n_train_tokens} tokens in the training split: data repeats (raise data.max_bytes or use "
+            "a larger corpus for a PPL on fresh text)"
+        )
         say(message)
         warnings.warn(message, DataRepeatWarning, stacklevel=2)
 
@@ -146,7 +157,7 @@ def train_and_evaluate(config: Phase1Config | DenseConfig, data: TokenData, *, t
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     # fork_rng: seed parameter init from config.seed without disturbing the caller's global RNG state.
-    with torch.random.fork_rng(devices=devices), (tracker if tracker is not None else nullcontext()):
+    with torch.random.fork_rng(devices=devices), tracker if tracker is not None else nullcontext():
         torch.manual_seed(config.seed)
         if dev.type == "cuda":
             torch.cuda.manual_seed_all(config.seed)
@@ -162,19 +173,37 @@ def train_and_evaluate(config: Phase1Config | DenseConfig, data: TokenData, *, t
             peak_bytes, kind = tracker.peak_bytes, "cpu_tensor_bytes"
             reserved_gib = None
     diagnostics = run.diagnostics(final)
-    say(f"train: done, val_loss {final['val_loss']:.4f} (ppl {final['val_ppl']:.2f}), "
-        f"{tokens_per_s:.0f} tokens/s, peak {peak_bytes / GIB:.3f} GiB ({kind})")
+    say(
+        f"train: done, val_loss {final['val_loss']:.4f} (ppl {final['val_ppl']:.2f}), "
+        f"{tokens_per_s:.0f} tokens/s, peak {peak_bytes / GIB:.3f} GiB ({kind})"
+    )
     return TrainResult(
-        val_loss=final["val_loss"], val_ppl=final["val_ppl"], steps=steps, train_tokens=steps * tokens_per_step,
-        tokens_per_s=tokens_per_s, train_time_s=loop_s,
-        peak_torch_gib=peak_bytes / GIB, peak_memory_kind=kind, diagnostics=diagnostics,
-        param_counts=dict(run.model.param_counts()), curve=curve, eval_tokens=final["eval_tokens"], device=str(dev),
-        peak_reserved_gib=reserved_gib, epochs=epochs, model=run.model if return_model else None,
+        val_loss=final["val_loss"],
+        val_ppl=final["val_ppl"],
+        steps=steps,
+        train_tokens=steps * tokens_per_step,
+        tokens_per_s=tokens_per_s,
+        train_time_s=loop_s,
+        peak_torch_gib=peak_bytes / GIB,
+        peak_memory_kind=kind,
+        diagnostics=diagnostics,
+        param_counts=dict(run.model.param_counts()),
+        curve=curve,
+        eval_tokens=final["eval_tokens"],
+        device=str(dev),
+        peak_reserved_gib=reserved_gib,
+        epochs=epochs,
+        model=run.model if return_model else None,
     )
 
 
-def evaluate(model: torch.nn.Module, data: TokenData, eval_tokens: int, config: Phase1Config | DenseConfig,
-             device: str | torch.device) -> tuple[float, float]:
+def evaluate(
+    model: torch.nn.Module,
+    data: TokenData,
+    eval_tokens: int,
+    config: Phase1Config | DenseConfig,
+    device: str | torch.device,
+) -> tuple[float, float]:
     """Mean validation cross-entropy over the first ceil(eval_tokens / L) windows of `data.val` -> (val_loss, val_ppl).
 
     Windows are consecutive and non-overlapping (inputs val[kL : kL+L], targets shifted by one), so every scored token
@@ -192,14 +221,20 @@ def _check_inputs(config: Phase1Config | DenseConfig, data: TokenData, train_tok
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name}: {value!r} must be a positive integer")
     if data.vocab_size != config.vocab_size:
-        raise ConfigError(f"vocab_size: the config has {config.vocab_size} but the data was tokenised for "
-                          f"{data.vocab_size}; prepare the data with vocab_size={config.vocab_size}")
+        raise ConfigError(
+            f"vocab_size: the config has {config.vocab_size} but the data was tokenised for "
+            f"{data.vocab_size}; prepare the data with vocab_size={config.vocab_size}"
+        )
     if data.n_train_tokens < config.n_seq + 1:
-        raise DataError(f"data: {data.n_train_tokens} training tokens cannot fill one window of n_seq + 1 = "
-                        f"{config.n_seq + 1}; raise data.max_bytes or lower n_seq")
+        raise DataError(
+            f"data: {data.n_train_tokens} training tokens cannot fill one window of n_seq + 1 = "
+            f"{config.n_seq + 1}; raise data.max_bytes or lower n_seq"
+        )
     if data.n_val_tokens < config.n_seq + 1:
-        raise DataError(f"data: {data.n_val_tokens} validation tokens cannot fill one window of n_seq + 1 = "
-                        f"{config.n_seq + 1}; raise data.max_bytes or data.val_fraction, or lower n_seq")
+        raise DataError(
+            f"data: {data.n_val_tokens} validation tokens cannot fill one window of n_seq + 1 = "
+            f"{config.n_seq + 1}; raise data.max_bytes or data.val_fraction, or lower n_seq"
+        )
 
 
 def _autocast(config: Phase1Config | DenseConfig, dev: torch.device):
@@ -216,8 +251,9 @@ def _windows(tokens: np.ndarray, starts: np.ndarray, length: int, dev: torch.dev
     return batch.to(dev, non_blocking=True).long()
 
 
-def _evaluate(model: torch.nn.Module, data: TokenData, eval_tokens: int, config: Phase1Config | DenseConfig,
-              dev: torch.device) -> dict[str, Any]:
+def _evaluate(
+    model: torch.nn.Module, data: TokenData, eval_tokens: int, config: Phase1Config | DenseConfig, dev: torch.device
+) -> dict[str, Any]:
     L = config.n_seq
     n_windows = min(math.ceil(eval_tokens / L), (data.n_val_tokens - 1) // L)
     starts = np.arange(n_windows, dtype=np.int64) * L
@@ -227,7 +263,7 @@ def _evaluate(model: torch.nn.Module, data: TokenData, eval_tokens: int, config:
     try:
         with torch.no_grad(), _autocast(config, dev):
             for b0 in range(0, n_windows, config.batch_size):
-                win = _windows(data.val, starts[b0:b0 + config.batch_size], L + 1, dev)
+                win = _windows(data.val, starts[b0 : b0 + config.batch_size], L + 1, dev)
                 out = model(win[:, :-1], win[:, 1:])
                 n = win.shape[0] * L
                 total += float(out.ce_loss.float()) * n
@@ -239,16 +275,27 @@ def _evaluate(model: torch.nn.Module, data: TokenData, eval_tokens: int, config:
     finally:
         model.train(was_training)
     val_loss = total / count
-    return {"val_loss": val_loss, "val_ppl": math.exp(val_loss) if val_loss < 700 else float("inf"),
-            "repr_effective_rank": rank, "eval_tokens": count,
-            "model_diagnostics": {k: v / count for k, v in diag_sums.items()}}
+    return {
+        "val_loss": val_loss,
+        "val_ppl": math.exp(val_loss) if val_loss < 700 else float("inf"),
+        "repr_effective_rank": rank,
+        "eval_tokens": count,
+        "model_diagnostics": {k: v / count for k, v in diag_sums.items()},
+    }
 
 
 class _Run:
     """The model, optimizer, schedule and batch generator of one training run, and what it measured."""
 
-    def __init__(self, config: Phase1Config | DenseConfig, data: TokenData, dev: torch.device, steps: int,
-                 eval_tokens: int, say: Callable[[str], None]):
+    def __init__(
+        self,
+        config: Phase1Config | DenseConfig,
+        data: TokenData,
+        dev: torch.device,
+        steps: int,
+        eval_tokens: int,
+        say: Callable[[str], None],
+    ):
         from model.optim import param_groups
         from model.stability import StabilityMonitor
 
@@ -270,8 +317,12 @@ class _Run:
         self.model.train()
         # the dense baseline's parameters are untagged: matrices and its tables decayed at the base rate, norms
         # and biases undecayed (the usual GPT recipe); Phase 1's tags give its table and phases their own rates
-        self.optimizer = torch.optim.AdamW(param_groups(self.model, config.learning_rate, WEIGHT_DECAY),
-                                           lr=config.learning_rate, betas=BETAS, fused=dev.type == "cuda")
+        self.optimizer = torch.optim.AdamW(
+            param_groups(self.model, config.learning_rate, WEIGHT_DECAY),
+            lr=config.learning_rate,
+            betas=BETAS,
+            fused=dev.type == "cuda",
+        )
         self.warmup = max(1, min(MAX_WARMUP_STEPS, round(WARMUP_FRACTION * steps)))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.scaler = torch.amp.GradScaler(dev.type, enabled=config.dtype == "float16")
@@ -331,9 +382,18 @@ class _Run:
                 self.first_step_s = time.perf_counter() - t_start
             elapsed = time.perf_counter() - t_start - self.eval_s
             if on_step is not None:
-                on_step(StepInfo(step=step, tokens=tokens, loss=loss_f, ce_loss=float(out.ce_loss.detach().float()),
-                                 aux_loss=float(torch.as_tensor(out.aux_loss).detach().float()), grad_norm=grad_norm,
-                                 lr=lr, elapsed_s=elapsed))
+                on_step(
+                    StepInfo(
+                        step=step,
+                        tokens=tokens,
+                        loss=loss_f,
+                        ce_loss=float(out.ce_loss.detach().float()),
+                        aux_loss=float(torch.as_tensor(out.aux_loss).detach().float()),
+                        grad_norm=grad_norm,
+                        lr=lr,
+                        elapsed_s=elapsed,
+                    )
+                )
             if step % report_every == 0:
                 self.say(f"train: step {step}/{self.steps}, loss {loss_f:.4f}, {tokens / max(elapsed, 1e-9):.0f} tok/s")
             if pending and tokens >= pending[0]:
@@ -365,8 +425,9 @@ class _Run:
         # mid-run evaluations score the same windows as the final one, so the curve's points are comparable
         r = _evaluate(self.model, self.data, self.eval_tokens, self.config, self.dev)
         self._last_eval = (tokens, r)
-        return EvalInfo(tokens=tokens, val_loss=r["val_loss"], val_ppl=r["val_ppl"],
-                        repr_effective_rank=r["repr_effective_rank"])
+        return EvalInfo(
+            tokens=tokens, val_loss=r["val_loss"], val_ppl=r["val_ppl"], repr_effective_rank=r["repr_effective_rank"]
+        )
 
     def final_eval(self, curve: list[dict[str, float]]) -> dict[str, Any]:
         """Validation after the last step; reuses a mid-run evaluation taken after that same step."""
@@ -374,8 +435,14 @@ class _Run:
         if self._last_eval is not None and self._last_eval[0] == total_tokens:
             return self._last_eval[1]
         r = _evaluate(self.model, self.data, self.eval_tokens, self.config, self.dev)
-        curve.append(EvalInfo(tokens=total_tokens, val_loss=r["val_loss"], val_ppl=r["val_ppl"],
-                              repr_effective_rank=r["repr_effective_rank"]).to_dict())
+        curve.append(
+            EvalInfo(
+                tokens=total_tokens,
+                val_loss=r["val_loss"],
+                val_ppl=r["val_ppl"],
+                repr_effective_rank=r["repr_effective_rank"],
+            ).to_dict()
+        )
         return r
 
     def diagnostics(self, final: dict[str, Any]) -> dict[str, Any]:
