@@ -90,7 +90,7 @@ class LNSWeight:
         """Bytes of the stored weight: codes plus offsets."""
         return self.codes.numel() * self.codes.element_size() + self.offsets.numel() * self.offsets.element_size()
 
-    def to(self, device: torch.device | str) -> "LNSWeight":
+    def to(self, device: torch.device | str) -> LNSWeight:
         return LNSWeight(self.codes.to(device), self.offsets.to(device), self.bits, self.frac_bits)
 
 

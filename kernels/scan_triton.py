@@ -329,11 +329,13 @@ def _chunk_len(batch: int, L: int, R: int, block_t: int, block_r: int) -> int:
 
 
 @functools.lru_cache(maxsize=512)  # called on every forward: keep the wrapper's host work small
-def _tiles(L: int, R: int, dtype: torch.dtype, batch: int = 1) -> ScanTiles:
+def _tiles(L: int, R: int, dtype: torch.dtype, batch: int = 1) -> ScanTiles:  # noqa: ARG001 - dtype: see below
     """Tiles for a [batch, L, R] problem. Predicted from register counts (ptxas -v, sm_90, Triton 3.6), not yet
     timed on a GPU (bench/scan_notes.md): forward 64 x 32 tiles on 4 warps (~156 registers, no spills);
     backward 64 x 16 on 8 warps (~80 registers, no spills: it holds two scans and six input tiles; 64 x 32 on
     4 warps needs 255 registers and spills). The widths are kernels/scan_shapes.py's (the estimator reads them).
+    dtype is unused for now but kept in the signature and the cache key: the register counts above are for one
+    dtype, and timed tiles may differ per dtype (bench/kernel_bench.py already passes it).
     """
     block_t, fwd_r, bwd_r = scan_tile_widths(L, R)
     return ScanTiles(

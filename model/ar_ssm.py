@@ -39,7 +39,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from kernels.scan import gated_scan
-
 from model.optim import tag
 from model.shapes import CONV_KERNEL
 from model.shapes import ar_ssm_layer_param_count as ar_ssm_layer_param_count  # re-exported (model/shapes.py)
@@ -72,7 +71,7 @@ class ARSSM(nn.Module):
     Schatten check.
     """
 
-    def __init__(self, config: "Phase1Config"):
+    def __init__(self, config: Phase1Config):
         super().__init__()
         d, r, m, hid = config.d_model, config.ar_ssm_max_rank, config.ar_ssm_min_rank, config.gate_hidden_dim
         self.d_model, self.max_rank, self.min_rank = d, r, m
@@ -102,6 +101,7 @@ class ARSSM(nn.Module):
         # The conv term is a residual branch too: Conv1d's default (std 1/3 per tap for fan-in 3) would add
         # ~0.6 RMS per layer; scale it the same way and start without bias.
         self.conv.weight.mul_(1.0 / math.sqrt(2 * n_layers))
+        assert self.conv.bias is not None  # Conv1d(..., bias=True) in __init__
         self.conv.bias.zero_()
 
     def decay(self) -> torch.Tensor:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any, Literal, Mapping, get_args, get_type_hints
+from typing import Any, Literal, get_args, get_type_hints
 
 import yaml
 
@@ -102,7 +103,7 @@ class Phase1Config:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, where: str = "config") -> "Phase1Config":
+    def from_dict(cls, data: Mapping[str, Any], *, where: str = "config") -> Phase1Config:
         """Build from a mapping; unknown keys are an error naming the key (and the closest known one)."""
         return from_mapping(cls, data, where)
 
@@ -110,10 +111,10 @@ class Phase1Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     @classmethod
-    def from_yaml(cls, text: str) -> "Phase1Config":
+    def from_yaml(cls, text: str) -> Phase1Config:
         return cls.from_dict(yaml.safe_load(text) or {})
 
-    def replace(self, **changes: Any) -> "Phase1Config":
+    def replace(self, **changes: Any) -> Phase1Config:
         return dataclasses.replace(self, **changes)
 
 

@@ -10,9 +10,10 @@ import hashlib
 import importlib.util
 import os
 import sysconfig
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal, Mapping
+from typing import Any, Literal
 
 SourceKind = Literal["stdlib", "python", "files", "hf"]
 
@@ -64,7 +65,8 @@ class DataSource:
 
     def __post_init__(self) -> None:
         if self.path is not None and not isinstance(self.path, str):
-            object.__setattr__(self, "path", os.fspath(self.path))  # a Path is fine; stored as str (JSON-safe)
+            # a Path is fine (callers pass one despite the annotation); stored as str (JSON-safe)
+            object.__setattr__(self, "path", os.fspath(self.path))  # type: ignore[unreachable]
         if self.kind not in ("stdlib", "python", "files", "hf"):
             raise DataError(f"data.kind: {self.kind!r} is not one of 'stdlib', 'python', 'files', 'hf'")
         if isinstance(self.max_bytes, bool) or not isinstance(self.max_bytes, int) or self.max_bytes < 1024:
@@ -81,7 +83,7 @@ class DataSource:
             raise DataError("data.hf_name: missing; kind 'hf' needs a Hugging Face dataset name, e.g. 'wikitext'")
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, where: str = "data") -> "DataSource":
+    def from_dict(cls, data: Mapping[str, Any], *, where: str = "data") -> DataSource:
         """Build from a mapping (a study file's `data:` section); unknown keys are a DataError naming the key."""
         if not isinstance(data, Mapping):
             raise DataError(f"{where}: expected a mapping with 'kind' and its settings, got {type(data).__name__}")
@@ -107,6 +109,12 @@ class DataSource:
         name = f"{self.hf_name}/{self.hf_config or '-'}:{self.hf_split}"
         return f"Hugging Face dataset {name}, first {self.max_bytes} bytes"
 
+    def _files_path(self) -> str:
+        """`path` of a kind-'files' source (__post_init__ made sure it is set)."""
+        if self.path is None:
+            raise DataError("data.path: missing; kind 'files' needs the path of a text file or a folder of text files")
+        return self.path
+
     def check(self) -> None:
         """Cheap validation without reading the text or importing torch: raise DataError naming the path and the fix."""
         if self.kind in ("stdlib", "python"):
@@ -117,7 +125,7 @@ class DataSource:
                     "only); use kind: files with a folder of text files instead"
                 )
         elif self.kind == "files":
-            p = Path(self.path).expanduser()
+            p = Path(self._files_path()).expanduser()
             if not p.exists():
                 raise DataError(f"data.path: {p} does not exist; point it at a text file or a folder of text files")
             if p.is_dir() and next(_walk_files(p), None) is None:
@@ -176,7 +184,7 @@ def read_documents(source: DataSource) -> Corpus:
         for i, root in enumerate(_site_roots(), start=1):
             files += [(f"{i}-site/{rel}", p) for rel, p in _walk_files(root, ".py")]
     else:
-        root, suffix = Path(source.path).expanduser(), None
+        root = Path(source._files_path()).expanduser()
         files = list(_walk_files(root)) if root.is_dir() else [(root.name, root)]
     # os.walk yields folder by folder; sort the whole list so the order is by relative path, as documented.
     files.sort(key=lambda item: item[0])

@@ -24,9 +24,10 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import IO, Any
 
 import numpy as np
 
@@ -336,9 +337,10 @@ class _FileLock:
     On a platform without fcntl it degrades to no lock: the atomic writes alone still keep every file whole."""
 
     def __init__(self, path: Path, say: Callable[[str], None]):
-        self.path, self.say, self.fh = path, say, None
+        self.path, self.say = path, say
+        self.fh: IO[str] | None = None
 
-    def __enter__(self) -> "_FileLock":
+    def __enter__(self) -> _FileLock:
         try:
             import fcntl
         except ImportError:  # Windows: rely on atomic writes only

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any, Literal, Mapping, get_type_hints
+from typing import Any, Literal, get_type_hints
 
 from model.config import ConfigError, DType, describe_type, from_mapping, type_ok
 
@@ -76,11 +77,11 @@ class DenseConfig:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, where: str = "baseline") -> "DenseConfig":
+    def from_dict(cls, data: Mapping[str, Any], *, where: str = "baseline") -> DenseConfig:
         """Build from a mapping; unknown keys are an error naming the key (and the closest known one)."""
         return from_mapping(cls, data, where)
 
-    def replace(self, **changes: Any) -> "DenseConfig":
+    def replace(self, **changes: Any) -> DenseConfig:
         return dataclasses.replace(self, **changes)
 
 

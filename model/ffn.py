@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 class LowRankFFN(nn.Module):
     """x [B, L, D] -> [B, L, D]."""
 
-    def __init__(self, config: "Phase1Config"):
+    def __init__(self, config: Phase1Config):
         super().__init__()
         d, r, h = config.d_model, config.ffn_rank, FFN_EXPANSION * config.d_model
         self.U1 = nn.Linear(d, r, bias=False)

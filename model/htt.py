@@ -58,7 +58,7 @@ if TYPE_CHECKING:
 class HTTEmbedding(nn.Module):
     """Tensor-train token embedding: ids [B, L] int64 -> [B, L, D] float32."""
 
-    def __init__(self, config: "Phase1Config"):
+    def __init__(self, config: Phase1Config):
         super().__init__()
         self.vocab_size, self.d_model = config.vocab_size, config.d_model
         self.rank, self.num_cores, self.phase = config.htt_rank, config.htt_num_cores, config.htt_phase_encoding
@@ -135,6 +135,8 @@ class HTTEmbedding(nn.Module):
         vs, ds, n = self.v_factors, self.d_factors, self.num_cores
         block = self.rows_per_leading_digit
         lo, hi = start // block, -(-end // block)  # leading digits covering [start, end)
+        g2: torch.Tensor  # a Parameter, then its phase-scaled (plain tensor) version
+        g3: torch.Tensor
         if n == 2:
             g1, g2 = self.core1[lo:hi], self.core2  # [k, d1, r], [v2, r, d2]
             if self.phase:

@@ -80,7 +80,7 @@ TORCH_SCAN_EXTRA_BYTES_PER_CHANNEL = 30  # kernels/scan.py torch backend: fp32 c
 
 
 def saved_bytes_per_token(
-    config: "Phase1Config", *, autocast_bytes: int = 2, scan_backend: str = "triton"
+    config: Phase1Config, *, autocast_bytes: int = 2, scan_backend: str = "triton"
 ) -> dict[str, float]:
     """Bytes autograd saves per token (B*L position) for the backward, without checkpointing, by component.
 
@@ -91,7 +91,7 @@ def saved_bytes_per_token(
     dtype, the torch scan's [r, C, C] decay matrix) are not per token and not included. Checked against a
     saved_tensors_hooks measurement in tests/model/test_lm.py. See the module docstring for checkpointing.
     """
-    from model.htt import htt_shapes
+    from model.shapes import htt_shapes
 
     ac, D, V = autocast_bytes, config.d_model, config.vocab_size
     r, m, H = config.ar_ssm_max_rank, config.ar_ssm_min_rank, config.gate_hidden_dim
@@ -203,7 +203,7 @@ def _checkpointing(module: nn.Module) -> bool:
 class Block(nn.Module):
     """Pre-norm residual block: x [B, L, D] -> (x [B, L, D], gate_l1, effective_rank, gate_sparsity)."""
 
-    def __init__(self, config: "Phase1Config"):
+    def __init__(self, config: Phase1Config):
         super().__init__()
         self.norm1 = RMSNorm(config.d_model)
         self.mixer = ARSSM(config)
@@ -227,7 +227,7 @@ class Block(nn.Module):
 class LowRankHead(nn.Module):
     """h [.., D] -> (h A) B [.., V], A [D, r_h], B [r_h, V]."""
 
-    def __init__(self, config: "Phase1Config"):
+    def __init__(self, config: Phase1Config):
         super().__init__()
         self.down = nn.Linear(config.d_model, config.head_rank, bias=False)
         self.up = nn.Linear(config.head_rank, config.vocab_size, bias=False)
@@ -242,7 +242,7 @@ class LowRankHead(nn.Module):
 class Phase1LM(nn.Module):
     """The Phase 1 language model. forward(ids [B, L] int64, targets [B, L] int64 | None) -> LMOutput."""
 
-    def __init__(self, config: "Phase1Config"):
+    def __init__(self, config: Phase1Config):
         super().__init__()
         self.config = config
         self.embed = HTTEmbedding(config)
@@ -351,7 +351,7 @@ class Phase1LM(nn.Module):
         return counts
 
 
-def build_model(config: "Phase1Config") -> Phase1LM:
+def build_model(config: Phase1Config) -> Phase1LM:
     """Build the model from `config` (init seeded by config.seed without touching the caller's RNG state).
 
     With `config.lns_enabled` the model's nn.Linear layers are converted to LNS (inference only) and the model

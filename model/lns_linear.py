@@ -4,6 +4,8 @@ every nn.Linear of a model for one. The format and the kernel are in `kernels/ln
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import nn
 
@@ -24,6 +26,11 @@ class LNSLinear(nn.Module):
     Under autocast the input is cast to the autocast dtype first, as nn.Linear's would be.
     """
 
+    # The buffers' types (register_buffer sets them; nn.Module.__getattr__ alone would type them Tensor | Module).
+    codes: torch.Tensor
+    offsets: torch.Tensor
+    bias: torch.Tensor | None
+
     def __init__(
         self,
         in_features: int,
@@ -43,14 +50,14 @@ class LNSLinear(nn.Module):
         self.in_features, self.out_features = in_features, out_features
         self.bits, self.frac_bits = bits, DEFAULT_FRAC_BITS[bits]
         self.block_m, self.block_n, self.block_k = block_m, block_n, block_k
-        self.backend = "auto"
+        self.backend: Literal["auto", "triton", "torch"] = "auto"
         code_dtype = torch.int8 if bits == 8 else torch.int16
         self.register_buffer("codes", torch.zeros(out_features, in_features, dtype=code_dtype, device=device))
         self.register_buffer("offsets", torch.zeros(out_features, dtype=torch.int32, device=device))
         self.register_buffer("bias", torch.zeros(out_features, device=device) if bias else None)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, config: Phase1Config) -> "LNSLinear":
+    def from_linear(cls, linear: nn.Linear, config: Phase1Config) -> LNSLinear:
         """Encode `linear`'s weight with `config.lns_bits`; tiles `config.lns_block_size_m/n/k`; bias kept fp32."""
         if not isinstance(linear, nn.Linear):
             raise ValueError(f"linear: expected an nn.Linear, got {type(linear).__name__}")
@@ -69,6 +76,7 @@ class LNSLinear(nn.Module):
         )
         layer.load_weight(lns_encode(weight, config.lns_bits))
         if linear.bias is not None:
+            assert layer.bias is not None  # built with a bias above
             layer.bias.copy_(linear.bias.detach().to(torch.float32))
         return layer
 

@@ -8,7 +8,7 @@ without the checkpoint autograd would keep every chunk's logits and chunking wou
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

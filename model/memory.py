@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode

@@ -81,7 +81,7 @@ def mixers_of(model: nn.Module) -> list[ARSSM]:
 class StabilityMonitor:
     """Runs the checks of `config` against a model during training. See the module docstring."""
 
-    def __init__(self, config: "Phase1Config"):
+    def __init__(self, config: Phase1Config):
         self.enabled = config.stability_monitoring_enabled
         self.threshold = config.stability_threshold
         self.s1_bound = config.schatten_s1_bound
@@ -94,7 +94,7 @@ class StabilityMonitor:
         self.last: dict[str, float] = {}  # latest det/Schatten measurement
 
     @classmethod
-    def gradients_only(cls, gradient_norm_threshold: float) -> "StabilityMonitor":
+    def gradients_only(cls, gradient_norm_threshold: float) -> StabilityMonitor:
         """A monitor for a model without AR-SSM layers (the dense baseline): gradient clipping at the threshold
         and the non-finite loss/parameter checks; det and Schatten checks off."""
         monitor = cls.__new__(cls)

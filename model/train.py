@@ -19,9 +19,10 @@ import math
 import sys
 import time
 import warnings
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -31,6 +32,10 @@ from model.data import DataError, DataRepeatWarning, TokenData
 from model.dense_config import DenseConfig
 from model.diagnostics import representation_effective_rank
 from model.memory import GIB, TensorMemoryTracker
+
+if TYPE_CHECKING:
+    from model.dense import DenseLM
+    from model.lm import Phase1LM
 
 # Warmup: Adam's second-moment estimates are noise for the first steps, so full-size updates there can throw the
 # HTT cores and the scan decays far off; a short linear ramp (5% of the run, at most 200 steps) avoids it without
@@ -170,6 +175,7 @@ def train_and_evaluate(
             peak_bytes, kind = torch.cuda.max_memory_allocated(dev), "cuda_max_allocated"
             reserved_gib = torch.cuda.max_memory_reserved(dev) / GIB
         else:
+            assert tracker is not None  # made above for every non-CUDA device
             peak_bytes, kind = tracker.peak_bytes, "cpu_tensor_bytes"
             reserved_gib = None
     diagnostics = run.diagnostics(final)
@@ -259,7 +265,8 @@ def _evaluate(
     starts = np.arange(n_windows, dtype=np.int64) * L
     was_training = model.training
     model.eval()
-    total, count, rank, diag_sums = 0.0, 0, float("nan"), {}
+    total, count, rank = 0.0, 0, float("nan")
+    diag_sums: dict[str, float] = {}
     try:
         with torch.no_grad(), _autocast(config, dev):
             for b0 in range(0, n_windows, config.batch_size):
@@ -302,6 +309,7 @@ class _Run:
         self.config, self.data, self.dev, self.steps, self.say = config, data, dev, steps, say
         self.eval_tokens = eval_tokens
         self._last_eval: tuple[int, dict[str, Any]] | None = None  # (tokens, result) of the latest evaluation
+        self.model: Phase1LM | DenseLM
         if isinstance(config, DenseConfig):
             from model.dense import build_dense_model
 
@@ -311,9 +319,10 @@ class _Run:
         else:
             from model.lm import build_model, unigram_counts
 
-            self.model = build_model(config).to(dev)
+            lm = build_model(config).to(dev)
             self.monitor = StabilityMonitor(config)
-            self.model.init_output_bias(unigram_counts(data.train, config.vocab_size).to(dev))
+            lm.init_output_bias(unigram_counts(data.train, config.vocab_size).to(dev))
+            self.model = lm
         self.model.train()
         # the dense baseline's parameters are untagged: matrices and its tables decayed at the base rate, norms
         # and biases undecayed (the usual GPT recipe); Phase 1's tags give its table and phases their own rates
@@ -467,4 +476,4 @@ def _progress_fn(progress: Callable[[str], None] | bool | None) -> Callable[[str
         return lambda line: print(line, file=sys.stderr, flush=True)
     if callable(progress):
         return progress
-    return lambda line: None
+    return lambda _line: None
