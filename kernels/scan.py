@@ -1,8 +1,8 @@
 """Gated first-order scan of the AR-SSM mixer: ``h_t = a*h_{t-1} + g_t*u_t``, ``y_t = g_t*v_t*h_t``.
 
-Layout follows flash-linear-attention: plain-torch references here, the Triton kernels and their launchers in
-kernels/scan_triton.py (design notes there), then the ``torch.autograd.Function`` and the public wrapper that
-validates its inputs.
+Layout follows flash-linear-attention: plain-torch references here, the Triton kernels in kernels/scan_triton.py
+(design notes there) and their launchers in kernels/scan_launch.py, then the ``torch.autograd.Function`` and the
+public wrapper that validates its inputs.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import contextlib
 import torch
 import triton
 
+from kernels.scan_launch import ScanTiles, _scan_bwd, _scan_fwd, _tiles  # noqa: F401  (re-exported: bench, tests)
 from kernels.scan_shapes import SCAN_TORCH_CHUNK
-from kernels.scan_triton import ScanTiles, _scan_bwd, _scan_fwd, _tiles  # noqa: F401  (re-exported: bench, tests)
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _BACKENDS = ("auto", "triton", "torch")

@@ -94,7 +94,7 @@ def _scan(sh: _Shape, c: Any) -> dict[str, int]:
     R = c.ar_ssm_max_rank
     nr = block_round(s * N * R)
     if c.ar_ssm_use_fused_scan and sh.cuda:
-        block_t, block_r, _ = scan_tile_widths(L, R)  # the forward's tiles (kernels.scan_triton._tiles)
+        block_t, block_r, _ = scan_tile_widths(L, R)  # the forward's tiles (kernels.scan_launch._tiles)
         nc, nrb = -(-L // block_t), -(-R // block_r)
         words = B * nrb * nc * block_r
         carry = block_round(4 * words)
