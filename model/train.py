@@ -31,7 +31,8 @@ from model.config import ConfigError, Phase1Config
 from model.data import DataError, DataRepeatWarning, TokenData
 from model.dense_config import DenseConfig
 from model.diagnostics import representation_effective_rank
-from model.memory import GIB, TensorMemoryTracker
+from model.memory import TensorMemoryTracker
+from model.units import GIB
 
 if TYPE_CHECKING:
     from model.dense import DenseLM
