@@ -21,7 +21,6 @@ import time
 import warnings
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -30,8 +29,12 @@ import torch
 from model.config import ConfigError, Phase1Config
 from model.data import DataError, DataRepeatWarning, TokenData
 from model.dense_config import DenseConfig
-from model.diagnostics import representation_effective_rank
+from model.evaluate import autocast_for, evaluate_run, token_windows
+from model.evaluate import evaluate as evaluate  # re-exported: the public API names both here
 from model.memory import TensorMemoryTracker
+from model.train_records import EvalInfo as EvalInfo  # re-exported with the others: the public API
+from model.train_records import StepInfo as StepInfo
+from model.train_records import TrainResult as TrainResult
 from model.units import GIB
 
 if TYPE_CHECKING:
@@ -48,68 +51,6 @@ FINAL_LR_FRACTION = 0.1
 # AdamW as in GPT-style LM training; which parameters decay and each group's rate: model/optim.py (param_groups).
 BETAS = (0.9, 0.95)
 WEIGHT_DECAY = 0.1
-
-
-@dataclass
-class StepInfo:
-    """One optimizer step, given to `on_step`. Losses are this step's training batch; tokens = tokens trained so far."""
-
-    step: int  # 1-based
-    tokens: int
-    loss: float  # ce_loss + aux_loss
-    ce_loss: float  # nats per token
-    aux_loss: float
-    grad_norm: float  # global gradient norm before clipping
-    lr: float  # learning rate used by this step
-    elapsed_s: float  # training-loop seconds so far (mid-run evaluations excluded)
-
-
-@dataclass
-class EvalInfo:
-    """One validation measurement, given to `on_eval`. tokens = training tokens seen when it was taken (the first
-    multiple of B*L at or past the requested eval point)."""
-
-    tokens: int
-    val_loss: float  # mean cross-entropy, nats per token
-    val_ppl: float  # exp(val_loss)
-    repr_effective_rank: float  # of the final hidden states [B*L, D] on the first validation batch
-
-    def to_dict(self) -> dict[str, float]:
-        return asdict(self)
-
-
-@dataclass
-class TrainResult:
-    """What one run measured. peak_torch_gib: on CUDA `torch.cuda.max_memory_allocated` over the whole call (build,
-    training, evaluations); on CPU the peak of live tensor bytes counted by `model.memory.TensorMemoryTracker`. On CPU
-    that tracker runs Python code on every op, so CPU tokens_per_s carries its overhead (~1.5x slower at tiny shapes,
-    single thread) and is only comparable between CPU runs."""
-
-    val_loss: float
-    val_ppl: float
-    steps: int
-    train_tokens: int  # tokens actually trained: steps * B * L
-    tokens_per_s: float  # steady-state training loop: first step, evaluations and model build excluded
-    train_time_s: float
-    peak_torch_gib: float
-    peak_memory_kind: str  # "cuda_max_allocated" | "cpu_tensor_bytes"
-    diagnostics: dict[str, Any]
-    param_counts: dict[str, int]
-    curve: list[dict[str, float]]  # EvalInfo dicts, mid-run points and the final evaluation
-    eval_tokens: int  # validation tokens actually scored
-    device: str
-    # CUDA only: torch.cuda.max_memory_reserved over the call (the caching allocator's high-water mark; the VRAM
-    # estimator's calibration learns its allocator gap from it). None on CPU, where no such allocator exists.
-    peak_reserved_gib: float | None = None
-    # training tokens / tokens in the training split: above 1 the run saw some data more than once (a warning
-    # is issued then), so its PPL is not that of a run on fresh text
-    epochs: float = 0.0
-    model: Any = field(default=None, repr=False)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-safe (without the model)."""
-        d = {k: v for k, v in asdict(self).items() if k != "model"}
-        return d
 
 
 # --- public API ------------------------------------------------------------------------------------------------------
@@ -204,22 +145,6 @@ def train_and_evaluate(
     )
 
 
-def evaluate(
-    model: torch.nn.Module,
-    data: TokenData,
-    eval_tokens: int,
-    config: Phase1Config | DenseConfig,
-    device: str | torch.device,
-) -> tuple[float, float]:
-    """Mean validation cross-entropy over the first ceil(eval_tokens / L) windows of `data.val` -> (val_loss, val_ppl).
-
-    Windows are consecutive and non-overlapping (inputs val[kL : kL+L], targets shifted by one), so every scored token
-    is scored once and the result is deterministic; capped to the windows `data.val` holds.
-    """
-    result = _evaluate(model, data, eval_tokens, config, torch.device(device))
-    return result["val_loss"], result["val_ppl"]
-
-
 # --- internals -------------------------------------------------------------------------------------------------------
 
 
@@ -242,54 +167,6 @@ def _check_inputs(config: Phase1Config | DenseConfig, data: TokenData, train_tok
             f"data: {data.n_val_tokens} validation tokens cannot fill one window of n_seq + 1 = "
             f"{config.n_seq + 1}; raise data.max_bytes or data.val_fraction, or lower n_seq"
         )
-
-
-def _autocast(config: Phase1Config | DenseConfig, dev: torch.device):
-    if config.dtype == "float32":
-        return nullcontext()
-    return torch.autocast(dev.type, dtype=getattr(torch, config.dtype))
-
-
-def _windows(tokens: np.ndarray, starts: np.ndarray, length: int, dev: torch.device) -> torch.Tensor:
-    """tokens[s : s + length] for each start -> int64 [len(starts), length] on `dev`."""
-    idx = starts[:, None] + np.arange(length)[None, :]
-    batch = torch.from_numpy(np.asarray(tokens[idx], dtype=np.int32))
-    # the int64 cast is a torch op, so the CPU memory tracker counts the batch
-    return batch.to(dev, non_blocking=True).long()
-
-
-def _evaluate(
-    model: torch.nn.Module, data: TokenData, eval_tokens: int, config: Phase1Config | DenseConfig, dev: torch.device
-) -> dict[str, Any]:
-    L = config.n_seq
-    n_windows = min(math.ceil(eval_tokens / L), (data.n_val_tokens - 1) // L)
-    starts = np.arange(n_windows, dtype=np.int64) * L
-    was_training = model.training
-    model.eval()
-    total, count, rank = 0.0, 0, float("nan")
-    diag_sums: dict[str, float] = {}
-    try:
-        with torch.no_grad(), _autocast(config, dev):
-            for b0 in range(0, n_windows, config.batch_size):
-                win = _windows(data.val, starts[b0 : b0 + config.batch_size], L + 1, dev)
-                out = model(win[:, :-1], win[:, 1:])
-                n = win.shape[0] * L
-                total += float(out.ce_loss.float()) * n
-                count += n
-                for k, v in (out.diagnostics or {}).items():
-                    diag_sums[k] = diag_sums.get(k, 0.0) + float(v) * n
-                if b0 == 0:  # the fixed validation batch: the first one
-                    rank = representation_effective_rank(out.hidden.reshape(-1, out.hidden.shape[-1]))
-    finally:
-        model.train(was_training)
-    val_loss = total / count
-    return {
-        "val_loss": val_loss,
-        "val_ppl": math.exp(val_loss) if val_loss < 700 else float("inf"),
-        "repr_effective_rank": rank,
-        "eval_tokens": count,
-        "model_diagnostics": {k: v / count for k, v in diag_sums.items()},
-    }
 
 
 class _Run:
@@ -352,7 +229,7 @@ class _Run:
     def _batch(self) -> torch.Tensor:
         c = self.config
         starts = self.rng.integers(0, self.data.n_train_tokens - (c.n_seq + 1) + 1, size=c.batch_size)
-        return _windows(self.data.train, starts, c.n_seq + 1, self.dev)
+        return token_windows(self.data.train, starts, c.n_seq + 1, self.dev)
 
     def train(self, points: list[int], on_step, on_eval) -> tuple[list[dict[str, float]], float]:
         c, model = self.config, self.model
@@ -364,7 +241,7 @@ class _Run:
         t_start = time.perf_counter()
         for step in range(1, self.steps + 1):
             win = self._batch()
-            with _autocast(c, self.dev):
+            with autocast_for(c, self.dev):
                 out = model(win[:, :-1], win[:, 1:])
             loss = out.loss
             self.monitor.check_finite(loss, step)  # non-finite loss: every step, raises
@@ -433,7 +310,7 @@ class _Run:
 
     def _eval_info(self, tokens: int) -> EvalInfo:
         # mid-run evaluations score the same windows as the final one, so the curve's points are comparable
-        r = _evaluate(self.model, self.data, self.eval_tokens, self.config, self.dev)
+        r = evaluate_run(self.model, self.data, self.eval_tokens, self.config, self.dev)
         self._last_eval = (tokens, r)
         return EvalInfo(
             tokens=tokens, val_loss=r["val_loss"], val_ppl=r["val_ppl"], repr_effective_rank=r["repr_effective_rank"]
@@ -444,7 +321,7 @@ class _Run:
         total_tokens = self.steps * self.config.batch_size * self.config.n_seq
         if self._last_eval is not None and self._last_eval[0] == total_tokens:
             return self._last_eval[1]
-        r = _evaluate(self.model, self.data, self.eval_tokens, self.config, self.dev)
+        r = evaluate_run(self.model, self.data, self.eval_tokens, self.config, self.dev)
         curve.append(
             EvalInfo(
                 tokens=total_tokens,
