@@ -42,8 +42,15 @@ except ImportError:  # pragma: no cover - exercised only where triton is absent
     triton = None
 
 __all__ = [
-    "LNSWeight", "DEFAULT_FRAC_BITS", "lns_encode", "lns_decode", "lns_matmul", "lns_matmul_ref",
-    "lns_logadd_matmul_ref", "relative_error_bound", "validate_block_sizes",
+    "LNSWeight",
+    "DEFAULT_FRAC_BITS",
+    "lns_encode",
+    "lns_decode",
+    "lns_matmul",
+    "lns_matmul_ref",
+    "lns_logadd_matmul_ref",
+    "relative_error_bound",
+    "validate_block_sizes",
 ]
 
 # Fractional bits of the fixed-point log per code width; the module docstring says why these.
@@ -83,7 +90,7 @@ class LNSWeight:
         """Bytes of the stored weight: codes plus offsets."""
         return self.codes.numel() * self.codes.element_size() + self.offsets.numel() * self.offsets.element_size()
 
-    def to(self, device: torch.device | str) -> "LNSWeight":
+    def to(self, device: torch.device | str) -> LNSWeight:
         return LNSWeight(self.codes.to(device), self.offsets.to(device), self.bits, self.frac_bits)
 
 
@@ -100,7 +107,10 @@ def _check_bits(bits: int) -> int:
 
 
 def lns_encode(
-    w: torch.Tensor, bits: int = 8, *, frac_bits: int | None = None,
+    w: torch.Tensor,
+    bits: int = 8,
+    *,
+    frac_bits: int | None = None,
     granularity: Literal["channel", "tensor"] = "channel",
 ) -> LNSWeight:
     """Encode a float weight `w [N, K]` (N output channels) to LNS codes; see the module docstring for the format."""
@@ -120,7 +130,7 @@ def lns_encode(
     if not torch.isfinite(w64).all():
         raise ValueError("w: contains inf or NaN; LNS codes can only hold finite weights")
     q = (1 << (bits - 1)) - 1
-    step = 2.0 ** f
+    step = 2.0**f
     mag = w64.abs()
     peak = mag.amax(dim=1) if granularity == "channel" else mag.amax().expand(w64.shape[0])
     # Offset rounds up so the largest weight is never clipped; an all-zero channel gets offset 0 (all codes 0).
@@ -209,29 +219,54 @@ def validate_block_sizes(block_m: int, block_n: int, block_k: int) -> None:
             raise ValueError(f"{name}: {v!r} is out of range (allowed: a power of two from 16 to 256)")
 
 
-def _lns_matmul_triton(x: torch.Tensor, weight: LNSWeight, bias: torch.Tensor | None,
-                       block_m: int, block_n: int, block_k: int) -> torch.Tensor:
+def _lns_matmul_triton(
+    x: torch.Tensor, weight: LNSWeight, bias: torch.Tensor | None, block_m: int, block_n: int, block_k: int
+) -> torch.Tensor:
     M, K = x.shape
     N = weight.codes.shape[0]
     # Offsets inside the kernel are int32: refuse what would overflow them instead of reading wrong memory.
-    check_int32_extents(**{"x": x.stride(0) * max(M - 1, 0) + x.stride(1) * (K - 1), "y [M, N]": M * N,
-                           "weight": weight.codes.stride(0) * (N - 1) + weight.codes.stride(1) * (K - 1)})
+    check_int32_extents(
+        **{
+            "x": x.stride(0) * max(M - 1, 0) + x.stride(1) * (K - 1),
+            "y [M, N]": M * N,
+            "weight": weight.codes.stride(0) * (N - 1) + weight.codes.stride(1) * (K - 1),
+        }
+    )
     y = torch.empty((M, N), device=x.device, dtype=x.dtype)
     if M == 0:
         return y
     smem = max_shared_bytes(x.device.index if x.is_cuda else None)
-    num_warps, num_stages = launch_config(block_m, block_n, block_k, x.element_size(), weight.codes.element_size(),
-                                           smem)
+    num_warps, num_stages = launch_config(
+        block_m, block_n, block_k, x.element_size(), weight.codes.element_size(), smem
+    )
     grid = (triton.cdiv(M, block_m) * triton.cdiv(N, block_n),)
     try:
         _lns_matmul_kernel[grid](
-            x, weight.codes, weight.offsets, bias if bias is not None else weight.offsets, y,
-            M, N, K,
-            x.stride(0), x.stride(1), weight.codes.stride(0), weight.codes.stride(1), y.stride(0), y.stride(1),
-            2.0 ** -weight.frac_bits, Q=weight.max_code, HAS_BIAS=bias is not None,
-            BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=8, TF32=x.dtype == torch.float32,
+            x,
+            weight.codes,
+            weight.offsets,
+            bias if bias is not None else weight.offsets,
+            y,
+            M,
+            N,
+            K,
+            x.stride(0),
+            x.stride(1),
+            weight.codes.stride(0),
+            weight.codes.stride(1),
+            y.stride(0),
+            y.stride(1),
+            2.0**-weight.frac_bits,
+            Q=weight.max_code,
+            HAS_BIAS=bias is not None,
+            BLOCK_M=block_m,
+            BLOCK_N=block_n,
+            BLOCK_K=block_k,
+            GROUP_M=8,
+            TF32=x.dtype == torch.float32,
             INTERPRET=_interpreter_on(),
-            num_warps=num_warps, num_stages=num_stages,
+            num_warps=num_warps,
+            num_stages=num_stages,
         )
     except triton.runtime.errors.OutOfResources as e:
         raise ValueError(
@@ -245,8 +280,14 @@ def _lns_matmul_triton(x: torch.Tensor, weight: LNSWeight, bias: torch.Tensor | 
 
 
 def lns_matmul(
-    x: torch.Tensor, weight: LNSWeight, block_m: int = 128, block_n: int = 128, block_k: int = 32,
-    backend: Literal["auto", "triton", "torch"] = "auto", *, bias: torch.Tensor | None = None,
+    x: torch.Tensor,
+    weight: LNSWeight,
+    block_m: int = 128,
+    block_n: int = 128,
+    block_k: int = 32,
+    backend: Literal["auto", "triton", "torch"] = "auto",
+    *,
+    bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """`y [M, N] = x [M, K] @ decode(weight) [N, K]^T (+ bias [N])`, output in x's dtype, fp32 accumulation.
 
@@ -269,26 +310,37 @@ def lns_matmul(
     if x.shape[1] != K:
         raise ValueError(f"x: has K = {x.shape[1]} columns but the weight [N, K] = [{N}, {K}] expects {K}")
     if weight.codes.dtype != _CODE_DTYPE.get(weight.bits) or weight.offsets.shape != (N,):
-        raise ValueError(f"weight: inconsistent LNSWeight (codes {weight.codes.dtype} for {weight.bits} bits, "
-                         f"offsets {tuple(weight.offsets.shape)} for N = {N}); build it with lns_encode")
+        raise ValueError(
+            f"weight: inconsistent LNSWeight (codes {weight.codes.dtype} for {weight.bits} bits, "
+            f"offsets {tuple(weight.offsets.shape)} for N = {N}); build it with lns_encode"
+        )
     if weight.codes.device != x.device or weight.offsets.device != x.device:
-        raise ValueError(f"weight: is on {weight.codes.device} but x is on {x.device}; move it with weight.to(x.device)")
+        raise ValueError(
+            f"weight: is on {weight.codes.device} but x is on {x.device}; move it with weight.to(x.device)"
+        )
     if bias is not None:
         if bias.shape != (N,) or bias.dtype not in _FLOAT_DTYPES or bias.device != x.device:
-            raise ValueError(f"bias: expected a float [{N}] tensor on {x.device}, got {bias.dtype} "
-                             f"{tuple(bias.shape)} on {bias.device}")
+            raise ValueError(
+                f"bias: expected a float [{N}] tensor on {x.device}, got {bias.dtype} "
+                f"{tuple(bias.shape)} on {bias.device}"
+            )
     if torch.is_grad_enabled() and (x.requires_grad or (bias is not None and bias.requires_grad)):
-        raise ValueError("x: requires grad, but lns_matmul is inference-only (no backward); run under "
-                         "torch.no_grad() / torch.inference_mode(), or train with lns_enabled: false")
+        raise ValueError(
+            "x: requires grad, but lns_matmul is inference-only (no backward); run under "
+            "torch.no_grad() / torch.inference_mode(), or train with lns_enabled: false"
+        )
     use_triton = backend == "triton" or (backend == "auto" and x.is_cuda)
     if not use_triton:
         return lns_matmul_ref(x, weight, bias)
     if triton is None:
-        raise ValueError("backend: 'triton' was asked for but triton is not installed; pip install triton, "
-                         "or use backend='torch'")
+        raise ValueError(
+            "backend: 'triton' was asked for but triton is not installed; pip install triton, or use backend='torch'"
+        )
     if not x.is_cuda and not _interpreter_on():
-        raise ValueError(f"backend: 'triton' on {x.device} needs TRITON_INTERPRET=1 (set before importing triton); "
-                         "or use backend='torch' / 'auto'")
+        raise ValueError(
+            f"backend: 'triton' on {x.device} needs TRITON_INTERPRET=1 (set before importing triton); "
+            "or use backend='torch' / 'auto'"
+        )
     return _lns_matmul_triton(x, weight, bias, block_m, block_n, block_k)
 
 
@@ -299,4 +351,3 @@ def _interpreter_on() -> bool:
 def flops(m: int, n: int, k: int) -> int:
     """Floating-point operations of one `[M, K] @ [K, N]` matmul (multiply + add = 2)."""
     return 2 * m * n * k
-

@@ -9,8 +9,9 @@ import functools
 import triton
 
 
-def launch_config(block_m: int, block_n: int, block_k: int, x_bytes: int, code_bytes: int,
-                  smem_bytes: int) -> tuple[int, int]:
+def launch_config(
+    block_m: int, block_n: int, block_k: int, x_bytes: int, code_bytes: int, smem_bytes: int
+) -> tuple[int, int]:
     """(num_warps, num_stages) for a tile: more warps for big accumulators, as many pipeline stages (<= 4) as fit.
 
     Shared memory: each stage buffers an x tile and a code tile; one decoded tile feeds the MMA. The estimate is
@@ -37,5 +38,7 @@ def check_int32_extents(**extents: int) -> None:
     """Raise ValueError if an operand spans 2^31 elements or more: offsets inside the kernel are int32."""
     for name, extent in extents.items():
         if extent >= 2**31:
-            raise ValueError(f"{name}: spans {extent} elements, over the kernel's int32 indexing (2^31); "
-                             "split the batch into smaller calls")
+            raise ValueError(
+                f"{name}: spans {extent} elements, over the kernel's int32 indexing (2^31); "
+                "split the batch into smaller calls"
+            )

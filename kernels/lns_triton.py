@@ -104,8 +104,21 @@ def _decode_tile(ct, inv_step, Q: tl.constexpr, dtype: tl.constexpr, INTERPRET: 
 
 
 @triton.jit
-def _lns_tile_step(acc, x_ptrs, c_ptrs, rm, rn, rk, M, N, k_left, inv_step,
-                   Q: tl.constexpr, TF32: tl.constexpr, INTERPRET: tl.constexpr):
+def _lns_tile_step(
+    acc,
+    x_ptrs,
+    c_ptrs,
+    rm,
+    rn,
+    rk,
+    M,
+    N,
+    k_left,
+    inv_step,
+    Q: tl.constexpr,
+    TF32: tl.constexpr,
+    INTERPRET: tl.constexpr,
+):
     """One K step: load an x tile [BM, BK] and a code tile [BK, BN], decode the codes, acc += x @ w^T."""
     xt = tl.load(x_ptrs, mask=(rm[:, None] < M) & (rk[None, :] < k_left), other=0.0)
     # Masked codes load as 0, the zero code: padding decodes to exact 0.
@@ -127,8 +140,24 @@ def _lns_tile_step(acc, x_ptrs, c_ptrs, rm, rn, rk, M, N, k_left, inv_step,
 
 
 @triton.jit
-def _lns_k_loop(acc, x_ptrs, c_ptrs, rm, rn, rk, M, N, K, stride_xk, stride_ck, inv_step,
-                Q: tl.constexpr, BLOCK_K: tl.constexpr, TF32: tl.constexpr, INTERPRET: tl.constexpr):
+def _lns_k_loop(
+    acc,
+    x_ptrs,
+    c_ptrs,
+    rm,
+    rn,
+    rk,
+    M,
+    N,
+    K,
+    stride_xk,
+    stride_ck,
+    inv_step,
+    Q: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    TF32: tl.constexpr,
+    INTERPRET: tl.constexpr,
+):
     """acc += x[rm, :] @ w[rn, :]^T over all K, BLOCK_K columns per step; the pointers start at column 0."""
     if INTERPRET:
         # Triton 3.6's interpreter cannot take a runtime scalar as a `range` bound under NumPy 2.4
@@ -149,8 +178,21 @@ def _lns_k_loop(acc, x_ptrs, c_ptrs, rm, rn, rk, M, N, K, stride_xk, stride_ck, 
 
 
 @triton.jit
-def _lns_store_output(acc, o_ptr, b_ptr, y_ptr, rm, rn, M, N, stride_ym, stride_yn, inv_step,
-                      HAS_BIAS: tl.constexpr, INTERPRET: tl.constexpr):
+def _lns_store_output(
+    acc,
+    o_ptr,
+    b_ptr,
+    y_ptr,
+    rm,
+    rn,
+    M,
+    N,
+    stride_ym,
+    stride_yn,
+    inv_step,
+    HAS_BIAS: tl.constexpr,
+    INTERPRET: tl.constexpr,
+):
     """Epilogue: y[rm, rn] = acc * 2^(o[n] / 2^f) (+ bias[n]), cast to y's dtype; acc is fp32 [BM, BN]."""
     o = tl.load(o_ptr + rn, mask=rn < N, other=0).to(tl.float32)
     acc = acc * tl.exp2(o * inv_step)[None, :]
@@ -163,18 +205,33 @@ def _lns_store_output(acc, o_ptr, b_ptr, y_ptr, rm, rn, M, N, stride_ym, stride_
 @triton.jit
 def _lns_matmul_kernel(
     # pointers
-    x_ptr, c_ptr, o_ptr, b_ptr, y_ptr,
+    x_ptr,
+    c_ptr,
+    o_ptr,
+    b_ptr,
+    y_ptr,
     # sizes
-    M, N, K,
+    M,
+    N,
+    K,
     # strides (elements)
-    stride_xm, stride_xk, stride_cn, stride_ck, stride_ym, stride_yn,
+    stride_xm,
+    stride_xk,
+    stride_cn,
+    stride_ck,
+    stride_ym,
+    stride_yn,
     # format
     inv_step,  # 2^-f as fp32
     Q: tl.constexpr,  # largest magnitude code
     HAS_BIAS: tl.constexpr,
     # meta-parameters
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    TF32: tl.constexpr, INTERPRET: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+    TF32: tl.constexpr,
+    INTERPRET: tl.constexpr,
 ):
     """Tiled kernel: program `pid` computes one [BLOCK_M, BLOCK_N] tile of y over all of K."""
     # Grouped tile order: GROUP_M row-tiles share each column of code tiles while it is in L2.
@@ -193,8 +250,9 @@ def _lns_matmul_kernel(
     x_ptrs = x_ptr + rm[:, None] * stride_xm + rk[None, :] * stride_xk  # [BM, BK]
     c_ptrs = c_ptr + rn[None, :] * stride_cn + rk[:, None] * stride_ck  # [BK, BN]: w^T tile
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    acc = _lns_k_loop(acc, x_ptrs, c_ptrs, rm, rn, rk, M, N, K, stride_xk, stride_ck, inv_step,
-                      Q, BLOCK_K, TF32, INTERPRET)
+    acc = _lns_k_loop(
+        acc, x_ptrs, c_ptrs, rm, rn, rk, M, N, K, stride_xk, stride_ck, inv_step, Q, BLOCK_K, TF32, INTERPRET
+    )
     _lns_store_output(acc, o_ptr, b_ptr, y_ptr, rm, rn, M, N, stride_ym, stride_yn, inv_step, HAS_BIAS, INTERPRET)
 
 

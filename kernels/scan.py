@@ -1,8 +1,8 @@
 """Gated first-order scan of the AR-SSM mixer: ``h_t = a*h_{t-1} + g_t*u_t``, ``y_t = g_t*v_t*h_t``.
 
-Layout follows flash-linear-attention: plain-torch references here, the Triton kernels and their launchers in
-kernels/scan_triton.py (design notes there), then the ``torch.autograd.Function`` and the public wrapper that
-validates its inputs.
+Layout follows flash-linear-attention: plain-torch references here, the Triton kernels in kernels/scan_triton.py
+(design notes there) and their launchers in kernels/scan_launch.py, then the ``torch.autograd.Function`` and the
+public wrapper that validates its inputs.
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ import contextlib
 import torch
 import triton
 
-from kernels.scan_triton import ScanTiles, _scan_bwd, _scan_fwd, _tiles  # noqa: F401  (re-exported: bench, tests)
+from kernels.scan_launch import ScanTiles, _scan_bwd, _scan_fwd, _tiles  # noqa: F401  (re-exported: bench, tests)
+from kernels.scan_shapes import SCAN_TORCH_CHUNK
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _BACKENDS = ("auto", "triton", "torch")
-_TORCH_CHUNK = 64  # chunk length of the torch backend: O(L*C*R) work, L/C sequential steps
 
 
 def gated_scan_ref(u: torch.Tensor, g: torch.Tensor, v: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
@@ -55,7 +55,7 @@ def _gated_scan_torch_fp32(u: torch.Tensor, g: torch.Tensor, v: torch.Tensor, a:
     acc = torch.float64 if u.dtype == torch.float64 else torch.float32
     if u.numel() == 0:  # keeps the graph connected so that gradients (zeros) still flow
         return (u * g * v + 0 * a).to(u.dtype)
-    C = min(_TORCH_CHUNK, max(L, 1))
+    C = min(SCAN_TORCH_CHUNK, max(L, 1))
     n = -(-L // C)
     pad = n * C - L
     x = g.to(acc) * u.to(acc)  # [B, L, R]

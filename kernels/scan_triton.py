@@ -1,4 +1,5 @@
-"""Triton kernels and launchers of the gated scan (kernels/scan.py holds the reference, autograd and public API).
+"""Triton kernels of the gated scan (kernels/scan_launch.py launches them; kernels/scan.py holds the reference,
+autograd and public API).
 
 Chunked two-pass design, no communication between programs (as flash-linear-attention's chunk kernels and
 Mamba-2's state passing). A sequence is one (batch, block of BLOCK_R channels); it is cut into chunks of
@@ -21,14 +22,10 @@ may hit L2), backward reads 3 + 4 and writes 3.
 
 from __future__ import annotations
 
-import functools
-from dataclasses import dataclass
-
-import torch
 import triton
 import triton.language as tl
 
-_WINDOW = 16  # earlier chunk states read per loop step of the state passing
+WINDOW = 16  # earlier chunk states read per loop step of the state passing
 # Integer arguments Triton must not specialise on (divisible by 16, equal to 1): the layouts load one element
 # per thread along R, so alignment hints buy nothing, and every shape then shares one compiled kernel per
 # dtype and tile (the bench's quick mode compiles a handful of kernels, not one per shape).
@@ -67,8 +64,9 @@ def _pow_c(base, E: tl.constexpr):
 
 
 @triton.jit
-def _pass_states(st_ptr, seq, c, NC, lanes, a_c, STEP: tl.constexpr, BLOCK_R: tl.constexpr, WINDOW: tl.constexpr,
-                 LOG_W: tl.constexpr):
+def _pass_states(
+    st_ptr, seq, c, NC, lanes, a_c, STEP: tl.constexpr, BLOCK_R: tl.constexpr, WINDOW: tl.constexpr, LOG_W: tl.constexpr
+):
     """State entering chunk c from chunks c-step, c-2*step, ... (STEP +1: forward, earlier chunks; -1:
     backward, later chunks): sum_k a_c^k * st[c - step*(k+1)] over chunks in [0, NC). a_c = a^BLOCK_C [BLOCK_R].
     st_ptr: [S, NC, BLOCK_R] fp32 per-chunk states. Returns [BLOCK_R] fp32."""
@@ -90,45 +88,75 @@ def _pass_states(st_ptr, seq, c, NC, lanes, a_c, STEP: tl.constexpr, BLOCK_R: tl
     return acc
 
 
-@triton.jit(do_not_specialize=_SIZES)
-def _chunk_state_fwd(u_ptr, g_ptr, a_ptr, st_ptr, L, R, NC, NRB, KSUB,
-                     BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr, LOG_T: tl.constexpr):
-    """st[seq, c] = sum over chunk c of a^(last row - t) * g_t*u_t [BLOCK_R] fp32 (chunks 0 .. NC-2)."""
-    seq = tl.program_id(0)
-    c = tl.program_id(1)
-    b = seq // NRB
-    rows_l = tl.arange(0, BLOCK_T)
+@triton.jit
+def _program_lanes(seq, a_ptr, R, NRB, BLOCK_R: tl.constexpr):
+    """The channels of program row `seq` (every kernel's first axis: batch row b times NRB channel blocks):
+    (b, lanes [BLOCK_R], cols = channel indices [BLOCK_R], lane_ok = cols < R, a = decay [BLOCK_R] fp32)."""
     lanes = tl.arange(0, BLOCK_R)
     cols = (seq % NRB) * BLOCK_R + lanes
     lane_ok = cols < R
     a = tl.load(a_ptr + cols, mask=lane_ok, other=1.0).to(tl.float32)
+    return seq // NRB, lanes, cols, lane_ok, a
+
+
+@triton.jit
+def _sub_tile(b, rows, cols, lane_ok, L, R):
+    """int64 element offsets [BLOCK_T, BLOCK_R] of rows x cols in batch row b of a contiguous [B, L, R] tensor,
+    and the mask of the elements inside it (rows < L, cols < R)."""
+    offs = b.to(tl.int64) * L * R + rows[:, None].to(tl.int64) * R + cols[None, :]
+    return offs, (rows < L)[:, None] & lane_ok[None, :]
+
+
+@triton.jit(do_not_specialize=_SIZES)
+def _chunk_state_fwd(
+    u_ptr, g_ptr, a_ptr, st_ptr, L, R, NC, NRB, KSUB, BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr, LOG_T: tl.constexpr
+):
+    """st[seq, c] = sum over chunk c of a^(last row - t) * g_t*u_t [BLOCK_R] fp32 (chunks 0 .. NC-2)."""
+    seq = tl.program_id(0)
+    c = tl.program_id(1)
+    b, lanes, cols, lane_ok, a = _program_lanes(seq, a_ptr, R, NRB, BLOCK_R)
+    rows_l = tl.arange(0, BLOCK_T)
     w = _pow(a[None, :], (BLOCK_T - 1 - rows_l)[:, None], LOG_T + 1)  # [BLOCK_T, BLOCK_R] a^(BLOCK_T-1-i)
     a_t = _pow_c(a, BLOCK_T)
     acc = tl.zeros([BLOCK_R], dtype=tl.float32)
     k = 0
     while k < KSUB:  # chunks 0 .. NC-2 are full (the row mask only guards)
         rows = (c * KSUB + k) * BLOCK_T + rows_l
-        offs = b.to(tl.int64) * L * R + rows[:, None].to(tl.int64) * R + cols[None, :]
-        m = lane_ok[None, :] & (rows < L)[:, None]
-        x = tl.load(g_ptr + offs, mask=m, other=0).to(tl.float32) * tl.load(u_ptr + offs, mask=m, other=0).to(tl.float32)
+        offs, m = _sub_tile(b, rows, cols, lane_ok, L, R)
+        x = tl.load(g_ptr + offs, mask=m, other=0).to(tl.float32) * tl.load(u_ptr + offs, mask=m, other=0).to(
+            tl.float32
+        )
         acc = acc * a_t + tl.sum(w * x, axis=0)
         k += 1
     tl.store(st_ptr + (seq * NC + c).to(tl.int64) * BLOCK_R + lanes, acc)
 
 
 @triton.jit(do_not_specialize=_SIZES)
-def _chunk_scan_fwd(u_ptr, g_ptr, v_ptr, a_ptr, st_ptr, y_ptr, carry_ptr, L, R, NC, NRB, NT, KSUB,
-                    BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr,
-                    WINDOW: tl.constexpr, LOG_W: tl.constexpr, SAVE_CARRY: tl.constexpr):
+def _chunk_scan_fwd(
+    u_ptr,
+    g_ptr,
+    v_ptr,
+    a_ptr,
+    st_ptr,
+    y_ptr,
+    carry_ptr,
+    L,
+    R,
+    NC,
+    NRB,
+    NT,
+    KSUB,
+    BLOCK_T: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    WINDOW: tl.constexpr,
+    LOG_W: tl.constexpr,
+    SAVE_CARRY: tl.constexpr,
+):
     """y over chunk c; carry[b, i, channel] = h before sub-tile i (i = c*KSUB + k) when SAVE_CARRY."""
     seq = tl.program_id(0)
     c = NC - 1 - tl.program_id(1)  # last chunk first: the chunks pass 1 read last are likeliest in L2
-    b = seq // NRB
+    b, lanes, cols, lane_ok, a = _program_lanes(seq, a_ptr, R, NRB, BLOCK_R)
     rows_l = tl.arange(0, BLOCK_T)
-    lanes = tl.arange(0, BLOCK_R)
-    cols = (seq % NRB) * BLOCK_R + lanes
-    lane_ok = cols < R
-    a = tl.load(a_ptr + cols, mask=lane_ok, other=1.0).to(tl.float32)
     a_c = _pow(_pow_c(a, BLOCK_T), KSUB, 5)  # a^(chunk length), KSUB <= 16
     h_in = _pass_states(st_ptr, seq, c, NC, lanes, a_c, 1, BLOCK_R, WINDOW, LOG_W)
     decay = tl.broadcast_to(a[None, :], (BLOCK_T, BLOCK_R))
@@ -140,8 +168,7 @@ def _chunk_scan_fwd(u_ptr, g_ptr, v_ptr, a_ptr, st_ptr, y_ptr, carry_ptr, L, R, 
         if SAVE_CARRY:
             tl.store(carry_ptr + (b * NT + i).to(tl.int64) * R + cols, h_in, mask=lane_ok & (i < NT))
         rows = (c * KSUB + k) * BLOCK_T + rows_l
-        offs = b.to(tl.int64) * L * R + rows[:, None].to(tl.int64) * R + cols[None, :]
-        m = (rows < L)[:, None] & lane_ok[None, :]
+        offs, m = _sub_tile(b, rows, cols, lane_ok, L, R)
         u = tl.load(u_ptr + offs, mask=m, other=0).to(tl.float32)
         g = tl.load(g_ptr + offs, mask=m, other=0).to(tl.float32)
         v = tl.load(v_ptr + offs, mask=m, other=0).to(tl.float32)
@@ -153,17 +180,26 @@ def _chunk_scan_fwd(u_ptr, g_ptr, v_ptr, a_ptr, st_ptr, y_ptr, carry_ptr, L, R, 
 
 
 @triton.jit(do_not_specialize=_SIZES)
-def _chunk_state_bwd(dy_ptr, g_ptr, v_ptr, a_ptr, st_ptr, L, R, NC, NRB, KSUB,
-                     BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr, LOG_T: tl.constexpr):
+def _chunk_state_bwd(
+    dy_ptr,
+    g_ptr,
+    v_ptr,
+    a_ptr,
+    st_ptr,
+    L,
+    R,
+    NC,
+    NRB,
+    KSUB,
+    BLOCK_T: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    LOG_T: tl.constexpr,
+):
     """st[seq, c] = sum over chunk c of a^(t - first row) * g_t*v_t*dy_t [BLOCK_R] fp32 (chunks 1 .. NC-1)."""
     seq = tl.program_id(0)
     c = tl.program_id(1) + 1
-    b = seq // NRB
+    b, lanes, cols, lane_ok, a = _program_lanes(seq, a_ptr, R, NRB, BLOCK_R)
     rows_l = tl.arange(0, BLOCK_T)
-    lanes = tl.arange(0, BLOCK_R)
-    cols = (seq % NRB) * BLOCK_R + lanes
-    lane_ok = cols < R
-    a = tl.load(a_ptr + cols, mask=lane_ok, other=1.0).to(tl.float32)
     w = _pow(a[None, :], rows_l[:, None], LOG_T + 1)  # a^i
     a_t = _pow_c(a, BLOCK_T)
     acc = tl.zeros([BLOCK_R], dtype=tl.float32)
@@ -171,10 +207,12 @@ def _chunk_state_bwd(dy_ptr, g_ptr, v_ptr, a_ptr, st_ptr, L, R, NC, NRB, KSUB,
     k = 0
     while k < KSUB:  # rows past L load as 0
         rows = (c * KSUB + k) * BLOCK_T + rows_l
-        offs = b.to(tl.int64) * L * R + rows[:, None].to(tl.int64) * R + cols[None, :]
-        m = (rows < L)[:, None] & lane_ok[None, :]
-        q = (tl.load(dy_ptr + offs, mask=m, other=0).to(tl.float32) * tl.load(g_ptr + offs, mask=m, other=0).to(tl.float32)
-             * tl.load(v_ptr + offs, mask=m, other=0).to(tl.float32))
+        offs, m = _sub_tile(b, rows, cols, lane_ok, L, R)
+        q = (
+            tl.load(dy_ptr + offs, mask=m, other=0).to(tl.float32)
+            * tl.load(g_ptr + offs, mask=m, other=0).to(tl.float32)
+            * tl.load(v_ptr + offs, mask=m, other=0).to(tl.float32)
+        )
         acc += mult * tl.sum(w * q, axis=0)
         mult = mult * a_t
         k += 1
@@ -182,20 +220,35 @@ def _chunk_state_bwd(dy_ptr, g_ptr, v_ptr, a_ptr, st_ptr, L, R, NC, NRB, KSUB,
 
 
 @triton.jit(do_not_specialize=_SIZES)
-def _chunk_scan_bwd(dy_ptr, u_ptr, g_ptr, v_ptr, a_ptr, st_ptr, carry_ptr, du_ptr, dg_ptr, dv_ptr, da_part_ptr,
-                    L, R, NC, NRB, NT, KSUB,
-                    BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr,
-                    WINDOW: tl.constexpr, LOG_W: tl.constexpr):
+def _chunk_scan_bwd(
+    dy_ptr,
+    u_ptr,
+    g_ptr,
+    v_ptr,
+    a_ptr,
+    st_ptr,
+    carry_ptr,
+    du_ptr,
+    dg_ptr,
+    dv_ptr,
+    da_part_ptr,
+    L,
+    R,
+    NC,
+    NRB,
+    NT,
+    KSUB,
+    BLOCK_T: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    WINDOW: tl.constexpr,
+    LOG_W: tl.constexpr,
+):
     """du, dg, dv over chunk c; da_part[b, c, channel] = sum over the chunk of dh_t * h_{t-1}. Reads the carry
     [B, NT, R] the forward saved (its layout does not depend on either pass's BLOCK_R)."""
     seq = tl.program_id(0)
     c = NC - 1 - tl.program_id(1)  # last chunk first: the chunks pass 1 read last are likeliest in L2
-    b = seq // NRB
+    b, lanes, cols, lane_ok, a = _program_lanes(seq, a_ptr, R, NRB, BLOCK_R)
     rows_l = tl.arange(0, BLOCK_T)
-    lanes = tl.arange(0, BLOCK_R)
-    cols = (seq % NRB) * BLOCK_R + lanes
-    lane_ok = cols < R
-    a = tl.load(a_ptr + cols, mask=lane_ok, other=1.0).to(tl.float32)
     a_c = _pow(_pow_c(a, BLOCK_T), KSUB, 5)  # a^(chunk length), KSUB <= 16
     d_in = _pass_states(st_ptr, seq, c, NC, lanes, a_c, -1, BLOCK_R, WINDOW, LOG_W)  # dL/dh just after the chunk
     decay = tl.broadcast_to(a[None, :], (BLOCK_T, BLOCK_R))
@@ -209,8 +262,7 @@ def _chunk_scan_bwd(dy_ptr, u_ptr, g_ptr, v_ptr, a_ptr, st_ptr, carry_ptr, du_pt
         k = KSUB - 1 - kr
         i = c * KSUB + k
         rows = (c * KSUB + k) * BLOCK_T + rows_l
-        offs = b.to(tl.int64) * L * R + rows[:, None].to(tl.int64) * R + cols[None, :]
-        m = (rows < L)[:, None] & lane_ok[None, :]
+        offs, m = _sub_tile(b, rows, cols, lane_ok, L, R)
         dy = tl.load(dy_ptr + offs, mask=m, other=0).to(tl.float32)
         u = tl.load(u_ptr + offs, mask=m, other=0).to(tl.float32)
         g = tl.load(g_ptr + offs, mask=m, other=0).to(tl.float32)
@@ -233,94 +285,3 @@ def _chunk_scan_bwd(dy_ptr, u_ptr, g_ptr, v_ptr, a_ptr, st_ptr, carry_ptr, du_pt
         d_in = tl.sum(tl.where(first, dh, 0.0), axis=0)
         kr += 1
     tl.store(da_part_ptr + (b * NC + c).to(tl.int64) * R + cols, da, mask=lane_ok)
-
-
-# --------------------------------------------------------------------------------------------------------
-# Launchers.
-# --------------------------------------------------------------------------------------------------------
-
-_PROGRAMS = 1024  # programs to aim for: ~8 per SM of an H100 (132 SMs), about one wave
-
-
-@dataclass(frozen=True)
-class ScanTiles:
-    """Tile sizes. block_t: sub-tile length, shared by both passes (the forward saves h before every
-    sub-tile: carry [B, ceil(L/block_t), R] fp32). Per pass: chunk length (a multiple of block_t), channels per
-    program, warps. Only block_t ties the passes together."""
-
-    block_t: int
-    fwd_c: int
-    fwd_r: int
-    fwd_warps: int
-    bwd_c: int
-    bwd_r: int
-    bwd_warps: int
-
-    def __post_init__(self):
-        for c in (self.fwd_c, self.bwd_c):  # the kernels take a^(chunk) as (a^block_t)^K with K < 32
-            if c % self.block_t or not 1 <= c // self.block_t <= 16:
-                raise ValueError(f"ScanTiles: chunk {c} must be 1 to 16 sub-tiles of {self.block_t}")
-
-
-def _chunk_len(batch: int, L: int, R: int, block_t: int, block_r: int) -> int:
-    # K * block_t with K the largest of 16, 8, 4, 2 that still gives _PROGRAMS programs, else 1: long chunks
-    # keep the state passing short (each program reads the states of the chunks on one side of it), short
-    # ones fill the GPU when B * L is small.
-    n_seq, n_sub = batch * triton.cdiv(R, block_r), triton.cdiv(L, block_t)
-    return block_t * next((k for k in (16, 8, 4, 2) if n_seq * triton.cdiv(n_sub, k) >= _PROGRAMS), 1)
-
-
-@functools.lru_cache(maxsize=512)  # called on every forward: keep the wrapper's host work small
-def _tiles(L: int, R: int, dtype: torch.dtype, batch: int = 1) -> ScanTiles:
-    """Tiles for a [batch, L, R] problem. Predicted from register counts (ptxas -v, sm_90, Triton 3.6), not yet
-    timed on a GPU (bench/scan_notes.md): forward 64 x 32 tiles on 4 warps (~156 registers, no spills);
-    backward 64 x 16 on 8 warps (~80 registers, no spills: it holds two scans and six input tiles; 64 x 32 on
-    4 warps needs 255 registers and spills). tuner/estimate.py mirrors block_t = 64 for the saved carry.
-    """
-    block_t = min(64, max(16, triton.next_power_of_2(L)))
-    fwd_r, bwd_r = min(triton.next_power_of_2(R), 32), min(triton.next_power_of_2(R), 16)
-    return ScanTiles(block_t, _chunk_len(batch, L, R, block_t, fwd_r), fwd_r, 4,
-                     _chunk_len(batch, L, R, block_t, bwd_r), bwd_r, 8)
-
-
-def _log2(n: int) -> int:
-    return n.bit_length() - 1
-
-
-def _scan_fwd(u, g, v, a, save_carry: bool, tiles: ScanTiles | None = None):
-    """Forward launcher. u, g, v contiguous [B, L, R] (one dtype); a contiguous [R]. Returns (y [B, L, R],
-    carry [B, ceil(L/block_t), R] fp32 = h before each sub-tile, or None; tiles)."""
-    B, L, R = u.shape
-    t = tiles or _tiles(L, R, u.dtype, B)
-    nc, nrb, nt = triton.cdiv(L, t.fwd_c), triton.cdiv(R, t.fwd_r), triton.cdiv(L, t.block_t)
-    n_seq = B * nrb
-    y = torch.empty_like(u)
-    carry = torch.empty((B, nt, R), dtype=torch.float32, device=u.device) if save_carry else y
-    # Per-chunk end states [S, nc, fwd_r], chunk nc-1's never written nor read; no zeroing needed.
-    states = torch.empty(n_seq * nc * t.fwd_r, dtype=torch.float32, device=u.device) if nc > 1 else y
-    meta = dict(BLOCK_T=t.block_t, BLOCK_R=t.fwd_r, num_warps=t.fwd_warps)
-    if nc > 1:
-        _chunk_state_fwd[(n_seq, nc - 1)](u, g, a, states, L, R, nc, nrb, t.fwd_c // t.block_t,
-                                          LOG_T=_log2(t.block_t), **meta)
-    _chunk_scan_fwd[(n_seq, nc)](u, g, v, a, states, y, carry, L, R, nc, nrb, nt, t.fwd_c // t.block_t,
-                                 WINDOW=_WINDOW, LOG_W=_log2(_WINDOW), SAVE_CARRY=save_carry, **meta)
-    return y, (carry if save_carry else None), t
-
-
-def _scan_bwd(dy, u, g, v, a, carry, tiles: ScanTiles):
-    """Backward launcher: (du, dg, dv) [B, L, R] in the input dtype, da [R] in a's dtype. dy contiguous."""
-    B, L, R = u.shape
-    t = tiles
-    nc, nrb, nt = triton.cdiv(L, t.bwd_c), triton.cdiv(R, t.bwd_r), triton.cdiv(L, t.block_t)
-    n_seq = B * nrb
-    du, dg, dv = torch.empty_like(u), torch.empty_like(g), torch.empty_like(v)
-    da_part = torch.empty((B * nc, R), dtype=torch.float32, device=u.device)
-    states = torch.empty(n_seq * nc * t.bwd_r, dtype=torch.float32, device=u.device) if nc > 1 else da_part
-    meta = dict(BLOCK_T=t.block_t, BLOCK_R=t.bwd_r, num_warps=t.bwd_warps)
-    if nc > 1:
-        _chunk_state_bwd[(n_seq, nc - 1)](dy, g, v, a, states, L, R, nc, nrb, t.bwd_c // t.block_t,
-                                          LOG_T=_log2(t.block_t), **meta)
-    _chunk_scan_bwd[(n_seq, nc)](dy, u, g, v, a, states, carry, du, dg, dv, da_part, L, R, nc, nrb, nt,
-                                 t.bwd_c // t.block_t, WINDOW=_WINDOW, LOG_W=_log2(_WINDOW), **meta)
-    da = da_part.sum(dim=0)  # [R]: one small reduction in a fixed order (deterministic)
-    return du, dg, dv, (da if a.dtype == torch.float32 else da.to(a.dtype))

@@ -4,7 +4,7 @@
 else is imported on first use.
 """
 
-from model.config import ConfigError, PRESETS, Phase1Config
+from model.config import PRESETS, ConfigError, Phase1Config
 
 __all__ = ["ConfigError", "PRESETS", "Phase1Config", "build_model"]
 

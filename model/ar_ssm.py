@@ -39,9 +39,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from kernels.scan import gated_scan
-
 from model.optim import tag
 from model.shapes import CONV_KERNEL
+from model.shapes import ar_ssm_layer_param_count as ar_ssm_layer_param_count  # re-exported (model/shapes.py)
+from model.shapes import ar_ssm_param_count as ar_ssm_param_count
 
 if TYPE_CHECKING:
     from model.config import Phase1Config
@@ -52,24 +53,8 @@ GATE_SPARSE_BELOW = 0.1  # a gate below this counts as "off" in gate_sparsity (t
 CHANNEL_IN_USE_AT = GATE_SPARSE_BELOW
 
 
-# --- pure arithmetic (no torch needed) -----------------------------------------------------------
-
-def ar_ssm_layer_param_count(config: "Phase1Config") -> int:
-    """Parameters of one AR-SSM mixer."""
-    d, r, m, hid = config.d_model, config.ar_ssm_max_rank, config.ar_ssm_min_rank, config.gate_hidden_dim
-    gate = (d * hid + hid + hid * (r - m) + (r - m)) if r > m else 0  # no gate MLP when every channel is forced on
-    proj = 2 * d * r + r * d  # U, V [D, r] and W_o [r, D]
-    decay = r
-    conv = d * CONV_KERNEL + d  # depthwise weight + bias
-    return gate + proj + decay + conv
-
-
-def ar_ssm_param_count(config: "Phase1Config") -> int:
-    """Parameters of all n_layers AR-SSM mixers."""
-    return config.n_layers * ar_ssm_layer_param_count(config)
-
-
 # --- module --------------------------------------------------------------------------------------
+
 
 class ARSSM(nn.Module):
     """Adaptive-rank SSM mixer: x [B, L, D] -> (y [B, L, D], gate_l1, effective_rank, gate_sparsity).
@@ -86,7 +71,7 @@ class ARSSM(nn.Module):
     Schatten check.
     """
 
-    def __init__(self, config: "Phase1Config"):
+    def __init__(self, config: Phase1Config):
         super().__init__()
         d, r, m, hid = config.d_model, config.ar_ssm_max_rank, config.ar_ssm_min_rank, config.gate_hidden_dim
         self.d_model, self.max_rank, self.min_rank = d, r, m
@@ -105,8 +90,8 @@ class ARSSM(nn.Module):
     @torch.no_grad()
     def _init_weights(self, n_layers: int) -> None:
         d, r = self.d_model, self.max_rank
-        nn.init.normal_(self.U.weight, std=d ** -0.5)  # u, v ~ N(0, 1) per channel for unit-RMS x
-        nn.init.normal_(self.V.weight, std=d ** -0.5)
+        nn.init.normal_(self.U.weight, std=d**-0.5)  # u, v ~ N(0, 1) per channel for unit-RMS x
+        nn.init.normal_(self.V.weight, std=d**-0.5)
         # Stationary state std of channel k for unit white-noise input is 1/sqrt(1 - a_k^2); scale W_o's
         # column k by its inverse so every channel contributes alike, and by 1/sqrt(2 n_layers) so the
         # residual stream stays O(1) at init (GPT-2's residual-projection scaling).
@@ -116,6 +101,7 @@ class ARSSM(nn.Module):
         # The conv term is a residual branch too: Conv1d's default (std 1/3 per tap for fan-in 3) would add
         # ~0.6 RMS per layer; scale it the same way and start without bias.
         self.conv.weight.mul_(1.0 / math.sqrt(2 * n_layers))
+        assert self.conv.bias is not None  # Conv1d(..., bias=True) in __init__
         self.conv.bias.zero_()
 
     def decay(self) -> torch.Tensor:
@@ -127,7 +113,7 @@ class ARSSM(nn.Module):
         return torch.sigmoid(-self.decay_logit)
 
     def scan_backend(self, x: torch.Tensor) -> str:
-        """"triton" when ar_ssm_use_fused_scan and x is on CUDA, else "torch" (the reference, any device)."""
+        """ "triton" when ar_ssm_use_fused_scan and x is on CUDA, else "torch" (the reference, any device)."""
         return "triton" if (self.use_fused_scan and x.is_cuda) else "torch"
 
     def gates(self, x: torch.Tensor) -> torch.Tensor:
@@ -149,7 +135,7 @@ class ARSSM(nn.Module):
             self.last_gate_mean = gd.mean(dim=(0, 1))  # [r]
             effective_rank = (self.last_gate_mean >= CHANNEL_IN_USE_AT).sum().float()
             sparsity = (gd < GATE_SPARSE_BELOW).float().mean()
-        gate_l1 = g[..., self.min_rank:].float().mean(dim=(0, 1)).sum()
+        gate_l1 = g[..., self.min_rank :].float().mean(dim=(0, 1)).sum()
         return y, gate_l1, effective_rank, sparsity
 
     def mixing_factors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

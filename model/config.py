@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any, Literal, Mapping, get_args, get_type_hints
+from typing import Any, Literal, get_args, get_type_hints
 
 import yaml
 
@@ -102,7 +103,7 @@ class Phase1Config:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, where: str = "config") -> "Phase1Config":
+    def from_dict(cls, data: Mapping[str, Any], *, where: str = "config") -> Phase1Config:
         """Build from a mapping; unknown keys are an error naming the key (and the closest known one)."""
         return from_mapping(cls, data, where)
 
@@ -110,10 +111,10 @@ class Phase1Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     @classmethod
-    def from_yaml(cls, text: str) -> "Phase1Config":
+    def from_yaml(cls, text: str) -> Phase1Config:
         return cls.from_dict(yaml.safe_load(text) or {})
 
-    def replace(self, **changes: Any) -> "Phase1Config":
+    def replace(self, **changes: Any) -> Phase1Config:
         return dataclasses.replace(self, **changes)
 
 
@@ -184,13 +185,30 @@ def _positive(cfg: Phase1Config, name: str) -> None:
 
 def _check_values(cfg: Phase1Config) -> None:
     for name, low in [
-        ("vocab_size", 2), ("d_model", 8), ("n_layers", 1), ("n_seq", 2), ("ffn_rank", 1), ("head_rank", 1),
-        ("ar_ssm_max_rank", 1), ("ar_ssm_min_rank", 1), ("htt_rank", 1), ("batch_size", 1),
-        ("stability_check_every", 1), ("loss_chunk_size", 0), ("ar_ssm_l1_regularization", 0.0), ("seed", 0),
+        ("vocab_size", 2),
+        ("d_model", 8),
+        ("n_layers", 1),
+        ("n_seq", 2),
+        ("ffn_rank", 1),
+        ("head_rank", 1),
+        ("ar_ssm_max_rank", 1),
+        ("ar_ssm_min_rank", 1),
+        ("htt_rank", 1),
+        ("batch_size", 1),
+        ("stability_check_every", 1),
+        ("loss_chunk_size", 0),
+        ("ar_ssm_l1_regularization", 0.0),
+        ("seed", 0),
     ]:
         _at_least(cfg, name, low)
-    for name in ["stability_threshold", "schatten_s1_bound", "schatten_s2_bound", "gradient_norm_threshold",
-                 "target_vram_gb", "learning_rate"]:
+    for name in [
+        "stability_threshold",
+        "schatten_s1_bound",
+        "schatten_s2_bound",
+        "gradient_norm_threshold",
+        "target_vram_gb",
+        "learning_rate",
+    ]:
         _positive(cfg, name)
     if cfg.ar_ssm_min_rank > cfg.ar_ssm_max_rank:
         raise ConfigError(
@@ -198,8 +216,10 @@ def _check_values(cfg: Phase1Config) -> None:
             f"{cfg.ar_ssm_max_rank})"
         )
     if cfg.ar_ssm_gate_hidden_dim is not None and cfg.ar_ssm_gate_hidden_dim < 1:
-        raise ConfigError(f"ar_ssm_gate_hidden_dim: {cfg.ar_ssm_gate_hidden_dim} is out of range (allowed: >= 1, "
-                          "or null for d_model // 4)")
+        raise ConfigError(
+            f"ar_ssm_gate_hidden_dim: {cfg.ar_ssm_gate_hidden_dim} is out of range (allowed: >= 1, "
+            "or null for d_model // 4)"
+        )
     if cfg.htt_num_cores not in (2, 3):
         raise ConfigError(f"htt_num_cores: {cfg.htt_num_cores} is out of range (allowed: 2 or 3)")
     for name in ("lns_block_size_m", "lns_block_size_n", "lns_block_size_k"):
@@ -233,35 +253,61 @@ def _did_you_mean(key: str, known: set[str]) -> str:
 
 # --- presets: section 6 of the guide, fields it does not name take the defaults ---------------------
 
+# What the guide sets alike for its three training presets; each preset below adds its own ranks, L1 weight,
+# checkpointing and VRAM target.
+_TRAINING_COMMON: dict[str, Any] = dict(
+    ar_ssm_use_fused_scan=True,
+    htt_num_cores=2,
+    htt_phase_encoding=True,
+    lns_enabled=False,
+    stability_monitoring_enabled=True,
+    stability_threshold=1e-6,
+    checkpoint_htt=False,
+)
+
 PRESETS: dict[str, Phase1Config] = {
     "8gb": Phase1Config(
-        ar_ssm_max_rank=16, ar_ssm_min_rank=4, ar_ssm_l1_regularization=0.01, ar_ssm_use_fused_scan=True,
-        htt_rank=12, htt_num_cores=2, htt_phase_encoding=True,
-        lns_enabled=False,
-        stability_monitoring_enabled=True, stability_threshold=1e-6,
-        use_gradient_checkpointing=True, checkpoint_ar_ssm=True, checkpoint_htt=False,
+        **_TRAINING_COMMON,
+        ar_ssm_max_rank=16,
+        ar_ssm_min_rank=4,
+        ar_ssm_l1_regularization=0.01,
+        htt_rank=12,
+        use_gradient_checkpointing=True,
+        checkpoint_ar_ssm=True,
         target_vram_gb=8.0,
     ),
     "10gb": Phase1Config(
-        ar_ssm_max_rank=32, ar_ssm_min_rank=4, ar_ssm_l1_regularization=0.001, ar_ssm_use_fused_scan=True,
-        htt_rank=16, htt_num_cores=2, htt_phase_encoding=True,
-        lns_enabled=False,
-        stability_monitoring_enabled=True, stability_threshold=1e-6,
-        use_gradient_checkpointing=True, checkpoint_ar_ssm=True, checkpoint_htt=False,
+        **_TRAINING_COMMON,
+        ar_ssm_max_rank=32,
+        ar_ssm_min_rank=4,
+        ar_ssm_l1_regularization=0.001,
+        htt_rank=16,
+        use_gradient_checkpointing=True,
+        checkpoint_ar_ssm=True,
         target_vram_gb=10.0,
     ),
     "24gb": Phase1Config(
-        ar_ssm_max_rank=64, ar_ssm_min_rank=8, ar_ssm_l1_regularization=0.0001, ar_ssm_use_fused_scan=True,
-        htt_rank=32, htt_num_cores=2, htt_phase_encoding=True,
-        lns_enabled=False,
-        stability_monitoring_enabled=True, stability_threshold=1e-6,
-        use_gradient_checkpointing=False, checkpoint_ar_ssm=False, checkpoint_htt=False,
+        **_TRAINING_COMMON,
+        ar_ssm_max_rank=64,
+        ar_ssm_min_rank=8,
+        ar_ssm_l1_regularization=0.0001,
+        htt_rank=32,
+        use_gradient_checkpointing=False,
+        checkpoint_ar_ssm=False,
         target_vram_gb=24.0,
     ),
     "inference": Phase1Config(
-        ar_ssm_max_rank=32, ar_ssm_min_rank=4, ar_ssm_l1_regularization=0.001, ar_ssm_use_fused_scan=True,
-        htt_rank=16, htt_num_cores=2, htt_phase_encoding=True,
-        lns_enabled=True, lns_block_size_m=128, lns_block_size_n=128, lns_block_size_k=32,
+        ar_ssm_max_rank=32,
+        ar_ssm_min_rank=4,
+        ar_ssm_l1_regularization=0.001,
+        ar_ssm_use_fused_scan=True,
+        htt_rank=16,
+        htt_num_cores=2,
+        htt_phase_encoding=True,
+        lns_enabled=True,
+        lns_block_size_m=128,
+        lns_block_size_n=128,
+        lns_block_size_k=32,
         stability_monitoring_enabled=False,
         use_gradient_checkpointing=False,
         target_vram_gb=8.0,

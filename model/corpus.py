@@ -10,9 +10,10 @@ import hashlib
 import importlib.util
 import os
 import sysconfig
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal, Mapping
+from typing import Any, Literal
 
 SourceKind = Literal["stdlib", "python", "files", "hf"]
 
@@ -64,13 +65,17 @@ class DataSource:
 
     def __post_init__(self) -> None:
         if self.path is not None and not isinstance(self.path, str):
-            object.__setattr__(self, "path", os.fspath(self.path))  # a Path is fine; stored as str (JSON-safe)
+            # a Path is fine (callers pass one despite the annotation); stored as str (JSON-safe)
+            object.__setattr__(self, "path", os.fspath(self.path))  # type: ignore[unreachable]
         if self.kind not in ("stdlib", "python", "files", "hf"):
             raise DataError(f"data.kind: {self.kind!r} is not one of 'stdlib', 'python', 'files', 'hf'")
         if isinstance(self.max_bytes, bool) or not isinstance(self.max_bytes, int) or self.max_bytes < 1024:
             raise DataError(f"data.max_bytes: {self.max_bytes!r} is out of range (allowed: an integer >= 1024)")
-        if isinstance(self.val_fraction, bool) or not isinstance(self.val_fraction, (int, float)) \
-                or not 0.0 < self.val_fraction < 0.5:
+        if (
+            isinstance(self.val_fraction, bool)
+            or not isinstance(self.val_fraction, (int, float))
+            or not 0.0 < self.val_fraction < 0.5
+        ):
             raise DataError(f"data.val_fraction: {self.val_fraction!r} is out of range (allowed: 0 < x < 0.5)")
         if self.kind == "files" and not self.path:
             raise DataError("data.path: missing; kind 'files' needs the path of a text file or a folder of text files")
@@ -78,7 +83,7 @@ class DataSource:
             raise DataError("data.hf_name: missing; kind 'hf' needs a Hugging Face dataset name, e.g. 'wikitext'")
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, where: str = "data") -> "DataSource":
+    def from_dict(cls, data: Mapping[str, Any], *, where: str = "data") -> DataSource:
         """Build from a mapping (a study file's `data:` section); unknown keys are a DataError naming the key."""
         if not isinstance(data, Mapping):
             raise DataError(f"{where}: expected a mapping with 'kind' and its settings, got {type(data).__name__}")
@@ -95,12 +100,20 @@ class DataSource:
         if self.kind == "stdlib":
             return f"Python standard library sources ({_stdlib_root()}), first {self.max_bytes} bytes"
         if self.kind == "python":
-            return (f"Python sources: the standard library ({_stdlib_root()}) then site-packages "
-                    f"({', '.join(str(p) for p in _site_roots())}), first {self.max_bytes} bytes")
+            return (
+                f"Python sources: the standard library ({_stdlib_root()}) then site-packages "
+                f"({', '.join(str(p) for p in _site_roots())}), first {self.max_bytes} bytes"
+            )
         if self.kind == "files":
             return f"files under {self.path}, first {self.max_bytes} bytes"
         name = f"{self.hf_name}/{self.hf_config or '-'}:{self.hf_split}"
         return f"Hugging Face dataset {name}, first {self.max_bytes} bytes"
+
+    def _files_path(self) -> str:
+        """`path` of a kind-'files' source (__post_init__ made sure it is set)."""
+        if self.path is None:
+            raise DataError("data.path: missing; kind 'files' needs the path of a text file or a folder of text files")
+        return self.path
 
     def check(self) -> None:
         """Cheap validation without reading the text or importing torch: raise DataError naming the path and the fix."""
@@ -112,7 +125,7 @@ class DataSource:
                     "only); use kind: files with a folder of text files instead"
                 )
         elif self.kind == "files":
-            p = Path(self.path).expanduser()
+            p = Path(self._files_path()).expanduser()
             if not p.exists():
                 raise DataError(f"data.path: {p} does not exist; point it at a text file or a folder of text files")
             if p.is_dir() and next(_walk_files(p), None) is None:
@@ -171,7 +184,7 @@ def read_documents(source: DataSource) -> Corpus:
         for i, root in enumerate(_site_roots(), start=1):
             files += [(f"{i}-site/{rel}", p) for rel, p in _walk_files(root, ".py")]
     else:
-        root, suffix = Path(source.path).expanduser(), None
+        root = Path(source._files_path()).expanduser()
         files = list(_walk_files(root)) if root.is_dir() else [(root.name, root)]
     # os.walk yields folder by folder; sort the whole list so the order is by relative path, as documented.
     files.sort(key=lambda item: item[0])
@@ -206,18 +219,23 @@ def _read_hf(source: DataSource) -> Corpus:
     try:
         import datasets  # optional extra
     except ImportError as exc:
-        raise DataError(f"data.kind: 'hf' needs the optional Hugging Face 'datasets' package; run: {_HF_INSTALL}") \
-            from exc
+        raise DataError(
+            f"data.kind: 'hf' needs the optional Hugging Face 'datasets' package; run: {_HF_INSTALL}"
+        ) from exc
     try:
         stream = datasets.load_dataset(source.hf_name, source.hf_config, split=source.hf_split, streaming=True)
     except Exception as exc:  # network, unknown name, unknown split: one message with the fix
-        raise DataError(f"data.hf_name: cannot load {source.hf_name!r} (config {source.hf_config!r}, split "
-                        f"{source.hf_split!r}): {exc}; check the name and your network connection") from exc
+        raise DataError(
+            f"data.hf_name: cannot load {source.hf_name!r} (config {source.hf_config!r}, split "
+            f"{source.hf_split!r}): {exc}; check the name and your network connection"
+        ) from exc
     docs, n_bytes = [], 0
     for i, record in enumerate(stream):
         if source.hf_text_field not in record:
-            raise DataError(f"data.hf_text_field: {source.hf_text_field!r} is not a field of {source.hf_name} "
-                            f"(fields: {', '.join(record)})")
+            raise DataError(
+                f"data.hf_text_field: {source.hf_text_field!r} is not a field of {source.hf_name} "
+                f"(fields: {', '.join(record)})"
+            )
         text = record[source.hf_text_field] or ""
         raw = text.encode("utf-8")
         if n_bytes + len(raw) > source.max_bytes:
@@ -262,8 +280,10 @@ def split_documents(docs: list[tuple[str, str]], val_fraction: float) -> tuple[l
         name, text = docs[0]
         lines = text.splitlines(keepends=True)
         if len(lines) < 2:
-            raise DataError(f"data: the only document ({name}) has a single line, which cannot be split into "
-                            "train and validation; supply more text")
+            raise DataError(
+                f"data: the only document ({name}) has a single line, which cannot be split into "
+                "train and validation; supply more text"
+            )
         n_val = max(1, int(len(lines) * val_fraction))
         return ["".join(lines[:-n_val])], ["".join(lines[-n_val:])], 1, 1
     sizes = {name: len(text.encode("utf-8")) for name, text in docs}
@@ -285,4 +305,3 @@ def split_documents(docs: list[tuple[str, str]], val_fraction: float) -> tuple[l
 
 
 # --- the result ------------------------------------------------------------------------------------------------------
-

@@ -24,9 +24,10 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import IO, Any
 
 import numpy as np
 
@@ -43,9 +44,21 @@ from model.corpus import (
 )
 
 __all__ = [  # the corpus names are re-exported: callers use model.data for the whole pipeline
-    "DEFAULT_MAX_BYTES", "EOT_TOKEN", "MIN_VOCAB_SIZE", "DataError", "DataRepeatWarning", "DataSource", "TokenData",
-    "encode_documents", "name_fraction", "open_token_data", "prepare_data", "split_documents", "token_dtype",
-    "train_tokenizer", "unigram_val_loss",
+    "DEFAULT_MAX_BYTES",
+    "EOT_TOKEN",
+    "MIN_VOCAB_SIZE",
+    "DataError",
+    "DataRepeatWarning",
+    "DataSource",
+    "TokenData",
+    "encode_documents",
+    "name_fraction",
+    "open_token_data",
+    "prepare_data",
+    "split_documents",
+    "token_dtype",
+    "train_tokenizer",
+    "unigram_val_loss",
 ]
 
 log = logging.getLogger(__name__)
@@ -91,10 +104,18 @@ class TokenData:
 
     def summary(self) -> dict[str, Any]:
         """JSON-safe description (for trial attributes and logs)."""
-        return {"vocab_size": self.vocab_size, "corpus_hash": self.corpus_hash, "n_train_tokens": self.n_train_tokens,
-                "n_val_tokens": self.n_val_tokens, "n_train_docs": self.n_train_docs, "n_val_docs": self.n_val_docs,
-                "n_learned_tokens": self.n_learned_tokens, "n_bytes": self.n_bytes,
-                "skipped_files": self.skipped_files, "cache_path": self.cache_path}
+        return {
+            "vocab_size": self.vocab_size,
+            "corpus_hash": self.corpus_hash,
+            "n_train_tokens": self.n_train_tokens,
+            "n_val_tokens": self.n_val_tokens,
+            "n_train_docs": self.n_train_docs,
+            "n_val_docs": self.n_val_docs,
+            "n_learned_tokens": self.n_learned_tokens,
+            "n_bytes": self.n_bytes,
+            "skipped_files": self.skipped_files,
+            "cache_path": self.cache_path,
+        }
 
     def __reduce__(self):
         if self.cache_path and isinstance(self.train, np.memmap):  # a cache entry: send the path, re-open the maps
@@ -108,19 +129,32 @@ def open_token_data(cache_path: str | os.PathLike, *, prepare_time_s: float = 0.
     entry = Path(cache_path)
     meta_file = entry / "meta.json"
     if not meta_file.is_file():
-        raise DataError(f"data cache: {entry} is not a complete cache entry (no meta.json); delete it and prepare "
-                        "the data again")
+        raise DataError(
+            f"data cache: {entry} is not a complete cache entry (no meta.json); delete it and prepare the data again"
+        )
     meta = json.loads(meta_file.read_text())
     train = np.load(entry / "train.npy", mmap_mode="r")
     val = np.load(entry / "val.npy", mmap_mode="r")
     if train.shape[0] != meta["n_train_tokens"] or val.shape[0] != meta["n_val_tokens"]:
-        raise DataError(f"data cache: {entry} is inconsistent (array lengths differ from meta.json); delete it and "
-                        "prepare the data again")
+        raise DataError(
+            f"data cache: {entry} is inconsistent (array lengths differ from meta.json); delete it and "
+            "prepare the data again"
+        )
     return TokenData(
-        train=train, val=val, vocab_size=meta["vocab_size"], tokenizer_path=str(entry / "tokenizer.json"),
-        corpus_hash=meta["corpus_hash"], eot_id=meta["eot_id"], n_learned_tokens=meta["n_learned_tokens"],
-        n_train_docs=meta["n_train_docs"], n_val_docs=meta["n_val_docs"], n_bytes=meta["n_bytes"],
-        skipped_files=meta["skipped_files"], cache_path=str(entry), from_cache=True, prepare_time_s=prepare_time_s,
+        train=train,
+        val=val,
+        vocab_size=meta["vocab_size"],
+        tokenizer_path=str(entry / "tokenizer.json"),
+        corpus_hash=meta["corpus_hash"],
+        eot_id=meta["eot_id"],
+        n_learned_tokens=meta["n_learned_tokens"],
+        n_train_docs=meta["n_train_docs"],
+        n_val_docs=meta["n_val_docs"],
+        n_bytes=meta["n_bytes"],
+        skipped_files=meta["skipped_files"],
+        cache_path=str(entry),
+        from_cache=True,
+        prepare_time_s=prepare_time_s,
     )
 
 
@@ -132,8 +166,9 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16 if vocab_size <= 2**16 else np.uint32)
 
 
-def prepare_data(source: DataSource, vocab_size: int, cache_dir: str | os.PathLike, *,
-                 progress: Progress = None) -> TokenData:
+def prepare_data(
+    source: DataSource, vocab_size: int, cache_dir: str | os.PathLike, *, progress: Progress = None
+) -> TokenData:
     """Read, split, tokenise and cache `source` for a `vocab_size`-id model; return memory-mapped token arrays.
 
     A cache hit (same text, vocabulary size and split) only reads and hashes the text (~0.1-0.2 s for 10 MiB) and
@@ -143,14 +178,18 @@ def prepare_data(source: DataSource, vocab_size: int, cache_dir: str | os.PathLi
     t0 = time.perf_counter()
     say = _reporter(progress)
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < MIN_VOCAB_SIZE:
-        raise DataError(f"vocab_size: {vocab_size!r} is too small for a byte-level BPE tokenizer (allowed: >= "
-                        f"{MIN_VOCAB_SIZE} = 256 byte tokens + end-of-text)")
+        raise DataError(
+            f"vocab_size: {vocab_size!r} is too small for a byte-level BPE tokenizer (allowed: >= "
+            f"{MIN_VOCAB_SIZE} = 256 byte tokens + end-of-text)"
+        )
     source.check()
     corpus = read_documents(source)
     if not corpus.docs:
         where = source.path if source.kind == "files" else source.describe()
-        raise DataError(f"data: no readable UTF-8 text in {where} ({corpus.skipped} binary or undecodable files "
-                        "skipped); point data.path at text files")
+        raise DataError(
+            f"data: no readable UTF-8 text in {where} ({corpus.skipped} binary or undecodable files "
+            "skipped); point data.path at text files"
+        )
     digest = corpus_hash(corpus.docs)
     cache_root = Path(cache_dir).expanduser()
     cache_root.mkdir(parents=True, exist_ok=True)
@@ -170,15 +209,23 @@ def prepare_data(source: DataSource, vocab_size: int, cache_dir: str | os.PathLi
     return data
 
 
-def _build_entry(entry: Path, corpus: Corpus, corpus_hash: str, vocab_size: int, source: DataSource,
-                 say: Callable[[str], None]) -> None:
+def _build_entry(
+    entry: Path, corpus: Corpus, corpus_hash: str, vocab_size: int, source: DataSource, say: Callable[[str], None]
+) -> None:
     train_docs, val_docs, n_train_docs, n_val_docs = split_documents(corpus.docs, source.val_fraction)
-    say(f"data: {len(corpus.docs)} documents ({corpus.n_bytes} bytes, {corpus.skipped} skipped): "
-        f"{n_train_docs} train / {n_val_docs} validation; training a {vocab_size}-token BPE tokenizer")
+    say(
+        f"data: {len(corpus.docs)} documents ({corpus.n_bytes} bytes, {corpus.skipped} skipped): "
+        f"{n_train_docs} train / {n_val_docs} validation; training a {vocab_size}-token BPE tokenizer"
+    )
     tokenizer, n_learned = train_tokenizer(train_docs, vocab_size)
     if n_learned < vocab_size:
-        log.warning("data: the training text yields only %d distinct BPE tokens; ids %d..%d are unused padding "
-                    "(raise data.max_bytes to learn a full vocabulary)", n_learned, n_learned, vocab_size - 1)
+        log.warning(
+            "data: the training text yields only %d distinct BPE tokens; ids %d..%d are unused padding "
+            "(raise data.max_bytes to learn a full vocabulary)",
+            n_learned,
+            n_learned,
+            vocab_size - 1,
+        )
     eot_id = tokenizer.token_to_id(EOT_TOKEN)
     entry.mkdir(parents=True, exist_ok=True)
     _atomic_write_text(entry / "tokenizer.json", tokenizer.to_str())
@@ -188,10 +235,21 @@ def _build_entry(entry: Path, corpus: Corpus, corpus_hash: str, vocab_size: int,
         ids = encode_documents(tokenizer, docs, eot_id, dtype)
         _atomic_save_npy(entry / f"{name}.npy", ids)
         counts[name] = int(ids.shape[0])
-    meta = {"format": CACHE_FORMAT, "vocab_size": vocab_size, "corpus_hash": corpus_hash, "eot_id": eot_id,
-            "n_learned_tokens": n_learned, "n_train_tokens": counts["train"], "n_val_tokens": counts["val"],
-            "n_train_docs": n_train_docs, "n_val_docs": n_val_docs, "n_bytes": corpus.n_bytes,
-            "skipped_files": corpus.skipped, "source": source.to_dict(), "dtype": dtype.name}
+    meta = {
+        "format": CACHE_FORMAT,
+        "vocab_size": vocab_size,
+        "corpus_hash": corpus_hash,
+        "eot_id": eot_id,
+        "n_learned_tokens": n_learned,
+        "n_train_tokens": counts["train"],
+        "n_val_tokens": counts["val"],
+        "n_train_docs": n_train_docs,
+        "n_val_docs": n_val_docs,
+        "n_bytes": corpus.n_bytes,
+        "skipped_files": corpus.skipped,
+        "source": source.to_dict(),
+        "dtype": dtype.name,
+    }
     # meta.json last: its presence marks the entry complete.
     _atomic_write_text(entry / "meta.json", json.dumps(meta, indent=1))
 
@@ -209,8 +267,12 @@ def train_tokenizer(texts: list[str], vocab_size: int):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOT_TOKEN], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOT_TOKEN],
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(texts, trainer)
     n_learned = tok.get_vocab_size()
     if n_learned < vocab_size:
@@ -227,7 +289,7 @@ def encode_documents(tokenizer, texts: list[str], eot_id: int, dtype: np.dtype, 
     # encode_batch_fast (tokenizers >= 0.20) skips character offsets we do not use: same ids, ~20% faster
     encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
     for start in range(0, len(texts), chunk):
-        for enc in encode(texts[start:start + chunk], add_special_tokens=False):
+        for enc in encode(texts[start : start + chunk], add_special_tokens=False):
             if parts:
                 parts.append(eot)
             parts.append(np.asarray(enc.ids, dtype=dtype))
@@ -275,9 +337,10 @@ class _FileLock:
     On a platform without fcntl it degrades to no lock: the atomic writes alone still keep every file whole."""
 
     def __init__(self, path: Path, say: Callable[[str], None]):
-        self.path, self.say, self.fh = path, say, None
+        self.path, self.say = path, say
+        self.fh: IO[str] | None = None
 
-    def __enter__(self) -> "_FileLock":
+    def __enter__(self) -> _FileLock:
         try:
             import fcntl
         except ImportError:  # Windows: rely on atomic writes only
@@ -318,5 +381,5 @@ def unigram_val_loss(data: TokenData, n_seq: int, eval_tokens: int) -> float:
     counts = np.bincount(np.asarray(data.train), minlength=data.vocab_size).astype(np.float64) + 1.0
     log_p = np.log(counts / counts.sum())
     n_windows = min(-(-eval_tokens // n_seq), (data.n_val_tokens - 1) // n_seq)
-    targets = np.asarray(data.val[1:1 + n_windows * n_seq])
+    targets = np.asarray(data.val[1 : 1 + n_windows * n_seq])
     return float(-log_p[targets].mean())

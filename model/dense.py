@@ -11,6 +11,7 @@ positions N(0, 0.01), LayerNorm weight 1 and bias 0.
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -101,13 +102,15 @@ class DenseLM(nn.Module):
 
     def param_counts(self) -> dict[str, int]:
         """Parameters by component (embedding incl. positions, attention, mlp, norm, head = 0: tied)."""
+
         def n(params) -> int:
             return sum(p.numel() for p in params)
 
+        blocks = cast("list[_Block]", list(self.blocks))  # nn.ModuleList iterates as plain Modules
         counts = {
             "embedding": n([self.tok_emb.weight, self.pos_emb.weight]),
-            "attention": n(p for b in self.blocks for p in b.attn.parameters()),
-            "mlp": n(p for b in self.blocks for p in (*b.fc.parameters(), *b.out.parameters())),
+            "attention": n(p for b in blocks for p in b.attn.parameters()),
+            "mlp": n(p for b in blocks for p in (*b.fc.parameters(), *b.out.parameters())),
             "norm": n(p for m in self.modules() if isinstance(m, nn.LayerNorm) for p in m.parameters()),
             "head": 0,
         }

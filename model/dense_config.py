@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any, Literal, Mapping, get_type_hints
+from typing import Any, Literal, get_type_hints
 
 from model.config import ConfigError, DType, describe_type, from_mapping, type_ok
 
@@ -43,16 +44,26 @@ class DenseConfig:
                 setattr(self, name, float(value))
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"{name}: {value!r} must be a finite number")
-        for name, low in (("vocab_size", 2), ("d_model", 8), ("n_layers", 1), ("n_heads", 1), ("n_seq", 2),
-                          ("batch_size", 1), ("loss_chunk_size", 0), ("seed", 0)):
+        for name, low in (
+            ("vocab_size", 2),
+            ("d_model", 8),
+            ("n_layers", 1),
+            ("n_heads", 1),
+            ("n_seq", 2),
+            ("batch_size", 1),
+            ("loss_chunk_size", 0),
+            ("seed", 0),
+        ):
             if getattr(self, name) < low:
                 raise ConfigError(f"{name}: {getattr(self, name)!r} is out of range (allowed: >= {low})")
         for name in ("learning_rate", "gradient_norm_threshold"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name}: {getattr(self, name)!r} is out of range (allowed: > 0)")
         if self.d_model % self.n_heads:
-            raise ConfigError(f"n_heads: {self.n_heads} does not divide d_model = {self.d_model} (allowed: a divisor "
-                              "of d_model, e.g. d_model // 64)")
+            raise ConfigError(
+                f"n_heads: {self.n_heads} does not divide d_model = {self.d_model} (allowed: a divisor "
+                "of d_model, e.g. d_model // 64)"
+            )
 
     def check_trainable(self) -> None:
         """Every dense config trains (the trainer calls this on any config)."""
@@ -66,11 +77,11 @@ class DenseConfig:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, where: str = "baseline") -> "DenseConfig":
+    def from_dict(cls, data: Mapping[str, Any], *, where: str = "baseline") -> DenseConfig:
         """Build from a mapping; unknown keys are an error naming the key (and the closest known one)."""
         return from_mapping(cls, data, where)
 
-    def replace(self, **changes: Any) -> "DenseConfig":
+    def replace(self, **changes: Any) -> DenseConfig:
         return dataclasses.replace(self, **changes)
 
 
@@ -81,8 +92,17 @@ def dense_for(shape: Mapping[str, Any], **overrides: Any) -> DenseConfig:
     loss_chunk_size, seed (e.g. `Phase1Config.to_dict()`); other keys are ignored. Heads: one per 64 channels
     (GPT-2's head width), at least one. `overrides` win over both.
     """
-    shared = ("vocab_size", "d_model", "n_layers", "n_seq", "batch_size", "dtype", "learning_rate",
-              "loss_chunk_size", "seed")
+    shared = (
+        "vocab_size",
+        "d_model",
+        "n_layers",
+        "n_seq",
+        "batch_size",
+        "dtype",
+        "learning_rate",
+        "loss_chunk_size",
+        "seed",
+    )
     values: dict[str, Any] = {k: shape[k] for k in shared if k in shape}
     d_model = int(overrides.get("d_model", values.get("d_model", DenseConfig.d_model)))
     heads = max(1, d_model // 64)
@@ -101,7 +121,12 @@ def dense_param_counts(config: DenseConfig) -> dict[str, int]:
     block and a final one, weight and bias each (2D per norm).
     """
     V, D, L, n = config.vocab_size, config.d_model, config.n_seq, config.n_layers
-    counts = {"embedding": V * D + L * D, "attention": n * 4 * D * D, "mlp": n * 8 * D * D,
-              "norm": (2 * n + 1) * 2 * D, "head": 0}
+    counts = {
+        "embedding": V * D + L * D,
+        "attention": n * 4 * D * D,
+        "mlp": n * 8 * D * D,
+        "norm": (2 * n + 1) * 2 * D,
+        "head": 0,
+    }
     counts["total"] = sum(counts.values())
     return counts

@@ -19,27 +19,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.shapes import FFN_EXPANSION
+from model.shapes import ffn_layer_param_count as ffn_layer_param_count  # re-exported (model/shapes.py)
+from model.shapes import ffn_param_count as ffn_param_count
 
 if TYPE_CHECKING:
     from model.config import Phase1Config
 
 
-
-def ffn_layer_param_count(config: "Phase1Config") -> int:
-    """Parameters of one low-rank FFN."""
-    d, r, h = config.d_model, config.ffn_rank, FFN_EXPANSION * config.d_model
-    return r * (d + h) + r * (h + d)
-
-
-def ffn_param_count(config: "Phase1Config") -> int:
-    """Parameters of all n_layers low-rank FFNs."""
-    return config.n_layers * ffn_layer_param_count(config)
-
-
 class LowRankFFN(nn.Module):
     """x [B, L, D] -> [B, L, D]."""
 
-    def __init__(self, config: "Phase1Config"):
+    def __init__(self, config: Phase1Config):
         super().__init__()
         d, r, h = config.d_model, config.ffn_rank, FFN_EXPANSION * config.d_model
         self.U1 = nn.Linear(d, r, bias=False)
@@ -51,8 +41,8 @@ class LowRankFFN(nn.Module):
             # so the residual stream stays O(1) at init. nn.Linear's default (std 1/sqrt(3 fan_in)) would
             # shrink the signal ~9x through the four factors.
             for lin in (self.U1, self.V1, self.U2):
-                nn.init.normal_(lin.weight, std=lin.in_features ** -0.5)
-            nn.init.normal_(self.V2.weight, std=(r ** -0.5) / math.sqrt(2 * config.n_layers))
+                nn.init.normal_(lin.weight, std=lin.in_features**-0.5)
+            nn.init.normal_(self.V2.weight, std=(r**-0.5) / math.sqrt(2 * config.n_layers))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.V2(self.U2(F.gelu(self.V1(self.U1(x)))))

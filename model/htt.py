@@ -44,37 +44,21 @@ import torch
 from torch import nn
 
 from model.optim import tag
-from model.shapes import factorize  # noqa: F401  (re-exported: model.htt.factorize)
+from model.shapes import factorize as factorize  # re-exported with the count: the formulas live in model/shapes.py
+from model.shapes import htt_param_count as htt_param_count
+from model.shapes import htt_shapes, rows_per_leading_digit
 
 if TYPE_CHECKING:
     from model.config import Phase1Config
 
 
-# --- pure arithmetic (no torch needed) -----------------------------------------------------------
-
-def htt_shapes(config: "Phase1Config") -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """(vocab factors, model-dim factors) used by the embedding built from `config`."""
-    return factorize(config.vocab_size, config.htt_num_cores), factorize(config.d_model, config.htt_num_cores)
-
-
-def htt_param_count(config: "Phase1Config") -> int:
-    """Parameters of the HTT embedding (cores plus phase), pure arithmetic."""
-    (vs, ds), r = htt_shapes(config), config.htt_rank
-    if config.htt_num_cores == 2:
-        cores = r * (vs[0] * ds[0] + vs[1] * ds[1])
-        phase = r * (vs[0] + vs[1])
-    else:
-        cores = r * vs[0] * ds[0] + r * r * vs[1] * ds[1] + r * vs[2] * ds[2]
-        phase = r * (vs[0] + 2 * vs[1] + vs[2])
-    return cores + (phase if config.htt_phase_encoding else 0)
-
-
 # --- module --------------------------------------------------------------------------------------
+
 
 class HTTEmbedding(nn.Module):
     """Tensor-train token embedding: ids [B, L] int64 -> [B, L, D] float32."""
 
-    def __init__(self, config: "Phase1Config"):
+    def __init__(self, config: Phase1Config):
         super().__init__()
         self.vocab_size, self.d_model = config.vocab_size, config.d_model
         self.rank, self.num_cores, self.phase = config.htt_rank, config.htt_num_cores, config.htt_phase_encoding
@@ -105,8 +89,10 @@ class HTTEmbedding(nn.Module):
                 self.theta3 = tag(nn.Parameter(torch.empty(vs[2], r).uniform_(-math.pi, math.pi)), "phase")
 
     def extra_repr(self) -> str:
-        return (f"vocab={self.vocab_size} ({'x'.join(map(str, self.v_factors))}), d_model={self.d_model} "
-                f"({'x'.join(map(str, self.d_factors))}), rank={self.rank}, phase={self.phase}")
+        return (
+            f"vocab={self.vocab_size} ({'x'.join(map(str, self.v_factors))}), d_model={self.d_model} "
+            f"({'x'.join(map(str, self.d_factors))}), rank={self.rank}, phase={self.phase}"
+        )
 
     def rows(self, idx: torch.Tensor) -> torch.Tensor:
         """Embedding rows of token ids `idx` [N] int64 -> [N, D]."""
@@ -134,7 +120,7 @@ class HTTEmbedding(nn.Module):
     @property
     def rows_per_leading_digit(self) -> int:
         """Vocabulary rows sharing one leading digit i1; `table` builds whole blocks of this many rows."""
-        return self.v_factors[1] * (self.v_factors[2] if self.num_cores == 3 else 1)
+        return rows_per_leading_digit(self.v_factors)
 
     def table(self, start: int = 0, end: int | None = None) -> torch.Tensor:
         """Rows start..end-1 of the full table [end - start, D] (the tied head builds it chunk by chunk).
@@ -149,6 +135,8 @@ class HTTEmbedding(nn.Module):
         vs, ds, n = self.v_factors, self.d_factors, self.num_cores
         block = self.rows_per_leading_digit
         lo, hi = start // block, -(-end // block)  # leading digits covering [start, end)
+        g2: torch.Tensor  # a Parameter, then its phase-scaled (plain tensor) version
+        g3: torch.Tensor
         if n == 2:
             g1, g2 = self.core1[lo:hi], self.core2  # [k, d1, r], [v2, r, d2]
             if self.phase:
@@ -175,7 +163,7 @@ class HTTEmbedding(nn.Module):
             out = g1.reshape(-1, r1) @ t23.reshape(r1, -1)  # [k*d1, v2*v3*d2*d3]
             out = out.reshape(hi - lo, ds[0], vs[1] * vs[2], ds[1] * ds[2]).permute(0, 2, 1, 3)  # [k, v2*v3, d1, d2*d3]
         out = out.reshape((hi - lo) * block, -1)[:, : self.d_model]  # rows lo*block .. hi*block - 1
-        return out[start - lo * block: end - lo * block]
+        return out[start - lo * block : end - lo * block]
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """ids [B, L] int64 -> embeddings [B, L, D] float32.

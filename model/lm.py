@@ -60,52 +60,28 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from model.ar_ssm import ARSSM, ar_ssm_param_count
-from model.ffn import LowRankFFN, ffn_param_count
-from model.htt import HTTEmbedding, htt_param_count
+from model.ar_ssm import ARSSM
+from model.ffn import LowRankFFN
+from model.htt import HTTEmbedding
 from model.loss import chunked_cross_entropy
 from model.optim import tag
+from model.shapes import TABLE_CHUNK_ROWS, table_chunk_step
+from model.shapes import expected_param_counts as expected_param_counts  # re-exported: tests and tuner read it here
 
 if TYPE_CHECKING:
     from model.config import Phase1Config
 
 NORM_EPS = 1e-6
-TABLE_CHUNK_ROWS = 8192  # tied head: rows of E built at once (8192 x 1024 fp32 = 32 MiB)
 
 
 # --- pure arithmetic (no torch needed) -----------------------------------------------------------
 
-def norm_param_count(config: "Phase1Config") -> int:
-    """RMSNorm weights: two per block plus the final norm, D each."""
-    return (2 * config.n_layers + 1) * config.d_model
-
-
-def head_param_count(config: "Phase1Config") -> int:
-    """Parameters the head adds: the output bias V, plus D*r_h + r_h*V for the low-rank head (the tied head reuses
-    the embedding's cores)."""
-    if config.head == "tied":
-        return config.vocab_size
-    return config.vocab_size + config.d_model * config.head_rank + config.head_rank * config.vocab_size
-
-
-def expected_param_counts(config: "Phase1Config") -> dict[str, int]:
-    """Parameter counts by component (keys as `Phase1LM.param_counts`) plus "total", from the config alone."""
-    counts = {
-        "embedding": htt_param_count(config),
-        "ar_ssm": ar_ssm_param_count(config),
-        "ffn": ffn_param_count(config),
-        "head": head_param_count(config),
-        "norm": norm_param_count(config),
-    }
-    counts["total"] = sum(counts.values())
-    return counts
-
-
 TORCH_SCAN_EXTRA_BYTES_PER_CHANNEL = 30  # kernels/scan.py torch backend: fp32 copies + einsum casts, measured
 
 
-def saved_bytes_per_token(config: "Phase1Config", *, autocast_bytes: int = 2,
-                          scan_backend: str = "triton") -> dict[str, float]:
+def saved_bytes_per_token(
+    config: Phase1Config, *, autocast_bytes: int = 2, scan_backend: str = "triton"
+) -> dict[str, float]:
     """Bytes autograd saves per token (B*L position) for the backward, without checkpointing, by component.
 
     autocast_bytes: 2 under bf16/fp16 autocast, 4 without autocast (float32). scan_backend: "triton" or
@@ -115,7 +91,7 @@ def saved_bytes_per_token(config: "Phase1Config", *, autocast_bytes: int = 2,
     dtype, the torch scan's [r, C, C] decay matrix) are not per token and not included. Checked against a
     saved_tensors_hooks measurement in tests/model/test_lm.py. See the module docstring for checkpointing.
     """
-    from model.htt import htt_shapes
+    from model.shapes import htt_shapes
 
     ac, D, V = autocast_bytes, config.d_model, config.vocab_size
     r, m, H = config.ar_ssm_max_rank, config.ar_ssm_min_rank, config.gate_hidden_dim
@@ -125,8 +101,11 @@ def saved_bytes_per_token(config: "Phase1Config", *, autocast_bytes: int = 2,
         # digit ids; phase sum + cos; fp32 G1 rows kept by the phase multiply; bmm inputs in ac.
         emb = 16 + (8 * rh + 4 * ds[0] * rh if phase else 0) + ac * rh * (ds[0] + ds[1])
     else:
-        emb = (24 + (16 * rh + 4 * ds[0] * rh + 4 * rh * ds[2] if phase else 0)
-               + ac * (ds[0] * rh + rh * ds[1] * rh + ds[0] * ds[1] * rh + rh * ds[2]))
+        emb = (
+            24
+            + (16 * rh + 4 * ds[0] * rh + 4 * rh * ds[2] if phase else 0)
+            + ac * (ds[0] * rh + rh * ds[1] * rh + ds[0] * ds[1] * rh + rh * ds[2])
+        )
     norm = 4 * D + 4  # fp32 input + rstd
     gate = (2 * ac * H + ac * (r - m)) if r > m else 0
     scan = 3 * ac * r if scan_backend == "triton" else TORCH_SCAN_EXTRA_BYTES_PER_CHANNEL * r
@@ -134,8 +113,15 @@ def saved_bytes_per_token(config: "Phase1Config", *, autocast_bytes: int = 2,
     ffn = ac * (9 * D + 2 * q)
     head = ac * D + 4 * V + 8 + (ac * config.head_rank if config.head == "low_rank" else 0)
     block = 2 * norm + mixer + ffn
-    return {"embedding": emb, "norm": norm, "ar_ssm": mixer, "ffn": ffn, "head": head, "block": block,
-            "total": emb + config.n_layers * block + norm + head}
+    return {
+        "embedding": emb,
+        "norm": norm,
+        "ar_ssm": mixer,
+        "ffn": ffn,
+        "head": head,
+        "block": block,
+        "total": emb + config.n_layers * block + norm + head,
+    }
 
 
 def unigram_counts(tokens, vocab_size: int, chunk: int = 1 << 24) -> torch.Tensor:
@@ -144,11 +130,12 @@ def unigram_counts(tokens, vocab_size: int, chunk: int = 1 << 24) -> torch.Tenso
     Counted `chunk` tokens at a time, so a memory-mapped corpus of any size needs only chunk * 8 bytes at once."""
     counts = np.zeros(vocab_size, dtype=np.int64)
     for start in range(0, len(tokens), chunk):
-        counts += np.bincount(np.asarray(tokens[start:start + chunk]), minlength=vocab_size)[:vocab_size]
+        counts += np.bincount(np.asarray(tokens[start : start + chunk]), minlength=vocab_size)[:vocab_size]
     return torch.from_numpy(counts.astype(np.float64))
 
 
 # --- modules -------------------------------------------------------------------------------------
+
 
 @dataclass
 class LMOutput:
@@ -216,7 +203,7 @@ def _checkpointing(module: nn.Module) -> bool:
 class Block(nn.Module):
     """Pre-norm residual block: x [B, L, D] -> (x [B, L, D], gate_l1, effective_rank, gate_sparsity)."""
 
-    def __init__(self, config: "Phase1Config"):
+    def __init__(self, config: Phase1Config):
         super().__init__()
         self.norm1 = RMSNorm(config.d_model)
         self.mixer = ARSSM(config)
@@ -240,13 +227,13 @@ class Block(nn.Module):
 class LowRankHead(nn.Module):
     """h [.., D] -> (h A) B [.., V], A [D, r_h], B [r_h, V]."""
 
-    def __init__(self, config: "Phase1Config"):
+    def __init__(self, config: Phase1Config):
         super().__init__()
         self.down = nn.Linear(config.d_model, config.head_rank, bias=False)
         self.up = nn.Linear(config.head_rank, config.vocab_size, bias=False)
         with torch.no_grad():  # unit-variance logits at init for unit-RMS h
-            nn.init.normal_(self.down.weight, std=config.d_model ** -0.5)
-            nn.init.normal_(self.up.weight, std=config.head_rank ** -0.5)
+            nn.init.normal_(self.down.weight, std=config.d_model**-0.5)
+            nn.init.normal_(self.up.weight, std=config.head_rank**-0.5)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.up(self.down(h))
@@ -255,7 +242,7 @@ class LowRankHead(nn.Module):
 class Phase1LM(nn.Module):
     """The Phase 1 language model. forward(ids [B, L] int64, targets [B, L] int64 | None) -> LMOutput."""
 
-    def __init__(self, config: "Phase1Config"):
+    def __init__(self, config: Phase1Config):
         super().__init__()
         self.config = config
         self.embed = HTTEmbedding(config)
@@ -269,8 +256,8 @@ class Phase1LM(nn.Module):
         # (GPT-2's embedding-to-branch ratio) gives CE ~ ln V at init; on byte-level text (D = 256, 4 layers,
         # 200 AdamW steps) it also ends lower: CE 2.34 against 2.49. The low-rank head has no such coupling
         # (same CE 2.20 either way), so its input is left at the table's scale.
-        self.input_scale = config.d_model ** -0.5 if self.head is None else 1.0
-        self.head_scale = config.d_model ** -0.5  # tied head: logits = (h * head_scale) E^T + b
+        self.input_scale = config.d_model**-0.5 if self.head is None else 1.0
+        self.head_scale = config.d_model**-0.5  # tied head: logits = (h * head_scale) E^T + b
         # Output bias [V]: a token's base rate is one number, which a rank-r tensor-train table (or a rank-r_h head)
         # can only approximate through h; the bias carries it so the table/factors carry context. Zero at build;
         # `init_output_bias` sets it from the training tokens' log-frequencies (the trainer does).
@@ -294,7 +281,9 @@ class Phase1LM(nn.Module):
         V = self.config.vocab_size
         hs = h * self.head_scale
         out = None
-        step = max(1, TABLE_CHUNK_ROWS // self.embed.rows_per_leading_digit) * self.embed.rows_per_leading_digit
+        step = table_chunk_step(
+            self.embed.rows_per_leading_digit, TABLE_CHUNK_ROWS
+        )  # this module's name: tests shrink it
         for start in range(0, V, step):  # whole leading-digit blocks: no block is built twice
             end = min(start + step, V)
             part = hs @ self.embed.table(start, end).t()  # [..., end - start]
@@ -347,6 +336,7 @@ class Phase1LM(nn.Module):
         embedding's cores). After
         `convert_to_lns` the replaced Linear weights are integer buffers, not parameters, and are not counted.
         """
+
         def n(modules) -> int:
             return sum(p.numel() for m in modules if m is not None for p in m.parameters())
 
@@ -361,7 +351,7 @@ class Phase1LM(nn.Module):
         return counts
 
 
-def build_model(config: "Phase1Config") -> Phase1LM:
+def build_model(config: Phase1Config) -> Phase1LM:
     """Build the model from `config` (init seeded by config.seed without touching the caller's RNG state).
 
     With `config.lns_enabled` the model's nn.Linear layers are converted to LNS (inference only) and the model

@@ -8,7 +8,7 @@ without the checkpoint autograd would keep every chunk's logits and chunking wou
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -20,12 +20,14 @@ IGNORE_INDEX = -100  # target id excluded from the loss
 def ce_sum(logits_fn: Callable[[torch.Tensor], torch.Tensor], h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Sum of next-token CE (fp32) over the non-ignored positions of h [B, c, D] with targets [B, c]."""
     logits = logits_fn(h)
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
-                           ignore_index=IGNORE_INDEX, reduction="sum")
+    return F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
 
 
-def chunked_cross_entropy(logits_fn: Callable[[torch.Tensor], torch.Tensor], h: torch.Tensor, targets: torch.Tensor,
-                          chunk: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+def chunked_cross_entropy(
+    logits_fn: Callable[[torch.Tensor], torch.Tensor], h: torch.Tensor, targets: torch.Tensor, chunk: int
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(mean CE in nats over non-ignored positions, logits [B, L, V] or None when chunked).
 
     h [B, L, D], targets [B, L] (-100 ignored); chunk 0 or >= L computes the whole logits once and returns them.
@@ -34,12 +36,16 @@ def chunked_cross_entropy(logits_fn: Callable[[torch.Tensor], torch.Tensor], h: 
     n_valid = (targets != IGNORE_INDEX).sum().clamp(min=1)
     if chunk == 0 or chunk >= L:
         logits = logits_fn(h)
-        ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
-                             ignore_index=IGNORE_INDEX, reduction="sum")
+        ce = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]).float(),
+            targets.reshape(-1),
+            ignore_index=IGNORE_INDEX,
+            reduction="sum",
+        )
         return ce / n_valid, logits
     total = h.new_zeros((), dtype=torch.float32)
     for start in range(0, L, chunk):
-        hc, tc = h[:, start:start + chunk], targets[:, start:start + chunk]
+        hc, tc = h[:, start : start + chunk], targets[:, start : start + chunk]
         if torch.is_grad_enabled():  # a memory matter whenever autograd records, training or not
             total = total + checkpoint(ce_sum, logits_fn, hc, tc, use_reentrant=False)
         else:

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import threading
 import weakref
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-GIB = 2**30
+from model.units import GIB as GIB  # re-exported: tests and callers read model.memory.GIB
 
 
 class TensorMemoryTracker(TorchDispatchMode):

@@ -64,8 +64,7 @@ def kind_of(param: nn.Parameter) -> str:
     return "matrix" if param.dim() >= 2 else "bias"
 
 
-def param_groups(model: nn.Module, lr: float, weight_decay: float, *,
-                 d_model: int | None = None) -> list[dict]:
+def param_groups(model: nn.Module, lr: float, weight_decay: float, *, d_model: int | None = None) -> list[dict]:
     """AdamW groups of `model`'s trainable parameters, one per kind present, in KINDS order.
 
     lr: the base (matrix) learning rate; each group's "lr" is lr times its multiplier, and LR schedulers scale every
@@ -78,5 +77,8 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, *,
     for p in model.parameters():
         if p.requires_grad:
             by_kind[kind_of(p)].append(p)
-    return [{"name": k, "params": ps, "lr": lr * mult[k], "weight_decay": weight_decay if k in _DECAYED else 0.0}
-            for k, ps in by_kind.items() if ps]
+    return [
+        {"name": k, "params": ps, "lr": lr * mult[k], "weight_decay": weight_decay if k in _DECAYED else 0.0}
+        for k, ps in by_kind.items()
+        if ps
+    ]

@@ -49,6 +49,7 @@ class StabilityWarning(RuntimeWarning):
 
 # --- the measurements ----------------------------------------------------------------------------
 
+
 def det_condition(mixer: ARSSM, eps: float = DET_EPS) -> float:
     """|det(I - K_eps)|^(1/r) = geometric mean over channels of (1 - a_k + eps), in (0, 1]."""
     one_minus_a = torch.sigmoid(-mixer.decay_logit.detach().double())
@@ -76,10 +77,11 @@ def mixers_of(model: nn.Module) -> list[ARSSM]:
 
 # --- the monitor ---------------------------------------------------------------------------------
 
+
 class StabilityMonitor:
     """Runs the checks of `config` against a model during training. See the module docstring."""
 
-    def __init__(self, config: "Phase1Config"):
+    def __init__(self, config: Phase1Config):
         self.enabled = config.stability_monitoring_enabled
         self.threshold = config.stability_threshold
         self.s1_bound = config.schatten_s1_bound
@@ -92,7 +94,7 @@ class StabilityMonitor:
         self.last: dict[str, float] = {}  # latest det/Schatten measurement
 
     @classmethod
-    def gradients_only(cls, gradient_norm_threshold: float) -> "StabilityMonitor":
+    def gradients_only(cls, gradient_norm_threshold: float) -> StabilityMonitor:
         """A monitor for a model without AR-SSM layers (the dense baseline): gradient clipping at the threshold
         and the non-finite loss/parameter checks; det and Schatten checks off."""
         monitor = cls.__new__(cls)
@@ -121,9 +123,13 @@ class StabilityMonitor:
         if not dets:
             raise ValueError("StabilityMonitor: the model has no AR-SSM layer to check")
         out = {"det_min": min(dets), "s1_max": max(s1s), "s2_max": max(s2s)}
-        out.update({"det_min_layer": float(dets.index(out["det_min"])),
-                    "s1_max_layer": float(s1s.index(out["s1_max"])),
-                    "s2_max_layer": float(s2s.index(out["s2_max"]))})
+        out.update(
+            {
+                "det_min_layer": float(dets.index(out["det_min"])),
+                "s1_max_layer": float(s1s.index(out["s1_max"])),
+                "s2_max_layer": float(s2s.index(out["s2_max"])),
+            }
+        )
         return out
 
     def check(self, model: nn.Module, step: int, *, force: bool = False) -> dict[str, float]:
@@ -145,17 +151,27 @@ class StabilityMonitor:
         if m["s2_max"] > self.s2_bound:
             crossed.append(("schatten_s2", m["s2_max"], self.s2_bound, int(m["s2_max_layer"]), "above"))
         if crossed:
-            text = "; ".join(f"{name} {value:.3g} {side} bound {bound:g} (layer {layer})"
-                             for name, value, bound, layer, side in crossed)
-            diag: dict[str, Any] = {"check": crossed[0][0], "value": crossed[0][1], "bound": crossed[0][2],
-                                    "layer": crossed[0][3], "step": step, "checks": [c[0] for c in crossed], **m}
+            text = "; ".join(
+                f"{name} {value:.3g} {side} bound {bound:g} (layer {layer})"
+                for name, value, bound, layer, side in crossed
+            )
+            diag: dict[str, Any] = {
+                "check": crossed[0][0],
+                "value": crossed[0][1],
+                "bound": crossed[0][2],
+                "layer": crossed[0][3],
+                "step": step,
+                "checks": [c[0] for c in crossed],
+                **m,
+            }
             self._act(f"stability check crossed at step {step}: {text}", diag)
         return m
 
     def _act(self, message: str, diagnostics: dict[str, Any]) -> None:
         if self.action == "raise":
             raise NumericalInstabilityError(
-                message + " (lower the learning rate, or set stability_action: warn to continue)", diagnostics)
+                message + " (lower the learning rate, or set stability_action: warn to continue)", diagnostics
+            )
         warnings.warn(message, StabilityWarning, stacklevel=3)
 
     def clip_gradients(self, model: nn.Module, *, allow_nonfinite: bool = False) -> float:
@@ -174,7 +190,8 @@ class StabilityMonitor:
                 return norm
             raise NumericalInstabilityError(
                 f"gradient norm is {norm} (non-finite); lower the learning rate or gradient_norm_threshold",
-                {"check": "grad_norm", "value": norm, "clip_fraction": self.clip_fraction})
+                {"check": "grad_norm", "value": norm, "clip_fraction": self.clip_fraction},
+            )
         self.n_clip_calls += 1
         if norm > self.grad_threshold:
             self.n_clipped += 1
@@ -189,8 +206,14 @@ class StabilityMonitor:
         if not math.isfinite(value):
             raise NumericalInstabilityError(
                 f"loss is {value} at step {step}; lower the learning rate or gradient_norm_threshold",
-                {"check": "non_finite_loss", "value": value, "step": step, "clip_fraction": self.clip_fraction,
-                 **self.last})
+                {
+                    "check": "non_finite_loss",
+                    "value": value,
+                    "step": step,
+                    "clip_fraction": self.clip_fraction,
+                    **self.last,
+                },
+            )
 
     def check_parameters_finite(self, model: nn.Module, step: int) -> None:
         """Raise NumericalInstabilityError naming the first parameter holding NaN or Inf."""
@@ -201,4 +224,5 @@ class StabilityMonitor:
         bad = names[int((~flags).nonzero()[0])]
         raise NumericalInstabilityError(
             f"parameter {bad} holds NaN or Inf at step {step}; lower the learning rate",
-            {"check": "non_finite_parameter", "parameter": bad, "step": step, **self.last})
+            {"check": "non_finite_parameter", "parameter": bad, "step": step, **self.last},
+        )

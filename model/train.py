@@ -19,9 +19,9 @@ import math
 import sys
 import time
 import warnings
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -29,8 +29,17 @@ import torch
 from model.config import ConfigError, Phase1Config
 from model.data import DataError, DataRepeatWarning, TokenData
 from model.dense_config import DenseConfig
-from model.diagnostics import representation_effective_rank
-from model.memory import GIB, TensorMemoryTracker
+from model.evaluate import autocast_for, evaluate_run, token_windows
+from model.evaluate import evaluate as evaluate  # re-exported: the public API names both here
+from model.memory import TensorMemoryTracker
+from model.train_records import EvalInfo as EvalInfo  # re-exported with the others: the public API
+from model.train_records import StepInfo as StepInfo
+from model.train_records import TrainResult as TrainResult
+from model.units import GIB
+
+if TYPE_CHECKING:
+    from model.dense import DenseLM
+    from model.lm import Phase1LM
 
 # Warmup: Adam's second-moment estimates are noise for the first steps, so full-size updates there can throw the
 # HTT cores and the scan decays far off; a short linear ramp (5% of the run, at most 200 steps) avoids it without
@@ -44,75 +53,22 @@ BETAS = (0.9, 0.95)
 WEIGHT_DECAY = 0.1
 
 
-@dataclass
-class StepInfo:
-    """One optimizer step, given to `on_step`. Losses are this step's training batch; tokens = tokens trained so far."""
-
-    step: int  # 1-based
-    tokens: int
-    loss: float  # ce_loss + aux_loss
-    ce_loss: float  # nats per token
-    aux_loss: float
-    grad_norm: float  # global gradient norm before clipping
-    lr: float  # learning rate used by this step
-    elapsed_s: float  # training-loop seconds so far (mid-run evaluations excluded)
-
-
-@dataclass
-class EvalInfo:
-    """One validation measurement, given to `on_eval`. tokens = training tokens seen when it was taken (the first
-    multiple of B*L at or past the requested eval point)."""
-
-    tokens: int
-    val_loss: float  # mean cross-entropy, nats per token
-    val_ppl: float  # exp(val_loss)
-    repr_effective_rank: float  # of the final hidden states [B*L, D] on the first validation batch
-
-    def to_dict(self) -> dict[str, float]:
-        return asdict(self)
-
-
-@dataclass
-class TrainResult:
-    """What one run measured. peak_torch_gib: on CUDA `torch.cuda.max_memory_allocated` over the whole call (build,
-    training, evaluations); on CPU the peak of live tensor bytes counted by `model.memory.TensorMemoryTracker`. On CPU
-    that tracker runs Python code on every op, so CPU tokens_per_s carries its overhead (~1.5x slower at tiny shapes,
-    single thread) and is only comparable between CPU runs."""
-
-    val_loss: float
-    val_ppl: float
-    steps: int
-    train_tokens: int  # tokens actually trained: steps * B * L
-    tokens_per_s: float  # steady-state training loop: first step, evaluations and model build excluded
-    train_time_s: float
-    peak_torch_gib: float
-    peak_memory_kind: str  # "cuda_max_allocated" | "cpu_tensor_bytes"
-    diagnostics: dict[str, Any]
-    param_counts: dict[str, int]
-    curve: list[dict[str, float]]  # EvalInfo dicts, mid-run points and the final evaluation
-    eval_tokens: int  # validation tokens actually scored
-    device: str
-    # CUDA only: torch.cuda.max_memory_reserved over the call (the caching allocator's high-water mark; the VRAM
-    # estimator's calibration learns its allocator gap from it). None on CPU, where no such allocator exists.
-    peak_reserved_gib: float | None = None
-    # training tokens / tokens in the training split: above 1 the run saw some data more than once (a warning
-    # is issued then), so its PPL is not that of a run on fresh text
-    epochs: float = 0.0
-    model: Any = field(default=None, repr=False)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-safe (without the model)."""
-        d = {k: v for k, v in asdict(self).items() if k != "model"}
-        return d
-
-
 # --- public API ------------------------------------------------------------------------------------------------------
 
 
-def train_and_evaluate(config: Phase1Config | DenseConfig, data: TokenData, *, train_tokens: int, eval_tokens: int,
-                       device: str | torch.device, on_step: Callable[[StepInfo], None] | None = None,
-                       eval_points: Iterable[int] = (), on_eval: Callable[[EvalInfo], None] | None = None,
-                       return_model: bool = False, progress: Callable[[str], None] | bool | None = None) -> TrainResult:
+def train_and_evaluate(
+    config: Phase1Config | DenseConfig,
+    data: TokenData,
+    *,
+    train_tokens: int,
+    eval_tokens: int,
+    device: str | torch.device,
+    on_step: Callable[[StepInfo], None] | None = None,
+    eval_points: Iterable[int] = (),
+    on_eval: Callable[[EvalInfo], None] | None = None,
+    return_model: bool = False,
+    progress: Callable[[str], None] | bool | None = None,
+) -> TrainResult:
     """Build `config`'s model (Phase 1, or the dense baseline for a DenseConfig), train it on `data.train` for
     ceil(train_tokens / (B*L)) steps, evaluate on `data.val`.
 
@@ -135,9 +91,11 @@ def train_and_evaluate(config: Phase1Config | DenseConfig, data: TokenData, *, t
     say = _progress_fn(progress)
     epochs = steps * tokens_per_step / data.n_train_tokens
     if epochs > 1.0:
-        message = (f"train: {steps * tokens_per_step} training tokens is {epochs:.2f} epochs of the "
-                   f"{data.n_train_tokens} tokens in the training split: data repeats (raise data.max_bytes or use "
-                   "a larger corpus for a PPL on fresh text)")
+        message = (
+            f"train: {steps * tokens_per_step} training tokens is {epochs:.2f} epochs of the "
+            f"{data.n_train_tokens} tokens in the training split: data repeats (raise data.max_bytes or use "
+            "a larger corpus for a PPL on fresh text)"
+        )
         say(message)
         warnings.warn(message, DataRepeatWarning, stacklevel=2)
 
@@ -146,7 +104,7 @@ def train_and_evaluate(config: Phase1Config | DenseConfig, data: TokenData, *, t
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     # fork_rng: seed parameter init from config.seed without disturbing the caller's global RNG state.
-    with torch.random.fork_rng(devices=devices), (tracker if tracker is not None else nullcontext()):
+    with torch.random.fork_rng(devices=devices), tracker if tracker is not None else nullcontext():
         torch.manual_seed(config.seed)
         if dev.type == "cuda":
             torch.cuda.manual_seed_all(config.seed)
@@ -159,29 +117,32 @@ def train_and_evaluate(config: Phase1Config | DenseConfig, data: TokenData, *, t
             peak_bytes, kind = torch.cuda.max_memory_allocated(dev), "cuda_max_allocated"
             reserved_gib = torch.cuda.max_memory_reserved(dev) / GIB
         else:
+            assert tracker is not None  # made above for every non-CUDA device
             peak_bytes, kind = tracker.peak_bytes, "cpu_tensor_bytes"
             reserved_gib = None
     diagnostics = run.diagnostics(final)
-    say(f"train: done, val_loss {final['val_loss']:.4f} (ppl {final['val_ppl']:.2f}), "
-        f"{tokens_per_s:.0f} tokens/s, peak {peak_bytes / GIB:.3f} GiB ({kind})")
-    return TrainResult(
-        val_loss=final["val_loss"], val_ppl=final["val_ppl"], steps=steps, train_tokens=steps * tokens_per_step,
-        tokens_per_s=tokens_per_s, train_time_s=loop_s,
-        peak_torch_gib=peak_bytes / GIB, peak_memory_kind=kind, diagnostics=diagnostics,
-        param_counts=dict(run.model.param_counts()), curve=curve, eval_tokens=final["eval_tokens"], device=str(dev),
-        peak_reserved_gib=reserved_gib, epochs=epochs, model=run.model if return_model else None,
+    say(
+        f"train: done, val_loss {final['val_loss']:.4f} (ppl {final['val_ppl']:.2f}), "
+        f"{tokens_per_s:.0f} tokens/s, peak {peak_bytes / GIB:.3f} GiB ({kind})"
     )
-
-
-def evaluate(model: torch.nn.Module, data: TokenData, eval_tokens: int, config: Phase1Config | DenseConfig,
-             device: str | torch.device) -> tuple[float, float]:
-    """Mean validation cross-entropy over the first ceil(eval_tokens / L) windows of `data.val` -> (val_loss, val_ppl).
-
-    Windows are consecutive and non-overlapping (inputs val[kL : kL+L], targets shifted by one), so every scored token
-    is scored once and the result is deterministic; capped to the windows `data.val` holds.
-    """
-    result = _evaluate(model, data, eval_tokens, config, torch.device(device))
-    return result["val_loss"], result["val_ppl"]
+    return TrainResult(
+        val_loss=final["val_loss"],
+        val_ppl=final["val_ppl"],
+        steps=steps,
+        train_tokens=steps * tokens_per_step,
+        tokens_per_s=tokens_per_s,
+        train_time_s=loop_s,
+        peak_torch_gib=peak_bytes / GIB,
+        peak_memory_kind=kind,
+        diagnostics=diagnostics,
+        param_counts=dict(run.model.param_counts()),
+        curve=curve,
+        eval_tokens=final["eval_tokens"],
+        device=str(dev),
+        peak_reserved_gib=reserved_gib,
+        epochs=epochs,
+        model=run.model if return_model else None,
+    )
 
 
 # --- internals -------------------------------------------------------------------------------------------------------
@@ -192,69 +153,41 @@ def _check_inputs(config: Phase1Config | DenseConfig, data: TokenData, train_tok
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name}: {value!r} must be a positive integer")
     if data.vocab_size != config.vocab_size:
-        raise ConfigError(f"vocab_size: the config has {config.vocab_size} but the data was tokenised for "
-                          f"{data.vocab_size}; prepare the data with vocab_size={config.vocab_size}")
+        raise ConfigError(
+            f"vocab_size: the config has {config.vocab_size} but the data was tokenised for "
+            f"{data.vocab_size}; prepare the data with vocab_size={config.vocab_size}"
+        )
     if data.n_train_tokens < config.n_seq + 1:
-        raise DataError(f"data: {data.n_train_tokens} training tokens cannot fill one window of n_seq + 1 = "
-                        f"{config.n_seq + 1}; raise data.max_bytes or lower n_seq")
+        raise DataError(
+            f"data: {data.n_train_tokens} training tokens cannot fill one window of n_seq + 1 = "
+            f"{config.n_seq + 1}; raise data.max_bytes or lower n_seq"
+        )
     if data.n_val_tokens < config.n_seq + 1:
-        raise DataError(f"data: {data.n_val_tokens} validation tokens cannot fill one window of n_seq + 1 = "
-                        f"{config.n_seq + 1}; raise data.max_bytes or data.val_fraction, or lower n_seq")
-
-
-def _autocast(config: Phase1Config | DenseConfig, dev: torch.device):
-    if config.dtype == "float32":
-        return nullcontext()
-    return torch.autocast(dev.type, dtype=getattr(torch, config.dtype))
-
-
-def _windows(tokens: np.ndarray, starts: np.ndarray, length: int, dev: torch.device) -> torch.Tensor:
-    """tokens[s : s + length] for each start -> int64 [len(starts), length] on `dev`."""
-    idx = starts[:, None] + np.arange(length)[None, :]
-    batch = torch.from_numpy(np.asarray(tokens[idx], dtype=np.int32))
-    # the int64 cast is a torch op, so the CPU memory tracker counts the batch
-    return batch.to(dev, non_blocking=True).long()
-
-
-def _evaluate(model: torch.nn.Module, data: TokenData, eval_tokens: int, config: Phase1Config | DenseConfig,
-              dev: torch.device) -> dict[str, Any]:
-    L = config.n_seq
-    n_windows = min(math.ceil(eval_tokens / L), (data.n_val_tokens - 1) // L)
-    starts = np.arange(n_windows, dtype=np.int64) * L
-    was_training = model.training
-    model.eval()
-    total, count, rank, diag_sums = 0.0, 0, float("nan"), {}
-    try:
-        with torch.no_grad(), _autocast(config, dev):
-            for b0 in range(0, n_windows, config.batch_size):
-                win = _windows(data.val, starts[b0:b0 + config.batch_size], L + 1, dev)
-                out = model(win[:, :-1], win[:, 1:])
-                n = win.shape[0] * L
-                total += float(out.ce_loss.float()) * n
-                count += n
-                for k, v in (out.diagnostics or {}).items():
-                    diag_sums[k] = diag_sums.get(k, 0.0) + float(v) * n
-                if b0 == 0:  # the fixed validation batch: the first one
-                    rank = representation_effective_rank(out.hidden.reshape(-1, out.hidden.shape[-1]))
-    finally:
-        model.train(was_training)
-    val_loss = total / count
-    return {"val_loss": val_loss, "val_ppl": math.exp(val_loss) if val_loss < 700 else float("inf"),
-            "repr_effective_rank": rank, "eval_tokens": count,
-            "model_diagnostics": {k: v / count for k, v in diag_sums.items()}}
+        raise DataError(
+            f"data: {data.n_val_tokens} validation tokens cannot fill one window of n_seq + 1 = "
+            f"{config.n_seq + 1}; raise data.max_bytes or data.val_fraction, or lower n_seq"
+        )
 
 
 class _Run:
     """The model, optimizer, schedule and batch generator of one training run, and what it measured."""
 
-    def __init__(self, config: Phase1Config | DenseConfig, data: TokenData, dev: torch.device, steps: int,
-                 eval_tokens: int, say: Callable[[str], None]):
+    def __init__(
+        self,
+        config: Phase1Config | DenseConfig,
+        data: TokenData,
+        dev: torch.device,
+        steps: int,
+        eval_tokens: int,
+        say: Callable[[str], None],
+    ):
         from model.optim import param_groups
         from model.stability import StabilityMonitor
 
         self.config, self.data, self.dev, self.steps, self.say = config, data, dev, steps, say
         self.eval_tokens = eval_tokens
         self._last_eval: tuple[int, dict[str, Any]] | None = None  # (tokens, result) of the latest evaluation
+        self.model: Phase1LM | DenseLM
         if isinstance(config, DenseConfig):
             from model.dense import build_dense_model
 
@@ -264,14 +197,19 @@ class _Run:
         else:
             from model.lm import build_model, unigram_counts
 
-            self.model = build_model(config).to(dev)
+            lm = build_model(config).to(dev)
             self.monitor = StabilityMonitor(config)
-            self.model.init_output_bias(unigram_counts(data.train, config.vocab_size).to(dev))
+            lm.init_output_bias(unigram_counts(data.train, config.vocab_size).to(dev))
+            self.model = lm
         self.model.train()
         # the dense baseline's parameters are untagged: matrices and its tables decayed at the base rate, norms
         # and biases undecayed (the usual GPT recipe); Phase 1's tags give its table and phases their own rates
-        self.optimizer = torch.optim.AdamW(param_groups(self.model, config.learning_rate, WEIGHT_DECAY),
-                                           lr=config.learning_rate, betas=BETAS, fused=dev.type == "cuda")
+        self.optimizer = torch.optim.AdamW(
+            param_groups(self.model, config.learning_rate, WEIGHT_DECAY),
+            lr=config.learning_rate,
+            betas=BETAS,
+            fused=dev.type == "cuda",
+        )
         self.warmup = max(1, min(MAX_WARMUP_STEPS, round(WARMUP_FRACTION * steps)))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.scaler = torch.amp.GradScaler(dev.type, enabled=config.dtype == "float16")
@@ -291,7 +229,7 @@ class _Run:
     def _batch(self) -> torch.Tensor:
         c = self.config
         starts = self.rng.integers(0, self.data.n_train_tokens - (c.n_seq + 1) + 1, size=c.batch_size)
-        return _windows(self.data.train, starts, c.n_seq + 1, self.dev)
+        return token_windows(self.data.train, starts, c.n_seq + 1, self.dev)
 
     def train(self, points: list[int], on_step, on_eval) -> tuple[list[dict[str, float]], float]:
         c, model = self.config, self.model
@@ -303,7 +241,7 @@ class _Run:
         t_start = time.perf_counter()
         for step in range(1, self.steps + 1):
             win = self._batch()
-            with _autocast(c, self.dev):
+            with autocast_for(c, self.dev):
                 out = model(win[:, :-1], win[:, 1:])
             loss = out.loss
             self.monitor.check_finite(loss, step)  # non-finite loss: every step, raises
@@ -331,9 +269,18 @@ class _Run:
                 self.first_step_s = time.perf_counter() - t_start
             elapsed = time.perf_counter() - t_start - self.eval_s
             if on_step is not None:
-                on_step(StepInfo(step=step, tokens=tokens, loss=loss_f, ce_loss=float(out.ce_loss.detach().float()),
-                                 aux_loss=float(torch.as_tensor(out.aux_loss).detach().float()), grad_norm=grad_norm,
-                                 lr=lr, elapsed_s=elapsed))
+                on_step(
+                    StepInfo(
+                        step=step,
+                        tokens=tokens,
+                        loss=loss_f,
+                        ce_loss=float(out.ce_loss.detach().float()),
+                        aux_loss=float(torch.as_tensor(out.aux_loss).detach().float()),
+                        grad_norm=grad_norm,
+                        lr=lr,
+                        elapsed_s=elapsed,
+                    )
+                )
             if step % report_every == 0:
                 self.say(f"train: step {step}/{self.steps}, loss {loss_f:.4f}, {tokens / max(elapsed, 1e-9):.0f} tok/s")
             if pending and tokens >= pending[0]:
@@ -363,19 +310,26 @@ class _Run:
 
     def _eval_info(self, tokens: int) -> EvalInfo:
         # mid-run evaluations score the same windows as the final one, so the curve's points are comparable
-        r = _evaluate(self.model, self.data, self.eval_tokens, self.config, self.dev)
+        r = evaluate_run(self.model, self.data, self.eval_tokens, self.config, self.dev)
         self._last_eval = (tokens, r)
-        return EvalInfo(tokens=tokens, val_loss=r["val_loss"], val_ppl=r["val_ppl"],
-                        repr_effective_rank=r["repr_effective_rank"])
+        return EvalInfo(
+            tokens=tokens, val_loss=r["val_loss"], val_ppl=r["val_ppl"], repr_effective_rank=r["repr_effective_rank"]
+        )
 
     def final_eval(self, curve: list[dict[str, float]]) -> dict[str, Any]:
         """Validation after the last step; reuses a mid-run evaluation taken after that same step."""
         total_tokens = self.steps * self.config.batch_size * self.config.n_seq
         if self._last_eval is not None and self._last_eval[0] == total_tokens:
             return self._last_eval[1]
-        r = _evaluate(self.model, self.data, self.eval_tokens, self.config, self.dev)
-        curve.append(EvalInfo(tokens=total_tokens, val_loss=r["val_loss"], val_ppl=r["val_ppl"],
-                              repr_effective_rank=r["repr_effective_rank"]).to_dict())
+        r = evaluate_run(self.model, self.data, self.eval_tokens, self.config, self.dev)
+        curve.append(
+            EvalInfo(
+                tokens=total_tokens,
+                val_loss=r["val_loss"],
+                val_ppl=r["val_ppl"],
+                repr_effective_rank=r["repr_effective_rank"],
+            ).to_dict()
+        )
         return r
 
     def diagnostics(self, final: dict[str, Any]) -> dict[str, Any]:
@@ -400,4 +354,4 @@ def _progress_fn(progress: Callable[[str], None] | bool | None) -> Callable[[str
         return lambda line: print(line, file=sys.stderr, flush=True)
     if callable(progress):
         return progress
-    return lambda line: None
+    return lambda _line: None

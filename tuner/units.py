@@ -1,6 +1,7 @@
 """Units shared by the whole tuner: memory is GiB (2^30 bytes) everywhere (flags, YAML keys, attributes: `*_gib`).
 
-torch-free on purpose (model.memory has the model's own copy and imports torch; the estimator must not)."""
+Defined once in model/units.py (torch-free, so the estimator and the CLI stay torch-free); re-exported here so that
+tuner modules import their units from inside tuner/."""
 
-GIB = float(2**30)  # bytes per GiB
-MIB = 2**20  # bytes per MiB
+from model.units import GIB as GIB
+from model.units import MIB as MIB

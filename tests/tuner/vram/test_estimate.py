@@ -17,8 +17,6 @@ import pytest
 
 from model.config import PRESETS, Phase1Config
 from tuner.vram.estimate import allocator as est_alloc
-from tuner.vram.estimate import tensors as est_tensors
-from tuner.vram.estimate.params import param_tensors
 from tuner.vram.estimate.predict import estimate
 
 TOLERANCE = 0.05
@@ -54,20 +52,21 @@ def test_prediction_is_fast_and_imports_no_torch():
     assert out[1] == "False"
 
 
-def test_model_constants_and_param_count_match_the_model():
-    from kernels.scan import _TORCH_CHUNK
-    from model import lm
+def test_param_count_is_the_models():
+    """The estimator counts with model.shapes (tests/model/test_shapes.py checks those against the modules); here the
+    estimate's total against the built model, and the presets' against their formula."""
+    from model.lm import build_model, expected_param_counts
 
-    assert est_tensors.TABLE_CHUNK_ROWS == lm.TABLE_CHUNK_ROWS
-    assert est_tensors.SCAN_TORCH_CHUNK == _TORCH_CHUNK
     for cfg in (
         PRESETS["8gb"],
         PRESETS["24gb"],
         Phase1Config(htt_num_cores=3, head="low_rank", d_model=96),
         Phase1Config(ar_ssm_min_rank=32, ar_ssm_max_rank=32, htt_phase_encoding=False),
     ):
-        assert sum(param_tensors(cfg)) == lm.expected_param_counts(cfg)["total"]
-        assert estimate(cfg).params == lm.expected_param_counts(cfg)["total"]
+        assert estimate(cfg).params == expected_param_counts(cfg)["total"]
+    small = Phase1Config(**{**TINY, "htt_num_cores": 3, "head": "low_rank", "head_rank": 8})
+    for cfg in (Phase1Config(**TINY), small):
+        assert estimate(cfg).params == sum(p.numel() for p in build_model(cfg).parameters())
 
 
 @pytest.mark.parametrize(

@@ -6,13 +6,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from model.shapes import (  # torch-free: `import model` loads only the config
-    factorize,
-)
+from model.shapes import factorize, rows_per_leading_digit, table_chunk_step  # torch-free, the model's own
 from tuner.units import GIB, MIB
-
-# Constants of the model code these formulas follow (kept equal to theirs; a test imports both and compares).
-TABLE_CHUNK_ROWS = 8192  # model.lm.TABLE_CHUNK_ROWS: tied-head table rows built at once
 
 BLOCK = 512  # caching allocator: every request is rounded up to a multiple of 512 bytes
 PAGE = 2 * MIB  # expandable segments map physical memory in 2 MiB pages (both pools)
@@ -103,8 +98,8 @@ def ce_backward_events(c: Any, rows: int, *, chunked: bool = True) -> list[tuple
         alloc("previous_logits", s * rows * V)
     if c.head == "tied":
         ds, vs = factorize(D, c.htt_num_cores), factorize(V, c.htt_num_cores)
-        per_digit = vs[1] * (vs[2] if c.htt_num_cores == 3 else 1)
-        step = max(1, TABLE_CHUNK_ROWS // per_digit) * per_digit
+        per_digit = rows_per_leading_digit(vs)
+        step = table_chunk_step(per_digit)
         DD = math.prod(ds)
         alloc("hs", s * rows * D)
         starts = list(range(0, V, step))

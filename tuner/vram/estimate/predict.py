@@ -6,7 +6,7 @@ of each part: docs/vram-estimate.md. All results in GiB (2^30 bytes).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tuner.units import GIB
@@ -135,31 +135,33 @@ def estimate(
     ce_chunk = block_round(4 * rows * cfg.vocab_size) / GIB
     ce_bwd_raw = tl.moments.get("backward: loss", 0) / GIB
     cls = "amp" if amp else "fp32"
+    # The CPU estimate is the tensor bytes alone; the CUDA one replaces the parts the allocator and the device add.
+    cpu = Estimate(
+        total_gib=raw_gib,
+        tensor_gib=raw_gib,
+        allocator_gib=0.0,
+        outside_gib=0.0,
+        components=components,
+        tensor_raw_gib=raw_gib,
+        tensor_scale=1.0,
+        peak_moment=tl.peak_moment,
+        moments={k: v / GIB for k, v in tl.moments.items()},
+        calibrated=True,
+        outside_source="cpu: tensor bytes only (no allocator cache, no device context)",
+        calibration_key=None,
+        device=device,
+        batch_size=cfg.batch_size,
+        n_seq=cfg.n_seq,
+        params=sizes["n_params"],
+        notes=tuple(notes),
+        transient_gib=transient_gib,
+        ce_chunk_gib=ce_chunk,
+        ce_backward_gib=ce_bwd_raw,
+        allocator_class=cls,
+        config=cfg.to_dict(),
+    )
     if device == "cpu":
-        return Estimate(
-            total_gib=raw_gib,
-            tensor_gib=raw_gib,
-            allocator_gib=0.0,
-            outside_gib=0.0,
-            components=components,
-            tensor_raw_gib=raw_gib,
-            tensor_scale=1.0,
-            peak_moment=tl.peak_moment,
-            moments={k: v / GIB for k, v in tl.moments.items()},
-            calibrated=True,
-            outside_source="cpu: tensor bytes only (no allocator cache, no device context)",
-            calibration_key=None,
-            device=device,
-            batch_size=cfg.batch_size,
-            n_seq=cfg.n_seq,
-            params=sizes["n_params"],
-            notes=tuple(notes),
-            transient_gib=transient_gib,
-            ce_chunk_gib=ce_chunk,
-            ce_backward_gib=ce_bwd_raw,
-            allocator_class=cls,
-            config=cfg.to_dict(),
-        )
+        return cpu
     cal = calibration
     if calibrated is None:
         calibrated = cal is not None
@@ -179,30 +181,18 @@ def estimate(
     ce_bwd = ce_bwd_raw * scale + workspace
     alloc = allocator_gib(tensor, ce_bwd, ce_chunk, kappa)
     outside = cal.outside_effective_gib if cal is not None else 0.0
-    return Estimate(
+    return replace(
+        cpu,
         total_gib=tensor + alloc + outside,
         tensor_gib=tensor,
         allocator_gib=alloc,
         outside_gib=outside,
-        components=components,
-        tensor_raw_gib=raw_gib,
         tensor_scale=scale,
-        peak_moment=tl.peak_moment,
-        moments={k: v / GIB for k, v in tl.moments.items()},
         calibrated=calibrated,
         outside_source=source,
         calibration_key=cal.key if cal is not None else None,
-        device=device,
-        batch_size=cfg.batch_size,
-        n_seq=cfg.n_seq,
-        params=sizes["n_params"],
-        notes=tuple(notes),
-        transient_gib=transient_gib,
-        ce_chunk_gib=ce_chunk,
         ce_backward_gib=ce_bwd,
         ce_hole_kappa=kappa,
         ce_replay_kappa=replay,
         kappa_source=kappa_source,
-        allocator_class=cls,
-        config=cfg.to_dict(),
     )

@@ -6,17 +6,21 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from model.shapes import (  # torch-free: `import model` loads only the config
+from kernels.scan_shapes import SCAN_TORCH_CHUNK, scan_tile_widths  # torch-free, the kernels' own sizes
+from model.shapes import (  # torch-free: the model's own widths and parameter formulas
     CONV_KERNEL,
     FFN_EXPANSION,
+    ar_ssm_cast_elems,
+    block_param_tensors,
     factorize,
+    head_param_tensors,
+    htt_param_tensors,
+    linear_weight_elems,
+    param_tensors,
+    rows_per_leading_digit,
+    table_chunk_step,
 )
-from tuner.vram.estimate.allocator import BLOCK, TABLE_CHUNK_ROWS, block_round
-from tuner.vram.estimate.params import linear_weight_elems, mixer_weight_elems, param_tensors
-
-# Constants of the model code these formulas follow (kept equal to theirs; a test imports both and compares).
-SCAN_TORCH_CHUNK = 64  # kernels.scan._TORCH_CHUNK
-
+from tuner.vram.estimate.allocator import BLOCK, block_round
 
 # --- the tensor model --------------------------------------------------------------------------------------------
 
@@ -90,8 +94,7 @@ def _scan(sh: _Shape, c: Any) -> dict[str, int]:
     R = c.ar_ssm_max_rank
     nr = block_round(s * N * R)
     if c.ar_ssm_use_fused_scan and sh.cuda:
-        block_r = min(1 << (R - 1).bit_length(), 32)  # kernels.scan._tiles
-        block_t = min(64, max(16, 1 << (L - 1).bit_length()))
+        block_t, block_r, _ = scan_tile_widths(L, R)  # the forward's tiles (kernels.scan_launch._tiles)
         nc, nrb = -(-L // block_t), -(-R // block_r)
         words = B * nrb * nc * block_r
         carry = block_round(4 * words)
@@ -193,8 +196,8 @@ def _loss_chunk(sh: _Shape, c: Any, rows: int) -> dict[str, int]:
     if c.head == "tied":
         ds = factorize(c.d_model, c.htt_num_cores)
         vs = factorize(c.vocab_size, c.htt_num_cores)
-        per_digit = vs[1] * (vs[2] if c.htt_num_cores == 3 else 1)
-        step = max(1, TABLE_CHUNK_ROWS // per_digit) * per_digit
+        per_digit = rows_per_leading_digit(vs)
+        step = table_chunk_step(per_digit)
         n_chunks = -(-V // step)
         DD = math.prod(ds)
         hs = block_round(s * rows * D)  # h / sqrt(D) in h's dtype (ac), kept by every table chunk's matmul
@@ -206,7 +209,7 @@ def _loss_chunk(sh: _Shape, c: Any, rows: int) -> dict[str, int]:
             rows_k = (hi - lo) * per_digit
             tables += block_round(s * rows_k * DD)  # the permuted copy the matmul keeps
             table_tmp = max(table_tmp, block_round(s * rows_k * DD))  # matmul output before the permuting copy
-        cores = 2 * block_round(4 * sum(param_tensors(c)[:2]))  # phase-scaled cores (cos and sin halves)
+        cores = 2 * block_round(4 * sum(htt_param_tensors(c)[:2]))  # phase-scaled cores (cos and sin halves)
         if c.htt_num_cores == 3:
             rr = (2 if c.htt_phase_encoding else 1) * c.htt_rank
             # every chunk recomputes t23 [r1, v2*v3*d2*d3] (ac, permuted copy kept by its matmul) and the scaled
@@ -303,12 +306,12 @@ def tensor_timeline(c: Any, device: str) -> tuple[_Timeline, dict[str, int]]:
         keep = (
             weights_ac
             if not ck_mixer
-            else block_round(2 * (linear_weight_elems(c) - c.n_layers * mixer_weight_elems(c)))
+            else block_round(2 * (linear_weight_elems(c) - c.n_layers * ar_ssm_cast_elems(c)))
         )
         tl.add("autocast_weight_copies", keep)
 
     # --- backward --------------------------------------------------------------------------------------------
-    emb_grads = block_round(4 * sum(params[:4]))
+    emb_grads = block_round(4 * sum(htt_param_tensors(c)))
     if chunked:
         h_grad = x_res if n_loss_chunks > 1 else 0  # accumulated gradient of h from the chunks done so far
         tl.mark(
@@ -324,15 +327,13 @@ def tensor_timeline(c: Any, device: str) -> tuple[_Timeline, dict[str, int]]:
             gradients=emb_grads if c.head == "tied" else 0,
         )
         tl.sub("logits_loss", tl.live["logits_loss"])
-    grads = emb_grads if c.head == "tied" else block_round(4 * (params[-1] + params[-2]))
+    grads = emb_grads if c.head == "tied" else block_round(4 * sum(head_param_tensors(c)[1:]))  # A, B
     tl.add("gradients", grads)
     tl.sub("activations_final_norm", tl.live["activations_final_norm"])
     tl.mark("backward: final norm", backward_temporaries=x_res + norm["bwd"])
     tl.sub("activations_blocks", x_res)  # the last block's output, norm_f's input, is released
     tl.add("backward_temporaries", x_res)  # the residual gradient [N, D] fp32 flowing down the blocks
-    per_layer_grads = (p_bytes - sum(block_round(4 * p) for p in params[:4]) - block_round(4 * params[-1])) // max(
-        1, c.n_layers
-    )
+    per_layer_grads = sum(block_round(4 * p) for p in block_param_tensors(c))  # one block's gradients
     for k in reversed(range(c.n_layers)):
         if ck_block:
             tl.add("recomputed_block", full_block - x_res)  # the input is already kept
