@@ -21,7 +21,7 @@ from model.config import (
 )
 from model.dense_config import DenseConfig, dense_for
 from tuner.errors import SpecError
-from tuner.study.readers import did_you_mean, fmt_value
+from tuner.study.readers import did_you_mean, fmt_value, yaml_problem
 from tuner.study.space import SearchSpace, describe_param, holds, param_dict
 from tuner.study.space_reader import SpaceReader
 from tuner.study.spec import (
@@ -54,10 +54,7 @@ def load_spec(path: str | Path) -> StudySpec:
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-        problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
-        raise SpecError(f"{p}: {at}invalid YAML ({problem}); fix the syntax") from None
+        raise SpecError(f"{p}: {yaml_problem(exc)}; fix the syntax") from None
     except UnicodeDecodeError:
         raise SpecError(f"{p}: not UTF-8 text; save the study file as UTF-8") from None
     return spec_from_dict(data, where=str(p), base_dir=p.resolve().parent, path=str(p))
@@ -309,28 +306,16 @@ class _Loader(SpaceReader):
             m.get("learning_curve", {}) or {}, "pruning.learning_curve", ("enabled", "min_fraction", "confidence")
         )
         d = LearningCurvePruning()
+
+        def fraction(key: str) -> float:  # strictly between 0 and 1
+            value = self.number(lc.get(key, getattr(d, key)), f"pruning.learning_curve.{key}", low=0, high=1,
+                                strict_low=True, strict_high=True)  # fmt: skip
+            return float(value)
+
         return LearningCurvePruning(
             self.boolean(lc.get("enabled", d.enabled), "pruning.learning_curve.enabled"),
-            float(
-                self.number(
-                    lc.get("min_fraction", d.min_fraction),
-                    "pruning.learning_curve.min_fraction",
-                    low=0,
-                    high=1,
-                    strict_low=True,
-                    strict_high=True,
-                )
-            ),
-            float(
-                self.number(
-                    lc.get("confidence", d.confidence),
-                    "pruning.learning_curve.confidence",
-                    low=0,
-                    high=1,
-                    strict_low=True,
-                    strict_high=True,
-                )
-            ),
+            fraction("min_fraction"),
+            fraction("confidence"),
         )
 
     def baseline(self, v: Any, model: dict[str, Any], ceiling: float) -> tuple[DenseConfig | None, Any]:

@@ -19,6 +19,7 @@ import yaml
 
 from model.config import PRESETS, ConfigError, Phase1Config
 from tuner.errors import PresetError
+from tuner.study.readers import yaml_problem
 
 PROVENANCE_KEYS = ("study", "trial", "val_ppl", "peak_vram_gib", "device", "date", "version")
 
@@ -87,12 +88,7 @@ def load_preset(name_or_path: str | Path) -> Preset:
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f"line {mark.line + 1}: " if mark is not None else ""
-        raise PresetError(
-            f"{p}: {at}invalid YAML ({' '.join(str(getattr(exc, 'problem', exc)).split())}); "
-            "fix the syntax or export the preset again"
-        ) from None
+        raise PresetError(f"{p}: {yaml_problem(exc)}; fix the syntax or export the preset again") from None
     except UnicodeDecodeError:
         raise PresetError(f"{p}: not UTF-8 text; export the preset again") from None
     if not isinstance(data, Mapping):

@@ -23,6 +23,14 @@ def did_you_mean(key: object, known: Iterable[object]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """`line L, column C: invalid YAML (problem)` for a YAML parse error (where the parser knows the place)."""
+    mark = getattr(exc, "problem_mark", None)
+    at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+    return f"{at}invalid YAML ({problem})"
+
+
 def fmt_value(v: Any) -> str:
     return (
         yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip()
