@@ -23,6 +23,7 @@ import yaml
 from hypothesis import strategies as st
 
 from testing.harness import tiny_spec
+from tuner.study.spec import TOP_KEYS
 
 MISSING_DATA = "/nonexistent/phase1_fuzz_data_dir"
 
@@ -119,19 +120,9 @@ def check_preset_text(text: str, folder: Path, tally: Tally) -> None:
 
 # --- strategies -------------------------------------------------------------------------------------------------------
 
+# the study file's top-level keys (one list: tuner.study.spec.TOP_KEYS) plus preset and nested keys the fuzzer mixes in
 _KEYS = [
-    "name",
-    "objectives",
-    "vram_ceiling_gib",
-    "sampler",
-    "n_trials",
-    "model",
-    "search_space",
-    "data",
-    "budget",
-    "enqueue_presets",
-    "pruning",
-    "estimate",
+    *TOP_KEYS,
     "config",
     "provenance",
     "type",
