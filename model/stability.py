@@ -82,30 +82,39 @@ class StabilityMonitor:
     """Runs the checks of `config` against a model during training. See the module docstring."""
 
     def __init__(self, config: Phase1Config):
-        self.enabled = config.stability_monitoring_enabled
-        self.threshold = config.stability_threshold
-        self.s1_bound = config.schatten_s1_bound
-        self.s2_bound = config.schatten_s2_bound
-        self.grad_threshold = config.gradient_norm_threshold
-        self.action = config.stability_action
-        self.check_every = config.stability_check_every
-        self.n_clip_calls = 0
-        self.n_clipped = 0
-        self.last: dict[str, float] = {}  # latest det/Schatten measurement
+        self._configure(
+            enabled=config.stability_monitoring_enabled,
+            threshold=config.stability_threshold,
+            s1_bound=config.schatten_s1_bound,
+            s2_bound=config.schatten_s2_bound,
+            grad_threshold=config.gradient_norm_threshold,
+            action=config.stability_action,
+            check_every=config.stability_check_every,
+        )
 
     @classmethod
     def gradients_only(cls, gradient_norm_threshold: float) -> StabilityMonitor:
         """A monitor for a model without AR-SSM layers (the dense baseline): gradient clipping at the threshold
-        and the non-finite loss/parameter checks; det and Schatten checks off."""
+        and the non-finite loss/parameter checks; det and Schatten checks off (never measured, so no bound)."""
         monitor = cls.__new__(cls)
-        monitor.enabled = False
-        monitor.threshold = monitor.s1_bound = monitor.s2_bound = float("inf")
-        monitor.grad_threshold = gradient_norm_threshold
-        monitor.action = "raise"
-        monitor.check_every = 1
-        monitor.n_clip_calls = monitor.n_clipped = 0
-        monitor.last = {}
+        inf = float("inf")
+        monitor._configure(enabled=False, threshold=0.0, s1_bound=inf, s2_bound=inf,
+                           grad_threshold=gradient_norm_threshold, action="raise", check_every=1)  # fmt: skip
         return monitor
+
+    def _configure(self, *, enabled: bool, threshold: float, s1_bound: float, s2_bound: float, grad_threshold: float,
+                   action: str, check_every: int) -> None:  # fmt: skip
+        """Every setting and counter of a monitor, in one place for both ways of making one."""
+        self.enabled = enabled
+        self.threshold = threshold
+        self.s1_bound = s1_bound
+        self.s2_bound = s2_bound
+        self.grad_threshold = grad_threshold
+        self.action = action
+        self.check_every = check_every
+        self.n_clip_calls = 0
+        self.n_clipped = 0
+        self.last: dict[str, float] = {}  # latest det/Schatten measurement
 
     @property
     def clip_fraction(self) -> float:
