@@ -57,6 +57,7 @@ __all__ = [  # the corpus names are re-exported: callers use model.data for the 
     "prepare_data",
     "split_documents",
     "token_dtype",
+    "token_counts",
     "train_tokenizer",
     "unigram_val_loss",
 ]
@@ -370,6 +371,16 @@ def _reporter(progress: Progress) -> Callable[[str], None]:
     return say
 
 
+def token_counts(tokens: np.ndarray, vocab_size: int, chunk: int = 1 << 24) -> np.ndarray:
+    """Occurrences of each id in the 1-D token array `tokens` (any integer dtype) -> int64 [V].
+
+    Counted `chunk` tokens at a time, so a memory-mapped corpus of any size needs only chunk * 8 bytes at once."""
+    counts = np.zeros(vocab_size, dtype=np.int64)
+    for start in range(0, len(tokens), chunk):
+        counts += np.bincount(np.asarray(tokens[start : start + chunk]), minlength=vocab_size)[:vocab_size]
+    return counts
+
+
 def unigram_val_loss(data: TokenData, n_seq: int, eval_tokens: int) -> float:
     """Cross-entropy (nats per token) on validation of the unigram model of the training split: the floor any
     language model must beat to have learned more than token frequencies.
@@ -378,7 +389,7 @@ def unigram_val_loss(data: TokenData, n_seq: int, eval_tokens: int) -> float:
     with windows of `n_seq`: val[1 : 1 + n_windows * n_seq], n_windows = min(ceil(eval_tokens / n_seq),
     (n_val_tokens - 1) // n_seq).
     """
-    counts = np.bincount(np.asarray(data.train), minlength=data.vocab_size).astype(np.float64) + 1.0
+    counts = token_counts(data.train, data.vocab_size).astype(np.float64) + 1.0
     log_p = np.log(counts / counts.sum())
     n_windows = min(-(-eval_tokens // n_seq), (data.n_val_tokens - 1) // n_seq)
     targets = np.asarray(data.val[1 : 1 + n_windows * n_seq])

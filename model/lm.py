@@ -125,13 +125,11 @@ def saved_bytes_per_token(
 
 
 def unigram_counts(tokens, vocab_size: int, chunk: int = 1 << 24) -> torch.Tensor:
-    """Occurrences of each id in the 1-D token array `tokens` (numpy, any integer dtype) -> float64 [V].
+    """Occurrences of each id in the 1-D token array `tokens` (numpy, any integer dtype) -> float64 [V]
+    (model.data.token_counts, as a tensor for the output bias)."""
+    from model.data import token_counts
 
-    Counted `chunk` tokens at a time, so a memory-mapped corpus of any size needs only chunk * 8 bytes at once."""
-    counts = np.zeros(vocab_size, dtype=np.int64)
-    for start in range(0, len(tokens), chunk):
-        counts += np.bincount(np.asarray(tokens[start : start + chunk]), minlength=vocab_size)[:vocab_size]
-    return torch.from_numpy(counts.astype(np.float64))
+    return torch.from_numpy(token_counts(tokens, vocab_size, chunk).astype(np.float64))
 
 
 # --- modules -------------------------------------------------------------------------------------
