@@ -25,6 +25,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project's packages before bench/ siblings
 sys.path.insert(1, str(Path(__file__).resolve().parent))
 
+from bench._common import write_json  # noqa: E402
+
 import lm_runs  # noqa: E402
 
 
@@ -101,15 +103,15 @@ def main(argv: list[str] | None = None) -> int:
     else:
         runs = _train(args, spec, samples, jobs, long_tokens)
     by_id = {r["id"]: r for r in runs}
-    required = {budget, long_tokens}  # the extra short budgets are optional: dropped when any of them is missing
-    for tokens in short_budgets[1:]:
-        if any(f"c{i:02d}-t{tokens}" not in by_id or by_id[f"c{i:02d}-t{tokens}"].get("failed")
-               or by_id[f"c{i:02d}-t{tokens}"].get("killed") for i in range(len(samples))):
-            print(f"fidelity: budget {tokens} incomplete, left out", file=sys.stderr)
-            short_budgets.remove(tokens)
 
     def finished(run_id: str) -> bool:
         return run_id in by_id and not by_id[run_id].get("failed") and not by_id[run_id].get("killed")
+
+    required = {budget, long_tokens}  # the extra short budgets are optional: dropped when any of them is missing
+    for tokens in short_budgets[1:]:
+        if not all(finished(f"c{i:02d}-t{tokens}") for i in range(len(samples))):
+            print(f"fidelity: budget {tokens} incomplete, left out", file=sys.stderr)
+            short_budgets.remove(tokens)
 
     incomplete = [j["id"] for j in jobs if j["train_tokens"] in required and not finished(j["id"])]
     if incomplete and not args.partial:
@@ -134,9 +136,10 @@ def main(argv: list[str] | None = None) -> int:
               "budget_tokens": budget, "long_tokens": long_tokens, "spearman": by_budget[str(budget)]["spearman"],
               "by_budget": by_budget, "n_diverged": sum(1 for r in runs if r.get("diverged")), "pairs": pairs}
     if args.collect:
-        result.pop("torch", None)  # this process's torch, not the runs'
+        for key in ("torch", "python", "n_gpus"):  # this process's, not the runs'
+            result.pop(key, None)
         result["device"] = f"{args.device_label or 'unknown device'} (runs collected from {args.collect.name})"
-    (args.out / "fidelity.json").write_text(json.dumps(result, indent=1))
+    write_json(args.out / "fidelity.json", result)
     print(json.dumps({k: v for k, v in result.items() if k != "pairs"}, indent=1))
     return 0
 

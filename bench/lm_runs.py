@@ -25,6 +25,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the project's packages before anything in bench/
 
+from bench._common import write_json  # noqa: E402
+
 NVML_WATCH_CEILING_GIB = 1000.0  # the bench only watches the peak; no ceiling is enforced
 
 
@@ -193,12 +195,12 @@ def spearman(x: list[float], y: list[float]) -> float:
 
 
 def device_header() -> dict:
+    """bench/_common.py's header (device, torch, python) plus how many GPUs the runs could spread over."""
     import torch
 
-    if torch.cuda.is_available():
-        name = torch.cuda.get_device_name(0)
-        return {"device": f"{torch.cuda.device_count()}x {name}", "torch": torch.__version__}
-    return {"device": "cpu", "torch": torch.__version__}
+    from bench._common import device_header as common_header
+
+    return {**common_header(), "n_gpus": torch.cuda.device_count()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -213,9 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         res = {"id": job["id"], "model": job["model"], "diverged": False, "failed": True,
                "error": f"{type(exc).__name__}: {exc}"}
-    tmp = args.result.with_suffix(".tmp")
-    tmp.write_text(json.dumps(res))
-    os.replace(tmp, args.result)
+    write_json(args.result, res)  # atomically: run_pool reads a result file only once it is whole
     return 0
 
 

@@ -27,6 +27,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project's packages before bench/ siblings
 sys.path.insert(1, str(Path(__file__).resolve().parent))
 
+from bench._common import write_json  # noqa: E402
+
 import lm_runs  # noqa: E402
 
 # The size the guide's presets were written for, trained on the Python sources (stdlib then site-packages):
@@ -205,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         header = {"device": f"{args.device_label or 'unknown device'} (runs collected from "
                             f"{', '.join(f.name for f in args.collect)})"}
     result = summarize(runs, s, unigram_ppl, header, fidelity)
-    (args.out / "quality.json").write_text(json.dumps(result, indent=1))
+    write_json(args.out / "quality.json", result)
     print(json.dumps({k: v for k, v in result.items() if k != "sweep"}, indent=1))
     return 0
 

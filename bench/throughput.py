@@ -23,6 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project's packages before bench/ siblings
 
+from bench._common import write_json  # noqa: E402
+
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12}
 MODELS = ("8gb", "10gb", "24gb", "dense")
 
@@ -119,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         r["speed_vs_dense"] = r["tokens_per_s"] / dense["tokens_per_s"] if dense else None
     result = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "steps": args.steps, "rows": rows}
-    (args.out / "throughput.json").write_text(json.dumps(result, indent=1))
+    write_json(args.out / "throughput.json", result)
     (args.out / "throughput_profile.txt").write_text("\n".join(profiles))
     return 0
 
