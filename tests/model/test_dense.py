@@ -111,3 +111,34 @@ def test_a_run_longer_than_the_data_warns_and_records_epochs(data):
                                     train_tokens=tokens, eval_tokens=64, device="cpu")
     assert result.epochs == pytest.approx(tokens / data.n_train_tokens, rel=0.01)
     assert any(issubclass(w.category, DataRepeatWarning) and "epochs" in str(w.message) for w in caught)
+
+
+def _saved_bytes(model, ids, targets) -> int:
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(ids, targets).loss.backward()
+    return total
+
+
+def test_gradient_checkpointing_saves_memory_and_computes_the_same():
+    torch.manual_seed(0)
+    ids, targets = torch.randint(0, VOCAB, (2, 2, 64))
+    plain, ckpt = build_dense_model(tiny(n_layers=3)), build_dense_model(tiny(n_layers=3, use_gradient_checkpointing=True))
+    assert _saved_bytes(ckpt, ids, targets) < 0.5 * _saved_bytes(plain, ids, targets)
+    for a, b in zip(plain.parameters(), ckpt.parameters()):
+        assert torch.allclose(a.grad, b.grad, atol=1e-6)
+
+
+def test_gradient_norm_threshold_clips(data):
+    small = train_and_evaluate(tiny(gradient_norm_threshold=1e-6), data, train_tokens=3 * 8 * 64, eval_tokens=64,
+                               device="cpu")
+    large = train_and_evaluate(tiny(gradient_norm_threshold=1e6), data, train_tokens=3 * 8 * 64, eval_tokens=64,
+                               device="cpu")
+    assert small.diagnostics["grad_clip_fraction"] == 1.0 and large.diagnostics["grad_clip_fraction"] == 0.0
+    assert small.val_loss != large.val_loss
