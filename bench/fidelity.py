@@ -80,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="with --collect: write the correlation over the configurations whose short and long runs "
                         "both finished, marked \"complete\": false, instead of refusing")
     p.add_argument("--device-label", help="with --collect: the device the collected runs ran on (for the header)")
+    p.add_argument("--only", default="", help="train only these run ids (c00-t8000000,...): finish an interrupted "
+                   "measurement; concatenate the runs' lines and --collect them")
     args = p.parse_args(argv)
 
     from tuner.study.loader import load_spec
@@ -101,7 +103,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.collect:
         runs = [json.loads(line) for line in args.collect.read_text().splitlines() if line.strip()]
     else:
-        runs = _train(args, spec, samples, jobs, long_tokens)
+        only = {x for x in args.only.split(",") if x}
+        unknown = only - {j["id"] for j in jobs}
+        if unknown:
+            raise SystemExit(f"fidelity: --only names runs this measurement does not have: {sorted(unknown)}")
+        runs = _train(args, spec, samples, [j for j in jobs if not only or j["id"] in only], long_tokens)
+        if only:  # a part of the measurement: its runs are in the jsonl for a later --collect
+            return 0
     by_id = {r["id"]: r for r in runs}
 
     def finished(run_id: str) -> bool:

@@ -62,3 +62,31 @@ def test_a_diverged_run_supplies_no_figure(tmp_path):
     with pytest.raises(SystemExit, match="no run of 'blowup' finished without diverging"):
         quality.best_run(runs, "blowup")
     assert (tmp_path / "runs.jsonl").read_text().count("\n") == 2
+
+
+def test_fidelity_only_refuses_unknown_runs(tmp_path):
+    study = Path(__file__).resolve().parents[2] / "studies" / "phase1_8gb.yaml"
+    with pytest.raises(SystemExit, match=r"--only names runs this measurement does not have: \['c99-t1'\]"):
+        fidelity.main(["--study", str(study), "--out", str(tmp_path), "--n", "2", "--budget-tokens", "1000",
+                       "--only", "c99-t1"])
+
+
+def test_fidelity_collect_takes_a_later_finished_run_over_an_earlier_killed_one(tmp_path):
+    """An interrupted measurement finished by a later `--only` call: the runs' lines are concatenated, the last line
+    of each run id wins, and the summary is complete only once every short and long run has a finished line."""
+    import json
+
+    study = Path(__file__).resolve().parents[2] / "studies" / "phase1_8gb.yaml"
+    ppl = {"c00": (900.0, 150.0), "c01": (800.0, 160.0), "c02": (700.0, 170.0)}
+    lines = [{"id": f"{c}-t{t}", "val_ppl": p} for c, (s, lng) in ppl.items() for t, p in ((1000, s), (8000, lng))]
+    lines[1] = {"id": "c00-t8000", "killed": True, "failed": True}  # stopped at the first call's time limit
+    runs = tmp_path / "runs.jsonl"
+    runs.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    args = ["--study", str(study), "--out", str(tmp_path), "--n", "3", "--budget-tokens", "1000", "--collect", str(runs)]
+    assert fidelity.main(args) == 1  # incomplete: no figures without --partial
+    with runs.open("a") as fh:
+        fh.write(json.dumps({"id": "c00-t8000", "val_ppl": 150.0}) + "\n")  # the later --only call
+    assert fidelity.main(args) == 0
+    out = json.loads((tmp_path / "fidelity.json").read_text())
+    assert out["complete"] is True and out["n"] == 3
+    assert out["spearman"] == pytest.approx(-1.0)  # short PPL falls as long PPL rises: ranks exactly reversed
