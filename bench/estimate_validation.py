@@ -70,6 +70,32 @@ def configurations() -> list[dict]:
     return out
 
 
+def broad_configurations() -> list[dict]:
+    """Configurations outside the 1024/12/50257 family: other widths, depths, vocabularies, batches and sequence
+    lengths (issue: estimates that hold on any shape), each sized to land near one of 4 / 7 / 10 GiB."""
+    shapes = [
+        ("d512 L8 V32000", dict(d_model=512, n_layers=8, vocab_size=32000)),
+        ("d768 L12 V32000", dict(d_model=768, n_layers=12, vocab_size=32000)),
+        ("d1536 L8 V50257", dict(d_model=1536, n_layers=8, vocab_size=50257)),
+        ("d2048 L6 V50257", dict(d_model=2048, n_layers=6, vocab_size=50257)),
+        ("d1024 L24 V50257", dict(d_model=1024, n_layers=24, vocab_size=50257)),
+        ("d1024 L4 V100000", dict(d_model=1024, n_layers=4, vocab_size=100000)),
+        ("d640 L16 V8192", dict(d_model=640, n_layers=16, vocab_size=8192)),
+        ("d1280 L10 V128000", dict(d_model=1280, n_layers=10, vocab_size=128000)),
+        ("d896 L20 V16384 no ckpt", dict(d_model=896, n_layers=20, vocab_size=16384, use_gradient_checkpointing=False)),
+        ("d1536 L12 V32000 fp32", dict(d_model=1536, n_layers=12, vocab_size=32000, dtype="float32")),
+    ]
+    out = []
+    for i, (label, fields) in enumerate(shapes):
+        for j, target in enumerate((4.0, 7.0, 10.0)[i % 2: i % 2 + 2]):
+            seqs = [4096, 2048, 1024, 512, 256]
+            k = (i + j) % len(seqs)
+            cfg = _fit_batch({**BASE, "ar_ssm_max_rank": 32, "htt_rank": 16, **fields, "stability_monitoring_enabled": False},
+                             target, seqs[k:] + seqs[:k])
+            out.append({"label": f"{label} ~{target:g} GiB", "config": cfg})
+    return out
+
+
 def _fit_batch(fields: dict, target_gib: float, seqs: list[int]) -> dict:
     """The batch size whose prediction is closest to target, at the first n_seq of `seqs` that gets within 15%."""
     best = None
@@ -123,13 +149,17 @@ def main() -> int:
     ap.add_argument("--dry-run", action="store_true", help="print configurations and predictions; run nothing")
     ap.add_argument("--steps", type=int, default=2, help="optimizer steps per probe (>= 2: AdamW state present)")
     ap.add_argument("--limit", type=int, default=0, help="run only the first N configurations")
+    ap.add_argument("--family", choices=("preset", "broad", "both"), default="preset",
+                    help="preset: d_model 1024, 12 layers, V 50257 (the default); broad: other widths, depths, "
+                         "vocabularies, batches and sequence lengths; both")
     ap.add_argument("--budget-s", type=float, default=450.0, help="stop starting probes after this many seconds")
     ap.add_argument("--jobs", type=int, default=0,
                     help="probes run at once (0: 2 when NVML sees each process by PID, else 1); each probe is its "
                          "own process and NVML's figure is per process, so two at once do not mix")
     args = ap.parse_args()
     t0 = time.perf_counter()
-    configs = configurations()
+    configs = {"preset": configurations, "broad": broad_configurations,
+               "both": lambda: configurations() + broad_configurations()}[args.family]()
     if args.limit:
         configs = configs[: args.limit]
     if args.dry_run:
@@ -194,7 +224,8 @@ def main() -> int:
     import torch  # only for the version string of the report (the probes ran in their own processes)
 
     result = {"device": cal.device, "driver": cal.driver, "torch": torch.__version__, "calibration": cal.to_dict(),
-              "command": "python bench/estimate_validation.py --out DIR", "ceiling_gib": CEILING_GIB,
+              "command": f"python bench/estimate_validation.py --out DIR --family {args.family}",
+              "family": args.family, "ceiling_gib": CEILING_GIB,
               "rows": rows, "summary": summarise(rows), "wall_s": time.perf_counter() - t0}
     out_file = args.out / "estimate_validation.json"
     out_file.write_text(json.dumps(result, indent=2))
