@@ -314,3 +314,25 @@ def read_dashboard(
         shown = browser.wait_for(_SELECTED_TRIAL, number, timeout_s=timeout_s, what=f"trial {number} selected")
         view.curves[number] = [(int(a), float(b)) for a, b in (line.split() for line in shown["lines"])]
     return view
+
+
+def mismatches(view: DashboardView, seeded: SeededStudy) -> list[str]:
+    """Where the rendered dashboard differs from the seeded study (empty when it shows what was written): the
+    name, the objective names, the front / dominated / infeasible traces (numbers and drawn markers), the pruned
+    trials' state."""
+    found: list[str] = []
+    if not view.listed.splitlines()[0].endswith(seeded.name) or not view.header.startswith(seeded.name + " "):
+        found.append(f"study name: listed {view.listed!r}, header {view.header!r}, wrote {seeded.name!r}")
+    if (view.objective_x, view.objective_y) != seeded.objective_names:
+        found.append(f"objectives: shown {(view.objective_x, view.objective_y)}, wrote {seeded.objective_names}")
+    for label, want in (("Best Trial", seeded.front), ("Feasible Trial", seeded.dominated)):
+        trace = view.pareto.get(label)
+        if trace is None or sorted(trace.numbers) != sorted(want) or trace.drawn != len(want):
+            found.append(f"Pareto plot {label!r}: shown {trace}, want trials {sorted(want)}")
+    trace = view.pareto.get("Infeasible Trial")
+    if trace is None or sorted(trace.numbers) != sorted(seeded.infeasible) or trace.drawn != len(seeded.infeasible):
+        found.append(f"infeasible: shown {trace}, want trials {sorted(seeded.infeasible)}")
+    for n in seeded.pruned:
+        if view.trial_states.get(n) != ["Pruned"]:
+            found.append(f"trial {n}: shown {view.trial_states.get(n)}, want ['Pruned']")
+    return found

@@ -15,7 +15,7 @@ import os
 import pytest
 
 from testing.browser import HEIGHT, WIDTH, Browser, BrowserError, missing_browser
-from testing.dashboard import read_dashboard, seed_study, serve_dashboard
+from testing.dashboard import mismatches, read_dashboard, seed_study, serve_dashboard
 
 
 def require_browser() -> None:
@@ -63,6 +63,8 @@ def test_dashboard_renders_study_front_infeasible_and_pruned(pg_url, tmp_path):
     # a pruned trial has no values: listed among the plot's trials, no marker
     assert view.pareto["Unselected Trial"].numbers == [pruned] and view.pareto["Unselected Trial"].drawn == 0
     assert view.timeline_legend == ["Complete", "Infeasible", "Pruned"]
+
+    assert mismatches(view, seeded) == []  # the bench script's check (bench/dashboard_shot.py) agrees
 
     # Trials (List): every trial with its state; pruned ones say so
     assert sorted(view.trial_states) == sorted([*seeded.values, *seeded.pruned])
