@@ -61,7 +61,8 @@ NOTE = "synthetic trial values written by testing/dashboard.py to check the dash
 
 @dataclass(frozen=True)
 class SeedTrial:
-    """One seeded trial: final (val_ppl, peak_vram_gib), or `pruned` (no values); `curve`: (step, val_ppl)."""
+    """One seeded trial: final (val_ppl, peak_vram_gib), or `pruned` (no values); `curve`: (step, val_ppl) with
+    step = training tokens seen, as tuner/trial/recording.py stores a learning curve."""
 
     val_ppl: float
     peak_vram_gib: float
@@ -72,13 +73,13 @@ class SeedTrial:
 # Ceiling 8 GiB. Feasible front: trials 0, 1, 5; trial 2 is dominated by trial 1; trials 3 and 4 are over the
 # ceiling (and would dominate the front if the constraint were ignored); trial 6 is pruned after two steps.
 SEED: tuple[SeedTrial, ...] = (
-    SeedTrial(40.0, 2.0, ((0, 400.0), (1, 90.0), (2, 40.0))),
-    SeedTrial(30.0, 4.0, ((0, 380.0), (1, 70.0), (2, 30.0))),
-    SeedTrial(35.0, 5.0, ((0, 390.0), (1, 80.0), (2, 35.0))),
-    SeedTrial(20.0, 10.0, ((0, 350.0), (1, 50.0), (2, 20.0))),
-    SeedTrial(18.0, 12.0, ((0, 340.0), (1, 45.0), (2, 18.0))),
-    SeedTrial(25.0, 6.0, ((0, 360.0), (1, 60.0), (2, 25.0))),
-    SeedTrial(0.0, 0.0, ((0, 900.0), (1, 600.0)), pruned=True),
+    SeedTrial(40.0, 2.0, ((4096, 400.0), (8192, 90.0), (16384, 40.0))),
+    SeedTrial(30.0, 4.0, ((4096, 380.0), (8192, 70.0), (16384, 30.0))),
+    SeedTrial(35.0, 5.0, ((4096, 390.0), (8192, 80.0), (16384, 35.0))),
+    SeedTrial(20.0, 10.0, ((4096, 350.0), (8192, 50.0), (16384, 20.0))),
+    SeedTrial(18.0, 12.0, ((4096, 340.0), (8192, 45.0), (16384, 18.0))),
+    SeedTrial(25.0, 6.0, ((4096, 360.0), (8192, 60.0), (16384, 25.0))),
+    SeedTrial(0.0, 0.0, ((4096, 900.0), (8192, 600.0)), pruned=True),
 )
 
 
@@ -239,9 +240,12 @@ return {
   timeline: Array.from(document.querySelectorAll('#graph-timeline .legendtext')).map(e => e.textContent)};"""
 
 _TRIAL_LIST = """
-const items = Array.from(document.querySelectorAll('li, [role="button"]'))
-  .map(e => e.innerText.trim().split('\\n').map(s => s.trim()).filter(s => s))
-  .filter(t => t.length >= 2 && /^Trial \\d+$/.test(t[0]));
+const byNumber = {};  // the <li> and the button inside it read the same; keep one per trial number
+for (const e of document.querySelectorAll('li, [role="button"]')) {
+  const t = e.innerText.trim().split('\\n').map(s => s.trim()).filter(s => s);
+  if (t.length >= 2 && /^Trial \\d+$/.test(t[0])) byNumber[t[0]] = t;
+}
+const items = Object.values(byNumber);
 return items.length >= arguments[0] ? items : null;"""
 
 _CLICK_TRIAL = """
