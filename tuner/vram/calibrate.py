@@ -3,6 +3,7 @@ this process."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import os
 from typing import Any
@@ -21,7 +22,11 @@ def calibrate_device(index: int = 0, *, config: Any = None) -> DeviceCalibration
     3. outside after kernels ran: real training steps of a small Phase 1 model (`config`, default 2 layers,
        d_model 1024, vocab 50257, n_seq 256) in float32 and bfloat16 through model.train, then NVML - reserved;
     4. the allocator gap of those runs and the kappa it implies, stored in `extra` for the record only (its CE
-       chunk is too small to measure kappa; trials refine it, see refine()).
+       chunk is too small to measure kappa);
+    5. kappa probes: a few optimizer steps of 2- and 4-layer models whose CE chunk (0.77 and 1.15 GiB) sets the
+       peak, in bfloat16 and float32; each probe's observed kappa minus the replay's seeds the device's kappa
+       offsets (`kappa_offsets_amp`, `kappa_offsets_fp32`), so a fresh calibration already corrects the replay's
+       low bias (about -0.1 F measured on the H100); finished trials then join the running median (refine()).
     """
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     import pynvml
@@ -56,6 +61,8 @@ def calibrate_device(index: int = 0, *, config: Any = None) -> DeviceCalibration
         if used is None:
             raise CalibrationError(f"calibrate_device: NVML cannot see this process ({how})")
         outside = used - torch.cuda.memory_reserved(dev)
+        # after the outside part is read, so that figure stays what it measured before the probes existed
+        probes = _kappa_probes(dev, max(0, workspace) / GIB)
         driver = pynvml.nvmlSystemGetDriverVersion()
         name = pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(index))
     finally:
@@ -72,7 +79,9 @@ def calibrate_device(index: int = 0, *, config: Any = None) -> DeviceCalibration
         workspace_gib=max(0, workspace) / GIB,
         source=f"calibrate_device ({how})",
         measured_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        extra=frag,
+        kappa_offsets_amp=tuple(p["offset"] for p in probes if p["class"] == "amp" and p["offset"] is not None),
+        kappa_offsets_fp32=tuple(p["offset"] for p in probes if p["class"] == "fp32" and p["offset"] is not None),
+        extra={**frag, "kappa_probes": probes},
     )
 
 
@@ -111,6 +120,55 @@ def _run_training_steps(config: Any, dev: Any) -> dict[str, Any]:
             }
         )  # None: no hole
     return {"allocator_runs": runs}
+
+
+# (batch, n_seq, n_layers) at d_model 1024, V 50257: CE chunks of 0.77 and 1.15 GiB, large enough that the CE
+# backward sets the peak (the allocator gap then measures kappa), small enough to take seconds.
+KAPPA_PROBES = ((8, 1024, 2), (12, 1024, 4))
+
+
+def _kappa_probes(dev: Any, workspace_gib: float) -> list[dict[str, Any]]:
+    """Observed - replayed CE-hole kappa of each probe (KAPPA_PROBES x bfloat16/float32), as refine() computes it for
+    a finished trial: the estimate is made with this device's workspace and no offsets; offset None where the CE hole
+    did not set the peak (the probe then says nothing about kappa)."""
+    import torch
+
+    from model.config import Phase1Config
+    from model.train import train_and_evaluate
+    from tuner.vram.estimate.predict import estimate
+
+    provisional = dataclasses.replace(_plain(), workspace_gib=workspace_gib)
+    out = []
+    for dt in ("bfloat16", "float32"):
+        for batch, n_seq, n_layers in KAPPA_PROBES:
+            cfg = Phase1Config(
+                n_layers=n_layers, n_seq=n_seq, batch_size=batch, dtype=dt, stability_monitoring_enabled=False
+            )
+            tokens = batch * n_seq
+            data = synthetic_token_data(cfg.vocab_size, n_tokens=3 * tokens + n_seq + 2, seed=0)
+            torch.cuda.empty_cache()  # the probe's peak reserved is its own
+            torch.cuda.reset_peak_memory_stats(dev)
+            train_and_evaluate(cfg, data, train_tokens=2 * tokens, eval_tokens=n_seq, device=str(dev))
+            torch.cuda.synchronize(dev)
+            alloc, res = torch.cuda.max_memory_allocated(dev) / GIB, torch.cuda.max_memory_reserved(dev) / GIB
+            e = estimate(cfg, device="cuda", calibration=provisional)
+            kappa = e.observed_kappa(alloc, res - alloc)
+            out.append(
+                {
+                    "class": e.allocator_class,
+                    "batch_size": batch,
+                    "n_seq": n_seq,
+                    "n_layers": n_layers,
+                    "peak_allocated_gib": alloc,
+                    "peak_reserved_gib": res,
+                    "ce_chunk_gib": e.ce_chunk_gib,
+                    "replay_kappa": e.ce_replay_kappa,
+                    "observed_kappa": kappa,
+                    "offset": None if kappa is None else kappa - e.ce_replay_kappa,
+                }
+            )
+    torch.cuda.empty_cache()
+    return out
 
 
 def _plain() -> DeviceCalibration:

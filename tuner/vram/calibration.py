@@ -65,7 +65,8 @@ class DeviceCalibration:
     cuda: str = ""
     source: str = "calibrate_device"
     measured_at: str = ""
-    # Running corrections from finished trials (refine()); empty until trials finish on this device.
+    # Running corrections from finished trials (refine()); empty until trials finish on this device, except the
+    # kappa offsets, which calibrate_device() seeds with its probes.
     tensor_ratios: tuple[float, ...] = ()  # measured torch peak / predicted raw tensor peak
     outside_residuals_gib: tuple[float, ...] = ()  # nvml - torch reserved peak
     kappa_offsets_amp: tuple[float, ...] = ()  # observed - replayed CE-hole kappa of autocast (bf16/fp16) trials
@@ -101,8 +102,8 @@ class DeviceCalibration:
 
     def kappa_offset(self, cls: str) -> float | None:
         """This device's offset of the CE-hole kappa over the best-fit replay's, for dtype class `cls` (median of
-        its trials); None before MIN_KAPPA_SAMPLES trials (tuner.vram.estimate then uses the replay's kappa as
-        it is)."""
+        its samples: calibrate_device()'s probes, then finished trials); None below MIN_KAPPA_SAMPLES samples
+        (tuner.vram.estimate then uses the replay's kappa as it is)."""
         k = self.kappa_samples(cls)
         return statistics.median(k) if len(k) >= MIN_KAPPA_SAMPLES else None
 

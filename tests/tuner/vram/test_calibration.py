@@ -71,7 +71,7 @@ def test_refine_learns_tensor_scale_and_outside_from_trials(tmp_path):
     refined = estimate(cfg, calibration=cal.load_calibration(path, c.key))
     assert refined.tensor_gib == pytest.approx(pred.tensor_raw_gib * 1.03 + c.workspace_gib, rel=1e-9)
     assert refined.outside_gib == pytest.approx(0.80)
-    assert refined.kappa_source.startswith("replay") and "3 amp trials" in refined.kappa_source
+    assert refined.kappa_source.startswith("replay") and "3 amp samples" in refined.kappa_source
     # A robust running estimate: one wild trial does not move the medians; the window is bounded.
     p = estimate(cfg, calibration=c2)
     c3 = cal.refine(c2, p, 50.0, 40.0)

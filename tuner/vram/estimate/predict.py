@@ -175,7 +175,8 @@ def estimate(
     offset = cal.kappa_offset(cls) if cal is not None else None
     if cal is not None and offset is not None:
         kappa = max(0.0, replay + offset)
-        kappa_source = f"replay {offset:+.3f} (median offset of {len(cal.kappa_samples(cls))} {cls} trials)"
+        n = len(cal.kappa_samples(cls))
+        kappa_source = f"replay {offset:+.3f} (median offset of {n} {cls} samples: calibration probes and trials)"
     else:
         kappa, kappa_source = replay, "replay"
     ce_bwd = ce_bwd_raw * scale + workspace
