@@ -9,7 +9,6 @@ import pytest
 
 from model.config import PRESETS
 from tuner.vram import calibration as cal
-from tuner.vram.calibrate import calibrate_device
 from tuner.vram.estimate.predict import estimate
 from tuner.vram.nvml import current_device_key
 
@@ -134,11 +133,3 @@ def test_estimate_without_calibration_says_so(tmp_path):
         assert "borrowed" in e2.outside_source and "Some Other GPU" in e2.outside_source
         assert e2.outside_gib == pytest.approx(0.74)
         assert e2.total_gib > e.total_gib
-
-
-def test_calibrate_device_needs_a_gpu():
-    torch = pytest.importorskip("torch")
-    if torch.cuda.is_available():
-        pytest.skip("a GPU is present: calibrate_device is exercised by bench/estimate_validation.py")
-    with pytest.raises(cal.CalibrationError, match="needs a CUDA GPU"):
-        calibrate_device()
