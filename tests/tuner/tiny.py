@@ -1,5 +1,6 @@
-"""The tiny study every tuner test starts from (a valid spec dict: copy it, then change what the test is about;
-or `spec(...)`, the loaded StudySpec)."""
+"""Small valid inputs every tuner test starts from: the tiny study (BASE, a spec dict: copy it or `mutate` it, then
+change what the test is about; `spec(...)` loads it), the smallest study a trial really trains (`trial_spec`), and a
+stored device calibration (`calibration`)."""
 
 from __future__ import annotations
 
@@ -89,6 +90,24 @@ def trial_spec(
 
 
 TRIAL_VOCAB = 512  # trial_spec's vocab_size: the val_ppl an over-ceiling trial records
+
+
+def calibration(**changes: Any) -> Any:
+    """A stored device calibration (tuner.vram.calibration.DeviceCalibration) of an H100, fields replaced by
+    `changes`; GiB as everywhere."""
+    from tuner.vram.calibration import DeviceCalibration
+
+    base: dict[str, Any] = dict(
+        device="NVIDIA H100 80GB HBM3",
+        driver="570.1",
+        torch="2.11.0",
+        context_gib=0.6,
+        outside_gib=0.74,
+        workspace_gib=0.0625,
+        cuda="13.0",
+        measured_at="2026-11-24T00:00:00+00:00",
+    )
+    return DeviceCalibration(**{**base, **changes})
 
 
 def mutate(**changes: Any) -> dict[str, Any]:
