@@ -1,5 +1,6 @@
 """tuner.storage.samplers: the spec's Optuna sampler (its options, the parallel-worker defaults) and each worker's
-seed."""
+seed. The settings checks read the samplers' private attributes (Optuna exposes no getter): an Optuna upgrade that
+renames them fails here, in a test, never in the service."""
 
 from __future__ import annotations
 
