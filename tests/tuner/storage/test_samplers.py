@@ -63,8 +63,8 @@ def test_make_sampler_seed_override_draws_distinct_sequences():
     assert draws(make_sampler(s, 0)) == draws(make_sampler(s, seed))
 
 
-def test_tpe_defaults_suit_parallel_workers_and_a_conditional_space():
-    sampler = make_sampler(spec(), 0)  # the tiny space has a `when:` parameter
+def test_tpe_defaults_suit_parallel_workers_and_a_conditional_space(tiny_spec):
+    sampler = make_sampler(tiny_spec, 0)  # the tiny space has a `when:` parameter
     assert isinstance(sampler, optuna.samplers.TPESampler)
     assert sampler._constant_liar and sampler._multivariate and sampler._group
     unconditional = spec(**mutate(**{f"{SS}__checkpoint_ar_ssm": {"type": "categorical", "choices": [True, False]}}))
@@ -82,8 +82,7 @@ def test_nsga2_population_follows_a_short_study(n_trials, population):
     assert sampler._population_size == population
 
 
-def test_unknown_sampler_is_a_spec_error():
-    s = spec()
-    odd = dataclasses.replace(s, sampler=dataclasses.replace(s.sampler, name="cmaes"))
+def test_unknown_sampler_is_a_spec_error(tiny_spec):
+    odd = dataclasses.replace(tiny_spec, sampler=dataclasses.replace(tiny_spec.sampler, name="cmaes"))
     with pytest.raises(SpecError, match="sampler 'cmaes' is not one of tpe, nsga2, gp, random, grid"):
         make_sampler(odd, 0)

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import copy
-
 import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from tests.tuner.tiny import _DELETE, BASE, SS, mutate
+from tests.tuner.tiny import _DELETE, SS, mutate
 from tuner.study.loader import spec_from_dict
 from tuner.study.space import Param, SearchSpace, describe_param, holds, param_dict
 
@@ -96,8 +94,8 @@ def test_describe_and_dict_of_a_parameter():
     }
 
 
-def test_suggest_follows_conditions():
-    spec = spec_from_dict(copy.deepcopy(BASE))
+def test_suggest_follows_conditions(tiny_spec):
+    spec = tiny_spec
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
     seen = {True: 0, False: 0}
     for _ in range(30):

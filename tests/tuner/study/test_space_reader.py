@@ -4,12 +4,10 @@ loader); here the reader is driven directly."""
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import pytest
 
-from tests.tuner.tiny import BASE
 from tuner.errors import SpecError
 from tuner.study.loader import spec_from_dict
 from tuner.study.space_reader import SpaceReader
@@ -35,8 +33,8 @@ def test_params_are_typed_and_floats_become_floats(r):
     assert (l1.type, l1.low, l1.high) == ("float", 1.0, 2.0) and isinstance(l1.low, float)
 
 
-def test_conditions_sorted_after_their_parents():
-    d = copy.deepcopy(BASE)
+def test_conditions_sorted_after_their_parents(tiny_spec_dict):
+    d = tiny_spec_dict
     d["search_space"] = {
         "checkpoint_ar_ssm": d["search_space"]["checkpoint_ar_ssm"],
         "use_gradient_checkpointing": d["search_space"]["use_gradient_checkpointing"],
