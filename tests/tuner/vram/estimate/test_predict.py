@@ -12,8 +12,9 @@ import textwrap
 import pytest
 
 from model.config import PRESETS, Phase1Config
+from tests.tuner.tiny import calibration
 from tests.tuner.vram.estimate.tiny import TINY
-from tuner.vram.calibration import DeviceCalibration
+from tuner.vram.calibration import default_path, save_calibration
 from tuner.vram.estimate.predict import estimate
 
 
@@ -95,16 +96,17 @@ def test_allocator_part_is_page_rounding_when_the_ce_hole_is_closed():
 
 
 def test_the_calibration_passed_in_is_the_outside_part_and_nothing_is_read_from_disk(tmp_path, monkeypatch):
-    """estimate() is pure: the caller loads the calibration. HOME points at an empty folder, so a read of the
-    cached calibration would find nothing and the outside part would be 0."""
-    monkeypatch.setenv("HOME", str(tmp_path))
+    """estimate() is pure: the caller loads the calibration. A stored calibration with a 5 GiB outside part sits at
+    the default path; were estimate() to read it (on this GPU-less machine it would be borrowed), the plain
+    estimate's outside part would not be 0."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    cal = DeviceCalibration(
-        device="GPU X", driver="1", torch="2", context_gib=0.5, outside_gib=0.75, workspace_gib=0.0, source="test"
-    )
+    stored = save_calibration(calibration(outside_gib=5.0))
+    assert stored == default_path() and stored.is_relative_to(tmp_path)
+    before = stored.read_bytes()
+    given_cal = calibration(device="GPU X", outside_gib=0.75, workspace_gib=0.0)
     plain = estimate(PRESETS["8gb"], calibration=None)
-    given = estimate(PRESETS["8gb"], cal, calibrated=True, calibration_source="test")
+    given = estimate(PRESETS["8gb"], given_cal, calibrated=True, calibration_source="test")
     assert plain.outside_gib == 0.0 and not plain.calibrated
     assert given.outside_gib == pytest.approx(0.75) and given.calibrated
     assert given.total_gib == pytest.approx(plain.total_gib + 0.75)
-    assert list(tmp_path.iterdir()) == []
+    assert stored.read_bytes() == before  # nor written
