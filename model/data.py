@@ -19,15 +19,15 @@ so a reader never sees a half-written array.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
@@ -42,6 +42,7 @@ from model.corpus import (
     read_documents,
     split_documents,
 )
+from model.fileio import atomic_write, atomic_write_text, file_lock
 
 __all__ = [  # the corpus names are re-exported: callers use model.data for the whole pipeline
     "DEFAULT_MAX_BYTES",
@@ -199,7 +200,8 @@ def prepare_data(
     if (entry / "meta.json").is_file():
         say(f"data: cache hit {entry}")
         return open_token_data(entry, prepare_time_s=time.perf_counter() - t0)
-    with _FileLock(cache_root / f"{key}.lock", say):
+    lock = cache_root / f"{key}.lock"
+    with file_lock(lock, on_wait=lambda: say(f"data: waiting for another process preparing the same data ({lock})")):
         if (entry / "meta.json").is_file():  # another process finished it while we waited
             say(f"data: cache hit {entry} (prepared by another process)")
             return open_token_data(entry, prepare_time_s=time.perf_counter() - t0)
@@ -229,12 +231,12 @@ def _build_entry(
         )
     eot_id = tokenizer.token_to_id(EOT_TOKEN)
     entry.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(entry / "tokenizer.json", tokenizer.to_str())
+    atomic_write_text(entry / "tokenizer.json", tokenizer.to_str())
     dtype = token_dtype(vocab_size)
     counts = {}
     for name, docs in (("train", train_docs), ("val", val_docs)):
         ids = encode_documents(tokenizer, docs, eot_id, dtype)
-        _atomic_save_npy(entry / f"{name}.npy", ids)
+        atomic_write(entry / f"{name}.npy", functools.partial(np.save, arr=ids), binary=True)
         counts[name] = int(ids.shape[0])
     meta = {
         "format": CACHE_FORMAT,
@@ -252,7 +254,7 @@ def _build_entry(
         "dtype": dtype.name,
     }
     # meta.json last: its presence marks the entry complete.
-    _atomic_write_text(entry / "meta.json", json.dumps(meta, indent=1))
+    atomic_write_text(entry / "meta.json", json.dumps(meta, indent=1))
 
 
 def train_tokenizer(texts: list[str], vocab_size: int):
@@ -297,69 +299,7 @@ def encode_documents(tokenizer, texts: list[str], eot_id: int, dtype: np.dtype, 
     return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
 
 
-# --- small helpers: atomic writes, the lock, progress ----------------------------------------------------------------
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
-
-
-def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, array)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
-
-
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
-class _FileLock:
-    """An exclusive advisory lock (fcntl.flock) on a lock file; released when the process dies, so never stale.
-    On a platform without fcntl it degrades to no lock: the atomic writes alone still keep every file whole."""
-
-    def __init__(self, path: Path, say: Callable[[str], None]):
-        self.path, self.say = path, say
-        self.fh: IO[str] | None = None
-
-    def __enter__(self) -> _FileLock:
-        try:
-            import fcntl
-        except ImportError:  # Windows: rely on atomic writes only
-            return self
-        self.fh = open(self.path, "a+")
-        try:
-            fcntl.flock(self.fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.say(f"data: waiting for another process preparing the same data ({self.path})")
-            fcntl.flock(self.fh.fileno(), fcntl.LOCK_EX)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.fh is not None:
-            import fcntl
-
-            fcntl.flock(self.fh.fileno(), fcntl.LOCK_UN)
-            self.fh.close()
+# --- small helpers: progress -----------------------------------------------------------------------------------------
 
 
 def _reporter(progress: Progress) -> Callable[[str], None]:

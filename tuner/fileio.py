@@ -1,31 +1,19 @@
-"""Files several processes share: an atomic write (a reader sees the old file or the new one, never half of one)
-and an advisory lock that serialises read-modify-write cycles (released when its holder dies, so never stale)."""
+"""Files several processes share: the atomic write and the advisory lock of model/fileio.py (their one home),
+re-exported so tuner modules import them from inside tuner/."""
 
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file in the same folder and os.replace (folders created)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+from model import fileio as _fileio
+from model.fileio import atomic_write as atomic_write
+from model.fileio import atomic_write_text as atomic_write_text
 
 
 @contextlib.contextmanager
 def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive fcntl lock on `path`.lock for the duration of the block (folders created)."""
-    import fcntl
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    """An exclusive lock guarding `path`, held on the file `path`.lock for the duration of the block."""
+    with _fileio.file_lock(path.with_name(path.name + ".lock")):
+        yield

@@ -1,4 +1,5 @@
-"""Fixtures shared by the tuner tests: a storage URL for each supported backend, and the tiny study."""
+"""Fixtures shared by the tuner tests: a storage URL for each supported backend, and the tiny study (as a dict to
+change, or loaded)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.tuner.tiny import BASE
+from tests.tuner.tiny import BASE, spec
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -25,3 +26,9 @@ def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 def tiny_spec_dict() -> dict[str, Any]:
     """A fresh copy of the tiny study (tests.tuner.tiny.BASE) to change freely."""
     return copy.deepcopy(BASE)
+
+
+@pytest.fixture
+def tiny_spec() -> Any:
+    """The tiny study loaded (a StudySpec; tests.tuner.tiny.spec() for one with changes)."""
+    return spec()

@@ -1,4 +1,6 @@
-"""The tiny study every tuner test starts from (a valid spec dict: copy it, then change what the test is about)."""
+"""Small valid inputs every tuner test starts from: the tiny study (BASE, a spec dict: copy it or `mutate` it, then
+change what the test is about; `spec(...)` loads it), the smallest study a trial really trains (`trial_spec`), and a
+stored device calibration (`calibration`)."""
 
 from __future__ import annotations
 
@@ -41,6 +43,71 @@ def write(tmp_path: Path, data: Any, name: str = "study.yaml") -> Path:
     p = tmp_path / name
     p.write_text(data if isinstance(data, str) else yaml.safe_dump(data, sort_keys=False))
     return p
+
+
+def spec(**changes: Any) -> Any:
+    """BASE loaded as a StudySpec, with top-level keys replaced by `changes` (a `mutate` dict: `spec(**mutate(...))`
+    for nested ones). Loaded with `where="test.yaml"`, the name one-line errors then start with."""
+    from tuner.study.loader import spec_from_dict
+
+    d = copy.deepcopy(BASE)
+    d.update(changes)
+    return spec_from_dict(d, where="test.yaml")
+
+
+def trial_spec(
+    metrics: tuple[str, ...] = ("val_ppl", "peak_vram_gib"), *, ceiling: float = 1.0, estimate: bool = False
+) -> Any:
+    """The smallest study a trial really trains (vocab 512, one layer of width 32, 2048 tokens on stdlib text; one
+    searched parameter, learning_rate), with the objectives `metrics` (tokens_per_s maximised), the ceiling in GiB
+    and the pre-flight estimate on or off."""
+    from tuner.study.loader import spec_from_dict
+
+    return spec_from_dict(
+        {
+            "name": "objective_unit",
+            "objectives": [
+                {"metric": m, "direction": "maximize" if m == "tokens_per_s" else "minimize"} for m in metrics
+            ],
+            "vram_ceiling_gib": ceiling,
+            "sampler": {"name": "random", "seed": 0},
+            "n_trials": 4,
+            "model": {
+                "vocab_size": TRIAL_VOCAB,
+                "d_model": 32,
+                "n_layers": 1,
+                "n_seq": 64,
+                "batch_size": 4,
+                "dtype": "float32",
+            },
+            "search_space": {"learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}},
+            "data": {"source": "stdlib", "max_bytes": 262144},
+            "budget": {"train_tokens": 2048, "eval_tokens": 1024, "trial_timeout_s": 60},
+            "estimate": {"enabled": estimate, "margin": 0.0},
+        },
+        check_paths=False,
+    )
+
+
+TRIAL_VOCAB = 512  # trial_spec's vocab_size: the val_ppl an over-ceiling trial records
+
+
+def calibration(**changes: Any) -> Any:
+    """A stored device calibration (tuner.vram.calibration.DeviceCalibration) of an H100, fields replaced by
+    `changes`; GiB as everywhere."""
+    from tuner.vram.calibration import DeviceCalibration
+
+    base: dict[str, Any] = dict(
+        device="NVIDIA H100 80GB HBM3",
+        driver="570.1",
+        torch="2.11.0",
+        context_gib=0.6,
+        outside_gib=0.74,
+        workspace_gib=0.0625,
+        cuda="13.0",
+        measured_at="2026-11-24T00:00:00+00:00",
+    )
+    return DeviceCalibration(**{**base, **changes})
 
 
 def mutate(**changes: Any) -> dict[str, Any]:

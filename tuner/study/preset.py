@@ -19,6 +19,7 @@ import yaml
 
 from model.config import PRESETS, ConfigError, Phase1Config
 from tuner.errors import PresetError
+from tuner.fileio import atomic_write_text
 from tuner.study.readers import yaml_problem
 
 PROVENANCE_KEYS = ("study", "trial", "val_ppl", "peak_vram_gib", "device", "date", "version")
@@ -65,10 +66,7 @@ def write_preset(
         **extra,
     }
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(preset_text(config, provenance), encoding="utf-8")
-    tmp.replace(p)  # a reader never sees half a file
+    atomic_write_text(p, preset_text(config, provenance))  # a reader never sees half a file
     return p
 
 

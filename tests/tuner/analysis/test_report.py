@@ -8,19 +8,11 @@ import numpy as np
 import optuna
 import pytest
 
+from tests.tuner.analysis.curves import Info, Settings
 from tuner.analysis.curve_monitor import LearningCurveMonitor, LearningCurvePrune
 from tuner.analysis.report import pareto_numbers_min, write_learning_curves
 
 BUDGET = 200_000
-
-
-class _Settings:
-    enabled, min_fraction, confidence = True, 0.25, 0.9
-
-
-class _Info:
-    def __init__(self, tokens, ppl):
-        self.tokens, self.val_loss, self.val_ppl, self.repr_effective_rank = tokens, math.log(ppl), ppl, 30.0
 
 
 @pytest.fixture
@@ -31,11 +23,12 @@ def study(tmp_path):
     front: list[tuple[float, float]] = []
     for _k, (final_ppl, vram) in enumerate([(120, 1.0), (90, 2.0), (400, 2.5), (80, 3.0), (500, 3.0), (150, 0.9)]):
         trial = s.ask()
-        mon = LearningCurveMonitor(_Settings(), BUDGET, front, lambda v=vram: v)
+        mon = LearningCurveMonitor(Settings(), BUDGET, front, lambda v=vram: v)
         c = math.log(final_ppl) + 0.45 * math.log(BUDGET)
         try:
             for t in mon.eval_points:
-                mon.on_eval(_Info(t, float(math.exp(-0.45 * math.log(t) + c + rng.normal(0, 0.01)))))
+                ppl = float(math.exp(-0.45 * math.log(t) + c + rng.normal(0, 0.01)))
+                mon.on_eval(Info(t, math.log(ppl), ppl, 30.0))
         except LearningCurvePrune:
             for key, v in mon.attrs().items():
                 trial.set_user_attr(key, v)

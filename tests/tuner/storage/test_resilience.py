@@ -1,7 +1,7 @@
 """Storage outage handling (tuner.storage.resilient) on a real Postgres reached through a TCP relay this test can cut:
 storage calls wait out an outage and then succeed (a trial finishing during it is recorded), the heartbeat
-thread survives it, the wait is bounded, stale-trial failing holds off right after an outage; a heartbeat-stale
-trial is recorded as `worker_lost` and its retry starts clean; per-worker sampler seeds.
+thread survives it, the wait is bounded, stale-trial failing holds off right after an outage. (How a stale trial
+is recorded: test_callbacks.py; per-worker sampler seeds: test_samplers.py.)
 
 The relay (not a server restart) keeps these tests from disturbing other tests that share the local server; the
 reliability suite restarts the real server (tests/reliability/test_pg_restart.py)."""
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import re
 import socket
 import threading
 import time
@@ -20,15 +19,12 @@ import pytest
 from optuna.trial import TrialState
 
 from tests.tuner.tiny import BASE
-from tuner.storage.callbacks import WorkerLostRetryCallback
 from tuner.storage.connect import open_storage
 from tuner.storage.resilient import (
     ResilientRDBStorage,
     StorageUnavailable,
     is_connection_failure,
 )
-from tuner.storage.samplers import make_sampler, worker_seed
-from tuner.study.loader import spec_from_dict
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 pytestmark = pytest.mark.filterwarnings(  # heartbeats outside study.optimize and fail_stale_trials are deliberate here
@@ -217,62 +213,6 @@ def test_no_trial_is_failed_as_stale_right_after_an_outage(relayed):
     assert storage._get_stale_trial_ids(study._study_id) == []  # ...but the outage ended under `grace` s ago
     time.sleep(max(0.0, t_back + grace + 0.5 - time.monotonic()))
     assert storage._get_stale_trial_ids(study._study_id) == [trial._trial_id]
-
-
-def test_stale_trial_is_recorded_as_worker_lost_and_its_retry_starts_clean(pg_url):
-    storage = open_storage(pg_url, heartbeat_interval_s=1, grace_period_s=2)
-    assert isinstance(storage.get_heartbeat_stale_trial_callback(), WorkerLostRetryCallback)
-    study = _study(storage)
-    study.enqueue_trial({"x": 0.5}, user_attrs={"preset": "tiny"})
-    trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
-    for k, v in {"end_reason": "error", "error_summary": "old attempt", "worker": "h:1", "config": {"a": 1}}.items():
-        trial.set_user_attr(k, v)
-    storage.record_heartbeat(trial._trial_id)
-    time.sleep(3.5)
-    optuna.storages.fail_stale_trials(study)
-    fresh = optuna.load_study(study_name="s", storage=open_storage(pg_url))
-    failed, retry = fresh.trials
-    assert failed.state == TrialState.FAIL and failed.user_attrs["end_reason"] == "worker_lost"
-    m = re.fullmatch(r"worker heartbeat lost \(no heartbeat for (\d+) s\)", failed.user_attrs["error_summary"])
-    assert m and 3 <= int(m.group(1)) <= 10, failed.user_attrs["error_summary"]
-    assert retry.state == TrialState.WAITING and retry.params == {"x": 0.5}
-    assert retry.system_attrs["failed_trial"] == failed.number and retry.system_attrs["retry_history"] == [0]
-    assert retry.user_attrs == {"preset": "tiny", "config": {"a": 1}}  # ending attrs of the dead attempt dropped
-
-
-def test_a_retry_carries_no_attempt_attr_into_its_own_run():
-    """One list (tuner.storage.trial_attrs.ATTEMPT_ATTRS): the heartbeat callback leaves them out of the retry and
-    the objective blanks any the retry still carries before it runs."""
-    from tuner.storage.trial_attrs import ATTEMPT_ATTRS
-    from tuner.trial.objective import Objective
-
-    trial = optuna.create_study().ask()
-    for key in ATTEMPT_ATTRS:
-        trial.set_user_attr(key, "from the dead attempt")
-    Objective._reset_inherited(trial)
-    assert {k: trial.user_attrs[k] for k in ATTEMPT_ATTRS} == dict.fromkeys(ATTEMPT_ATTRS)
-
-
-def test_worker_seed():
-    assert worker_seed(0, None) == 0 and worker_seed(None, "h:1") is None
-    seeds = {worker_seed(0, f"host:{pid}") for pid in range(1000, 1064)}
-    assert len(seeds) == 64 and 0 not in seeds
-    assert worker_seed(7, "host:1") == worker_seed(7, "host:1") != worker_seed(8, "host:1")
-
-
-def test_make_sampler_seed_override_draws_distinct_sequences():
-    d = copy.deepcopy(BASE)
-    d["sampler"] = {"name": "random", "seed": 0}
-    spec = spec_from_dict(d, where="test.yaml")
-
-    def draws(sampler):
-        study = optuna.create_study(sampler=sampler)
-        return [study.ask().suggest_float("x", 0, 1) for _ in range(5)]
-
-    seed = spec.sampler.seed
-    assert draws(make_sampler(spec, seed)) == draws(make_sampler(spec, seed))  # one worker: reproducible from the seed
-    assert draws(make_sampler(spec, worker_seed(0, "a"))) != draws(make_sampler(spec, worker_seed(0, "b")))
-    assert draws(make_sampler(spec, 0)) == draws(make_sampler(spec, seed))
 
 
 @pytest.mark.parametrize(

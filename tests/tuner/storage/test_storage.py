@@ -1,30 +1,19 @@
 """Storage: URL resolution and masking, engine options on a real Postgres, unreachable servers failing fast,
-heartbeat + stale-trial retry wired, and the one study builder (metric names, stored spec, presets once)."""
+heartbeat + stale-trial retry wired. (Studies: test_studies.py; samplers: test_samplers.py.)"""
 
 from __future__ import annotations
 
-import copy
 import socket
 import time
 
 import optuna
 import pytest
 
-from tests.tuner.tiny import BASE
-from tuner.errors import SpecError, StorageError
+from tuner.errors import StorageError
 from tuner.storage.connect import GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S, open_storage
-from tuner.storage.samplers import make_sampler
-from tuner.storage.studies import create_or_load_study, load_study, study_spec
 from tuner.storage.urls import mask_text, mask_url, resolve_storage_url
-from tuner.study.loader import spec_from_dict
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
-def spec(**changes):
-    d = copy.deepcopy(BASE)
-    d.update(changes)
-    return spec_from_dict(d, where="test.yaml")
 
 
 # --- URLs -------------------------------------------------------------------------------------------------------
@@ -134,64 +123,3 @@ def test_stale_trial_is_requeued(storage_url):
     optuna.storages.fail_stale_trials(study)
     states = sorted(t.state.name for t in study.get_trials())
     assert states == ["FAIL", "WAITING"]
-
-
-# --- studies (storage contract: the tests below run on SQLite and on PostgreSQL) --------------------------------
-
-
-def test_create_sets_names_spec_and_presets_once(storage_url):
-    s = spec(enqueue_presets=["8gb"])
-    storage = open_storage(storage_url)
-    study = create_or_load_study(s, storage)
-    assert study.metric_names == ["val_ppl", "peak_vram_gib"]
-    assert [d.name for d in study.directions] == ["MINIMIZE", "MINIMIZE"]
-    assert study_spec(study).to_dict() == s.to_dict()
-    waiting = study.get_trials(states=[optuna.trial.TrialState.WAITING])
-    assert len(waiting) == 1 and waiting[0].user_attrs["preset"] == "8gb"
-    assert waiting[0].system_attrs["fixed_params"] == s.preset_params("8gb")  # what the trial will use
-    # loading again (another worker) enqueues nothing more, also with a different n_trials
-    again = create_or_load_study(spec(enqueue_presets=["8gb"], n_trials=99), open_storage(storage_url))
-    assert again._study_id == study._study_id and len(again.get_trials()) == 1
-
-
-def test_existing_study_with_other_definition_is_an_error(storage_url):
-    storage = open_storage(storage_url)
-    create_or_load_study(spec(), storage)
-    with pytest.raises(SpecError, match="vram_ceiling_gib: study 'unit' already exists with a different definition"):
-        create_or_load_study(spec(vram_ceiling_gib=6), storage)
-    with pytest.raises(SpecError, match="already exists with directions"):
-        create_or_load_study(spec(objectives=[{"metric": "val_ppl"}]), storage)
-
-
-def test_load_study_uses_stored_spec_sampler_and_names_missing(storage_url):
-    storage = open_storage(storage_url)
-    create_or_load_study(spec(sampler={"name": "nsga2", "seed": 3, "population_size": 6}), storage)
-    study = load_study("unit", storage)
-    assert isinstance(study.sampler, optuna.samplers.NSGAIISampler)
-    with pytest.raises(StorageError, match=r"study 'other' not found .*studies there: unit"):
-        load_study("other", storage)
-
-
-@pytest.mark.parametrize(
-    "name, cls",
-    [
-        ("tpe", optuna.samplers.TPESampler),
-        ("nsga2", optuna.samplers.NSGAIISampler),
-        ("gp", optuna.samplers.GPSampler),
-        ("random", optuna.samplers.RandomSampler),
-    ],
-)
-def test_make_sampler(name, cls):
-    assert isinstance(make_sampler(spec(sampler={"name": name, "seed": 1}), 1), cls)
-
-
-def test_make_grid_sampler():
-    d = copy.deepcopy(BASE)
-    d["sampler"] = {"name": "grid"}
-    d["search_space"] = {
-        "ar_ssm_max_rank": {"type": "int", "low": 8, "high": 16, "step": 8},
-        "htt_phase_encoding": {"type": "categorical", "choices": [True, False]},
-    }
-    loaded = spec_from_dict(d)
-    sampler = make_sampler(loaded, loaded.sampler.seed)
-    assert isinstance(sampler, optuna.samplers.GridSampler)

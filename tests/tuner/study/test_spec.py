@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 
-import optuna
 import pytest
 import yaml
 
@@ -242,32 +240,6 @@ def test_build_config_fixed_plus_params_and_ceiling(tmp_path):
         spec.build_config({"d_model": 32})
 
 
-def test_suggest_follows_conditions():
-    spec = spec_from_dict(copy.deepcopy(BASE))
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
-    seen = {True: 0, False: 0}
-    for _ in range(30):
-        trial = study.ask()
-        params = spec.space.suggest(trial)
-        gc = params["use_gradient_checkpointing"]
-        seen[gc] += 1
-        assert ("checkpoint_ar_ssm" in params) == (gc is False)
-        assert set(params) == set(trial.params)
-        spec.build_config(params)  # every sampled point builds
-        study.tell(trial, 1.0)
-    assert seen[True] and seen[False]
-
-
-def test_conditions_sorted_after_their_parents():
-    d = copy.deepcopy(BASE)
-    d["search_space"] = {
-        "checkpoint_ar_ssm": d["search_space"]["checkpoint_ar_ssm"],
-        "use_gradient_checkpointing": d["search_space"]["use_gradient_checkpointing"],
-    }
-    spec = spec_from_dict(d)
-    assert spec.space.names == ("use_gradient_checkpointing", "checkpoint_ar_ssm")
-
-
 def test_relative_data_path_is_relative_to_the_study_file(tmp_path):
     (tmp_path / "corpus").mkdir()
     (tmp_path / "corpus" / "a.txt").write_text("hello world\n" * 10)
@@ -289,19 +261,6 @@ def test_preset_params_restricted_to_space():
         "ar_ssm_l1_regularization": 0.01,
         "use_gradient_checkpointing": True,
     }
-
-
-def test_grid_sampler_space():
-    d = mutate(
-        sampler={"name": "grid"},
-        **{
-            f"{SS}__ar_ssm_l1_regularization": {"type": "float", "low": 0.001, "high": 0.003, "step": 0.001},
-            f"{SS}__checkpoint_ar_ssm": _DELETE,
-        },
-    )
-    spec = spec_from_dict(d)
-    grid = spec.space.grid()
-    assert grid["ar_ssm_max_rank"] == [8, 16, 24, 32] and len(grid["ar_ssm_l1_regularization"]) == 3
 
 
 def test_phase1_8gb_study_has_the_guides_space():

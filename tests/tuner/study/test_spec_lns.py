@@ -7,21 +7,13 @@ from __future__ import annotations
 import pytest
 
 from model.config import ConfigError, Phase1Config
+from tests.tuner.tiny import mutate
 from tuner.study.loader import spec_from_dict
 from tuner.study.spec import trial_trainable
 
-BASE = {
-    "name": "lns_unit",
-    "objectives": [
-        {"metric": "val_ppl", "direction": "minimize"},
-        {"metric": "peak_vram_gib", "direction": "minimize"},
-    ],
-    "vram_ceiling_gib": 8,
-    "model": {"vocab_size": 512, "d_model": 64, "n_layers": 2, "n_seq": 64},
-    "search_space": {"learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}},
-    "data": {"source": "stdlib"},
-    "budget": {"train_tokens": 1000, "eval_tokens": 500},
-}
+BASE = mutate(
+    name="lns_unit", search_space={"learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}}
+)
 
 
 def test_fixed_lns_model_is_accepted_and_built_with_lns():

@@ -7,27 +7,15 @@ import optuna
 import pytest
 
 from model.config import PRESETS
+from tests.tuner.tiny import calibration
 from tuner.trial.objective import Objective
 from tuner.vram import calibration as cal
 from tuner.vram.estimate.predict import estimate
 
 
-def _calibration() -> cal.DeviceCalibration:
-    return cal.DeviceCalibration(
-        device="TestGPU",
-        driver="1.0",
-        torch="2.0",
-        cuda="13.0",
-        context_gib=0.5,
-        outside_gib=0.74,
-        workspace_gib=0.0625,
-        measured_at="2026-11-24T00:00:00+00:00",
-    )
-
-
 def test_completed_gpu_trial_refines_the_stored_calibration(tmp_path):
     path = tmp_path / "calibration.json"
-    c = _calibration()
+    c = calibration(device="TestGPU", context_gib=0.5)
     cal.save_calibration(c, path)
     objective = Objective(spec=None, runner=None, calibration_path=path)
     objective._estimate_of_trial = est = estimate(PRESETS["8gb"], calibration=c)

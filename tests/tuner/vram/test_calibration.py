@@ -8,30 +8,16 @@ import json
 import pytest
 
 from model.config import PRESETS
+from tests.tuner.tiny import calibration
 from tuner.vram import calibration as cal
-from tuner.vram.calibrate import calibrate_device
 from tuner.vram.estimate.predict import estimate
 from tuner.vram.nvml import current_device_key
 
 
-def _cal(**kw) -> cal.DeviceCalibration:
-    base = dict(
-        device="NVIDIA H100 80GB HBM3",
-        driver="570.1",
-        torch="2.11.0",
-        context_gib=0.6,
-        outside_gib=0.74,
-        workspace_gib=0.0625,
-        cuda="13.0",
-        measured_at="2026-11-24T00:00:00+00:00",
-    )
-    return cal.DeviceCalibration(**{**base, **kw})
-
-
 def test_store_round_trip(tmp_path):
     path = tmp_path / "c.json"
-    a = _cal()
-    b = _cal(device="NVIDIA H200", outside_gib=0.8)
+    a = calibration()
+    b = calibration(device="NVIDIA H200", outside_gib=0.8)
     cal.save_calibration(a, path)
     cal.save_calibration(b, path)
     assert cal.load_calibration(path, a.key) == a
@@ -51,7 +37,7 @@ def test_unreadable_file_is_a_one_line_error(tmp_path):
 
 def test_refine_learns_tensor_scale_and_outside_from_trials(tmp_path):
     path = tmp_path / "c.json"
-    c = _cal()
+    c = calibration()
     cal.save_calibration(c, path)
     cfg = PRESETS["8gb"]
     pred = estimate(cfg, calibration=c)
@@ -85,7 +71,7 @@ def test_refine_targets_the_allocator_gap_per_dtype_class():
     """A device whose CE hole is 0.1 F bigger than the replay's: after two bf16 trials the bf16 prediction matches
     the measured NVML peak; fp32 predictions keep the replay's kappa; without the reserved peak the residual over
     the calibrated outside part is read as the allocator gap and the outside part is left alone."""
-    c = _cal()
+    c = calibration()
     cfg = PRESETS["8gb"]
     for use_reserved in (True, False):
         k = c
@@ -109,9 +95,9 @@ def test_refine_targets_the_allocator_gap_per_dtype_class():
     "nvml,torch_peak,reserved", [(0.0, 1.0, None), (float("nan"), 1.0, None), (5.0, -1.0, None), (5.0, 4.0, 0.0)]
 )
 def test_refine_rejects_non_measurements(nvml, torch_peak, reserved):
-    p = estimate(PRESETS["8gb"], calibration=_cal())
+    p = estimate(PRESETS["8gb"], calibration=calibration())
     with pytest.raises(cal.CalibrationError):
-        cal.refine(_cal(), p, nvml, torch_peak, reserved)
+        cal.refine(calibration(), p, nvml, torch_peak, reserved)
 
 
 def _estimate_from_file(config, path):
@@ -127,18 +113,10 @@ def test_estimate_without_calibration_says_so(tmp_path):
     # A stored calibration of another machine is used, labelled as borrowed, still calibrated=False here
     # (this test machine has no GPU whose key could match).
     path = tmp_path / "c.json"
-    cal.save_calibration(_cal(device="Some Other GPU"), path)
+    cal.save_calibration(calibration(device="Some Other GPU"), path)
     e2 = _estimate_from_file(PRESETS["8gb"], path)
     if current_device_key() is None:
         assert e2.calibrated is False
         assert "borrowed" in e2.outside_source and "Some Other GPU" in e2.outside_source
         assert e2.outside_gib == pytest.approx(0.74)
         assert e2.total_gib > e.total_gib
-
-
-def test_calibrate_device_needs_a_gpu():
-    torch = pytest.importorskip("torch")
-    if torch.cuda.is_available():
-        pytest.skip("a GPU is present: calibrate_device is exercised by bench/estimate_validation.py")
-    with pytest.raises(cal.CalibrationError, match="needs a CUDA GPU"):
-        calibrate_device()

@@ -1,0 +1,53 @@
+"""`tuner export --study NAME --max-vram-gib X --out FILE`: the lowest-PPL feasible Pareto trial within X GiB,
+written as a preset that rebuilds the trial's config and names the study's data and budget."""
+
+from __future__ import annotations
+
+import pytest
+
+from tuner.cli import main
+from tuner.study.preset import load_preset
+
+
+def _export(results_study, tmp_path, max_vram):
+    out = tmp_path / "presets" / "best.yaml"
+    argv = ["export", "--study", "results", "--storage", results_study.url, "--max-vram-gib", str(max_vram)]
+    return main([*argv, "--out", str(out)]), out
+
+
+@pytest.mark.parametrize("max_vram, trial", [(8.0, 1), (5.0, 0), (100.0, 1)])  # trial 3 (PPL 150) is infeasible
+def test_the_lowest_ppl_front_trial_within_the_budget(results_study, tmp_path, capsys, max_vram, trial):
+    code, out = _export(results_study, tmp_path, max_vram)
+    assert code == 0
+    assert capsys.readouterr().out.startswith(f"wrote {out}: trial {trial}, val_ppl ")
+    preset = load_preset(out)
+    stored = results_study.study.trials[trial].user_attrs["config"]
+    assert preset.config.to_dict() == {**stored, "target_vram_gb": max_vram}  # the budget it is promised to fit
+    prov = preset.provenance
+    assert (prov["study"], prov["trial"], prov["device"]) == ("results", trial, "cpu")
+    assert prov["data"]["kind"] == "stdlib" and prov["train_tokens"] == 1000 and prov["eval_tokens"] == 500
+
+
+def test_a_budget_below_the_front_names_the_smallest_peak(results_study, tmp_path, capsys):
+    code, out = _export(results_study, tmp_path, 1.5)
+    assert code == 2 and not out.exists()
+    err = capsys.readouterr().err
+    assert "no feasible Pareto trial with peak_vram_gib <= 1.5 GiB" in err
+    assert "the front's smallest peak is 2.000 GiB (trial 0); raise --max-vram-gib" in err
+
+
+@pytest.mark.parametrize("bad", ["0", "-1"])
+def test_a_non_positive_budget_is_refused(results_study, tmp_path, capsys, bad):
+    code, _ = _export(results_study, tmp_path, bad)
+    assert code == 2 and f"--max-vram-gib: {float(bad)} must be > 0" in capsys.readouterr().err
+
+
+def test_a_study_without_val_ppl_cannot_export(tmp_path, capsys):
+    from tests.tuner.tiny import mutate, write
+
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    study_file = write(tmp_path, mutate(objectives=[{"metric": "peak_vram_gib", "direction": "minimize"}]))
+    assert main(["create", str(study_file), "--storage", url]) == 0
+    argv = ["export", "--study", "unit", "--storage", url, "--max-vram-gib", "8", "--out", str(tmp_path / "p.yaml")]
+    assert main(argv) == 2
+    assert "val_ppl is not an objective" in capsys.readouterr().err

@@ -1,0 +1,117 @@
+"""tuner.trial.child: the trial child's side of a trial, driven in this process through a real pipe (the spawned
+process and its signals are tests/tuner/trial/test_runner.py's and tests/integration/'s). Every way a run ends
+becomes a flat outcome the parent reads; a stop message from the parent ends the trial `interrupted`."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from multiprocessing import Pipe
+
+import numpy as np
+import pytest
+
+from model.data import DataSource
+from tuner.trial.child import _ChildState, _error_outcome, _jsonable, _result_dict
+from tuner.trial.faults import FaultInjection
+from tuner.trial.outcome import TrialOutcome, TrialRequest
+
+TINY = {"vocab_size": 512, "d_model": 32, "n_layers": 1, "n_seq": 32, "batch_size": 2}
+
+
+@pytest.fixture
+def child(tmp_path):
+    """(the child's state, the parent's end of the pipe, the cache folder)."""
+    parent_end, child_end = Pipe()
+    state = _ChildState(child_end, gpu=None, parent_pid=os.getppid())  # this process's parent: "the worker is alive"
+    yield state, parent_end, str(tmp_path / "cache")
+    parent_end.close()
+    child_end.close()
+
+
+def _request(**kw) -> TrialRequest:
+    base = dict(
+        config=TINY,
+        data=DataSource(kind="stdlib", max_bytes=131072),
+        train_tokens=4096,
+        eval_tokens=256,
+        ceiling_gib=1.0,
+        trial_number=0,
+    )
+    return TrialRequest(**{**base, **kw})
+
+
+def _run(child, **kw) -> TrialOutcome:
+    state, _, cache = child
+    return TrialOutcome.from_dict(state.run_trial(_request(**kw), cache))
+
+
+def test_an_injected_failure_is_an_error_outcome_with_its_traceback(child):
+    out = _run(child, fault=FaultInjection("error", at_step=1))
+    assert out.kind == "error" and "injected failure at step 1" in (out.error_summary or "")
+    assert "Traceback" in (out.traceback or "")
+
+
+def test_a_nonfinite_loss_is_numerical_instability_with_its_diagnostics(child):
+    out = _run(child, fault=FaultInjection("nonfinite", at_step=2))
+    assert out.kind == "numerical_instability"
+    assert out.stability == {"check": "finite_loss", "value": None, "step": 2}  # NaN stored as null
+
+
+def test_a_config_the_child_cannot_build_is_an_error_naming_the_field(child):
+    out = _run(child, config={**TINY, "ar_ssm_min_rank": 16, "ar_ssm_max_rank": 8})
+    assert out.kind == "error" and (out.error_summary or "").startswith("ConfigError: ar_ssm")
+
+
+def test_a_stop_from_the_parent_interrupts_the_trial(child):
+    _, parent_end, _ = child
+    parent_end.send({"type": "stop"})  # waiting in the pipe: read at the first step
+    out = _run(child)
+    assert out.kind == "interrupted" and out.error_summary == "worker asked the trial to stop"
+
+
+@pytest.mark.slow
+def test_a_complete_run_reports_its_result_and_progress(child):
+    _, parent_end, _ = child
+    # the first fault is another trial's; slow steps make sure progress is sent
+    faults = [FaultInjection("error", trials=(5,)), FaultInjection("slow", at_step=1, sleep_s=0.1)]
+    out = _run(child, fault=faults, train_tokens=1024)
+    assert out.kind == "complete" and out.result is not None
+    r = out.result
+    assert math.isfinite(r["val_ppl"]) and r["val_ppl"] == r["val_ppl_float"] and r["peak_torch_gib"] > 0
+    messages = []
+    while parent_end.poll():
+        messages.append(parent_end.recv())
+    assert messages and {m["type"] for m in messages} == {"progress"} and messages[0]["step"] >= 1
+
+
+def test_jsonable_turns_results_into_json_values():
+    @dataclasses.dataclass
+    class Point:
+        tokens: int
+        ppl: float
+
+    assert _jsonable({1: Point(3, float("inf"))}) == {"1": {"tokens": 3, "ppl": None}}
+    assert _jsonable((np.float32(0.5), np.int64(2), None, True)) == [0.5, 2.0, None, True]
+    assert _jsonable(object()).startswith("<object object")
+
+
+def test_result_dict_leaves_the_model_out_and_keeps_the_float_ppl():
+    @dataclasses.dataclass
+    class Result:
+        val_ppl: float
+        model: object
+
+    assert _result_dict(Result(12.5, object())) == {"val_ppl": 12.5, "val_ppl_float": 12.5}
+
+
+def test_error_outcome_is_one_summary_line_and_a_bounded_traceback():
+    try:
+        raise ValueError("x" * 1000)
+    except ValueError as e:
+        out = _error_outcome(e)
+    assert (
+        out["kind"] == "error" and out["error_summary"].startswith("ValueError: x") and len(out["error_summary"]) == 500
+    )
+    assert "raise ValueError" in out["traceback"] and len(out["traceback"]) <= 4000
