@@ -63,7 +63,7 @@ from torch.utils.checkpoint import checkpoint
 from model.ar_ssm import ARSSM
 from model.ffn import LowRankFFN
 from model.htt import HTTEmbedding
-from model.loss import chunked_cross_entropy
+from model.loss import CeSum, ce_sum, chunked_cross_entropy
 from model.optim import tag
 from model.shapes import TABLE_CHUNK_ROWS, table_chunk_step
 from model.shapes import expected_param_counts as expected_param_counts  # re-exported: tests and tuner read it here
@@ -260,6 +260,7 @@ class Phase1LM(nn.Module):
         # can only approximate through h; the bias carries it so the table/factors carry context. Zero at build;
         # `init_output_bias` sets it from the training tokens' log-frequencies (the trainer does).
         self.out_bias = tag(nn.Parameter(torch.zeros(config.vocab_size)), "bias")
+        self.ce_fn: CeSum = ce_sum  # one loss chunk's CE sum; model/fast.py swaps in a compiled one
 
     @torch.no_grad()
     def init_output_bias(self, counts: torch.Tensor) -> None:
@@ -323,7 +324,7 @@ class Phase1LM(nn.Module):
         diagnostics = {"effective_rank": er_mean, "gate_sparsity": sp_mean}
         if targets is None:
             return LMOutput(self.logits(h), None, None, aux, h, diagnostics)
-        ce, logits = chunked_cross_entropy(self.logits, h, targets, cfg.loss_chunk_size)
+        ce, logits = chunked_cross_entropy(self.logits, h, targets, cfg.loss_chunk_size, self.ce_fn)
         return LMOutput(logits, ce + aux, ce, aux, h, diagnostics)
 
     # --- accounting ------------------------------------------------------------------------------

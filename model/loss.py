@@ -25,12 +25,20 @@ def ce_sum(logits_fn: Callable[[torch.Tensor], torch.Tensor], h: torch.Tensor, t
     )
 
 
+CeSum = Callable[[Callable[[torch.Tensor], torch.Tensor], torch.Tensor, torch.Tensor], torch.Tensor]
+
+
 def chunked_cross_entropy(
-    logits_fn: Callable[[torch.Tensor], torch.Tensor], h: torch.Tensor, targets: torch.Tensor, chunk: int
+    logits_fn: Callable[[torch.Tensor], torch.Tensor],
+    h: torch.Tensor,
+    targets: torch.Tensor,
+    chunk: int,
+    ce_fn: CeSum = ce_sum,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(mean CE in nats over non-ignored positions, logits [B, L, V] or None when chunked).
 
     h [B, L, D], targets [B, L] (-100 ignored); chunk 0 or >= L computes the whole logits once and returns them.
+    ce_fn: what computes one chunk's CE sum (`ce_sum`, or a compiled `ce_sum`: model/fast.py).
     """
     L = targets.shape[1]
     n_valid = (targets != IGNORE_INDEX).sum().clamp(min=1)
@@ -47,7 +55,7 @@ def chunked_cross_entropy(
     for start in range(0, L, chunk):
         hc, tc = h[:, start : start + chunk], targets[:, start : start + chunk]
         if torch.is_grad_enabled():  # a memory matter whenever autograd records, training or not
-            total = total + checkpoint(ce_sum, logits_fn, hc, tc, use_reentrant=False)
+            total = total + checkpoint(ce_fn, logits_fn, hc, tc, use_reentrant=False)
         else:
-            total = total + ce_sum(logits_fn, hc, tc)
+            total = total + ce_fn(logits_fn, hc, tc)
     return total / n_valid, None

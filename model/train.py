@@ -68,6 +68,7 @@ def train_and_evaluate(
     on_eval: Callable[[EvalInfo], None] | None = None,
     return_model: bool = False,
     progress: Callable[[str], None] | bool | None = None,
+    compile_step: bool = False,
 ) -> TrainResult:
     """Build `config`'s model (Phase 1, or the dense baseline for a DenseConfig), train it on `data.train` for
     ceil(train_tokens / (B*L)) steps, evaluate on `data.val`.
@@ -76,7 +77,8 @@ def train_and_evaluate(
     the first L, targets the last L). `eval_points`: training-token counts (each <= train_tokens) at which validation is
     measured mid-run and passed to `on_eval`; an exception raised by `on_step` or `on_eval` propagates (the tuner stops
     a trial that way). `progress`: a callable receiving a status line about every 10% of the run, or True to print
-    them to stderr.
+    them to stderr. `compile_step`: torch.compile each block and the loss chunk (model/fast.py); off by default until
+    the GPU measurement (bench/throughput.py) says it is faster at the presets' shapes with no more memory.
     Raises ConfigError (untrainable config, vocab mismatch), DataError (too little data for n_seq), ValueError (bad
     budgets), NumericalInstabilityError (from the stability monitor).
     """
@@ -108,7 +110,7 @@ def train_and_evaluate(
         torch.manual_seed(config.seed)
         if dev.type == "cuda":
             torch.cuda.manual_seed_all(config.seed)
-        run = _Run(config, data, dev, steps, eval_tokens, say)
+        run = _Run(config, data, dev, steps, eval_tokens, say, compile_step)
         curve, loop_s = run.train(points, on_step, on_eval)
         tokens_per_s = run.tokens_per_s(loop_s)
         final = run.final_eval(curve)
@@ -180,6 +182,7 @@ class _Run:
         steps: int,
         eval_tokens: int,
         say: Callable[[str], None],
+        compile_step: bool = False,
     ):
         from model.optim import param_groups
         from model.stability import StabilityMonitor
@@ -202,6 +205,11 @@ class _Run:
             lm.init_output_bias(unigram_counts(data.train, config.vocab_size).to(dev))
             self.model = lm
         self.model.train()
+        self.compiled = compile_step
+        if compile_step:
+            from model.fast import compile_for_speed
+
+            compile_for_speed(self.model)
         # the dense baseline's parameters are untagged: matrices and its tables decayed at the base rate, norms
         # and biases undecayed (the usual GPT recipe); Phase 1's tags give its table and phases their own rates
         self.optimizer = torch.optim.AdamW(
@@ -308,9 +316,16 @@ class _Run:
             return (self.steps - 1) * tokens_per_step / (loop_s - self.first_step_s)
         return self.steps * tokens_per_step / max(loop_s, 1e-9)
 
+    def _evaluate(self) -> dict[str, Any]:
+        # A compiled step's blocks would compile again for evaluation (eval mode, no grad, another batch shape): a
+        # minute of compilation for a pass that runs a few times per trial, so evaluation runs them eagerly.
+        stance = torch.compiler.set_stance("force_eager") if self.compiled else nullcontext()
+        with stance:
+            return evaluate_run(self.model, self.data, self.eval_tokens, self.config, self.dev)
+
     def _eval_info(self, tokens: int) -> EvalInfo:
         # mid-run evaluations score the same windows as the final one, so the curve's points are comparable
-        r = evaluate_run(self.model, self.data, self.eval_tokens, self.config, self.dev)
+        r = self._evaluate()
         self._last_eval = (tokens, r)
         return EvalInfo(
             tokens=tokens, val_loss=r["val_loss"], val_ppl=r["val_ppl"], repr_effective_rank=r["repr_effective_rank"]
@@ -321,7 +336,7 @@ class _Run:
         total_tokens = self.steps * self.config.batch_size * self.config.n_seq
         if self._last_eval is not None and self._last_eval[0] == total_tokens:
             return self._last_eval[1]
-        r = evaluate_run(self.model, self.data, self.eval_tokens, self.config, self.dev)
+        r = self._evaluate()
         curve.append(
             EvalInfo(
                 tokens=total_tokens,

@@ -1,0 +1,43 @@
+"""Step-speed switch of the trainer: torch.compile of each block and of one loss chunk (`compile_for_speed`).
+
+Why: at the presets' shapes (D 1024, 12 layers, L 2048, B 8, bf16) the eager step launches thousands of small
+kernels and the GPU idles about half the time (issue 13). Compiling the per-layer block fuses its elementwise work
+(norms, gate math, casts, residual adds) into a few Triton kernels; compiling one loss chunk (head GEMMs, bias,
+the fp32 upcast and the cross-entropy) lets inductor fuse the upcast into the log-softmax instead of writing a fp32
+copy of the [B, c, V] logits. Each block is compiled, not the whole model: the blocks share one graph (their
+parameters are graph inputs), so compile time does not grow with depth, and the model's Python around them (the
+diagnostics, the checkpoint of each block, the chunk loop) stays eager and unchanged.
+
+The Triton scan enters a compiled region as two opaque torch.library ops (kernels/scan.py), the same kernels and
+tiles as eager. Shapes are static (`dynamic=False`): a trial's batch shape never changes; the evaluation's other
+batch size compiles once more.
+
+Saved activations: inside a checkpointed block nothing changes (only its input is kept); unchecked blocks (24gb)
+let inductor's partitioner choose what to save (it recomputes cheap elementwise results rather than saving them),
+so the saved bytes may differ from `model.lm.saved_bytes_per_token`: bench/throughput.py reports the NVML peak of
+both paths side by side.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from model.loss import ce_sum
+
+if TYPE_CHECKING:
+    from model.dense import DenseLM
+    from model.lm import Phase1LM
+
+
+def compile_for_speed(model: Phase1LM | DenseLM) -> None:
+    """Compile `model`'s blocks (`model.blocks`, each in place with nn.Module.compile) and its loss chunk
+    (`model.ce_fn`). Works for Phase1LM and DenseLM; outputs and gradients equal the eager
+    model's within float rounding (tests/model/test_fast.py)."""
+    if not isinstance(getattr(model, "blocks", None), nn.ModuleList) or not hasattr(model, "ce_fn"):
+        raise TypeError(f"compile_for_speed: {type(model).__name__} has no `blocks` ModuleList and `ce_fn`")
+    for block in model.blocks:
+        block.compile(dynamic=False)
+    model.ce_fn = torch.compile(ce_sum, dynamic=False)
