@@ -78,7 +78,8 @@ def train_and_evaluate(
     measured mid-run and passed to `on_eval`; an exception raised by `on_step` or `on_eval` propagates (the tuner stops
     a trial that way). `progress`: a callable receiving a status line about every 10% of the run, or True to print
     them to stderr. `compile_step`: torch.compile each block and the loss chunk (model/fast.py); off by default until
-    the GPU measurement (bench/throughput.py) says it is faster at the presets' shapes with no more memory.
+    the GPU measurement (bench/throughput.py) says it is faster at the presets' shapes with no more memory. On CPU a
+    compiled run's peak is not measured (peak_torch_gib 0, peak_memory_kind "unmeasured_compiled_cpu").
     Raises ConfigError (untrainable config, vocab mismatch), DataError (too little data for n_seq), ValueError (bad
     budgets), NumericalInstabilityError (from the stability monitor).
     """
@@ -102,7 +103,10 @@ def train_and_evaluate(
         warnings.warn(message, DataRepeatWarning, stacklevel=2)
 
     devices = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
-    tracker = TensorMemoryTracker(dev.type) if dev.type != "cuda" else None
+    # The CPU tracker is a TorchDispatchMode, under which torch.compile runs nothing compiled (dynamo steps aside):
+    # a compiled CPU step (tests, bench --tiny) goes untracked rather than silently eager.
+    track = dev.type != "cuda" and not compile_step
+    tracker = TensorMemoryTracker(dev.type) if track else None
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     # fork_rng: seed parameter init from config.seed without disturbing the caller's global RNG state.
@@ -119,8 +123,7 @@ def train_and_evaluate(
             peak_bytes, kind = torch.cuda.max_memory_allocated(dev), "cuda_max_allocated"
             reserved_gib = torch.cuda.max_memory_reserved(dev) / GIB
         else:
-            assert tracker is not None  # made above for every non-CUDA device
-            peak_bytes, kind = tracker.peak_bytes, "cpu_tensor_bytes"
+            peak_bytes, kind = (tracker.peak_bytes, "cpu_tensor_bytes") if tracker else (0, "unmeasured_compiled_cpu")
             reserved_gib = None
     diagnostics = run.diagnostics(final)
     say(

@@ -84,12 +84,15 @@ def test_rejects_a_model_without_blocks():
 
 
 def test_trainer_compile_step_trains_like_eager(tmp_path):
-    """train_and_evaluate(compile_step=True) on real text: the same per-step losses as the eager trainer (fp32, so
-    only summation order differs) and an evaluation that does not compile again (it runs eagerly)."""
+    """train_and_evaluate(compile_step=True) on real text runs compiled graphs and gives the same per-step losses as
+    the eager trainer (fp32, so only summation order differs); its evaluation runs eagerly."""
     from model.data import DataSource, prepare_data
     from model.train import train_and_evaluate
 
+    from torch._dynamo.utils import counters  # private, tests only: proves compiled graphs ran
+
     torch._dynamo.reset()
+    counters.clear()
     data = prepare_data(DataSource("stdlib", max_bytes=100_000), 300, tmp_path)
     c = Phase1Config(**{**BASE, "vocab_size": 300, "dtype": "float32", "learning_rate": 3e-3})
     losses: dict[bool, list[float]] = {}
@@ -98,6 +101,8 @@ def test_trainer_compile_step_trains_like_eager(tmp_path):
         r = train_and_evaluate(c, data, train_tokens=6 * 32, eval_tokens=64, device="cpu", on_step=steps.append,
                                compile_step=compiled)  # fmt: skip
         losses[compiled] = [s.loss for s in steps] + [r.val_loss]
+        assert (counters["stats"]["unique_graphs"] > 0) == compiled  # eager made none; compiled did compile
+        assert r.peak_memory_kind == ("unmeasured_compiled_cpu" if compiled else "cpu_tensor_bytes")
     assert losses[True][-1] < losses[True][0]
     for a, b in zip(losses[False], losses[True], strict=True):
         assert abs(a - b) <= 1e-3 * abs(a)
