@@ -1,12 +1,12 @@
-"""Training step time of each preset against the dense baseline of the same shape, eager and compiled side by side,
-all in one run: tokens/s, ms/step, NVML per-process peak, MFU, and a torch.profiler summary of the last steps.
+"""Training step time of each preset against the dense baseline of the same shape, eager and fast paths side by
+side, all in one run: tokens/s, ms/step, NVML per-process peak, MFU, and a torch.profiler summary of the last steps.
 
 Each (model, variant) trains in a fresh process (so NVML's per-process figure is its own) through the project's
 trainer (`model.train.train_and_evaluate`, the step a tuning trial runs: optimizer, clipping, stability checks) at
-V 50257, D 1024, 12 layers, L 2048, B 8, bf16. Variants: "eager" (today's step) and "compile"
-(`compile_step=True`: model/fast.py). Tokens: "synthetic" (uniform random ids; step time does not depend on the
-text, and preparing nothing keeps the run short) or "python" (the project's `python` corpus source capped at
---max-bytes, tokenised once by the parent). The JSON says which.
+V 50257, D 1024, 12 layers, L 2048, B 8, bf16. Variants (model/fast.py): "eager" (today's step), "compile"
+(`compile_step=True`), "fused" (`fused_loss=True`) and "compile_fused" (both). Tokens: "synthetic" (uniform random
+ids; step time does not depend on the text, and preparing nothing keeps the run short) or "python" (the project's
+`python` corpus source capped at --max-bytes, tokenised once by the parent). The JSON says which.
 
 Timing: the trainer synchronises on the loss every step; the bench stamps the host clock at each step's end
 (on_step) and reports the median step over steps 3 .. N-4 (the first two steps compile and warm the allocator, the
@@ -15,14 +15,14 @@ B*L / median step. MFU = FLOPs of one training step counted by torch.utils.flop_
 (forward, backward and checkpointing's recomputation; the compiled step does the same math) / median step / the
 GPU's dense bf16 peak (989 TFLOP/s, H100/H200 SXM).
 
-    python bench/throughput.py [--out DIR] [--steps 30] [--models 8gb,10gb,24gb,dense] [--variants eager,compile]
+    python bench/throughput.py [--out DIR] [--steps 30] [--rows 8gb:eager,8gb:compile_fused,...]
                                [--data synthetic|python] [--budget-s 510]
-    python bench/throughput.py --tiny --out /tmp/tp   # CPU, tiny shapes, 8gb and dense: proves the script
+    python bench/throughput.py --tiny --out /tmp/tp   # CPU, tiny shapes, 4 rows: proves the script
 Writes DIR/throughput.json {"device", "torch", "data", "rows": [{"model", "variant", "tokens_per_s",
 "ms_per_step", "nvml_peak_gib", "mfu", ...}]} and DIR/profile_step.json (bench/profile_step.py's summaries), both
-rewritten after every row, so a run cut short keeps what it measured. Rows run model by model, eager then compile,
-8gb and dense first; a row that cannot start with less than MIN_ROW_S of --budget-s left is recorded as skipped,
-one that fails as failed (its error, no figures).
+rewritten after every row, so a run cut short keeps what it measured. Rows run in ROWS order; a row that cannot
+start with less than MIN_ROW_S of --budget-s left is recorded as skipped, one that fails as failed (its error, no
+figures).
 """
 
 from __future__ import annotations
@@ -43,9 +43,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project's pa
 from bench._common import RESULTS, device_header, write_json
 
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12}
-MODELS = ("8gb", "dense", "24gb", "10gb")  # run order: the headline pair first
-VARIANTS = ("eager", "compile")
-TINY_MODELS = ("8gb", "dense")  # --tiny: one preset and the baseline, both variants, inside 2 minutes on 2 cores
+MODELS = ("8gb", "dense", "24gb", "10gb")
+# variant -> train_and_evaluate switches (model/fast.py): compile_step, fused_loss
+VARIANTS = {"eager": (False, False), "compile": (True, False), "fused": (False, True), "compile_fused": (True, True)}
+# Run order: each model eager then both switches, the headline pair first; then each switch alone on the 8gb preset
+# (what each contributes). Rows past --budget-s are recorded as skipped.
+ROWS = tuple(f"{m}:{v}" for m in MODELS for v in ("eager", "compile_fused")) + ("8gb:compile", "8gb:fused")
+TINY_ROWS = ("8gb:eager", "8gb:compile_fused", "dense:eager", "dense:fused")  # ~2 minutes on 2 idle cores
 MIN_ROW_S = 60.0  # a row needs about this long at least (process start, first-step compilation)
 ROW_TIMEOUT_S = 300.0
 TINY = dict(vocab_size=512, d_model=64, n_layers=2, n_seq=64, batch_size=2, ffn_rank=8, htt_rank=4,
@@ -135,7 +139,8 @@ def measure_one(name: str, variant: str, steps: int, tiny: bool, data_kind: str,
         with prof:
             result = train_and_evaluate(config, data, train_tokens=steps * config.batch_size * config.n_seq,
                                         eval_tokens=config.n_seq, device=device, on_step=prof.on_step,
-                                        return_model=True, compile_step=variant == "compile")  # fmt: skip
+                                        return_model=True, compile_step=VARIANTS[variant][0],
+                                        fused_loss=VARIANTS[variant][1])  # fmt: skip
     finally:
         if guard is not None:
             guard.stop()
@@ -174,31 +179,31 @@ def run_rows(args: argparse.Namespace, on_row=None) -> list[dict[str, Any]]:
     """Every (model, variant) in its own process, within args.budget_s; on_row(rows) after each."""
     t0 = time.monotonic()
     rows: list[dict[str, Any]] = []
-    for name in args.models.split(","):
-        for variant in args.variants.split(","):
-            left = args.budget_s - (time.monotonic() - t0)
-            if left < MIN_ROW_S:
-                rows.append({"model": name, "variant": variant, "skipped": f"time budget: {left:.0f} s left"})
-                continue
-            t_row = time.monotonic()
-            try:
-                env = dict(os.environ, PYTHONUNBUFFERED="1")
-                r = subprocess.run(_child_cmd(name, variant, args), capture_output=True, text=True,
-                                   timeout=min(ROW_TIMEOUT_S, left), env=env)  # fmt: skip
-                line = next((x for x in r.stdout.splitlines() if x.startswith("ROW ")), None)
-                if r.returncode != 0 or line is None:
-                    tail = (r.stdout[-1500:] + "\n" + r.stderr[-3000:]).strip()
-                    row = {"model": name, "variant": variant, "failed": f"exit {r.returncode}", "error_tail": tail}
-                    print(f"throughput: {name}/{variant} failed:\n{tail}", file=sys.stderr, flush=True)
-                else:
-                    row = json.loads(line[4:])
-            except subprocess.TimeoutExpired:
-                row = {"model": name, "variant": variant, "failed": f"timed out after {min(ROW_TIMEOUT_S, left):.0f} s"}
-            row["row_wall_s"] = time.monotonic() - t_row
-            rows.append(row)
-            print(json.dumps({k: v for k, v in row.items() if k != "profile"}), flush=True)
-            if on_row is not None:
-                on_row(rows)
+    for spec in args.rows.split(","):
+        name, variant = spec.split(":")
+        left = args.budget_s - (time.monotonic() - t0)
+        if left < MIN_ROW_S:
+            rows.append({"model": name, "variant": variant, "skipped": f"time budget: {left:.0f} s left"})
+            continue
+        t_row = time.monotonic()
+        try:
+            env = dict(os.environ, PYTHONUNBUFFERED="1")
+            r = subprocess.run(_child_cmd(name, variant, args), capture_output=True, text=True,
+                               timeout=min(ROW_TIMEOUT_S, left), env=env)  # fmt: skip
+            line = next((x for x in r.stdout.splitlines() if x.startswith("ROW ")), None)
+            if r.returncode != 0 or line is None:
+                tail = (r.stdout[-1500:] + "\n" + r.stderr[-3000:]).strip()
+                row = {"model": name, "variant": variant, "failed": f"exit {r.returncode}", "error_tail": tail}
+                print(f"throughput: {name}/{variant} failed:\n{tail}", file=sys.stderr, flush=True)
+            else:
+                row = json.loads(line[4:])
+        except subprocess.TimeoutExpired:
+            row = {"model": name, "variant": variant, "failed": f"timed out after {min(ROW_TIMEOUT_S, left):.0f} s"}
+        row["row_wall_s"] = time.monotonic() - t_row
+        rows.append(row)
+        print(json.dumps({k: v for k, v in row.items() if k != "profile"}), flush=True)
+        if on_row is not None:
+            on_row(rows)
     return rows
 
 
@@ -218,8 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--steps", type=int, default=30)
-    p.add_argument("--models", help=f"default {','.join(MODELS)} ({','.join(TINY_MODELS)} with --tiny)")
-    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--rows", help=f"model:variant,... (models {MODELS}, variants {tuple(VARIANTS)}); default "
+                   f"{','.join(ROWS)} ({','.join(TINY_ROWS)} with --tiny)")  # fmt: skip
     p.add_argument("--data", choices=("synthetic", "python"), default="synthetic")
     p.add_argument("--max-bytes", type=int, default=8 << 20, help="python corpus cap (bytes)")
     p.add_argument("--cache-dir", default=".phase1_cache")
@@ -227,7 +232,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tiny", action="store_true", help="CPU, tiny shapes: proves the script end to end")
     p.add_argument("--one", help=argparse.SUPPRESS)  # child mode: "model:variant", prints its JSON row
     args = p.parse_args(argv)
-    args.models = args.models or ",".join(TINY_MODELS if args.tiny else MODELS)
+    args.rows = args.rows or ",".join(TINY_ROWS if args.tiny else ROWS)
+    for spec in args.rows.split(","):
+        name, _, variant = spec.partition(":")
+        if name not in MODELS or variant not in VARIANTS:
+            p.error(
+                f"--rows: {spec!r} is not model:variant with a model of {MODELS} and a variant of {tuple(VARIANTS)}"
+            )
     if args.steps < 10:
         p.error(f"--steps {args.steps}: at least 10 (2 warm-up, 4 profiled, the rest timed)")
     if args.one:

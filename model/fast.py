@@ -1,4 +1,5 @@
-"""Step-speed switch of the trainer: torch.compile of each block and of one loss chunk (`compile_for_speed`).
+"""Step-speed switches of the trainer: torch.compile of each block and of one loss chunk (`compile_for_speed`), and
+the head's GEMM fused into the loss (`use_fused_loss`).
 
 Why: at the presets' shapes (D 1024, 12 layers, L 2048, B 8, bf16) the eager step launches thousands of small
 kernels and the GPU idles about half the time (issue 13). Compiling the per-layer block fuses its elementwise work
@@ -41,3 +42,15 @@ def compile_for_speed(model: Phase1LM | DenseLM) -> None:
     for block in model.blocks:
         block.compile(dynamic=False)
     model.ce_fn = torch.compile(ce_sum, dynamic=False)
+
+
+def use_fused_loss(model: Phase1LM | DenseLM) -> None:
+    """Train with the head fused into the loss (model/loss.py `linear_cross_entropy`): the tied table built once
+    per step (not per loss chunk, twice), no recomputed logits, the gradients of the head computed chunk by chunk
+    in the forward. Phase1LM's low-rank head keeps the chunked path. Evaluation (no grad) keeps the chunked path.
+
+    Memory against the checkpointed chunks: kept from the forward to the backward are dh [N, D] (autocast dtype),
+    dW [V, D] and db [V] in fp32 (instead of h [N, D]); transient per chunk of c positions, the [B*c, V] logits in
+    fp32 plus their autocast-dtype copy (instead of ~(ac + 12) * B * c * V bytes); the table [V, D] in the autocast
+    dtype during the loss's forward. `model.lm.saved_bytes_per_token` does not model this path."""
+    model.fused_loss = True

@@ -1,5 +1,6 @@
 """Next-token cross-entropy over hidden states, optionally in chunks of positions so that the full [B, L, V]
-logits never exist at once (the memory lever at V = 50k).
+logits never exist at once (the memory lever at V = 50k). `linear_cross_entropy` (below) fuses the head's GEMM into
+the loss instead, for a head that is one weight matrix (the tied table, the dense baseline's embedding).
 
 With chunk c in 1..L-1 each chunk computes its logits and CE sum inside torch.utils.checkpoint, so autograd keeps
 only the chunk's input h (a view of the final hidden states) and recomputes the [B, c, V] logits in the backward;
@@ -59,3 +60,71 @@ def chunked_cross_entropy(
         else:
             total = total + ce_fn(logits_fn, hc, tc)
     return total / n_valid, None
+
+
+# --- fused head + loss (model/fast.py's fused_loss) ------------------------------------------------------------------
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """CE sum of logits = h W^T (+ b) and its gradients, both in the forward, chunk by chunk over positions.
+
+    The loss is a scalar, so its gradient is known up to that scalar when the forward runs: each chunk's logits
+    become softmax - onehot in place, then dh = G W and dW += G^T h right away, and the logits are freed. Saved for
+    the backward: dh [N, D] (h's dtype), dW [V, D] and db [V] in fp32 (the backward only scales them). Against the
+    checkpointed chunks of `chunked_cross_entropy`: one GEMM fewer per chunk (no recomputed logits) and one
+    elementwise pass over the fp32 logits instead of several.
+    """
+
+    @staticmethod
+    def forward(ctx, h, weight, bias, targets, chunk):
+        N, V = h.shape[0], weight.shape[0]
+        acc = torch.float64 if h.dtype == torch.float64 else torch.float32  # softmax and sums (float64: tests)
+        dh = torch.empty_like(h)
+        dw = torch.zeros(weight.shape, dtype=acc, device=h.device)
+        db = torch.zeros(V, dtype=acc, device=h.device) if bias is not None else None
+        total = torch.zeros((), dtype=acc, device=h.device)
+        for s in range(0, N, chunk):
+            hc, tc = h[s : s + chunk], targets[s : s + chunk]
+            logits = (hc @ weight.t()).to(acc)  # [c, V]
+            if bias is not None:
+                logits += bias
+            lse = torch.logsumexp(logits, dim=1)  # [c]
+            valid = tc != IGNORE_INDEX
+            tgt = tc.clamp(min=0)[:, None]
+            total += ((lse - logits.gather(1, tgt)[:, 0]) * valid).sum()
+            probs = logits.sub_(lse[:, None]).exp_()  # softmax, in place
+            probs.scatter_add_(1, tgt, -valid.to(probs.dtype)[:, None])  # - onehot on the scored rows
+            probs.mul_(valid[:, None])  # ignored rows: no gradient
+            if db is not None:
+                db += probs.sum(0)
+            g = probs.to(h.dtype)
+            del logits, probs
+            dh[s : s + chunk] = g @ weight
+            dw += (g.t() @ hc).to(acc)
+        ctx.save_for_backward(dh, dw, db if db is not None else dw.new_empty(0))
+        ctx.has_bias, ctx.weight_dtype = bias is not None, weight.dtype
+        return total.float() if acc == torch.float32 else total
+
+    @staticmethod
+    def backward(ctx, grad):
+        dh, dw, db = ctx.saved_tensors
+        dbias = db * grad if ctx.has_bias else None
+        return dh * grad.to(dh.dtype), (dw * grad).to(ctx.weight_dtype), dbias, None, None
+
+
+def linear_cross_entropy(
+    h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor, chunk: int
+) -> torch.Tensor:
+    """Mean next-token CE (nats) of logits = h weight^T + bias over the non-ignored positions, never holding more
+    than `chunk` positions' [chunk, V] logits (chunk 0: all at once).
+
+    h [..., D] (the autocast dtype), weight [V, D] (cast to h's dtype), bias [V] or None, targets [...] (-100
+    ignored). Gradients reach h, weight (and through it whatever built it: the HTT cores) and bias. Autocast is
+    off inside: the GEMMs run in h's dtype and the softmax in fp32, as the checkpointed path's do.
+    """
+    D = h.shape[-1]
+    h2, t2 = h.reshape(-1, D), targets.reshape(-1)
+    n_valid = (t2 != IGNORE_INDEX).sum().clamp(min=1)
+    with torch.autocast(device_type=h.device.type, enabled=False):
+        total = _LinearCrossEntropy.apply(h2, weight.to(h2.dtype), bias, t2, chunk if chunk > 0 else h2.shape[0])
+    return total / n_valid

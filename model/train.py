@@ -69,6 +69,7 @@ def train_and_evaluate(
     return_model: bool = False,
     progress: Callable[[str], None] | bool | None = None,
     compile_step: bool = False,
+    fused_loss: bool = False,
 ) -> TrainResult:
     """Build `config`'s model (Phase 1, or the dense baseline for a DenseConfig), train it on `data.train` for
     ceil(train_tokens / (B*L)) steps, evaluate on `data.val`.
@@ -79,7 +80,8 @@ def train_and_evaluate(
     a trial that way). `progress`: a callable receiving a status line about every 10% of the run, or True to print
     them to stderr. `compile_step`: torch.compile each block and the loss chunk (model/fast.py); off by default until
     the GPU measurement (bench/throughput.py) says it is faster at the presets' shapes with no more memory. On CPU a
-    compiled run's peak is not measured (peak_torch_gib 0, peak_memory_kind "unmeasured_compiled_cpu").
+    compiled run's peak is not measured (peak_torch_gib 0, peak_memory_kind "unmeasured_compiled_cpu"). `fused_loss`:
+    the head's GEMM fused into the loss (model/fast.py `use_fused_loss`); off by default until measured likewise.
     Raises ConfigError (untrainable config, vocab mismatch), DataError (too little data for n_seq), ValueError (bad
     budgets), NumericalInstabilityError (from the stability monitor).
     """
@@ -114,7 +116,7 @@ def train_and_evaluate(
         torch.manual_seed(config.seed)
         if dev.type == "cuda":
             torch.cuda.manual_seed_all(config.seed)
-        run = _Run(config, data, dev, steps, eval_tokens, say, compile_step)
+        run = _Run(config, data, dev, steps, eval_tokens, say, compile_step, fused_loss)
         curve, loop_s = run.train(points, on_step, on_eval)
         tokens_per_s = run.tokens_per_s(loop_s)
         final = run.final_eval(curve)
@@ -186,6 +188,7 @@ class _Run:
         eval_tokens: int,
         say: Callable[[str], None],
         compile_step: bool = False,
+        fused_loss: bool = False,
     ):
         from model.optim import param_groups
         from model.stability import StabilityMonitor
@@ -213,6 +216,10 @@ class _Run:
             from model.fast import compile_for_speed
 
             compile_for_speed(self.model)
+        if fused_loss:
+            from model.fast import use_fused_loss
+
+            use_fused_loss(self.model)
         # the dense baseline's parameters are untagged: matrices and its tables decayed at the base rate, norms
         # and biases undecayed (the usual GPT recipe); Phase 1's tags give its table and phases their own rates
         self.optimizer = torch.optim.AdamW(

@@ -50,14 +50,15 @@ def test_tiny_configs_keep_the_presets_switches():
 
 @pytest.mark.slow  # trains a tiny model in a child process
 def test_tiny_run_writes_both_files(tmp_path):
-    r = subprocess.run([sys.executable, str(ROOT / "bench" / "throughput.py"), "--tiny", "--models", "8gb",
-                        "--variants", "eager", "--steps", "10", "--out", str(tmp_path)],
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "throughput.py"), "--tiny", "--rows", "8gb:fused",
+                        "--steps", "10", "--out", str(tmp_path)],
                        capture_output=True, text=True, timeout=300, cwd=ROOT)  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     result = json.loads((tmp_path / "throughput.json").read_text())
     (row,) = result["rows"]
     assert {"model", "tokens_per_s", "ms_per_step", "nvml_peak_gib", "mfu", "variant"} <= set(row)
-    assert row["model"] == "8gb" and row["tokens_per_s"] > 0 and result["data"] == "synthetic"
+    assert row["model"] == "8gb" and row["variant"] == "fused" and row["tokens_per_s"] > 0
+    assert result["data"] == "synthetic"
     (prof,) = json.loads((tmp_path / "profile_step.json").read_text())["profiles"]
     summary = prof["summary"]
     assert summary["steps"] == 3 and summary["wall_ms"] > 0 and summary["top_cpu"]
