@@ -210,13 +210,14 @@ class Block(nn.Module):
         self.checkpoint_mixer = config.checkpoint_ar_ssm
 
     def _mix(self, x: torch.Tensor):
-        return self.mixer(self.norm1(x))
+        return self.mixer(self.norm1(x), return_gate_mean=True)
 
     def forward(self, x: torch.Tensor):
         if self.checkpoint_mixer and _checkpointing(self):
-            y, gate_l1, eff_rank, sparsity = checkpoint(self._mix, x, use_reentrant=False)
+            y, gate_l1, eff_rank, sparsity, gate_mean = checkpoint(self._mix, x, use_reentrant=False)
         else:
-            y, gate_l1, eff_rank, sparsity = self._mix(x)
+            y, gate_l1, eff_rank, sparsity, gate_mean = self._mix(x)
+        self.mixer.last_gate_mean = gate_mean  # outside the checkpoint (ARSSM.forward says why)
         x = x + y
         x = x + self.ffn(self.norm2(x))
         return x, gate_l1, eff_rank, sparsity

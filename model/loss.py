@@ -88,11 +88,15 @@ class _LinearCrossEntropy(torch.autograd.Function):
             logits = (hc @ weight.t()).to(acc)  # [c, V]
             if bias is not None:
                 logits += bias
-            lse = torch.logsumexp(logits, dim=1)  # [c]
             valid = tc != IGNORE_INDEX
             tgt = tc.clamp(min=0)[:, None]
-            total += ((lse - logits.gather(1, tgt)[:, 0]) * valid).sum()
-            probs = logits.sub_(lse[:, None]).exp_()  # softmax, in place
+            picked = logits.gather(1, tgt)[:, 0]  # the target's logit [c]
+            # softmax in place (torch.logsumexp would allocate a second [c, V]): one fp32 buffer per chunk
+            peak = logits.amax(dim=1, keepdim=True)
+            probs = logits.sub_(peak).exp_()
+            denom = probs.sum(dim=1, keepdim=True)
+            probs.div_(denom)
+            total += ((peak[:, 0] + denom[:, 0].log() - picked) * valid).sum()
             probs.scatter_add_(1, tgt, -valid.to(probs.dtype)[:, None])  # - onehot on the scored rows
             probs.mul_(valid[:, None])  # ignored rows: no gradient
             if db is not None:

@@ -65,10 +65,12 @@ def test_compiled_dense_step_matches_eager():
     assert_same_step(eager, fast, c)
 
 
-def test_a_block_is_one_graph():
-    """fullgraph=True raises on any graph break: the block (norms, gates, scan, conv, FFN) traces whole."""
+@pytest.mark.parametrize("checkpoint_ar_ssm", [False, True])
+def test_a_block_is_one_graph(checkpoint_ar_ssm):
+    """fullgraph=True raises on any graph break: the block (norms, gates, scan, conv, FFN) traces whole, with its
+    mixer checkpointed too (the 8gb preset's setting: no attribute write inside the checkpoint)."""
     torch._dynamo.reset()
-    c = Phase1Config(**BASE)
+    c = Phase1Config(**BASE, checkpoint_ar_ssm=checkpoint_ar_ssm)
     block = Block(c).train()
     x = torch.randn(2, 16, 32, requires_grad=True)
     compiled = torch.compile(block, fullgraph=True, dynamic=False)
@@ -76,6 +78,7 @@ def test_a_block_is_one_graph():
         y = compiled(x)[0]
         y_ref = block(x)[0]
     torch.testing.assert_close(y, y_ref, rtol=2e-2, atol=2e-2)
+    assert block.mixer.last_gate_mean is not None and block.mixer.last_gate_mean.shape == (c.ar_ssm_max_rank,)
 
 
 def test_rejects_a_model_without_blocks():
