@@ -18,6 +18,8 @@ GPU's dense bf16 peak (989 TFLOP/s, H100/H200 SXM).
     python bench/throughput.py [--out DIR] [--steps 30] [--rows 8gb:eager,8gb:compile_fused,...]
                                [--data synthetic|python] [--budget-s 510]
     python bench/throughput.py --tiny --out /tmp/tp   # CPU, tiny shapes, 4 rows: proves the script
+On one H100 (all ten default rows, about 8-9 minutes; --budget-s keeps it under 9):
+    PYTHONPATH=$PWD timeout 570 python3 bench/throughput.py --out $OUT
 Writes DIR/throughput.json {"device", "torch", "data", "rows": [{"model", "variant", "tokens_per_s",
 "ms_per_step", "nvml_peak_gib", "mfu", ...}]} and DIR/profile_step.json (bench/profile_step.py's summaries), both
 rewritten after every row, so a run cut short keeps what it measured. Rows run in ROWS order; a row that cannot
