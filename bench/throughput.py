@@ -18,7 +18,7 @@ GPU's dense bf16 peak (989 TFLOP/s, H100/H200 SXM).
     python bench/throughput.py [--out DIR] [--steps 30] [--rows 8gb:eager,8gb:compile_fused,...]
                                [--data synthetic|python] [--budget-s 510]
     python bench/throughput.py --tiny --out /tmp/tp   # CPU, tiny shapes, 4 rows: proves the script
-On one H100 (all ten default rows, about 8-9 minutes; --budget-s keeps it under 9):
+On one H100 (the ten default rows, about 8-9 minutes; --budget-s keeps it under 9):
     PYTHONPATH=$PWD timeout 570 python3 bench/throughput.py --out $OUT
 Writes DIR/throughput.json {"device", "torch", "data", "rows": [{"model", "variant", "tokens_per_s",
 "ms_per_step", "nvml_peak_gib", "mfu", ...}]} and DIR/profile_step.json (bench/profile_step.py's summaries), both
@@ -48,9 +48,11 @@ PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12}
 MODELS = ("8gb", "dense", "24gb", "10gb")
 # variant -> train_and_evaluate switches (model/fast.py): compile_step, fused_loss
 VARIANTS = {"eager": (False, False), "compile": (True, False), "fused": (False, True), "compile_fused": (True, True)}
-# Run order: each model eager then both switches, the headline pair first; then each switch alone on the 8gb preset
-# (what each contributes). Rows past --budget-s are recorded as skipped.
-ROWS = tuple(f"{m}:{v}" for m in MODELS for v in ("eager", "compile_fused")) + ("8gb:compile", "8gb:fused")
+# Run order: the dense baseline and each preset eager then with both switches (memory and speed per preset), then
+# each switch alone on the 8gb preset (what each contributes), the dense model's fast path last. Rows past
+# --budget-s are recorded as skipped.
+ROWS = ("8gb:eager", "8gb:compile_fused", "dense:eager", "24gb:eager", "24gb:compile_fused", "10gb:eager",
+        "10gb:compile_fused", "8gb:compile", "8gb:fused", "dense:compile_fused")  # fmt: skip
 TINY_ROWS = ("8gb:eager", "8gb:compile_fused", "dense:eager", "dense:fused")  # ~2 minutes on 2 idle cores
 MIN_ROW_S = 60.0  # a row needs about this long at least (process start, first-step compilation)
 ROW_TIMEOUT_S = 240.0  # a row past this (a compile gone wrong) must not eat the whole run

@@ -33,6 +33,22 @@ if TYPE_CHECKING:
     from model.lm import Phase1LM
 
 
+# What train_and_evaluate does on CUDA when compile_step / fused_loss are left at None: today's eager step until
+# bench/throughput.py on an H100 shows a switch faster at every preset with no more NVML peak (issue 13). On other
+# devices both stay off (the CPU memory tracker cannot see inside compiled code).
+COMPILE_STEP_ON_CUDA = False
+FUSED_LOSS_ON_CUDA = False
+
+
+def resolve_switches(device_type: str, compile_step: bool | None, fused_loss: bool | None) -> tuple[bool, bool]:
+    """(compile_step, fused_loss) for a run on `device_type`: an explicit bool wins, None takes the default above."""
+    cuda = device_type == "cuda"
+    return (
+        (cuda and COMPILE_STEP_ON_CUDA) if compile_step is None else compile_step,
+        (cuda and FUSED_LOSS_ON_CUDA) if fused_loss is None else fused_loss,
+    )
+
+
 def compile_for_speed(model: Phase1LM | DenseLM) -> None:
     """Compile `model`'s blocks (`model.blocks`, each in place with nn.Module.compile) and its loss chunk
     (`model.ce_fn`). Works for Phase1LM and DenseLM; outputs and gradients equal the eager

@@ -31,6 +31,7 @@ from model.data import DataError, DataRepeatWarning, TokenData
 from model.dense_config import DenseConfig
 from model.evaluate import autocast_for, evaluate_run, token_windows
 from model.evaluate import evaluate as evaluate  # re-exported: the public API names both here
+from model.fast import resolve_switches
 from model.memory import TensorMemoryTracker
 from model.train_records import EvalInfo as EvalInfo  # re-exported with the others: the public API
 from model.train_records import StepInfo as StepInfo
@@ -68,8 +69,8 @@ def train_and_evaluate(
     on_eval: Callable[[EvalInfo], None] | None = None,
     return_model: bool = False,
     progress: Callable[[str], None] | bool | None = None,
-    compile_step: bool = False,
-    fused_loss: bool = False,
+    compile_step: bool | None = None,
+    fused_loss: bool | None = None,
 ) -> TrainResult:
     """Build `config`'s model (Phase 1, or the dense baseline for a DenseConfig), train it on `data.train` for
     ceil(train_tokens / (B*L)) steps, evaluate on `data.val`.
@@ -78,16 +79,18 @@ def train_and_evaluate(
     the first L, targets the last L). `eval_points`: training-token counts (each <= train_tokens) at which validation is
     measured mid-run and passed to `on_eval`; an exception raised by `on_step` or `on_eval` propagates (the tuner stops
     a trial that way). `progress`: a callable receiving a status line about every 10% of the run, or True to print
-    them to stderr. `compile_step`: torch.compile each block and the loss chunk (model/fast.py); off by default until
-    the GPU measurement (bench/throughput.py) says it is faster at the presets' shapes with no more memory. On CPU a
-    compiled run's peak is not measured (peak_torch_gib 0, peak_memory_kind "unmeasured_compiled_cpu"). `fused_loss`:
-    the head's GEMM fused into the loss (model/fast.py `use_fused_loss`); off by default until measured likewise.
+    them to stderr. `compile_step`: torch.compile each block and the loss chunk (model/fast.py); `fused_loss`: the
+    head's GEMM fused into the loss (model/fast.py `use_fused_loss`). None takes model/fast.py's defaults (on CUDA:
+    off until the GPU measurement, bench/throughput.py, shows a switch faster at the presets' shapes with no more
+    memory; elsewhere off). On CPU a compiled run's peak is not measured (peak_torch_gib 0, kind
+    "unmeasured_compiled_cpu").
     Raises ConfigError (untrainable config, vocab mismatch), DataError (too little data for n_seq), ValueError (bad
     budgets), NumericalInstabilityError (from the stability monitor).
     """
     config.check_trainable()  # before anything is built: LNS models are inference only
     _check_inputs(config, data, train_tokens, eval_tokens)
     dev = torch.device(device)
+    compile_step, fused_loss = resolve_switches(dev.type, compile_step, fused_loss)
     tokens_per_step = config.batch_size * config.n_seq
     steps = math.ceil(train_tokens / tokens_per_step)
     points = sorted({int(p) for p in eval_points})

@@ -9,10 +9,10 @@ import torch
 from model.config import Phase1Config
 from model.dense import build_dense_model
 from model.dense_config import DenseConfig
-from model.fast import compile_for_speed
+from model.fast import compile_for_speed, resolve_switches
 from model.lm import Block, build_model
 
-pytestmark = pytest.mark.slow  # inductor compiles C++ on the CPU: tens of seconds per case
+slow = pytest.mark.slow  # inductor compiles C++ on the CPU: tens of seconds per case
 
 BASE = dict(vocab_size=97, d_model=32, n_layers=2, n_seq=16, ffn_rank=4, ar_ssm_max_rank=8, ar_ssm_min_rank=2,
             htt_rank=4, batch_size=2, loss_chunk_size=8)  # fmt: skip
@@ -47,6 +47,7 @@ def assert_same_step(eager, fast, c):
             assert err_f <= 2 * err_e + 2e-3 * float(ref.norm()), f"{name}: compiled {err_f:.3g}, eager {err_e:.3g}"
 
 
+@slow
 @pytest.mark.parametrize("case", list(CASES))
 def test_compiled_phase1_step_matches_eager(case):
     torch._dynamo.reset()
@@ -57,6 +58,7 @@ def test_compiled_phase1_step_matches_eager(case):
     assert_same_step(eager, fast, c)
 
 
+@slow
 def test_compiled_dense_step_matches_eager():
     torch._dynamo.reset()
     c = DenseConfig(vocab_size=97, d_model=32, n_layers=2, n_heads=2, n_seq=16, batch_size=2, loss_chunk_size=8)
@@ -65,6 +67,7 @@ def test_compiled_dense_step_matches_eager():
     assert_same_step(eager, fast, c)
 
 
+@slow
 @pytest.mark.parametrize("checkpoint_ar_ssm", [False, True])
 def test_a_block_is_one_graph(checkpoint_ar_ssm):
     """fullgraph=True raises on any graph break: the block (norms, gates, scan, conv, FFN) traces whole, with its
@@ -86,13 +89,14 @@ def test_rejects_a_model_without_blocks():
         compile_for_speed(torch.nn.Linear(2, 2))
 
 
+@slow
 def test_trainer_compile_step_trains_like_eager(tmp_path):
     """train_and_evaluate(compile_step=True) on real text runs compiled graphs and gives the same per-step losses as
     the eager trainer (fp32, so only summation order differs); its evaluation runs eagerly."""
+    from torch._dynamo.utils import counters  # private, tests only: proves compiled graphs ran
+
     from model.data import DataSource, prepare_data
     from model.train import train_and_evaluate
-
-    from torch._dynamo.utils import counters  # private, tests only: proves compiled graphs ran
 
     torch._dynamo.reset()
     counters.clear()
@@ -109,3 +113,10 @@ def test_trainer_compile_step_trains_like_eager(tmp_path):
     assert losses[True][-1] < losses[True][0]
     for a, b in zip(losses[False], losses[True], strict=True):
         assert abs(a - b) <= 1e-3 * abs(a)
+
+
+def test_switch_defaults_are_off_until_measured_and_never_on_cpu():
+    assert resolve_switches("cpu", None, None) == (False, False)
+    assert resolve_switches("cuda", None, None) == (False, False)  # flip in model/fast.py after the H100 run
+    assert resolve_switches("cpu", True, None) == (True, False)
+    assert resolve_switches("cuda", False, True) == (False, True)
