@@ -66,7 +66,7 @@ def use_fused_loss(model: Phase1LM | DenseLM) -> None:
     in the forward. Phase1LM's low-rank head keeps the chunked path. Evaluation (no grad) keeps the chunked path.
 
     Memory against the checkpointed chunks: kept from the forward to the backward are dh [N, D] (autocast dtype),
-    dW [V, D] and db [V] in fp32 (instead of h [N, D]); transient per chunk of c positions, the [B*c, V] logits in
+    dW [V, D] in the autocast dtype and db [V] in fp32 (instead of h [N, D]); transient per chunk of c positions, the [B*c, V] logits in
     fp32 plus their autocast-dtype copy (instead of ~(ac + 12) * B * c * V bytes); the table [V, D] in the autocast
     dtype during the loss's forward. `model.lm.saved_bytes_per_token` does not model this path."""
     model.fused_loss = True

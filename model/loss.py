@@ -70,7 +70,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
     The loss is a scalar, so its gradient is known up to that scalar when the forward runs: each chunk's logits
     become softmax - onehot in place, then dh = G W and dW += G^T h right away, and the logits are freed. Saved for
-    the backward: dh [N, D] (h's dtype), dW [V, D] and db [V] in fp32 (the backward only scales them). Against the
+    the backward: dh [N, D] and dW [V, D] in h's dtype (dW accumulated in fp32), db [V] fp32 (the backward only
+    scales them). Against the
     checkpointed chunks of `chunked_cross_entropy`: one GEMM fewer per chunk (no recomputed logits) and one
     elementwise pass over the fp32 logits instead of several.
     """
@@ -105,15 +106,16 @@ class _LinearCrossEntropy(torch.autograd.Function):
             del logits, probs
             dh[s : s + chunk] = g @ weight
             dw += (g.t() @ hc).to(acc)
-        ctx.save_for_backward(dh, dw, db if db is not None else dw.new_empty(0))
-        ctx.has_bias, ctx.weight_dtype = bias is not None, weight.dtype
+        # dW kept in the weight's dtype (the gradient autograd passes on is in it anyway): half the bytes of fp32
+        ctx.save_for_backward(dh, dw.to(weight.dtype), db if db is not None else dw.new_empty(0))
+        ctx.has_bias = bias is not None
         return total.float() if acc == torch.float32 else total
 
     @staticmethod
     def backward(ctx, grad):
         dh, dw, db = ctx.saved_tensors
         dbias = db * grad if ctx.has_bias else None
-        return dh * grad.to(dh.dtype), (dw * grad).to(ctx.weight_dtype), dbias, None, None
+        return dh * grad.to(dh.dtype), dw * grad.to(dw.dtype), dbias, None, None
 
 
 def linear_cross_entropy(
