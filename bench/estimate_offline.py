@@ -40,20 +40,14 @@ def stats(errs: list[float], rows: list[dict], preds: list[float]) -> dict:
     a = sorted(abs(e) for e in errs)
     p90 = a[min(len(a) - 1, int(round(0.9 * (len(a) - 1))))]
     false_fit = sum(1 for r, p in zip(rows, preds) if p <= CEILING_GIB < r["measured_gib"])
-    return {
-        "n": len(a),
-        "median_abs_error_pct": statistics.median(a),
-        "p90_abs_error_pct": p90,
-        "max_abs_error_pct": a[-1],
-        "mean_signed_error_pct": statistics.fmean(errs),
-        "false_fit_under_8gib": false_fit,
-    }
+    return {"n": len(a), "median_abs_error_pct": statistics.median(a), "p90_abs_error_pct": p90,
+            "max_abs_error_pct": a[-1], "mean_signed_error_pct": statistics.fmean(errs),
+            "false_fit_under_8gib": false_fit}
 
 
 def with_offsets(cal: DeviceCalibration, offsets: dict[str, list[float]]) -> DeviceCalibration:
-    return dataclasses.replace(
-        cal, kappa_offsets_amp=tuple(offsets.get("amp", ())), kappa_offsets_fp32=tuple(offsets.get("fp32", ()))
-    )
+    return dataclasses.replace(cal, kappa_offsets_amp=tuple(offsets.get("amp", ())),
+                               kappa_offsets_fp32=tuple(offsets.get("fp32", ())))
 
 
 def main() -> int:
@@ -65,19 +59,15 @@ def main() -> int:
     data = json.loads(args.rows.read_text())
     rows = [r for r in data["rows"] if r.get("measured_gib") and r.get("torch_peak_gib")]
     cal0 = DeviceCalibration.from_dict(data["calibration"])
-    cal0 = dataclasses.replace(
-        cal0, tensor_ratios=(), outside_residuals_gib=(), kappa_offsets_amp=(), kappa_offsets_fp32=()
-    )
+    cal0 = dataclasses.replace(cal0, tensor_ratios=(), outside_residuals_gib=(), kappa_offsets_amp=(),
+                               kappa_offsets_fp32=())
     cfgs = [Phase1Config.from_dict(r["config"]) for r in rows]
     base = [estimate(c, device="cuda", calibration=cal0) for c in cfgs]
     has_reserved = all(r.get("reserved_peak_gib") for r in rows)
     # each row's observed kappa (needs its reserved peak: the allocator gap itself)
-    obs = [
-        e.observed_kappa(r["torch_peak_gib"], r["reserved_peak_gib"] - r["torch_peak_gib"])
-        if has_reserved
-        else e.observed_kappa(r["torch_peak_gib"], r["measured_gib"] - cal0.outside_gib - r["torch_peak_gib"])
-        for e, r in zip(base, rows)
-    ]
+    obs = [e.observed_kappa(r["torch_peak_gib"], r["reserved_peak_gib"] - r["torch_peak_gib"]) if has_reserved
+           else e.observed_kappa(r["torch_peak_gib"], r["measured_gib"] - cal0.outside_gib - r["torch_peak_gib"])
+           for e, r in zip(base, rows)]
 
     out: dict = {"source": str(args.rows), "n_rows": len(rows), "protocols": {}, "rows": []}
 
@@ -85,24 +75,16 @@ def main() -> int:
         errs = [100.0 * (p - r["measured_gib"]) / r["measured_gib"] for p, r in zip(preds, rows)]
         s = stats(errs, rows, preds)
         out["protocols"][name] = s
-        print(
-            f"{name:<26} median {s['median_abs_error_pct']:5.2f}%  p90 {s['p90_abs_error_pct']:5.2f}%  "
-            f"max {s['max_abs_error_pct']:5.2f}%  mean signed {s['mean_signed_error_pct']:+5.2f}%  "
-            f"false fits under {CEILING_GIB:g} GiB: {s['false_fit_under_8gib']}"
-        )
+        print(f"{name:<26} median {s['median_abs_error_pct']:5.2f}%  p90 {s['p90_abs_error_pct']:5.2f}%  "
+              f"max {s['max_abs_error_pct']:5.2f}%  mean signed {s['mean_signed_error_pct']:+5.2f}%  "
+              f"false fits under {CEILING_GIB:g} GiB: {s['false_fit_under_8gib']}")
         for i, (p, e) in enumerate(zip(preds, errs)):
             if len(out["rows"]) <= i:
-                out["rows"].append(
-                    {
-                        "label": rows[i]["label"],
-                        "measured_gib": rows[i]["measured_gib"],
-                        "allocator_gap_gib": (rows[i].get("reserved_peak_gib") or 0) - rows[i]["torch_peak_gib"],
-                        "observed_kappa": obs[i],
-                        "class": base[i].allocator_class,
-                        "ce_chunk_gib": base[i].ce_chunk_gib,
-                        "replay_kappa": base[i].ce_replay_kappa,
-                    }
-                )
+                out["rows"].append({"label": rows[i]["label"], "measured_gib": rows[i]["measured_gib"],
+                                    "allocator_gap_gib": (rows[i].get("reserved_peak_gib") or 0)
+                                    - rows[i]["torch_peak_gib"], "observed_kappa": obs[i],
+                                    "class": base[i].allocator_class, "ce_chunk_gib": base[i].ce_chunk_gib,
+                                    "replay_kappa": base[i].ce_replay_kappa})
             out["rows"][i][f"{name}_predicted_gib"] = p
             out["rows"][i][f"{name}_error_pct"] = e
 
@@ -112,50 +94,33 @@ def main() -> int:
     fams = [family(r["label"]) for r in rows]
     preds = []
     for i, c in enumerate(cfgs):
-        train = {
-            k: [
-                obs[j] - base[j].ce_replay_kappa
-                for j in range(len(rows))
-                if fams[j] != fams[i] and base[j].allocator_class == k and obs[j] is not None
-            ]
-            for k in ALLOCATOR_CLASSES
-        }
+        train = {k: [obs[j] - base[j].ce_replay_kappa for j in range(len(rows))
+                     if fams[j] != fams[i] and base[j].allocator_class == k and obs[j] is not None]
+                 for k in ALLOCATOR_CLASSES}
         preds.append(estimate(c, device="cuda", calibration=with_offsets(cal0, train)).total_gib)
     report("b) leave-one-family-out", preds)
     # (c) online, in row order
-    for use_reserved in (True, False) if has_reserved else (False,):
+    for use_reserved in ((True, False) if has_reserved else (False,)):
         cal, preds = cal0, []
         for c, r in zip(cfgs, rows):
             e = estimate(c, device="cuda", calibration=cal)
             preds.append(e.total_gib)
-            cal = refine(
-                cal, e, r["measured_gib"], r["torch_peak_gib"], r["reserved_peak_gib"] if use_reserved else None
-            )
+            cal = refine(cal, e, r["measured_gib"], r["torch_peak_gib"],
+                         r["reserved_peak_gib"] if use_reserved else None)
         report(f"c) online{' +reserved' if use_reserved else ' nvml only'}", preds)
-    print(
-        "observed - replayed kappa per class (median, min, max): "
-        + ", ".join(
-            f"{k}: {statistics.median(v):+.3f} [{min(v):+.3f}, {max(v):+.3f}]"
-            for k in ALLOCATOR_CLASSES
-            if (v := [o - e.ce_replay_kappa for o, e in zip(obs, base) if e.allocator_class == k and o is not None])
-        )
-    )
-    print(
-        "observed kappa per class (median, min, max): "
-        + ", ".join(
-            f"{k}: {statistics.median(v):.3f} [{min(v):.3f}, {max(v):.3f}] n={len(v)}"
-            for k in ALLOCATOR_CLASSES
-            if (v := [o for o, e in zip(obs, base) if e.allocator_class == k and o is not None])
-        )
-    )
+    print("observed - replayed kappa per class (median, min, max): " + ", ".join(
+        f"{k}: {statistics.median(v):+.3f} [{min(v):+.3f}, {max(v):+.3f}]" for k in ALLOCATOR_CLASSES
+        if (v := [o - e.ce_replay_kappa for o, e in zip(obs, base) if e.allocator_class == k and o is not None])))
+    print("observed kappa per class (median, min, max): " + ", ".join(
+        f"{k}: {statistics.median(v):.3f} [{min(v):.3f}, {max(v):.3f}] n={len(v)}"
+        for k in ALLOCATOR_CLASSES
+        if (v := [o for o, e in zip(obs, base) if e.allocator_class == k and o is not None])))
     if args.verbose:
         for r in out["rows"]:
-            print(
-                f"  {r['label']:<32} {r['class']:<4} F={r['ce_chunk_gib']:.3f} gap={r['allocator_gap_gib']:.3f} "
-                f"kappa={r['observed_kappa'] if r['observed_kappa'] is not None else float('nan'):.3f} "
-                f"replay={r['replay_kappa']:.3f} "
-                + " ".join(f"{v:+6.2f}%" for k, v in r.items() if k.endswith("_error_pct"))
-            )
+            print(f"  {r['label']:<32} {r['class']:<4} F={r['ce_chunk_gib']:.3f} gap={r['allocator_gap_gib']:.3f} "
+                  f"kappa={r['observed_kappa'] if r['observed_kappa'] is not None else float('nan'):.3f} "
+                  f"replay={r['replay_kappa']:.3f} " + " ".join(
+                      f"{v:+6.2f}%" for k, v in r.items() if k.endswith("_error_pct")))
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))
     return 0

@@ -66,18 +66,12 @@ def measure_cuda(cfg_dict: dict, steps: int) -> dict:
     per_step: list[dict] = []
 
     def on_step(info) -> None:  # where the reserved high-water mark is set: which step, or the evaluation after
-        per_step.append(
-            {
-                "step": info.step,
-                "max_allocated_gib": torch.cuda.max_memory_allocated() / GIB,
-                "max_reserved_gib": torch.cuda.max_memory_reserved() / GIB,
-            }
-        )
+        per_step.append({"step": info.step, "max_allocated_gib": torch.cuda.max_memory_allocated() / GIB,
+                         "max_reserved_gib": torch.cuda.max_memory_reserved() / GIB})
 
     try:
-        result = train_and_evaluate(
-            cfg, data, train_tokens=steps * tokens, eval_tokens=cfg.n_seq, device="cuda", on_step=on_step
-        )
+        result = train_and_evaluate(cfg, data, train_tokens=steps * tokens, eval_tokens=cfg.n_seq, device="cuda",
+                                    on_step=on_step)
         torch_peak = result.peak_torch_gib
     except torch.cuda.OutOfMemoryError as exc:  # a config past the card: report what was seen
         error, torch_peak = f"OutOfMemoryError: {str(exc)[:200]}", torch.cuda.max_memory_allocated() / GIB
@@ -91,16 +85,11 @@ def measure_cuda(cfg_dict: dict, steps: int) -> dict:
     reserved_end = torch.cuda.memory_reserved()
     pynvml.nvmlShutdown()
     return {
-        "measured_gib": res.get("peak", 0) / GIB,
-        "nvml_samples": res.get("n", 0),
-        "nvml_how": res.get("how"),
-        "nvml_error": res.get("error"),
-        "torch_peak_gib": torch_peak,
+        "measured_gib": res.get("peak", 0) / GIB, "nvml_samples": res.get("n", 0), "nvml_how": res.get("how"),
+        "nvml_error": res.get("error"), "torch_peak_gib": torch_peak,
         "reserved_peak_gib": torch.cuda.max_memory_reserved() / GIB,
-        "outside_end_gib": (used_end - reserved_end) / GIB if used_end else None,
-        "per_step_peaks": per_step,
-        "wall_s": time.perf_counter() - t0,
-        "error": error,
+        "outside_end_gib": (used_end - reserved_end) / GIB if used_end else None, "per_step_peaks": per_step,
+        "wall_s": time.perf_counter() - t0, "error": error,
     }
 
 
@@ -136,13 +125,9 @@ def measure_cpu(cfg_dict: dict, steps: int) -> dict:
         rb = (-(-abs(b) // 512) * 512) * (1 if b > 0 else -1)
         cur_r += rb
         peak, peak_r = max(peak, cur), max(peak_r, cur_r)
-    return {
-        "alloc_peak_gib": peak / GIB,
-        "alloc_peak_rounded_gib": peak_r / GIB,
-        "tracker_peak_gib": result.peak_torch_gib,
-        "n_alloc_events": len(events),
-        "wall_s": time.perf_counter() - t0,
-    }
+    return {"alloc_peak_gib": peak / GIB, "alloc_peak_rounded_gib": peak_r / GIB,
+            "tracker_peak_gib": result.peak_torch_gib, "n_alloc_events": len(events),
+            "wall_s": time.perf_counter() - t0}
 
 
 def main() -> int:

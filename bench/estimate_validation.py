@@ -73,7 +73,7 @@ def configurations() -> list[dict]:
 def _fit_batch(fields: dict, target_gib: float, seqs: list[int]) -> dict:
     """The batch size whose prediction is closest to target, at the first n_seq of `seqs` that gets within 15%."""
     best = None
-    for n_seq in [fields["n_seq"]] if "n_seq" in fields else seqs:
+    for n_seq in ([fields["n_seq"]] if "n_seq" in fields else seqs):
         if best is not None and best[0] < 0.15 * target_gib:
             break
         for b in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32):
@@ -85,26 +85,14 @@ def _fit_batch(fields: dict, target_gib: float, seqs: list[int]) -> dict:
 
 
 # Used only to choose batch sizes before the device is calibrated (not for the reported predictions).
-_NOMINAL = DeviceCalibration(
-    device="nominal",
-    driver="-",
-    torch="-",
-    context_gib=0.6,
-    outside_gib=0.75,
-    workspace_gib=0.0,
-    source="batch-size selection only",
-)
+_NOMINAL = DeviceCalibration(device="nominal", driver="-", torch="-", context_gib=0.6, outside_gib=0.75,
+                             workspace_gib=0.0, source="batch-size selection only")
 
 
 def _probe(args: list[str], timeout: float) -> dict:
     try:
-        p = subprocess.run(
-            [sys.executable, str(ROOT / "bench" / "estimate_probe.py"), *args],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            cwd=ROOT,
-        )
+        p = subprocess.run([sys.executable, str(ROOT / "bench" / "estimate_probe.py"), *args], capture_output=True,
+                           text=True, timeout=timeout, cwd=ROOT)
     except subprocess.TimeoutExpired:
         return {"error": f"probe timed out after {timeout:g} s"}
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
@@ -119,16 +107,11 @@ def summarise(rows: list[dict]) -> dict:
         return {"n": 0}
     p90 = errs[min(len(errs) - 1, int(round(0.9 * (len(errs) - 1))))]
     return {
-        "n": len(errs),
-        "median_abs_error_pct": statistics.median(errs),
-        "p90_abs_error_pct": p90,
+        "n": len(errs), "median_abs_error_pct": statistics.median(errs), "p90_abs_error_pct": p90,
         "max_abs_error_pct": errs[-1],
         "mean_signed_error_pct": statistics.fmean(r["error_pct"] for r in rows if r.get("error_pct") is not None),
-        "false_fit_under_8gib": sum(
-            1
-            for r in rows
-            if r.get("measured_gib") is not None and r["predicted_gib"] <= CEILING_GIB < r["measured_gib"]
-        ),
+        "false_fit_under_8gib": sum(1 for r in rows if r.get("measured_gib") is not None
+                                    and r["predicted_gib"] <= CEILING_GIB < r["measured_gib"]),
         "n_under_8gib_measured": sum(1 for r in rows if r.get("measured_gib") and r["measured_gib"] <= CEILING_GIB),
         "n_over_8gib_measured": sum(1 for r in rows if r.get("measured_gib") and r["measured_gib"] > CEILING_GIB),
     }
@@ -141,13 +124,9 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=2, help="optimizer steps per probe (>= 2: AdamW state present)")
     ap.add_argument("--limit", type=int, default=0, help="run only the first N configurations")
     ap.add_argument("--budget-s", type=float, default=450.0, help="stop starting probes after this many seconds")
-    ap.add_argument(
-        "--jobs",
-        type=int,
-        default=0,
-        help="probes run at once (0: 2 when NVML sees each process by PID, else 1); each probe is its "
-        "own process and NVML's figure is per process, so two at once do not mix",
-    )
+    ap.add_argument("--jobs", type=int, default=0,
+                    help="probes run at once (0: 2 when NVML sees each process by PID, else 1); each probe is its "
+                         "own process and NVML's figure is per process, so two at once do not mix")
     args = ap.parse_args()
     t0 = time.perf_counter()
     configs = configurations()
@@ -156,10 +135,8 @@ def main() -> int:
     if args.dry_run:
         for c in configs:
             e = estimate(Phase1Config.from_dict(c["config"]), device="cuda", calibration=_NOMINAL)
-            print(
-                f"{c['label']:<34} B={e.batch_size:<3} L={e.n_seq:<5} predicted {e.total_gib:7.3f} GiB "
-                f"(tensor {e.tensor_gib:.3f}, peak at {e.peak_moment}) [nominal outside 0.75 GiB]"
-            )
+            print(f"{c['label']:<34} B={e.batch_size:<3} L={e.n_seq:<5} predicted {e.total_gib:7.3f} GiB "
+                  f"(tensor {e.tensor_gib:.3f}, peak at {e.peak_moment}) [nominal outside 0.75 GiB]")
         print(f"{len(configs)} configurations (dry run: nothing measured)")
         return 0
 
@@ -170,11 +147,8 @@ def main() -> int:
         print(f"error: calibration failed: {cal_row['error']}", file=sys.stderr)
         return 2
     cal = DeviceCalibration.from_dict(cal_row)
-    print(
-        f"calibrated {cal.key}: context {cal.context_gib:.3f} GiB, outside {cal.outside_gib:.3f} GiB, "
-        f"workspace {cal.workspace_gib:.4f} GiB",
-        flush=True,
-    )
+    print(f"calibrated {cal.key}: context {cal.context_gib:.3f} GiB, outside {cal.outside_gib:.3f} GiB, "
+          f"workspace {cal.workspace_gib:.4f} GiB", flush=True)
     jobs = args.jobs or (2 if "(nvml_process)" in cal.source else 1)
     print(f"{len(configs)} configurations, {jobs} probe(s) at a time", flush=True)
 
@@ -184,50 +158,31 @@ def main() -> int:
         if time.perf_counter() - t0 > args.budget_s:
             return {}
         m = _probe(["--config-json", json.dumps(c["config"]), "--steps", str(args.steps)], timeout=150)
-        row = {
-            "label": c["label"],
-            "config": c["config"],
-            "batch_size": cfg.batch_size,
-            "n_seq": cfg.n_seq,
-            "predicted_gib": est.total_gib,
-            "predicted_tensor_gib": est.tensor_gib,
-            "predicted_allocator_gib": est.allocator_gib,
-            "predicted_outside_gib": est.outside_gib,
-            "predicted_peak_moment": est.peak_moment,
-            "predicted_ce_chunk_gib": est.ce_chunk_gib,
-            "predicted_ce_backward_gib": est.ce_backward_gib,
-            "predicted_kappa": est.ce_hole_kappa,
-            "replay_kappa": est.ce_replay_kappa,
-            "kappa_source": est.kappa_source,
-            "allocator_class": est.allocator_class,
-            "measured_gib": m.get("measured_gib"),
-            "torch_peak_gib": m.get("torch_peak_gib"),
-            "reserved_peak_gib": m.get("reserved_peak_gib"),
-            "outside_end_gib": m.get("outside_end_gib"),
-            "per_step_peaks": m.get("per_step_peaks"),
-            "nvml_how": m.get("nvml_how"),
-            "nvml_samples": m.get("nvml_samples"),
-            "probe_wall_s": m.get("wall_s"),
-            "error": m.get("error") or m.get("nvml_error"),
-        }
+        row = {"label": c["label"], "config": c["config"], "batch_size": cfg.batch_size, "n_seq": cfg.n_seq,
+               "predicted_gib": est.total_gib, "predicted_tensor_gib": est.tensor_gib,
+               "predicted_allocator_gib": est.allocator_gib, "predicted_outside_gib": est.outside_gib,
+               "predicted_peak_moment": est.peak_moment, "predicted_ce_chunk_gib": est.ce_chunk_gib,
+               "predicted_ce_backward_gib": est.ce_backward_gib, "predicted_kappa": est.ce_hole_kappa,
+               "replay_kappa": est.ce_replay_kappa,
+               "kappa_source": est.kappa_source, "allocator_class": est.allocator_class,
+               "measured_gib": m.get("measured_gib"),
+               "torch_peak_gib": m.get("torch_peak_gib"), "reserved_peak_gib": m.get("reserved_peak_gib"),
+               "outside_end_gib": m.get("outside_end_gib"), "per_step_peaks": m.get("per_step_peaks"),
+               "nvml_how": m.get("nvml_how"),
+               "nvml_samples": m.get("nvml_samples"), "probe_wall_s": m.get("wall_s"),
+               "error": m.get("error") or m.get("nvml_error")}
         if row["measured_gib"]:
             row["error_pct"] = 100.0 * (est.total_gib - row["measured_gib"]) / row["measured_gib"]
-            row["tensor_error_pct"] = (
-                100.0 * (est.tensor_gib - row["torch_peak_gib"]) / row["torch_peak_gib"]
-                if row["torch_peak_gib"]
-                else None
-            )
+            row["tensor_error_pct"] = (100.0 * (est.tensor_gib - row["torch_peak_gib"]) / row["torch_peak_gib"]
+                                       if row["torch_peak_gib"] else None)
             if row["torch_peak_gib"] and row["reserved_peak_gib"]:
                 gap = row["reserved_peak_gib"] - row["torch_peak_gib"]
                 row["allocator_gap_gib"] = gap
                 row["allocator_error_gib"] = est.allocator_gib - gap
                 row["observed_kappa"] = est.observed_kappa(row["torch_peak_gib"], gap)
-        print(
-            f"[{i + 1}/{len(configs)}] {c['label']:<30} predicted {est.total_gib:7.3f} measured "
-            f"{row['measured_gib'] or float('nan'):7.3f} GiB (torch {row['torch_peak_gib'] or float('nan'):.3f} "
-            f"vs {est.tensor_gib:.3f}) {row.get('error_pct', float('nan')):+.1f}% {row['error'] or ''}",
-            flush=True,
-        )
+        print(f"[{i + 1}/{len(configs)}] {c['label']:<30} predicted {est.total_gib:7.3f} measured "
+              f"{row['measured_gib'] or float('nan'):7.3f} GiB (torch {row['torch_peak_gib'] or float('nan'):.3f} "
+              f"vs {est.tensor_gib:.3f}) {row.get('error_pct', float('nan')):+.1f}% {row['error'] or ''}", flush=True)
         return row
 
     from concurrent.futures import ThreadPoolExecutor
@@ -238,33 +193,15 @@ def main() -> int:
         print(f"budget reached: {len(rows)} of {len(configs)} configurations measured", flush=True)
     import torch  # only for the version string of the report (the probes ran in their own processes)
 
-    result = {
-        "device": cal.device,
-        "driver": cal.driver,
-        "torch": torch.__version__,
-        "calibration": cal.to_dict(),
-        "command": "python bench/estimate_validation.py --out DIR",
-        "ceiling_gib": CEILING_GIB,
-        "rows": rows,
-        "summary": summarise(rows),
-        "wall_s": time.perf_counter() - t0,
-    }
+    result = {"device": cal.device, "driver": cal.driver, "torch": torch.__version__, "calibration": cal.to_dict(),
+              "command": "python bench/estimate_validation.py --out DIR", "ceiling_gib": CEILING_GIB,
+              "rows": rows, "summary": summarise(rows), "wall_s": time.perf_counter() - t0}
     out_file = args.out / "estimate_validation.json"
     out_file.write_text(json.dumps(result, indent=2))
     print(json.dumps(result["summary"], indent=2))
     # The same rows under (a) no refinement, (b) leave-one-family-out kappa, (c) online refinement in row order.
-    subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "estimate_offline.py"),
-            "--rows",
-            str(out_file),
-            "--json",
-            str(args.out / "estimate_offline.json"),
-        ],
-        cwd=ROOT,
-        check=False,
-    )
+    subprocess.run([sys.executable, str(ROOT / "bench" / "estimate_offline.py"), "--rows", str(out_file),
+                    "--json", str(args.out / "estimate_offline.json")], cwd=ROOT, check=False)
     return 0
 
 

@@ -51,17 +51,14 @@ def sample_configs(spec, n: int, seed: int) -> list[dict]:
 
 def correlations(pairs: list[dict], short_key: str, long_key: str) -> dict:
     """Spearman of short vs long PPL: diverged runs rank last ("spearman"); over both-finished pairs beside it."""
-
     def ppl(p: dict, key: str) -> float:
         return math.inf if p[key] is None else p[key]
 
     short, long_ = [ppl(p, short_key) for p in pairs], [ppl(p, long_key) for p in pairs]
     both = [(s, lg) for s, lg in zip(short, long_) if math.isfinite(s) and math.isfinite(lg)]
-    return {
-        "spearman": lm_runs.spearman(short, long_),
-        "spearman_finished_only": lm_runs.spearman(*map(list, zip(*both))) if len(both) >= 3 else None,
-        "n_both_finished": len(both),
-    }
+    return {"spearman": lm_runs.spearman(short, long_),
+            "spearman_finished_only": lm_runs.spearman(*map(list, zip(*both))) if len(both) >= 3 else None,
+            "n_both_finished": len(both)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,18 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache-dir", default=".phase1_cache")
     p.add_argument("--deadline-s", type=float, help="kill runs still going after this many seconds")
     p.add_argument("--budget-tokens", type=int, help="the short budget (default: the study's train_tokens)")
-    p.add_argument(
-        "--collect",
-        type=Path,
-        metavar="JSONL",
-        help="no training: summarise the runs recorded in this fidelity_runs.jsonl",
-    )
-    p.add_argument(
-        "--partial",
-        action="store_true",
-        help="with --collect: write the correlation over the configurations whose short and long runs "
-        'both finished, marked "complete": false, instead of refusing',
-    )
+    p.add_argument("--collect", type=Path, metavar="JSONL",
+                   help="no training: summarise the runs recorded in this fidelity_runs.jsonl")
+    p.add_argument("--partial", action="store_true",
+                   help="with --collect: write the correlation over the configurations whose short and long runs "
+                        "both finished, marked \"complete\": false, instead of refusing")
     p.add_argument("--device-label", help="with --collect: the device the collected runs ran on (for the header)")
     args = p.parse_args(argv)
 
@@ -105,17 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     jobs = []
     for i, smp in enumerate(samples):
         for tokens in sorted({*short_budgets, long_tokens}):
-            jobs.append(
-                {
-                    "id": f"c{i:02d}-t{tokens}",
-                    "model": "phase1",
-                    "config": smp["config"],
-                    "train_tokens": tokens,
-                    "eval_tokens": spec.budget.eval_tokens,
-                    "data": data,
-                    "cache_dir": args.cache_dir,
-                }
-            )
+            jobs.append({"id": f"c{i:02d}-t{tokens}", "model": "phase1", "config": smp["config"],
+                         "train_tokens": tokens, "eval_tokens": spec.budget.eval_tokens, "data": data,
+                         "cache_dir": args.cache_dir})
     if args.collect:
         runs = [json.loads(line) for line in args.collect.read_text().splitlines() if line.strip()]
     else:
@@ -133,11 +115,8 @@ def main(argv: list[str] | None = None) -> int:
 
     incomplete = [j["id"] for j in jobs if j["train_tokens"] in required and not finished(j["id"])]
     if incomplete and not args.partial:
-        print(
-            f"fidelity: {len(incomplete)} runs failed or did not finish ({', '.join(incomplete[:6])}...); "
-            "no figures written (the per-run lines are in fidelity_runs.jsonl)",
-            file=sys.stderr,
-        )
+        print(f"fidelity: {len(incomplete)} runs failed or did not finish ({', '.join(incomplete[:6])}...); "
+              "no figures written (the per-run lines are in fidelity_runs.jsonl)", file=sys.stderr)
         return 1
     keep = [i for i in range(len(samples)) if all(finished(f"c{i:02d}-t{t}") for t in required)]
     pairs = []
@@ -152,21 +131,10 @@ def main(argv: list[str] | None = None) -> int:
             pair[f"epochs_{tokens}"] = r.get("epochs")
         pairs.append(pair)
     by_budget = {str(b): correlations(pairs, f"ppl_{b}", f"ppl_{long_tokens}") for b in short_budgets}
-    result = {
-        **lm_runs.device_header(),
-        "study": str(args.study),
-        "n": len(pairs),
-        "n_configs": args.n,
-        "complete": not incomplete,
-        "unfinished_runs": incomplete,
-        "seed": args.seed,
-        "budget_tokens": budget,
-        "long_tokens": long_tokens,
-        "spearman": by_budget[str(budget)]["spearman"],
-        "by_budget": by_budget,
-        "n_diverged": sum(1 for r in runs if r.get("diverged")),
-        "pairs": pairs,
-    }
+    result = {**lm_runs.device_header(), "study": str(args.study), "n": len(pairs), "n_configs": args.n,
+              "complete": not incomplete, "unfinished_runs": incomplete, "seed": args.seed,
+              "budget_tokens": budget, "long_tokens": long_tokens, "spearman": by_budget[str(budget)]["spearman"],
+              "by_budget": by_budget, "n_diverged": sum(1 for r in runs if r.get("diverged")), "pairs": pairs}
     if args.collect:
         for key in ("torch", "python", "n_gpus"):  # this process's, not the runs'
             result.pop(key, None)
@@ -181,21 +149,12 @@ def _train(args, spec, samples: list[dict], jobs: list[dict], long_tokens: int) 
 
     t0 = time.perf_counter()
     token_data = prepare_data(spec.data, samples[0]["config"]["vocab_size"], args.cache_dir, progress=print)
-    print(
-        f"data: {token_data.n_train_tokens} train tokens ({long_tokens / token_data.n_train_tokens:.2f} epochs "
-        f"for the long run), prepared in {time.perf_counter() - t0:.0f} s",
-        flush=True,
-    )
+    print(f"data: {token_data.n_train_tokens} train tokens ({long_tokens / token_data.n_train_tokens:.2f} epochs "
+          f"for the long run), prepared in {time.perf_counter() - t0:.0f} s", flush=True)
     per_gpu = [int(x) for x in args.per_gpu.split(",")]
-    return lm_runs.run_pool(
-        jobs,
-        gpus=lm_runs.gpu_list(args.gpus),
-        per_gpu=per_gpu if len(per_gpu) > 1 else per_gpu[0],
-        jsonl=args.out / "fidelity_runs.jsonl",
-        work=args.out / "fidelity_work",
-        deadline_s=args.deadline_s,
-        log=lambda m: print(m, flush=True),
-    )
+    return lm_runs.run_pool(jobs, gpus=lm_runs.gpu_list(args.gpus), per_gpu=per_gpu if len(per_gpu) > 1 else per_gpu[0],
+                            jsonl=args.out / "fidelity_runs.jsonl", work=args.out / "fidelity_work",
+                            deadline_s=args.deadline_s, log=lambda m: print(m, flush=True))
 
 
 if __name__ == "__main__":

@@ -34,16 +34,8 @@ import torch
 
 # (B, L, R): the three shapes of earlier runs (the two targets among them), the odd shapes checked before
 # (masks, several channel blocks), a wider rank and a long sequence. Every one is timed on both paths.
-SHAPES = [
-    (8, 2048, 64),
-    (16, 4096, 64),
-    (8, 16384, 64),
-    (3, 1000, 24),
-    (2, 4097, 48),
-    (4, 8192, 96),
-    (32, 2048, 128),
-    (2, 65536, 64),
-]
+SHAPES = [(8, 2048, 64), (16, 4096, 64), (8, 16384, 64), (3, 1000, 24), (2, 4097, 48), (4, 8192, 96),
+          (32, 2048, 128), (2, 65536, 64)]
 TARGETS = [(16, 4096, 64), (8, 16384, 64)]
 CHECK_ONLY = [(1, 130, 5)]  # checked (fp32, bf16, fp16), not timed
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -134,7 +126,6 @@ def copy_gbps(do_bench) -> float:
 
 def time_path(do_bench, impl, path, u, g, v, a, dy, reps) -> tuple[list, list]:
     """([fwd median, p20, p80], [bwd median, p20, p80]) in ms for one path (see the module docstring)."""
-
     def q(fn):
         return do_bench(fn, warmup=reps[0], rep=reps[1], quantiles=[0.5, 0.2, 0.8])
 
@@ -154,24 +145,11 @@ def scan_row(do_bench, impl, path, label, B, L, R, dname, copy, errs, reps, with
     tiles = impl._scan_fwd(u, g, v, a, True)[2]  # what the launcher picks (the public path picks the same)
     el = B * L * R * u.element_size()
     fwd_gbps, bwd_gbps = 4 * el / (fwd[0] * 1e-3) / 1e9, 7 * el / (bwd[0] * 1e-3) / 1e9
-    row = {
-        "B": B,
-        "L": L,
-        "R": R,
-        "dtype": dname,
-        "a_is_one": False,
-        "path": label,
-        "tiles": dataclasses.asdict(tiles) if dataclasses.is_dataclass(tiles) else list(tiles),
-        "fwd_ms": fwd[0],
-        "fwd_ms_p20_p80": fwd[1:],
-        "bwd_ms": bwd[0],
-        "bwd_ms_p20_p80": bwd[1:],
-        "fwd_gbps": fwd_gbps,
-        "bwd_gbps": bwd_gbps,
-        "fwd_frac_copy": fwd_gbps / copy,
-        "bwd_frac_copy": bwd_gbps / copy,
-        "rel_err": errs,
-    }
+    row = {"B": B, "L": L, "R": R, "dtype": dname, "a_is_one": False, "path": label,
+           "tiles": dataclasses.asdict(tiles) if dataclasses.is_dataclass(tiles) else list(tiles),
+           "fwd_ms": fwd[0], "fwd_ms_p20_p80": fwd[1:], "bwd_ms": bwd[0], "bwd_ms_p20_p80": bwd[1:],
+           "fwd_gbps": fwd_gbps, "bwd_gbps": bwd_gbps, "fwd_frac_copy": fwd_gbps / copy,
+           "bwd_frac_copy": bwd_gbps / copy, "rel_err": errs}
     if with_ref:  # plain torch with a = 1 (the guide's formulation), autograd for the backward
         leaves = [t.detach().clone().requires_grad_(True) for t in (u, g, v)]
         ru, rg, rv = leaves
@@ -202,27 +180,12 @@ def bench_scan(do_bench, copy, impls, quick, shapes=SHAPES, check_only=CHECK_ONL
     for B, L, R in shapes:
         for dname, dtype in DTYPES.items():
             for impl, path, label in paths:
-                row = scan_row(
-                    do_bench,
-                    impl,
-                    path,
-                    label,
-                    B,
-                    L,
-                    R,
-                    dname,
-                    copy,
-                    errs[(B, L, R, dtype, label)],
-                    reps,
-                    with_ref=not quick and label == "public",
-                )
+                row = scan_row(do_bench, impl, path, label, B, L, R, dname, copy, errs[(B, L, R, dtype, label)],
+                               reps, with_ref=not quick and label == "public")
                 rows.append(row)
-                print(
-                    f"scan {label:>10} B={B} L={L} R={R} {dname}: fwd {row['fwd_ms'] * 1e3:7.1f} us "
-                    f"({row['fwd_frac_copy']:4.0%} copy), bwd {row['bwd_ms'] * 1e3:7.1f} us "
-                    f"({row['bwd_frac_copy']:4.0%})",
-                    flush=True,
-                )
+                print(f"scan {label:>10} B={B} L={L} R={R} {dname}: fwd {row['fwd_ms'] * 1e3:7.1f} us "
+                      f"({row['fwd_frac_copy']:4.0%} copy), bwd {row['bwd_ms'] * 1e3:7.1f} us "
+                      f"({row['bwd_frac_copy']:4.0%})", flush=True)
     return {"scan": rows, "checked": checked}
 
 
@@ -234,18 +197,10 @@ def sweep(do_bench, copy, quick) -> list[dict]:
     for B, L, R in TARGETS:
         for dname, dtype in DTYPES.items():
             base = S._tiles(L, R, dtype, B)
-            cands = [base] + [
-                dataclasses.replace(base, **kw)
-                for kw in (
-                    {"fwd_warps": 8},
-                    {"fwd_r": 16, "fwd_warps": 4},
-                    {"fwd_r": 64, "fwd_warps": 8},
-                    {"fwd_c": 256 if base.fwd_c != 256 else 128},
-                    {"bwd_r": 32, "bwd_warps": 8},
-                    {"bwd_r": 16, "bwd_warps": 4},
-                    {"bwd_c": 256 if base.bwd_c != 256 else 512},
-                )
-            ]
+            cands = [base] + [dataclasses.replace(base, **kw) for kw in (
+                {"fwd_warps": 8}, {"fwd_r": 16, "fwd_warps": 4}, {"fwd_r": 64, "fwd_warps": 8},
+                {"fwd_c": 256 if base.fwd_c != 256 else 128}, {"bwd_r": 32, "bwd_warps": 8},
+                {"bwd_r": 16, "bwd_warps": 4}, {"bwd_c": 256 if base.bwd_c != 256 else 512})]
             u, g, v, a, dy = make_inputs(B, L, R, dtype, seed=3)
             ref = reference(u, g, v, a, dy)
             el = B * L * R * u.element_size()
@@ -257,16 +212,9 @@ def sweep(do_bench, copy, quick) -> list[dict]:
                 args = (u, g, v, a)
                 f = do_bench(lambda t=t, x=args: S._scan_fwd(*x, True, t), return_mode="median")
                 b = do_bench(lambda t=t, x=(dy, *args, carry): S._scan_bwd(*x, t), return_mode="median")
-                rows.append(
-                    {
-                        "B": B,
-                        "L": L,
-                        "dtype": dname,
-                        "tiles": dataclasses.asdict(t),
-                        "fwd_frac": round(4 * el / (f * 1e-3) / 1e9 / copy, 3),
-                        "bwd_frac": round(7 * el / (b * 1e-3) / 1e9 / copy, 3),
-                    }
-                )
+                rows.append({"B": B, "L": L, "dtype": dname, "tiles": dataclasses.asdict(t),
+                             "fwd_frac": round(4 * el / (f * 1e-3) / 1e9 / copy, 3),
+                             "bwd_frac": round(7 * el / (b * 1e-3) / 1e9 / copy, 3)})
                 print(rows[-1], flush=True)
     return rows
 
@@ -295,9 +243,7 @@ def main(argv=None) -> int:
 
     t0 = time.time()
     dev = torch.cuda.get_device_name()
-    print(
-        f"device {dev} | torch {torch.__version__} | triton {triton.__version__} | python {platform.python_version()}"
-    )
+    print(f"device {dev} | torch {torch.__version__} | triton {triton.__version__} | python {platform.python_version()}")
     torch.manual_seed(0)
     copy = copy_gbps(do_bench)
     print(f"device-to-device copy: {copy:.0f} GB/s (read + write)", flush=True)
@@ -307,15 +253,8 @@ def main(argv=None) -> int:
             with open(os.path.join(args.out, "sweep.json"), "w") as f:
                 json.dump(sweep(do_bench, copy, args.quick), f, indent=1)
             return 0
-        result = {
-            "device": dev,
-            "torch": torch.__version__,
-            "triton": triton.__version__,
-            "copy_gbps": copy,
-            "quick": args.quick,
-            "baseline": args.baseline,
-            **bench_scan(do_bench, copy, impls, args.quick),
-        }
+        result = {"device": dev, "torch": torch.__version__, "triton": triton.__version__, "copy_gbps": copy,
+                  "quick": args.quick, "baseline": args.baseline, **bench_scan(do_bench, copy, impls, args.quick)}
     except KernelMismatch as e:
         print(f"error: kernel disagrees with the reference, not reported: {e}", file=sys.stderr)
         return 1
@@ -333,22 +272,16 @@ def print_table(rows) -> None:
     """% of copy per shape and dtype, one column pair per path; public/bare time ratios for the current code."""
     labels = list(dict.fromkeys(r["path"] for r in rows))
     by = {(r["B"], r["L"], r["R"], r["dtype"], r["path"]): r for r in rows}
-    print(
-        f"{'shape':>16} {'dtype':>5} "
-        + " ".join(f"{lab + ' fwd/bwd %copy':>24}" for lab in labels)
-        + "   public/bare time fwd, bwd"
-    )
+    print(f"{'shape':>16} {'dtype':>5} " + " ".join(f"{lab + ' fwd/bwd %copy':>24}" for lab in labels)
+          + "   public/bare time fwd, bwd")
     for key in dict.fromkeys(k[:4] for k in by):
         cells = [by[(*key, lab)] for lab in labels]
         ratio = ""
         if (*key, "public") in by and (*key, "bare") in by:
             pub, bare = by[(*key, "public")], by[(*key, "bare")]
             ratio = f"   {pub['fwd_ms'] / bare['fwd_ms']:.2f}, {pub['bwd_ms'] / bare['bwd_ms']:.2f}"
-        print(
-            f"{key[:3]!s:>16} {key[3]:>5} "
-            + " ".join(f"{c['fwd_frac_copy']:>15.0%} / {c['bwd_frac_copy']:<6.0%}" for c in cells)
-            + ratio
-        )
+        print(f"{key[:3]!s:>16} {key[3]:>5} "
+              + " ".join(f"{c['fwd_frac_copy']:>15.0%} / {c['bwd_frac_copy']:<6.0%}" for c in cells) + ratio)
 
 
 if __name__ == "__main__":

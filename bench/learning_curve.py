@@ -63,7 +63,6 @@ REF = {dev: (float(VOCAB), gib) for dev, gib in CEILING_GIB.items()}  # (val_ppl
 
 # --- pure measurement ------------------------------------------------------------------------------------------------
 
-
 def hypervolume_2d(points: list[tuple[float, float]], ref: tuple[float, float]) -> float:
     """Area dominated by `points` (both coordinates minimised) inside the box bounded by `ref`."""
     pts = sorted((p for p in points if p[0] < ref[0] and p[1] < ref[1]), key=lambda p: (p[0], p[1]))
@@ -72,7 +71,7 @@ def hypervolume_2d(points: list[tuple[float, float]], ref: tuple[float, float]) 
         if y >= best_y:
             continue
         next_x = ref[0]
-        for x2, y2 in pts[i + 1 :]:
+        for x2, y2 in pts[i + 1:]:
             if y2 < y:
                 next_x = x2
                 break
@@ -106,11 +105,8 @@ def quarter_errors(trials: list[Any], budget: int) -> list[dict[str, Any]]:
     own_fit: the power law through its own points at <= budget/4, extrapolated to the budget;
     late_alpha: its latest point at <= budget/4 carried to the budget with the late exponents of the run's OTHER
       completed curves (leave-one-out; what LearningCurveMonitor does once the study has >= MIN_REFERENCES)."""
-    done = [
-        t
-        for t in trials
-        if t.user_attrs.get("end_reason") == "complete" and t.values and len(t.user_attrs.get("curve") or []) >= 3
-    ]
+    done = [t for t in trials if t.user_attrs.get("end_reason") == "complete" and t.values
+            and len(t.user_attrs.get("curve") or []) >= 3]
     out = []
     for t in done:
         pts = [p for p in t.user_attrs["curve"] if 0 < p["tokens"] <= budget / 4]
@@ -119,26 +115,14 @@ def quarter_errors(trials: list[Any], budget: int) -> list[dict[str, Any]]:
         fit = fit_power_law([p["tokens"] for p in pts], [p["val_ppl"] for p in pts])
         own = predict(fit, budget, 0.9)
         final = float(t.values[0])
-        rec = {
-            "number": t.number,
-            "n_points": len(pts),
-            "final_ppl": final,
-            "own_fit_ppl": own.mean_ppl,
-            "own_fit_error": relative_error(own.mean_ppl, final),
-            "alpha": fit.alpha,
-            "r2": fit.r2,
-            "early_rank": pts[-1].get("repr_effective_rank"),
-            "late_alpha_ppl": None,
-            "late_alpha_error": None,
-        }
+        rec = {"number": t.number, "n_points": len(pts), "final_ppl": final, "own_fit_ppl": own.mean_ppl,
+               "own_fit_error": relative_error(own.mean_ppl, final), "alpha": fit.alpha, "r2": fit.r2,
+               "early_rank": pts[-1].get("repr_effective_rank"), "late_alpha_ppl": None, "late_alpha_error": None}
         alphas = late_alphas([o.user_attrs["curve"] for o in done if o.number != t.number], pts[-1]["tokens"], budget)
         if len(alphas) >= MIN_REFERENCES:
             late = predict_late_alpha(pts[-1]["tokens"], pts[-1]["val_ppl"], budget, alphas, 0.9)
-            rec.update(
-                late_alpha_ppl=late.mean_ppl,
-                late_alpha_error=relative_error(late.mean_ppl, final),
-                late_alpha_interval=[late.optimistic_ppl, late.pessimistic_ppl],
-            )
+            rec.update(late_alpha_ppl=late.mean_ppl, late_alpha_error=relative_error(late.mean_ppl, final),
+                       late_alpha_interval=[late.optimistic_ppl, late.pessimistic_ppl])
         out.append(rec)
     return out
 
@@ -159,28 +143,18 @@ def trial_seconds(t: Any) -> float:
 
 # --- the study -------------------------------------------------------------------------------------------------------
 
-
 def study_dict(name: str, pruning: bool, args: argparse.Namespace) -> dict[str, Any]:
     """The benchmark study: a tiny CPU model, a search space whose corners differ in both PPL and memory (width,
     learning rate over 1.5 decades, ranks, checkpointing), a random sampler with a fixed seed."""
     return {
         "name": name,
-        "objectives": [
-            {"metric": "val_ppl", "direction": "minimize"},
-            {"metric": "peak_vram_gib", "direction": "minimize"},
-        ],
+        "objectives": [{"metric": "val_ppl", "direction": "minimize"},
+                       {"metric": "peak_vram_gib", "direction": "minimize"}],
         "vram_ceiling_gib": CEILING_GIB[args.device],
         "sampler": {"name": "random", "seed": args.seed},
         "n_trials": args.trials,
-        "model": {
-            "vocab_size": VOCAB,
-            "n_layers": 1,
-            "n_seq": args.n_seq,
-            "batch_size": args.batch_size,
-            "dtype": "float32",
-            "loss_chunk_size": 0,
-            "seed": 0,
-        },
+        "model": {"vocab_size": VOCAB, "n_layers": 1, "n_seq": args.n_seq, "batch_size": args.batch_size,
+                  "dtype": "float32", "loss_chunk_size": 0, "seed": 0},
         "search_space": {
             "d_model": {"type": "categorical", "choices": [16, 32, 64]},
             "learning_rate": {"type": "float", "low": 1.0e-3, "high": 3.0e-2, "log": True},
@@ -190,14 +164,10 @@ def study_dict(name: str, pruning: bool, args: argparse.Namespace) -> dict[str, 
             "use_gradient_checkpointing": {"type": "categorical", "choices": [True, False]},
         },
         "data": {"source": "stdlib", "max_bytes": args.data_bytes},
-        "budget": {
-            "train_tokens": args.train_tokens,
-            "eval_tokens": args.eval_tokens,
-            "trial_timeout_s": args.trial_timeout_s,
-        },
-        "pruning": {
-            "learning_curve": {"enabled": pruning, "min_fraction": args.min_fraction, "confidence": args.confidence}
-        },
+        "budget": {"train_tokens": args.train_tokens, "eval_tokens": args.eval_tokens,
+                   "trial_timeout_s": args.trial_timeout_s},
+        "pruning": {"learning_curve": {"enabled": pruning, "min_fraction": args.min_fraction,
+                                       "confidence": args.confidence}},
     }
 
 
@@ -212,16 +182,8 @@ def run_study(label: str, pruning: bool, args: argparse.Namespace, out: Path) ->
     spec = spec_from_dict(study_dict(f"learning_curve_{label}", pruning, args), where=f"bench:{label}")
     url = f"sqlite:///{out / f'{label}.db'}"
     t0 = time.perf_counter()
-    run_worker(
-        spec,
-        storage=open_storage(url),
-        seed=spec.sampler.seed,
-        gpu=None if args.device == "cpu" else 0,
-        n_trials=args.trials,
-        cache_dir=out / "cache",
-        cpu_threads=args.threads,
-        install_signal_handlers=False,
-    )
+    run_worker(spec, storage=open_storage(url), seed=spec.sampler.seed, gpu=None if args.device == "cpu" else 0, n_trials=args.trials,
+               cache_dir=out / "cache", cpu_threads=args.threads, install_signal_handlers=False)
     wall = time.perf_counter() - t0
     study = optuna.load_study(study_name=spec.name, storage=url)
     return study.get_trials(deepcopy=False), wall
@@ -241,35 +203,18 @@ def prepare(args: argparse.Namespace, out: Path) -> None:
     prepare_data(DataSource(kind="stdlib", max_bytes=args.data_bytes), VOCAB, out / "cache")
     (out / "warmup.db").unlink(missing_ok=True)
     spec = spec_from_dict({**study_dict("learning_curve_warmup", False, args), "n_trials": 1}, where="bench:warmup")
-    run_worker(
-        spec,
-        storage=open_storage(f"sqlite:///{out / 'warmup.db'}"),
-        seed=spec.sampler.seed,
-        gpu=None if args.device == "cpu" else 0,
-        n_trials=1,
-        cache_dir=out / "cache",
-        cpu_threads=args.threads,
-        install_signal_handlers=False,
-    )
+    run_worker(spec, storage=open_storage(f"sqlite:///{out / 'warmup.db'}"), seed=spec.sampler.seed, gpu=None if args.device == "cpu" else 0, n_trials=1,
+               cache_dir=out / "cache", cpu_threads=args.threads, install_signal_handlers=False)
     t = optuna.load_study(study_name=spec.name, storage=f"sqlite:///{out / 'warmup.db'}").trials[0]
-    print(
-        f"warm-up trial: {t.user_attrs.get('end_reason')}, {t.user_attrs.get('trial_wall_s')} s (not counted)",
-        flush=True,
-    )
+    print(f"warm-up trial: {t.user_attrs.get('end_reason')}, {t.user_attrs.get('trial_wall_s')} s (not counted)",
+          flush=True)
 
 
 def _record(t: Any) -> dict[str, Any]:
-    return {
-        "number": t.number,
-        "state": t.state.name,
-        "end_reason": t.user_attrs.get("end_reason"),
-        "params": t.params,
-        "values": t.values,
-        "trial_wall_s": t.user_attrs.get("trial_wall_s"),
-        "duration_s": trial_seconds(t),
-        "curve_prediction": t.user_attrs.get("curve_prediction"),
-        "n_curve_points": len(t.user_attrs.get("curve") or []),
-    }
+    return {"number": t.number, "state": t.state.name, "end_reason": t.user_attrs.get("end_reason"),
+            "params": t.params, "values": t.values, "trial_wall_s": t.user_attrs.get("trial_wall_s"),
+            "duration_s": trial_seconds(t), "curve_prediction": t.user_attrs.get("curve_prediction"),
+            "n_curve_points": len(t.user_attrs.get("curve") or [])}
 
 
 def summarize(with_trials: list[Any], without_trials: list[Any], args: argparse.Namespace) -> dict[str, Any]:
@@ -315,15 +260,10 @@ def summarize(with_trials: list[Any], without_trials: list[Any], args: argparse.
         "hypervolume_loss_frac": 1.0 - hv_with / hv_without if hv_without > 0 else None,
         "median_pred_error_at_quarter": statistics.median(late_errs) if late_errs else None,
         "pred_method_at_quarter": "late_alpha: own latest point at <= 1/4 budget x (B/t)^alpha_late, alpha_late "
-        "from the run's other completed curves (leave-one-out)",
+                                  "from the run's other completed curves (leave-one-out)",
         "median_pred_error_at_quarter_own_fit": statistics.median(own_errs) if own_errs else None,
-        "pruned_with_method": sorted(
-            {
-                (t.user_attrs.get("curve_prediction") or {}).get("method", "power_law")
-                for t in with_trials
-                if t.user_attrs.get("end_reason") == "learning_curve"
-            }
-        ),
+        "pruned_with_method": sorted({(t.user_attrs.get("curve_prediction") or {}).get("method", "power_law")
+                                      for t in with_trials if t.user_attrs.get("end_reason") == "learning_curve"}),
         # extras
         "time_measure": "sum of trial_wall_s (child: request sent -> outcome; training + evaluations)",
         "train_tokens_saved_frac": 1.0 - tok_with / tok_without if tok_without > 0 else None,
@@ -337,16 +277,9 @@ def summarize(with_trials: list[Any], without_trials: list[Any], args: argparse.
         "pred_error_at_quarter_source": source,
         "pred_errors_at_quarter": qerr,
         "rank_predictor_median_loo_error": rank_err,
-        "settings": {
-            "min_fraction": args.min_fraction,
-            "confidence": args.confidence,
-            "train_tokens": args.train_tokens,
-            "eval_tokens": args.eval_tokens,
-            "n_seq": args.n_seq,
-            "batch_size": args.batch_size,
-            "threads": args.threads,
-            "seed": args.seed,
-        },
+        "settings": {"min_fraction": args.min_fraction, "confidence": args.confidence,
+                     "train_tokens": args.train_tokens, "eval_tokens": args.eval_tokens, "n_seq": args.n_seq,
+                     "batch_size": args.batch_size, "threads": args.threads, "seed": args.seed},
         "trials_with": [_record(t) for t in with_trials],
         "trials_without": [_record(t) for t in without_trials],
     }
@@ -368,11 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-bytes", type=int, default=2 * 2**20)
     ap.add_argument("--trial-timeout-s", type=int, default=300)
     ap.add_argument("--only", choices=["with", "without"], default=None, help="run one arm (debugging)")
-    ap.add_argument(
-        "--summarize-only",
-        action="store_true",
-        help="recompute DIR/learning_curve.json from the studies a previous run left in DIR",
-    )
+    ap.add_argument("--summarize-only", action="store_true",
+                    help="recompute DIR/learning_curve.json from the studies a previous run left in DIR")
     args = ap.parse_args(argv)
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -407,40 +337,19 @@ def main(argv: list[str] | None = None) -> int:
 
 def _write(res: dict[str, Any], out: Path) -> None:
     (out / "learning_curve.json").write_text(json.dumps(res, indent=2, default=str))
-    print(
-        json.dumps(
-            {
-                k: res[k]
-                for k in (
-                    "device",
-                    "trials",
-                    "gpu_time_saved_frac",
-                    "train_tokens_saved_frac",
-                    "hypervolume_with",
-                    "hypervolume_without",
-                    "hypervolume_loss_frac",
-                    "median_pred_error_at_quarter",
-                    "median_pred_error_at_quarter_own_fit",
-                    "n_pruned",
-                    "pruned_with_method",
-                    "rank_predictor_median_loo_error",
-                )
-            },
-            indent=2,
-        )
-    )
+    print(json.dumps({k: res[k] for k in ("device", "trials", "gpu_time_saved_frac", "train_tokens_saved_frac",
+                                          "hypervolume_with", "hypervolume_without", "hypervolume_loss_frac",
+                                          "median_pred_error_at_quarter", "median_pred_error_at_quarter_own_fit",
+                                          "n_pruned", "pruned_with_method",
+                                          "rank_predictor_median_loo_error")}, indent=2))
 
 
 def _summarize_existing(args: argparse.Namespace, out: Path) -> int:
     import optuna
 
     prev = json.loads((out / "learning_curve.json").read_text()) if (out / "learning_curve.json").exists() else {}
-    arms = {
-        label: optuna.load_study(
-            study_name=f"learning_curve_{label}", storage=f"sqlite:///{out / f'{label}.db'}"
-        ).get_trials(deepcopy=False)
-        for label in ("with", "without")
-    }
+    arms = {label: optuna.load_study(study_name=f"learning_curve_{label}", storage=f"sqlite:///{out / f'{label}.db'}")
+            .get_trials(deepcopy=False) for label in ("with", "without")}
     args.device_name = prev.get("device", "unknown (summarized from stored studies)")
     res = summarize(arms["with"], arms["without"], args)
     res["total_bench_s"] = prev.get("total_bench_s")

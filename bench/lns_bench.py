@@ -84,9 +84,8 @@ def load_baseline(path: str):
     return module
 
 
-def bench_lns(
-    device, *, shapes=None, blocks=None, bits_list=(8, 16), seed: int = 0, baseline=None, quick: bool = False
-) -> list[dict]:
+def bench_lns(device, *, shapes=None, blocks=None, bits_list=(8, 16), seed: int = 0, baseline=None,
+              quick: bool = False) -> list[dict]:
     """Benchmark rows, one per (impl, shape, bits, kernel tiles). Raises RuntimeError if a kernel disagrees with
     the reference. baseline: a module with an older `lns_matmul` / `LNSWeight` (see `load_baseline`) or None."""
     import torch
@@ -120,19 +119,9 @@ def bench_lns(
                 torch_ms = _time_ms(functools.partial(torch.matmul, x, w16.t()), device, quick)
                 for bm, bn, bk in blocks:
                     row = {
-                        "impl": impl,
-                        "device": dev_name,
-                        "M": M,
-                        "K": K,
-                        "N": N,
-                        "bits": bits,
-                        "frac_bits": lw.frac_bits,
-                        "x_dtype": "float16",
-                        "block_m": bm,
-                        "block_n": bn,
-                        "block_k": bk,
-                        "weight_bytes_lns": lw.nbytes(),
-                        "weight_bytes_fp16": N * K * 2,
+                        "impl": impl, "device": dev_name, "M": M, "K": K, "N": N, "bits": bits,
+                        "frac_bits": lw.frac_bits, "x_dtype": "float16", "block_m": bm, "block_n": bn, "block_k": bk,
+                        "weight_bytes_lns": lw.nbytes(), "weight_bytes_fp16": N * K * 2,
                         "weight_bytes_fp32": N * K * 4,
                     }
                     fn = functools.partial(matmul, x, weight, bm, bn, bk, backend="triton")
@@ -159,29 +148,22 @@ def bench_lns(
                             "not reporting"
                         )
                     fl = flops(M, N, K)
-                    row.update(
-                        {
-                            "check_rel_err_vs_ref": check,
-                            "check_tol": CHECK_TOL,
-                            "check_repeats_identical": REPEAT_CHECK,
-                            "lns_ms": lns_ms[0],
-                            "lns_ms_p20": lns_ms[1],
-                            "lns_ms_p80": lns_ms[2],
-                            "torch_fp16_ms": torch_ms[0],
-                            "torch_fp16_ms_p20": torch_ms[1],
-                            "torch_fp16_ms_p80": torch_ms[2],
-                            "lns_tflops": fl / (lns_ms[0] * 1e-3) / 1e12,
-                            "torch_fp16_tflops": fl / (torch_ms[0] * 1e-3) / 1e12,
-                            "speedup_vs_torch_fp16": torch_ms[0] / lns_ms[0],
-                            # weight bytes streamed per second by the LNS kernel (codes + offsets), GB/s
-                            "lns_weight_gbps": lw.nbytes() / (lns_ms[0] * 1e-3) / 1e9,
-                            "rel_err_lns_vs_decoded": _rel(y, exact_dec),
-                            "rel_err_torch_fp16_vs_decoded": _rel(y_torch, exact_dec),
-                            "rel_err_lns_vs_original": _rel(y, exact_orig),
-                            "rel_err_torch_fp16_vs_original": _rel(y_torch, exact_orig),
-                            "timer": lns_ms[3],
-                        }
-                    )
+                    row.update({
+                        "check_rel_err_vs_ref": check, "check_tol": CHECK_TOL, "check_repeats_identical": REPEAT_CHECK,
+                        "lns_ms": lns_ms[0], "lns_ms_p20": lns_ms[1], "lns_ms_p80": lns_ms[2],
+                        "torch_fp16_ms": torch_ms[0], "torch_fp16_ms_p20": torch_ms[1],
+                        "torch_fp16_ms_p80": torch_ms[2],
+                        "lns_tflops": fl / (lns_ms[0] * 1e-3) / 1e12,
+                        "torch_fp16_tflops": fl / (torch_ms[0] * 1e-3) / 1e12,
+                        "speedup_vs_torch_fp16": torch_ms[0] / lns_ms[0],
+                        # weight bytes streamed per second by the LNS kernel (codes + offsets), GB/s
+                        "lns_weight_gbps": lw.nbytes() / (lns_ms[0] * 1e-3) / 1e9,
+                        "rel_err_lns_vs_decoded": _rel(y, exact_dec),
+                        "rel_err_torch_fp16_vs_decoded": _rel(y_torch, exact_dec),
+                        "rel_err_lns_vs_original": _rel(y, exact_orig),
+                        "rel_err_torch_fp16_vs_original": _rel(y_torch, exact_orig),
+                        "timer": lns_ms[3],
+                    })
                     rows.append(row)
             del w_dec, exact_dec, w16, y_torch, ref
         del x, w, x64, exact_orig
@@ -196,9 +178,8 @@ def lns_rows(device, *, tiny: bool = False, quick: bool = False, baseline_path: 
     if tiny:
         return bench_lns(device, shapes=TINY_SHAPES, blocks=TINY_BLOCKS, baseline=baseline)
     if quick:
-        return bench_lns(
-            device, shapes=QUICK_SHAPES, blocks=QUICK_BLOCKS, bits_list=(8,), baseline=baseline, quick=True
-        )
+        return bench_lns(device, shapes=QUICK_SHAPES, blocks=QUICK_BLOCKS, bits_list=(8,), baseline=baseline,
+                         quick=True)
     return bench_lns(device, baseline=baseline)
 
 
@@ -206,14 +187,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", help="folder to write lns_bench.json into")
     p.add_argument("--tiny", action="store_true", help="tiny shapes and tiles: a smoke check (runs on CPU)")
-    p.add_argument(
-        "--quick",
-        action="store_true",
-        help="8-bit codes, default tiles, shapes M = 4096, 8192 and 1, 16, 64; fewer repetitions",
-    )
-    p.add_argument(
-        "--baseline", metavar="PATH", help="an older kernels/lns.py to run beside this one (rows with impl 'old')"
-    )
+    p.add_argument("--quick", action="store_true",
+                   help="8-bit codes, default tiles, shapes M = 4096, 8192 and 1, 16, 64; fewer repetitions")
+    p.add_argument("--baseline", metavar="PATH",
+                   help="an older kernels/lns.py to run beside this one (rows with impl 'old')")
     args = p.parse_args(argv)
     if args.tiny and args.quick:
         p.error("--tiny and --quick exclude each other")
@@ -231,15 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     rows = lns_rows(device, tiny=args.tiny, quick=args.quick, baseline_path=args.baseline)
     result = {
-        "device": rows[0]["device"] if rows else str(device),
-        "torch": torch.__version__,
-        "triton": triton.__version__,
-        "python": platform.python_version(),
-        "tiny": args.tiny,
-        "quick": args.quick,
-        "baseline": args.baseline,
-        "bench_wall_s": time.perf_counter() - t0,
-        "lns": rows,
+        "device": rows[0]["device"] if rows else str(device), "torch": torch.__version__,
+        "triton": triton.__version__, "python": platform.python_version(), "tiny": args.tiny, "quick": args.quick,
+        "baseline": args.baseline, "bench_wall_s": time.perf_counter() - t0, "lns": rows,
     }
     text = json.dumps(result, indent=2)
     print(text)

@@ -26,9 +26,8 @@ GIB = 2**30
 
 
 def run_variant(base: Phase1Config, *, fused: bool, ckpt: bool, batch_size: int, steps: int) -> dict:
-    cfg = base.replace(
-        ar_ssm_use_fused_scan=fused, use_gradient_checkpointing=ckpt, checkpoint_ar_ssm=False, batch_size=batch_size
-    )
+    cfg = base.replace(ar_ssm_use_fused_scan=fused, use_gradient_checkpointing=ckpt, checkpoint_ar_ssm=False,
+                       batch_size=batch_size)
     torch.manual_seed(0)
     model = build_model(cfg).cuda()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate)
@@ -51,19 +50,12 @@ def run_variant(base: Phase1Config, *, fused: bool, ckpt: bool, batch_size: int,
         losses.append(float(out.loss))
     step_s = statistics.median(times)
     row = {
-        "fused_scan": fused,
-        "gradient_checkpointing": ckpt,
-        "batch_size": batch_size,
-        "n_seq": cfg.n_seq,
-        "step_ms_median": step_s * 1e3,
-        "step_ms_min": min(times) * 1e3,
-        "step_ms_max": max(times) * 1e3,
+        "fused_scan": fused, "gradient_checkpointing": ckpt, "batch_size": batch_size, "n_seq": cfg.n_seq,
+        "step_ms_median": step_s * 1e3, "step_ms_min": min(times) * 1e3, "step_ms_max": max(times) * 1e3,
         "tokens_per_s": batch_size * cfg.n_seq / step_s,
         "peak_allocated_gib": torch.cuda.max_memory_allocated() / GIB,
         "peak_reserved_gib": torch.cuda.max_memory_reserved() / GIB,
-        "loss_first": losses[0],
-        "loss_last": losses[-1],
-        "finite": all(map(lambda v: v == v and abs(v) != float("inf"), losses)),
+        "loss_first": losses[0], "loss_last": losses[-1], "finite": all(map(lambda v: v == v and abs(v) != float("inf"), losses)),
         "params": sum(p.numel() for p in model.parameters()),
     }
     del model, opt, out
@@ -90,10 +82,8 @@ def main() -> int:
     write_json(args.out / "model_gpu.json", result)
     print(f"{'fused':>6} {'ckpt':>5} {'ms/step':>9} {'tok/s':>9} {'peak GiB':>9}")
     for r in rows:
-        print(
-            f"{r['fused_scan']!s:>6} {r['gradient_checkpointing']!s:>5} {r['step_ms_median']:9.1f} "
-            f"{r['tokens_per_s']:9.0f} {r['peak_allocated_gib']:9.2f}"
-        )
+        print(f"{r['fused_scan']!s:>6} {r['gradient_checkpointing']!s:>5} {r['step_ms_median']:9.1f} "
+              f"{r['tokens_per_s']:9.0f} {r['peak_allocated_gib']:9.2f}")
     return 0 if all(r["finite"] for r in rows) else 1
 
 

@@ -42,10 +42,8 @@ def _gpu_processes() -> dict[int, list[int]]:
 
     pynvml.nvmlInit()
     try:
-        return {
-            i: sorted(p.pid for p in pynvml.nvmlDeviceGetComputeRunningProcesses(pynvml.nvmlDeviceGetHandleByIndex(i)))
-            for i in range(pynvml.nvmlDeviceGetCount())
-        }
+        return {i: sorted(p.pid for p in pynvml.nvmlDeviceGetComputeRunningProcesses(pynvml.nvmlDeviceGetHandleByIndex(i)))
+                for i in range(pynvml.nvmlDeviceGetCount())}
     finally:
         pynvml.nvmlShutdown()
 
@@ -54,39 +52,15 @@ def _trials(storage: str, name: str) -> list[dict]:
     import optuna
 
     study = optuna.load_study(study_name=name, storage=storage)
-    return [
-        {
-            "number": t.number,
-            "state": t.state.name,
-            "end_reason": t.user_attrs.get("end_reason"),
-            "retry_of": t.system_attrs.get("failed_trial"),
-        }
-        for t in study.trials
-    ]
+    return [{"number": t.number, "state": t.state.name, "end_reason": t.user_attrs.get("end_reason"),
+             "retry_of": t.system_attrs.get("failed_trial")} for t in study.trials]
 
 
 def run_launch(study: Path, name: str, gpus: str, trials: int, workdir: Path, kill_one: bool) -> dict:
     storage = f"sqlite:///{workdir / 'study.db'}"
-    env = {
-        **os.environ,
-        "TUNER_STORAGE": storage,
-        "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-    }
-    cmd = [
-        sys.executable,
-        "-c",
-        "import sys; from tuner.cli import main; sys.exit(main())",
-        "launch",
-        str(study),
-        "--gpus",
-        gpus,
-        "--n-trials",
-        str(trials),
-        "--heartbeat-s",
-        "5",
-        "--grace-s",
-        "20",
-    ]
+    env = {**os.environ, "TUNER_STORAGE": storage, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    cmd = [sys.executable, "-c", "import sys; from tuner.cli import main; sys.exit(main())",
+           "launch", str(study), "--gpus", gpus, "--n-trials", str(trials), "--heartbeat-s", "5", "--grace-s", "20"]
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     killed, gpu_map = None, None
@@ -102,19 +76,10 @@ def run_launch(study: Path, name: str, gpus: str, trials: int, workdir: Path, ki
     wall = time.monotonic() - t0
     trials_rows = _trials(storage, name)
     finished = [t for t in trials_rows if t["state"] in ("COMPLETE", "PRUNED")]
-    return {
-        "gpus": gpus,
-        "wall_s": wall,
-        "exit_code": proc.returncode,
-        "trials": trials_rows,
-        "finished": len(finished),
-        "running_left": sum(t["state"] == "RUNNING" for t in trials_rows),
-        "trials_per_hour": len(finished) / wall * 3600,
-        "killed_worker_pid": killed,
-        "nvml_processes_by_gpu": gpu_map,
-        "restarted": "restart" in out.lower(),
-        "log_tail": out[-3000:],
-    }
+    return {"gpus": gpus, "wall_s": wall, "exit_code": proc.returncode, "trials": trials_rows,
+            "finished": len(finished), "running_left": sum(t["state"] == "RUNNING" for t in trials_rows),
+            "trials_per_hour": len(finished) / wall * 3600, "killed_worker_pid": killed,
+            "nvml_processes_by_gpu": gpu_map, "restarted": "restart" in out.lower(), "log_tail": out[-3000:]}
 
 
 def main() -> int:
@@ -135,18 +100,11 @@ def main() -> int:
     all_run = rows["all"]
     lost = args.trials - all_run["finished"]
     result = {
-        "device": device_name(),
-        "n_gpus": n_gpus,
-        "command": " ".join(sys.argv),
-        "trials_per_hour_one": rows["one"]["trials_per_hour"],
-        "trials_per_hour_all": all_run["trials_per_hour"],
-        "restarted_worker_lost_trials": lost,
-        "runs": rows,
-        "note": (
-            "one GPU on this host: 'all' is the same single GPU, so the ratio is not a multi-GPU figure"
-            if n_gpus == 1
-            else ""
-        ),
+        "device": device_name(), "n_gpus": n_gpus, "command": " ".join(sys.argv),
+        "trials_per_hour_one": rows["one"]["trials_per_hour"], "trials_per_hour_all": all_run["trials_per_hour"],
+        "restarted_worker_lost_trials": lost, "runs": rows,
+        "note": ("one GPU on this host: 'all' is the same single GPU, so the ratio is not a multi-GPU figure"
+                 if n_gpus == 1 else ""),
     }
     write_json(args.out / "multigpu.json", result, indent=1)
     print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=1, default=str))

@@ -44,14 +44,12 @@ _CHOSEN = optim.lr_multipliers  # the shipped rule (variants patch optim.lr_mult
 
 def _mult(emb, phase=None, bias=1.0):
     """A multiplier rule: emb/phase given as functions of D."""
-
     def rule(d_model: int) -> dict[str, float]:
         m = dict(ALL_ONE)
         m["embedding"] = emb(d_model)
         m["phase"] = (phase or emb)(d_model)
         m["bias"] = bias
         return m
-
     return rule
 
 
@@ -68,7 +66,7 @@ def _lin(d):
 
 
 def _quarter(d):
-    return d**0.25
+    return d ** 0.25
 
 
 def _four(d):
@@ -110,7 +108,7 @@ def unigram_val_nats(train: np.ndarray, val: np.ndarray, vocab_size: int, n_seq:
     counts = unigram_counts(train, vocab_size).numpy() + 1.0
     logp = np.log(counts / counts.sum())
     n_windows = min(math.ceil(eval_tokens / n_seq), (len(val) - 1) // n_seq)
-    targets = np.concatenate([np.asarray(val[k * n_seq + 1 : k * n_seq + n_seq + 1]) for k in range(n_windows)])
+    targets = np.concatenate([np.asarray(val[k * n_seq + 1: k * n_seq + n_seq + 1]) for k in range(n_windows)])
     return float(-logp[targets.astype(np.int64)].mean())
 
 
@@ -127,12 +125,10 @@ def run_variant(name: str, config: Phase1Config, data, train_tokens: int, eval_t
     optim.lr_multipliers, Phase1LM.init_output_bias = rule, init_bias
     orig_build = lm.build_model
     if name in HEAD_SCALE:
-
         def build(cfg):
             model = orig_build(cfg)
             model.head_scale = HEAD_SCALE[name](cfg.d_model)
             return model
-
         lm.build_model = build
     optim._DECAYED = decayed[0] if decayed else orig_decayed
     try:
@@ -141,19 +137,10 @@ def run_variant(name: str, config: Phase1Config, data, train_tokens: int, eval_t
     finally:
         optim.lr_multipliers, Phase1LM.init_output_bias, optim._DECAYED = orig_mult, orig_init, orig_decayed
         lm.build_model = orig_build
-    return {
-        "variant": name,
-        "lr": config.learning_rate,
-        "d_model": config.d_model,
-        "n_layers": config.n_layers,
-        "val_loss": r.val_loss,
-        "val_ppl": r.val_ppl,
-        "train_tokens": r.train_tokens,
-        "gate_sparsity": r.diagnostics.get("gate_sparsity"),
-        "effective_rank": r.diagnostics.get("effective_rank"),
-        "train_loss_first": r.diagnostics.get("train_loss_first"),
-        "wall_s": time.perf_counter() - t0,
-    }
+    return {"variant": name, "lr": config.learning_rate, "d_model": config.d_model, "n_layers": config.n_layers,
+            "val_loss": r.val_loss, "val_ppl": r.val_ppl, "train_tokens": r.train_tokens,
+            "gate_sparsity": r.diagnostics.get("gate_sparsity"), "effective_rank": r.diagnostics.get("effective_rank"),
+            "train_loss_first": r.diagnostics.get("train_loss_first"), "wall_s": time.perf_counter() - t0}
 
 
 def main(argv=None) -> int:
@@ -176,44 +163,22 @@ def main(argv=None) -> int:
         print("\n".join(VARIANTS))
         return 0
     torch.set_num_threads(1)
-    data = prepare_data(
-        DataSource(kind="stdlib", max_bytes=args.max_bytes), args.vocab, os.environ.get("PHASE1_CACHE", ".phase1_cache")
-    )
-    base = Phase1Config(
-        vocab_size=args.vocab,
-        d_model=args.d_model,
-        n_layers=args.n_layers,
-        n_seq=args.n_seq,
-        batch_size=8,
-        dtype="float32",
-        loss_chunk_size=0,
-        ffn_rank=max(8, args.d_model // 8),
-        ar_ssm_max_rank=16,
-        ar_ssm_min_rank=2,
-        htt_rank=8,
-        ar_ssm_l1_regularization=args.l1,
-        use_gradient_checkpointing=False,
-        seed=0,
-        head=args.head,
-        head_rank=args.head_rank,
-    )
+    data = prepare_data(DataSource(kind="stdlib", max_bytes=args.max_bytes), args.vocab,
+                        os.environ.get("PHASE1_CACHE", ".phase1_cache"))
+    base = Phase1Config(vocab_size=args.vocab, d_model=args.d_model, n_layers=args.n_layers, n_seq=args.n_seq,
+                        batch_size=8, dtype="float32", loss_chunk_size=0, ffn_rank=max(8, args.d_model // 8),
+                        ar_ssm_max_rank=16, ar_ssm_min_rank=2, htt_rank=8, ar_ssm_l1_regularization=args.l1,
+                        use_gradient_checkpointing=False, seed=0,
+                        head=args.head, head_rank=args.head_rank)
     uni = unigram_val_nats(data.train, data.val, args.vocab, base.n_seq, args.eval_tokens)
     print(f"unigram: {uni:.4f} nats (ppl {math.exp(uni):.1f}), {data.n_train_tokens} train tokens", flush=True)
     for lr in (float(x) for x in args.lrs.split(",")):
         for name in args.variants.split(","):
             res = run_variant(name, base.replace(learning_rate=lr), data, args.train_tokens, args.eval_tokens)
-            res.update(
-                requested_train_tokens=args.train_tokens,
-                unigram_val_loss=uni,
-                vocab_size=args.vocab,
-                l1=args.l1,
-                corpus_tokens=data.n_train_tokens,
-                max_bytes=args.max_bytes,
-                n_seq=args.n_seq,
-                eval_tokens=args.eval_tokens,
-                head=args.head,
-                head_rank=args.head_rank if args.head == "low_rank" else None,
-            )
+            res.update(requested_train_tokens=args.train_tokens, unigram_val_loss=uni, vocab_size=args.vocab,
+                       l1=args.l1, corpus_tokens=data.n_train_tokens, max_bytes=args.max_bytes, n_seq=args.n_seq,
+                       eval_tokens=args.eval_tokens, head=args.head,
+                       head_rank=args.head_rank if args.head == "low_rank" else None)
             print(json.dumps(res), flush=True)
             _record(res)
     return 0
@@ -221,20 +186,8 @@ def main(argv=None) -> int:
 
 def _record(res: dict) -> None:
     """Add `res` to RESULTS, replacing an earlier run of the same settings; locked, so probes may run in parallel."""
-    keys = (
-        "variant",
-        "lr",
-        "d_model",
-        "n_layers",
-        "requested_train_tokens",
-        "vocab_size",
-        "l1",
-        "max_bytes",
-        "n_seq",
-        "eval_tokens",
-        "head",
-        "head_rank",
-    )
+    keys = ("variant", "lr", "d_model", "n_layers", "requested_train_tokens", "vocab_size", "l1", "max_bytes", "n_seq",
+            "eval_tokens", "head", "head_rank")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     with open(os.path.join(tempfile.gettempdir(), "param_probe.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)

@@ -40,19 +40,8 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from bench._common import write_json  # noqa: E402
 
-KEYS = (
-    "grace_period_s",
-    "sigkill_detect_s",
-    "postgres_restart_lost_results",
-    "load_trials",
-    "load_errors",
-    "lost_results",
-    "trials_per_s",
-    "overhead_ms_per_trial",
-    "sigterm_exit_s",
-    "fuzz_cases",
-    "fuzz_tracebacks",
-)
+KEYS = ("grace_period_s", "sigkill_detect_s", "postgres_restart_lost_results", "load_trials", "load_errors",
+        "lost_results", "trials_per_s", "overhead_ms_per_trial", "sigterm_exit_s", "fuzz_cases", "fuzz_tracebacks")
 
 
 def run_fuzz(folder: Path, n_studies: int = 450, n_random: int = 300, n_presets: int = 300) -> dict:
@@ -89,18 +78,10 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, type=Path)
-    ap.add_argument(
-        "--grace-s",
-        type=int,
-        default=st.GRACE_PERIOD_S,
-        help=f"heartbeat grace period for the SIGKILL measurement (default: the product's {st.GRACE_PERIOD_S})",
-    )
-    ap.add_argument(
-        "--heartbeat-s",
-        type=int,
-        default=st.HEARTBEAT_INTERVAL_S,
-        help=f"heartbeat interval (default: the product's {st.HEARTBEAT_INTERVAL_S})",
-    )
+    ap.add_argument("--grace-s", type=int, default=st.GRACE_PERIOD_S, help="heartbeat grace period for the "
+                    f"SIGKILL measurement (default: the product's {st.GRACE_PERIOD_S})")
+    ap.add_argument("--heartbeat-s", type=int, default=st.HEARTBEAT_INTERVAL_S,
+                    help=f"heartbeat interval (default: the product's {st.HEARTBEAT_INTERVAL_S})")
     ap.add_argument("--workers", type=int, default=8)
     ap.add_argument("--per-worker", type=int, default=25)
     args = ap.parse_args(argv)
@@ -126,76 +107,45 @@ def main(argv: list[str] | None = None) -> int:
             with h.fresh_pg_database() as url:
                 r = h.measure_sigkill(url, work, grace_s=args.grace_s, heartbeat_s=args.heartbeat_s)
                 acc = r["accounting"]
-                details["sigkill"] = {
-                    "detect_s": r["detect_s"],
-                    "grace_s": r["grace_s"],
-                    "heartbeat_s": r["heartbeat_s"],
-                    "by_state": acc["by_state"],
-                    "retry_of_victim": [
-                        t.system_attrs.get("retry_history")
-                        for t in acc["trials"]
-                        if t.system_attrs.get("failed_trial") == r["victim"]
-                    ],
-                    "orphans_gone": r["orphans_gone"],
-                    "waiting_worker_exit": r["b_exit"],
-                    "victim_end_reason": next(
-                        t.user_attrs.get("end_reason") for t in acc["trials"] if t.number == r["victim"]
-                    ),
-                }
+                details["sigkill"] = {"detect_s": r["detect_s"], "grace_s": r["grace_s"],
+                                      "heartbeat_s": r["heartbeat_s"], "by_state": acc["by_state"],
+                                      "retry_of_victim": [t.system_attrs.get("retry_history") for t in acc["trials"]
+                                                          if t.system_attrs.get("failed_trial") == r["victim"]],
+                                      "orphans_gone": r["orphans_gone"], "waiting_worker_exit": r["b_exit"],
+                                      "victim_end_reason": next(t.user_attrs.get("end_reason") for t in acc["trials"]
+                                                                if t.number == r["victim"])}
                 print(f"sigkill: detected after {r['detect_s']:.1f} s (grace {r['grace_s']} s)", flush=True)
 
             with h.fresh_pg_database() as url:
                 w = h.measure_sigterm_worker(url, work)
             with h.fresh_pg_database() as url:
                 la = h.measure_sigterm_launch(url, work)
-            details["sigterm"] = {
-                "worker": {
-                    "exit_code": w["exit_code"],
-                    "exit_s": w["exit_s"],
-                    "by_state_after": w["after_stop"]["by_state"],
-                },
-                "launch": {
-                    "exit_code": la["exit_code"],
-                    "exit_s": la["exit_s"],
-                    "by_state_after": la["accounting"]["by_state"],
-                },
-            }
-            print(
-                f"sigterm: worker {w['exit_s']:.1f} s (exit {w['exit_code']}), launch {la['exit_s']:.1f} s "
-                f"(exit {la['exit_code']})",
-                flush=True,
-            )
+            details["sigterm"] = {"worker": {"exit_code": w["exit_code"], "exit_s": w["exit_s"],
+                                             "by_state_after": w["after_stop"]["by_state"]},
+                                  "launch": {"exit_code": la["exit_code"], "exit_s": la["exit_s"],
+                                             "by_state_after": la["accounting"]["by_state"]}}
+            print(f"sigterm: worker {w['exit_s']:.1f} s (exit {w['exit_code']}), launch {la['exit_s']:.1f} s "
+                  f"(exit {la['exit_code']})", flush=True)
 
             with h.fresh_pg_database() as url:
                 pr = h.measure_pg_restart(url, work, n_workers=2, n_trials=6, outage_s=6.0)
-            details["postgres_restart"] = {
-                "outage_s": pr["outage_s"],
-                "exit_codes": pr["exit_codes"],
-                "by_state": pr["accounting"]["by_state"],
-                "lost": pr["lost_results"],
-                "log_tail": pr["logs"][-3000:],
-            }
+            details["postgres_restart"] = {"outage_s": pr["outage_s"], "exit_codes": pr["exit_codes"],
+                                           "by_state": pr["accounting"]["by_state"], "lost": pr["lost_results"],
+                                           "log_tail": pr["logs"][-3000:]}
             print(f"postgres restart: lost {len(pr['lost_results'])}, worker exits {pr['exit_codes']}", flush=True)
 
             with h.fresh_pg_database() as url:
                 ld = h.measure_load(url, work, n_workers=args.workers, per_worker=args.per_worker)
             by = ld["accounting"]["by_state"]
             done = by.get("COMPLETE", 0) + by.get("PRUNED", 0)
-            details["load"] = {
-                "workers": args.workers,
-                "per_worker": args.per_worker,
-                "by_state": by,
-                "exit_codes": ld["exit_codes"],
-                "wall_s": ld["wall_s"],
-                "storage_error_lines": ld["storage_errors"][:20],
-                "overhead_ms_mean": ld["overhead_ms_mean"],
-                "distinct_configurations": len({tuple(sorted(t.params.items())) for t in ld["accounting"]["trials"]}),
-            }
-            print(
-                f"load {args.workers}x{args.per_worker}: {done}/{ld['total']} finished, "
-                f"{ld['trials_per_s']:.3f} trials/s, overhead {ld['overhead_ms_per_trial']:.0f} ms/trial",
-                flush=True,
-            )
+            details["load"] = {"workers": args.workers, "per_worker": args.per_worker, "by_state": by,
+                               "exit_codes": ld["exit_codes"], "wall_s": ld["wall_s"],
+                               "storage_error_lines": ld["storage_errors"][:20],
+                               "overhead_ms_mean": ld["overhead_ms_mean"],
+                               "distinct_configurations": len({tuple(sorted(t.params.items()))
+                                                               for t in ld["accounting"]["trials"]})}
+            print(f"load {args.workers}x{args.per_worker}: {done}/{ld['total']} finished, "
+                  f"{ld['trials_per_s']:.3f} trials/s, overhead {ld['overhead_ms_per_trial']:.0f} ms/trial", flush=True)
     finally:
         h.ensure_pg_running()
 
@@ -207,8 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_errors": len(ld["storage_errors"]) + sum(1 for c in ld["exit_codes"] if c != 0),
         "lost_results": max(0, ld["total"] - done) + by.get("RUNNING", 0),
         "trials_per_s": round(ld["trials_per_s"], 4),
-        "overhead_ms_per_trial": round(ld["overhead_ms_per_trial"], 1)
-        if ld["overhead_ms_per_trial"] is not None
+        "overhead_ms_per_trial": round(ld["overhead_ms_per_trial"], 1) if ld["overhead_ms_per_trial"] is not None
         else None,
         "sigterm_exit_s": round(max(w["exit_s"], la["exit_s"]), 2),
         "fuzz_cases": fz["cases"],

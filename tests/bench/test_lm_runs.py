@@ -16,21 +16,9 @@ import fidelity  # noqa: E402
 import lm_runs  # noqa: E402
 import quality  # noqa: E402
 
-TINY_PHASE1 = dict(
-    vocab_size=300,
-    d_model=32,
-    n_layers=1,
-    n_seq=32,
-    batch_size=2,
-    dtype="float32",
-    ffn_rank=4,
-    ar_ssm_max_rank=4,
-    ar_ssm_min_rank=1,
-    htt_rank=4,
-    ar_ssm_use_fused_scan=False,
-    use_gradient_checkpointing=False,
-    loss_chunk_size=0,
-)
+TINY_PHASE1 = dict(vocab_size=300, d_model=32, n_layers=1, n_seq=32, batch_size=2, dtype="float32", ffn_rank=4,
+                   ar_ssm_max_rank=4, ar_ssm_min_rank=1, htt_rank=4, ar_ssm_use_fused_scan=False,
+                   use_gradient_checkpointing=False, loss_chunk_size=0)
 
 
 def test_average_ranks_share_ties_and_put_inf_last():
@@ -59,23 +47,11 @@ def test_a_diverged_run_supplies_no_figure(tmp_path):
     from model.data import DataSource, prepare_data
 
     prepare_data(DataSource(**data), 300, cache)
-    jobs = [
-        {
-            "id": f"{name}-lr{lr:g}",
-            "model": "phase1",
-            "config": {**TINY_PHASE1, "learning_rate": lr},
-            "train_tokens": 6 * 64,
-            "eval_tokens": 64,
-            "data": data,
-            "cache_dir": str(cache),
-            "group": name,
-            "lr": lr,
-        }
-        for name, lr in (("blowup", 1e35), ("ok", 3e-3))
-    ]
-    runs = lm_runs.run_pool(
-        jobs, gpus=[None], per_gpu=1, jsonl=tmp_path / "runs.jsonl", work=tmp_path / "w", log=lambda m: None
-    )
+    jobs = [{"id": f"{name}-lr{lr:g}", "model": "phase1", "config": {**TINY_PHASE1, "learning_rate": lr},
+             "train_tokens": 6 * 64, "eval_tokens": 64, "data": data, "cache_dir": str(cache), "group": name,
+             "lr": lr} for name, lr in (("blowup", 1e35), ("ok", 3e-3))]
+    runs = lm_runs.run_pool(jobs, gpus=[None], per_gpu=1, jsonl=tmp_path / "runs.jsonl", work=tmp_path / "w",
+                            log=lambda m: None)
     by_id = {r["id"]: r for r in runs}
     bad, good = by_id["blowup-lr1e+35"], by_id["ok-lr0.003"]
     assert bad["diverged"] is True and "val_ppl" not in bad, bad

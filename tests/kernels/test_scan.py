@@ -79,9 +79,8 @@ CASES = [  # (B, L, R, dtype, a): odd lengths hit the row masks, R not a power o
 ]
 
 
-@pytest.mark.parametrize(
-    "B,L,R,dtype,a_kind", CASES, ids=[f"B{b}-L{l}-R{r}-{str(d)[6:]}-a_{k}" for b, l, r, d, k in CASES]
-)
+@pytest.mark.parametrize("B,L,R,dtype,a_kind", CASES,
+                         ids=[f"B{b}-L{l}-R{r}-{str(d)[6:]}-a_{k}" for b, l, r, d, k in CASES])
 def test_triton_matches_reference(B, L, R, dtype, a_kind):
     u, g, v, a, dy = make(B, L, R, dtype, a_kind)
     out = run_triton(u, g, v, a, dy)
@@ -112,18 +111,15 @@ def test_decay_below_one_differs_from_cumsum():
     assert_close("y", y, ref64(u, g, v, a * 0.5, torch.zeros_like(u))[0], torch.float32)
 
 
-@pytest.mark.parametrize(
-    "L,tiles",
-    [
-        # 19 chunks each way: the state passing reads earlier (later) chunks in two windows of 16.
-        (300, scan.ScanTiles(16, fwd_c=16, fwd_r=8, fwd_warps=1, bwd_c=16, bwd_r=4, bwd_warps=1)),
-        # Chunks of two (forward) and four (backward) sub-tiles, the last chunk partly past L; channel blocks
-        # differ between the passes (the saved carry's layout does not depend on them).
-        (1000, scan.ScanTiles(16, fwd_c=32, fwd_r=8, fwd_warps=2, bwd_c=64, bwd_r=2, bwd_warps=1)),
-        # Three chunks of four sub-tiles, the last one past L but for 2 rows.
-        (130, scan.ScanTiles(16, fwd_c=64, fwd_r=8, fwd_warps=1, bwd_c=64, bwd_r=8, bwd_warps=1)),
-    ],
-)
+@pytest.mark.parametrize("L,tiles", [
+    # 19 chunks each way: the state passing reads earlier (later) chunks in two windows of 16.
+    (300, scan.ScanTiles(16, fwd_c=16, fwd_r=8, fwd_warps=1, bwd_c=16, bwd_r=4, bwd_warps=1)),
+    # Chunks of two (forward) and four (backward) sub-tiles, the last chunk partly past L; channel blocks
+    # differ between the passes (the saved carry's layout does not depend on them).
+    (1000, scan.ScanTiles(16, fwd_c=32, fwd_r=8, fwd_warps=2, bwd_c=64, bwd_r=2, bwd_warps=1)),
+    # Three chunks of four sub-tiles, the last one past L but for 2 rows.
+    (130, scan.ScanTiles(16, fwd_c=64, fwd_r=8, fwd_warps=1, bwd_c=64, bwd_r=8, bwd_warps=1)),
+])
 def test_chunked_launchers_match_reference_with_small_tiles(L, tiles):
     """The launchers with small tiles: many chunks per sequence, so the per-chunk states passed forward (and
     backward) span several windows and several sub-tiles per chunk; odd L, R = 5 in blocks of 2 to 8."""
@@ -146,12 +142,8 @@ def test_forward_without_grad_saves_no_state():
 def test_non_contiguous_inputs():
     u, g, v, a, _ = make(1, 5, 63, torch.float32, "rand", seed=6)
     ut, gt, vt = (t.transpose(1, 2) for t in (u, g, v))  # [1, 63, 5] views, not contiguous
-    assert_close(
-        "y",
-        gated_scan(ut, gt, vt, a[:5], backend="triton"),
-        gated_scan_ref(ut.double(), gt.double(), vt.double(), a[:5].double()),
-        torch.float32,
-    )
+    assert_close("y", gated_scan(ut, gt, vt, a[:5], backend="triton"),
+                 gated_scan_ref(ut.double(), gt.double(), vt.double(), a[:5].double()), torch.float32)
 
 
 @pytest.mark.parametrize("L", [1, 63, 130])
@@ -172,20 +164,17 @@ def test_auto_on_cpu_uses_torch_backend_and_keeps_dtype():
     assert torch.equal(y, scan._gated_scan_torch(u, g, v, a))
 
 
-@pytest.mark.parametrize(
-    "case,match",
-    [
-        ("u_2d", r"u must be \[B, L, R\], got shape \(63, 5\)"),
-        ("g_shape", r"g shape \(1, 62, 5\) != u shape \(1, 63, 5\)"),
-        ("a_shape", r"a must be \[R\] = \[5\], got shape \(4,\)"),
-        ("int_dtype", r"dtype torch.int64 is not supported"),
-        ("mixed_dtype", r"v dtype torch.bfloat16 != u dtype torch.float32"),
-        ("f64_triton", r"dtype torch.float64 is not supported with backend='triton'"),
-        ("backend", r"backend='cuda' is not one of"),
-        ("device", r"a is on meta but u is on cpu"),
-        ("not_tensor", r"g must be a torch.Tensor, got list"),
-    ],
-)
+@pytest.mark.parametrize("case,match", [
+    ("u_2d", r"u must be \[B, L, R\], got shape \(63, 5\)"),
+    ("g_shape", r"g shape \(1, 62, 5\) != u shape \(1, 63, 5\)"),
+    ("a_shape", r"a must be \[R\] = \[5\], got shape \(4,\)"),
+    ("int_dtype", r"dtype torch.int64 is not supported"),
+    ("mixed_dtype", r"v dtype torch.bfloat16 != u dtype torch.float32"),
+    ("f64_triton", r"dtype torch.float64 is not supported with backend='triton'"),
+    ("backend", r"backend='cuda' is not one of"),
+    ("device", r"a is on meta but u is on cpu"),
+    ("not_tensor", r"g must be a torch.Tensor, got list"),
+])
 def test_validation_errors_name_the_value(case, match):
     u, g, v, a, _ = make(1, 63, 5, torch.float32, "rand")
     kw = {"backend": "triton"}
@@ -233,11 +222,8 @@ def test_torch_backend_accumulates_in_fp32_under_cpu_autocast():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.skipif(
-    triton.knobs.runtime.interpret,
-    reason="the interpreter runs programs one by one: run with "
-    "TRITON_INTERPRET=0 (tests/conftest.py sets 1 unless told otherwise)",
-)
+@pytest.mark.skipif(triton.knobs.runtime.interpret, reason="the interpreter runs programs one by one: run with "
+                    "TRITON_INTERPRET=0 (tests/conftest.py sets 1 unless told otherwise)")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_gpu_results_are_bitwise_reproducible(dtype):
     """Many launches at a large shape give bitwise-identical outputs and gradients (every value is written by

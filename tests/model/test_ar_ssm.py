@@ -120,11 +120,9 @@ def test_decay_in_unit_interval_and_one_minus_exact():
     assert (m.decay() == 1).all() and (m.one_minus_decay() > 0).all()
 
 
-@pytest.mark.parametrize(
-    "change",
-    [dict(ar_ssm_max_rank=16), dict(ar_ssm_min_rank=4), dict(ar_ssm_gate_hidden_dim=20), dict(ar_ssm_min_rank=8)],
-    ids=["max_rank", "min_rank", "gate_hidden_dim", "min_rank=max_rank"],
-)
+@pytest.mark.parametrize("change", [dict(ar_ssm_max_rank=16), dict(ar_ssm_min_rank=4),
+                                    dict(ar_ssm_gate_hidden_dim=20), dict(ar_ssm_min_rank=8)],
+                         ids=["max_rank", "min_rank", "gate_hidden_dim", "min_rank=max_rank"])
 def test_settings_change_param_count_as_the_formula_predicts(change):
     base, other = cfg(), cfg(**change)
     assert n_params(ARSSM(base)) == ar_ssm_layer_param_count(base)

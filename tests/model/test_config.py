@@ -47,15 +47,9 @@ def test_presets_equal_guide_section_6():
         assert preset == Phase1Config(**kwargs), f"preset {name} differs from the guide outside its named fields"
 
 
-@pytest.mark.parametrize(
-    "cfg",
-    [
-        Phase1Config(),
-        Phase1Config(ar_ssm_gate_hidden_dim=77, head="low_rank", stability_action="warn", dtype="float16"),
-        *PRESETS.values(),
-    ],
-    ids=["default", "custom", *PRESETS],
-)
+@pytest.mark.parametrize("cfg", [Phase1Config(), Phase1Config(ar_ssm_gate_hidden_dim=77, head="low_rank",
+                                                                    stability_action="warn", dtype="float16"),
+                                 *PRESETS.values()], ids=["default", "custom", *PRESETS])
 def test_yaml_round_trip(cfg):
     text = cfg.to_yaml()
     back = Phase1Config.from_yaml(text)

@@ -32,7 +32,7 @@ def test_unigram_loss_is_the_smoothed_count_model(tmp_path):
     data = prepare_data(DataSource("stdlib", max_bytes=200_000), 300, tmp_path)
     counts = np.bincount(np.asarray(data.train), minlength=300) + 1.0
     p = counts / counts.sum()
-    targets = np.asarray(data.val[1 : 1 + 4 * 50])
+    targets = np.asarray(data.val[1:1 + 4 * 50])
     expected = -np.log(p[targets]).mean()
     assert unigram_val_loss(data, 50, 200) == pytest.approx(expected, rel=1e-9)
     assert unigram_val_loss(data, 50, 200) < math.log(300)  # frequencies carry information

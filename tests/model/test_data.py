@@ -41,22 +41,8 @@ def _text_folder(root: Path) -> Path:
 
     std = Path(sysconfig.get_paths()["stdlib"])
     root.mkdir(parents=True, exist_ok=True)
-    for i, name in enumerate(
-        [
-            "textwrap.py",
-            "string.py",
-            "shlex.py",
-            "glob.py",
-            "fnmatch.py",
-            "bisect.py",
-            "heapq.py",
-            "keyword.py",
-            "colorsys.py",
-            "calendar.py",
-            "difflib.py",
-            "queue.py",
-        ]
-    ):
+    for i, name in enumerate(["textwrap.py", "string.py", "shlex.py", "glob.py", "fnmatch.py", "bisect.py",
+                              "heapq.py", "keyword.py", "colorsys.py", "calendar.py", "difflib.py", "queue.py"]):
         sub = root / f"part{i % 3}"
         sub.mkdir(exist_ok=True)
         (sub / f"{name}.txt").write_text((std / name).read_text("utf-8"), "utf-8")
@@ -145,9 +131,8 @@ def test_pickle_reopens_memory_maps(stdlib_data):
     assert isinstance(back.train, np.memmap)
     np.testing.assert_array_equal(back.val, data.val)
     # an in-memory TokenData (no cache entry) pickles its arrays
-    mem = dataclasses.replace(
-        data, train=np.arange(100, dtype=np.uint16), val=np.arange(50, dtype=np.uint16), cache_path=""
-    )
+    mem = dataclasses.replace(data, train=np.arange(100, dtype=np.uint16), val=np.arange(50, dtype=np.uint16),
+                              cache_path="")
     back = pickle.loads(pickle.dumps(mem))
     assert back.n_train_tokens == 100 and back.n_val_tokens == 50 and back.vocab_size == VOCAB
 
@@ -202,7 +187,7 @@ def test_validation_text_unseen_in_training(stdlib_data):
         w = np.lib.stride_tricks.sliding_window_view(a, n)
         return {hash(row.tobytes()) for row in w}
 
-    val_grams = {hash(val[i : i + 16].tobytes()) for i in range(0, len(val) - 16, 97)}
+    val_grams = {hash(val[i:i + 16].tobytes()) for i in range(0, len(val) - 16, 97)}
     shared = val_grams & grams(train)
     # license headers and boilerplate can repeat across files; real leakage would share most windows
     assert len(shared) / len(val_grams) < 0.05
@@ -323,9 +308,7 @@ def test_concurrent_prepare_from_two_processes(tmp_path):
 def test_default_stdlib_source_fills_a_gpt2_sized_vocabulary(tmp_path):
     """The default max_bytes is chosen so 50257 ids are all learned merges (see DEFAULT_MAX_BYTES)."""
     data = prepare_data(DataSource(), 50257, tmp_path)
-    print(
-        f"first prepare of the default stdlib source: {data.prepare_time_s:.1f} s, "
-        f"{data.n_train_tokens} train + {data.n_val_tokens} val tokens"
-    )
+    print(f"first prepare of the default stdlib source: {data.prepare_time_s:.1f} s, "
+          f"{data.n_train_tokens} train + {data.n_val_tokens} val tokens")
     assert data.n_learned_tokens == 50257
     assert data.n_train_tokens > 2_000_000 and data.n_val_tokens > 200_000

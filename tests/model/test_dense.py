@@ -19,17 +19,8 @@ VOCAB = 512
 
 
 def tiny(**kw) -> DenseConfig:
-    base = dict(
-        vocab_size=VOCAB,
-        d_model=48,
-        n_layers=2,
-        n_heads=3,
-        n_seq=64,
-        batch_size=8,
-        dtype="float32",
-        learning_rate=3e-3,
-        loss_chunk_size=0,
-    )
+    base = dict(vocab_size=VOCAB, d_model=48, n_layers=2, n_heads=3, n_seq=64, batch_size=8, dtype="float32",
+                learning_rate=3e-3, loss_chunk_size=0)
     base.update(kw)
     return DenseConfig(**base)
 
@@ -39,9 +30,8 @@ def data(tmp_path_factory):
     return prepare_data(DataSource("stdlib", max_bytes=300_000), VOCAB, tmp_path_factory.mktemp("cache"))
 
 
-@pytest.mark.parametrize(
-    "kw", [dict(), dict(d_model=64, n_heads=4, n_layers=3, n_seq=33, vocab_size=101)], ids=["tiny", "odd"]
-)
+@pytest.mark.parametrize("kw", [dict(), dict(d_model=64, n_heads=4, n_layers=3, n_seq=33, vocab_size=101)],
+                         ids=["tiny", "odd"])
 def test_param_counts_match_formula(kw):
     config = tiny(**kw)
     model = build_dense_model(config)
@@ -91,24 +81,10 @@ def test_config_errors_name_field_and_range():
 
 
 def test_dense_for_takes_the_phase1_shape():
-    shape = {
-        "vocab_size": 2048,
-        "d_model": 96,
-        "n_layers": 3,
-        "n_seq": 128,
-        "batch_size": 4,
-        "dtype": "float32",
-        "learning_rate": 1e-3,
-        "htt_rank": 8,
-    }
+    shape = {"vocab_size": 2048, "d_model": 96, "n_layers": 3, "n_seq": 128, "batch_size": 4, "dtype": "float32",
+             "learning_rate": 1e-3, "htt_rank": 8}
     config = dense_for(shape)
-    assert (config.vocab_size, config.d_model, config.n_layers, config.n_seq, config.batch_size) == (
-        2048,
-        96,
-        3,
-        128,
-        4,
-    )
+    assert (config.vocab_size, config.d_model, config.n_layers, config.n_seq, config.batch_size) == (2048, 96, 3, 128, 4)
     assert config.n_heads == 1 and config.learning_rate == 1e-3
     assert dense_for({"d_model": 1024}).n_heads == 16
     assert dense_for({"d_model": 1024}, n_heads=8).n_heads == 8
@@ -131,9 +107,8 @@ def test_a_run_longer_than_the_data_warns_and_records_epochs(data):
     tokens = 2 * data.n_train_tokens
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = train_and_evaluate(
-            config.replace(n_layers=1, d_model=16, n_heads=1), data, train_tokens=tokens, eval_tokens=64, device="cpu"
-        )
+        result = train_and_evaluate(config.replace(n_layers=1, d_model=16, n_heads=1), data,
+                                    train_tokens=tokens, eval_tokens=64, device="cpu")
     assert result.epochs == pytest.approx(tokens / data.n_train_tokens, rel=0.01)
     assert any(issubclass(w.category, DataRepeatWarning) and "epochs" in str(w.message) for w in caught)
 
@@ -154,21 +129,16 @@ def _saved_bytes(model, ids, targets) -> int:
 def test_gradient_checkpointing_saves_memory_and_computes_the_same():
     torch.manual_seed(0)
     ids, targets = torch.randint(0, VOCAB, (2, 2, 64))
-    plain, ckpt = (
-        build_dense_model(tiny(n_layers=3)),
-        build_dense_model(tiny(n_layers=3, use_gradient_checkpointing=True)),
-    )
+    plain, ckpt = build_dense_model(tiny(n_layers=3)), build_dense_model(tiny(n_layers=3, use_gradient_checkpointing=True))
     assert _saved_bytes(ckpt, ids, targets) < 0.5 * _saved_bytes(plain, ids, targets)
     for a, b in zip(plain.parameters(), ckpt.parameters()):
         assert torch.allclose(a.grad, b.grad, atol=1e-6)
 
 
 def test_gradient_norm_threshold_clips(data):
-    small = train_and_evaluate(
-        tiny(gradient_norm_threshold=1e-6), data, train_tokens=3 * 8 * 64, eval_tokens=64, device="cpu"
-    )
-    large = train_and_evaluate(
-        tiny(gradient_norm_threshold=1e6), data, train_tokens=3 * 8 * 64, eval_tokens=64, device="cpu"
-    )
+    small = train_and_evaluate(tiny(gradient_norm_threshold=1e-6), data, train_tokens=3 * 8 * 64, eval_tokens=64,
+                               device="cpu")
+    large = train_and_evaluate(tiny(gradient_norm_threshold=1e6), data, train_tokens=3 * 8 * 64, eval_tokens=64,
+                               device="cpu")
     assert small.diagnostics["grad_clip_fraction"] == 1.0 and large.diagnostics["grad_clip_fraction"] == 0.0
     assert small.val_loss != large.val_loss

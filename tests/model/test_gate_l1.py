@@ -11,21 +11,9 @@ from model.data import DataSource, prepare_data
 from model.train import train_and_evaluate
 
 VOCAB = 512
-SMALL = dict(
-    vocab_size=VOCAB,
-    d_model=32,
-    n_layers=1,
-    n_seq=32,
-    batch_size=8,
-    dtype="float32",
-    ffn_rank=8,
-    ar_ssm_max_rank=8,
-    ar_ssm_min_rank=2,
-    htt_rank=8,
-    learning_rate=1e-2,
-    use_gradient_checkpointing=False,
-    loss_chunk_size=0,
-)
+SMALL = dict(vocab_size=VOCAB, d_model=32, n_layers=1, n_seq=32, batch_size=8, dtype="float32", ffn_rank=8,
+             ar_ssm_max_rank=8, ar_ssm_min_rank=2, htt_rank=8, learning_rate=1e-2, use_gradient_checkpointing=False,
+             loss_chunk_size=0)
 STEPS = 150
 
 

@@ -18,11 +18,8 @@ def explicit_table(e: HTTEmbedding) -> torch.Tensor:
     vs, V, D = e.v_factors, e.vocab_size, e.d_model
     if e.num_cores == 2:
         g1, g2 = e.core1.double(), e.core2.double()  # [v1, d1, r], [v2, r, d2]
-        c = (
-            torch.cos(e.theta1.double()[:, None, :] + e.theta2.double()[None, :, :])
-            if e.phase
-            else torch.ones(vs[0], vs[1], e.rank, dtype=torch.float64)
-        )  # [v1, v2, r]
+        c = (torch.cos(e.theta1.double()[:, None, :] + e.theta2.double()[None, :, :]) if e.phase
+             else torch.ones(vs[0], vs[1], e.rank, dtype=torch.float64))  # [v1, v2, r]
         t = torch.einsum("xyr,xar,yrb->xyab", c, g1, g2)  # [v1, v2, d1, d2]
     else:
         g1, g2, g3 = e.core1.double(), e.core2.double(), e.core3.double()

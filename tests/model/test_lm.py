@@ -17,19 +17,9 @@ from model.lm import LMOutput, build_model, expected_param_counts
 
 
 def cfg(**kw) -> Phase1Config:
-    base = dict(
-        vocab_size=97,
-        d_model=32,
-        n_layers=2,
-        n_seq=17,
-        ffn_rank=4,
-        ar_ssm_max_rank=8,
-        ar_ssm_min_rank=2,
-        htt_rank=4,
-        loss_chunk_size=0,
-        use_gradient_checkpointing=False,
-        batch_size=2,
-    )
+    base = dict(vocab_size=97, d_model=32, n_layers=2, n_seq=17, ffn_rank=4, ar_ssm_max_rank=8,
+                ar_ssm_min_rank=2, htt_rank=4, loss_chunk_size=0, use_gradient_checkpointing=False,
+                batch_size=2)
     base.update(kw)
     return Phase1Config(**base)
 
@@ -58,9 +48,8 @@ CAUSAL_CASES = {
     "plain-fused_off": dict(ar_ssm_use_fused_scan=False),
     "plain-fused_on": dict(ar_ssm_use_fused_scan=True),
     "ckpt_all-fused_on": dict(use_gradient_checkpointing=True, checkpoint_ar_ssm=True, checkpoint_htt=True),
-    "ckpt_block-fused_off-low_rank_head": dict(
-        use_gradient_checkpointing=True, ar_ssm_use_fused_scan=False, head="low_rank", head_rank=8
-    ),
+    "ckpt_block-fused_off-low_rank_head": dict(use_gradient_checkpointing=True, ar_ssm_use_fused_scan=False,
+                                              head="low_rank", head_rank=8),
     "3_cores-chunked": dict(htt_num_cores=3, loss_chunk_size=5),
 }
 
@@ -106,10 +95,8 @@ def test_causal_with_triton_scan_through_interpreter(monkeypatch):
 # --- parameters ----------------------------------------------------------------------------------
 
 PARAM_CASES = {
-    "tied-2": {},
-    "tied-3-nophase": dict(htt_num_cores=3, htt_phase_encoding=False),
-    "low_rank": dict(head="low_rank", head_rank=8),
-    "min_eq_max": dict(ar_ssm_min_rank=8),
+    "tied-2": {}, "tied-3-nophase": dict(htt_num_cores=3, htt_phase_encoding=False),
+    "low_rank": dict(head="low_rank", head_rank=8), "min_eq_max": dict(ar_ssm_min_rank=8),
 }
 
 
@@ -125,24 +112,18 @@ def test_param_counts_match_formulas_and_total(changes):
 
 
 SETTING_CHANGES = {
-    "ar_ssm_max_rank": dict(ar_ssm_max_rank=16),
-    "ar_ssm_min_rank": dict(ar_ssm_min_rank=4),
-    "ar_ssm_gate_hidden_dim": dict(ar_ssm_gate_hidden_dim=24),
-    "htt_rank": dict(htt_rank=8),
-    "htt_num_cores": dict(htt_num_cores=3),
-    "htt_phase_encoding": dict(htt_phase_encoding=False),
-    "ffn_rank": dict(ffn_rank=9),
-    "head": dict(head="low_rank"),
-    "n_layers": dict(n_layers=3),
+    "ar_ssm_max_rank": dict(ar_ssm_max_rank=16), "ar_ssm_min_rank": dict(ar_ssm_min_rank=4),
+    "ar_ssm_gate_hidden_dim": dict(ar_ssm_gate_hidden_dim=24), "htt_rank": dict(htt_rank=8),
+    "htt_num_cores": dict(htt_num_cores=3), "htt_phase_encoding": dict(htt_phase_encoding=False),
+    "ffn_rank": dict(ffn_rank=9), "head": dict(head="low_rank"), "n_layers": dict(n_layers=3),
 }
 
 
 @pytest.mark.parametrize("changes", SETTING_CHANGES.values(), ids=SETTING_CHANGES.keys())
 def test_each_setting_changes_param_count_exactly_as_predicted(changes):
     base, other = cfg(), cfg(**changes)
-    measured = sum(p.numel() for p in build_model(other).parameters()) - sum(
-        p.numel() for p in build_model(base).parameters()
-    )
+    measured = sum(p.numel() for p in build_model(other).parameters()) - \
+        sum(p.numel() for p in build_model(base).parameters())
     predicted = expected_param_counts(other)["total"] - expected_param_counts(base)["total"]
     assert measured == predicted != 0
 
@@ -154,7 +135,6 @@ def test_head_rank_changes_low_rank_head():
 
 
 # --- loss ----------------------------------------------------------------------------------------
-
 
 def test_loss_is_ce_plus_weighted_gate_l1():
     c = cfg(ar_ssm_l1_regularization=1e-3)
@@ -233,12 +213,13 @@ def test_tied_head_is_scaled_table_product_and_low_rank_head_is_two_maps():
         m.out_bias.copy_(bias)
         out = m(ids)
         table = m.embed.table()
-        torch.testing.assert_close(out.logits, out.hidden @ table.t() / 32**0.5 + bias, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(out.logits, out.hidden @ table.t() / 32 ** 0.5 + bias, rtol=1e-5, atol=1e-5)
         assert m.param_counts()["head"] == 97  # the output bias; the table is the embedding's
         lr = build_model(c.replace(head="low_rank", head_rank=8))
         lr.out_bias.copy_(bias)
         out = lr(ids)
-        torch.testing.assert_close(out.logits, out.hidden @ lr.head.down.weight.t() @ lr.head.up.weight.t() + bias)
+        torch.testing.assert_close(out.logits,
+                                   out.hidden @ lr.head.down.weight.t() @ lr.head.up.weight.t() + bias)
         assert lr.param_counts()["head"] == 97 + 32 * 8 + 8 * 97
 
 
@@ -329,12 +310,8 @@ def test_checkpointing_is_off_in_eval_and_under_no_grad(monkeypatch):
 
 # --- dtype, diagnostics, training ----------------------------------------------------------------
 
-
-@pytest.mark.parametrize(
-    "changes",
-    [{}, dict(use_gradient_checkpointing=True, loss_chunk_size=5, htt_num_cores=3)],
-    ids=["plain", "ckpt-chunked-3cores"],
-)
+@pytest.mark.parametrize("changes", [{}, dict(use_gradient_checkpointing=True, loss_chunk_size=5, htt_num_cores=3)],
+                         ids=["plain", "ckpt-chunked-3cores"])
 def test_runs_under_cpu_autocast_bf16(changes):
     c = cfg(**changes)
     m = build_model(c)
@@ -403,7 +380,6 @@ def test_tiny_model_learns_a_fixed_batch():
 
 def test_lns_build_converts_linears():
     from model import lns_linear as lns
-
     c = cfg(lns_enabled=True, ffn_rank=16, ar_ssm_max_rank=16, head="low_rank", head_rank=16, n_layers=1, n_seq=9)
     m = build_model(c)
     assert not m.training
@@ -431,7 +407,6 @@ def test_rms_norm_gradients_are_exact():
 
 
 # --- saved activations: the formula the memory estimator uses, against a measurement ------------
-
 
 def _saved_by_component(model, ids, targets, autocast: bool) -> dict[str, int]:
     """Bytes of the distinct non-parameter storages autograd saves, attributed to the module that saved them."""
@@ -461,16 +436,10 @@ def _saved_by_component(model, ids, targets, autocast: bool) -> dict[str, int]:
     return out
 
 
-@pytest.mark.parametrize(
-    "autocast,backend,cores,head",
-    [
-        (True, "torch", 2, "tied"),
-        (False, "torch", 3, "low_rank"),
-        (True, "triton", 3, "tied"),
-        (False, "triton", 2, "tied"),
-    ],
-    ids=["bf16-torch-2cores-tied", "fp32-torch-3cores-lowrank", "bf16-triton-3cores-tied", "fp32-triton-2cores"],
-)
+@pytest.mark.parametrize("autocast,backend,cores,head", [
+    (True, "torch", 2, "tied"), (False, "torch", 3, "low_rank"), (True, "triton", 3, "tied"),
+    (False, "triton", 2, "tied"),
+], ids=["bf16-torch-2cores-tied", "fp32-torch-3cores-lowrank", "bf16-triton-3cores-tied", "fp32-triton-2cores"])
 def test_saved_bytes_per_token_formula_matches_measurement(monkeypatch, autocast, backend, cores, head):
     from model.lm import saved_bytes_per_token
 

@@ -44,9 +44,8 @@ def test_output_is_within_the_format_bound_of_the_fp32_linear(bits):
 def test_triton_path_matches_the_fp32_linear_in_fp16():
     torch.manual_seed(1)
     linear = nn.Linear(65, 33)
-    layer = LNSLinear.from_linear(
-        linear, cfg(lns_bits=16, lns_block_size_m=16, lns_block_size_n=16, lns_block_size_k=32)
-    )
+    layer = LNSLinear.from_linear(linear, cfg(lns_bits=16, lns_block_size_m=16, lns_block_size_n=16,
+                                              lns_block_size_k=32))
     layer.backend = "triton"
     x = torch.randn(2, 9, 65)
     with torch.no_grad():
@@ -73,8 +72,7 @@ def test_storage_bytes_against_fp32_and_bf16_weights():
 def test_convert_to_lns_replaces_every_linear_in_place_and_counts_them():
     torch.manual_seed(2)
     model = nn.Sequential(
-        nn.Linear(16, 32),
-        nn.ReLU(),
+        nn.Linear(16, 32), nn.ReLU(),
         nn.Sequential(nn.Linear(32, 32, bias=False), nn.LayerNorm(32), nn.Sequential(nn.Linear(32, 8))),
     )
     x = torch.randn(5, 16)
@@ -108,7 +106,6 @@ def test_config_block_sizes_reach_the_kernel_launch(monkeypatch):
             def launch(*args, **kwargs):
                 launches.append((grid, kwargs["BLOCK_M"], kwargs["BLOCK_N"], kwargs["BLOCK_K"], kwargs["Q"]))
                 return kernel[grid](*args, **kwargs)
-
             return launch
 
     monkeypatch.setattr(lns, "_lns_matmul_kernel", Spy())
@@ -117,10 +114,8 @@ def test_config_block_sizes_reach_the_kernel_launch(monkeypatch):
     outs = []
     for blocks, bits in [((16, 16, 16), 8), ((64, 32, 32), 16)]:
         model = nn.Sequential(nn.Linear(48, 40))
-        convert_to_lns(
-            model,
-            cfg(lns_bits=bits, lns_block_size_m=blocks[0], lns_block_size_n=blocks[1], lns_block_size_k=blocks[2]),
-        )
+        convert_to_lns(model, cfg(lns_bits=bits, lns_block_size_m=blocks[0], lns_block_size_n=blocks[1],
+                                  lns_block_size_k=blocks[2]))
         model[0].backend = "triton"
         with torch.no_grad():
             outs.append(model(x))

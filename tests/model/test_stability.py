@@ -21,19 +21,8 @@ from model.stability import (
 
 
 def cfg(**kw) -> Phase1Config:
-    base = dict(
-        vocab_size=97,
-        d_model=32,
-        n_layers=2,
-        n_seq=17,
-        ffn_rank=4,
-        ar_ssm_max_rank=8,
-        ar_ssm_min_rank=2,
-        htt_rank=4,
-        loss_chunk_size=0,
-        use_gradient_checkpointing=False,
-        batch_size=2,
-    )
+    base = dict(vocab_size=97, d_model=32, n_layers=2, n_seq=17, ffn_rank=4, ar_ssm_max_rank=8,
+                ar_ssm_min_rank=2, htt_rank=4, loss_chunk_size=0, use_gradient_checkpointing=False, batch_size=2)
     base.update(kw)
     return Phase1Config(**base)
 
@@ -46,7 +35,6 @@ def trained_step(model, c):
 
 
 # --- quiet on healthy models ---------------------------------------------------------------------
-
 
 def test_fresh_tiny_model_passes_every_check():
     c = cfg()
@@ -74,7 +62,6 @@ def test_fresh_full_size_mixer_is_healthy_under_default_bounds(preset_rank):
 
 
 # --- each check fires ----------------------------------------------------------------------------
-
 
 def test_det_fires_when_decay_is_pushed_to_one():
     c = cfg()
@@ -202,7 +189,6 @@ def test_non_finite_loss_from_a_real_forward_raises_with_diagnostics():
 
 
 # --- Schatten norms are exact --------------------------------------------------------------------
-
 
 @pytest.mark.parametrize("d,r", [(32, 8), (48, 48), (20, 31)])
 def test_schatten_from_gram_matrices_equals_svd_of_explicit_matrix(d, r):

@@ -15,22 +15,9 @@ from model.train import EvalInfo, StepInfo, evaluate, train_and_evaluate
 
 VOCAB = 512
 TOKENS_PER_STEP = 8 * 64  # batch 8 x n_seq 64
-TINY = dict(
-    vocab_size=VOCAB,
-    d_model=48,
-    n_layers=2,
-    n_seq=64,
-    batch_size=8,
-    dtype="float32",
-    ffn_rank=8,
-    ar_ssm_max_rank=8,
-    ar_ssm_min_rank=2,
-    htt_rank=8,
-    learning_rate=3e-3,
-    use_gradient_checkpointing=False,
-    loss_chunk_size=0,
-    stability_check_every=5,
-)
+TINY = dict(vocab_size=VOCAB, d_model=48, n_layers=2, n_seq=64, batch_size=8, dtype="float32", ffn_rank=8,
+            ar_ssm_max_rank=8, ar_ssm_min_rank=2, htt_rank=8, learning_rate=3e-3, use_gradient_checkpointing=False,
+            loss_chunk_size=0, stability_check_every=5)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -58,18 +45,9 @@ def trained(tiny, data):
     steps: list[StepInfo] = []
     evals: list[EvalInfo] = []
     lines: list[str] = []
-    result = train_and_evaluate(
-        tiny,
-        data,
-        train_tokens=40 * TOKENS_PER_STEP,
-        eval_tokens=4096,
-        device="cpu",
-        on_step=steps.append,
-        eval_points=[3 * TOKENS_PER_STEP, 10 * TOKENS_PER_STEP + 1],
-        on_eval=evals.append,
-        return_model=True,
-        progress=lines.append,
-    )
+    result = train_and_evaluate(tiny, data, train_tokens=40 * TOKENS_PER_STEP, eval_tokens=4096, device="cpu",
+                                on_step=steps.append, eval_points=[3 * TOKENS_PER_STEP, 10 * TOKENS_PER_STEP + 1],
+                                on_eval=evals.append, return_model=True, progress=lines.append)
     return result, steps, evals, lines
 
 
@@ -155,9 +133,8 @@ def test_exception_in_on_step_propagates(tiny, data):
             raise Stop("trial pruned")
 
     with pytest.raises(Stop, match="trial pruned"):
-        train_and_evaluate(
-            tiny, data, train_tokens=20 * TOKENS_PER_STEP, eval_tokens=1024, device="cpu", on_step=on_step
-        )
+        train_and_evaluate(tiny, data, train_tokens=20 * TOKENS_PER_STEP, eval_tokens=1024, device="cpu",
+                           on_step=on_step)
     assert seen == [1, 2, 3]
 
 
@@ -166,15 +143,8 @@ def test_exception_in_on_eval_propagates(tiny, data):
         raise RuntimeError(f"prune at {info.tokens}")
 
     with pytest.raises(RuntimeError, match=f"prune at {2 * TOKENS_PER_STEP}"):
-        train_and_evaluate(
-            tiny,
-            data,
-            train_tokens=10 * TOKENS_PER_STEP,
-            eval_tokens=1024,
-            device="cpu",
-            eval_points=[2 * TOKENS_PER_STEP],
-            on_eval=on_eval,
-        )
+        train_and_evaluate(tiny, data, train_tokens=10 * TOKENS_PER_STEP, eval_tokens=1024, device="cpu",
+                           eval_points=[2 * TOKENS_PER_STEP], on_eval=on_eval)
 
 
 def test_lns_rejected_before_building(data, monkeypatch):
@@ -204,9 +174,8 @@ def test_stability_monitor_is_wired(tiny, data):
     steps = []
     unstable = tiny.replace(stability_threshold=0.5, stability_check_every=2)
     with pytest.raises(NumericalInstabilityError, match="det"):
-        train_and_evaluate(
-            unstable, data, train_tokens=6 * TOKENS_PER_STEP, eval_tokens=1024, device="cpu", on_step=steps.append
-        )
+        train_and_evaluate(unstable, data, train_tokens=6 * TOKENS_PER_STEP, eval_tokens=1024, device="cpu",
+                           on_step=steps.append)
     assert len(steps) == 1  # step 2's check raised before its on_step
     off = unstable.replace(stability_monitoring_enabled=False)
     result = train_and_evaluate(off, data, train_tokens=4 * TOKENS_PER_STEP, eval_tokens=1024, device="cpu")
@@ -215,9 +184,8 @@ def test_stability_monitor_is_wired(tiny, data):
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_mixed_precision_on_cpu(tiny, data, dtype):
-    result = train_and_evaluate(
-        tiny.replace(dtype=dtype), data, train_tokens=3 * TOKENS_PER_STEP, eval_tokens=1024, device="cpu"
-    )
+    result = train_and_evaluate(tiny.replace(dtype=dtype), data, train_tokens=3 * TOKENS_PER_STEP, eval_tokens=1024,
+                                device="cpu")
     assert math.isfinite(result.val_loss) and result.val_loss < 8.0
     if dtype == "float16":
         assert result.diagnostics["loss_scale_final"] > 0  # the GradScaler ran
@@ -242,10 +210,8 @@ def test_trainer_uses_the_param_groups_and_starts_the_output_bias_at_the_unigram
 
     run = _Run(tiny, data, torch.device("cpu"), steps=10, eval_tokens=4096, say=lambda line: None)
     got = {g["name"]: (g["initial_lr"], g["weight_decay"], len(g["params"])) for g in run.optimizer.param_groups}
-    want = {
-        g["name"]: (g["lr"], g["weight_decay"], len(g["params"]))
-        for g in param_groups(run.model, tiny.learning_rate, WEIGHT_DECAY)
-    }
+    want = {g["name"]: (g["lr"], g["weight_decay"], len(g["params"]))
+            for g in param_groups(run.model, tiny.learning_rate, WEIGHT_DECAY)}
     assert got == want
     assert got["embedding"][0] == pytest.approx(tiny.learning_rate * 8 * math.sqrt(tiny.d_model))
     counts = np.bincount(np.asarray(data.train), minlength=VOCAB).astype(np.float64) + 1.0
