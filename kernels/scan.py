@@ -13,7 +13,7 @@ import torch
 import triton
 
 from kernels.scan_launch import ScanTiles, _scan_bwd, _scan_fwd, _tiles  # noqa: F401  (re-exported: bench, tests)
-from kernels.scan_shapes import SCAN_TORCH_CHUNK
+from kernels.scan_shapes import SCAN_TORCH_CHUNK, scan_tile_widths
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _BACKENDS = ("auto", "triton", "torch")
@@ -108,6 +108,63 @@ class _GatedScanFn(torch.autograd.Function):
         return du, dg, dv, da, None
 
 
+# --- the same kernels as opaque torch.library ops, for torch.compile -------------------------------------------------
+# Dynamo would otherwise trace into the launcher (lru_cache, dataclass tiles, device switching) and break the graph;
+# as custom ops with a fake (shape-only) implementation, a compiled region keeps the scan as one node and its
+# backward as another. The eager path keeps _GatedScanFn (no custom-op dispatch cost per call).
+
+
+@torch.library.custom_op("phase1::gated_scan_fwd", mutates_args=())
+def _scan_fwd_op(
+    u: torch.Tensor, g: torch.Tensor, v: torch.Tensor, a: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(y [B, L, R] in u's dtype, carry [B, ceil(L/block_t), R] fp32): the forward, always saving the carry."""
+    u, g, v, a = u.contiguous(), g.contiguous(), v.contiguous(), a.contiguous()
+    with _on_device(u):
+        y, carry, _ = _scan_fwd(u, g, v, a, True)
+    return y, carry
+
+
+@_scan_fwd_op.register_fake
+def _(u, g, v, a):  # noqa: ARG001 - the op's signature; the shapes follow from u alone
+    B, L, R = u.shape
+    block_t = scan_tile_widths(L, R)[0]
+    return u.new_empty((B, L, R)), u.new_empty((B, (L + block_t - 1) // block_t, R), dtype=torch.float32)
+
+
+@torch.library.custom_op("phase1::gated_scan_bwd", mutates_args=())
+def _scan_bwd_op(
+    dy: torch.Tensor, u: torch.Tensor, g: torch.Tensor, v: torch.Tensor, a: torch.Tensor, carry: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(du, dg, dv [B, L, R] in u's dtype, da [R] in a's dtype)."""
+    u, g, v, a = u.contiguous(), g.contiguous(), v.contiguous(), a.contiguous()
+    B, L, R = u.shape
+    with _on_device(u):
+        return _scan_bwd(dy.contiguous(), u, g, v, a, carry, _tiles(L, R, u.dtype, B))
+
+
+@_scan_bwd_op.register_fake
+def _(dy, u, g, v, a, carry):  # noqa: ARG001 - the op's signature; the shapes follow from u and a
+    return u.new_empty(u.shape), u.new_empty(u.shape), u.new_empty(u.shape), a.new_empty(a.shape)
+
+
+def _op_setup_context(ctx, inputs, output):
+    u, g, v, a = inputs
+    ctx.save_for_backward(u, g, v, a, output[1])
+
+
+def _op_backward(ctx, dy, _dcarry):
+    u, g, v, a, carry = ctx.saved_tensors
+    return _scan_bwd_op(dy, u, g, v, a, carry)
+
+
+_scan_fwd_op.register_autograd(_op_backward, setup_context=_op_setup_context)
+
+
+def _interpreting() -> bool:
+    return bool(triton.knobs.runtime.interpret)
+
+
 def _validate(u, g, v, a, backend: str) -> None:
     if backend not in _BACKENDS:
         raise ValueError(f"gated_scan: backend={backend!r} is not one of {_BACKENDS}")
@@ -133,7 +190,9 @@ def _validate(u, g, v, a, backend: str) -> None:
     for name, t in (("g", g), ("v", v), ("a", a)):
         if t.device != u.device:
             raise ValueError(f"gated_scan: {name} is on {t.device} but u is on {u.device}; move them to one device")
-    if backend == "triton" and u.device.type != "cuda" and not triton.knobs.runtime.interpret:
+    # (not checked while torch.compile traces: dynamo cannot read triton's knobs; the CPU-only case it guards is the
+    # interpreter's, which tests compile on purpose)
+    if backend == "triton" and u.device.type != "cuda" and not torch.compiler.is_compiling() and not _interpreting():
         raise ValueError(
             f"gated_scan: backend='triton' needs CUDA tensors, got device {u.device}; "
             "use backend='torch' (or 'auto'), or run Triton's interpreter (TRITON_INTERPRET=1) on CPU"
@@ -153,4 +212,6 @@ def gated_scan(u: torch.Tensor, g: torch.Tensor, v: torch.Tensor, a: torch.Tenso
         backend = "triton" if u.is_cuda else "torch"
     if backend == "torch" or u.numel() == 0:  # an empty problem launches no kernel: nothing to compute
         return _gated_scan_torch(u, g, v, a)
+    if torch.compiler.is_compiling():  # inside torch.compile: the opaque ops above (same kernels, same tiles)
+        return _scan_fwd_op(u, g, v, a)[0]
     return _GatedScanFn.apply(u, g, v, a)

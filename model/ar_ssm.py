@@ -123,7 +123,11 @@ class ARSSM(nn.Module):
         learned = torch.sigmoid(self.gate(x))
         return torch.cat([learned.new_ones(*learned.shape[:-1], self.min_rank), learned], dim=-1)
 
-    def forward(self, x: torch.Tensor):
+    def forward(self, x: torch.Tensor, return_gate_mean: bool = False):
+        """(y, gate_l1, effective_rank, gate_sparsity); the mean gate [r] is stored in `last_gate_mean`, or, with
+        return_gate_mean, returned as a fifth output instead. The latter is for a checkpointed caller (model/lm.py
+        Block), which stores it outside the checkpoint: torch.compile cannot trace an attribute write inside a
+        checkpointed region (it would break the compiled graph there)."""
         u, v = self.U(x), self.V(x)  # [B, L, r], autocast dtype under autocast
         g = self.gates(x).to(u.dtype)  # [B, L, r]; the scan takes u, g, v in one dtype
         # a stays fp32 even under autocast: in bf16, a = 0.999 would round to 1.0 (8 mantissa bits).
@@ -132,10 +136,13 @@ class ARSSM(nn.Module):
         y = local + self.W_o(y_scan)
         with torch.no_grad():
             gd = g.detach().float()
-            self.last_gate_mean = gd.mean(dim=(0, 1))  # [r]
-            effective_rank = (self.last_gate_mean >= CHANNEL_IN_USE_AT).sum().float()
+            gate_mean = gd.mean(dim=(0, 1))  # [r]
+            effective_rank = (gate_mean >= CHANNEL_IN_USE_AT).sum().float()
             sparsity = (gd < GATE_SPARSE_BELOW).float().mean()
         gate_l1 = g[..., self.min_rank :].float().mean(dim=(0, 1)).sum()
+        if return_gate_mean:
+            return y, gate_l1, effective_rank, sparsity, gate_mean
+        self.last_gate_mean = gate_mean
         return y, gate_l1, effective_rank, sparsity
 
     def mixing_factors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

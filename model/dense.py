@@ -20,7 +20,7 @@ from torch.utils.checkpoint import checkpoint
 
 from model.dense_config import DenseConfig
 from model.lm import LMOutput
-from model.loss import chunked_cross_entropy
+from model.loss import CeSum, ce_sum, chunked_cross_entropy, linear_cross_entropy
 
 INIT_STD = 0.02
 
@@ -66,6 +66,8 @@ class DenseLM(nn.Module):
         self.pos_emb = nn.Embedding(config.n_seq, config.d_model)
         self.blocks = nn.ModuleList(_Block(config) for _ in range(config.n_layers))
         self.ln_f = nn.LayerNorm(config.d_model)
+        self.ce_fn: CeSum = ce_sum  # one loss chunk's CE sum; model/fast.py swaps in a compiled one
+        self.fused_loss = False  # head GEMM fused into the loss while training (model/fast.py)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -97,7 +99,11 @@ class DenseLM(nn.Module):
         aux = h.new_zeros((), dtype=torch.float32)
         if targets is None:
             return LMOutput(self.logits(h), None, None, aux, h, {})
-        ce, logits = chunked_cross_entropy(self.logits, h, targets, self.config.loss_chunk_size)
+        c = self.config.loss_chunk_size
+        if self.fused_loss and torch.is_grad_enabled():
+            ce = linear_cross_entropy(h, self.tok_emb.weight, None, targets, ids.shape[0] * c if 0 < c < L else 0)
+            return LMOutput(None, ce, ce, aux, h, {})
+        ce, logits = chunked_cross_entropy(self.logits, h, targets, c, self.ce_fn)
         return LMOutput(logits, ce, ce, aux, h, {})
 
     def param_counts(self) -> dict[str, int]:

@@ -63,7 +63,7 @@ from torch.utils.checkpoint import checkpoint
 from model.ar_ssm import ARSSM
 from model.ffn import LowRankFFN
 from model.htt import HTTEmbedding
-from model.loss import chunked_cross_entropy
+from model.loss import CeSum, ce_sum, chunked_cross_entropy, linear_cross_entropy
 from model.optim import tag
 from model.shapes import TABLE_CHUNK_ROWS, table_chunk_step
 from model.shapes import expected_param_counts as expected_param_counts  # re-exported: tests and tuner read it here
@@ -210,13 +210,14 @@ class Block(nn.Module):
         self.checkpoint_mixer = config.checkpoint_ar_ssm
 
     def _mix(self, x: torch.Tensor):
-        return self.mixer(self.norm1(x))
+        return self.mixer(self.norm1(x), return_gate_mean=True)
 
     def forward(self, x: torch.Tensor):
         if self.checkpoint_mixer and _checkpointing(self):
-            y, gate_l1, eff_rank, sparsity = checkpoint(self._mix, x, use_reentrant=False)
+            y, gate_l1, eff_rank, sparsity, gate_mean = checkpoint(self._mix, x, use_reentrant=False)
         else:
-            y, gate_l1, eff_rank, sparsity = self._mix(x)
+            y, gate_l1, eff_rank, sparsity, gate_mean = self._mix(x)
+        self.mixer.last_gate_mean = gate_mean  # outside the checkpoint (ARSSM.forward says why)
         x = x + y
         x = x + self.ffn(self.norm2(x))
         return x, gate_l1, eff_rank, sparsity
@@ -260,6 +261,8 @@ class Phase1LM(nn.Module):
         # can only approximate through h; the bias carries it so the table/factors carry context. Zero at build;
         # `init_output_bias` sets it from the training tokens' log-frequencies (the trainer does).
         self.out_bias = tag(nn.Parameter(torch.zeros(config.vocab_size)), "bias")
+        self.ce_fn: CeSum = ce_sum  # one loss chunk's CE sum; model/fast.py swaps in a compiled one
+        self.fused_loss = False  # tied head: head GEMM fused into the loss while training (model/fast.py)
 
     @torch.no_grad()
     def init_output_bias(self, counts: torch.Tensor) -> None:
@@ -323,7 +326,11 @@ class Phase1LM(nn.Module):
         diagnostics = {"effective_rank": er_mean, "gate_sparsity": sp_mean}
         if targets is None:
             return LMOutput(self.logits(h), None, None, aux, h, diagnostics)
-        ce, logits = chunked_cross_entropy(self.logits, h, targets, cfg.loss_chunk_size)
+        if self.fused_loss and self.head is None and torch.is_grad_enabled():
+            chunk = ids.shape[0] * cfg.loss_chunk_size if 0 < cfg.loss_chunk_size < ids.shape[1] else 0
+            ce = linear_cross_entropy(h * self.head_scale, self.embed.table(), self.out_bias, targets, chunk)
+            return LMOutput(None, ce + aux, ce, aux, h, diagnostics)
+        ce, logits = chunked_cross_entropy(self.logits, h, targets, cfg.loss_chunk_size, self.ce_fn)
         return LMOutput(logits, ce + aux, ce, aux, h, diagnostics)
 
     # --- accounting ------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Next-token cross-entropy over hidden states, optionally in chunks of positions so that the full [B, L, V]
-logits never exist at once (the memory lever at V = 50k).
+logits never exist at once (the memory lever at V = 50k). `linear_cross_entropy` (below) fuses the head's GEMM into
+the loss instead, for a head that is one weight matrix (the tied table, the dense baseline's embedding).
 
 With chunk c in 1..L-1 each chunk computes its logits and CE sum inside torch.utils.checkpoint, so autograd keeps
 only the chunk's input h (a view of the final hidden states) and recomputes the [B, c, V] logits in the backward;
@@ -25,12 +26,20 @@ def ce_sum(logits_fn: Callable[[torch.Tensor], torch.Tensor], h: torch.Tensor, t
     )
 
 
+CeSum = Callable[[Callable[[torch.Tensor], torch.Tensor], torch.Tensor, torch.Tensor], torch.Tensor]
+
+
 def chunked_cross_entropy(
-    logits_fn: Callable[[torch.Tensor], torch.Tensor], h: torch.Tensor, targets: torch.Tensor, chunk: int
+    logits_fn: Callable[[torch.Tensor], torch.Tensor],
+    h: torch.Tensor,
+    targets: torch.Tensor,
+    chunk: int,
+    ce_fn: CeSum = ce_sum,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(mean CE in nats over non-ignored positions, logits [B, L, V] or None when chunked).
 
     h [B, L, D], targets [B, L] (-100 ignored); chunk 0 or >= L computes the whole logits once and returns them.
+    ce_fn: what computes one chunk's CE sum (`ce_sum`, or a compiled `ce_sum`: model/fast.py).
     """
     L = targets.shape[1]
     n_valid = (targets != IGNORE_INDEX).sum().clamp(min=1)
@@ -47,7 +56,81 @@ def chunked_cross_entropy(
     for start in range(0, L, chunk):
         hc, tc = h[:, start : start + chunk], targets[:, start : start + chunk]
         if torch.is_grad_enabled():  # a memory matter whenever autograd records, training or not
-            total = total + checkpoint(ce_sum, logits_fn, hc, tc, use_reentrant=False)
+            total = total + checkpoint(ce_fn, logits_fn, hc, tc, use_reentrant=False)
         else:
-            total = total + ce_sum(logits_fn, hc, tc)
+            total = total + ce_fn(logits_fn, hc, tc)
     return total / n_valid, None
+
+
+# --- fused head + loss (model/fast.py's fused_loss) ------------------------------------------------------------------
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """CE sum of logits = h W^T (+ b) and its gradients, both in the forward, chunk by chunk over positions.
+
+    The loss is a scalar, so its gradient is known up to that scalar when the forward runs: each chunk's logits
+    become softmax - onehot in place, then dh = G W and dW += G^T h right away, and the logits are freed. Saved for
+    the backward: dh [N, D] and dW [V, D] in h's dtype (dW accumulated in fp32), db [V] fp32 (the backward only
+    scales them). Against the
+    checkpointed chunks of `chunked_cross_entropy`: one GEMM fewer per chunk (no recomputed logits) and one
+    elementwise pass over the fp32 logits instead of several.
+    """
+
+    @staticmethod
+    def forward(ctx, h, weight, bias, targets, chunk):
+        N, V = h.shape[0], weight.shape[0]
+        acc = torch.float64 if h.dtype == torch.float64 else torch.float32  # softmax and sums (float64: tests)
+        dh = torch.empty_like(h)
+        dw = torch.zeros(weight.shape, dtype=acc, device=h.device)
+        db = torch.zeros(V, dtype=acc, device=h.device) if bias is not None else None
+        total = torch.zeros((), dtype=acc, device=h.device)
+        for s in range(0, N, chunk):
+            hc, tc = h[s : s + chunk], targets[s : s + chunk]
+            logits = (hc @ weight.t()).to(acc)  # [c, V]
+            if bias is not None:
+                logits += bias
+            valid = tc != IGNORE_INDEX
+            tgt = tc.clamp(min=0)[:, None]
+            picked = logits.gather(1, tgt)[:, 0]  # the target's logit [c]
+            # softmax in place (torch.logsumexp would allocate a second [c, V]): one fp32 buffer per chunk
+            peak = logits.amax(dim=1, keepdim=True)
+            probs = logits.sub_(peak).exp_()
+            denom = probs.sum(dim=1, keepdim=True)
+            probs.div_(denom)
+            total += ((peak[:, 0] + denom[:, 0].log() - picked) * valid).sum()
+            probs.scatter_add_(1, tgt, -valid.to(probs.dtype)[:, None])  # - onehot on the scored rows
+            probs.mul_(valid[:, None])  # ignored rows: no gradient
+            if db is not None:
+                db += probs.sum(0)
+            g = probs.to(h.dtype)
+            del logits, probs
+            dh[s : s + chunk] = g @ weight
+            dw += (g.t() @ hc).to(acc)
+        # dW kept in the weight's dtype (the gradient autograd passes on is in it anyway): half the bytes of fp32
+        ctx.save_for_backward(dh, dw.to(weight.dtype), db if db is not None else dw.new_empty(0))
+        ctx.has_bias = bias is not None
+        return total.float() if acc == torch.float32 else total
+
+    @staticmethod
+    def backward(ctx, grad):
+        dh, dw, db = ctx.saved_tensors
+        dbias = db * grad if ctx.has_bias else None
+        return dh * grad.to(dh.dtype), dw * grad.to(dw.dtype), dbias, None, None
+
+
+def linear_cross_entropy(
+    h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor, chunk: int
+) -> torch.Tensor:
+    """Mean next-token CE (nats) of logits = h weight^T + bias over the non-ignored positions, never holding more
+    than `chunk` positions' [chunk, V] logits (chunk 0: all at once).
+
+    h [..., D] (the autocast dtype), weight [V, D] (cast to h's dtype), bias [V] or None, targets [...] (-100
+    ignored). Gradients reach h, weight (and through it whatever built it: the HTT cores) and bias. Autocast is
+    off inside: the GEMMs run in h's dtype and the softmax in fp32, as the checkpointed path's do.
+    """
+    D = h.shape[-1]
+    h2, t2 = h.reshape(-1, D), targets.reshape(-1)
+    n_valid = (t2 != IGNORE_INDEX).sum().clamp(min=1)
+    with torch.autocast(device_type=h.device.type, enabled=False):
+        total = _LinearCrossEntropy.apply(h2, weight.to(h2.dtype), bias, t2, chunk if chunk > 0 else h2.shape[0])
+    return total / n_valid

@@ -193,7 +193,10 @@ class StabilityMonitor:
         if not grads:
             raise ValueError("clip_gradients: no parameter has a gradient; call it after backward()")
         # Norm first, scale only when finite: clip_grad_norm_ would multiply Inf gradients by 0 and leave NaN.
-        norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])))
+        # One multi-tensor kernel for all the per-gradient norms (and one for the scaling below) instead of two per
+        # parameter: at the presets' ~150 parameters the per-tensor loop was ~450 small launches per step.
+        norms = torch._foreach_norm([g if g.dtype == torch.float32 else g.float() for g in grads])
+        norm = float(torch.linalg.vector_norm(torch.stack(norms)))
         if not math.isfinite(norm):
             if allow_nonfinite:
                 return norm
@@ -205,8 +208,7 @@ class StabilityMonitor:
         if norm > self.grad_threshold:
             self.n_clipped += 1
             scale = self.grad_threshold / (norm + 1e-6)
-            for g in grads:
-                g.mul_(scale)
+            torch._foreach_mul_(grads, scale)
         return norm
 
     def check_finite(self, loss: torch.Tensor | float, step: int) -> None:
@@ -226,7 +228,10 @@ class StabilityMonitor:
 
     def check_parameters_finite(self, model: nn.Module, step: int) -> None:
         """Raise NumericalInstabilityError naming the first parameter holding NaN or Inf."""
-        flags = torch.stack([torch.isfinite(p.detach()).all() for p in model.parameters()])
+        # max |p| per parameter in one multi-tensor kernel: NaN propagates through the max and Inf is Inf, so it is
+        # finite exactly when every entry is (two launches per parameter before).
+        maxabs = torch._foreach_norm([p.detach() for p in model.parameters()], float("inf"))
+        flags = torch.isfinite(torch.stack(maxabs))
         if bool(flags.all()):
             return
         names = [name for name, _ in model.named_parameters()]

@@ -31,6 +31,7 @@ from model.data import DataError, DataRepeatWarning, TokenData
 from model.dense_config import DenseConfig
 from model.evaluate import autocast_for, evaluate_run, token_windows
 from model.evaluate import evaluate as evaluate  # re-exported: the public API names both here
+from model.fast import resolve_switches
 from model.memory import TensorMemoryTracker
 from model.train_records import EvalInfo as EvalInfo  # re-exported with the others: the public API
 from model.train_records import StepInfo as StepInfo
@@ -68,6 +69,8 @@ def train_and_evaluate(
     on_eval: Callable[[EvalInfo], None] | None = None,
     return_model: bool = False,
     progress: Callable[[str], None] | bool | None = None,
+    compile_step: bool | None = None,
+    fused_loss: bool | None = None,
 ) -> TrainResult:
     """Build `config`'s model (Phase 1, or the dense baseline for a DenseConfig), train it on `data.train` for
     ceil(train_tokens / (B*L)) steps, evaluate on `data.val`.
@@ -76,13 +79,18 @@ def train_and_evaluate(
     the first L, targets the last L). `eval_points`: training-token counts (each <= train_tokens) at which validation is
     measured mid-run and passed to `on_eval`; an exception raised by `on_step` or `on_eval` propagates (the tuner stops
     a trial that way). `progress`: a callable receiving a status line about every 10% of the run, or True to print
-    them to stderr.
+    them to stderr. `compile_step`: torch.compile each block and the loss chunk (model/fast.py); `fused_loss`: the
+    head's GEMM fused into the loss (model/fast.py `use_fused_loss`). None takes model/fast.py's defaults (on CUDA:
+    off until the GPU measurement, bench/throughput.py, shows a switch faster at the presets' shapes with no more
+    memory; elsewhere off). On CPU a compiled run's peak is not measured (peak_torch_gib 0, kind
+    "unmeasured_compiled_cpu").
     Raises ConfigError (untrainable config, vocab mismatch), DataError (too little data for n_seq), ValueError (bad
     budgets), NumericalInstabilityError (from the stability monitor).
     """
     config.check_trainable()  # before anything is built: LNS models are inference only
     _check_inputs(config, data, train_tokens, eval_tokens)
     dev = torch.device(device)
+    compile_step, fused_loss = resolve_switches(dev.type, compile_step, fused_loss)
     tokens_per_step = config.batch_size * config.n_seq
     steps = math.ceil(train_tokens / tokens_per_step)
     points = sorted({int(p) for p in eval_points})
@@ -100,7 +108,10 @@ def train_and_evaluate(
         warnings.warn(message, DataRepeatWarning, stacklevel=2)
 
     devices = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
-    tracker = TensorMemoryTracker(dev.type) if dev.type != "cuda" else None
+    # The CPU tracker is a TorchDispatchMode, under which torch.compile runs nothing compiled (dynamo steps aside):
+    # a compiled CPU step (tests, bench --tiny) goes untracked rather than silently eager.
+    track = dev.type != "cuda" and not compile_step
+    tracker = TensorMemoryTracker(dev.type) if track else None
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     # fork_rng: seed parameter init from config.seed without disturbing the caller's global RNG state.
@@ -108,7 +119,7 @@ def train_and_evaluate(
         torch.manual_seed(config.seed)
         if dev.type == "cuda":
             torch.cuda.manual_seed_all(config.seed)
-        run = _Run(config, data, dev, steps, eval_tokens, say)
+        run = _Run(config, data, dev, steps, eval_tokens, say, compile_step, fused_loss)
         curve, loop_s = run.train(points, on_step, on_eval)
         tokens_per_s = run.tokens_per_s(loop_s)
         final = run.final_eval(curve)
@@ -117,8 +128,7 @@ def train_and_evaluate(
             peak_bytes, kind = torch.cuda.max_memory_allocated(dev), "cuda_max_allocated"
             reserved_gib = torch.cuda.max_memory_reserved(dev) / GIB
         else:
-            assert tracker is not None  # made above for every non-CUDA device
-            peak_bytes, kind = tracker.peak_bytes, "cpu_tensor_bytes"
+            peak_bytes, kind = (tracker.peak_bytes, "cpu_tensor_bytes") if tracker else (0, "unmeasured_compiled_cpu")
             reserved_gib = None
     diagnostics = run.diagnostics(final)
     say(
@@ -180,6 +190,8 @@ class _Run:
         steps: int,
         eval_tokens: int,
         say: Callable[[str], None],
+        compile_step: bool = False,
+        fused_loss: bool = False,
     ):
         from model.optim import param_groups
         from model.stability import StabilityMonitor
@@ -202,6 +214,15 @@ class _Run:
             lm.init_output_bias(unigram_counts(data.train, config.vocab_size).to(dev))
             self.model = lm
         self.model.train()
+        self.compiled = compile_step
+        if compile_step:
+            from model.fast import compile_for_speed
+
+            compile_for_speed(self.model)
+        if fused_loss:
+            from model.fast import use_fused_loss
+
+            use_fused_loss(self.model)
         # the dense baseline's parameters are untagged: matrices and its tables decayed at the base rate, norms
         # and biases undecayed (the usual GPT recipe); Phase 1's tags give its table and phases their own rates
         self.optimizer = torch.optim.AdamW(
@@ -308,9 +329,16 @@ class _Run:
             return (self.steps - 1) * tokens_per_step / (loop_s - self.first_step_s)
         return self.steps * tokens_per_step / max(loop_s, 1e-9)
 
+    def _evaluate(self) -> dict[str, Any]:
+        # A compiled step's blocks would compile again for evaluation (eval mode, no grad, another batch shape): a
+        # minute of compilation for a pass that runs a few times per trial, so evaluation runs them eagerly.
+        stance = torch.compiler.set_stance("force_eager") if self.compiled else nullcontext()
+        with stance:
+            return evaluate_run(self.model, self.data, self.eval_tokens, self.config, self.dev)
+
     def _eval_info(self, tokens: int) -> EvalInfo:
         # mid-run evaluations score the same windows as the final one, so the curve's points are comparable
-        r = evaluate_run(self.model, self.data, self.eval_tokens, self.config, self.dev)
+        r = self._evaluate()
         self._last_eval = (tokens, r)
         return EvalInfo(
             tokens=tokens, val_loss=r["val_loss"], val_ppl=r["val_ppl"], repr_effective_rank=r["repr_effective_rank"]
@@ -321,7 +349,7 @@ class _Run:
         total_tokens = self.steps * self.config.batch_size * self.config.n_seq
         if self._last_eval is not None and self._last_eval[0] == total_tokens:
             return self._last_eval[1]
-        r = evaluate_run(self.model, self.data, self.eval_tokens, self.config, self.dev)
+        r = self._evaluate()
         curve.append(
             EvalInfo(
                 tokens=total_tokens,

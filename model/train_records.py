@@ -50,7 +50,7 @@ class TrainResult:
     tokens_per_s: float  # steady-state training loop: first step, evaluations and model build excluded
     train_time_s: float
     peak_torch_gib: float
-    peak_memory_kind: str  # "cuda_max_allocated" | "cpu_tensor_bytes"
+    peak_memory_kind: str  # "cuda_max_allocated" | "cpu_tensor_bytes" | "unmeasured_compiled_cpu" (peak 0)
     diagnostics: dict[str, Any]
     param_counts: dict[str, int]
     curve: list[dict[str, float]]  # EvalInfo dicts, mid-run points and the final evaluation

@@ -242,3 +242,25 @@ def test_gpu_results_are_bitwise_reproducible(dtype):
     for i in range(50):
         for name, o, o0 in zip(("y", "du", "dg", "dv", "da"), run(), first):
             assert torch.equal(o, o0), f"run {i + 1}: {name} differs from the first run"
+
+
+@pytest.mark.slow  # inductor compiles the surrounding ops (C++ on the CPU): ~30 s
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_compiled_region_calls_the_kernels_as_one_op_with_the_eager_results(dtype):
+    """Inside torch.compile the scan is the phase1::gated_scan_fwd/bwd custom ops (fullgraph: no graph break); the
+    output and the four gradients equal the eager autograd path's (same kernels and tiles: bitwise), and the
+    reference's within the dtype's tolerance."""
+    torch._dynamo.reset()
+    u, g, v, a, dy = make(2, 37, 5, dtype, "decay", seed=3)
+
+    def f(u, g, v, a):
+        return gated_scan(u, g, v, a, backend="triton")
+
+    results = []
+    for fn in (f, torch.compile(f, fullgraph=True, dynamic=False)):
+        leaves = [t.clone().requires_grad_(True) for t in (u, g, v, a)]
+        y = fn(*leaves)
+        results.append((y, *torch.autograd.grad(y, leaves, dy)))
+    for name, eager, compiled, ref in zip("y du dg dv da".split(), *results, ref64(u, g, v, a, dy), strict=True):
+        torch.testing.assert_close(compiled, eager, rtol=0, atol=0, msg=lambda m, name=name: f"{name}: {m}")
+        assert_close(name, compiled, ref, dtype if name != "da" else torch.float32)
