@@ -114,3 +114,22 @@ def nvml_process_used_bytes(pid: int | None = None, index: int = 0) -> tuple[int
     if len(procs) == 1 and procs[0].usedGpuMemory is not None:
         return int(procs[0].usedGpuMemory), "nvml_only_process"
     return None, f"pid {pid} not among {len(procs)} NVML processes"
+
+
+def nvml_memory_gib(index: int) -> tuple[float, float]:
+    """(total, free) memory of GPU `index` in GiB, as NVML counts it now (free: what no process holds, whatever
+    its owner). Raises NvmlUnavailable without a driver, IndexError for an index NVML does not have."""
+    import pynvml
+
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError as e:
+        raise NvmlUnavailable(f"NVML could not start ({e}): no NVIDIA GPU or driver on this machine") from e
+    try:
+        count = int(pynvml.nvmlDeviceGetCount())
+        if not 0 <= index < count:
+            raise IndexError(f"GPU {index}: NVML sees {count} GPU(s) (indices 0..{count - 1})")
+        info = pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(index))
+        return int(info.total) / GIB, int(info.free) / GIB
+    finally:
+        pynvml.nvmlShutdown()
