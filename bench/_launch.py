@@ -112,24 +112,25 @@ class NvmlSampler:
     def _run(self) -> None:
         import pynvml
 
+        from tuner.vram.nvml import compute_processes
+
         n = pynvml.nvmlDeviceGetCount()
         while not self._stop.wait(1.0):
             for i in range(n):
                 h = pynvml.nvmlDeviceGetHandleByIndex(i)
-                total = 0.0
-                for p in pynvml.nvmlDeviceGetComputeRunningProcesses(h):
+                for p in compute_processes(h):  # MPS clients included
                     gib = (p.usedGpuMemory or 0) / 2**30
-                    total += gib
                     self.pid_max_gib[p.pid] = max(self.pid_max_gib.get(p.pid, 0.0), gib)
                     self.pid_gpus.setdefault(p.pid, set()).add(i)
-                self.gpu_total_max_gib[i] = max(self.gpu_total_max_gib.get(i, 0.0), total)
+                used = int(pynvml.nvmlDeviceGetMemoryInfo(h).used) / 2**30  # the card's own count (an MPS server
+                self.gpu_total_max_gib[i] = max(self.gpu_total_max_gib.get(i, 0.0), used)  # would double a sum)
                 self.util.setdefault(i, []).append(int(pynvml.nvmlDeviceGetUtilizationRates(h).gpu))
 
     def summary(self) -> dict[str, Any]:
         return {
             "nvml": self.available,
             "max_gib_per_process": round(max(self.pid_max_gib.values(), default=0.0), 3),
-            "max_total_gib_by_gpu": {i: round(v, 3) for i, v in sorted(self.gpu_total_max_gib.items())},
+            "max_used_gib_by_gpu": {i: round(v, 3) for i, v in sorted(self.gpu_total_max_gib.items())},
             "pids_by_gpu": {i: sorted(p for p, g in self.pid_gpus.items() if i in g) for i in sorted(self.util)},
             "pids_on_several_gpus": sorted(p for p, g in self.pid_gpus.items() if len(g) > 1),
             "mean_util_by_gpu": {i: round(sum(u) / len(u), 1) for i, u in sorted(self.util.items()) if u},
@@ -263,5 +264,10 @@ def window_trials(run: dict[str, Any], study_name: str) -> dict[str, Any]:
         "lost_trials": lost,
         "max_trial_nvml_peak_gib": max(peaks, default=None),
         "median_gpu_busy_frac": busy[len(busy) // 2] if busy else None,
+        "trained_nvml_pid_unseen": sum(
+            1
+            for t in trained
+            if t.user_attrs.get("peak_vram_kind") != "cpu_tensor_bytes" and not t.user_attrs.get("nvml_pid_seen")
+        ),
         "workers_seen": len({t.user_attrs.get("worker") for t in trials if t.user_attrs.get("worker")}),
     }
