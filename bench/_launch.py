@@ -78,10 +78,14 @@ def prepare(study_file: Path, cache_dir: Path) -> float:
 
 
 class NvmlSampler:
-    """Once a second: every compute process's memory on every GPU (max per pid, max total per GPU), the GPUs'
-    utilization. Does nothing where NVML does not start (CPU)."""
+    """Once a second: the memory of every compute process of the launch's process tree on every GPU (max per pid),
+    each card's used memory (max), the GPUs' utilization. Processes outside the tree (an MPS server, another job)
+    are listed apart. Does nothing where NVML does not start (CPU). Set `root_pid` once the launch runs."""
 
     def __init__(self) -> None:
+        self.root_pid: int | None = None
+        self.other_pids: set[int] = set()
+        self.wrong_gpu: set[tuple[int, int, int]] = set()  # (pid, GPU seen on, its worker's --gpu)
         self.pid_max_gib: dict[int, float] = {}
         self.pid_gpus: dict[int, set[int]] = {}
         self.gpu_total_max_gib: dict[int, float] = {}
@@ -116,9 +120,16 @@ class NvmlSampler:
 
         n = pynvml.nvmlDeviceGetCount()
         while not self._stop.wait(1.0):
+            tree = _tree(self.root_pid)
             for i in range(n):
                 h = pynvml.nvmlDeviceGetHandleByIndex(i)
                 for p in compute_processes(h):  # MPS clients included
+                    if p.pid not in tree:
+                        self.other_pids.add(p.pid)
+                        continue
+                    expected = _worker_gpu(p.pid)
+                    if expected is not None and expected != i:
+                        self.wrong_gpu.add((p.pid, i, expected))
                     gib = (p.usedGpuMemory or 0) / 2**30
                     self.pid_max_gib[p.pid] = max(self.pid_max_gib.get(p.pid, 0.0), gib)
                     self.pid_gpus.setdefault(p.pid, set()).add(i)
@@ -133,8 +144,41 @@ class NvmlSampler:
             "max_used_gib_by_gpu": {i: round(v, 3) for i, v in sorted(self.gpu_total_max_gib.items())},
             "pids_by_gpu": {i: sorted(p for p, g in self.pid_gpus.items() if i in g) for i in sorted(self.util)},
             "pids_on_several_gpus": sorted(p for p, g in self.pid_gpus.items() if len(g) > 1),
+            "pids_outside_the_launch": sorted(self.other_pids),
+            "pids_on_another_gpu_than_their_worker": sorted(self.wrong_gpu),
             "mean_util_by_gpu": {i: round(sum(u) / len(u), 1) for i, u in sorted(self.util.items()) if u},
         }
+
+
+def _tree(pid: int | None) -> set[int]:
+    """`pid` and all its descendants (empty before the launch starts)."""
+    import psutil
+
+    if pid is None:
+        return set()
+    try:
+        root = psutil.Process(pid)
+        return {pid, *(c.pid for c in root.children(recursive=True))}
+    except psutil.NoSuchProcess:
+        return set()
+
+
+def _worker_gpu(pid: int) -> int | None:
+    """The `--gpu N` of the `tuner worker` process that is `pid` or its nearest ancestor (None: not found)."""
+    import psutil
+
+    try:
+        proc: Any = psutil.Process(pid)
+        for _ in range(3):
+            if proc is None:
+                return None
+            cmd = proc.cmdline()
+            if "worker" in cmd and "--gpu" in cmd:
+                return int(cmd[cmd.index("--gpu") + 1])
+            proc = proc.parent()
+    except (psutil.Error, ValueError, IndexError):
+        return None
+    return None
 
 
 def _launch_children(pid: int) -> list[int]:
@@ -186,6 +230,7 @@ def run_window(
     log = workdir / "launch.log"
     with log.open("w") as out, NvmlSampler() as nvml:
         proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        nvml.root_pid = proc.pid
         while proc.poll() is None and time.monotonic() - t0 < window_s:
             time.sleep(0.5)
             if kill_worker_at_s is not None and killed is None and time.monotonic() - t0 >= kill_worker_at_s:

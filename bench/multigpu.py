@@ -124,6 +124,9 @@ def main() -> int:
         else None,
         "worker_killed_and_restarted": killed["killed_worker_pid"] is not None and killed["restarted"],
         "pids_on_several_gpus": sorted({p for r in rows.values() for p in r["nvml"]["pids_on_several_gpus"]}),
+        "pids_on_another_gpu_than_their_worker": sorted(
+            {tuple(x) for r in rows.values() for x in r["nvml"].get("pids_on_another_gpu_than_their_worker", [])}
+        ),
         "window_s": args.window_s,
         "train_tokens": data["budget"]["train_tokens"],
         "note": (

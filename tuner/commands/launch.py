@@ -100,7 +100,7 @@ def plan_counts(spec: Any, gpus: list[int], per_gpu: int | None) -> tuple[list[i
             references.append(plan.reference_gib)
         lines.append(
             f"GPU {g}: {plan.count} worker(s) x {plan.share_gib:.1f} GiB ({plan.basis}"
-            + (f", largest predicted {predicted:.1f} GiB" if predicted is not None else "")
+            + (f", largest predicted {predicted:.2f} GiB" if predicted is not None else "")
             + f"), {plan.planned_gib:.1f} of {plan.usable_gib:.1f} GiB usable ({free:.1f} free of {total:.1f})"
             + (f", at most {cap} by CPU cores" if per_gpu is None and plan.count == cap else "")
         )

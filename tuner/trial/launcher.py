@@ -35,6 +35,11 @@ log = logging.getLogger(__name__)
 
 SHUTDOWN_KILL_S = 25.0  # < 30 s: the promise of `tuner launch` on SIGTERM
 POLL_S = 0.2
+# Between worker starts. Workers started together ask for their first trial at the same instant, and on SQLite
+# (no row locks) two of them can both take the same enqueued WAITING trial (Optuna reads its state, then writes
+# RUNNING); the later `tell` then fails with "Cannot tell a COMPLETE trial" and that worker restarts. Spacing the
+# starts makes the collision unlikely; it does not remove it (the storage would have to lock the pop).
+START_STAGGER_S = 0.5
 # The worker command, run by the same interpreter (the console script may not be on PATH).
 _WORKER_ENTRY = "import sys; from tuner.cli import main; sys.exit(main())"
 
@@ -144,6 +149,7 @@ class Launcher:
         if slot.gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = str(slot.gpu)
         env["PYTHONUNBUFFERED"] = "1"  # lines reach the launcher as they are printed, not at exit
+        env["COLUMNS"] = "1000"  # the worker writes into a pipe: rich would wrap its lines at 80 columns
         slot.proc = subprocess.Popen(self._command(slot), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         slot.pids.append(slot.proc.pid)
         reader = threading.Thread(target=self._relay, args=(slot.label, slot.proc.stdout), daemon=True)
@@ -177,7 +183,9 @@ class Launcher:
                 previous[sig] = signal.signal(sig, self.request_stop)
         self.t_start = time.monotonic()
         try:
-            for slot in self.slots:
+            for k, slot in enumerate(self.slots):
+                if k and self.stop_event.wait(START_STAGGER_S):
+                    break
                 self._start(slot)
             while not self.stop_event.is_set():
                 if self._supervise_once():
