@@ -95,6 +95,12 @@ def main() -> int:
         "speedup": packed["trials_per_hour"] / rows["one"]["trials_per_hour"]
         if rows["one"]["trials_per_hour"]
         else None,
+        "mean_gpu_util_one": rows["one"]["nvml"]["mean_util_by_gpu"],
+        "mean_gpu_util_packed": packed["nvml"]["mean_util_by_gpu"],
+        "median_gpu_busy_frac_one": rows["one"]["median_gpu_busy_frac"],
+        "median_gpu_busy_frac_packed": packed["median_gpu_busy_frac"],
+        "max_card_used_gib_packed": packed["nvml"]["max_used_gib_by_gpu"],
+        "trained_nvml_pid_unseen": packed["trained_nvml_pid_unseen"],
         "train_tokens": data["budget"]["train_tokens"],
         "train_tokens_overridden": not args.tiny,
         "note": "train_tokens overridden by --train-tokens so a window holds several trials; counted: COMPLETE "

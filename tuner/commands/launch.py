@@ -123,11 +123,13 @@ def run(args: argparse.Namespace) -> int:
     if args.workers is not None and args.workers < 1:
         raise TunerError(f"--workers {args.workers}: give at least 1")
     per_gpu = parse_per_gpu(args.per_gpu)
-    if per_gpu is None and (args.gpus is None or not nvml_available()):
+    if per_gpu is None and not nvml_available():
         raise TunerError(
             "--per-gpu auto sizes workers from GPU memory and there is no GPU here (NVML did not start); "
             "give --per-gpu N"
         )
+    if per_gpu is None and args.gpus is None:
+        raise TunerError("--per-gpu auto sizes workers from GPU memory: use it with --gpus, or give --per-gpu N")
     gpus = parse_gpus(args.gpus) if args.gpus is not None else None
     url = resolve_storage_url(getattr(args, "storage", None))
     storage = open_storage(url)

@@ -53,6 +53,12 @@ def child_main(conn: Connection, gpu: int | None, parent_pid: int, cpu_threads: 
         kind = msg.get("type")
         if kind == "exit":
             return
+        if kind == "warm":  # a prestarted child opens the last trial's data before the next trial asks for it
+            try:
+                state.data(msg["source"], int(msg["vocab_size"]), msg["cache_dir"])
+            except Exception:  # noqa: BLE001 - the trial that needs the data reports the error itself
+                pass
+            continue
         if kind == "trial":
             outcome = state.run_trial(msg["request"], msg["cache_dir"])
             try:
