@@ -1,7 +1,7 @@
 """Every GPU of a host: trained trials per hour with one GPU, with all of them (one worker each, one worker killed
 mid-run), and with all of them packed (`--per-gpu auto`); same study, same run.
 
-    python bench/multigpu.py --train-tokens 500000 --window-s 140     # GPU host: writes bench/results/multigpu.json
+    python bench/multigpu.py --train-tokens 500000 --window-s 130     # GPU host: writes bench/results/multigpu.json
     python bench/multigpu.py --tiny --out /tmp/multigpu.json           # CPU proof (worker slots stand in for GPUs)
 
 Three consecutive windows of `tuner launch STUDY` on fresh SQLite files (data tokenized once before them, shared
@@ -42,7 +42,7 @@ def _gpu_count() -> int:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--study", type=Path, default=ROOT / "studies" / "phase1_8gb.yaml")
-    ap.add_argument("--window-s", type=float, default=140.0, help="seconds per window (three windows run)")
+    ap.add_argument("--window-s", type=float, default=130.0, help="seconds per window (three windows run)")
     ap.add_argument("--train-tokens", type=int, default=500_000, help="override the study's budget.train_tokens")
     ap.add_argument("--eval-tokens", type=int, default=None, help="override the study's budget.eval_tokens")
     ap.add_argument("--mps", default="auto", choices=("auto", "on", "off"), help="the packed window's --mps")

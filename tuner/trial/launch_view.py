@@ -16,10 +16,11 @@ from tuner.trial.worker_status import WorkerStatus
 
 
 def worker_line(label: str, status: WorkerStatus | None, alive: bool) -> str:
-    """`w0 gpu0  pid 4242  trial 7 step 120 (1.97M tokens)  done 3 (complete 2, pruned 1)`."""
+    """`w0 gpu0  host:4242:gpu0  trial 7 step 120 (1.97M tokens)  done 3 (complete 2, pruned 1)`: the slot, the
+    worker id its trials record (user attr `worker`), what it runs now, what it finished."""
     if status is None:
         return f"{label}  starting" if alive else f"{label}  stopped"
-    head = f"{label}  pid {status.pid}"
+    head = f"{label}  {status.worker}"
     if status.trial is None:
         now = "between trials" if alive else "stopped"
     else:

@@ -32,11 +32,11 @@ def test_worker_lines():
     s = WorkerStatus("h:42:gpu0", 42, 0, trial=7, step=120, tokens=1_966_080, finished={"complete": 2, "pruned": 1})
     assert (
         worker_line("w0 gpu0", s, True)
-        == "w0 gpu0  pid 42  trial 7 step 120 (1.97M tokens)  done 3 (complete 2, pruned 1)"
+        == "w0 gpu0  h:42:gpu0  trial 7 step 120 (1.97M tokens)  done 3 (complete 2, pruned 1)"
     )
     idle = WorkerStatus("h:43", 43)
-    assert worker_line("w1", idle, True) == "w1  pid 43  between trials  done 0"
-    assert worker_line("w1", idle, False) == "w1  pid 43  stopped  done 0"
+    assert worker_line("w1", idle, True) == "w1  h:43  between trials  done 0"
+    assert worker_line("w1", idle, False) == "w1  h:43  stopped  done 0"
     assert worker_line("w2", None, True) == "w2  starting"
 
 
