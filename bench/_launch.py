@@ -181,6 +181,29 @@ def _worker_gpu(pid: int) -> int | None:
     return None
 
 
+def _worker_with_running_trial(storage: str, workers: list[int]) -> tuple[int, int] | None:
+    """(pid, trial number) of one of `workers` that runs a trial now (its `worker` attr is host:pid[:gpuN])."""
+    import optuna
+
+    from tuner.trial.launch_view import trial_pid
+
+    if not workers:
+        return None
+    try:
+        names = optuna.get_all_study_names(storage)
+        if not names:
+            return None
+        study = optuna.load_study(study_name=names[0], storage=storage)
+        running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    except Exception:  # noqa: BLE001 - the file is busy or not made yet: try again next time
+        return None
+    for t in running:
+        pid = trial_pid(t)
+        if pid in workers:
+            return pid, t.number
+    return None
+
+
 def _launch_children(pid: int) -> list[int]:
     """The launch's worker processes (its direct children)."""
     import psutil
@@ -202,7 +225,8 @@ def run_window(
     heartbeat: tuple[int, int] = (5, 20),
 ) -> dict[str, Any]:
     """`tuner launch STUDY <launch_args>` on a fresh SQLite file in `workdir` for `window_s`, then SIGTERM.
-    kill_worker_at_s: SIGKILL one worker process this long after the start (launch must restart it)."""
+    kill_worker_at_s: SIGKILL one worker process this long after the start, once one of them runs a trial (launch
+    must restart it, and the trial must be failed by the heartbeat and retried)."""
     workdir.mkdir(parents=True, exist_ok=True)
     storage = f"sqlite:///{workdir / 'study.db'}"
     env = {
@@ -227,6 +251,7 @@ def run_window(
     start = datetime.datetime.now()
     t0 = time.monotonic()
     killed: int | None = None
+    killed_trial: int | None = None
     log = workdir / "launch.log"
     with log.open("w") as out, NvmlSampler() as nvml:
         proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -234,9 +259,9 @@ def run_window(
         while proc.poll() is None and time.monotonic() - t0 < window_s:
             time.sleep(0.5)
             if kill_worker_at_s is not None and killed is None and time.monotonic() - t0 >= kill_worker_at_s:
-                workers = _launch_children(proc.pid)
-                if workers:
-                    killed = workers[0]
+                victim = _worker_with_running_trial(storage, _launch_children(proc.pid))
+                if victim is not None:
+                    killed, killed_trial = victim
                     os.kill(killed, signal.SIGKILL)
         end = datetime.datetime.now()
         ended_early = proc.poll() is not None
@@ -259,6 +284,7 @@ def run_window(
         "ended_before_window": ended_early,
         "stop_s": round(stop_s, 1),
         "killed_worker_pid": killed,
+        "killed_trial": killed_trial,
         "restarted": bool(re.search(r"restart \d+/\d+", text)),
         "mps_line": next(
             (ln for ln in text.splitlines() if ln.startswith("launch: MPS") or ln.startswith("launch: time-slicing")),
@@ -301,7 +327,18 @@ def window_trials(run: dict[str, Any], study_name: str) -> dict[str, Any]:
     peaks = [float(t.user_attrs["nvml_peak_gib"]) for t in trials if t.user_attrs.get("nvml_peak_gib") is not None]
     busy = sorted(float(t.user_attrs["gpu_busy_frac"]) for t in trained if t.user_attrs.get("gpu_busy_frac"))
     hours = run["window_s"] / 3600.0
+    killed = run.get("killed_trial")
+    killed_fate = None
+    if killed is not None:
+        first = next((t for t in trials if t.number == killed), None)
+        retry = next((t for t in trials if t.system_attrs.get("failed_trial") == killed), None)
+        killed_fate = {
+            "state": first.state.name if first else None,
+            "end_reason": first.user_attrs.get("end_reason") if first else None,
+            "retry": None if retry is None else {"number": retry.number, "state": retry.state.name},
+        }
     return {
+        "killed_trial_fate": killed_fate,
         "trained_in_window": len(trained),
         "trials_per_hour": len(trained) / hours if hours > 0 else 0.0,
         "trials_by_state": by_reason,

@@ -42,7 +42,9 @@ def _gpu_count() -> int:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--study", type=Path, default=ROOT / "studies" / "phase1_8gb.yaml")
-    ap.add_argument("--window-s", type=float, default=130.0, help="seconds per window (three windows run)")
+    ap.add_argument(
+        "--window-s", type=float, default=None, help="(default 130; --tiny 50) seconds per window (three windows run)"
+    )
     ap.add_argument("--train-tokens", type=int, default=500_000, help="override the study's budget.train_tokens")
     ap.add_argument("--eval-tokens", type=int, default=None, help="override the study's budget.eval_tokens")
     ap.add_argument("--mps", default="auto", choices=("auto", "on", "off"), help="the packed window's --mps")
@@ -50,9 +52,10 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=None, help="result JSON (default bench/results/multigpu.json)")
     ap.add_argument("--workdir", type=Path, default=None)
     args = ap.parse_args()
+    if args.window_s is None:
+        args.window_s = 50.0 if args.tiny else 130.0
     n_gpus = _gpu_count()
     if args.tiny:
-        args.window_s = min(args.window_s, 50.0)
         n_slots = 2
     elif n_gpus == 0:
         print("error: no GPU here (NVML did not start); use --tiny for the CPU proof", file=sys.stderr)
@@ -123,6 +126,7 @@ def main() -> int:
         if rows["one"]["trials_per_hour"]
         else None,
         "worker_killed_and_restarted": killed["killed_worker_pid"] is not None and killed["restarted"],
+        "killed_trial_fate": killed["killed_trial_fate"],
         "pids_on_several_gpus": sorted({p for r in rows.values() for p in r["nvml"]["pids_on_several_gpus"]}),
         "pids_on_another_gpu_than_their_worker": sorted(
             {tuple(x) for r in rows.values() for x in r["nvml"].get("pids_on_another_gpu_than_their_worker", [])}

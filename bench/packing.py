@@ -30,7 +30,9 @@ from bench._launch import prepare, run_window, window_trials, write_study  # noq
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--study", type=Path, default=ROOT / "studies" / "phase1_8gb.yaml")
-    ap.add_argument("--window-s", type=float, default=200.0, help="seconds per window (two windows run)")
+    ap.add_argument(
+        "--window-s", type=float, default=None, help="(default 200; --tiny 45) seconds per window (two windows run)"
+    )
     ap.add_argument("--train-tokens", type=int, default=500_000, help="override the study's budget.train_tokens")
     ap.add_argument("--eval-tokens", type=int, default=None, help="override the study's budget.eval_tokens")
     ap.add_argument("--per-gpu", default="auto", help="the packed window's --per-gpu (default auto)")
@@ -40,8 +42,9 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=None, help="result JSON (default bench/results/packing.json)")
     ap.add_argument("--workdir", type=Path, default=None, help="where the SQLite files, logs and cache go")
     args = ap.parse_args()
+    if args.window_s is None:
+        args.window_s = 45.0 if args.tiny else 200.0
     if args.tiny:
-        args.window_s = min(args.window_s, 45.0)
         args.per_gpu = "2" if args.per_gpu == "auto" else args.per_gpu
     out = args.out or (RESULTS / "packing.json" if not args.tiny else Path(tempfile.gettempdir()) / "packing_tiny.json")
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-packing-"))
