@@ -1,114 +1,153 @@
-"""One worker per GPU: throughput with one GPU against all of them, and a worker killed under `tuner launch`.
+"""Every GPU of a host: trained trials per hour with one GPU, with all of them (one worker each, one worker killed
+mid-run), and with all of them packed (`--per-gpu auto`); same study, same run.
 
-    python bench/multigpu.py --study studies/gpu_ceiling_demo.yaml --trials 6 --out DIR   # writes DIR/multigpu.json
+    python bench/multigpu.py --train-tokens 500000 --window-s 130     # GPU host: writes bench/results/multigpu.json
+    python bench/multigpu.py --tiny --out /tmp/multigpu.json           # CPU proof (worker slots stand in for GPUs)
 
-Runs `tuner launch STUDY --gpus 0` and then `--gpus all` on fresh SQLite studies with the same settings (same
-trial count), timing each from launch to exit (trials completed per hour). In the `--gpus all` run, one worker is
-SIGKILLed once its first trial is under way; `launch` must restart it (heartbeat 5 s, grace 20 s, so the killed
-worker's trial is failed and retried quickly), and the study must end with every trial
-accounted for (none RUNNING, none missing). NVML is asked which processes use which GPU while workers run.
-On a host with one GPU the two throughputs measure the same thing: the JSON says how many GPUs there were.
+Three consecutive windows of `tuner launch STUDY` on fresh SQLite files (data tokenized once before them, shared
+cache), each stopped with SIGTERM after --window-s: `--gpus 0`, `--gpus all`, `--gpus all --per-gpu auto`.
+In the `--gpus all` window one worker process is SIGKILLed at a quarter of the window; launch must restart it, and
+its trial, failed by the heartbeat (2 s beats, 8 s grace in that window), must be retried: a worker_lost trial
+without a retry, or a trial left RUNNING after launch exits, is a lost trial (`restarted_worker_lost_trials`).
+NVML is sampled every second: which process uses which GPU (`pids_on_several_gpus` must be empty), per-process
+and per-card memory, utilization. Counted: COMPLETE trials that trained (not predicted_over_ceiling) completed
+inside the window. `--tiny`: the same on CPU with `--workers 1`, `--workers 2`, `--workers 2 --per-gpu 2`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
-import subprocess
+import re
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the repo's packages (the project is not pip-installed)
 
-from bench._common import device_name, write_json  # noqa: E402
+from bench._common import RESULTS, device_header, write_json  # noqa: E402
+from bench._launch import prepare, run_window, window_trials, write_study  # noqa: E402
 
 
-def _children(pid: int) -> list[int]:
-    import psutil
-
+def _gpu_count() -> int:
     try:
-        return [c.pid for c in psutil.Process(pid).children(recursive=False)]
-    except psutil.NoSuchProcess:
-        return []
+        from tuner.vram.nvml import nvml_device_count
 
-
-def _gpu_processes() -> dict[int, list[int]]:
-    import pynvml
-
-    pynvml.nvmlInit()
-    try:
-        return {i: sorted(p.pid for p in pynvml.nvmlDeviceGetComputeRunningProcesses(pynvml.nvmlDeviceGetHandleByIndex(i)))
-                for i in range(pynvml.nvmlDeviceGetCount())}
-    finally:
-        pynvml.nvmlShutdown()
-
-
-def _trials(storage: str, name: str) -> list[dict]:
-    import optuna
-
-    study = optuna.load_study(study_name=name, storage=storage)
-    return [{"number": t.number, "state": t.state.name, "end_reason": t.user_attrs.get("end_reason"),
-             "retry_of": t.system_attrs.get("failed_trial")} for t in study.trials]
-
-
-def run_launch(study: Path, name: str, gpus: str, trials: int, workdir: Path, kill_one: bool) -> dict:
-    storage = f"sqlite:///{workdir / 'study.db'}"
-    env = {**os.environ, "TUNER_STORAGE": storage, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    cmd = [sys.executable, "-c", "import sys; from tuner.cli import main; sys.exit(main())",
-           "launch", str(study), "--gpus", gpus, "--n-trials", str(trials), "--heartbeat-s", "5", "--grace-s", "20"]
-    t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    killed, gpu_map = None, None
-    while proc.poll() is None:
-        time.sleep(1.0)
-        workers = _children(proc.pid)
-        if workers and gpu_map is None and time.monotonic() - t0 > 20:
-            gpu_map = _gpu_processes()
-        if kill_one and killed is None and workers and time.monotonic() - t0 > 25:
-            killed = workers[0]
-            os.kill(killed, signal.SIGKILL)
-    out = proc.stdout.read()
-    wall = time.monotonic() - t0
-    trials_rows = _trials(storage, name)
-    finished = [t for t in trials_rows if t["state"] in ("COMPLETE", "PRUNED")]
-    return {"gpus": gpus, "wall_s": wall, "exit_code": proc.returncode, "trials": trials_rows,
-            "finished": len(finished), "running_left": sum(t["state"] == "RUNNING" for t in trials_rows),
-            "trials_per_hour": len(finished) / wall * 3600, "killed_worker_pid": killed,
-            "nvml_processes_by_gpu": gpu_map, "restarted": "restart" in out.lower(), "log_tail": out[-3000:]}
+        return nvml_device_count()
+    except Exception:  # noqa: BLE001 - no NVML: a CPU machine
+        return 0
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--study", type=Path, default=ROOT / "studies" / "gpu_ceiling_demo.yaml")
-    ap.add_argument("--trials", type=int, default=6)
-    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--study", type=Path, default=ROOT / "studies" / "phase1_8gb.yaml")
+    ap.add_argument(
+        "--window-s", type=float, default=None, help="(default 130; --tiny 50) seconds per window (three windows run)"
+    )
+    ap.add_argument("--train-tokens", type=int, default=500_000, help="override the study's budget.train_tokens")
+    ap.add_argument("--eval-tokens", type=int, default=None, help="override the study's budget.eval_tokens")
+    ap.add_argument("--mps", default="auto", choices=("auto", "on", "off"), help="the packed window's --mps")
+    ap.add_argument("--tiny", action="store_true", help="CPU proof: worker slots stand in for GPUs")
+    ap.add_argument("--out", type=Path, default=None, help="result JSON (default bench/results/multigpu.json)")
+    ap.add_argument("--workdir", type=Path, default=None)
     args = ap.parse_args()
-    import yaml
+    if args.window_s is None:
+        args.window_s = 50.0 if args.tiny else 130.0
+    n_gpus = _gpu_count()
+    if args.tiny:
+        n_slots = 2
+    elif n_gpus == 0:
+        print("error: no GPU here (NVML did not start); use --tiny for the CPU proof", file=sys.stderr)
+        return 2
+    else:
+        n_slots = n_gpus
+    out = args.out or (RESULTS / "multigpu.json" if not args.tiny else Path(tempfile.gettempdir()) / "multigpu.json")
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-multigpu-"))
+    work.mkdir(parents=True, exist_ok=True)
+    study_file = work / "study.yaml"
+    data = write_study(
+        None if args.tiny else args.study,
+        study_file,
+        train_tokens=None if args.tiny else args.train_tokens,
+        eval_tokens=args.eval_tokens,
+    )
+    cache = work / "cache"
+    prep_s = prepare(study_file, cache)
+    print(f"data prepared in {prep_s:.1f} s", flush=True)
 
-    name = yaml.safe_load(args.study.read_text())["name"]
-    n_gpus = len(_gpu_processes())
+    if args.tiny:
+        windows = {
+            "one": ["--workers", "1"],
+            "all": ["--workers", str(n_slots)],
+            "all_packed": ["--workers", str(n_slots), "--per-gpu", "2"],
+        }
+    else:
+        windows = {
+            "one": ["--gpus", "0"],
+            "all": ["--gpus", "all"],
+            "all_packed": ["--gpus", "all", "--per-gpu", "auto", "--mps", args.mps],
+        }
     rows = {}
-    for label, gpus, kill in (("one", "0", False), ("all", "all", True)):
-        with tempfile.TemporaryDirectory() as d:
-            rows[label] = run_launch(args.study.resolve(), name, gpus, args.trials, Path(d), kill)
-        print(label, {k: v for k, v in rows[label].items() if k not in ("trials", "log_tail")}, flush=True)
-    all_run = rows["all"]
-    lost = args.trials - all_run["finished"]
+    for label, launch_args in windows.items():
+        kill = label == "all"
+        run = run_window(
+            study_file,
+            work / label,
+            cache,
+            launch_args,
+            args.window_s,
+            kill_worker_at_s=args.window_s / 4 if kill else None,
+            heartbeat=(2, 8) if kill else (5, 20),
+        )
+        rows[label] = {
+            "launch_args": launch_args,
+            **{k: v for k, v in run.items() if k != "log_tail"},
+            **window_trials(run, data["name"]),
+            "log_tail": run["log_tail"],
+        }
+        print(label, json.dumps({k: v for k, v in rows[label].items() if k != "log_tail"}, default=str), flush=True)
+
+    killed = rows["all"]
+    per_gpu = [
+        int(n) for n in re.findall(r"launch: GPU \d+: (\d+) worker", "\n".join(rows["all_packed"]["plan_lines"]))
+    ]
+    if args.tiny:
+        per_gpu = [2] * n_slots
     result = {
-        "device": device_name(), "n_gpus": n_gpus, "command": " ".join(sys.argv),
-        "trials_per_hour_one": rows["one"]["trials_per_hour"], "trials_per_hour_all": all_run["trials_per_hour"],
-        "restarted_worker_lost_trials": lost, "runs": rows,
-        "note": ("one GPU on this host: 'all' is the same single GPU, so the ratio is not a multi-GPU figure"
-                 if n_gpus == 1 else ""),
+        **device_header(),
+        "n_gpus": n_gpus if not args.tiny else 0,
+        "trials_per_hour_one": rows["one"]["trials_per_hour"],
+        "trials_per_hour_all": killed["trials_per_hour"],
+        "per_gpu": per_gpu[0] if per_gpu and len(set(per_gpu)) == 1 else per_gpu,
+        "trials_per_hour_all_packed": rows["all_packed"]["trials_per_hour"],
+        "restarted_worker_lost_trials": len(killed["lost_trials"]) + killed["running_left"],
+        "scaling_all_over_one": killed["trials_per_hour"] / rows["one"]["trials_per_hour"]
+        if rows["one"]["trials_per_hour"]
+        else None,
+        "worker_killed_and_restarted": killed["killed_worker_pid"] is not None and killed["restarted"],
+        "killed_trial_fate": killed["killed_trial_fate"],
+        "pids_on_several_gpus": sorted({p for r in rows.values() for p in r["nvml"]["pids_on_several_gpus"]}),
+        "pids_on_another_gpu_than_their_worker": sorted(
+            {tuple(x) for r in rows.values() for x in r["nvml"].get("pids_on_another_gpu_than_their_worker", [])}
+        ),
+        "window_s": args.window_s,
+        "train_tokens": data["budget"]["train_tokens"],
+        "note": (
+            "CPU proof: --workers slots stand in for GPUs; not a GPU figure"
+            if args.tiny
+            else "train_tokens overridden by --train-tokens; the 'all' window has one worker SIGKILLed at a quarter "
+            "of the window (its throughput includes that loss)"
+        ),
+        "data_prep_s": round(prep_s, 1),
+        "command": " ".join(sys.argv),
+        "runs": rows,
     }
-    write_json(args.out / "multigpu.json", result, indent=1)
+    write_json(out, result, indent=1)
     print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=1, default=str))
-    return 0 if lost == 0 and all_run["running_left"] == 0 else 1
+    print(f"wrote {out}")
+    ok = all(r["exit_code"] == 0 for r in rows.values()) and result["restarted_worker_lost_trials"] == 0
+    return 0 if ok and result["worker_killed_and_restarted"] else 1
 
 
 if __name__ == "__main__":

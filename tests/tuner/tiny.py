@@ -127,3 +127,23 @@ def mutate(**changes: Any) -> dict[str, Any]:
 
 _DELETE = object()  # mutate(key=_DELETE) removes the key
 SS = "search_space"
+
+
+def complete_result(val_ppl: float = 300.0, peak: float = 0.25) -> dict[str, Any]:
+    """A child's "complete" message for a trial that trained (CPU, 8 steps), as TrialOutcome.from_dict reads it."""
+    return {
+        "kind": "complete",
+        "wall_s": 1.0,
+        "device_name": "cpu",
+        "result": {
+            "val_ppl": val_ppl,
+            "val_loss": 5.7,
+            "peak_torch_gib": peak,
+            "tokens_per_s": 1234.0,
+            "param_counts": {"embedding": 10, "ar_ssm": 20, "ffn": 30, "head": 0, "norm": 4},
+            "diagnostics": {"effective_rank": 7.5, "gate_sparsity": 0.25, "det_min": 0.9},
+            "steps": 8,
+            "train_time_s": 0.5,
+            "curve": [{"tokens": 2048, "val_ppl": val_ppl}],
+        },
+    }

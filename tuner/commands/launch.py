@@ -1,29 +1,48 @@
-"""`tuner launch STUDY.yaml`: create the study if needed and supervise one worker per GPU (or N CPU workers).
+"""`tuner launch STUDY.yaml`: create the study if needed and supervise workers, one or several per GPU (or N on CPU).
 
-    tuner launch studies/phase1_8gb.yaml --gpus all|0,1 [--storage URL]
-    tuner launch studies/quickstart.yaml --workers 2
+    tuner launch studies/phase1_8gb.yaml --gpus all|0,1 [--per-gpu auto|N] [--mps auto|on|off] [--storage URL]
+    tuner launch studies/quickstart.yaml --workers 2 [--per-gpu N]
 
-A crashed worker is restarted (at most --max-restarts times); SIGTERM is forwarded to every worker, whose current
-trials end as `interrupted` and are re-enqueued; launch exits 0 within 30 s.
+--per-gpu auto sizes the workers of each GPU from its free memory (NVML), the study's ceiling and the estimator's
+largest prediction for the space, plus each process's CUDA context, leaving headroom (tuner.trial.packing); --per-gpu
+N is checked against the same sum. A crashed worker is restarted (at most --max-restarts times); SIGTERM is forwarded
+to every worker, whose current trials end as `interrupted` and are re-enqueued; launch exits 0 within 30 s.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from tuner.commands import add_heartbeat_options
+
+STATUS_EVERY_S = 60.0  # the worker lines' period when stdout is not a terminal (a log): a terminal refreshes live
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser
     p = subparsers.add_parser(
-        "launch", help="supervise one worker per GPU (or --workers N on CPU)", description=__doc__.split("\n\n")[0]
+        "launch",
+        help="supervise workers: --per-gpu on each GPU (or --workers N on CPU)",
+        description=__doc__.split("\n\n")[0],
     )
     p.add_argument("study_file", metavar="STUDY.yaml", help="study definition")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--gpus", help="'all' or a comma-separated list of GPU indices, e.g. 0,1")
-    which.add_argument("--workers", type=int, help="number of workers without GPUs (CPU)")
+    which.add_argument("--workers", type=int, help="number of worker slots without GPUs (CPU)")
+    p.add_argument(
+        "--per-gpu",
+        default=None,
+        help="workers per GPU (per slot with --workers): N, or 'auto' to fit as many as the card's free memory "
+        "holds at the study's ceiling (default 1)",
+    )
+    p.add_argument(
+        "--mps",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="NVIDIA MPS for several workers per GPU: auto uses or starts a daemon when possible, else time-slicing",
+    )
     p.add_argument("--n-trials", type=int, default=None, help="trials in total (default: the file's n_trials)")
     p.add_argument("--max-restarts", type=int, default=3, help="restarts per crashed worker before giving up")
     p.add_argument("--cache-dir", default=None, help="tokenized-data cache shared by the workers")
@@ -32,29 +51,105 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
+def parse_per_gpu(text: str | None) -> int | None:
+    """'auto' -> None, 'N' -> N (>= 1); no flag -> 1. Raises TunerError with the fix."""
+    from tuner.errors import TunerError
+
+    if text is None:
+        return 1
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        n = int(text)
+    except ValueError:
+        raise TunerError(f"--per-gpu {text!r}: expected a whole number of workers or 'auto'") from None
+    if n < 1:
+        raise TunerError(f"--per-gpu {n}: give at least 1 (or auto)")
+    return n
+
+
+def plan_counts(spec: Any, gpus: list[int], per_gpu: int | None) -> tuple[list[int], float | None, list[str]]:
+    """Workers for each of `gpus` (tuner.trial.packing.plan_gpu on each card's free memory), the reference trial's
+    ceiling (GiB; None without a `baseline:`) and one description line per GPU. Raises TunerError when a count
+    does not fit."""
+    from tuner.errors import TunerError
+    from tuner.trial.packing import cpu_workers_cap, largest_predicted_gib, plan_gpu
+    from tuner.vram.calibration import choose_calibration
+    from tuner.vram.nvml import NvmlUnavailable, current_device_key, nvml_memory_gib
+
+    choice = choose_calibration(None, current_device_key(gpus[0]))
+    predicted = largest_predicted_gib(spec, choice.calibration, calibrated=choice.calibrated)
+    cap = cpu_workers_cap(len(gpus))
+    counts, lines, references = [], [], []
+    for g in gpus:
+        try:
+            total, free = nvml_memory_gib(g)
+        except (NvmlUnavailable, IndexError) as e:
+            raise TunerError(f"--per-gpu: GPU {g}: {e}") from None
+        plan = plan_gpu(
+            free,
+            total,
+            float(spec.vram_ceiling_gib),
+            predicted,
+            per_gpu=per_gpu,
+            has_reference=spec.baseline is not None,
+            max_workers=cap,
+        )
+        counts.append(plan.count)
+        if plan.reference_gib is not None:
+            references.append(plan.reference_gib)
+        lines.append(
+            f"GPU {g}: {plan.count} worker(s) x {plan.share_gib:.1f} GiB ({plan.basis}"
+            + (f", largest predicted {predicted:.2f} GiB" if predicted is not None else "")
+            + f"), {plan.planned_gib:.1f} of {plan.usable_gib:.1f} GiB usable ({free:.1f} free of {total:.1f})"
+            + (f", at most {cap} by CPU cores" if per_gpu is None and plan.count == cap else "")
+        )
+    return counts, (min(references) if references else None), lines
+
+
 def run(args: argparse.Namespace) -> int:
     from tuner.errors import TunerError
     from tuner.storage.connect import open_storage
     from tuner.storage.studies import create_or_load_study
     from tuner.storage.urls import mask_url, resolve_storage_url
     from tuner.study.loader import load_spec
+    from tuner.trial.launch_view import LaunchDisplay
     from tuner.trial.launcher import Launcher, parse_gpus
+    from tuner.trial.mps import MpsState, prepare_mps, stop_mps
+    from tuner.trial.packing import REFERENCE_CEILING_ENV
+    from tuner.vram.nvml import nvml_available
 
     spec = load_spec(args.study_file)
     if args.workers is not None and args.workers < 1:
         raise TunerError(f"--workers {args.workers}: give at least 1")
+    per_gpu = parse_per_gpu(args.per_gpu)
+    if per_gpu is None and not nvml_available():
+        raise TunerError(
+            "--per-gpu auto sizes workers from GPU memory and there is no GPU here (NVML did not start); "
+            "give --per-gpu N"
+        )
+    if per_gpu is None and args.gpus is None:
+        raise TunerError("--per-gpu auto sizes workers from GPU memory: use it with --gpus, or give --per-gpu N")
     gpus = parse_gpus(args.gpus) if args.gpus is not None else None
     url = resolve_storage_url(getattr(args, "storage", None))
-    create_or_load_study(spec, open_storage(url))
+    storage = open_storage(url)
+    create_or_load_study(spec, storage)
     extra = ["--quiet"] + (["--cache-dir", args.cache_dir] if args.cache_dir else [])
     extra += ["--heartbeat-s", str(args.heartbeat_s)] if args.heartbeat_s is not None else []
     extra += ["--grace-s", str(args.grace_s)] if args.grace_s is not None else []
-    n = len(gpus) if gpus is not None else args.workers
-    print(
-        f"launch: {n} worker(s) on study {spec.name} at {mask_url(url)}"
-        + (f", GPUs {','.join(map(str, gpus))}" if gpus is not None else ""),
-        flush=True,
-    )
+    env: dict[str, str] = {}
+    counts: list[int] | int = per_gpu or 1
+    plan_lines: list[str] = []
+    packed = gpus is not None and args.per_gpu is not None
+    if packed and gpus is not None:
+        counts, reference_gib, plan_lines = plan_counts(spec, gpus, per_gpu)
+        if reference_gib is not None:
+            env[REFERENCE_CEILING_ENV] = f"{reference_gib:.3f}"
+    several = gpus is not None and max(counts if isinstance(counts, list) else [counts]) > 1
+    try:
+        mps = prepare_mps(args.mps) if several else MpsState("time-slicing", False, "one worker per GPU")
+    except RuntimeError as e:
+        raise TunerError(str(e)) from None
     launcher = Launcher(
         spec.name,
         url,
@@ -63,5 +158,21 @@ def run(args: argparse.Namespace) -> int:
         n_trials=args.n_trials,
         max_restarts=args.max_restarts,
         extra_args=extra,
+        per_gpu=counts,
+        extra_env=env,
     )
-    return launcher.run()
+    where = f", GPUs {','.join(map(str, gpus))}" if gpus is not None else " (CPU)"
+    print(f"launch: {len(launcher.slots)} worker(s) on study {spec.name} at {mask_url(url)}{where}", flush=True)
+    for line in plan_lines:
+        print(f"launch: {line}", flush=True)
+    if gpus is not None:
+        print(f"launch: {'MPS' if mps.active else 'time-slicing'} ({mps.reason})", flush=True)
+    display = LaunchDisplay(launcher, live=sys.stdout.isatty(), every_s=STATUS_EVERY_S)
+    launcher.on_line, launcher.on_tick = display.line, display.tick
+    try:
+        with display:
+            code = launcher.run()
+    finally:
+        stop_mps(mps)
+    display.summary(storage, spec.name)
+    return code

@@ -58,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
         # One of several workers (tuner launch): the study seed mixed with this worker's id, so parallel workers
         # do not replay one another's configurations.
         worker_id = default_worker_id(args.gpu)
+        hooks = with_status_file(display.hooks(), worker_id, args.gpu)
         code = run_worker(
             spec,
             storage=storage,
@@ -67,9 +68,28 @@ def run(args: argparse.Namespace) -> int:
             n_trials=n_total,
             cache_dir=args.cache_dir,
             cpu_threads=args.threads or None,
-            hooks=display.hooks(),
+            hooks=hooks,
         )
     return code
+
+
+def with_status_file(hooks: Any, worker_id: str, gpu: int | None) -> Any:
+    """`hooks` plus a status file for `tuner launch`'s per-worker lines when the launcher asked for one
+    (tuner.trial.worker_status.STATUS_ENV); `hooks` unchanged otherwise."""
+    import os
+
+    from tuner.trial.worker import WorkerHooks
+    from tuner.trial.worker_status import STATUS_ENV, StatusWriter, chain
+
+    path = os.environ.get(STATUS_ENV)
+    if not path:
+        return hooks
+    w = StatusWriter(path, worker_id, os.getpid(), gpu)
+    return WorkerHooks(
+        on_trial_start=chain(hooks.on_trial_start, w.trial_start),
+        on_progress=chain(hooks.on_progress, w.progress),
+        on_trial_end=chain(hooks.on_trial_end, w.trial_end),
+    )
 
 
 def quiet_optuna() -> None:

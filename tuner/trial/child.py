@@ -53,6 +53,12 @@ def child_main(conn: Connection, gpu: int | None, parent_pid: int, cpu_threads: 
         kind = msg.get("type")
         if kind == "exit":
             return
+        if kind == "warm":  # a prestarted child opens the last trial's data before the next trial asks for it
+            try:
+                state.data(msg["source"], int(msg["vocab_size"]), msg["cache_dir"])
+            except Exception:  # noqa: BLE001 - the trial that needs the data reports the error itself
+                pass
+            continue
         if kind == "trial":
             outcome = state.run_trial(msg["request"], msg["cache_dir"])
             try:
@@ -71,6 +77,7 @@ class _ChildState:
         self.conn = conn
         self.send_lock = threading.Lock()
         self.parent_pid = parent_pid
+        self._busy_t0: float | None = None
         self.nvml_index = gpu if gpu is not None else 0
         self.device_uuid: str | None = None
         if torch.cuda.is_available():
@@ -99,12 +106,15 @@ class _ChildState:
 
     def run_trial(self, req: TrialRequest, cache_dir: str) -> dict[str, Any]:
         """Run one trial; the outcome as the flat mapping tuner.trial.outcome.TrialOutcome.from_dict reads."""
+        self._busy_t0 = None  # set when the trainer starts: busy_s excludes opening the data
         try:
-            return self._run_trial(req, cache_dir)
+            out = self._run_trial(req, cache_dir)
         except BaseException as e:  # noqa: BLE001 - any failure becomes an outcome; the child stays up
-            return _error_outcome(e)
+            out = _error_outcome(e)
         finally:
+            busy_s = 0.0 if self._busy_t0 is None else time.monotonic() - self._busy_t0
             self._release()
+        return {**out, "busy_s": busy_s}
 
     def _release(self) -> None:
         import gc
@@ -202,6 +212,7 @@ class _ChildState:
         try:
             if guard is not None:
                 guard.start()
+            self._busy_t0 = time.monotonic()
             try:
                 result = train_and_evaluate(
                     train_config,

@@ -50,6 +50,19 @@ log = logging.getLogger(__name__)
 REFERENCE_WATCH_CEILING_GIB = float("inf")
 
 
+def reference_ceiling_gib() -> float:
+    """The guard's ceiling for a reference trial: REFERENCE_WATCH_CEILING_GIB, or the share of the card a packed
+    launch gives it (tuner.trial.packing.REFERENCE_CEILING_ENV), so it cannot crowd out the workers beside it."""
+    from tuner.trial.packing import REFERENCE_CEILING_ENV
+
+    text = os.environ.get(REFERENCE_CEILING_ENV)
+    try:
+        value = float(text) if text else REFERENCE_WATCH_CEILING_GIB
+    except ValueError:
+        return REFERENCE_WATCH_CEILING_GIB
+    return value if value > 0 else REFERENCE_WATCH_CEILING_GIB
+
+
 class Objective:
     """Callable objective for `study.optimize`.
 
@@ -80,6 +93,7 @@ class Objective:
         self.spec = spec
         self.calibration_path = calibration_path
         self._estimate_of_trial: Any = None  # the current trial's tuner.vram.estimate.Estimate (one trial at a time)
+        self._busy_s = 0.0  # the current trial's seconds in the trainer (TrialOutcome.busy_s)
         self.runner = runner
         self.stop_event = stop_event or threading.Event()
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
@@ -93,6 +107,7 @@ class Objective:
         survives its trial whatever happened in it."""
         from tuner.trial.runner import ChildStartError
 
+        self._busy_s = 0.0
         try:
             return self._run(trial)
         except (optuna.TrialPruned, TrialFailed):
@@ -108,6 +123,21 @@ class Objective:
             trial.set_user_attr("error_summary", f"{type(e).__name__}: {e}"[:500])
             trial.set_user_attr("traceback", "".join(traceback.format_exception(e)[-12:])[-4000:])
             raise TrialFailed(f"{type(e).__name__}: {e}") from e
+        finally:
+            self._record_busy(trial)
+
+    def _record_busy(self, trial: Any) -> None:
+        """User attr `gpu_busy_frac`: the child's time in the trainer over the trial's wall time in this worker,
+        from its creation (ask: sampling, the estimate, waiting for a ready child, opening data) to now. 0.0 for a
+        trial that never trained (refused by the estimate, invalid, interrupted before it started)."""
+        import datetime
+
+        start = getattr(trial, "datetime_start", None)
+        if start is None:
+            return
+        wall = (datetime.datetime.now() - start).total_seconds()
+        frac = min(1.0, self._busy_s / wall) if wall > 0 else 0.0
+        trial.set_user_attr("gpu_busy_frac", round(frac, 4))
 
     def _run(self, trial: optuna.trial.Trial) -> tuple[float, ...]:
         spec = self.spec
@@ -163,7 +193,10 @@ class Objective:
         trial.set_user_attr("ceiling_enforced", False)
         device = self._start_child(trial)
         settings = dataclasses.replace(self.spec.pruning, enabled=False)  # the curve is still recorded
-        return self._train(trial, config, device, PruningRequest(settings), ceiling_gib=REFERENCE_WATCH_CEILING_GIB)
+        watch = reference_ceiling_gib()
+        if watch != REFERENCE_WATCH_CEILING_GIB:
+            trial.set_user_attr("reference_ceiling_gib", watch)  # a packed launch's share of the card for it
+        return self._train(trial, config, device, PruningRequest(settings), ceiling_gib=watch)
 
     def _start_child(self, trial: Any) -> str:
         """Start the warm child if needed; record the device and what the peak will measure. Returns the device."""
@@ -195,6 +228,7 @@ class Objective:
         outcome = self.runner.run(
             request, spec.budget.trial_timeout_s, on_progress=progress, stop_requested=self.stop_event.is_set
         )
+        self._busy_s = float(outcome.busy_s)
         values = record_outcome(trial, spec, config, outcome, device)
         if outcome.kind == "complete" and device == "cuda" and outcome.nvml_pid_seen:
             self._refine_calibration(trial, outcome.result or {}, float(outcome.nvml_peak_gib or 0.0))

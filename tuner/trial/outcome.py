@@ -109,6 +109,7 @@ class TrialOutcome:
     allocator_fraction: float | None = None
     torch_peak_gib: float | None = None
     wall_s: float = 0.0
+    busy_s: float = 0.0  # seconds the child spent in the trainer (model build, steps, evaluations): GPU-busy time
     replace_child: bool = False
     curve_attrs: dict[str, Any] = field(default_factory=dict)
 

@@ -10,7 +10,12 @@ figure is the trial's own.
 
 Messages child -> parent: {"type": "ready", device, device_name}, {"type": "progress", step, tokens, loss,
 elapsed_s}, {"type": "ceiling", peak_gib}, {"type": "result", "outcome": {...}}. Parent -> child: a trial request
-(dict, see `TrialRunner.run`), {"type": "stop"} (end the current trial cleanly), {"type": "exit"}.
+(dict, see `TrialRunner.run`), {"type": "stop"} (end the current trial cleanly), {"type": "warm", source, vocab_size,
+cache_dir} (open that data now), {"type": "exit"}.
+
+Keeping the child warm: a child replaced after a trial is started again at once (`prestart`), not when the next
+trial asks for it, and told to open the last trial's data, so importing torch, opening CUDA and reading the data
+overlap the worker's recording of the last trial and sampling of the next.
 
 Outcome kinds: complete, vram_ceiling, oom, numerical_instability, learning_curve, invalid_config, interrupted,
 timeout, error. `replace_child` says whether the parent must start a fresh child before the next trial.
@@ -68,12 +73,35 @@ class TrialRunner:
         self.device: str | None = None  # "cuda" | "cpu", known once the child is ready
         self.device_name: str | None = None
         self.n_started = 0
+        self._ready = False  # the current child has said "ready"
+        self._last_data: tuple[Any, int] | None = None  # (DataSource, vocab_size) of the last trial: what to warm
+        self._spawned_at = 0.0
 
     # --- child lifecycle ----------------------------------------------------------------------------------------
     def ensure_started(self) -> None:
-        """Start a child if none is alive, and wait until it has imported torch."""
-        if self._proc is not None and self._proc.is_alive():
-            return
+        """Start a child if none is alive, and wait until it has imported torch (a child prestarted after the last
+        trial may be ready already, or part of the way)."""
+        if self._proc is None or not self._proc.is_alive():
+            self._spawn()
+        if not self._ready:
+            self._wait_ready()
+
+    def prestart(self) -> None:
+        """Start the next child now, without waiting for it: it imports torch, opens CUDA and opens the last trial's
+        data while the worker records that trial and samples the next (ensure_started then finds it ready or
+        nearly)."""
+        if self._proc is None or not self._proc.is_alive():
+            self._spawn()
+        if self._conn is not None and self._last_data is not None:
+            source, vocab_size = self._last_data
+            try:
+                self._conn.send(
+                    {"type": "warm", "source": source, "vocab_size": vocab_size, "cache_dir": self.cache_dir}
+                )
+            except (OSError, BrokenPipeError):
+                pass  # the child died already: ensure_started reports it
+
+    def _spawn(self) -> None:
         self._discard()
         parent_conn, child_conn = self._ctx.Pipe(duplex=True)
         proc = self._ctx.Process(
@@ -85,8 +113,15 @@ class TrialRunner:
         proc.start()
         child_conn.close()
         self._proc, self._conn = proc, parent_conn
+        self._ready = False
+        self._spawned_at = time.monotonic()
         self.n_started += 1
-        deadline = time.monotonic() + READY_TIMEOUT_S
+
+    def _wait_ready(self) -> None:
+        proc, parent_conn = self._proc, self._conn
+        if proc is None or parent_conn is None:
+            raise ChildStartError("trial child is not running")
+        deadline = self._spawned_at + READY_TIMEOUT_S
         while time.monotonic() < deadline:
             if parent_conn.poll(0.1):
                 try:
@@ -100,6 +135,7 @@ class TrialRunner:
                     ) from None
                 if msg.get("type") == "ready":
                     self.device, self.device_name = msg["device"], msg["device_name"]
+                    self._ready = True
                     return
                 if msg.get("type") == "startup_error":
                     self._discard()
@@ -133,6 +169,7 @@ class TrialRunner:
         """Kill the child (if any) and forget it."""
         proc, conn = self._proc, self._conn
         self._proc, self._conn = None, None
+        self._ready = False
         if proc is not None:
             if proc.is_alive():
                 proc.kill()
@@ -160,6 +197,7 @@ class TrialRunner:
         if conn is None or proc is None:  # ensure_started raises when no child could start
             raise ChildStartError("trial child is not running")
         conn.send({"type": "trial", "cache_dir": self.cache_dir, "request": request})
+        self._last_data = (request.data, int(request.config.get("vocab_size", 0)))
         t0 = time.monotonic()
         ceiling_msg: dict[str, Any] | None = None
         ceiling_seen_at: float | None = None
@@ -213,12 +251,16 @@ class TrialRunner:
                 }
                 break
         outcome.setdefault("wall_s", time.monotonic() - t0)
+        # A child killed mid-trial (ceiling, timeout, stop) sent no busy_s: it was busy from the request to the kill
+        outcome.setdefault("busy_s", time.monotonic() - t0)
         if outcome["kind"] == "vram_ceiling" and ceiling_msg is not None:
             outcome.setdefault("peak_gib", ceiling_msg["peak_gib"])
         replace = outcome["kind"] in _REPLACE_AFTER or (outcome["kind"] == "error" and self.device == "cuda")
         outcome["replace_child"] = replace
         if replace:
-            self._discard()  # killed now; a fresh child starts with the next trial
+            self._discard()  # killed now; a fresh child serves the next trial
+            if not stop_requested():
+                self.prestart()  # warm before the next trial asks for it
         return TrialOutcome.from_dict(outcome)
 
     def _crash_outcome(self, proc: BaseProcess) -> dict[str, Any]:

@@ -53,10 +53,26 @@ def process_used_gib(handle: Any, pid: int) -> float | None:
     NVML lists host PIDs; inside a container without the host PID namespace our PID is never listed, and the
     caller must say so rather than report 0.
     """
+    used = _pid_bytes(compute_processes(handle), pid)
+    return None if used is None else used / GIB
+
+
+def compute_processes(handle: Any) -> list[Any]:
+    """Compute processes on `handle`, MPS clients included: under MPS, nvmlDeviceGetComputeRunningProcesses lists the
+    MPS server and the clients (packed workers' trial children) are listed by the MPS query instead. Caller must
+    have called nvmlInit()."""
     import pynvml
 
-    used = _pid_bytes(pynvml.nvmlDeviceGetComputeRunningProcesses(handle), pid)
-    return None if used is None else used / GIB
+    procs = list(pynvml.nvmlDeviceGetComputeRunningProcesses(handle))
+    query = getattr(pynvml, "nvmlDeviceGetMPSComputeRunningProcesses", None)
+    if query is not None:
+        try:
+            clients = list(query(handle))
+        except pynvml.NVMLError:  # not supported by this driver / no MPS: the plain list is all there is
+            clients = []
+        listed = {p.pid for p in procs}  # a pid in both lists is counted once (its entries are summed per list)
+        procs += [p for p in clients if p.pid not in listed]
+    return procs
 
 
 def _pid_bytes(procs: Any, pid: int) -> int | None:
@@ -107,10 +123,29 @@ def nvml_process_used_bytes(pid: int | None = None, index: int = 0) -> tuple[int
 
     pid = os.getpid() if pid is None else pid
     h = pynvml.nvmlDeviceGetHandleByIndex(index)
-    procs = list(pynvml.nvmlDeviceGetComputeRunningProcesses(h))
+    procs = compute_processes(h)
     used = _pid_bytes(procs, pid)
     if used is not None:
         return used, "nvml_process"
     if len(procs) == 1 and procs[0].usedGpuMemory is not None:
         return int(procs[0].usedGpuMemory), "nvml_only_process"
     return None, f"pid {pid} not among {len(procs)} NVML processes"
+
+
+def nvml_memory_gib(index: int) -> tuple[float, float]:
+    """(total, free) memory of GPU `index` in GiB, as NVML counts it now (free: what no process holds, whatever
+    its owner). Raises NvmlUnavailable without a driver, IndexError for an index NVML does not have."""
+    import pynvml
+
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError as e:
+        raise NvmlUnavailable(f"NVML could not start ({e}): no NVIDIA GPU or driver on this machine") from e
+    try:
+        count = int(pynvml.nvmlDeviceGetCount())
+        if not 0 <= index < count:
+            raise IndexError(f"GPU {index}: NVML sees {count} GPU(s) (indices 0..{count - 1})")
+        info = pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(index))
+        return int(info.total) / GIB, int(info.free) / GIB
+    finally:
+        pynvml.nvmlShutdown()

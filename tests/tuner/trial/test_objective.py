@@ -8,9 +8,10 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from tests.tuner.tiny import TRIAL_VOCAB, trial_spec
+from tests.tuner.tiny import TRIAL_VOCAB, complete_result, trial_spec
 from tuner.storage.constraints import constraint_value
 from tuner.trial.objective import Objective
+from tuner.trial.outcome import TrialOutcome
 from tuner.trial.recording import TrialFailed, params_total
 
 TrialState = optuna.trial.TrialState
@@ -43,3 +44,47 @@ def test_predicted_over_ceiling_uses_the_real_estimate_and_never_trains():
     assert t.user_attrs["predicted_peak_gib"] == pytest.approx(predicted)
     assert t.values == [float(TRIAL_VOCAB), pytest.approx(predicted)] and constraint_value(t) > 0
     assert t.user_attrs["params_total"] == params_total(t.user_attrs["param_counts"]) > 0
+
+
+class _TimedRunner(_NoRunRunner):
+    """A started CPU runner whose trial takes `wall_s`, `busy_s` of it in the trainer (as the child reports)."""
+
+    def __init__(self, wall_s: float, busy_s: float) -> None:
+        self.wall_s, self.busy_s = wall_s, busy_s
+
+    def run(self, *a, **k):
+        import time
+
+        time.sleep(self.wall_s)
+        return TrialOutcome.from_dict({**complete_result(), "wall_s": self.wall_s, "busy_s": self.busy_s})
+
+
+def test_gpu_busy_frac_is_trainer_time_over_the_trials_wall_time_in_the_worker():
+    spec = trial_spec()
+    study = optuna.create_study(directions=spec.directions)
+    study.optimize(Objective(spec, _TimedRunner(wall_s=0.4, busy_s=0.3)), n_trials=1, catch=(TrialFailed,))
+    t = study.trials[0]
+    frac = t.user_attrs["gpu_busy_frac"]
+    wall = (t.datetime_complete - t.datetime_start).total_seconds()
+    assert 0.0 < frac <= 0.75  # 0.3 s busy in at least 0.4 s
+    assert frac == pytest.approx(0.3 / wall, rel=0.2)  # the worker's wall includes sampling and recording
+
+
+def test_gpu_busy_frac_is_zero_for_a_trial_that_never_trained():
+    spec = trial_spec(estimate=True, ceiling=1e-4)
+    study = optuna.create_study(directions=spec.directions)
+    study.optimize(Objective(spec, _NoRunRunner()), n_trials=1, catch=(TrialFailed,))
+    assert study.trials[0].user_attrs["gpu_busy_frac"] == 0.0
+
+
+def test_a_packed_launch_gives_the_reference_trial_a_ceiling(monkeypatch):
+    from tuner.trial.objective import REFERENCE_WATCH_CEILING_GIB, reference_ceiling_gib
+    from tuner.trial.packing import REFERENCE_CEILING_ENV
+
+    monkeypatch.delenv(REFERENCE_CEILING_ENV, raising=False)
+    assert reference_ceiling_gib() == REFERENCE_WATCH_CEILING_GIB == float("inf")
+    monkeypatch.setenv(REFERENCE_CEILING_ENV, "19.5")
+    assert reference_ceiling_gib() == 19.5
+    for bad in ("", "x", "-1"):
+        monkeypatch.setenv(REFERENCE_CEILING_ENV, bad)
+        assert reference_ceiling_gib() == float("inf")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from tests.tuner.tiny import TRIAL_VOCAB, trial_spec
+from tests.tuner.tiny import TRIAL_VOCAB, complete_result, trial_spec
 from tuner.storage.constraints import constraint_value
 from tuner.trial.budget import counted_trials, enqueue_retry
 from tuner.trial.outcome import TrialOutcome
@@ -40,28 +40,9 @@ def _run_with_outcome(spec, outcome, device="cpu"):
     return study.trials[0]
 
 
-def _complete_result(val_ppl=300.0, peak=0.25):
-    return {
-        "kind": "complete",
-        "wall_s": 1.0,
-        "device_name": "cpu",
-        "result": {
-            "val_ppl": val_ppl,
-            "val_loss": 5.7,
-            "peak_torch_gib": peak,
-            "tokens_per_s": 1234.0,
-            "param_counts": {"embedding": 10, "ar_ssm": 20, "ffn": 30, "head": 0, "norm": 4},
-            "diagnostics": {"effective_rank": 7.5, "gate_sparsity": 0.25, "det_min": 0.9},
-            "steps": 8,
-            "train_time_s": 0.5,
-            "curve": [{"tokens": 2048, "val_ppl": val_ppl}],
-        },
-    }
-
-
 def test_complete_records_values_in_spec_order_and_a_feasible_constraint():
     spec = trial_spec(metrics=("peak_vram_gib", "val_ppl", "params", "tokens_per_s"))
-    t = _run_with_outcome(spec, _complete_result())
+    t = _run_with_outcome(spec, complete_result())
     assert t.state == TrialState.COMPLETE and t.user_attrs["end_reason"] == "complete"
     assert t.values == [0.25, 300.0, 64.0, 1234.0]
     assert constraint_value(t) == pytest.approx(0.25 - CEILING)
@@ -70,7 +51,7 @@ def test_complete_records_values_in_spec_order_and_a_feasible_constraint():
 
 
 def test_cpu_peak_over_the_ceiling_is_complete_but_infeasible():
-    t = _run_with_outcome(trial_spec(), _complete_result(peak=1.5))
+    t = _run_with_outcome(trial_spec(), complete_result(peak=1.5))
     assert t.state == TrialState.COMPLETE and t.values == [300.0, 1.5]
     assert t.user_attrs["end_reason"] == "vram_ceiling" and t.user_attrs["ceiling_detected"] == "after_run"
     assert constraint_value(t) == pytest.approx(0.5)
@@ -164,7 +145,7 @@ def test_param_counts_come_from_the_models_formulas():
 
 
 def test_an_unseen_nvml_pid_is_labelled_not_reported_as_zero(caplog):
-    outcome = _complete_result(peak=0.4)
+    outcome = complete_result(peak=0.4)
     outcome.update(device_name="cuda", nvml_pid_seen=0)
     t = _run_with_outcome(trial_spec(), outcome, device="cuda")
     assert t.state == TrialState.COMPLETE

@@ -31,9 +31,21 @@ def test_a_trial_past_its_timeout_is_killed_and_the_child_replaced(tmp_path):
             eval_tokens=1000,
             ceiling_gib=1.0,
         )
+        first = runner.child_pid
         outcome = runner.run(request, timeout_s=0.5)
         assert outcome.kind == "timeout", outcome.error_summary
         assert "trial_timeout_s" in (outcome.error_summary or "")
-        assert outcome.replace_child and runner.child_pid is None  # killed: a fresh child serves the next trial
+        # killed: a fresh child, started at once (warm for the next trial), serves the next trial
+        assert outcome.replace_child and runner.child_pid not in (None, first)
+        assert runner.n_started == 2
+        runner.ensure_started()  # the prestarted child becomes ready and is used as it is
+        assert runner.n_started == 2 and runner.device == "cpu"
+        # it was told to open the data (a "warm" message before any trial): the next trial runs normally on it
+        short = TrialRequest(
+            config=request.config, data=request.data, train_tokens=256, eval_tokens=256, ceiling_gib=1.0
+        )
+        done = runner.run(short, timeout_s=120)
+        assert done.kind == "complete" and not done.replace_child, done.error_summary
+        assert 0.0 < done.busy_s <= done.wall_s and runner.n_started == 2
     finally:
         runner.close()
