@@ -112,7 +112,6 @@ TESTED_ELSEWHERE = {
     "model/dense_config.py": "tests/model/test_dense.py",  # the dense baseline's config, with its model
     "model/errors.py": "tests/model/test_stability.py",  # NumericalInstabilityError, where the monitor raises it
     "model/units.py": "tests/tuner/test_units.py",  # GIB/MIB, with the check that nothing else defines them
-    "model/loss.py": "tests/model/test_lm.py",  # chunked CE equals unchunked, and holds less memory
     "model/evaluate.py": "tests/model/test_train.py",  # the validation pass, through training runs
     "model/train_records.py": "tests/model/test_train.py",  # StepInfo / EvalInfo / TrainResult of real runs
 }
@@ -129,7 +128,6 @@ PENDING = {
     "tuner/commands/run.py",
     "tuner/commands/status.py",
     "tuner/commands/train_baseline.py",
-    "tuner/commands/launch.py",
 }
 
 
