@@ -19,7 +19,8 @@ import yaml
 
 from model.config import PRESETS, ConfigError, Phase1Config
 from tuner.errors import PresetError
-from tuner.study.readers import yaml_problem
+from tuner.study.sizes import check_sizes
+from tuner.study.yaml_input import YamlInputError, read_yaml
 
 PROVENANCE_KEYS = ("study", "trial", "val_ppl", "peak_vram_gib", "device", "date", "version")
 
@@ -86,11 +87,9 @@ def load_preset(name_or_path: str | Path) -> Preset:
     if not p.is_file():
         raise PresetError(f"{p}: is not a file; pass a preset YAML file")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise PresetError(f"{p}: {yaml_problem(exc)}; fix the syntax or export the preset again") from None
-    except UnicodeDecodeError:
-        raise PresetError(f"{p}: not UTF-8 text; export the preset again") from None
+        data = read_yaml(p)  # bounded: size, nesting, aliases, integers; duplicate keys refused
+    except YamlInputError as exc:
+        raise PresetError(f"{p}: {exc.problem}; {exc.fix} or export the preset again") from None
     if not isinstance(data, Mapping):
         raise PresetError(f"{p}: expected a mapping with `config:` and `provenance:`; export the preset again")
     for key in data:
@@ -103,6 +102,7 @@ def load_preset(name_or_path: str | Path) -> Preset:
         raise PresetError(f"{p}: provenance: expected a mapping; remove it or export the preset again")
     try:
         config = Phase1Config.from_dict(data["config"], where="config")
+        check_sizes(config)
     except ConfigError as exc:
         msg = str(exc)
         raise PresetError(

@@ -14,6 +14,7 @@ from model.config import (
     Phase1Config,
 )
 from model.dense_config import DenseConfig
+from tuner.study.sizes import check_sizes
 from tuner.study.space import SearchSpace, holds
 
 METRICS = ("val_ppl", "peak_vram_gib", "params", "tokens_per_s")
@@ -164,4 +165,5 @@ def trial_trainable(cfg: Phase1Config) -> None:
     """Raise ConfigError when a trial could not train `cfg`. A trial trains an LNS config (lns_enabled: true) with LNS
     off, converts the trained model and evaluates the converted one (tuner.trial.runner), so LNS is allowed here;
     every other trainability rule of Phase1Config.check_trainable applies."""
+    check_sizes(cfg)  # before anything walks the sizes (the estimator at vocab_size 1e9 ran for minutes)
     cfg.replace(lns_enabled=False).check_trainable()
