@@ -19,6 +19,7 @@ import yaml
 
 from model.config import PRESETS, ConfigError, Phase1Config
 from tuner.errors import PresetError
+from tuner.fileio import atomic_write_text
 from tuner.study.sizes import check_sizes
 from tuner.study.yaml_input import YamlInputError, read_yaml
 
@@ -50,9 +51,11 @@ def write_preset(
     peak_vram_gib: float,
     device: str | None,
     date: str | None = None,
+    force: bool = True,
     **extra: Any,
 ) -> Path:
-    """Write a preset file (parent folders created); returns its path."""
+    """Write a preset file (parent folders created); returns its path. `force=False` refuses to replace an existing
+    file (OutputError), as `tuner export` does without --force."""
     from tuner import __version__
 
     provenance = {
@@ -65,12 +68,9 @@ def write_preset(
         "version": __version__,
         **extra,
     }
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(preset_text(config, provenance), encoding="utf-8")
-    tmp.replace(p)  # a reader never sees half a file
-    return p
+    # atomic, and never onto a folder or device; an existing file only with force (tuner.fileio)
+    atomic_write_text(path, preset_text(config, provenance), force=force)
+    return Path(path)
 
 
 def load_preset(name_or_path: str | Path) -> Preset:
