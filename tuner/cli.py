@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
         before = set(sub.choices)
         module.add_parser(sub)  # the contract: add_parser(subparsers)
         for name in set(sub.choices) - before:
+            if sub.choices[name].description is None and module.__doc__:
+                # `tuner CMD --help` says what CMD does: the module docstring's first paragraph, unless it set one
+                sub.choices[name].description = " ".join(module.__doc__.split("\n\n")[0].split())
             _add_common(sub.choices[name])
             sub.choices[name].set_defaults(_run=module.run)
     return parser

@@ -39,7 +39,9 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.max_vram_gib > 0:
         raise TunerError(f"--max-vram-gib: {args.max_vram_gib} must be > 0 (GiB)")
-    output_file(args.out, force=args.force)  # refused before storage is read (checked again when writing)
+    # a folder or device is refused before storage is read; an existing file when writing (no --force), so that a
+    # budget nothing fits is reported as such even when the file of an earlier export is there
+    output_file(args.out, force=True)
     _, storage = storage_from_flag(args.storage, must_exist=True)
     study = load_study(args.study, storage)
     names = study.metric_names or []

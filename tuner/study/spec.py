@@ -14,6 +14,7 @@ from model.config import (
     Phase1Config,
 )
 from model.dense_config import DenseConfig
+from tuner.study.readers import did_you_mean
 from tuner.study.sizes import check_sizes
 from tuner.study.space import SearchSpace, holds
 
@@ -123,7 +124,13 @@ class StudySpec:
         """Fixed model + sampled params -> validated Phase1Config (raises ConfigError)."""
         unknown = [k for k in params if k not in self.space]
         if unknown:
-            raise ConfigError(f"{unknown[0]}: not a parameter of study {self.name!r}'s search space")
+            k = unknown[0]
+            why = (
+                f"fixed under model: ({k}: {self.model[k]!r})"
+                if k in self.model
+                else f"not a parameter of study {self.name!r}'s search space{did_you_mean(k, self.space.names)}"
+            )
+            raise ConfigError(f"{k}: {why}; parameters: {', '.join(self.space.names) or 'none'}")
         return Phase1Config.from_dict({**self.model, **dict(params), "target_vram_gb": float(self.vram_ceiling_gib)})
 
     def preset_params(self, preset: str) -> dict[str, Any]:

@@ -245,3 +245,33 @@ def test_create_prints_no_optuna_log_line(tmp_path):
     f.write_text(yaml.safe_dump(BASE))
     r = cli("create", str(f), "--storage", f"sqlite:///{tmp_path / 'c.db'}")
     assert r.returncode == 0 and r.stderr == "", r.stderr
+
+
+def test_every_subcommand_help_has_a_description():
+    from tuner.cli import build_parser
+
+    subs = next(a for a in build_parser()._actions if a.__class__.__name__ == "_SubParsersAction").choices
+    for name, p in subs.items():
+        assert p.description and len(p.description) > 20, name
+
+
+def test_params_typo_gets_a_suggestion(capsys):
+    from tuner.cli import main
+
+    code = main(["estimate", str(REPO / "studies" / "quickstart.yaml"), "--params", "ar_ssm_max_rnk=8"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "did you mean 'ar_ssm_max_rank'?" in err, err
+    code = main(["estimate", str(REPO / "studies" / "quickstart.yaml"), "--params", "d_model=8"])
+    assert code == 2 and "d_model: fixed under model:" in capsys.readouterr().err
+
+
+def test_estimate_refuses_sizes_no_gpu_holds_at_once(capsys):
+    import time
+
+    from tuner.cli import main
+
+    t0 = time.monotonic()
+    code = main(["estimate", "--preset", "8gb", "--batch-size", str(10**11)])
+    err = capsys.readouterr().err
+    assert code == 2 and time.monotonic() - t0 < 2.0
+    assert err.startswith("error: batch_size: ") and "more than any GPU holds" in err, err
