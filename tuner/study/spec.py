@@ -125,11 +125,12 @@ class StudySpec:
         unknown = [k for k in params if k not in self.space]
         if unknown:
             k = unknown[0]
-            why = (
-                f"fixed under model: ({k}: {self.model[k]!r})"
+            hint = (
+                f" (fixed under model: {k}: {self.model[k]!r})"
                 if k in self.model
-                else f"not a parameter of study {self.name!r}'s search space{did_you_mean(k, self.space.names)}"
+                else did_you_mean(k, self.space.names)
             )
+            why = f"not a parameter of study {self.name!r}'s search space{hint}"
             raise ConfigError(f"{k}: {why}; parameters: {', '.join(self.space.names) or 'none'}")
         return Phase1Config.from_dict({**self.model, **dict(params), "target_vram_gb": float(self.vram_ceiling_gib)})
 

@@ -262,7 +262,7 @@ def test_params_typo_gets_a_suggestion(capsys):
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "did you mean 'ar_ssm_max_rank'?" in err, err
     code = main(["estimate", str(REPO / "studies" / "quickstart.yaml"), "--params", "d_model=8"])
-    assert code == 2 and "d_model: fixed under model:" in capsys.readouterr().err
+    assert code == 2 and "(fixed under model: d_model: 64)" in capsys.readouterr().err
 
 
 def test_estimate_refuses_sizes_no_gpu_holds_at_once(capsys):
@@ -275,3 +275,20 @@ def test_estimate_refuses_sizes_no_gpu_holds_at_once(capsys):
     err = capsys.readouterr().err
     assert code == 2 and time.monotonic() - t0 < 2.0
     assert err.startswith("error: batch_size: ") and "more than any GPU holds" in err, err
+
+
+def test_study_name_length_on_postgres(tmp_path, pg_url, capsys):
+    """Over 512 characters failed inside Postgres (VARCHAR(512)) with a traceback; now the loader refuses it, and
+    512 itself is stored."""
+    import optuna
+
+    from tuner.cli import main
+
+    for n, expected in ((600, 2), (512, 0)):
+        f = tmp_path / f"s{n}.yaml"
+        f.write_text(yaml.safe_dump({**BASE, "name": "s" * n}))
+        assert main(["create", str(f), "--storage", pg_url]) == expected
+        err = capsys.readouterr().err
+        assert (err == "") if expected == 0 else (err.count("\n") == 1 and "at most 512" in err), err
+    names = [s.study_name for s in optuna.get_all_study_summaries(pg_url, include_best_trial=False)]
+    assert names == ["s" * 512]
