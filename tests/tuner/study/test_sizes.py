@@ -67,3 +67,11 @@ def test_a_study_with_a_huge_vocab_fails_at_load(tmp_path):
                 ),
             )
         )
+
+
+def test_the_weights_floor_counts_every_parameter():
+    from model.shapes import param_tensors
+    from tuner.study.sizes import _param_count
+
+    for cfg in (TINY, *PRESETS.values(), TINY.replace(head="low_rank", head_rank=16, htt_num_cores=3)):
+        assert _param_count(cfg) == sum(param_tensors(cfg))
