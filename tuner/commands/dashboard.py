@@ -98,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
             "can reach it can edit and delete studies",
             file=sys.stderr,
         )
-    print(f"optuna-dashboard for {mask_url(url)} on http://{args.host}:{args.port}/ (Ctrl-C stops it)", flush=True)
+    shown = f"[{args.host.strip('[]')}]" if ":" in args.host else args.host  # an IPv6 address in a URL
+    print(f"optuna-dashboard for {mask_url(url)} on http://{shown}:{args.port}/ (Ctrl-C stops it)", flush=True)
     try:
         server.serve_forever()
     finally:

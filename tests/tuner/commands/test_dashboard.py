@@ -92,3 +92,15 @@ def test_allow_remote_binds_and_warns(tmp_path):
         p.terminate()
         _out, err = p.communicate(timeout=30)
     assert "has no authentication" in err
+
+
+def test_ipv6_loopback_serves(tmp_path):
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this host")
+    p, port = _serve(tmp_path, "--host", "::1")
+    try:
+        _wait_answer(f"http://[::1]:{port}/api/studies", p)
+    finally:
+        p.terminate()
+        out, _err = p.communicate(timeout=30)
+    assert f"on http://[::1]:{port}/" in out
