@@ -124,6 +124,25 @@ def _silence_stdout() -> None:
     os.close(devnull)
 
 
+def _corrupt_database(exc: BaseException) -> str | None:
+    """SQLite's own word for a damaged file ("database disk image is malformed", "file is not a database"), found
+    anywhere in the exception's chain (Optuna wraps it in StorageInternalError), else None. A damaged file is the
+    user's to restore, not a bug: reported as a user error."""
+    import sqlite3
+
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        orig = getattr(e, "orig", None)
+        for candidate in (e, orig):
+            text = str(candidate)
+            if isinstance(candidate, sqlite3.DatabaseError) and ("malformed" in text or "not a database" in text):
+                return _one_line(text)
+        e = e.__cause__ or e.__context__
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -157,6 +176,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if debug:
             raise
+        damage = _corrupt_database(exc)
+        if damage is not None:
+            print(
+                f"error: the SQLite storage is damaged ({damage}); restore the file from a backup or pass another "
+                "--storage",
+                file=sys.stderr,
+            )
+            return EXIT_USER_ERROR
         print(
             f"error: internal error ({type(exc).__name__}: {_one_line(exc)[:300]}); rerun with --debug for the "
             "traceback and report it",

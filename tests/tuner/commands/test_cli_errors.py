@@ -292,3 +292,24 @@ def test_study_name_length_on_postgres(tmp_path, pg_url, capsys):
         assert (err == "") if expected == 0 else (err.count("\n") == 1 and "at most 512" in err), err
     names = [s.study_name for s in optuna.get_all_study_summaries(pg_url, include_best_trial=False)]
     assert names == ["s" * 512]
+
+
+def test_damage_inside_a_sqlite_file_is_a_user_error(tmp_path):
+    """Pages past the schema damaged: the file opens, then a query fails (Optuna's StorageInternalError wrapping
+    sqlite's "malformed"); one line naming the damage, exit 2, instead of "internal error"."""
+    import random
+
+    import optuna
+
+    db = tmp_path / "damaged.db"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name="q", storage=f"sqlite:///{db}")
+    for i in range(300):
+        study.enqueue_trial({"x": i}, user_attrs={"pad": "y" * 500})
+    data = bytearray(db.read_bytes())
+    rng = random.Random(1)
+    for off in range(len(data) // 2, len(data) // 2 + 20_000):
+        data[off] = rng.randrange(256)
+    db.write_bytes(bytes(data))
+    line = one_line(cli("status", "--study", "q", "--storage", f"sqlite:///{db}"))
+    assert "SQLite storage is damaged" in line or "not a usable SQLite database" in line, line
