@@ -15,12 +15,15 @@ from pathlib import Path
 from typing import IO, Any
 
 
-def atomic_write(path: Path, write: Callable[[IO[Any]], object], *, binary: bool = False) -> None:
+def atomic_write(
+    path: Path, write: Callable[[IO[Any]], object], *, binary: bool = False, mode: int | None = None
+) -> None:
     """Create `path` through `write(file)` on a temporary file in the same folder, flushed to disk, then moved into
     place with os.replace (folders created). On any failure the temporary file is removed and `path` is untouched.
 
-    The temporary file is opened like any new file (permissions from the umask), under a name no other writer
-    uses, so concurrent writers of one path never share a temporary file: the last os.replace wins whole."""
+    The temporary file is opened like any new file (permissions from the umask, or `mode` when given: set before
+    the rename, so the file never shows other permissions), under a name no other writer uses, so concurrent
+    writers of one path never share a temporary file: the last os.replace wins whole."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
@@ -28,6 +31,8 @@ def atomic_write(path: Path, write: Callable[[IO[Any]], object], *, binary: bool
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -35,9 +40,9 @@ def atomic_write(path: Path, write: Callable[[IO[Any]], object], *, binary: bool
         raise
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str, *, mode: int | None = None) -> None:
     """atomic_write of UTF-8 text."""
-    atomic_write(path, lambda fh: fh.write(text))
+    atomic_write(path, lambda fh: fh.write(text), mode=mode)
 
 
 @contextlib.contextmanager

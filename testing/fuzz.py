@@ -13,6 +13,7 @@ import contextlib
 import copy
 import io
 import string
+import time
 import traceback
 import uuid
 from dataclasses import dataclass, field
@@ -28,10 +29,15 @@ from tuner.study.spec import TOP_KEYS
 MISSING_DATA = "/nonexistent/phase1_fuzz_data_dir"
 
 
+ERROR_WITHIN_S = 2.0  # every refusal must come this fast (a 20 MB file took 49 s, an alias bomb over 47 s)
+
+
 @dataclass
 class Tally:
     cases: int = 0
-    tracebacks: int = 0
+    tracebacks: int = 0  # escaped exceptions, and the CLI guard's "internal error" lines (a traceback in disguise)
+    slow: int = 0  # errors that took longer than ERROR_WITHIN_S
+    slowest_error_s: float = 0.0
     failures: list[str] = field(default_factory=list)  # first few property violations, for the message
 
     def bad(self, what: str) -> None:
@@ -58,7 +64,28 @@ def run_cli(argv: list[str]) -> tuple[int, str, str, str | None]:
 
 def one_error_line(stderr: str) -> bool:
     lines = [ln for ln in stderr.splitlines() if ln.strip()]
-    return len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in stderr
+    return (
+        len(lines) == 1
+        and lines[0].startswith("error: ")
+        and "Traceback" not in stderr
+        and not is_internal_error(stderr)
+    )
+
+
+def is_internal_error(stderr: str) -> bool:
+    """The CLI's last guard turned an unexpected exception into one line: still a bug for the fuzzer."""
+    return stderr.startswith("error: internal error (")
+
+
+def _timed_cli(argv: list[str], tally: Tally) -> tuple[int, str, str, str | None, float]:
+    t0 = time.monotonic()
+    code, out, err, tb = run_cli(argv)
+    took = time.monotonic() - t0
+    if code != 0:
+        tally.slowest_error_s = max(tally.slowest_error_s, took)
+        if took > ERROR_WITHIN_S:
+            tally.slow += 1
+    return code, out, err, tb, took
 
 
 def studies_in(db: Path) -> list[str]:
@@ -83,12 +110,14 @@ def check_study_text(text: str, folder: Path, tally: Tally, *, must_fail: bool) 
     path = folder / f"s_{tag}.yaml"
     db = folder / f"s_{tag}.db"
     path.write_text(text, encoding="utf-8")
-    code, _out, err, tb = run_cli(["create", str(path), "--storage", f"sqlite:///{db}"])
+    code, _out, err, tb, took = _timed_cli(["create", str(path), "--storage", f"sqlite:///{db}"], tally)
     tally.cases += 1
-    if tb is not None or "Traceback" in err:
+    if tb is not None or "Traceback" in err or is_internal_error(err):
         tally.tracebacks += 1
-        tally.bad(f"traceback for study:\n{text}\n{tb or err}")
+        tally.bad(f"traceback for study:\n{text[:2000]}\n{tb or err}")
         return
+    if code != 0 and took > ERROR_WITHIN_S:
+        tally.bad(f"error after {took:.1f} s (limit {ERROR_WITHIN_S} s): {err.strip()[:300]}\n{text[:2000]}")
     names = studies_in(db)
     if code == 0:
         if must_fail:
@@ -96,8 +125,8 @@ def check_study_text(text: str, folder: Path, tally: Tally, *, must_fail: bool) 
         elif names != [yaml.safe_load(text)["name"]]:
             tally.bad(f"exit 0 but storage holds {names}:\n{text}")
     else:
-        if not one_error_line(err):
-            tally.bad(f"exit {code} without exactly one `error:` line (stderr {err!r}):\n{text}")
+        if code != 2 or not one_error_line(err):
+            tally.bad(f"exit {code} without exactly one `error:` line and exit 2 (stderr {err!r}):\n{text[:2000]}")
         if names:
             tally.bad(f"exit {code} but storage holds studies {names}:\n{text}")
     path.unlink()
@@ -108,13 +137,15 @@ def check_preset_text(text: str, folder: Path, tally: Tally) -> None:
     """`tuner train --preset FILE --data MISSING`: every case must end with one error line (never trains)."""
     path = folder / f"p_{uuid.uuid4().hex[:10]}.yaml"
     path.write_text(text, encoding="utf-8")
-    code, _out, err, tb = run_cli(["train", "--preset", str(path), "--data", MISSING_DATA])
+    code, _out, err, tb, took = _timed_cli(["train", "--preset", str(path), "--data", MISSING_DATA], tally)
     tally.cases += 1
-    if tb is not None or "Traceback" in err:
+    if tb is not None or "Traceback" in err or is_internal_error(err):
         tally.tracebacks += 1
-        tally.bad(f"traceback for preset:\n{text}\n{tb or err}")
-    elif code == 0 or not one_error_line(err):
-        tally.bad(f"exit {code}, stderr {err!r} for preset:\n{text}")
+        tally.bad(f"traceback for preset:\n{text[:2000]}\n{tb or err}")
+    elif code != 2 or not one_error_line(err):
+        tally.bad(f"exit {code}, stderr {err!r} for preset:\n{text[:2000]}")
+    elif took > ERROR_WITHIN_S:
+        tally.bad(f"error after {took:.1f} s (limit {ERROR_WITHIN_S} s): {err.strip()[:300]}")
     path.unlink()
 
 

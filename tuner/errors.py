@@ -15,3 +15,7 @@ class StorageError(TunerError):
 
 class PresetError(TunerError):
     """A preset file or name that cannot be loaded."""
+
+
+class OutputError(TunerError):
+    """An output path that must not be written: an existing file without --force, a folder, a device, no access."""

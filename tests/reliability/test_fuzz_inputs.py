@@ -1,6 +1,8 @@
-"""Bad input, property-based: >= 1000 generated study and preset files through the real CLI. Every malformed file
-gives exit != 0 with exactly one `error:` line, never a traceback, never a study in storage; files are parsed with
-safe loaders only (a YAML tag that would run a command runs nothing)."""
+"""Bad input, property-based: >= 1000 generated study and preset files through the real CLI, plus hostile ones
+(alias bombs, deep nesting, duplicate keys, huge integers, huge grids, bad types, sizes no GPU holds, long names,
+oversized files: testing/fuzz_hostile.py). Every malformed file gives exit 2 with exactly one `error:` line within
+2 s, never a traceback (nor the CLI guard's "internal error"), never a study in storage; files are parsed with safe
+loaders only (a YAML tag that would run a command runs nothing)."""
 
 from __future__ import annotations
 
@@ -11,18 +13,63 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 
-from testing import fuzz
+from testing import fuzz, fuzz_hostile
 from testing.harness import REPO, child_env
 
 FUZZ = settings(deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck))
 N_MUTATED_STUDIES = 450
 N_RANDOM_DOCUMENTS = 300
 N_MUTATED_PRESETS = 300  # 1050 in all
+N_HOSTILE_STUDIES = 200
+N_HOSTILE_PRESETS = 60
 
 
 def _assert_clean(tally: fuzz.Tally, expected: int) -> None:
     assert tally.cases == expected
-    assert tally.tracebacks == 0 and not tally.failures, "\n\n".join(tally.failures)
+    assert tally.tracebacks == 0 and tally.slow == 0 and not tally.failures, "\n\n".join(tally.failures)
+
+
+def test_hostile_study_files_fail_fast_with_one_error_line(tmp_path):
+    fuzz.run_cli(["create", str(tmp_path / "missing.yaml")])  # imports out of the way: the 2 s are the check's
+    tally = fuzz.Tally()
+
+    @settings(FUZZ, max_examples=N_HOSTILE_STUDIES)
+    @given(fuzz_hostile.hostile_study())
+    def prop(text):
+        fuzz.check_study_text(text, tmp_path, tally, must_fail=True)
+
+    prop()
+    _assert_clean(tally, N_HOSTILE_STUDIES)
+    assert tally.slowest_error_s < fuzz.ERROR_WITHIN_S
+
+
+def test_hostile_presets_fail_fast_with_one_error_line(tmp_path):
+    fuzz.run_cli(["train", "--preset", str(tmp_path / "missing.yaml")])
+    tally = fuzz.Tally()
+
+    @settings(FUZZ, max_examples=N_HOSTILE_PRESETS)
+    @given(fuzz_hostile.hostile_preset())
+    def prop(text):
+        fuzz.check_preset_text(text, tmp_path, tally)
+
+    prop()
+    # the preset strategy has about 45 distinct documents; hypothesis stops once it has drawn them all
+    assert tally.cases >= 40
+    _assert_clean(tally, tally.cases)
+
+
+def test_every_hostile_kind_is_generated():
+    """The strategies reach every kind (a kind that is never drawn would be a claim without a test)."""
+    from hypothesis import find
+
+    for kind, marker in {
+        "alias_bomb": "&b0",
+        "deep_nesting": "[[[[[[[[[[",
+        "huge_file": "x" * 5000,
+        "long_name": "s" * 513,
+    }.items():
+        find(fuzz_hostile.hostile_study(), lambda text, m=marker: m in text, settings=settings(FUZZ, max_examples=500))
+        assert kind in fuzz_hostile.HOSTILE_KINDS
 
 
 def test_mutated_study_files_fail_with_one_error_line(tmp_path):
@@ -95,8 +142,11 @@ def test_yaml_tags_cannot_execute_code(tmp_path, command):
     for name, text in docs.items():
         f = tmp_path / f"{name}.yaml"
         f.write_text(text)
-        argv = ["create", str(f), "--storage", f"sqlite:///{tmp_path / 'x.db'}"] if command == "create" else \
-            ["train", "--preset", str(f), "--data", fuzz.MISSING_DATA]
+        argv = (
+            ["create", str(f), "--storage", f"sqlite:///{tmp_path / 'x.db'}"]
+            if command == "create"
+            else ["train", "--preset", str(f), "--data", fuzz.MISSING_DATA]
+        )
         code, _out, err, tb = fuzz.run_cli(argv)
         assert tb is None, tb
         assert code != 0 and fuzz.one_error_line(err), (name, code, err)
@@ -111,8 +161,9 @@ def test_malformed_files_through_a_real_process(tmp_path):
     cases = {
         "not_yaml.yaml": "name: [unclosed\n",
         "tag.yaml": _tag_documents(marker)["study_value"],
-        "low_gt_high.yaml": yaml.safe_dump({**spec, "search_space": {
-            "learning_rate": {"type": "float", "low": 0.1, "high": 0.01}}}),
+        "low_gt_high.yaml": yaml.safe_dump(
+            {**spec, "search_space": {"learning_rate": {"type": "float", "low": 0.1, "high": 0.01}}}
+        ),
         "missing_data.yaml": yaml.safe_dump({**spec, "data": {"source": "files", "path": fuzz.MISSING_DATA}}),
         "empty.yaml": "",
     }
@@ -120,12 +171,24 @@ def test_malformed_files_through_a_real_process(tmp_path):
     for name, text in cases.items():
         f = tmp_path / name
         f.write_text(text)
-        r = subprocess.run([sys.executable, "-m", "tuner.cli", "create", str(f), "--storage", f"sqlite:///{db}"],
-                           cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=120)
+        r = subprocess.run(
+            [sys.executable, "-m", "tuner.cli", "create", str(f), "--storage", f"sqlite:///{db}"],
+            cwd=REPO,
+            env=child_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert r.returncode == 2 and fuzz.one_error_line(r.stderr), (name, r.returncode, r.stderr)
     preset = tmp_path / "preset.yaml"
     preset.write_text(_tag_documents(marker)["preset_value"])
-    r = subprocess.run([sys.executable, "-m", "tuner.cli", "train", "--preset", str(preset)], cwd=REPO,
-                       env=child_env(), capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "tuner.cli", "train", "--preset", str(preset)],
+        cwd=REPO,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2 and fuzz.one_error_line(r.stderr), r.stderr
     assert not marker.exists() and fuzz.studies_in(db) == []

@@ -1,17 +1,55 @@
 """One module per CLI subcommand: `add_parser(subparsers)` and `run(args) -> int`. Heavy imports live inside run()."""
 
 import argparse
+import math
+from collections.abc import Callable
 from typing import Any
+
+
+def int_at_least(low: int) -> Callable[[str], int]:
+    """An argparse `type` for an integer >= low: a bad flag fails at parse time, before storage is touched
+    (`--n-trials 0` used to exit 0 having done nothing, `--threads -4` to leave a FAIL trial in storage)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is out of range (give an integer >= {low})")
+        return value
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+def float_above(low: float) -> Callable[[str], float]:
+    """An argparse `type` for a finite number > low."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(value) or value <= low:
+            raise argparse.ArgumentTypeError(f"{text} is out of range (give a number > {low:g})")
+        return value
+
+    parse.__name__ = f"number > {low:g}"
+    return parse
 
 
 def add_heartbeat_options(p: argparse.ArgumentParser) -> None:
     """--heartbeat-s / --grace-s, shared by every command that runs or starts workers (run, worker, launch)."""
     p.add_argument(
-        "--heartbeat-s", type=int, default=None, help="seconds between a running trial's heartbeats (default 30)"
+        "--heartbeat-s",
+        type=int_at_least(1),
+        default=None,
+        help="seconds between a running trial's heartbeats (default 30)",
     )
     p.add_argument(
         "--grace-s",
-        type=int,
+        type=int_at_least(1),
         default=None,
         help="seconds without a heartbeat before a running trial is failed and retried (default 120; "
         "several heartbeats)",
@@ -36,7 +74,7 @@ def add_trial_process_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", default=None, help="tokenized-data cache (default: .phase1_cache in the cwd)")
     p.add_argument(
         "--threads",
-        type=int,
+        type=int_at_least(0),
         default=1,
         help="torch threads per trial on CPU (default 1: avoids oversubscribing shared cores; 0 = torch's "
         "default); ignored on a GPU",

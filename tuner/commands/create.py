@@ -25,6 +25,9 @@ def run(args: argparse.Namespace) -> int:
     from tuner.study.loader import load_spec
 
     spec = load_spec(args.study_file)  # every spec error surfaces here, before storage is touched
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own line below says what was created; not Optuna's
     url, storage = storage_from_flag(args.storage)
     existed = spec.name in study_names(storage)
     study = create_or_load_study(spec, storage)

@@ -95,6 +95,9 @@ def resolve_config(args: argparse.Namespace) -> Any:
         if args.batch_size < 1:
             raise EstimateArgsError(f"--batch-size: {args.batch_size} must be >= 1")
         cfg = cfg.replace(batch_size=args.batch_size)
+    from tuner.study.sizes import check_sizes
+
+    check_sizes(cfg)  # --params / --batch-size bypass the study's ranges: sizes no GPU holds stop here, at once
     return cfg
 
 

@@ -8,13 +8,23 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from tuner.commands import float_above
+
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser
     p = subparsers.add_parser("export", help="write the best feasible Pareto trial under a VRAM budget as a preset")
     p.add_argument("--study", required=True, metavar="NAME")
-    p.add_argument("--max-vram-gib", required=True, type=float, metavar="X", help="VRAM budget in GiB (2^30 bytes)")
-    p.add_argument("--out", required=True, metavar="FILE", help="preset YAML to write")
+    p.add_argument(
+        "--max-vram-gib", required=True, type=float_above(0), metavar="X", help="VRAM budget in GiB (2^30 bytes)"
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="FILE",
+        help="preset YAML to write (never a folder or device; a symlink is followed and its target replaced)",
+    )
+    p.add_argument("--force", action="store_true", help="replace FILE if it exists")
     return p
 
 
@@ -22,13 +32,17 @@ def run(args: argparse.Namespace) -> int:
     from model.config import Phase1Config
     from tuner.analysis.pareto import export_choice, metric_value, pareto_front
     from tuner.errors import TunerError
+    from tuner.fileio import output_file
     from tuner.storage.connect import storage_from_flag
     from tuner.storage.studies import load_study, study_spec
     from tuner.study.preset import write_preset
 
     if not args.max_vram_gib > 0:
         raise TunerError(f"--max-vram-gib: {args.max_vram_gib} must be > 0 (GiB)")
-    _, storage = storage_from_flag(args.storage)
+    # a folder or device is refused before storage is read; an existing file when writing (no --force), so that a
+    # budget nothing fits is reported as such even when the file of an earlier export is there
+    output_file(args.out, force=True)
+    _, storage = storage_from_flag(args.storage, must_exist=True)
     study = load_study(args.study, storage)
     names = study.metric_names or []
     if "val_ppl" not in names:
@@ -84,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
         peak_vram_gib=vram,
         device=trial.user_attrs.get("device"),
         peak_vram_kind=trial.user_attrs.get("peak_vram_kind"),
+        force=args.force,
         **reproduce,
     )
     print(

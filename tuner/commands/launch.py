@@ -15,7 +15,7 @@ import argparse
 import sys
 from typing import Any
 
-from tuner.commands import add_heartbeat_options
+from tuner.commands import add_heartbeat_options, int_at_least
 
 STATUS_EVERY_S = 60.0  # the worker lines' period when stdout is not a terminal (a log): a terminal refreshes live
 
@@ -30,7 +30,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("study_file", metavar="STUDY.yaml", help="study definition")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--gpus", help="'all' or a comma-separated list of GPU indices, e.g. 0,1")
-    which.add_argument("--workers", type=int, help="number of worker slots without GPUs (CPU)")
+    which.add_argument("--workers", type=int_at_least(1), help="number of worker slots without GPUs (CPU)")
     p.add_argument(
         "--per-gpu",
         default=None,
@@ -43,8 +43,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         default="auto",
         help="NVIDIA MPS for several workers per GPU: auto uses or starts a daemon when possible, else time-slicing",
     )
-    p.add_argument("--n-trials", type=int, default=None, help="trials in total (default: the file's n_trials)")
-    p.add_argument("--max-restarts", type=int, default=3, help="restarts per crashed worker before giving up")
+    p.add_argument(
+        "--n-trials", type=int_at_least(1), default=None, help="trials in total (default: the file's n_trials)"
+    )
+    p.add_argument(
+        "--max-restarts", type=int_at_least(0), default=3, help="restarts per crashed worker before giving up"
+    )
     p.add_argument("--cache-dir", default=None, help="tokenized-data cache shared by the workers")
     add_heartbeat_options(p)
     p.set_defaults(func=run)

@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
     from tuner.storage.connect import storage_from_flag
     from tuner.storage.studies import load_study
 
-    _, storage = storage_from_flag(args.storage)
+    _, storage = storage_from_flag(args.storage, must_exist=True)
     study = load_study(args.study, storage)
     names = study.metric_names or [f"objective{i}" for i in range(len(study.directions))]
     trials = study.get_trials(deepcopy=False)

@@ -15,7 +15,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser
     p = subparsers.add_parser("report", help="write plots, importances and a markdown summary of a study")
     p.add_argument("--study", required=True, metavar="NAME")
-    p.add_argument("--out", required=True, metavar="DIR", help="folder to write into (created)")
+    p.add_argument(
+        "--out", required=True, metavar="DIR", help="folder to write into (created; an existing one must be empty)"
+    )
+    p.add_argument("--force", action="store_true", help="write into a non-empty DIR, replacing files of the same name")
     return p
 
 
@@ -132,14 +135,15 @@ def run(args: argparse.Namespace) -> int:
 
     from tuner.analysis.pareto import pareto_front, trial_row
     from tuner.commands.status import summarize
+    from tuner.fileio import output_dir
     from tuner.storage.connect import storage_from_flag
     from tuner.storage.studies import load_study
     from tuner.storage.urls import mask_url
 
-    url, storage = storage_from_flag(args.storage)
-    study = load_study(args.study, storage)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    output_dir(out, force=args.force)  # before storage: a refused --out costs nothing
+    url, storage = storage_from_flag(args.storage, must_exist=True)
+    study = load_study(args.study, storage)
     trials = study.get_trials(deepcopy=False)
     names = study.metric_names or [f"objective{i}" for i in range(len(study.directions))]
     directions = [d.name.lower() for d in study.directions]

@@ -13,6 +13,7 @@ from typing import Any
 from tuner.commands import (
     add_heartbeat_options,
     add_trial_process_options,
+    int_at_least,
     open_worker_storage,
 )
 
@@ -27,11 +28,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("study_file", metavar="STUDY.yaml", help="study definition, e.g. studies/quickstart.yaml")
     p.add_argument(
         "--n-trials",
-        type=int,
+        type=int_at_least(1),
         default=None,
         help="trials the study should hold in total (default: the file's n_trials)",
     )
-    p.add_argument("--gpu", type=int, default=None, help="physical GPU index to run on (default: the visible one)")
+    p.add_argument(
+        "--gpu", type=int_at_least(0), default=None, help="physical GPU index to run on (default: the visible one)"
+    )
     add_heartbeat_options(p)
     add_trial_process_options(p)
     p.set_defaults(func=run)

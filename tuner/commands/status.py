@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     from tuner.storage.studies import load_study
     from tuner.storage.urls import mask_url
 
-    url, storage = storage_from_flag(args.storage)
+    url, storage = storage_from_flag(args.storage, must_exist=True)
     study = load_study(args.study, storage)
     s = summarize(study, storage, args.alive_within_s)
     if args.json:

@@ -14,6 +14,7 @@ from typing import Any
 from tuner.commands import (
     add_heartbeat_options,
     add_trial_process_options,
+    int_at_least,
     open_worker_storage,
 )
 
@@ -24,10 +25,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "worker", help="run trials of a study in storage (one process, one GPU)", description=__doc__.split("\n\n")[0]
     )
     p.add_argument("--study", required=True, help="study name (as created by `tuner create` / `tuner run`)")
-    p.add_argument("--gpu", type=int, default=None, help="physical GPU index (NVML numbering) to pin this worker to")
+    p.add_argument(
+        "--gpu", type=int_at_least(0), default=None, help="physical GPU index (NVML numbering) to pin this worker to"
+    )
     p.add_argument(
         "--n-trials",
-        type=int,
+        type=int_at_least(1),
         default=None,
         help="trials the study should hold in total, shared by all workers (default: the spec's)",
     )

@@ -157,12 +157,29 @@ def open_storage(
                 f"server answers there and the user, password and database name, or set --storage / "
                 f"{ENV_VAR}"
             ) from None
+        except sqlalchemy.exc.DatabaseError as exc:  # not an outage: the file itself is broken
+            detail = mask_text(" ".join(str(exc.orig if exc.orig is not None else exc).split()), url)
+            fix = (
+                "the file is not a usable SQLite database (corrupted or truncated?): restore it from a backup or "
+                "choose another file"
+                if backend == "sqlite"
+                else "check the database"
+            )
+            raise StorageError(f"storage {mask_url(url)}: {detail}; {fix}") from None
         except (ValueError, ImportError, RuntimeError) as exc:
             raise StorageError(f"storage {mask_url(url)}: {mask_text(str(exc), url)}") from None
     raise StorageError(f"storage {mask_url(url)}: could not create the tables ({mask_text(str(last), url)})")
 
 
-def storage_from_flag(flag: str | None, **kwargs: Any) -> tuple[str, ResilientRDBStorage]:
-    """(url, storage) for a CLI `--storage` value, resolved and opened."""
+def storage_from_flag(flag: str | None, *, must_exist: bool = False, **kwargs: Any) -> tuple[str, ResilientRDBStorage]:
+    """(url, storage) for a CLI `--storage` value, resolved and opened. `must_exist`: a read-only command's SQLite
+    file must be there already (opening would create an empty one, leaving a stray file behind a typo)."""
     url = resolve_storage_url(flag)
+    if must_exist and host_port(url)[2] == "sqlite":
+        path = url.split("///", 1)[1] if "///" in url else ""
+        if path and path != ":memory:" and not Path(path).is_file():
+            raise StorageError(
+                f"storage {mask_url(url)}: no such SQLite file; pass the --storage the study was created in "
+                f"(or set {ENV_VAR}), or create one with `tuner create STUDY.yaml`"
+            )
     return url, open_storage(url, **kwargs)

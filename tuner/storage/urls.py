@@ -23,30 +23,65 @@ def resolve_storage_url(flag: str | None, environ: Mapping[str, str] | None = No
     return f"sqlite:///{Path.cwd() / DEFAULT_DB_FILE}"
 
 
+def _split_userinfo(url: str) -> tuple[str, str, str, str] | None:
+    """(scheme://, user, password-or-"", rest from the host on) of a URL with credentials, or None.
+
+    The credentials end at the LAST '@' before the query: a password with an unescaped '@' (or '/', ':') is still
+    taken whole, so nothing of it is printed (the first '@' would leave `secret@host` in view)."""
+    m = re.match(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<rest>.*)\Z", str(url), re.S)
+    if not m:
+        return None
+    rest = m.group("rest")
+    head = rest.split("?", 1)[0]
+    at = head.rfind("@")
+    if at < 0:
+        return None
+    user, _, pw = head[:at].partition(":")
+    return m.group("scheme"), user, pw, rest[at + 1 :]
+
+
 def mask_url(url: str) -> str:
     """The URL with its password replaced by ***, for printing (works on URLs SQLAlchemy cannot parse too)."""
-    return re.sub(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s]*):(?P<pw>[^@\s]*)@", r"\g<head>:***@", str(url))
+    parts = _split_userinfo(url)
+    if parts is None:
+        return str(url)
+    scheme, user, pw, rest = parts
+    return f"{scheme}{user}:***@{rest}" if pw else f"{scheme}{user}@{rest}"
 
 
 def mask_text(text: str, url: str) -> str:
     """`text` with the URL's password removed wherever it appears (driver error messages may echo parts)."""
     text = str(text).replace(url, mask_url(url))
-    m = re.search(r"://[^:/@\s]*:(?P<pw>[^@\s]+)@", url)
-    if m and m.group("pw"):  # as a whole token only, so a short password does not garble ordinary words
-        text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(m.group('pw'))}(?![A-Za-z0-9])", "***", text)
+    parts = _split_userinfo(url)
+    if parts and parts[2]:  # as a whole token only, so a short password does not garble ordinary words
+        for secret in {parts[2], *parts[2].split("@")} - {""}:
+            text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(secret)}(?![A-Za-z0-9])", "***", text)
     return text
 
 
 def host_port(url: str) -> tuple[str | None, int | None, str]:
+    """(host, port, backend) of a storage URL; StorageError (URL masked) when it cannot be parsed, has an unescaped
+    '@' in its password, or names a dialect SQLAlchemy does not have (`postgres://`)."""
     from sqlalchemy.engine import make_url
 
+    example = "postgresql+psycopg2://user:PASSWORD@127.0.0.1:5432/tuner or sqlite:///tuner.db"
     try:
         u = make_url(url)
     except Exception:  # noqa: BLE001 - reported below with the masked URL
-        raise StorageError(
-            f"storage URL {mask_url(url)} cannot be parsed; write e.g. "
-            "postgresql+psycopg2://user:PASSWORD@127.0.0.1:5432/tuner or sqlite:///tuner.db"
-        ) from None
+        raise StorageError(f"storage URL {mask_url(url)} cannot be parsed; write e.g. {example}") from None
+    parts = _split_userinfo(url)
+    if parts is not None and "@" in parts[2]:
+        raise StorageError(f"storage URL {mask_url(url)}: the password contains '@'; write it URL-escaped (@ as %40)")
+    try:
+        u.get_dialect()
+    except Exception:  # noqa: BLE001 - NoSuchModuleError and driver import errors: both mean "use another URL"
+        scheme = u.drivername
+        fix = (
+            "use postgresql+psycopg2://"
+            if scheme.split("+")[0] in ("postgres", "postgresql", "psql", "pg")
+            else f"write e.g. {example}"
+        )
+        raise StorageError(f"storage URL {mask_url(url)}: unknown database dialect {scheme!r}; {fix}") from None
     backend = u.get_backend_name()
     default_port = {"postgresql": 5432, "mysql": 3306}.get(backend)
     return u.host, (u.port or default_port), backend

@@ -12,8 +12,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from model.config import (
     PRESETS,
     ConfigError,
@@ -21,7 +19,8 @@ from model.config import (
 )
 from model.dense_config import DenseConfig, dense_for
 from tuner.errors import SpecError
-from tuner.study.readers import did_you_mean, fmt_value, yaml_problem
+from tuner.study.readers import did_you_mean, fmt_value
+from tuner.study.sizes import check_sizes
 from tuner.study.space import SearchSpace, describe_param, holds, param_dict
 from tuner.study.space_reader import SpaceReader
 from tuner.study.spec import (
@@ -42,21 +41,24 @@ from tuner.study.spec import (
     preset_values,
     trial_trainable,
 )
+from tuner.study.yaml_input import YamlInputError, read_yaml
+
+MAX_NAME_CHARS = 512  # Optuna's study_name column (VARCHAR(512)): Postgres refuses longer names at insert time
+MAX_SEED = 2**32 - 1  # samplers seed numpy's RandomState, which takes 0 .. 2^32 - 1
 
 # --- loading -------------------------------------------------------------------------------------------------
 
 
 def load_spec(path: str | Path) -> StudySpec:
-    """Read and validate a study file (yaml.safe_load only). Raises SpecError `FILE: key: problem; fix`."""
+    """Read and validate a study file (tuner.study.yaml_input: safe, bounded, unique keys).
+    Raises SpecError `FILE: key: problem; fix`."""
     p = Path(path)
     if not p.is_file():
         raise SpecError(f"{p}: file not found; pass the path of a study YAML such as studies/quickstart.yaml")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise SpecError(f"{p}: {yaml_problem(exc)}; fix the syntax") from None
-    except UnicodeDecodeError:
-        raise SpecError(f"{p}: not UTF-8 text; save the study file as UTF-8") from None
+        data = read_yaml(p)  # bounded: size, nesting, aliases, integers; duplicate keys refused
+    except YamlInputError as exc:
+        raise SpecError(f"{p}: {exc}") from None
     return spec_from_dict(data, where=str(p), base_dir=p.resolve().parent, path=str(p))
 
 
@@ -90,6 +92,12 @@ class _Loader(SpaceReader):
                 "name",
                 f"{fmt_value(name)} is not a study name",
                 "use letters, digits, '_', '.' or '-', starting with a letter or digit",
+            )
+        if len(name) > MAX_NAME_CHARS:
+            raise self.fail(
+                "name",
+                f"{len(name)} characters; the storage keeps at most {MAX_NAME_CHARS}",
+                "use a shorter name",
             )
         objectives = self.objectives(top.get("objectives"))
         ceiling = float(self.number(top["vram_ceiling_gib"], "vram_ceiling_gib", low=0, strict_low=True))
@@ -190,7 +198,7 @@ class _Loader(SpaceReader):
         name = self.choice(m.get("name", "tpe"), "sampler.name", SAMPLERS)
         seed = m.get("seed")
         if seed is not None:
-            seed = self.number(seed, "sampler.seed", integer=True, low=0)
+            seed = self.number(seed, "sampler.seed", integer=True, low=0, high=MAX_SEED)  # numpy seeds are 32-bit
         opts: dict[str, Any] = {}
         for k, val in m.items():
             if k in ("name", "seed"):
@@ -214,6 +222,7 @@ class _Loader(SpaceReader):
                 raise self.fail(f"model.{k}", f"is set from {DERIVED_FIELDS[k]}", "remove it from model:")
         try:
             cfg = Phase1Config.from_dict({**m, "target_vram_gb": ceiling}, where="model")
+            check_sizes(cfg)
         except ConfigError as exc:
             raise self.config_error(
                 exc, "model." if not str(exc).startswith("model") else "", "fix the value under model:"
@@ -275,6 +284,8 @@ class _Loader(SpaceReader):
         for i, name in enumerate(v):
             key = f"enqueue_presets[{i}]"
             name = str(name) if isinstance(name, (int, str)) and not isinstance(name, bool) else name
+            if not isinstance(name, str):  # a list or mapping cannot be looked up (unhashable)
+                raise self.fail(key, f"{fmt_value(name)} is not a preset name", "write e.g. enqueue_presets: [8gb]")
             if name not in PRESETS:
                 raise self.fail(
                     key,

@@ -20,7 +20,8 @@ import yaml
 from model.config import PRESETS, ConfigError, Phase1Config
 from tuner.errors import PresetError
 from tuner.fileio import atomic_write_text
-from tuner.study.readers import yaml_problem
+from tuner.study.sizes import check_sizes
+from tuner.study.yaml_input import YamlInputError, read_yaml
 
 PROVENANCE_KEYS = ("study", "trial", "val_ppl", "peak_vram_gib", "device", "date", "version")
 
@@ -50,9 +51,11 @@ def write_preset(
     peak_vram_gib: float,
     device: str | None,
     date: str | None = None,
+    force: bool = True,
     **extra: Any,
 ) -> Path:
-    """Write a preset file (parent folders created); returns its path."""
+    """Write a preset file (parent folders created); returns its path. `force=False` refuses to replace an existing
+    file (OutputError), as `tuner export` does without --force."""
     from tuner import __version__
 
     provenance = {
@@ -65,9 +68,9 @@ def write_preset(
         "version": __version__,
         **extra,
     }
-    p = Path(path)
-    atomic_write_text(p, preset_text(config, provenance))  # a reader never sees half a file
-    return p
+    # atomic, and never onto a folder or device; an existing file only with force (tuner.fileio)
+    atomic_write_text(path, preset_text(config, provenance), force=force)
+    return Path(path)
 
 
 def load_preset(name_or_path: str | Path) -> Preset:
@@ -84,11 +87,9 @@ def load_preset(name_or_path: str | Path) -> Preset:
     if not p.is_file():
         raise PresetError(f"{p}: is not a file; pass a preset YAML file")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise PresetError(f"{p}: {yaml_problem(exc)}; fix the syntax or export the preset again") from None
-    except UnicodeDecodeError:
-        raise PresetError(f"{p}: not UTF-8 text; export the preset again") from None
+        data = read_yaml(p)  # bounded: size, nesting, aliases, integers; duplicate keys refused
+    except YamlInputError as exc:
+        raise PresetError(f"{p}: {exc.problem}; {exc.fix} or export the preset again") from None
     if not isinstance(data, Mapping):
         raise PresetError(f"{p}: expected a mapping with `config:` and `provenance:`; export the preset again")
     for key in data:
@@ -101,6 +102,7 @@ def load_preset(name_or_path: str | Path) -> Preset:
         raise PresetError(f"{p}: provenance: expected a mapping; remove it or export the preset again")
     try:
         config = Phase1Config.from_dict(data["config"], where="config")
+        check_sizes(config)
     except ConfigError as exc:
         msg = str(exc)
         raise PresetError(

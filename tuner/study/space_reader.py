@@ -20,6 +20,18 @@ from tuner.study.spec import DERIVED_FIELDS, PARAM_KEYS, trial_trainable
 
 _CORNER_LIMIT = 20_000  # corner combinations checked exhaustively; beyond it a seeded sample of this size
 
+GRID_LIMIT = 100_000  # grid points in all; each is a trial, and Optuna's GridSampler lists them in memory
+
+
+def grid_size(p: Param) -> int:
+    """Points of one parameter on the grid (counted without listing them)."""
+    if p.type == "categorical":
+        return len(p.choices)
+    if p.type == "int":
+        return (int(p.top) - int(p.lo)) // p.int_step + 1
+    return int(round((p.hi - p.lo) / float(p.step or 1.0))) + 1
+
+
 _KINDS: dict[str, Literal["int", "float", "categorical"]] = {
     "int": "int",
     "float": "float",
@@ -200,6 +212,7 @@ class SpaceReader(Readers):
         return list(done.values())
 
     def check_grid(self, space: SearchSpace) -> None:
+        total = 1
         for p in space.params:
             if p.when:
                 raise self.fail(
@@ -210,6 +223,13 @@ class SpaceReader(Readers):
             if p.type == "float" and p.step is None:
                 raise self.fail(
                     f"search_space.{p.name}", "a float without step has no grid", "add step:, or use sampler: tpe"
+                )
+            total *= grid_size(p)  # counted, never listed: a range over 0..3e8 must not be materialised here
+            if total > GRID_LIMIT:
+                raise self.fail(
+                    f"search_space.{p.name}",
+                    f"the grid has more than {GRID_LIMIT} points (up to here: {total:.3g})",
+                    "coarsen the steps or narrow the ranges, or use sampler: tpe",
                 )
 
     # impossible combinations ------------------------------------------------------------------------

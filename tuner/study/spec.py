@@ -14,6 +14,8 @@ from model.config import (
     Phase1Config,
 )
 from model.dense_config import DenseConfig
+from tuner.study.readers import did_you_mean
+from tuner.study.sizes import check_sizes
 from tuner.study.space import SearchSpace, holds
 
 METRICS = ("val_ppl", "peak_vram_gib", "params", "tokens_per_s")
@@ -122,7 +124,14 @@ class StudySpec:
         """Fixed model + sampled params -> validated Phase1Config (raises ConfigError)."""
         unknown = [k for k in params if k not in self.space]
         if unknown:
-            raise ConfigError(f"{unknown[0]}: not a parameter of study {self.name!r}'s search space")
+            k = unknown[0]
+            hint = (
+                f" (fixed under model: {k}: {self.model[k]!r})"
+                if k in self.model
+                else did_you_mean(k, self.space.names)
+            )
+            why = f"not a parameter of study {self.name!r}'s search space{hint}"
+            raise ConfigError(f"{k}: {why}; parameters: {', '.join(self.space.names) or 'none'}")
         return Phase1Config.from_dict({**self.model, **dict(params), "target_vram_gb": float(self.vram_ceiling_gib)})
 
     def preset_params(self, preset: str) -> dict[str, Any]:
@@ -164,4 +173,5 @@ def trial_trainable(cfg: Phase1Config) -> None:
     """Raise ConfigError when a trial could not train `cfg`. A trial trains an LNS config (lns_enabled: true) with LNS
     off, converts the trained model and evaluates the converted one (tuner.trial.runner), so LNS is allowed here;
     every other trainability rule of Phase1Config.check_trainable applies."""
+    check_sizes(cfg)  # before anything walks the sizes (the estimator at vocab_size 1e9 ran for minutes)
     cfg.replace(lns_enabled=False).check_trainable()

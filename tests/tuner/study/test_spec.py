@@ -188,6 +188,18 @@ BAD = [
     ("empty-file", "", "", "empty"),
     ("invalid-yaml", "name: [unclosed\n", "line", "invalid YAML"),
     ("python-tag", "name: !!python/object/apply:os.system ['true']\n", "", "invalid YAML"),
+    # issue 17 item 9: each of these was a traceback (TypeError, numpy's ValueError, MemoryError, a Postgres error)
+    ("preset-not-a-name", mutate(enqueue_presets=[["8gb"]]), "enqueue_presets[0]", "not a preset name"),
+    ("seed-over-32-bits", mutate(sampler__seed=2**32), "sampler.seed", "<= 4294967295"),
+    ("name-too-long", mutate(name="a" * 513), "name", "at most 512"),
+    (
+        "grid-too-large",
+        mutate(sampler={"name": "grid"}, search_space={"ffn_rank": {"type": "int", "low": 1, "high": 300_000_000}}),
+        "search_space.ffn_rank",
+        "more than 100000 points",
+    ),
+    ("huge-int", yaml.safe_dump(BASE).replace("n_trials: 4", "n_trials: " + "9" * 400), "line", "2^63"),
+    ("duplicate-key", yaml.safe_dump(BASE) + "name: second\n", "line", "key 'name' appears twice"),
 ]
 
 
