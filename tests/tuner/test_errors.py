@@ -1,5 +1,6 @@
 """tuner.errors: the user-facing error tree. Every TunerError (and the model's ConfigError and DataError) is printed
-by the CLI as one line and exits 2; anything else is a bug and keeps its traceback."""
+by the CLI as one line and exits 2; anything else is a bug: one line saying so and exit 1, its traceback with
+--debug."""
 
 from __future__ import annotations
 
@@ -36,7 +37,10 @@ def test_debug_keeps_the_traceback(monkeypatch):
         cli.main(["create", "study.yaml", "--debug"])
 
 
-def test_other_exceptions_are_bugs_not_user_errors(monkeypatch):
+def test_other_exceptions_are_bugs_not_user_errors(monkeypatch, capsys):
     _fake_command(monkeypatch, KeyError("internal"))
+    assert cli.main(["create", "study.yaml"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "internal error (KeyError: 'internal')" in err and "--debug" in err
     with pytest.raises(KeyError):
-        cli.main(["create", "study.yaml"])
+        cli.main(["create", "study.yaml", "--debug"])

@@ -38,8 +38,10 @@ def test_a_budget_below_the_front_names_the_smallest_peak(results_study, tmp_pat
 
 @pytest.mark.parametrize("bad", ["0", "-1"])
 def test_a_non_positive_budget_is_refused(results_study, tmp_path, capsys, bad):
-    code, _ = _export(results_study, tmp_path, bad)
-    assert code == 2 and f"--max-vram-gib: {float(bad)} must be > 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:  # refused by the parser, before the storage is opened
+        _export(results_study, tmp_path, bad)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and f"argument --max-vram-gib: {bad} is out of range (give a number > 0)" in err, err
 
 
 def test_a_study_without_val_ppl_cannot_export(tmp_path, capsys):
