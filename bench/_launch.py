@@ -346,6 +346,17 @@ def window_trials(run: dict[str, Any], study_name: str) -> dict[str, Any]:
         "lost_trials": lost,
         "max_trial_nvml_peak_gib": max(peaks, default=None),
         "median_gpu_busy_frac": busy[len(busy) // 2] if busy else None,
+        # where a trained trial's time goes: its whole duration in the worker, the child's run (trial_wall_s: from
+        # the request to the outcome), the trainer's share of it (gpu_busy_frac x duration)
+        "median_trial_s": _median([(t.datetime_complete - t.datetime_start).total_seconds() for t in trained]),
+        "median_child_run_s": _median([float(t.user_attrs.get("trial_wall_s") or 0.0) for t in trained]),
+        "median_busy_s": _median(
+            [
+                float(t.user_attrs.get("gpu_busy_frac") or 0.0)
+                * (t.datetime_complete - t.datetime_start).total_seconds()
+                for t in trained
+            ]
+        ),
         "trained_nvml_pid_unseen": sum(
             1
             for t in trained
@@ -353,3 +364,7 @@ def window_trials(run: dict[str, Any], study_name: str) -> dict[str, Any]:
         ),
         "workers_seen": len({t.user_attrs.get("worker") for t in trials if t.user_attrs.get("worker")}),
     }
+
+
+def _median(xs: list[float]) -> float | None:
+    return round(sorted(xs)[len(xs) // 2], 3) if xs else None
