@@ -5,6 +5,7 @@ without starting real workers."""
 from __future__ import annotations
 
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -92,3 +93,20 @@ def test_worker_lines_are_prefixed_with_their_slot_and_each_gets_a_status_file(t
         assert f"[{slot.label}] hello from {pid}" in lines
     assert len({s.status_path for s in launcher.slots}) == 2
     assert launcher.wall_s >= START_STAGGER_S  # the second worker started after the first
+
+
+def test_a_failing_display_never_blocks_a_worker():
+    def broken(line: str) -> None:
+        raise BrokenPipeError("stdout closed")
+
+    # 200 kB of output: more than a pipe holds, so an undrained pipe would block the worker
+    launcher = _ScriptedLauncher("import sys\nfor i in range(4000): print('x' * 50)", workers=1)
+    launcher.on_line = broken
+    codes: list[int] = []
+    runner = threading.Thread(target=lambda: codes.append(launcher.run(install_signal_handlers=False)), daemon=True)
+    runner.start()
+    runner.join(60)
+    if runner.is_alive():  # blocked: end the worker so the test fails instead of hanging
+        launcher.request_stop()
+        runner.join(40)
+    assert codes == [0] and launcher.slots[0].exit_codes == [0]
