@@ -204,6 +204,35 @@ def _worker_with_running_trial(storage: str, workers: list[int]) -> tuple[int, i
     return None
 
 
+_LAST_PIDS: set[int] = set()  # the processes the last window's sampler saw on a GPU
+
+
+def wait_gpus_idle(timeout_s: float = 30.0) -> float:
+    """Wait until none of the last window's processes holds a GPU any more (trial children exiting), at most
+    `timeout_s`; seconds waited. Returns at once without NVML or a last window."""
+    t0 = time.monotonic()
+    if not _LAST_PIDS:
+        return 0.0
+    try:
+        import pynvml
+
+        from tuner.vram.nvml import compute_processes
+
+        pynvml.nvmlInit()
+    except Exception:  # noqa: BLE001 - no NVML: nothing to wait for
+        return 0.0
+    try:
+        while time.monotonic() - t0 < timeout_s:
+            n = pynvml.nvmlDeviceGetCount()
+            listed = {p.pid for i in range(n) for p in compute_processes(pynvml.nvmlDeviceGetHandleByIndex(i))}
+            if not listed & _LAST_PIDS:
+                break
+            time.sleep(0.5)
+    finally:
+        pynvml.nvmlShutdown()
+    return time.monotonic() - t0
+
+
 def _launch_children(pid: int) -> list[int]:
     """The launch's worker processes (its direct children)."""
     import psutil
@@ -228,6 +257,7 @@ def run_window(
     kill_worker_at_s: SIGKILL one worker process this long after the start, once one of them runs a trial (launch
     must restart it, and the trial must be failed by the heartbeat and retried)."""
     workdir.mkdir(parents=True, exist_ok=True)
+    idle_wait_s = wait_gpus_idle()  # the packed plan reads free memory: the last window's children must be gone
     storage = f"sqlite:///{workdir / 'study.db'}"
     env = {
         **os.environ,
@@ -274,6 +304,8 @@ def run_window(
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
         stop_s = time.monotonic() - t_stop
+    _LAST_PIDS.clear()
+    _LAST_PIDS.update(nvml.pid_max_gib)
     text = log.read_text(errors="replace")
     return {
         "storage": storage,
@@ -283,6 +315,7 @@ def run_window(
         "exit_code": proc.returncode,
         "ended_before_window": ended_early,
         "stop_s": round(stop_s, 1),
+        "idle_wait_s": round(idle_wait_s, 1),
         "killed_worker_pid": killed,
         "killed_trial": killed_trial,
         "restarted": bool(re.search(r"restart \d+/\d+", text)),
@@ -346,6 +379,17 @@ def window_trials(run: dict[str, Any], study_name: str) -> dict[str, Any]:
         "lost_trials": lost,
         "max_trial_nvml_peak_gib": max(peaks, default=None),
         "median_gpu_busy_frac": busy[len(busy) // 2] if busy else None,
+        # where a trained trial's time goes: its whole duration in the worker, the child's run (trial_wall_s: from
+        # the request to the outcome), the trainer's share of it (gpu_busy_frac x duration)
+        "median_trial_s": _median([(t.datetime_complete - t.datetime_start).total_seconds() for t in trained]),
+        "median_child_run_s": _median([float(t.user_attrs.get("trial_wall_s") or 0.0) for t in trained]),
+        "median_busy_s": _median(
+            [
+                float(t.user_attrs.get("gpu_busy_frac") or 0.0)
+                * (t.datetime_complete - t.datetime_start).total_seconds()
+                for t in trained
+            ]
+        ),
         "trained_nvml_pid_unseen": sum(
             1
             for t in trained
@@ -353,3 +397,7 @@ def window_trials(run: dict[str, Any], study_name: str) -> dict[str, Any]:
         ),
         "workers_seen": len({t.user_attrs.get("worker") for t in trials if t.user_attrs.get("worker")}),
     }
+
+
+def _median(xs: list[float]) -> float | None:
+    return round(sorted(xs)[len(xs) // 2], 3) if xs else None

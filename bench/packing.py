@@ -106,8 +106,12 @@ def main() -> int:
         "trained_nvml_pid_unseen": packed["trained_nvml_pid_unseen"],
         "train_tokens": data["budget"]["train_tokens"],
         "train_tokens_overridden": not args.tiny,
-        "note": "train_tokens overridden by --train-tokens so a window holds several trials; counted: COMPLETE "
-        "trials that trained (not predicted_over_ceiling) completed inside each window",
+        "note": (
+            "CPU proof of the script (--tiny): not a GPU figure"
+            if args.tiny
+            else "train_tokens overridden by --train-tokens so a window holds several trials"
+        )
+        + "; counted: COMPLETE trials that trained (not predicted_over_ceiling) completed inside each window",
         "mps_line": mps_line,
         "data_prep_s": round(prep_s, 1),
         "command": " ".join(sys.argv),

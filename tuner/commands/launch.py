@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     from tuner.study.loader import load_spec
     from tuner.trial.launch_view import LaunchDisplay
     from tuner.trial.launcher import Launcher, parse_gpus
-    from tuner.trial.mps import MpsState, prepare_mps, stop_mps
+    from tuner.trial.mps import MpsState, cuda_probe, prepare_mps, stop_mps
     from tuner.trial.packing import REFERENCE_CEILING_ENV
     from tuner.vram.nvml import nvml_available
 
@@ -151,9 +151,13 @@ def run(args: argparse.Namespace) -> int:
             env[REFERENCE_CEILING_ENV] = f"{reference_gib:.3f}"
     several = gpus is not None and max(counts if isinstance(counts, list) else [counts]) > 1
     try:
-        mps = prepare_mps(args.mps) if several else MpsState("time-slicing", False, "one worker per GPU")
+        mps = MpsState("time-slicing", False, "one worker per GPU")
+        if several and gpus is not None:
+            first = gpus[0]
+            mps = prepare_mps(args.mps, probe=lambda: cuda_probe(first))
     except RuntimeError as e:
         raise TunerError(str(e)) from None
+    env.update(mps.env)
     launcher = Launcher(
         spec.name,
         url,

@@ -65,6 +65,13 @@ def child_main(conn: Connection, gpu: int | None, parent_pid: int, cpu_threads: 
                 conn.send({"type": "result", "outcome": outcome})
             except (OSError, BrokenPipeError):
                 return
+            # After the result, not before: the worker records the trial while this runs, and the next request
+            # is read only once the memory is released. A child that cannot clean up (a sticky CUDA error) ends
+            # here: the worker starts a fresh one for the next trial.
+            try:
+                state.release()
+            except Exception:  # noqa: BLE001 - see above
+                return
         # a late "stop" after the trial already ended is ignored
 
 
@@ -111,12 +118,12 @@ class _ChildState:
             out = self._run_trial(req, cache_dir)
         except BaseException as e:  # noqa: BLE001 - any failure becomes an outcome; the child stays up
             out = _error_outcome(e)
-        finally:
-            busy_s = 0.0 if self._busy_t0 is None else time.monotonic() - self._busy_t0
-            self._release()
+        busy_s = 0.0 if self._busy_t0 is None else time.monotonic() - self._busy_t0
         return {**out, "busy_s": busy_s}
 
-    def _release(self) -> None:
+    def release(self) -> None:
+        """Free what the last trial left (garbage, the allocator's cache, the peak counters); the caller runs it
+        after sending the result and before reading the next request."""
         import gc
 
         import torch

@@ -55,6 +55,7 @@ class LaunchSummary:
     rows: tuple[SlotSummary, ...]
     wall_s: float
     unattributed: int  # finished trials of this launch's time whose worker is no slot of it (another launch)
+    median_busy_frac: float | None = None  # the trained trials' gpu_busy_frac, median (None: none recorded)
 
     @property
     def trained(self) -> int:
@@ -76,6 +77,7 @@ class LaunchSummary:
             f"launch: {done} trials finished in {self.wall_s:.0f} s by {len(self.rows)} worker(s); "
             f"{self.trained} trained, {self.trained_per_hour:.1f} trained trials per hour"
             + (f"; {self.unattributed} finished by other workers" if self.unattributed else "")
+            + (f"; median gpu_busy_frac {self.median_busy_frac:.2f}" if self.median_busy_frac is not None else "")
         )
         return out
 
@@ -107,6 +109,7 @@ def summarize(
     by_pid = {pid: i for i, (_, pids, _) in enumerate(slots) for pid in pids}
     counts = [{"complete": 0, "pruned": 0, "failed": 0, "trained": 0} for _ in slots]
     unattributed = 0
+    busy: list[float] = []
     for t in trials:
         if not t.state.is_finished() or (since is not None and t.datetime_start and t.datetime_start < since):
             continue
@@ -118,8 +121,12 @@ def summarize(
         state = t.state.name
         c["complete" if state == "COMPLETE" else "pruned" if state == "PRUNED" else "failed"] += 1
         c["trained"] += int(is_trained(t))
+        frac = t.user_attrs.get("gpu_busy_frac")
+        if is_trained(t) and isinstance(frac, (int, float)):
+            busy.append(float(frac))
     rows = tuple(SlotSummary(label, restarts=restarts, **c) for (label, _, restarts), c in zip(slots, counts))
-    return LaunchSummary(rows=rows, wall_s=float(wall_s), unattributed=unattributed)
+    median = sorted(busy)[len(busy) // 2] if busy else None
+    return LaunchSummary(rows=rows, wall_s=float(wall_s), unattributed=unattributed, median_busy_frac=median)
 
 
 class LaunchDisplay:

@@ -158,13 +158,17 @@ class Launcher:
         log.info("launch: %s worker pid %d started", slot.label, slot.proc.pid)
 
     def _relay(self, label: str, stream: IO[bytes] | None) -> None:
-        """Pass a worker's output on, one line at a time, prefixed with its slot."""
+        """Pass a worker's output on, one line at a time, prefixed with its slot. The pipe is drained to its end
+        whatever happens to a line (launch's own stdout closed, say): a full pipe would block the worker."""
         if stream is None:
             return
         for raw in iter(stream.readline, b""):
             line = raw.decode(errors="replace").rstrip("\n")
             if line:
-                self.on_line(f"[{label}] {line}")
+                try:
+                    self.on_line(f"[{label}] {line}")
+                except Exception:  # noqa: BLE001 - a display failure must not stop the worker (see above)
+                    pass
         stream.close()
 
     def statuses(self) -> list[tuple[_Slot, object]]:

@@ -149,10 +149,13 @@ def cpu_workers_cap(n_gpus: int, cpu_count: int | None = None) -> int:
     return max(1, cores // max(1, n_gpus) // CORES_PER_WORKER)
 
 
-def largest_predicted_gib(spec: Any, calibration: Any = None, *, calibrated: bool | None = None) -> float | None:
+def largest_predicted_gib(
+    spec: Any, calibration: Any = None, *, calibrated: bool | None = None, floor_gib: float = CONTEXT_FLOOR_GIB
+) -> float | None:
     """The estimator's largest GPU peak (GiB, NVML per-process total) over the corners of `spec`'s search space
     (each numeric parameter at its ends, every choice of a categorical; inactive conditional parameters left out),
-    or None when the space has more than MAX_CORNERS corners or the estimate is off for the study."""
+    or None when the space has more than MAX_CORNERS corners or the estimate is off for the study. Without a
+    calibration the estimate has no outside part (context, kernels): `floor_gib` stands in for it."""
     if not spec.estimate.enabled:
         return None
     from model.config import ConfigError
@@ -177,4 +180,4 @@ def largest_predicted_gib(spec: Any, calibration: Any = None, *, calibrated: boo
             continue
         total = float(estimate(config, calibration, device="cuda", calibrated=calibrated).total_gib)
         best = total if best is None else max(best, total)
-    return best
+    return None if best is None else best + (floor_gib if calibration is None else 0.0)

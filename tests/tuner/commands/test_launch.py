@@ -73,7 +73,10 @@ def test_plan_per_gpu_from_each_cards_free_memory(monkeypatch):
     monkeypatch.setattr("tuner.trial.packing.cpu_workers_cap", lambda n, cpu_count=None: 64)
     spec = spec_from_dict(mutate(vram_ceiling_gib=8, baseline="dense"), check_paths=False)
     counts, reference, lines = plan_counts(spec, [0, 1], None)
-    predicted = largest_predicted_gib(spec)
+    from tuner.vram.calibration import choose_calibration
+
+    choice = choose_calibration(None, None)  # what launch picks here (a stored entry, borrowed, or none)
+    predicted = largest_predicted_gib(spec, choice.calibration, calibrated=choice.calibrated)
     assert predicted is not None and predicted < 8  # the tiny space: its prediction, not the ceiling, sizes it
     share = max(predicted, CONTEXT_FLOOR_GIB) * (1 + HEADROOM_FRACTION)
     assert reference == pytest.approx(2 * share)

@@ -13,8 +13,10 @@ from tuner.trial.worker_status import WorkerStatus
 State = optuna.trial.TrialState
 
 
-def _trial(number, state, worker, reason=None, start=None):
+def _trial(number, state, worker, reason=None, start=None, busy=None):
     attrs = {"worker": worker} if worker else {}
+    if busy is not None:
+        attrs["gpu_busy_frac"] = busy
     if reason:
         attrs["end_reason"] = reason
     t = optuna.trial.create_trial(
@@ -42,10 +44,10 @@ def test_worker_lines():
 
 def test_summary_by_slot_counts_trained_and_restarts():
     trials = [
-        _trial(0, State.COMPLETE, "h:10:gpu0", "complete"),
-        _trial(1, State.COMPLETE, "h:10:gpu0", "predicted_over_ceiling"),
+        _trial(0, State.COMPLETE, "h:10:gpu0", "complete", busy=0.9),
+        _trial(1, State.COMPLETE, "h:10:gpu0", "predicted_over_ceiling", busy=0.0),
         _trial(2, State.FAIL, "h:10:gpu0", "worker_lost"),
-        _trial(3, State.COMPLETE, "h:11:gpu0", "vram_ceiling"),  # the restarted process of slot w0
+        _trial(3, State.COMPLETE, "h:11:gpu0", "vram_ceiling", busy=0.7),  # the restarted process of slot w0
         _trial(4, State.PRUNED, "h:20:gpu0", "learning_curve"),
         _trial(5, State.COMPLETE, "h:99", "complete"),  # another launch's worker
     ]
@@ -58,8 +60,9 @@ def test_summary_by_slot_counts_trained_and_restarts():
     assert lines[0] == "w0 gpu0: complete 3 (trained 2), pruned 0, failed 1, restarts 1"
     assert lines[-1] == (
         "launch: 5 trials finished in 1800 s by 2 worker(s); 2 trained, 4.0 trained trials per hour; "
-        "1 finished by other workers"
+        "1 finished by other workers; median gpu_busy_frac 0.90"
     )
+    assert s.median_busy_frac == 0.9  # of the trained trials only (the refused one's 0.0 left out)
 
 
 def test_summary_leaves_out_trials_of_an_earlier_launch():

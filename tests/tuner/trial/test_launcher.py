@@ -5,12 +5,14 @@ without starting real workers."""
 from __future__ import annotations
 
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
 from tuner.errors import TunerError
-from tuner.trial.launcher import Launcher, _Slot, parse_gpus
+from tuner.trial.launcher import START_STAGGER_S, Launcher, _Slot, parse_gpus
+from tuner.trial.worker_status import STATUS_ENV
 
 
 class _ScriptedLauncher(Launcher):
@@ -66,3 +68,45 @@ def test_workers_get_the_storage_url_in_their_environment(tmp_path: Path):
     script = f"import os, pathlib; pathlib.Path({str(out)!r}).write_text(os.environ['TUNER_STORAGE'])"
     assert _ScriptedLauncher(script, workers=1).run(install_signal_handlers=False) == 0
     assert out.read_text() == "postgresql+psycopg2://u:secret@127.0.0.1/db"
+
+
+def test_per_gpu_slots_labels_and_counts():
+    launcher = Launcher("unit", "sqlite:///x.db", gpus=[0, 1], per_gpu=[2, 1])
+    assert [s.label for s in launcher.slots] == ["w0 gpu0", "w1 gpu0", "w2 gpu1"]
+    assert [s.label for s in Launcher("unit", "sqlite:///x.db", workers=1, per_gpu=2).slots] == ["w0", "w1"]
+    for bad in ([2], [1, 0]):
+        with pytest.raises(TunerError, match="--per-gpu"):
+            Launcher("unit", "sqlite:///x.db", gpus=[0, 1], per_gpu=bad)
+
+
+def test_worker_lines_are_prefixed_with_their_slot_and_each_gets_a_status_file(tmp_path: Path):
+    lines: list[str] = []
+    script = (
+        "import os, pathlib; print('hello from', os.getpid(), flush=True); "
+        f"pathlib.Path(os.environ['{STATUS_ENV}']).write_text('{{}}')"
+    )
+    launcher = _ScriptedLauncher(script, workers=1, per_gpu=2)
+    launcher.on_line = lines.append
+    assert launcher.run(install_signal_handlers=False) == 0
+    for slot in launcher.slots:
+        (pid,) = slot.pids
+        assert f"[{slot.label}] hello from {pid}" in lines
+    assert len({s.status_path for s in launcher.slots}) == 2
+    assert launcher.wall_s >= START_STAGGER_S  # the second worker started after the first
+
+
+def test_a_failing_display_never_blocks_a_worker():
+    def broken(line: str) -> None:
+        raise BrokenPipeError("stdout closed")
+
+    # 200 kB of output: more than a pipe holds, so an undrained pipe would block the worker
+    launcher = _ScriptedLauncher("import sys\nfor i in range(4000): print('x' * 50)", workers=1)
+    launcher.on_line = broken
+    codes: list[int] = []
+    runner = threading.Thread(target=lambda: codes.append(launcher.run(install_signal_handlers=False)), daemon=True)
+    runner.start()
+    runner.join(60)
+    if runner.is_alive():  # blocked: end the worker so the test fails instead of hanging
+        launcher.request_stop()
+        runner.join(40)
+    assert codes == [0] and launcher.slots[0].exit_codes == [0]
