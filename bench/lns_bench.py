@@ -15,6 +15,10 @@ Usage: python bench/lns_bench.py --out DIR [--baseline PATH]          (GPU; writ
                                                                        M = 4096 / 8192 and M = 1, 16, 64)
        python bench/lns_bench.py --tiny [--out DIR]   (smoke check; on CPU it runs the Triton interpreter and its
                                                        timings are perf_counter medians, not performance figures)
+       python bench/lns_bench.py --small-m --out DIR   (GPU, < 3 min: every `lns_matmul` variant against torch fp16
+                                                       at M = 1, 16, 64 and 4096, K = N = 4096, 8-bit codes; writes
+                                                       DIR/lns_small_m.json; with --tiny it runs on CPU through the
+                                                       interpreter: a check of the script, no timings)
 `lns_rows` is also imported by bench/kernel_bench.py, which files the list under "lns" of kernels.json.
 """
 
@@ -172,6 +176,72 @@ def bench_lns(device, *, shapes=None, blocks=None, bits_list=(8, 16), seed: int 
     return rows
 
 
+# --small-m: (M, K, N) and which variants run where (gemv decodes the codes once per row: M <= 64 only).
+SMALL_M_BENCH_SHAPES = [(1, 4096, 4096), (16, 4096, 4096), (64, 4096, 4096), (4096, 4096, 4096)]
+SMALL_M_TINY_SHAPES = [(1, 160, 40), (16, 160, 40), (33, 96, 24)]
+GEMV_MAX_M = 64
+
+
+def small_m_configs(m: int) -> list[tuple[str, tuple[int, int, int]]]:
+    """(variant, tiles) rows for M: the tiled kernels with the default tiles and, at M <= 64, skinny tiles
+    (BLOCK_M = 16/32/64 >= M, narrow N, deep K); the small-M variants use their own tiles (the default is passed)."""
+    from kernels.lns import VARIANTS
+    from kernels.lns_small import skinny_block_m
+
+    default = (128, 128, 32)
+    rows: list[tuple[str, tuple[int, int, int]]] = [("tiled", default), ("tiled_bits", default)]
+    if m <= 64:
+        bm = skinny_block_m(m)
+        rows += [(v, (bm, n, k)) for v in ("tiled", "tiled_bits") for n, k in ((64, 64), (32, 128))]
+    rows += [(v, default) for v in VARIANTS if v not in ("tiled", "tiled_bits") and (v != "gemv" or m <= GEMV_MAX_M)]
+    return rows
+
+
+def bench_small_m(device, *, tiny: bool = False, seed: int = 0) -> list[dict]:
+    """One row per (shape, variant, tiles): checked against `lns_matmul_ref` (RuntimeError, no figure, if a variant
+    disagrees or is not repeatable), then timed beside `torch.matmul` fp16 on the pre-decoded weight."""
+    import torch
+
+    from kernels.lns import lns_decode, lns_encode, lns_matmul, lns_matmul_ref
+    from kernels.lns_small import SMALL_M_VARIANTS, small_m_tiles
+
+    device = torch.device(device)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    rows = []
+    for M, K, N in SMALL_M_TINY_SHAPES if tiny else SMALL_M_BENCH_SHAPES:
+        x = torch.randn(M, K, generator=gen).to(device=device, dtype=torch.float16)
+        lw = lns_encode((torch.randn(N, K, generator=gen) * 0.02).to(device), 8)
+        w16 = lns_decode(lw, torch.float16)
+        ref = lns_matmul_ref(x, lw).double()
+        torch_ms = _time_ms(functools.partial(torch.matmul, x, w16.t()), device, quick=True)
+        moved = lw.nbytes() + x.numel() * 2 + M * N * 2  # bytes the LNS kernel must read and write at least
+        for variant, (bm, bn, bk) in small_m_configs(M):
+            fn = functools.partial(lns_matmul, x, lw, bm, bn, bk, backend="triton", variant=variant)
+            y = fn()
+            check = ((y.double() - ref).norm() / ref.norm()).item()
+            if not check <= CHECK_TOL:
+                raise RuntimeError(
+                    f"variant {variant} tiles ({bm}, {bn}, {bk}) disagrees with lns_matmul_ref at M={M} K={K} N={N}: "
+                    f"relative error {check:.3e} > {CHECK_TOL:.0e}; not reporting"
+                )
+            ms = _time_ms(fn, device, quick=True)
+            slices = 1
+            if variant in SMALL_M_VARIANTS:  # these launch with their own tiles: record those
+                bm, bn, bk, slices = small_m_tiles(variant, M, N, K)
+            if not all(torch.equal(fn(), y) for _ in range(REPEAT_CHECK)):
+                raise RuntimeError(f"variant {variant} is not repeatable at M={M} K={K} N={N}; not reporting")
+            rows.append({
+                "variant": variant, "M": M, "K": K, "N": N, "ms": ms[0], "torch_fp16_ms": torch_ms[0],
+                "speedup_vs_torch_fp16": torch_ms[0] / ms[0], "gbps": moved / (ms[0] * 1e-3) / 1e9,
+                "block_m": bm, "block_n": bn, "block_k": bk, "k_slices": slices, "ms_p20": ms[1], "ms_p80": ms[2],
+                "bits": 8, "x_dtype": "float16", "check_rel_err_vs_ref": check, "timer": ms[3],
+            })
+            print(f"M={M:5d} {variant:14s} tiles {bm:3d}/{bn:3d}/{bk:3d}: {ms[0] * 1e3:9.1f} us, torch "
+                  f"{torch_ms[0] * 1e3:9.1f} us, x{torch_ms[0] / ms[0]:.3f}", file=sys.stderr, flush=True)
+        del x, lw, w16, ref
+    return rows
+
+
 def lns_rows(device, *, tiny: bool = False, quick: bool = False, baseline_path: str | None = None) -> list[dict]:
     """The rows of one mode (tiny, quick or full), with an older module's rows when `baseline_path` is given."""
     baseline = load_baseline(baseline_path) if baseline_path else None
@@ -189,11 +259,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tiny", action="store_true", help="tiny shapes and tiles: a smoke check (runs on CPU)")
     p.add_argument("--quick", action="store_true",
                    help="8-bit codes, default tiles, shapes M = 4096, 8192 and 1, 16, 64; fewer repetitions")
+    p.add_argument("--small-m", action="store_true",
+                   help="every lns_matmul variant at M = 1, 16, 64 (and 4096), K = N = 4096: DIR/lns_small_m.json")
     p.add_argument("--baseline", metavar="PATH",
                    help="an older kernels/lns.py to run beside this one (rows with impl 'old')")
     args = p.parse_args(argv)
     if args.tiny and args.quick:
         p.error("--tiny and --quick exclude each other")
+    if args.small_m and (args.quick or args.baseline):
+        p.error("--small-m runs its own shapes and this tree's variants: leave out --quick and --baseline")
     import torch
 
     cuda = torch.cuda.is_available()
@@ -206,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
 
     device = torch.device("cuda" if cuda else "cpu")
     t0 = time.perf_counter()
+    if args.small_m:
+        return _small_m_main(args, device, cuda, t0)
     rows = lns_rows(device, tiny=args.tiny, quick=args.quick, baseline_path=args.baseline)
     result = {
         "device": rows[0]["device"] if rows else str(device), "torch": torch.__version__,
@@ -218,6 +294,26 @@ def main(argv: list[str] | None = None) -> int:
         os.makedirs(args.out, exist_ok=True)
         with open(os.path.join(args.out, "lns_bench.json"), "w") as fh:
             fh.write(text + "\n")
+    return 0
+
+
+def _small_m_main(args, device, cuda: bool, t0: float) -> int:
+    import triton
+
+    from bench._common import device_header, write_json
+
+    rows = bench_small_m(device, tiny=args.tiny)
+    result = {
+        **device_header(), "triton": triton.__version__, "tiny": args.tiny, "interpreter": not cuda,
+        "note": "CPU Triton interpreter: a check of the script, the figures are not timings" if not cuda else
+        "ms: triton.testing.do_bench median (L2 flushed); gbps: (codes + offsets + x + y bytes) / ms",
+        "bench_wall_s": time.perf_counter() - t0, "rows": rows,
+    }
+    print(json.dumps(result, indent=2))
+    if args.out:
+        from pathlib import Path
+
+        write_json(Path(args.out) / "lns_small_m.json", result)
     return 0
 
 

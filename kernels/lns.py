@@ -51,12 +51,15 @@ __all__ = [
     "lns_logadd_matmul_ref",
     "relative_error_bound",
     "validate_block_sizes",
+    "VARIANTS",
 ]
 
 # Fractional bits of the fixed-point log per code width; the module docstring says why these.
 DEFAULT_FRAC_BITS: dict[int, int] = {8: 4, 16: 11}
 _CODE_DTYPE = {8: torch.int8, 16: torch.int16}
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# lns_matmul's kernel variants; "tiled" is the default until the small-M ones are measured (docs/lns_kernel.md).
+VARIANTS = ("tiled", "tiled_bits", "skinny", "skinny_splitk", "gemv")
 
 
 @dataclass
@@ -205,10 +208,13 @@ def lns_logadd_matmul_ref(x: torch.Tensor, weight: LNSWeight, acc_frac_bits: int
 # --- Triton launcher (the kernel is in kernels/lns_triton.py) ----------------------------------------------------
 
 if triton is not None:
+    from kernels.lns_bits import bits_decode_supported
     from kernels.lns_launch import check_int32_extents, launch_config, max_shared_bytes
+    from kernels.lns_small import SMALL_M_VARIANTS, lns_matmul_small
     from kernels.lns_triton import INTERPRETED as _INTERPRETED
     from kernels.lns_triton import _lns_matmul_kernel
 else:
+    SMALL_M_VARIANTS = ("skinny", "skinny_splitk", "gemv")
     _INTERPRETED = False
 
 
@@ -220,7 +226,13 @@ def validate_block_sizes(block_m: int, block_n: int, block_k: int) -> None:
 
 
 def _lns_matmul_triton(
-    x: torch.Tensor, weight: LNSWeight, bias: torch.Tensor | None, block_m: int, block_n: int, block_k: int
+    x: torch.Tensor,
+    weight: LNSWeight,
+    bias: torch.Tensor | None,
+    block_m: int,
+    block_n: int,
+    block_k: int,
+    bits_decode: bool = False,
 ) -> torch.Tensor:
     M, K = x.shape
     N = weight.codes.shape[0]
@@ -265,6 +277,7 @@ def _lns_matmul_triton(
             GROUP_M=8,
             TF32=x.dtype == torch.float32,
             INTERPRET=_interpreter_on(),
+            BITS=bits_decode,
             num_warps=num_warps,
             num_stages=num_stages,
         )
@@ -288,6 +301,7 @@ def lns_matmul(
     backend: Literal["auto", "triton", "torch"] = "auto",
     *,
     bias: torch.Tensor | None = None,
+    variant: str = "tiled",
 ) -> torch.Tensor:
     """`y [M, N] = x [M, K] @ decode(weight) [N, K]^T (+ bias [N])`, output in x's dtype, fp32 accumulation.
 
@@ -296,8 +310,14 @@ def lns_matmul(
     backend: "triton" (on CPU only under TRITON_INTERPRET=1), "torch" (`lns_matmul_ref`), "auto" = triton iff x is
     on CUDA. Inference only: there is no backward, so an input that would need a gradient raises ValueError.
     Dot precision: fp16/bf16 x -> the decoded tile is rounded to x's dtype; fp32 x -> fp32 tile, tf32 tensor cores.
+    variant (Triton backend; VARIANTS): "tiled" (the tiled kernel with block_m/n/k, every M), "tiled_bits" (the
+    same with the bit-construction decode of kernels/lns_bits.py; 8-bit codes with f = 4 only), or a small-M kernel
+    of kernels/lns_small.py with its own tiles: "skinny", "skinny_splitk", "gemv" (bit-construction decode where
+    the format allows it, else exp2). All compute the same sums to fp32 rounding (docs/lns_kernel.md).
     """
     validate_block_sizes(block_m, block_n, block_k)
+    if variant not in VARIANTS:
+        raise ValueError(f"variant: {variant!r} is not supported (allowed: {', '.join(map(repr, VARIANTS))})")
     if backend not in ("auto", "triton", "torch"):
         raise ValueError(f"backend: {backend!r} is not supported (allowed: 'auto', 'triton', 'torch')")
     if not isinstance(weight, LNSWeight):
@@ -341,7 +361,22 @@ def lns_matmul(
             f"backend: 'triton' on {x.device} needs TRITON_INTERPRET=1 (set before importing triton); "
             "or use backend='torch' / 'auto'"
         )
-    return _lns_matmul_triton(x, weight, bias, block_m, block_n, block_k)
+    if variant in SMALL_M_VARIANTS:
+        check_int32_extents(
+            **{
+                "x": x.stride(0) * max(x.shape[0] - 1, 0) + x.stride(1) * (K - 1),
+                "split-K workspace [slices, M, N]": x.shape[0] * N * max(1, K // 128),
+                "weight": weight.codes.stride(0) * (N - 1) + weight.codes.stride(1) * (K - 1),
+            }
+        )
+        return lns_matmul_small(variant, x, weight, bias, _interpreter_on())
+    bits_decode = variant == "tiled_bits"
+    if bits_decode and not bits_decode_supported(weight.bits, weight.frac_bits):
+        raise ValueError(
+            f"variant: 'tiled_bits' decodes 8-bit codes with 4 fractional bits only, not {weight.bits}-bit codes "
+            f"with {weight.frac_bits}; use variant='tiled'"
+        )
+    return _lns_matmul_triton(x, weight, bias, block_m, block_n, block_k, bits_decode)
 
 
 def _interpreter_on() -> bool:

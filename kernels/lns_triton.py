@@ -30,6 +30,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from kernels.lns_bits import decode_bits
+
 
 @triton.jit
 def _to_dtype(v, dtype: tl.constexpr, INTERPRET: tl.constexpr):
@@ -93,9 +95,16 @@ def _decode_codes_8bit(ct, inv_step, Q: tl.constexpr, dtype: tl.constexpr, INTER
 
 
 @triton.jit
-def _decode_tile(ct, inv_step, Q: tl.constexpr, dtype: tl.constexpr, INTERPRET: tl.constexpr):
-    """Integer codes -> the dot operand in `dtype` (fp32 for the tf32 dot, else fp16/bf16), normalised."""
-    if dtype == tl.float32:
+def _decode_tile(
+    ct, inv_step, Q: tl.constexpr, dtype: tl.constexpr, INTERPRET: tl.constexpr, BITS: tl.constexpr = False
+):
+    """Integer codes -> the dot operand in `dtype` (fp32 for the tf32 dot, else fp16/bf16), normalised.
+
+    BITS: the bit-construction decode of kernels/lns_bits.py (8-bit codes with f = 4 only; the launcher checks).
+    """
+    if BITS:
+        return decode_bits(ct, dtype)
+    elif dtype == tl.float32:
         return _decode_codes(ct, inv_step, Q)
     elif Q <= 127:
         return _decode_codes_8bit(ct, inv_step, Q, dtype, INTERPRET)
@@ -118,6 +127,7 @@ def _lns_tile_step(
     Q: tl.constexpr,
     TF32: tl.constexpr,
     INTERPRET: tl.constexpr,
+    BITS: tl.constexpr = False,
 ):
     """One K step: load an x tile [BM, BK] and a code tile [BK, BN], decode the codes, acc += x @ w^T."""
     xt = tl.load(x_ptrs, mask=(rm[:, None] < M) & (rk[None, :] < k_left), other=0.0)
@@ -125,7 +135,7 @@ def _lns_tile_step(
     ct = tl.load(c_ptrs, mask=(rk[:, None] < k_left) & (rn[None, :] < N), other=0)
     # Normalised: the channel scale is applied once, after the K loop. fp16/bf16 x: the decoded tile is rounded to
     # x's dtype; fp32 x: it stays fp32 for the tf32 dot.
-    wt = _decode_tile(ct, inv_step, Q, xt.dtype, INTERPRET)
+    wt = _decode_tile(ct, inv_step, Q, xt.dtype, INTERPRET, BITS)
     if TF32:
         acc += tl.dot(xt, wt, input_precision="tf32")
     else:
@@ -157,6 +167,7 @@ def _lns_k_loop(
     BLOCK_K: tl.constexpr,
     TF32: tl.constexpr,
     INTERPRET: tl.constexpr,
+    BITS: tl.constexpr = False,
 ):
     """acc += x[rm, :] @ w[rn, :]^T over all K, BLOCK_K columns per step; the pointers start at column 0."""
     if INTERPRET:
@@ -165,13 +176,13 @@ def _lns_k_loop(
         # loop, which Triton software-pipelines (num_stages) and a while loop would not be.
         k0 = 0
         while k0 < K:
-            acc = _lns_tile_step(acc, x_ptrs, c_ptrs, rm, rn, rk, M, N, K - k0, inv_step, Q, TF32, INTERPRET)
+            acc = _lns_tile_step(acc, x_ptrs, c_ptrs, rm, rn, rk, M, N, K - k0, inv_step, Q, TF32, INTERPRET, BITS)
             x_ptrs += BLOCK_K * stride_xk
             c_ptrs += BLOCK_K * stride_ck
             k0 += BLOCK_K
     else:
         for k0 in range(0, K, BLOCK_K):
-            acc = _lns_tile_step(acc, x_ptrs, c_ptrs, rm, rn, rk, M, N, K - k0, inv_step, Q, TF32, INTERPRET)
+            acc = _lns_tile_step(acc, x_ptrs, c_ptrs, rm, rn, rk, M, N, K - k0, inv_step, Q, TF32, INTERPRET, BITS)
             x_ptrs += BLOCK_K * stride_xk
             c_ptrs += BLOCK_K * stride_ck
     return acc
@@ -232,6 +243,7 @@ def _lns_matmul_kernel(
     GROUP_M: tl.constexpr,
     TF32: tl.constexpr,
     INTERPRET: tl.constexpr,
+    BITS: tl.constexpr = False,  # bit-construction decode (kernels/lns_bits.py) instead of exp2
 ):
     """Tiled kernel: program `pid` computes one [BLOCK_M, BLOCK_N] tile of y over all of K."""
     # Grouped tile order: GROUP_M row-tiles share each column of code tiles while it is in L2.
@@ -251,7 +263,7 @@ def _lns_matmul_kernel(
     c_ptrs = c_ptr + rn[None, :] * stride_cn + rk[:, None] * stride_ck  # [BK, BN]: w^T tile
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc = _lns_k_loop(
-        acc, x_ptrs, c_ptrs, rm, rn, rk, M, N, K, stride_xk, stride_ck, inv_step, Q, BLOCK_K, TF32, INTERPRET
+        acc, x_ptrs, c_ptrs, rm, rn, rk, M, N, K, stride_xk, stride_ck, inv_step, Q, BLOCK_K, TF32, INTERPRET, BITS
     )
     _lns_store_output(acc, o_ptr, b_ptr, y_ptr, rm, rn, M, N, stride_ym, stride_yn, inv_step, HAS_BIAS, INTERPRET)
 

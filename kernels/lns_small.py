@@ -1,0 +1,277 @@
+"""Small-M LNS matmul kernels (M = 1..64, decode-like batches) and their launchers; selected through
+`lns_matmul(..., variant=...)` in kernels/lns.py, which validates the inputs first.
+
+Why separate kernels: the tiled kernel with its default 128 x 128 tiles runs only cdiv(N, 128) programs at M <= 128
+(32 for N = 4096: a quarter of an H100's 132 SMs) and each decodes its codes with exp2. These variants spread the
+codes over every SM and decode them by bit construction (kernels/lns_bits.py) when the format allows it:
+  * "skinny": tensor cores, one row tile covering M (BLOCK_M = 16/32/64), narrow column tiles (BLOCK_N = 32) so
+    that N = 4096 gives 128 programs, each streaming all of K.
+  * "skinny_splitk": the same with BLOCK_N = 64 and K split into slices until there are >= 2 programs per SM; fp32
+    partial tiles go to a workspace and a second kernel sums them in slice order (deterministic), then applies the
+    channel scale and bias.
+  * "gemv": no tensor cores: one program per (row, 8 output channels), codes decoded straight to fp32 and summed
+    with FMAs (fp32 accumulate), for M = 1..few; each row decodes the codes again, so it is for M <= 4.
+Every variant computes the same sums as the tiled kernel (decoded magnitudes exactly as rounded there; fp32
+accumulation; channel scale after the K loop), so the tolerances of tests/kernels/test_lns.py apply unchanged.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from kernels.lns_bits import decode_bits
+from kernels.lns_triton import _decode_codes, _lns_store_output, _lns_tile_step, _to_dtype
+
+SMALL_M_VARIANTS = ("skinny", "skinny_splitk", "gemv")
+SKINNY_BLOCK_N = 32
+SPLITK_BLOCK_N = 64
+SKINNY_BLOCK_K = 128
+GEMV_BLOCK_N = 8
+GEMV_BLOCK_K = 512
+TARGET_PROGRAMS = 264  # split-K: at least 2 programs per SM of an H100 (132 SMs)
+
+
+def skinny_block_m(m: int) -> int:
+    """The row tile of the skinny kernels: the power of two >= M, in 16..64 (tl.dot needs >= 16)."""
+    return min(64, max(16, 1 << max(0, m - 1).bit_length()))
+
+
+def split_k_slices(m: int, n: int, k: int, block_n: int, block_k: int) -> tuple[int, int]:
+    """(slices, K per slice): enough slices for TARGET_PROGRAMS programs, each slice a multiple of block_k."""
+    tiles = triton.cdiv(m, skinny_block_m(m)) * triton.cdiv(n, block_n)
+    k_steps = triton.cdiv(k, block_k)
+    slices = max(1, min(k_steps, triton.cdiv(TARGET_PROGRAMS, tiles)))
+    per = triton.cdiv(k_steps, slices) * block_k
+    return triton.cdiv(k, per), per
+
+
+def small_m_tiles(variant: str, m: int, n: int, k: int) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, BLOCK_K, K slices) a small-M variant launches with (gemv: BLOCK_M = 1 row a program)."""
+    if variant == "gemv":
+        return 1, GEMV_BLOCK_N, GEMV_BLOCK_K, 1
+    if variant == "skinny":
+        return skinny_block_m(m), SKINNY_BLOCK_N, SKINNY_BLOCK_K, 1
+    if variant == "skinny_splitk":
+        return (
+            skinny_block_m(m),
+            SPLITK_BLOCK_N,
+            SKINNY_BLOCK_K,
+            split_k_slices(m, n, k, SPLITK_BLOCK_N, SKINNY_BLOCK_K)[0],
+        )
+    raise ValueError(f"variant: {variant!r} is not a small-M variant (allowed: {', '.join(SMALL_M_VARIANTS)})")
+
+
+@triton.jit
+def _lns_skinny_kernel(
+    x_ptr,
+    c_ptr,
+    o_ptr,
+    b_ptr,
+    y_ptr,
+    ws_ptr,
+    M,
+    N,
+    K,
+    K_SLICE,
+    stride_xm,
+    stride_xk,
+    stride_cn,
+    stride_ck,
+    stride_ym,
+    stride_yn,
+    inv_step,
+    Q: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    SPLIT: tl.constexpr,
+    BITS: tl.constexpr,
+    TF32: tl.constexpr,
+    INTERPRET: tl.constexpr,
+):
+    """Program (tile, slice): acc = x[rm, K slice] @ w[rn, K slice]^T. SPLIT: write the fp32 partial tile to
+    ws [slices, M, N]; else the epilogue (scale, bias, cast) stores y directly."""
+    pid = tl.program_id(0)
+    num_n = tl.cdiv(N, BLOCK_N)
+    pid_m = pid // num_n
+    pid_n = pid % num_n
+    pid_k = tl.program_id(1)
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    k_start = pid_k * K_SLICE
+    k_end = tl.minimum(K, k_start + K_SLICE)
+    x_ptrs = x_ptr + rm[:, None] * stride_xm + (k_start + rk)[None, :] * stride_xk
+    c_ptrs = c_ptr + rn[None, :] * stride_cn + (k_start + rk)[:, None] * stride_ck
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    if INTERPRET:  # the interpreter cannot take runtime `range` bounds (see kernels/lns_triton.py `_lns_k_loop`)
+        k0 = k_start
+        while k0 < k_end:
+            acc = _lns_tile_step(acc, x_ptrs, c_ptrs, rm, rn, rk, M, N, k_end - k0, inv_step, Q, TF32, INTERPRET, BITS)
+            x_ptrs += BLOCK_K * stride_xk
+            c_ptrs += BLOCK_K * stride_ck
+            k0 += BLOCK_K
+    else:
+        for k0 in range(k_start, k_end, BLOCK_K):
+            acc = _lns_tile_step(acc, x_ptrs, c_ptrs, rm, rn, rk, M, N, k_end - k0, inv_step, Q, TF32, INTERPRET, BITS)
+            x_ptrs += BLOCK_K * stride_xk
+            c_ptrs += BLOCK_K * stride_ck
+    if SPLIT:
+        ws_ptrs = ws_ptr + pid_k * M * N + rm[:, None] * N + rn[None, :]
+        tl.store(ws_ptrs, acc, mask=(rm[:, None] < M) & (rn[None, :] < N))
+    else:
+        _lns_store_output(acc, o_ptr, b_ptr, y_ptr, rm, rn, M, N, stride_ym, stride_yn, inv_step, HAS_BIAS, INTERPRET)
+
+
+@triton.jit
+def _lns_splitk_reduce_kernel(
+    ws_ptr,
+    o_ptr,
+    b_ptr,
+    y_ptr,
+    M,
+    N,
+    SLICES,
+    stride_ym,
+    stride_yn,
+    inv_step,
+    HAS_BIAS: tl.constexpr,
+    BLOCK: tl.constexpr,
+    INTERPRET: tl.constexpr,
+):
+    """y[m, n] = (sum over slices s = 0, 1, ... of ws[s, m, n]) * 2^(o[n] / 2^f) (+ bias[n]): fixed order."""
+    idx = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = idx < M * N
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    s = 0
+    while s < SLICES:
+        acc += tl.load(ws_ptr + s * M * N + idx, mask=ok, other=0.0)
+        s += 1
+    rn = idx % N
+    rm = idx // N
+    acc = acc * tl.exp2(tl.load(o_ptr + rn, mask=ok, other=0).to(tl.float32) * inv_step)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + rn, mask=ok, other=0.0).to(tl.float32)
+    tl.store(y_ptr + rm * stride_ym + rn * stride_yn, _to_dtype(acc, y_ptr.dtype.element_ty, INTERPRET), mask=ok)
+
+
+@triton.jit
+def _lns_gemv_kernel(
+    x_ptr,
+    c_ptr,
+    o_ptr,
+    b_ptr,
+    y_ptr,
+    N,
+    K,
+    stride_xm,
+    stride_xk,
+    stride_cn,
+    stride_ck,
+    stride_ym,
+    stride_yn,
+    inv_step,
+    Q: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BITS: tl.constexpr,
+    INTERPRET: tl.constexpr,
+):
+    """Program (row m, column block): y[m, rn] = sum_k x[m, k] * w[rn, k] on the FMA units, fp32 throughout.
+
+    The codes tile [BLOCK_N, BLOCK_K] is contiguous along K (16-byte loads); the fp32 products accumulate element
+    -wise in a [BLOCK_N, BLOCK_K] register tile, summed over K once after the loop.
+    """
+    m = tl.program_id(0)
+    rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    x_ptrs = x_ptr + m * stride_xm + rk * stride_xk
+    c_ptrs = c_ptr + rn[:, None] * stride_cn + rk[None, :] * stride_ck
+    acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+    if INTERPRET:  # the interpreter cannot take runtime `range` bounds (see kernels/lns_triton.py `_lns_k_loop`)
+        k0 = 0
+        while k0 < K:
+            acc = _gemv_step(acc, x_ptrs, c_ptrs, rn, rk, N, K - k0, inv_step, Q, BITS)
+            x_ptrs += BLOCK_K * stride_xk
+            c_ptrs += BLOCK_K * stride_ck
+            k0 += BLOCK_K
+    else:
+        for k0 in range(0, K, BLOCK_K):
+            acc = _gemv_step(acc, x_ptrs, c_ptrs, rn, rk, N, K - k0, inv_step, Q, BITS)
+            x_ptrs += BLOCK_K * stride_xk
+            c_ptrs += BLOCK_K * stride_ck
+    y = tl.sum(acc, axis=1)
+    y = y * tl.exp2(tl.load(o_ptr + rn, mask=rn < N, other=0).to(tl.float32) * inv_step)
+    if HAS_BIAS:
+        y += tl.load(b_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)
+    tl.store(y_ptr + m * stride_ym + rn * stride_yn, _to_dtype(y, y_ptr.dtype.element_ty, INTERPRET), mask=rn < N)
+
+
+@triton.jit
+def _gemv_step(acc, x_ptrs, c_ptrs, rn, rk, N, k_left, inv_step, Q: tl.constexpr, BITS: tl.constexpr):
+    xv = tl.load(x_ptrs, mask=rk < k_left, other=0.0).to(tl.float32)
+    ct = tl.load(c_ptrs, mask=(rn[:, None] < N) & (rk[None, :] < k_left), other=0)  # 0: the zero code
+    if BITS:
+        w = decode_bits(ct, tl.float32)
+    else:
+        w = _decode_codes(ct, inv_step, Q)
+    return acc + w * xv[None, :]
+
+
+# --- launchers (inputs already validated by kernels/lns.py `lns_matmul`) -----------------------------------------
+
+
+def lns_matmul_small(variant: str, x, weight, bias, interpret: bool):
+    """`y [M, N]` of one small-M variant (SMALL_M_VARIANTS); x [M, K] fp32/fp16/bf16, weight an LNSWeight [N, K].
+
+    Tiles are the variant's own (module constants), not the caller's block sizes. Any M works; the variants are
+    built for M <= 64 (gemv: M <= 4).
+    """
+    import torch
+
+    from kernels.lns_bits import bits_decode_supported
+
+    M, K = x.shape
+    N = weight.codes.shape[0]
+    y = torch.empty((M, N), device=x.device, dtype=x.dtype)
+    if M == 0:
+        return y
+    bits = bits_decode_supported(weight.bits, weight.frac_bits)
+    inv_step = 2.0**-weight.frac_bits
+    b = bias if bias is not None else weight.offsets
+    common = dict(Q=weight.max_code, HAS_BIAS=bias is not None, BITS=bits, INTERPRET=interpret)
+    if variant == "gemv":
+        grid = (M, triton.cdiv(N, GEMV_BLOCK_N))
+        _lns_gemv_kernel[grid](
+            x, weight.codes, weight.offsets, b, y, N, K, x.stride(0), x.stride(1), weight.codes.stride(0),
+            weight.codes.stride(1), y.stride(0), y.stride(1), inv_step,
+            BLOCK_N=GEMV_BLOCK_N, BLOCK_K=GEMV_BLOCK_K, num_warps=4, **common,
+        )  # fmt: skip
+        return y
+    if variant not in ("skinny", "skinny_splitk"):
+        raise ValueError(f"variant: {variant!r} is not a small-M variant (allowed: {', '.join(SMALL_M_VARIANTS)})")
+    block_m = skinny_block_m(M)
+    block_n = SKINNY_BLOCK_N if variant == "skinny" else SPLITK_BLOCK_N
+    if variant == "skinny":
+        slices, per = 1, triton.cdiv(K, SKINNY_BLOCK_K) * SKINNY_BLOCK_K
+    else:
+        slices, per = split_k_slices(M, N, K, block_n, SKINNY_BLOCK_K)
+    split = slices > 1
+    ws = torch.empty((slices, M, N), device=x.device, dtype=torch.float32) if split else y
+    tiles = triton.cdiv(M, block_m) * triton.cdiv(N, block_n)
+    _lns_skinny_kernel[(tiles, slices)](
+        x, weight.codes, weight.offsets, b, y, ws, M, N, K, per, x.stride(0), x.stride(1), weight.codes.stride(0),
+        weight.codes.stride(1), y.stride(0), y.stride(1), inv_step,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=SKINNY_BLOCK_K, SPLIT=split, TF32=x.dtype == torch.float32,
+        num_warps=4, num_stages=4 if not interpret else 1, **common,
+    )  # fmt: skip
+    if split:
+        block = 1024
+        _lns_splitk_reduce_kernel[(triton.cdiv(M * N, block),)](
+            ws, weight.offsets, b, y, M, N, slices, y.stride(0), y.stride(1), inv_step,
+            HAS_BIAS=bias is not None, BLOCK=block, INTERPRET=interpret, num_warps=4,
+        )  # fmt: skip
+    return y
