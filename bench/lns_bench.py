@@ -179,30 +179,31 @@ def bench_lns(device, *, shapes=None, blocks=None, bits_list=(8, 16), seed: int 
 # --small-m: (M, K, N) and which variants run where (gemv decodes the codes once per row: M <= 64 only).
 SMALL_M_BENCH_SHAPES = [(1, 4096, 4096), (16, 4096, 4096), (64, 4096, 4096), (4096, 4096, 4096)]
 SMALL_M_TINY_SHAPES = [(1, 160, 40), (16, 160, 40), (33, 96, 24)]
-GEMV_MAX_M = 64
+GEMV_MAX_M = 16
 
 
-def small_m_configs(m: int) -> list[tuple[str, tuple[int, int, int]]]:
-    """(variant, tiles) rows for M: the tiled kernels with the default tiles and, at M <= 64, skinny tiles
-    (BLOCK_M = 16/32/64 >= M, narrow N, deep K); the small-M variants use their own tiles (the default is passed)."""
-    from kernels.lns import VARIANTS
-    from kernels.lns_small import skinny_block_m
-
-    default = (128, 128, 32)
-    rows: list[tuple[str, tuple[int, int, int]]] = [("tiled", default), ("tiled_bits", default)]
+def small_m_configs(m: int) -> list[tuple[str, tuple[int | None, int | None, int | None]]]:
+    """(variant, (block_m, block_n, block_k)) rows for M; None: the variant's default (the tiled kernels: 128, 128,
+    32; the small-M ones: kernels/lns_small.py, whose row tile follows M)."""
+    default = (None, None, None)
+    rows: list[tuple[str, tuple[int | None, int | None, int | None]]] = [("tiled", default), ("tiled_bits", default)]
     if m <= 64:
-        bm = skinny_block_m(m)
-        rows += [(v, (bm, n, k)) for v in ("tiled", "tiled_bits") for n, k in ((64, 64), (32, 128))]
-    rows += [(v, default) for v in VARIANTS if v not in ("tiled", "tiled_bits") and (v != "gemv" or m <= GEMV_MAX_M)]
+        rows += [
+            ("skinny", default), ("skinny", (None, 16, 256)), ("skinny", (None, 64, 64)), ("skinny_bits", default),
+            ("skinny_splitk", default), ("skinny_splitk", (None, 32, 128)), ("skinny_splitk_bits", default),
+        ]
+    if m <= GEMV_MAX_M:
+        rows += [("gemv", default), ("gemv_bits", default)]
     return rows
 
 
-def bench_small_m(device, *, tiny: bool = False, seed: int = 0) -> list[dict]:
-    """One row per (shape, variant, tiles): checked against `lns_matmul_ref` (RuntimeError, no figure, if a variant
-    disagrees or is not repeatable), then timed beside `torch.matmul` fp16 on the pre-decoded weight."""
+def bench_small_m(device, *, tiny: bool = False, seed: int = 0, keep_going: bool = False) -> list[dict]:
+    """One row per (shape, variant, tiles): checked against `lns_matmul_ref`, then timed beside `torch.matmul` fp16
+    on the pre-decoded weight. A variant that disagrees, is not repeatable or fails raises RuntimeError; with
+    keep_going its row carries "error" and no figure instead, and the others still run."""
     import torch
 
-    from kernels.lns import lns_decode, lns_encode, lns_matmul, lns_matmul_ref
+    from kernels.lns import TILED_DEFAULT_BLOCKS, lns_decode, lns_encode, lns_matmul, lns_matmul_ref
     from kernels.lns_small import SMALL_M_VARIANTS, small_m_tiles
 
     device = torch.device(device)
@@ -217,26 +218,36 @@ def bench_small_m(device, *, tiny: bool = False, seed: int = 0) -> list[dict]:
         moved = lw.nbytes() + x.numel() * 2 + M * N * 2  # bytes the LNS kernel must read and write at least
         for variant, (bm, bn, bk) in small_m_configs(M):
             fn = functools.partial(lns_matmul, x, lw, bm, bn, bk, backend="triton", variant=variant)
-            y = fn()
-            check = ((y.double() - ref).norm() / ref.norm()).item()
-            if not check <= CHECK_TOL:
-                raise RuntimeError(
-                    f"variant {variant} tiles ({bm}, {bn}, {bk}) disagrees with lns_matmul_ref at M={M} K={K} N={N}: "
-                    f"relative error {check:.3e} > {CHECK_TOL:.0e}; not reporting"
-                )
-            ms = _time_ms(fn, device, quick=True)
             slices = 1
-            if variant in SMALL_M_VARIANTS:  # these launch with their own tiles: record those
-                bm, bn, bk, slices = small_m_tiles(variant, M, N, K)
-            if not all(torch.equal(fn(), y) for _ in range(REPEAT_CHECK)):
-                raise RuntimeError(f"variant {variant} is not repeatable at M={M} K={K} N={N}; not reporting")
+            if variant in SMALL_M_VARIANTS:  # record the tiles it really launches with
+                bm, bn, bk, slices = small_m_tiles(variant, M, N, K, bn, bk)
+            else:
+                bm, bn, bk = (d if b is None else b for b, d in zip((bm, bn, bk), TILED_DEFAULT_BLOCKS))
+            try:
+                y = fn()
+                check = ((y.double() - ref).norm() / ref.norm()).item()
+                if not check <= CHECK_TOL:
+                    raise RuntimeError(
+                        f"variant {variant} tiles ({bm}, {bn}, {bk}) disagrees with lns_matmul_ref at M={M} K={K} "
+                        f"N={N}: relative error {check:.3e} > {CHECK_TOL:.0e}; not reporting"
+                    )
+                ms = _time_ms(fn, device, quick=True)
+                if not all(torch.equal(fn(), y) for _ in range(REPEAT_CHECK)):
+                    raise RuntimeError(f"variant {variant} is not repeatable at M={M} K={K} N={N}; not reporting")
+            except Exception as e:  # one broken variant must not cost the others' figures: a row without timings
+                if not keep_going:
+                    raise
+                rows.append({"variant": variant, "M": M, "K": K, "N": N, "block_m": bm, "block_n": bn,
+                             "block_k": bk, "k_slices": slices, "error": f"{type(e).__name__}: {e}"})
+                print(f"M={M:5d} {variant:18s} FAILED: {e}", file=sys.stderr, flush=True)
+                continue
             rows.append({
                 "variant": variant, "M": M, "K": K, "N": N, "ms": ms[0], "torch_fp16_ms": torch_ms[0],
                 "speedup_vs_torch_fp16": torch_ms[0] / ms[0], "gbps": moved / (ms[0] * 1e-3) / 1e9,
                 "block_m": bm, "block_n": bn, "block_k": bk, "k_slices": slices, "ms_p20": ms[1], "ms_p80": ms[2],
                 "bits": 8, "x_dtype": "float16", "check_rel_err_vs_ref": check, "timer": ms[3],
             })
-            print(f"M={M:5d} {variant:14s} tiles {bm:3d}/{bn:3d}/{bk:3d}: {ms[0] * 1e3:9.1f} us, torch "
+            print(f"M={M:5d} {variant:18s} tiles {bm:3d}/{bn:3d}/{bk:3d} x{slices}: {ms[0] * 1e3:9.1f} us, torch "
                   f"{torch_ms[0] * 1e3:9.1f} us, x{torch_ms[0] / ms[0]:.3f}", file=sys.stderr, flush=True)
         del x, lw, w16, ref
     return rows
@@ -302,7 +313,7 @@ def _small_m_main(args, device, cuda: bool, t0: float) -> int:
 
     from bench._common import device_header, write_json
 
-    rows = bench_small_m(device, tiny=args.tiny)
+    rows = bench_small_m(device, tiny=args.tiny, keep_going=True)
     result = {
         **device_header(), "triton": triton.__version__, "tiny": args.tiny, "interpreter": not cuda,
         "note": "CPU Triton interpreter: a check of the script, the figures are not timings" if not cuda else

@@ -59,7 +59,17 @@ DEFAULT_FRAC_BITS: dict[int, int] = {8: 4, 16: 11}
 _CODE_DTYPE = {8: torch.int8, 16: torch.int16}
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # lns_matmul's kernel variants; "tiled" is the default until the small-M ones are measured (docs/lns_kernel.md).
-VARIANTS = ("tiled", "tiled_bits", "skinny", "skinny_splitk", "gemv")
+VARIANTS = (
+    "tiled",
+    "tiled_bits",
+    "skinny",
+    "skinny_bits",
+    "skinny_splitk",
+    "skinny_splitk_bits",
+    "gemv",
+    "gemv_bits",
+)
+TILED_DEFAULT_BLOCKS = (128, 128, 32)  # the tiled kernels' (block_m, block_n, block_k) when none are given
 
 
 @dataclass
@@ -214,15 +224,19 @@ if triton is not None:
     from kernels.lns_triton import INTERPRETED as _INTERPRETED
     from kernels.lns_triton import _lns_matmul_kernel
 else:
-    SMALL_M_VARIANTS = ("skinny", "skinny_splitk", "gemv")
+    SMALL_M_VARIANTS = ("skinny", "skinny_bits", "skinny_splitk", "skinny_splitk_bits", "gemv", "gemv_bits")
     _INTERPRETED = False
 
 
 def validate_block_sizes(block_m: int, block_n: int, block_k: int) -> None:
     """Raise ValueError unless every tile size is a power of two in 16..256 (tl.dot needs >= 16 per dim)."""
     for name, v in (("block_m", block_m), ("block_n", block_n), ("block_k", block_k)):
-        if not isinstance(v, int) or isinstance(v, bool) or v < 16 or v > 256 or v & (v - 1):
-            raise ValueError(f"{name}: {v!r} is out of range (allowed: a power of two from 16 to 256)")
+        _validate_block(name, v)
+
+
+def _validate_block(name: str, v: object) -> None:
+    if not isinstance(v, int) or isinstance(v, bool) or v < 16 or v > 256 or v & (v - 1):
+        raise ValueError(f"{name}: {v!r} is out of range (allowed: a power of two from 16 to 256)")
 
 
 def _lns_matmul_triton(
@@ -295,9 +309,9 @@ def _lns_matmul_triton(
 def lns_matmul(
     x: torch.Tensor,
     weight: LNSWeight,
-    block_m: int = 128,
-    block_n: int = 128,
-    block_k: int = 32,
+    block_m: int | None = None,
+    block_n: int | None = None,
+    block_k: int | None = None,
     backend: Literal["auto", "triton", "torch"] = "auto",
     *,
     bias: torch.Tensor | None = None,
@@ -306,16 +320,20 @@ def lns_matmul(
     """`y [M, N] = x [M, K] @ decode(weight) [N, K]^T (+ bias [N])`, output in x's dtype, fp32 accumulation.
 
     x: fp32 / bf16 / fp16 `[M, K]` (any strides). weight: LNSWeight `[N, K]` on x's device. bias: float `[N]`.
-    block_m/n/k: the Triton kernel's tile sizes, powers of two in 16..256 (checked for every backend), for every M.
+    block_m/n/k: the Triton kernel's tile sizes, powers of two in 16..256 (checked for every backend); None: the
+    variant's default (TILED_DEFAULT_BLOCKS for the tiled kernels; kernels/lns_small.py for the small-M ones, which
+    take block_n/block_k only: their row tile follows M).
     backend: "triton" (on CPU only under TRITON_INTERPRET=1), "torch" (`lns_matmul_ref`), "auto" = triton iff x is
     on CUDA. Inference only: there is no backward, so an input that would need a gradient raises ValueError.
     Dot precision: fp16/bf16 x -> the decoded tile is rounded to x's dtype; fp32 x -> fp32 tile, tf32 tensor cores.
-    variant (Triton backend; VARIANTS): "tiled" (the tiled kernel with block_m/n/k, every M), "tiled_bits" (the
-    same with the bit-construction decode of kernels/lns_bits.py; 8-bit codes with f = 4 only), or a small-M kernel
-    of kernels/lns_small.py with its own tiles: "skinny", "skinny_splitk", "gemv" (bit-construction decode where
-    the format allows it, else exp2). All compute the same sums to fp32 rounding (docs/lns_kernel.md).
+    variant (Triton backend; VARIANTS): "tiled" (the tiled kernel, every M) or a small-M kernel of
+    kernels/lns_small.py: "skinny", "skinny_splitk", "gemv" (exp2 decode). A "_bits" suffix swaps in the
+    bit-construction decode of kernels/lns_bits.py (8-bit codes with f = 4; "tiled_bits" refuses other formats,
+    the small-M ones keep exp2 for them). All compute the same sums to fp32 rounding (docs/lns_kernel.md).
     """
-    validate_block_sizes(block_m, block_n, block_k)
+    for name, given in (("block_m", block_m), ("block_n", block_n), ("block_k", block_k)):
+        if given is not None:
+            _validate_block(name, given)
     if variant not in VARIANTS:
         raise ValueError(f"variant: {variant!r} is not supported (allowed: {', '.join(map(repr, VARIANTS))})")
     if backend not in ("auto", "triton", "torch"):
@@ -369,14 +387,15 @@ def lns_matmul(
                 "weight": weight.codes.stride(0) * (N - 1) + weight.codes.stride(1) * (K - 1),
             }
         )
-        return lns_matmul_small(variant, x, weight, bias, _interpreter_on())
+        return lns_matmul_small(variant, x, weight, bias, _interpreter_on(), block_n, block_k)
     bits_decode = variant == "tiled_bits"
     if bits_decode and not bits_decode_supported(weight.bits, weight.frac_bits):
         raise ValueError(
             f"variant: 'tiled_bits' decodes 8-bit codes with 4 fractional bits only, not {weight.bits}-bit codes "
             f"with {weight.frac_bits}; use variant='tiled'"
         )
-    return _lns_matmul_triton(x, weight, bias, block_m, block_n, block_k, bits_decode)
+    bm, bn, bk = (d if b is None else b for b, d in zip((block_m, block_n, block_k), TILED_DEFAULT_BLOCKS))
+    return _lns_matmul_triton(x, weight, bias, bm, bn, bk, bits_decode)
 
 
 def _interpreter_on() -> bool:

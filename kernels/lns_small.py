@@ -23,7 +23,7 @@ import triton.language as tl
 from kernels.lns_bits import decode_bits
 from kernels.lns_triton import _decode_codes, _lns_store_output, _lns_tile_step, _to_dtype
 
-SMALL_M_VARIANTS = ("skinny", "skinny_splitk", "gemv")
+SMALL_M_VARIANTS = ("skinny", "skinny_bits", "skinny_splitk", "skinny_splitk_bits", "gemv", "gemv_bits")
 SKINNY_BLOCK_N = 32
 SPLITK_BLOCK_N = 64
 SKINNY_BLOCK_K = 128
@@ -38,27 +38,31 @@ def skinny_block_m(m: int) -> int:
 
 
 def split_k_slices(m: int, n: int, k: int, block_n: int, block_k: int) -> tuple[int, int]:
-    """(slices, K per slice): enough slices for TARGET_PROGRAMS programs, each slice a multiple of block_k."""
+    """(slices, K per slice): the fewest power-of-two slices giving TARGET_PROGRAMS programs (capped at one K step
+    a slice), each slice a whole number of K steps. A power of two divides K = 4096's K steps, so every slice is
+    full there and the kernel runs without masks (EVEN)."""
     tiles = triton.cdiv(m, skinny_block_m(m)) * triton.cdiv(n, block_n)
     k_steps = triton.cdiv(k, block_k)
-    slices = max(1, min(k_steps, triton.cdiv(TARGET_PROGRAMS, tiles)))
+    slices = 1
+    while tiles * slices < TARGET_PROGRAMS and slices < k_steps:
+        slices *= 2
     per = triton.cdiv(k_steps, slices) * block_k
     return triton.cdiv(k, per), per
 
 
-def small_m_tiles(variant: str, m: int, n: int, k: int) -> tuple[int, int, int, int]:
+def small_m_tiles(
+    variant: str, m: int, n: int, k: int, block_n: int | None = None, block_k: int | None = None
+) -> tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_N, BLOCK_K, K slices) a small-M variant launches with (gemv: BLOCK_M = 1 row a program)."""
-    if variant == "gemv":
+    base = variant.removesuffix("_bits")
+    if base == "gemv":
         return 1, GEMV_BLOCK_N, GEMV_BLOCK_K, 1
-    if variant == "skinny":
-        return skinny_block_m(m), SKINNY_BLOCK_N, SKINNY_BLOCK_K, 1
-    if variant == "skinny_splitk":
-        return (
-            skinny_block_m(m),
-            SPLITK_BLOCK_N,
-            SKINNY_BLOCK_K,
-            split_k_slices(m, n, k, SPLITK_BLOCK_N, SKINNY_BLOCK_K)[0],
-        )
+    bk = block_k or SKINNY_BLOCK_K
+    if base == "skinny":
+        return skinny_block_m(m), block_n or SKINNY_BLOCK_N, bk, 1
+    if base == "skinny_splitk":
+        bn = block_n or SPLITK_BLOCK_N
+        return skinny_block_m(m), bn, bk, split_k_slices(m, n, k, bn, bk)[0]
     raise ValueError(f"variant: {variant!r} is not a small-M variant (allowed: {', '.join(SMALL_M_VARIANTS)})")
 
 
@@ -90,6 +94,7 @@ def _lns_skinny_kernel(
     BITS: tl.constexpr,
     TF32: tl.constexpr,
     INTERPRET: tl.constexpr,
+    EVEN: tl.constexpr,
 ):
     """Program (tile, slice): acc = x[rm, K slice] @ w[rn, K slice]^T. SPLIT: write the fp32 partial tile to
     ws [slices, M, N]; else the epilogue (scale, bias, cast) stores y directly."""
@@ -109,13 +114,17 @@ def _lns_skinny_kernel(
     if INTERPRET:  # the interpreter cannot take runtime `range` bounds (see kernels/lns_triton.py `_lns_k_loop`)
         k0 = k_start
         while k0 < k_end:
-            acc = _lns_tile_step(acc, x_ptrs, c_ptrs, rm, rn, rk, M, N, k_end - k0, inv_step, Q, TF32, INTERPRET, BITS)
+            acc = _lns_tile_step(
+                acc, x_ptrs, c_ptrs, rm, rn, rk, M, N, k_end - k0, inv_step, Q, TF32, INTERPRET, BITS, EVEN
+            )
             x_ptrs += BLOCK_K * stride_xk
             c_ptrs += BLOCK_K * stride_ck
             k0 += BLOCK_K
     else:
         for k0 in range(k_start, k_end, BLOCK_K):
-            acc = _lns_tile_step(acc, x_ptrs, c_ptrs, rm, rn, rk, M, N, k_end - k0, inv_step, Q, TF32, INTERPRET, BITS)
+            acc = _lns_tile_step(
+                acc, x_ptrs, c_ptrs, rm, rn, rk, M, N, k_end - k0, inv_step, Q, TF32, INTERPRET, BITS, EVEN
+            )
             x_ptrs += BLOCK_K * stride_xk
             c_ptrs += BLOCK_K * stride_ck
     if SPLIT:
@@ -179,6 +188,7 @@ def _lns_gemv_kernel(
     BLOCK_K: tl.constexpr,
     BITS: tl.constexpr,
     INTERPRET: tl.constexpr,
+    EVEN: tl.constexpr,
 ):
     """Program (row m, column block): y[m, rn] = sum_k x[m, k] * w[rn, k] on the FMA units, fp32 throughout.
 
@@ -194,13 +204,13 @@ def _lns_gemv_kernel(
     if INTERPRET:  # the interpreter cannot take runtime `range` bounds (see kernels/lns_triton.py `_lns_k_loop`)
         k0 = 0
         while k0 < K:
-            acc = _gemv_step(acc, x_ptrs, c_ptrs, rn, rk, N, K - k0, inv_step, Q, BITS)
+            acc = _gemv_step(acc, x_ptrs, c_ptrs, rn, rk, N, K - k0, inv_step, Q, BITS, EVEN)
             x_ptrs += BLOCK_K * stride_xk
             c_ptrs += BLOCK_K * stride_ck
             k0 += BLOCK_K
     else:
         for k0 in range(0, K, BLOCK_K):
-            acc = _gemv_step(acc, x_ptrs, c_ptrs, rn, rk, N, K - k0, inv_step, Q, BITS)
+            acc = _gemv_step(acc, x_ptrs, c_ptrs, rn, rk, N, K - k0, inv_step, Q, BITS, EVEN)
             x_ptrs += BLOCK_K * stride_xk
             c_ptrs += BLOCK_K * stride_ck
     y = tl.sum(acc, axis=1)
@@ -211,24 +221,52 @@ def _lns_gemv_kernel(
 
 
 @triton.jit
-def _gemv_step(acc, x_ptrs, c_ptrs, rn, rk, N, k_left, inv_step, Q: tl.constexpr, BITS: tl.constexpr):
-    xv = tl.load(x_ptrs, mask=rk < k_left, other=0.0).to(tl.float32)
-    ct = tl.load(c_ptrs, mask=(rn[:, None] < N) & (rk[None, :] < k_left), other=0)  # 0: the zero code
+def _gemv_step(
+    acc, x_ptrs, c_ptrs, rn, rk, N, k_left, inv_step, Q: tl.constexpr, BITS: tl.constexpr, EVEN: tl.constexpr
+):
+    if EVEN:  # full K step and column block (the launcher checks): no masks
+        xv = tl.load(x_ptrs).to(tl.float32)
+        ct = tl.load(c_ptrs)
+    else:
+        xv = tl.load(x_ptrs, mask=rk < k_left, other=0.0).to(tl.float32)
+        ct = tl.load(c_ptrs, mask=(rn[:, None] < N) & (rk[None, :] < k_left), other=0)  # 0: the zero code
     if BITS:
         w = decode_bits(ct, tl.float32)
+    elif Q <= 127:
+        w = decode_byte_exp2(ct, inv_step, Q)
     else:
         w = _decode_codes(ct, inv_step, Q)
     return acc + w * xv[None, :]
 
 
+@triton.jit
+def decode_byte_exp2(ct, inv_step, Q: tl.constexpr):
+    """int8 codes -> fp32 `sign(c) * 2^((|c| - Q) * inv_step)`, 0 for c = 0: the same values as `_decode_codes`
+    (kernels/lns_triton.py; the same exact exp2 argument) from the code's raw byte u, with fewer instructions.
+
+    `0x4B000000 | u` is the fp32 `2^23 + u`, so t = u - 128 exactly, and |t| = 128 - |c| for either sign (u = c
+    for c >= 0, 256 + c below); the exp2 argument `(|c| - Q) * 2^-f = (128 - Q) * 2^-f - |t| * 2^-f` is one FMA
+    (|t| is a free operand modifier on sm_90). Zero code (|t| = 128): the min with `(127.5 - |t|) * 2^20` sends the
+    argument to -2^19 (exp2 -> exact 0) and leaves every other code's (that bound is >= 2^19). Sign: c < 0 iff
+    u >= 128 iff t >= 0, so the result takes the complement of t's sign bit (+0 for the zero code).
+    """
+    u = ct.to(tl.uint8, bitcast=True).to(tl.int32)
+    t = (u | 0x4B000000).to(tl.float32, bitcast=True) - 8388736.0  # 2^23 + 128
+    a = tl.abs(t)
+    arg = tl.minimum((128 - Q) * inv_step - a * inv_step, 133693440.0 - a * 1048576.0)  # 127.5 * 2^20
+    v = tl.exp2(arg)
+    return (v.to(tl.int32, bitcast=True) | (~t.to(tl.int32, bitcast=True) & -2147483648)).to(tl.float32, bitcast=True)
+
+
 # --- launchers (inputs already validated by kernels/lns.py `lns_matmul`) -----------------------------------------
 
 
-def lns_matmul_small(variant: str, x, weight, bias, interpret: bool):
+def lns_matmul_small(variant: str, x, weight, bias, interpret: bool, block_n=None, block_k=None):
     """`y [M, N]` of one small-M variant (SMALL_M_VARIANTS); x [M, K] fp32/fp16/bf16, weight an LNSWeight [N, K].
 
-    Tiles are the variant's own (module constants), not the caller's block sizes. Any M works; the variants are
-    built for M <= 64 (gemv: M <= 4).
+    Tiles: BLOCK_M follows M (`skinny_block_m`); block_n/block_k (powers of two >= 16) when given, else the
+    variant's defaults (gemv: always its own). "_bits" variants decode by bit construction where the format allows
+    it (exp2 otherwise). Any M works; the variants are built for M <= 64 (gemv: M <= 16).
     """
     import torch
 
@@ -239,33 +277,33 @@ def lns_matmul_small(variant: str, x, weight, bias, interpret: bool):
     y = torch.empty((M, N), device=x.device, dtype=x.dtype)
     if M == 0:
         return y
-    bits = bits_decode_supported(weight.bits, weight.frac_bits)
+    base = variant.removesuffix("_bits")
+    bits = variant.endswith("_bits") and bits_decode_supported(weight.bits, weight.frac_bits)
     inv_step = 2.0**-weight.frac_bits
     b = bias if bias is not None else weight.offsets
     common = dict(Q=weight.max_code, HAS_BIAS=bias is not None, BITS=bits, INTERPRET=interpret)
-    if variant == "gemv":
+    if base == "gemv":
         grid = (M, triton.cdiv(N, GEMV_BLOCK_N))
         _lns_gemv_kernel[grid](
             x, weight.codes, weight.offsets, b, y, N, K, x.stride(0), x.stride(1), weight.codes.stride(0),
             weight.codes.stride(1), y.stride(0), y.stride(1), inv_step,
-            BLOCK_N=GEMV_BLOCK_N, BLOCK_K=GEMV_BLOCK_K, num_warps=4, **common,
+            BLOCK_N=GEMV_BLOCK_N, BLOCK_K=GEMV_BLOCK_K, EVEN=K % GEMV_BLOCK_K == 0 and N % GEMV_BLOCK_N == 0,
+            num_warps=4, **common,
         )  # fmt: skip
         return y
-    if variant not in ("skinny", "skinny_splitk"):
-        raise ValueError(f"variant: {variant!r} is not a small-M variant (allowed: {', '.join(SMALL_M_VARIANTS)})")
-    block_m = skinny_block_m(M)
-    block_n = SKINNY_BLOCK_N if variant == "skinny" else SPLITK_BLOCK_N
-    if variant == "skinny":
-        slices, per = 1, triton.cdiv(K, SKINNY_BLOCK_K) * SKINNY_BLOCK_K
+    block_m, block_n, block_k, _ = small_m_tiles(variant, M, N, K, block_n, block_k)
+    if base == "skinny":
+        slices, per = 1, triton.cdiv(K, block_k) * block_k
     else:
-        slices, per = split_k_slices(M, N, K, block_n, SKINNY_BLOCK_K)
+        slices, per = split_k_slices(M, N, K, block_n, block_k)
     split = slices > 1
     ws = torch.empty((slices, M, N), device=x.device, dtype=torch.float32) if split else y
     tiles = triton.cdiv(M, block_m) * triton.cdiv(N, block_n)
     _lns_skinny_kernel[(tiles, slices)](
         x, weight.codes, weight.offsets, b, y, ws, M, N, K, per, x.stride(0), x.stride(1), weight.codes.stride(0),
         weight.codes.stride(1), y.stride(0), y.stride(1), inv_step,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=SKINNY_BLOCK_K, SPLIT=split, TF32=x.dtype == torch.float32,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT=split, TF32=x.dtype == torch.float32,
+        EVEN=K % per == 0 and N % block_n == 0,
         num_warps=4, num_stages=4 if not interpret else 1, **common,
     )  # fmt: skip
     if split:

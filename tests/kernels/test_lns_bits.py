@@ -12,6 +12,8 @@ import triton
 import triton.language as tl
 
 from kernels.lns_bits import _MAGIC, MANT_POLY, bits_decode_supported, decode_bits, mantissa_table
+from kernels.lns_small import decode_byte_exp2
+from kernels.lns_triton import _decode_codes
 
 
 @pytest.mark.parametrize("mant_bits", [10, 7], ids=["fp16", "bf16"])
@@ -60,3 +62,21 @@ def test_every_code_decodes_bit_exactly(dtype):
     assert torch.equal(out, want)
     assert not torch.signbit(out[codes == 0]).any()  # the zero code is +0
     assert torch.equal(torch.sign(out), torch.sign(codes).to(dtype))
+
+
+@triton.jit
+def _decode_pair(c_ptr, a_ptr, b_ptr, n, inv_step, Q: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.arange(0, BLOCK)[None, :]
+    c = tl.load(c_ptr + offs, mask=offs < n, other=0)
+    tl.store(a_ptr + offs, decode_byte_exp2(c, inv_step, Q), mask=offs < n)
+    tl.store(b_ptr + offs, _decode_codes(c, inv_step, Q), mask=offs < n)
+
+
+@pytest.mark.parametrize("frac_bits", [0, 3, 4, 6])
+def test_byte_exp2_decode_equals_the_exp2_decode_for_every_code(frac_bits):
+    """gemv's fp32 decode from the raw byte: the same exp2 argument, so bit-identical to `_decode_codes`."""
+    codes = torch.arange(-127, 128, dtype=torch.int32).to(torch.int8)
+    got, want = torch.empty(255), torch.empty(255)
+    _decode_pair[(1,)](codes, got, want, 255, 2.0**-frac_bits, Q=127, BLOCK=256)
+    assert torch.equal(got, want) and got[codes == 0].item() == 0.0 and not torch.signbit(got[codes == 0]).any()
+    assert torch.equal(torch.sign(got), torch.sign(codes).float())

@@ -31,8 +31,9 @@ def _case(M, bits, dtype, seed=6):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("variant", [v for v in VARIANTS if v != "tiled"])
 def test_variant_matches_reference_on_odd_shapes(variant, dtype, bits, M):
-    if variant == "tiled_bits" and bits == 16:
-        pytest.skip("tiled_bits serves 8-bit codes only (its refusal is tested below)")
+    if variant.endswith("_bits") and bits == 16:
+        pytest.skip("the bits decode serves 8-bit codes only (the small-M variants keep exp2 for 16-bit codes: the "
+                    "variant without _bits covers that path; tiled_bits' refusal is tested below)")
     if variant == "gemv" and M > 17 and (bits, dtype) != (8, torch.float16):
         pytest.skip("gemv decodes once per row: M = 64/65 runs for one format only, to keep the interpreter quick")
     x, lw, bias = _case(M, bits, dtype)
@@ -41,7 +42,20 @@ def test_variant_matches_reference_on_odd_shapes(variant, dtype, bits, M):
     assert_close_to_ref(y, lns_matmul_ref(x, lw, bias), dtype)
 
 
-@pytest.mark.parametrize("variant", ["tiled_bits", "skinny", "skinny_splitk", "gemv"])
+@pytest.mark.parametrize("M", [1, 17])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("variant", [v for v in VARIANTS if v != "tiled"])
+def test_variant_on_whole_tiles_takes_the_unmasked_path(variant, dtype, M):
+    """N = 64, K = 512: whole column tiles and K steps (slices) for every variant, so the launchers pick EVEN."""
+    torch.manual_seed(9)
+    x = torch.randn(M, 512).to(dtype)
+    lw = lns_encode(torch.randn(64, 512) * 0.05, 8)
+    bias = torch.randn(64)
+    y = lns_matmul(x, lw, backend="triton", bias=bias, variant=variant)
+    assert_close_to_ref(y, lns_matmul_ref(x, lw, bias), dtype)
+
+
+@pytest.mark.parametrize("variant", [v for v in VARIANTS if v != "tiled"])
 def test_variant_fp32_strided_input_and_no_bias(variant):
     torch.manual_seed(8)
     x = torch.randn(K, 5).t()  # [5, K], K stride 5: not contiguous
@@ -52,7 +66,8 @@ def test_variant_fp32_strided_input_and_no_bias(variant):
 
 def test_split_k_really_splits_and_is_deterministic():
     assert split_k_slices(3, N, K, 64, 128) == (2, 128)  # one column tile: both K steps become slices
-    assert small_m_tiles("skinny_splitk", 1, 4096, 4096) == (16, 64, 128, 5)  # 64 tiles x 5 slices >= 264
+    assert small_m_tiles("skinny_splitk", 1, 4096, 4096) == (16, 64, 128, 8)  # 64 tiles x 8 slices >= 264
+    assert split_k_slices(64, 4096, 4096, 32, 128) == (4, 1024)  # 128 tiles x 4, each slice 8 full K steps
     assert small_m_tiles("skinny", 17, 4096, 4096) == (32, 32, 128, 1)
     x, lw, bias = _case(3, 8, torch.float16)
     y = lns_matmul(x, lw, backend="triton", bias=bias, variant="skinny_splitk")
@@ -92,6 +107,7 @@ def test_small_m_bench_checks_and_times_every_variant_on_cpu(monkeypatch):
         assert (r["M"], r["K"], r["N"]) == (3, 48, 20) and r["check_rel_err_vs_ref"] <= bench.CHECK_TOL
         assert "not a speed figure" in r["timer"]
     assert [r["block_n"] for r in rows if r["variant"] == "gemv"] == [8]  # the tiles it really launched
+    assert [r["block_n"] for r in rows if r["variant"] == "skinny"] == [32, 16, 64]
 
 
 def test_small_m_bench_refuses_a_wrong_variant(monkeypatch):
@@ -101,3 +117,14 @@ def test_small_m_bench_refuses_a_wrong_variant(monkeypatch):
     monkeypatch.setattr(lns, "lns_matmul", lambda *a, **k: real(*a, **k) * (1.01 if k["variant"] == "gemv" else 1))
     with pytest.raises(RuntimeError, match="variant gemv .*disagrees.*not reporting"):
         bench.bench_small_m(torch.device("cpu"), tiny=True)
+
+
+def test_small_m_bench_keep_going_records_the_failure_without_a_figure(monkeypatch):
+    bench = _bench()
+    monkeypatch.setattr(bench, "SMALL_M_TINY_SHAPES", [(3, 48, 20)])
+    real = lns.lns_matmul
+    monkeypatch.setattr(lns, "lns_matmul", lambda *a, **k: real(*a, **k) * (1.01 if k["variant"] == "gemv" else 1))
+    rows = bench.bench_small_m(torch.device("cpu"), tiny=True, keep_going=True)
+    (bad,) = [r for r in rows if "error" in r]
+    assert bad["variant"] == "gemv" and "disagrees" in bad["error"] and "ms" not in bad
+    assert all("ms" in r for r in rows if r is not bad) and len(rows) == len(bench.small_m_configs(3))
