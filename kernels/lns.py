@@ -66,6 +66,8 @@ VARIANTS = (
     "skinny_bits",
     "skinny_splitk",
     "skinny_splitk_bits",
+    "swap",
+    "swap_bits",
     "gemv",
     "gemv_bits",
 )
@@ -224,7 +226,7 @@ if triton is not None:
     from kernels.lns_triton import INTERPRETED as _INTERPRETED
     from kernels.lns_triton import _lns_matmul_kernel
 else:
-    SMALL_M_VARIANTS = ("skinny", "skinny_bits", "skinny_splitk", "skinny_splitk_bits", "gemv", "gemv_bits")
+    SMALL_M_VARIANTS = VARIANTS[2:]
     _INTERPRETED = False
 
 
@@ -327,9 +329,10 @@ def lns_matmul(
     on CUDA. Inference only: there is no backward, so an input that would need a gradient raises ValueError.
     Dot precision: fp16/bf16 x -> the decoded tile is rounded to x's dtype; fp32 x -> fp32 tile, tf32 tensor cores.
     variant (Triton backend; VARIANTS): "tiled" (the tiled kernel, every M) or a small-M kernel of
-    kernels/lns_small.py: "skinny", "skinny_splitk", "gemv" (exp2 decode). A "_bits" suffix swaps in the
-    bit-construction decode of kernels/lns_bits.py (8-bit codes with f = 4; "tiled_bits" refuses other formats,
-    the small-M ones keep exp2 for them). All compute the same sums to fp32 rounding (docs/lns_kernel.md).
+    kernels/lns_small.py: "skinny", "skinny_splitk", "swap" (kernels/lns_swap.py), "gemv" (exp2 decode). A "_bits"
+    suffix swaps in the bit-construction decode of kernels/lns_bits.py (8-bit codes with f = 4; "tiled_bits"
+    refuses other formats, the small-M ones keep exp2 for them). All compute the same sums to fp32 rounding
+    (docs/lns_kernel.md).
     """
     for name, given in (("block_m", block_m), ("block_n", block_n), ("block_k", block_k)):
         if given is not None:

@@ -21,9 +21,19 @@ import triton
 import triton.language as tl
 
 from kernels.lns_bits import decode_bits
+from kernels.lns_swap import SWAP_BLOCK_K, SWAP_BLOCK_N, _lns_swap_kernel
 from kernels.lns_triton import _decode_codes, _lns_store_output, _lns_tile_step, _to_dtype
 
-SMALL_M_VARIANTS = ("skinny", "skinny_bits", "skinny_splitk", "skinny_splitk_bits", "gemv", "gemv_bits")
+SMALL_M_VARIANTS = (
+    "skinny",
+    "skinny_bits",
+    "skinny_splitk",
+    "skinny_splitk_bits",
+    "swap",
+    "swap_bits",
+    "gemv",
+    "gemv_bits",
+)
 SKINNY_BLOCK_N = 32
 SPLITK_BLOCK_N = 64
 SKINNY_BLOCK_K = 128
@@ -62,6 +72,9 @@ def small_m_tiles(
         return skinny_block_m(m), block_n or SKINNY_BLOCK_N, bk, 1
     if base == "skinny_splitk":
         bn = block_n or SPLITK_BLOCK_N
+        return skinny_block_m(m), bn, bk, split_k_slices(m, n, k, bn, bk)[0]
+    if base == "swap":  # kernels/lns_swap.py; split-K as skinny_splitk
+        bn, bk = block_n or SWAP_BLOCK_N, block_k or SWAP_BLOCK_K
         return skinny_block_m(m), bn, bk, split_k_slices(m, n, k, bn, bk)[0]
     raise ValueError(f"variant: {variant!r} is not a small-M variant (allowed: {', '.join(SMALL_M_VARIANTS)})")
 
@@ -299,7 +312,8 @@ def lns_matmul_small(variant: str, x, weight, bias, interpret: bool, block_n=Non
     split = slices > 1
     ws = torch.empty((slices, M, N), device=x.device, dtype=torch.float32) if split else y
     tiles = triton.cdiv(M, block_m) * triton.cdiv(N, block_n)
-    _lns_skinny_kernel[(tiles, slices)](
+    kernel = _lns_swap_kernel if base == "swap" else _lns_skinny_kernel
+    kernel[(tiles, slices)](
         x, weight.codes, weight.offsets, b, y, ws, M, N, K, per, x.stride(0), x.stride(1), weight.codes.stride(0),
         weight.codes.stride(1), y.stride(0), y.stride(1), inv_step,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT=split, TF32=x.dtype == torch.float32,

@@ -74,23 +74,25 @@ def _decode_codes_8bit(ct, inv_step, Q: tl.constexpr, dtype: tl.constexpr, INTER
 
     Why: on sm_90 the per-element decode, not the memory, bounds the small-M matmul. fp16 arithmetic on pairs of
     elements is packed two per instruction (LLVM emits add/fma/min/abs.f16x2 and 32-bit logic ops on 16-bit pairs),
-    and every step below is exact in fp16 for 8-bit codes: 0x6400 | u is the fp16 1024 + u (u < 1024), so
-    (0x6400 | (c + 128)) - 1152 = c; |c| * 2^-f - Q * 2^-f with |c|, Q <= 127 and f <= 6 has at most 7 significant
-    bits and is >= 2^-6 in magnitude. Only the exp2 runs in fp32, one element at a time.
+    and every step below is exact in fp16 for 8-bit codes: with u the code's raw byte, 0x6400 | u is the fp16
+    1024 + u (u < 1024), so t = (0x6400 | u) - 1152 = u - 128, and |t| = 128 - |c| for either sign (u = c for
+    c >= 0, 256 + c below) - no sign flip of the byte needed. (128 - Q) * 2^-f - |t| * 2^-f with |c|, Q <= 127
+    and f <= 6 has at most 7 significant bits and is >= 2^-6 in magnitude. Only the exp2 runs in fp32, one element
+    at a time.
     """
     u = ct.to(tl.uint8, bitcast=True).to(tl.uint16)  # the code's byte, zero-extended
-    h = ((u ^ 0x80) | 0x6400).to(tl.float16, bitcast=True) - 1152.0  # = c, exactly
-    a = tl.abs(h)
-    # 2^-f and Q * 2^-f as fp16 (exact); tl.full also takes the interpreter's plain-float scalar
+    t = (u | 0x6400).to(tl.float16, bitcast=True) - 1152.0  # = u - 128, exactly
+    a = tl.abs(t)  # = 128 - |c|
+    # 2^-f and (128 - Q) * 2^-f as fp16 (exact); tl.full also takes the interpreter's plain-float scalar
     step = tl.full((1, 1), inv_step, tl.float32).to(tl.float16)
-    q_step = tl.full((1, 1), Q * inv_step, tl.float32).to(tl.float16)
-    arg = a * step - q_step  # = (|c| - Q) * 2^-f, exactly; <= 0
-    # Zero code: 512 * (|c| - 1) is >= 0 for every nonzero code (the min keeps arg) and -512 for c = 0, where exp2
-    # underflows to exact 0 (|c| * 512 <= 65024 fits fp16).
-    arg = tl.minimum(arg, a * 512.0 - 512.0)
+    q_step = tl.full((1, 1), (128 - Q) * inv_step, tl.float32).to(tl.float16)
+    arg = q_step - a * step  # = (|c| - Q) * 2^-f, exactly; <= 0
+    # Zero code (|t| = 128): 384 * (127.5 - |t|) is -192 there, where exp2 underflows to exact 0, and >= 192 for
+    # every other code (the min keeps arg). Exact in fp16 fused or not: |t| * 384 <= 49152, 127.5 * 384 = 48960.
+    arg = tl.minimum(arg, 48960.0 - a * 384.0)
     v = _to_dtype(tl.exp2(arg.to(tl.float32)), dtype, INTERPRET)
-    # Sign: bit 15 of both fp16 and bf16, copied from h (+0 for the zero code).
-    sign = h.to(tl.int16, bitcast=True) & -32768
+    # Sign: c < 0 iff u >= 128 iff t >= 0, so bit 15 (of fp16 and bf16) is the complement of t's (+0 for c = 0).
+    sign = ~t.to(tl.int16, bitcast=True) & -32768
     return (v.to(tl.int16, bitcast=True) | sign).to(dtype, bitcast=True)
 
 

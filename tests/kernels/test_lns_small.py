@@ -34,7 +34,9 @@ def test_variant_matches_reference_on_odd_shapes(variant, dtype, bits, M):
     if variant.endswith("_bits") and bits == 16:
         pytest.skip("the bits decode serves 8-bit codes only (the small-M variants keep exp2 for 16-bit codes: the "
                     "variant without _bits covers that path; tiled_bits' refusal is tested below)")
-    if variant == "gemv" and M > 17 and (bits, dtype) != (8, torch.float16):
+    if variant.endswith("_bits") and M in (3, 64):
+        pytest.skip("the _bits variants run the same kernels as their exp2 twins: M = 1, 17, 65 cover their masks")
+    if variant.startswith("gemv") and M > 17 and (bits, dtype) != (8, torch.float16):
         pytest.skip("gemv decodes once per row: M = 64/65 runs for one format only, to keep the interpreter quick")
     x, lw, bias = _case(M, bits, dtype)
     y = lns_matmul(x, lw, 16, 32, 64, backend="triton", bias=bias, variant=variant)
@@ -101,7 +103,7 @@ def test_small_m_bench_checks_and_times_every_variant_on_cpu(monkeypatch):
     bench = _bench()
     monkeypatch.setattr(bench, "SMALL_M_TINY_SHAPES", [(3, 48, 20)])
     rows = bench.bench_small_m(torch.device("cpu"), tiny=True)
-    assert {r["variant"] for r in rows} == set(VARIANTS)
+    assert {r["variant"] for r in rows} == set(VARIANTS) - {"skinny_bits", "skinny_splitk_bits"}
     for r in rows:
         assert {"variant", "M", "K", "N", "ms", "torch_fp16_ms", "speedup_vs_torch_fp16", "gbps"} <= r.keys()
         assert (r["M"], r["K"], r["N"]) == (3, 48, 20) and r["check_rel_err_vs_ref"] <= bench.CHECK_TOL
