@@ -205,7 +205,8 @@ def bench_small_m(device, *, tiny: bool = False, seed: int = 0, keep_going: bool
     import torch
 
     from kernels.lns import TILED_DEFAULT_BLOCKS, lns_decode, lns_encode, lns_matmul, lns_matmul_ref
-    from kernels.lns_small import SMALL_M_VARIANTS, small_m_tiles
+    from kernels.lns_small import small_m_tiles
+    from kernels.lns_variants import SMALL_M_VARIANTS
 
     device = torch.device(device)
     gen = torch.Generator(device="cpu").manual_seed(seed)

@@ -36,6 +36,8 @@ from typing import Literal
 
 import torch
 
+from kernels.lns_variants import SMALL_M_VARIANTS, TILED_DEFAULT_BLOCKS, VARIANTS, auto_variant
+
 try:  # triton is optional on CPU-only installs; the reference path works without it
     import triton
 except ImportError:  # pragma: no cover - exercised only where triton is absent
@@ -58,20 +60,6 @@ __all__ = [
 DEFAULT_FRAC_BITS: dict[int, int] = {8: 4, 16: 11}
 _CODE_DTYPE = {8: torch.int8, 16: torch.int16}
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-# lns_matmul's kernel variants; "tiled" is the default until the small-M ones are measured (docs/lns_kernel.md).
-VARIANTS = (
-    "tiled",
-    "tiled_bits",
-    "skinny",
-    "skinny_bits",
-    "skinny_splitk",
-    "skinny_splitk_bits",
-    "swap",
-    "swap_bits",
-    "gemv",
-    "gemv_bits",
-)
-TILED_DEFAULT_BLOCKS = (128, 128, 32)  # the tiled kernels' (block_m, block_n, block_k) when none are given
 
 
 @dataclass
@@ -222,11 +210,10 @@ def lns_logadd_matmul_ref(x: torch.Tensor, weight: LNSWeight, acc_frac_bits: int
 if triton is not None:
     from kernels.lns_bits import bits_decode_supported
     from kernels.lns_launch import check_int32_extents, launch_config, max_shared_bytes
-    from kernels.lns_small import SMALL_M_VARIANTS, lns_matmul_small
+    from kernels.lns_small import lns_matmul_small
     from kernels.lns_triton import INTERPRETED as _INTERPRETED
     from kernels.lns_triton import _lns_matmul_kernel
 else:
-    SMALL_M_VARIANTS = VARIANTS[2:]
     _INTERPRETED = False
 
 
@@ -317,7 +304,7 @@ def lns_matmul(
     backend: Literal["auto", "triton", "torch"] = "auto",
     *,
     bias: torch.Tensor | None = None,
-    variant: str = "tiled",
+    variant: str = "auto",
 ) -> torch.Tensor:
     """`y [M, N] = x [M, K] @ decode(weight) [N, K]^T (+ bias [N])`, output in x's dtype, fp32 accumulation.
 
@@ -328,7 +315,9 @@ def lns_matmul(
     backend: "triton" (on CPU only under TRITON_INTERPRET=1), "torch" (`lns_matmul_ref`), "auto" = triton iff x is
     on CUDA. Inference only: there is no backward, so an input that would need a gradient raises ValueError.
     Dot precision: fp16/bf16 x -> the decoded tile is rounded to x's dtype; fp32 x -> fp32 tile, tf32 tensor cores.
-    variant (Triton backend; VARIANTS): "tiled" (the tiled kernel, every M) or a small-M kernel of
+    variant (Triton backend): "auto" (default: `auto_variant(M)`, measured per M range; a small-M pick runs with its
+    own tiles, the caller's block sizes serve the tiled kernel), or one of VARIANTS: "tiled" (the tiled kernel) or
+    a small-M kernel of
     kernels/lns_small.py: "skinny", "skinny_splitk", "swap" (kernels/lns_swap.py), "gemv" (exp2 decode). A "_bits"
     suffix swaps in the bit-construction decode of kernels/lns_bits.py (8-bit codes with f = 4; "tiled_bits"
     refuses other formats, the small-M ones keep exp2 for them). All compute the same sums to fp32 rounding
@@ -337,8 +326,9 @@ def lns_matmul(
     for name, given in (("block_m", block_m), ("block_n", block_n), ("block_k", block_k)):
         if given is not None:
             _validate_block(name, given)
-    if variant not in VARIANTS:
-        raise ValueError(f"variant: {variant!r} is not supported (allowed: {', '.join(map(repr, VARIANTS))})")
+    if variant != "auto" and variant not in VARIANTS:
+        allowed = ", ".join(map(repr, ("auto", *VARIANTS)))
+        raise ValueError(f"variant: {variant!r} is not supported (allowed: {allowed})")
     if backend not in ("auto", "triton", "torch"):
         raise ValueError(f"backend: {backend!r} is not supported (allowed: 'auto', 'triton', 'torch')")
     if not isinstance(weight, LNSWeight):
@@ -382,14 +372,11 @@ def lns_matmul(
             f"backend: 'triton' on {x.device} needs TRITON_INTERPRET=1 (set before importing triton); "
             "or use backend='torch' / 'auto'"
         )
+    if variant == "auto":
+        variant, auto_n, auto_k = auto_variant(x.shape[0])
+        if variant in SMALL_M_VARIANTS:
+            block_n, block_k = auto_n, auto_k
     if variant in SMALL_M_VARIANTS:
-        check_int32_extents(
-            **{
-                "x": x.stride(0) * max(x.shape[0] - 1, 0) + x.stride(1) * (K - 1),
-                "split-K workspace [slices, M, N]": x.shape[0] * N * max(1, K // 128),
-                "weight": weight.codes.stride(0) * (N - 1) + weight.codes.stride(1) * (K - 1),
-            }
-        )
         return lns_matmul_small(variant, x, weight, bias, _interpreter_on(), block_n, block_k)
     bits_decode = variant == "tiled_bits"
     if bits_decode and not bits_decode_supported(weight.bits, weight.frac_bits):

@@ -21,19 +21,11 @@ import triton
 import triton.language as tl
 
 from kernels.lns_bits import decode_bits
+from kernels.lns_launch import check_int32_extents
 from kernels.lns_swap import SWAP_BLOCK_K, SWAP_BLOCK_N, _lns_swap_kernel
 from kernels.lns_triton import _decode_codes, _lns_store_output, _lns_tile_step, _to_dtype
+from kernels.lns_variants import SMALL_M_VARIANTS
 
-SMALL_M_VARIANTS = (
-    "skinny",
-    "skinny_bits",
-    "skinny_splitk",
-    "skinny_splitk_bits",
-    "swap",
-    "swap_bits",
-    "gemv",
-    "gemv_bits",
-)
 SKINNY_BLOCK_N = 32
 SPLITK_BLOCK_N = 64
 SKINNY_BLOCK_K = 128
@@ -287,6 +279,14 @@ def lns_matmul_small(variant: str, x, weight, bias, interpret: bool, block_n=Non
 
     M, K = x.shape
     N = weight.codes.shape[0]
+    # Offsets inside the kernels are int32: refuse what would overflow them instead of reading wrong memory.
+    check_int32_extents(
+        **{
+            "x": x.stride(0) * max(M - 1, 0) + x.stride(1) * (K - 1),
+            "split-K workspace [slices, M, N]": M * N * max(1, K // 128),
+            "weight": weight.codes.stride(0) * (N - 1) + weight.codes.stride(1) * (K - 1),
+        }
+    )
     y = torch.empty((M, N), device=x.device, dtype=x.dtype)
     if M == 0:
         return y
