@@ -189,9 +189,8 @@ def small_m_configs(m: int) -> list[tuple[str, tuple[int | None, int | None, int
     rows: list[tuple[str, tuple[int | None, int | None, int | None]]] = [("tiled", default), ("tiled_bits", default)]
     if m <= 64:
         rows += [
-            ("skinny", default), ("skinny", (None, 16, 256)), ("skinny", (None, 64, 64)),
-            ("skinny_splitk", default), ("skinny_splitk", (None, 32, 128)),
-            ("swap", default), ("swap", (None, 128, 128)), ("swap", (None, 64, 256)), ("swap_bits", default),
+            ("skinny", default), ("skinny", (None, 16, 256)), ("skinny_splitk", default),
+            ("skinny_splitk", (None, 32, 128)), ("swap", default), ("swap", (None, 128, 128)), ("swap_bits", default),
         ]
     if m <= GEMV_MAX_M:
         rows += [("gemv", default), ("gemv_bits", default)]
