@@ -95,6 +95,8 @@ def bench_lns(device, *, shapes=None, blocks=None, bits_list=(8, 16), seed: int 
     import torch
 
     from kernels.lns import flops, lns_decode, lns_encode, lns_matmul, lns_matmul_ref
+    from kernels.lns_small import small_m_tiles
+    from kernels.lns_variants import SMALL_M_VARIANTS, auto_variant
 
     device = torch.device(device)
     shapes = shapes or (SHAPES if device.type == "cuda" else TINY_SHAPES)
@@ -128,6 +130,12 @@ def bench_lns(device, *, shapes=None, blocks=None, bits_list=(8, 16), seed: int 
                         "weight_bytes_lns": lw.nbytes(), "weight_bytes_fp16": N * K * 2,
                         "weight_bytes_fp32": N * K * 4,
                     }
+                    if impl == "new":  # lns_matmul's default variant="auto": record the kernel and tiles it runs
+                        variant, auto_n, auto_k = auto_variant(M)
+                        row["variant"] = variant
+                        if variant in SMALL_M_VARIANTS:
+                            row["block_m"], row["block_n"], row["block_k"], row["k_slices"] = small_m_tiles(
+                                variant, M, N, K, auto_n, auto_k)
                     fn = functools.partial(matmul, x, weight, bm, bn, bk, backend="triton")
                     try:
                         y = fn()

@@ -31,3 +31,14 @@ def test_auto_follows_the_table_by_m(monkeypatch):
         # the caller's tiles reach the tiled kernel only; a table row brings its own
         assert_close_to_ref(lns_matmul(x, lw, 16, 16, 16, backend="triton"), lns_matmul_ref(x, lw), torch.float16)
     assert calls == [("gemv", (None, None)), ("swap", (32, 64))]
+
+
+def test_lns_bench_rows_name_the_kernel_auto_ran(monkeypatch):
+    """kernels.json's lns rows time lns_matmul's default (auto): each row says which kernel and tiles that was."""
+    from tests.kernels.test_lns import _bench_module
+
+    monkeypatch.setattr(variants, "AUTO_SMALL_M", ((4, "swap", None, None),))
+    rows = _bench_module().bench_lns(torch.device("cpu"), shapes=[(3, 32, 16), (20, 32, 16)], blocks=[(16, 16, 16)],
+                                     bits_list=(8,))
+    assert [(r["M"], r["variant"], r["block_n"]) for r in rows] == [(3, "swap", 64), (20, "tiled", 16)]
+    assert rows[0]["k_slices"] == 1 and all(r["check_rel_err_vs_ref"] <= r["check_tol"] for r in rows)
