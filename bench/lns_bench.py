@@ -15,6 +15,10 @@ Usage: python bench/lns_bench.py --out DIR [--baseline PATH]          (GPU; writ
                                                                        M = 4096 / 8192 and M = 1, 16, 64)
        python bench/lns_bench.py --tiny [--out DIR]   (smoke check; on CPU it runs the Triton interpreter and its
                                                        timings are perf_counter medians, not performance figures)
+       python bench/lns_bench.py --small-m --out DIR   (GPU, < 3 min: every `lns_matmul` variant against torch fp16
+                                                       at M = 1, 16, 64 and 4096, K = N = 4096, 8-bit codes; writes
+                                                       DIR/lns_small_m.json; with --tiny it runs on CPU through the
+                                                       interpreter: a check of the script, no timings)
 `lns_rows` is also imported by bench/kernel_bench.py, which files the list under "lns" of kernels.json.
 """
 
@@ -91,6 +95,8 @@ def bench_lns(device, *, shapes=None, blocks=None, bits_list=(8, 16), seed: int 
     import torch
 
     from kernels.lns import flops, lns_decode, lns_encode, lns_matmul, lns_matmul_ref
+    from kernels.lns_small import small_m_tiles
+    from kernels.lns_variants import SMALL_M_VARIANTS, auto_variant
 
     device = torch.device(device)
     shapes = shapes or (SHAPES if device.type == "cuda" else TINY_SHAPES)
@@ -124,6 +130,12 @@ def bench_lns(device, *, shapes=None, blocks=None, bits_list=(8, 16), seed: int 
                         "weight_bytes_lns": lw.nbytes(), "weight_bytes_fp16": N * K * 2,
                         "weight_bytes_fp32": N * K * 4,
                     }
+                    if impl == "new":  # lns_matmul's default variant="auto": record the kernel and tiles it runs
+                        variant, auto_n, auto_k = auto_variant(M)
+                        row["variant"] = variant
+                        if variant in SMALL_M_VARIANTS:
+                            row["block_m"], row["block_n"], row["block_k"], row["k_slices"] = small_m_tiles(
+                                variant, M, N, K, auto_n, auto_k)
                     fn = functools.partial(matmul, x, weight, bm, bn, bk, backend="triton")
                     try:
                         y = fn()
@@ -172,6 +184,84 @@ def bench_lns(device, *, shapes=None, blocks=None, bits_list=(8, 16), seed: int 
     return rows
 
 
+# --small-m: (M, K, N) and which variants run where (gemv decodes the codes once per row: M <= 64 only).
+SMALL_M_BENCH_SHAPES = [(1, 4096, 4096), (16, 4096, 4096), (64, 4096, 4096), (4096, 4096, 4096)]
+SMALL_M_TINY_SHAPES = [(1, 160, 40), (16, 160, 40), (33, 96, 24)]
+GEMV_MAX_M = 16
+
+
+def small_m_configs(m: int) -> list[tuple[str, tuple[int | None, int | None, int | None]]]:
+    """(variant, (block_m, block_n, block_k)) rows for M; None: the variant's default (the tiled kernels: 128, 128,
+    32; the small-M ones: kernels/lns_small.py, whose row tile follows M)."""
+    default = (None, None, None)
+    rows: list[tuple[str, tuple[int | None, int | None, int | None]]] = [("tiled", default), ("tiled_bits", default)]
+    if m <= 64:
+        rows += [
+            ("skinny", default), ("skinny", (None, 16, 256)), ("skinny_splitk", default),
+            ("skinny_splitk", (None, 32, 128)), ("swap", default), ("swap", (None, 128, 128)), ("swap_bits", default),
+        ]
+    if m <= GEMV_MAX_M:
+        rows += [("gemv", default), ("gemv_bits", default)]
+    return rows
+
+
+def bench_small_m(device, *, tiny: bool = False, seed: int = 0, keep_going: bool = False) -> list[dict]:
+    """One row per (shape, variant, tiles): checked against `lns_matmul_ref`, then timed beside `torch.matmul` fp16
+    on the pre-decoded weight. A variant that disagrees, is not repeatable or fails raises RuntimeError; with
+    keep_going its row carries "error" and no figure instead, and the others still run."""
+    import torch
+
+    from kernels.lns import TILED_DEFAULT_BLOCKS, lns_decode, lns_encode, lns_matmul, lns_matmul_ref
+    from kernels.lns_small import small_m_tiles
+    from kernels.lns_variants import SMALL_M_VARIANTS
+
+    device = torch.device(device)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    rows = []
+    for M, K, N in SMALL_M_TINY_SHAPES if tiny else SMALL_M_BENCH_SHAPES:
+        x = torch.randn(M, K, generator=gen).to(device=device, dtype=torch.float16)
+        lw = lns_encode((torch.randn(N, K, generator=gen) * 0.02).to(device), 8)
+        w16 = lns_decode(lw, torch.float16)
+        ref = lns_matmul_ref(x, lw).double()
+        torch_ms = _time_ms(functools.partial(torch.matmul, x, w16.t()), device, quick=True)
+        moved = lw.nbytes() + x.numel() * 2 + M * N * 2  # bytes the LNS kernel must read and write at least
+        for variant, (bm, bn, bk) in small_m_configs(M):
+            fn = functools.partial(lns_matmul, x, lw, bm, bn, bk, backend="triton", variant=variant)
+            slices = 1
+            if variant in SMALL_M_VARIANTS:  # record the tiles it really launches with
+                bm, bn, bk, slices = small_m_tiles(variant, M, N, K, bn, bk)
+            else:
+                bm, bn, bk = (d if b is None else b for b, d in zip((bm, bn, bk), TILED_DEFAULT_BLOCKS))
+            try:
+                y = fn()
+                check = ((y.double() - ref).norm() / ref.norm()).item()
+                if not check <= CHECK_TOL:
+                    raise RuntimeError(
+                        f"variant {variant} tiles ({bm}, {bn}, {bk}) disagrees with lns_matmul_ref at M={M} K={K} "
+                        f"N={N}: relative error {check:.3e} > {CHECK_TOL:.0e}; not reporting"
+                    )
+                ms = _time_ms(fn, device, quick=True)
+                if not all(torch.equal(fn(), y) for _ in range(REPEAT_CHECK)):
+                    raise RuntimeError(f"variant {variant} is not repeatable at M={M} K={K} N={N}; not reporting")
+            except Exception as e:  # one broken variant must not cost the others' figures: a row without timings
+                if not keep_going:
+                    raise
+                rows.append({"variant": variant, "M": M, "K": K, "N": N, "block_m": bm, "block_n": bn,
+                             "block_k": bk, "k_slices": slices, "error": f"{type(e).__name__}: {e}"})
+                print(f"M={M:5d} {variant:18s} FAILED: {e}", file=sys.stderr, flush=True)
+                continue
+            rows.append({
+                "variant": variant, "M": M, "K": K, "N": N, "ms": ms[0], "torch_fp16_ms": torch_ms[0],
+                "speedup_vs_torch_fp16": torch_ms[0] / ms[0], "gbps": moved / (ms[0] * 1e-3) / 1e9,
+                "block_m": bm, "block_n": bn, "block_k": bk, "k_slices": slices, "ms_p20": ms[1], "ms_p80": ms[2],
+                "bits": 8, "x_dtype": "float16", "check_rel_err_vs_ref": check, "timer": ms[3],
+            })
+            print(f"M={M:5d} {variant:18s} tiles {bm:3d}/{bn:3d}/{bk:3d} x{slices}: {ms[0] * 1e3:9.1f} us, torch "
+                  f"{torch_ms[0] * 1e3:9.1f} us, x{torch_ms[0] / ms[0]:.3f}", file=sys.stderr, flush=True)
+        del x, lw, w16, ref
+    return rows
+
+
 def lns_rows(device, *, tiny: bool = False, quick: bool = False, baseline_path: str | None = None) -> list[dict]:
     """The rows of one mode (tiny, quick or full), with an older module's rows when `baseline_path` is given."""
     baseline = load_baseline(baseline_path) if baseline_path else None
@@ -189,11 +279,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tiny", action="store_true", help="tiny shapes and tiles: a smoke check (runs on CPU)")
     p.add_argument("--quick", action="store_true",
                    help="8-bit codes, default tiles, shapes M = 4096, 8192 and 1, 16, 64; fewer repetitions")
+    p.add_argument("--small-m", action="store_true",
+                   help="every lns_matmul variant at M = 1, 16, 64 (and 4096), K = N = 4096: DIR/lns_small_m.json")
     p.add_argument("--baseline", metavar="PATH",
                    help="an older kernels/lns.py to run beside this one (rows with impl 'old')")
     args = p.parse_args(argv)
     if args.tiny and args.quick:
         p.error("--tiny and --quick exclude each other")
+    if args.small_m and (args.quick or args.baseline):
+        p.error("--small-m runs its own shapes and this tree's variants: leave out --quick and --baseline")
     import torch
 
     cuda = torch.cuda.is_available()
@@ -206,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
 
     device = torch.device("cuda" if cuda else "cpu")
     t0 = time.perf_counter()
+    if args.small_m:
+        return _small_m_main(args, device, cuda, t0)
     rows = lns_rows(device, tiny=args.tiny, quick=args.quick, baseline_path=args.baseline)
     result = {
         "device": rows[0]["device"] if rows else str(device), "torch": torch.__version__,
@@ -218,6 +314,26 @@ def main(argv: list[str] | None = None) -> int:
         os.makedirs(args.out, exist_ok=True)
         with open(os.path.join(args.out, "lns_bench.json"), "w") as fh:
             fh.write(text + "\n")
+    return 0
+
+
+def _small_m_main(args, device, cuda: bool, t0: float) -> int:
+    import triton
+
+    from bench._common import device_header, write_json
+
+    rows = bench_small_m(device, tiny=args.tiny, keep_going=True)
+    result = {
+        **device_header(), "triton": triton.__version__, "tiny": args.tiny, "interpreter": not cuda,
+        "note": "CPU Triton interpreter: a check of the script, the figures are not timings" if not cuda else
+        "ms: triton.testing.do_bench median (L2 flushed); gbps: (codes + offsets + x + y bytes) / ms",
+        "bench_wall_s": time.perf_counter() - t0, "rows": rows,
+    }
+    print(json.dumps(result, indent=2))
+    if args.out:
+        from pathlib import Path
+
+        write_json(Path(args.out) / "lns_small_m.json", result)
     return 0
 
 

@@ -36,6 +36,8 @@ from typing import Literal
 
 import torch
 
+from kernels.lns_variants import SMALL_M_VARIANTS, TILED_DEFAULT_BLOCKS, VARIANTS, auto_variant
+
 try:  # triton is optional on CPU-only installs; the reference path works without it
     import triton
 except ImportError:  # pragma: no cover - exercised only where triton is absent
@@ -51,6 +53,7 @@ __all__ = [
     "lns_logadd_matmul_ref",
     "relative_error_bound",
     "validate_block_sizes",
+    "VARIANTS",
 ]
 
 # Fractional bits of the fixed-point log per code width; the module docstring says why these.
@@ -205,7 +208,9 @@ def lns_logadd_matmul_ref(x: torch.Tensor, weight: LNSWeight, acc_frac_bits: int
 # --- Triton launcher (the kernel is in kernels/lns_triton.py) ----------------------------------------------------
 
 if triton is not None:
+    from kernels.lns_bits import bits_decode_supported
     from kernels.lns_launch import check_int32_extents, launch_config, max_shared_bytes
+    from kernels.lns_small import lns_matmul_small
     from kernels.lns_triton import INTERPRETED as _INTERPRETED
     from kernels.lns_triton import _lns_matmul_kernel
 else:
@@ -215,12 +220,22 @@ else:
 def validate_block_sizes(block_m: int, block_n: int, block_k: int) -> None:
     """Raise ValueError unless every tile size is a power of two in 16..256 (tl.dot needs >= 16 per dim)."""
     for name, v in (("block_m", block_m), ("block_n", block_n), ("block_k", block_k)):
-        if not isinstance(v, int) or isinstance(v, bool) or v < 16 or v > 256 or v & (v - 1):
-            raise ValueError(f"{name}: {v!r} is out of range (allowed: a power of two from 16 to 256)")
+        _validate_block(name, v)
+
+
+def _validate_block(name: str, v: object) -> None:
+    if not isinstance(v, int) or isinstance(v, bool) or v < 16 or v > 256 or v & (v - 1):
+        raise ValueError(f"{name}: {v!r} is out of range (allowed: a power of two from 16 to 256)")
 
 
 def _lns_matmul_triton(
-    x: torch.Tensor, weight: LNSWeight, bias: torch.Tensor | None, block_m: int, block_n: int, block_k: int
+    x: torch.Tensor,
+    weight: LNSWeight,
+    bias: torch.Tensor | None,
+    block_m: int,
+    block_n: int,
+    block_k: int,
+    bits_decode: bool = False,
 ) -> torch.Tensor:
     M, K = x.shape
     N = weight.codes.shape[0]
@@ -265,6 +280,7 @@ def _lns_matmul_triton(
             GROUP_M=8,
             TF32=x.dtype == torch.float32,
             INTERPRET=_interpreter_on(),
+            BITS=bits_decode,
             num_warps=num_warps,
             num_stages=num_stages,
         )
@@ -282,22 +298,37 @@ def _lns_matmul_triton(
 def lns_matmul(
     x: torch.Tensor,
     weight: LNSWeight,
-    block_m: int = 128,
-    block_n: int = 128,
-    block_k: int = 32,
+    block_m: int | None = None,
+    block_n: int | None = None,
+    block_k: int | None = None,
     backend: Literal["auto", "triton", "torch"] = "auto",
     *,
     bias: torch.Tensor | None = None,
+    variant: str = "auto",
 ) -> torch.Tensor:
     """`y [M, N] = x [M, K] @ decode(weight) [N, K]^T (+ bias [N])`, output in x's dtype, fp32 accumulation.
 
     x: fp32 / bf16 / fp16 `[M, K]` (any strides). weight: LNSWeight `[N, K]` on x's device. bias: float `[N]`.
-    block_m/n/k: the Triton kernel's tile sizes, powers of two in 16..256 (checked for every backend), for every M.
+    block_m/n/k: the Triton kernel's tile sizes, powers of two in 16..256 (checked for every backend); None: the
+    variant's default (TILED_DEFAULT_BLOCKS for the tiled kernels; kernels/lns_small.py for the small-M ones, which
+    take block_n/block_k only: their row tile follows M).
     backend: "triton" (on CPU only under TRITON_INTERPRET=1), "torch" (`lns_matmul_ref`), "auto" = triton iff x is
     on CUDA. Inference only: there is no backward, so an input that would need a gradient raises ValueError.
     Dot precision: fp16/bf16 x -> the decoded tile is rounded to x's dtype; fp32 x -> fp32 tile, tf32 tensor cores.
+    variant (Triton backend): "auto" (default: `auto_variant(M)`, measured per M range; a small-M pick runs with its
+    own tiles, the caller's block sizes serve the tiled kernel), or one of VARIANTS: "tiled" (the tiled kernel) or
+    a small-M kernel of
+    kernels/lns_small.py: "skinny", "skinny_splitk", "swap" (kernels/lns_swap.py), "gemv" (exp2 decode). A "_bits"
+    suffix swaps in the bit-construction decode of kernels/lns_bits.py (8-bit codes with f = 4; "tiled_bits"
+    refuses other formats, the small-M ones keep exp2 for them). All compute the same sums to fp32 rounding
+    (docs/lns_kernel.md).
     """
-    validate_block_sizes(block_m, block_n, block_k)
+    for name, given in (("block_m", block_m), ("block_n", block_n), ("block_k", block_k)):
+        if given is not None:
+            _validate_block(name, given)
+    if variant != "auto" and variant not in VARIANTS:
+        allowed = ", ".join(map(repr, ("auto", *VARIANTS)))
+        raise ValueError(f"variant: {variant!r} is not supported (allowed: {allowed})")
     if backend not in ("auto", "triton", "torch"):
         raise ValueError(f"backend: {backend!r} is not supported (allowed: 'auto', 'triton', 'torch')")
     if not isinstance(weight, LNSWeight):
@@ -341,7 +372,20 @@ def lns_matmul(
             f"backend: 'triton' on {x.device} needs TRITON_INTERPRET=1 (set before importing triton); "
             "or use backend='torch' / 'auto'"
         )
-    return _lns_matmul_triton(x, weight, bias, block_m, block_n, block_k)
+    if variant == "auto":
+        variant, auto_n, auto_k = auto_variant(x.shape[0])
+        if variant in SMALL_M_VARIANTS:
+            block_n, block_k = auto_n, auto_k
+    if variant in SMALL_M_VARIANTS:
+        return lns_matmul_small(variant, x, weight, bias, _interpreter_on(), block_n, block_k)
+    bits_decode = variant == "tiled_bits"
+    if bits_decode and not bits_decode_supported(weight.bits, weight.frac_bits):
+        raise ValueError(
+            f"variant: 'tiled_bits' decodes 8-bit codes with 4 fractional bits only, not {weight.bits}-bit codes "
+            f"with {weight.frac_bits}; use variant='tiled'"
+        )
+    bm, bn, bk = (d if b is None else b for b, d in zip((block_m, block_n, block_k), TILED_DEFAULT_BLOCKS))
+    return _lns_matmul_triton(x, weight, bias, bm, bn, bk, bits_decode)
 
 
 def _interpreter_on() -> bool:

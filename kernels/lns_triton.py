@@ -30,6 +30,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from kernels.lns_bits import decode_bits
+
 
 @triton.jit
 def _to_dtype(v, dtype: tl.constexpr, INTERPRET: tl.constexpr):
@@ -72,30 +74,39 @@ def _decode_codes_8bit(ct, inv_step, Q: tl.constexpr, dtype: tl.constexpr, INTER
 
     Why: on sm_90 the per-element decode, not the memory, bounds the small-M matmul. fp16 arithmetic on pairs of
     elements is packed two per instruction (LLVM emits add/fma/min/abs.f16x2 and 32-bit logic ops on 16-bit pairs),
-    and every step below is exact in fp16 for 8-bit codes: 0x6400 | u is the fp16 1024 + u (u < 1024), so
-    (0x6400 | (c + 128)) - 1152 = c; |c| * 2^-f - Q * 2^-f with |c|, Q <= 127 and f <= 6 has at most 7 significant
-    bits and is >= 2^-6 in magnitude. Only the exp2 runs in fp32, one element at a time.
+    and every step below is exact in fp16 for 8-bit codes: with u the code's raw byte, 0x6400 | u is the fp16
+    1024 + u (u < 1024), so t = (0x6400 | u) - 1152 = u - 128, and |t| = 128 - |c| for either sign (u = c for
+    c >= 0, 256 + c below) - no sign flip of the byte needed. (128 - Q) * 2^-f - |t| * 2^-f with |c|, Q <= 127
+    and f <= 6 has at most 7 significant bits and is >= 2^-6 in magnitude. Only the exp2 runs in fp32, one element
+    at a time.
     """
     u = ct.to(tl.uint8, bitcast=True).to(tl.uint16)  # the code's byte, zero-extended
-    h = ((u ^ 0x80) | 0x6400).to(tl.float16, bitcast=True) - 1152.0  # = c, exactly
-    a = tl.abs(h)
-    # 2^-f and Q * 2^-f as fp16 (exact); tl.full also takes the interpreter's plain-float scalar
+    t = (u | 0x6400).to(tl.float16, bitcast=True) - 1152.0  # = u - 128, exactly
+    a = tl.abs(t)  # = 128 - |c|
+    # 2^-f and (128 - Q) * 2^-f as fp16 (exact); tl.full also takes the interpreter's plain-float scalar
     step = tl.full((1, 1), inv_step, tl.float32).to(tl.float16)
-    q_step = tl.full((1, 1), Q * inv_step, tl.float32).to(tl.float16)
-    arg = a * step - q_step  # = (|c| - Q) * 2^-f, exactly; <= 0
-    # Zero code: 512 * (|c| - 1) is >= 0 for every nonzero code (the min keeps arg) and -512 for c = 0, where exp2
-    # underflows to exact 0 (|c| * 512 <= 65024 fits fp16).
-    arg = tl.minimum(arg, a * 512.0 - 512.0)
+    q_step = tl.full((1, 1), (128 - Q) * inv_step, tl.float32).to(tl.float16)
+    arg = q_step - a * step  # = (|c| - Q) * 2^-f, exactly; <= 0
+    # Zero code (|t| = 128): 384 * (127.5 - |t|) is -192 there, where exp2 underflows to exact 0, and >= 192 for
+    # every other code (the min keeps arg). Exact in fp16 fused or not: |t| * 384 <= 49152, 127.5 * 384 = 48960.
+    arg = tl.minimum(arg, 48960.0 - a * 384.0)
     v = _to_dtype(tl.exp2(arg.to(tl.float32)), dtype, INTERPRET)
-    # Sign: bit 15 of both fp16 and bf16, copied from h (+0 for the zero code).
-    sign = h.to(tl.int16, bitcast=True) & -32768
+    # Sign: c < 0 iff u >= 128 iff t >= 0, so bit 15 (of fp16 and bf16) is the complement of t's (+0 for c = 0).
+    sign = ~t.to(tl.int16, bitcast=True) & -32768
     return (v.to(tl.int16, bitcast=True) | sign).to(dtype, bitcast=True)
 
 
 @triton.jit
-def _decode_tile(ct, inv_step, Q: tl.constexpr, dtype: tl.constexpr, INTERPRET: tl.constexpr):
-    """Integer codes -> the dot operand in `dtype` (fp32 for the tf32 dot, else fp16/bf16), normalised."""
-    if dtype == tl.float32:
+def _decode_tile(
+    ct, inv_step, Q: tl.constexpr, dtype: tl.constexpr, INTERPRET: tl.constexpr, BITS: tl.constexpr = False
+):
+    """Integer codes -> the dot operand in `dtype` (fp32 for the tf32 dot, else fp16/bf16), normalised.
+
+    BITS: the bit-construction decode of kernels/lns_bits.py (8-bit codes with f = 4 only; the launcher checks).
+    """
+    if BITS:
+        return decode_bits(ct, dtype)
+    elif dtype == tl.float32:
         return _decode_codes(ct, inv_step, Q)
     elif Q <= 127:
         return _decode_codes_8bit(ct, inv_step, Q, dtype, INTERPRET)
@@ -118,14 +129,24 @@ def _lns_tile_step(
     Q: tl.constexpr,
     TF32: tl.constexpr,
     INTERPRET: tl.constexpr,
+    BITS: tl.constexpr = False,
+    EVEN: tl.constexpr = False,
 ):
-    """One K step: load an x tile [BM, BK] and a code tile [BK, BN], decode the codes, acc += x @ w^T."""
-    xt = tl.load(x_ptrs, mask=(rm[:, None] < M) & (rk[None, :] < k_left), other=0.0)
-    # Masked codes load as 0, the zero code: padding decodes to exact 0.
-    ct = tl.load(c_ptrs, mask=(rk[:, None] < k_left) & (rn[None, :] < N), other=0)
+    """One K step: load an x tile [BM, BK] and a code tile [BK, BN], decode the codes, acc += x @ w^T.
+
+    EVEN: the caller guarantees a full K step and a full column tile (only x's rows are masked): no per-element
+    compares and selects for the code tile (measured in SASS: they were a fifth of a small-M step's instructions).
+    """
+    if EVEN:
+        xt = tl.load(x_ptrs, mask=rm[:, None] < M, other=0.0)
+        ct = tl.load(c_ptrs)
+    else:
+        xt = tl.load(x_ptrs, mask=(rm[:, None] < M) & (rk[None, :] < k_left), other=0.0)
+        # Masked codes load as 0, the zero code: padding decodes to exact 0.
+        ct = tl.load(c_ptrs, mask=(rk[:, None] < k_left) & (rn[None, :] < N), other=0)
     # Normalised: the channel scale is applied once, after the K loop. fp16/bf16 x: the decoded tile is rounded to
     # x's dtype; fp32 x: it stays fp32 for the tf32 dot.
-    wt = _decode_tile(ct, inv_step, Q, xt.dtype, INTERPRET)
+    wt = _decode_tile(ct, inv_step, Q, xt.dtype, INTERPRET, BITS)
     if TF32:
         acc += tl.dot(xt, wt, input_precision="tf32")
     else:
@@ -157,6 +178,7 @@ def _lns_k_loop(
     BLOCK_K: tl.constexpr,
     TF32: tl.constexpr,
     INTERPRET: tl.constexpr,
+    BITS: tl.constexpr = False,
 ):
     """acc += x[rm, :] @ w[rn, :]^T over all K, BLOCK_K columns per step; the pointers start at column 0."""
     if INTERPRET:
@@ -165,13 +187,13 @@ def _lns_k_loop(
         # loop, which Triton software-pipelines (num_stages) and a while loop would not be.
         k0 = 0
         while k0 < K:
-            acc = _lns_tile_step(acc, x_ptrs, c_ptrs, rm, rn, rk, M, N, K - k0, inv_step, Q, TF32, INTERPRET)
+            acc = _lns_tile_step(acc, x_ptrs, c_ptrs, rm, rn, rk, M, N, K - k0, inv_step, Q, TF32, INTERPRET, BITS)
             x_ptrs += BLOCK_K * stride_xk
             c_ptrs += BLOCK_K * stride_ck
             k0 += BLOCK_K
     else:
         for k0 in range(0, K, BLOCK_K):
-            acc = _lns_tile_step(acc, x_ptrs, c_ptrs, rm, rn, rk, M, N, K - k0, inv_step, Q, TF32, INTERPRET)
+            acc = _lns_tile_step(acc, x_ptrs, c_ptrs, rm, rn, rk, M, N, K - k0, inv_step, Q, TF32, INTERPRET, BITS)
             x_ptrs += BLOCK_K * stride_xk
             c_ptrs += BLOCK_K * stride_ck
     return acc
@@ -232,6 +254,7 @@ def _lns_matmul_kernel(
     GROUP_M: tl.constexpr,
     TF32: tl.constexpr,
     INTERPRET: tl.constexpr,
+    BITS: tl.constexpr = False,  # bit-construction decode (kernels/lns_bits.py) instead of exp2
 ):
     """Tiled kernel: program `pid` computes one [BLOCK_M, BLOCK_N] tile of y over all of K."""
     # Grouped tile order: GROUP_M row-tiles share each column of code tiles while it is in L2.
@@ -251,7 +274,7 @@ def _lns_matmul_kernel(
     c_ptrs = c_ptr + rn[None, :] * stride_cn + rk[:, None] * stride_ck  # [BK, BN]: w^T tile
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc = _lns_k_loop(
-        acc, x_ptrs, c_ptrs, rm, rn, rk, M, N, K, stride_xk, stride_ck, inv_step, Q, BLOCK_K, TF32, INTERPRET
+        acc, x_ptrs, c_ptrs, rm, rn, rk, M, N, K, stride_xk, stride_ck, inv_step, Q, BLOCK_K, TF32, INTERPRET, BITS
     )
     _lns_store_output(acc, o_ptr, b_ptr, y_ptr, rm, rn, M, N, stride_ym, stride_yn, inv_step, HAS_BIAS, INTERPRET)
 
