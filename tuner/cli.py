@@ -2,7 +2,8 @@
 `run(args) -> int`), found with pkgutil so a new command is one new file.
 
 Every subcommand takes `--storage URL` and `--debug`. User errors (TunerError, model.ConfigError,
-model.data.DataError) print one line, `error: ...`, and exit 2; `--debug` shows the traceback instead.
+model.data.DataError) print one line, `error: ...`, and exit 2 (or the error's own `exit_code`: 75 for a database
+that stayed unreachable, 128 + N for signal N during an outage); `--debug` shows the traceback instead.
 Importing this module and `tuner --help` import neither torch nor triton (commands import heavy modules in run()).
 """
 
@@ -80,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, "debug", False):
             raise
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        return int(getattr(exc, "exit_code", EXIT_USER_ERROR))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

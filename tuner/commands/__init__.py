@@ -18,17 +18,17 @@ def add_heartbeat_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def open_worker_storage(url: str, args: Any) -> Any:
+def open_worker_storage(url: str, args: Any, abort: Any = None) -> Any:
     """The storage a worker runs against, with this command's --heartbeat-s / --grace-s (only those given:
-    open_storage's defaults otherwise)."""
+    open_storage's defaults otherwise). A database that cannot be reached yet is waited for, up to the outage limit
+    (a worker started during an outage is not misconfigured); `abort` (a tuner.storage.resilient.StopSignal) ends
+    that wait."""
     from tuner.storage.connect import open_storage
+    from tuner.storage.resilient import OUTAGE_LIMIT_S
 
-    timing: dict[str, int] = {}
-    if args.heartbeat_s is not None:
-        timing["heartbeat_interval_s"] = int(args.heartbeat_s)
-    if args.grace_s is not None:
-        timing["grace_period_s"] = int(args.grace_s)
-    return open_storage(url, **timing)
+    heartbeat = {} if args.heartbeat_s is None else {"heartbeat_interval_s": int(args.heartbeat_s)}
+    grace = {} if args.grace_s is None else {"grace_period_s": int(args.grace_s)}
+    return open_storage(url, **heartbeat, **grace, wait_s=OUTAGE_LIMIT_S, abort=abort)
 
 
 def add_trial_process_options(p: argparse.ArgumentParser) -> None:
@@ -41,3 +41,17 @@ def add_trial_process_options(p: argparse.ArgumentParser) -> None:
         help="torch threads per trial on CPU (default 1: avoids oversubscribing shared cores; 0 = torch's "
         "default); ignored on a GPU",
     )
+
+
+def stop_on_signals() -> Any:
+    """A tuner.storage.resilient.StopSignal that SIGTERM / SIGINT set from now on (the worker installs its own
+    handler, setting the same event, once it runs trials): a signal while the worker still waits for an unreachable
+    database at its start ends that wait within seconds (exit 143 / 130)."""
+    import signal
+
+    from tuner.storage.resilient import StopSignal
+
+    stop = StopSignal()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: stop.set_by(signum))
+    return stop

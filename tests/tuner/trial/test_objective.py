@@ -217,7 +217,7 @@ def test_budget_counts_finished_trials_minus_retried_failures():
     import threading
 
     stop = threading.Event()
-    assert StudyBudget(3, stop).wait_turn(study) is True  # one left, nobody running it
-    assert StudyBudget(2, stop).wait_turn(study) is False  # budget spent
+    assert StudyBudget(3, stop).take_turn(study) is True  # one left, nobody running it
+    assert StudyBudget(2, stop).take_turn(study) is False  # budget spent
     stop.set()
-    assert StudyBudget(10, stop).wait_turn(study) is False  # stopping wins
+    assert StudyBudget(10, stop).take_turn(study) is False  # stopping wins
