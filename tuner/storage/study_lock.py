@@ -5,7 +5,7 @@ claims its sampler seed index (tuner.storage.samplers.claim_run_seed).
 - Postgres: a session-level advisory lock (`pg_try_advisory_lock`, polled so a stop signal is honoured) on a
   connection of its own; the server releases it if the holder's connection dies, so a killed worker never leaves it
   held.
-- SQLite: an exclusive `flock` on a file beside the database (`<db>.lock`). Not the database file's own write lock:
+- SQLite: an exclusive `flock` on a file beside the database (`<db>.lock`), one for all the file's studies. Not the database file's own write lock:
   holding that on one connection would block this very process's Optuna writes (the trial it is taking) on its
   other connection, a self-deadlock; and a second descriptor on the database file would drop SQLite's own POSIX
   locks when closed. SQLite is local-only, so every process sharing the file sees the same lock file. The kernel
@@ -36,7 +36,7 @@ def _key(study_id: int) -> int:
 
 class StudyLock:
     """Exclusive lock on one study of `storage` (a tuner.storage.resilient.ResilientStorage). `acquire(stop)` waits
-    for it (False if `stop` was set first); `release()` is idempotent."""
+    for it (False once `stop` is set and the lock is still taken); `release()` is idempotent."""
 
     def __init__(self, storage: Any, study_id: int):
         self.storage = storage
@@ -52,11 +52,12 @@ class StudyLock:
     def acquire(self, stop: threading.Event | None = None) -> bool:
         if self.held:
             return True
-        while stop is None or not stop.is_set():
+        while True:
             if self._try():
                 return True
+            if stop is not None and stop.is_set():
+                return False
             time.sleep(POLL_S)
-        return False
 
     def _try(self) -> bool:
         if self._kind == "postgresql":
