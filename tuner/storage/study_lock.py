@@ -5,11 +5,11 @@ claims its sampler seed index (tuner.storage.samplers.claim_run_seed).
 - Postgres: a session-level advisory lock (`pg_try_advisory_lock`, polled so a stop signal is honoured) on a
   connection of its own; the server releases it if the holder's connection dies, so a killed worker never leaves it
   held.
-- SQLite: an exclusive `flock` on a file beside the database (`<db>.lock`), one for all the file's studies. Not the database file's own write lock:
-  holding that on one connection would block this very process's Optuna writes (the trial it is taking) on its
-  other connection, a self-deadlock; and a second descriptor on the database file would drop SQLite's own POSIX
-  locks when closed. SQLite is local-only, so every process sharing the file sees the same lock file. The kernel
-  releases it when the holder dies.
+- SQLite: an exclusive `flock` on a file beside the database (`<db>.lock`), one for all the file's studies. Not the
+  database file's own write lock: holding that on one connection would block this very process's Optuna writes (the
+  trial it is taking) on its other connection, a self-deadlock; and a second descriptor on the database file would
+  drop SQLite's own POSIX locks when closed. SQLite is local-only, so every process sharing the file sees the same
+  lock file. The kernel releases it when the holder dies.
 - Other backends (MySQL): no lock; the budget may then overshoot by the number of workers racing for the last trial.
 """
 
