@@ -1,6 +1,8 @@
 """One module per CLI subcommand: `add_parser(subparsers)` and `run(args) -> int`. Heavy imports live inside run()."""
 
 import argparse
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 
@@ -43,15 +45,24 @@ def add_trial_process_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def stop_on_signals() -> Any:
-    """A tuner.storage.resilient.StopSignal that SIGTERM / SIGINT set from now on (the worker installs its own
-    handler, setting the same event, once it runs trials): a signal while the worker still waits for an unreachable
-    database at its start ends that wait within seconds (exit 143 / 130)."""
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[Any]:
+    """A tuner.storage.resilient.StopSignal that SIGTERM / SIGINT set while the block runs (the worker installs its
+    own handler, setting the same event, once it runs trials): a signal while the worker still waits for an
+    unreachable database at its start ends that wait within seconds (exit 143 / 130). The previous handlers are
+    restored afterwards."""
     import signal
+    import threading
 
     from tuner.storage.resilient import StopSignal
 
     stop = StopSignal()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda signum, _frame: stop.set_by(signum))
-    return stop
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, lambda signum, _frame: stop.set_by(signum))
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

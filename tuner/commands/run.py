@@ -40,6 +40,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    with stop_on_signals() as stop:
+        return _run(args, stop)
+
+
+def _run(args: argparse.Namespace, stop: Any) -> int:
     from tuner.storage._optuna_compat import study_id
     from tuner.storage.samplers import claim_run_seed
     from tuner.storage.studies import create_or_load_study
@@ -53,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     from tuner.trial.worker import default_worker_id, run_worker
 
     quiet_optuna()
-    storage = open_worker_storage(url, args, abort=stop_on_signals())
+    storage = open_worker_storage(url, args, abort=stop)
     # One in-process worker. Its seed continues the study's sequence: the study's own seed on the first run (a fresh
     # study's run is reproducible from it), a distinct one for each later or concurrent run (claim_run_seed), so a
     # re-run does not replay the configurations already tried.

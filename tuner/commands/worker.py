@@ -43,13 +43,18 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    with stop_on_signals() as stop:
+        return _run(args, stop)
+
+
+def _run(args: argparse.Namespace, stop: Any) -> int:
     from tuner.storage.samplers import worker_seed
     from tuner.storage.studies import load_study
     from tuner.storage.urls import mask_url, resolve_storage_url
     from tuner.trial.worker import default_worker_id, run_worker, spec_of_study
 
     url = resolve_storage_url(getattr(args, "storage", None))
-    storage = open_worker_storage(url, args, abort=stop_on_signals())  # waits for a database that is down
+    storage = open_worker_storage(url, args, abort=stop)  # waits for a database that is down
     spec = spec_of_study(load_study(args.study, storage))
     n_total = args.n_trials if args.n_trials is not None else spec.n_trials
     quiet_optuna()

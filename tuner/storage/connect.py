@@ -42,6 +42,7 @@ from tuner.storage.urls import (
     mask_text,
     mask_url,
     resolve_storage_url,
+    sqlite_file,
 )
 
 log = logging.getLogger(__name__)
@@ -183,8 +184,8 @@ def _open_rdb(url: str, heartbeat_interval_s: int, grace_period_s: int, max_retr
 
     host, port, backend = host_port(url)
     if backend == "sqlite":
-        path = url.split("///", 1)[1] if "///" in url else ""
-        if path and path != ":memory:" and not Path(path).parent.is_dir():
+        path = sqlite_file(url)
+        if path is not None and not Path(path).parent.is_dir():
             raise StorageError(
                 f"storage {mask_url(url)}: folder {Path(path).parent} does not exist; create it or choose another file"
             )

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from tuner.errors import StorageError
-from tuner.storage.urls import host_port, mask_url
+from tuner.storage.urls import host_port, mask_url, sqlite_file
 
 POLL_S = 0.05  # how often a waiting worker tries the lock again (holders keep it for well under a second)
 
@@ -87,8 +87,8 @@ class StudyLock:
     def _try_file(self) -> bool:
         import fcntl
 
-        path = self.storage.url.split("///", 1)[1] if "///" in self.storage.url else ""
-        if not path or path.startswith(":memory:") or path.startswith("file:"):
+        path = sqlite_file(self.storage.url)
+        if path is None:
             self._fd = -1  # a private in-memory database: nobody else to race with
             return True
         lock_path = Path(path + ".lock")
