@@ -167,6 +167,7 @@ def run_worker(
             try:
                 if not budget.take_turn(opt_study):
                     break
+                objective.last_trial_id = objective.last_trial_number = None  # set again when the trial starts
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                     opt_study.optimize(take, n_trials=1, catch=(TrialFailed,), callbacks=callbacks)
