@@ -99,8 +99,13 @@ def run_round_two(work: Path) -> tuple[dict, dict]:
 
     entry: dict = {}
     for command in ("worker", "run"):
-        with h.fresh_pg_database() as url:
-            st = sc.measure_sigterm_during_outage(url, work, command=command)
+        for attempt in range(1, 4):  # another session may start the server during the outage: then measure again
+            with h.fresh_pg_database() as url:
+                st = sc.measure_sigterm_during_outage(url, work, command=command)
+            if st["outage_held"]:
+                break
+        entry[f"{command}_attempts"] = attempt
+        entry[f"{command}_outage_held"] = st["outage_held"]
         entry[f"{command}_exit_code"] = st["exit_code"]
         entry[f"{command}_exit_s"] = r2(st["exit_s"])
         entry[f"{command}_finisher_exit"] = st["finisher_exit"]

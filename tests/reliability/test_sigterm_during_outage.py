@@ -14,8 +14,13 @@ pytestmark = pytest.mark.slow  # real worker processes
 
 @pytest.mark.parametrize("command", ["worker", "run"])
 def test_sigterm_during_an_outage_exits_promptly(tmp_path, command):
-    with fresh_pg_database() as url:
-        r = measure_sigterm_during_outage(url, tmp_path, command=command)
+    for _ in range(3):  # another session's safety net may start the server during the outage: measure again
+        with fresh_pg_database() as url:
+            r = measure_sigterm_during_outage(url, tmp_path, command=command)
+        if r["outage_held"]:
+            break
+    else:
+        pytest.skip("another session started Postgres again during each of 3 outages")
     assert r["exit_code"] == 143 and r["exit_s"] < 30.0, (r["exit_code"], r["exit_s"], r["logs"])
     assert r["children_left"] == [], r["children_left"]
     assert "Traceback" not in r["logs"], r["logs"]
