@@ -95,11 +95,8 @@ def test_yaml_tags_cannot_execute_code(tmp_path, command):
     for name, text in docs.items():
         f = tmp_path / f"{name}.yaml"
         f.write_text(text)
-        argv = (
-            ["create", str(f), "--storage", f"sqlite:///{tmp_path / 'x.db'}"]
-            if command == "create"
-            else ["train", "--preset", str(f), "--data", fuzz.MISSING_DATA]
-        )
+        argv = ["create", str(f), "--storage", f"sqlite:///{tmp_path / 'x.db'}"] if command == "create" else \
+            ["train", "--preset", str(f), "--data", fuzz.MISSING_DATA]
         code, _out, err, tb = fuzz.run_cli(argv)
         assert tb is None, tb
         assert code != 0 and fuzz.one_error_line(err), (name, code, err)
@@ -114,9 +111,8 @@ def test_malformed_files_through_a_real_process(tmp_path):
     cases = {
         "not_yaml.yaml": "name: [unclosed\n",
         "tag.yaml": _tag_documents(marker)["study_value"],
-        "low_gt_high.yaml": yaml.safe_dump(
-            {**spec, "search_space": {"learning_rate": {"type": "float", "low": 0.1, "high": 0.01}}}
-        ),
+        "low_gt_high.yaml": yaml.safe_dump({**spec, "search_space": {
+            "learning_rate": {"type": "float", "low": 0.1, "high": 0.01}}}),
         "missing_data.yaml": yaml.safe_dump({**spec, "data": {"source": "files", "path": fuzz.MISSING_DATA}}),
         "empty.yaml": "",
     }
@@ -124,24 +120,12 @@ def test_malformed_files_through_a_real_process(tmp_path):
     for name, text in cases.items():
         f = tmp_path / name
         f.write_text(text)
-        r = subprocess.run(
-            [sys.executable, "-m", "tuner.cli", "create", str(f), "--storage", f"sqlite:///{db}"],
-            cwd=REPO,
-            env=child_env(),
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        r = subprocess.run([sys.executable, "-m", "tuner.cli", "create", str(f), "--storage", f"sqlite:///{db}"],
+                           cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=120)
         assert r.returncode == 2 and fuzz.one_error_line(r.stderr), (name, r.returncode, r.stderr)
     preset = tmp_path / "preset.yaml"
     preset.write_text(_tag_documents(marker)["preset_value"])
-    r = subprocess.run(
-        [sys.executable, "-m", "tuner.cli", "train", "--preset", str(preset)],
-        cwd=REPO,
-        env=child_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    r = subprocess.run([sys.executable, "-m", "tuner.cli", "train", "--preset", str(preset)], cwd=REPO,
+                       env=child_env(), capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and fuzz.one_error_line(r.stderr), r.stderr
     assert not marker.exists() and fuzz.studies_in(db) == []

@@ -16,9 +16,8 @@ N_WORKERS, PER_WORKER = 8, 25
 @pytest.fixture(scope="module")
 def load_run(tmp_path_factory):
     with fresh_pg_database() as url:
-        yield measure_load(
-            url, tmp_path_factory.mktemp("load"), n_workers=N_WORKERS, per_worker=PER_WORKER, timeout_s=300
-        )
+        yield measure_load(url, tmp_path_factory.mktemp("load"), n_workers=N_WORKERS, per_worker=PER_WORKER,
+                           timeout_s=300)
 
 
 def test_load_all_trials_accounted_zero_storage_errors(load_run):
@@ -34,10 +33,8 @@ def test_load_all_trials_accounted_zero_storage_errors(load_run):
     # fewer than asked would be lost work.
     assert r["total"] <= counted <= r["total"] + N_WORKERS - 1, acc["by_state"]
     assert r["trials_per_s"] > 0 and r["overhead_ms_per_trial"] is not None
-    print(
-        f"load {N_WORKERS}x{PER_WORKER}: {counted} trials, {r['trials_per_s']:.3f} trials/s, overhead median "
-        f"{r['overhead_ms_per_trial']:.0f} ms/trial, wall {r['wall_s']:.0f} s"
-    )
+    print(f"load {N_WORKERS}x{PER_WORKER}: {counted} trials, {r['trials_per_s']:.3f} trials/s, overhead median "
+          f"{r['overhead_ms_per_trial']:.0f} ms/trial, wall {r['wall_s']:.0f} s")
 
 
 def test_parallel_workers_sample_distinct_configurations(load_run):

@@ -19,11 +19,8 @@ from testing.harness import REPO, child_env, tiny_spec, write_study
 SECRET = "Rel" + "Pw" + "7q9Zx"
 
 # --- credentials in the repository ----------------------------------------------------------------------------------
-_PLACEHOLDERS = re.compile(
-    r"^(\$\{.*\}?|\*+|<.*>|x+|\.\.\.|password|passwd|pass|pw|secret|changeme|PASSWORD|"
-    r"\{.*\}|%.*|\$[A-Z_]+)$",
-    re.I,
-)
+_PLACEHOLDERS = re.compile(r"^(\$\{.*\}?|\*+|<.*>|x+|\.\.\.|password|passwd|pass|pw|secret|changeme|PASSWORD|"
+                           r"\{.*\}|%.*|\$[A-Z_]+)$", re.I)
 _URL_PW = re.compile("[A-Za-z][A-Za-z0-9+.-]*" + "://" + r"[^:/@\s'\"]+:([^@\s'\"]+)@")
 _KEY_PATTERNS = [
     re.compile("AKIA" + r"[0-9A-Z]{16}"),  # AWS access key id
@@ -43,9 +40,8 @@ def credential_findings(text: str, *, test_file: bool = False) -> list[str]:
         pw = m.group(1)
         if _PLACEHOLDERS.match(pw):
             continue
-        if test_file and (
-            m.group(0).replace(f":{pw}@", ":***@") in text or re.search(rf"['\"]{re.escape(pw)}['\"] not in", text)
-        ):
+        if test_file and (m.group(0).replace(f":{pw}@", ":***@") in text
+                          or re.search(rf"['\"]{re.escape(pw)}['\"] not in", text)):
             continue
         found.append(m.group(0))
     for pat in _KEY_PATTERNS:
@@ -54,33 +50,21 @@ def credential_findings(text: str, *, test_file: bool = False) -> list[str]:
 
 
 def test_scanner_finds_planted_credentials():
-    planted = [
-        "postgresql+psycopg2://tuner:" + SECRET + "@db:5432/tuner",
-        "AKIA" + "ABCDEFGHIJKLMNOP",
-        "password = '" + SECRET + "'",
-        "gh" + "p_" + "a" * 36,
-    ]
+    planted = ["postgresql+psycopg2://tuner:" + SECRET + "@db:5432/tuner", "AKIA" + "ABCDEFGHIJKLMNOP",
+               "password = '" + SECRET + "'", "gh" + "p_" + "a" * 36]
     for text in planted:
         assert credential_findings(text), text
     fixture = 'url = "postgresql://u:' + SECRET + '@h/d"\nassert "' + SECRET + '" not in out'
     assert credential_findings(fixture) and not credential_findings(fixture, test_file=True)
-    for ok in [
-        "postgresql+psycopg2://tuner:${POSTGRES_PASSWORD:?set POSTGRES_PASSWORD}@postgres:5432/tuner",
-        "postgresql+psycopg2://user:PASSWORD@127.0.0.1:5432/tuner",
-        "postgresql://u:***@h/db",
-    ]:
+    for ok in ["postgresql+psycopg2://tuner:${POSTGRES_PASSWORD:?set POSTGRES_PASSWORD}@postgres:5432/tuner",
+               "postgresql+psycopg2://user:PASSWORD@127.0.0.1:5432/tuner", "postgresql://u:***@h/db"]:
         assert not credential_findings(ok), ok
 
 
 def test_no_credentials_in_the_repository():
     """Every file git tracks or would add (tracked + untracked not ignored)."""
-    files = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                           capture_output=True, text=True, check=True).stdout.split()
     assert len(files) > 20
     findings = {}
     for name in files:
@@ -99,7 +83,6 @@ def test_no_credentials_in_the_repository():
 
 # --- masking --------------------------------------------------------------------------------------------------------
 
-
 def _with_password(pg_url: str) -> str:
     """The same database with a password in the URL (the local server trusts loopback, so it still connects)."""
     return pg_url.replace("postgres@", f"postgres:{SECRET}@", 1)
@@ -109,17 +92,14 @@ def test_password_masked_in_cli_output(tmp_path, pg_url):
     url = _with_password(pg_url)
     study = write_study(tmp_path, tiny_spec("secure", 2))
     outputs = []
-    for argv in (
-        ["create", str(study), "--storage", url],
-        ["create", str(study), "--storage", url],
-        ["status", "--study", "secure", "--storage", url],
-        ["status", "--study", "secure", "--json", "--storage", url],
-        ["pareto", "--study", "secure", "--storage", url],
-        ["status", "--study", "no_such_study", "--storage", url],
-        # unreachable server, wrong database: the driver's own messages pass through masking
-        ["status", "--study", "secure", "--storage", url.rsplit(":", 1)[0] + ":1/x"],
-        ["status", "--study", "secure", "--storage", url.rsplit("/", 1)[0] + "/no_such_db_" + SECRET[:3]],
-    ):
+    for argv in (["create", str(study), "--storage", url], ["create", str(study), "--storage", url],
+                 ["status", "--study", "secure", "--storage", url], ["status", "--study", "secure", "--json",
+                                                                      "--storage", url],
+                 ["pareto", "--study", "secure", "--storage", url],
+                 ["status", "--study", "no_such_study", "--storage", url],
+                 # unreachable server, wrong database: the driver's own messages pass through masking
+                 ["status", "--study", "secure", "--storage", url.rsplit(":", 1)[0] + ":1/x"],
+                 ["status", "--study", "secure", "--storage", url.rsplit("/", 1)[0] + "/no_such_db_" + SECRET[:3]]):
         code, out, err, tb = fuzz.run_cli(argv)
         assert tb is None, tb
         outputs.append((argv[0], code, out + err))
@@ -136,14 +116,10 @@ def test_password_masked_in_subprocess_logs(tmp_path, pg_url):
     study = write_study(tmp_path, tiny_spec("secure_sub", 1))
     env = child_env(url)
     outs = []
-    for argv in (
-        ["create", str(study)],
-        ["status", "--study", "secure_sub"],
-        ["status", "--study", "secure_sub", "--storage", url.replace("127.0.0.1:5432", "127.0.0.1:1")],
-    ):
-        r = subprocess.run(
-            [sys.executable, "-m", "tuner.cli", *argv], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
-        )
+    for argv in (["create", str(study)], ["status", "--study", "secure_sub"],
+                 ["status", "--study", "secure_sub", "--storage", url.replace("127.0.0.1:5432", "127.0.0.1:1")]):
+        r = subprocess.run([sys.executable, "-m", "tuner.cli", *argv], cwd=REPO, env=env, capture_output=True,
+                           text=True, timeout=120)
         outs.append(r.stdout + r.stderr)
         assert "Traceback" not in r.stderr
     assert SECRET not in "\n".join(outs), outs
@@ -151,7 +127,6 @@ def test_password_masked_in_subprocess_logs(tmp_path, pg_url):
 
 
 # --- loopback by default --------------------------------------------------------------------------------------------
-
 
 def test_compose_publishes_only_on_loopback():
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
@@ -185,14 +160,8 @@ def test_dashboard_binds_loopback_by_default(tmp_path, pg_url):
     port = _free_port()
     log = tmp_path / "dash.log"
     with open(log, "w") as out:
-        p = subprocess.Popen(
-            [sys.executable, "-m", "tuner.cli", "dashboard", "--port", str(port)],
-            cwd=REPO,
-            env=child_env(url),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        p = subprocess.Popen([sys.executable, "-m", "tuner.cli", "dashboard", "--port", str(port)], cwd=REPO,
+                             env=child_env(url), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 90
         while not _listening(port) and time.monotonic() < deadline and p.poll() is None:

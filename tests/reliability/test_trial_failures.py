@@ -23,17 +23,7 @@ def _run(tmp_path, pg_url, spec: dict, fault=None) -> list:
     from tuner.trial.worker import run_worker
 
     loaded = load_spec(write_study(tmp_path, spec))
-    assert (
-        run_worker(
-            loaded,
-            storage=open_storage(pg_url),
-            seed=loaded.sampler.seed,
-            cache_dir=CACHE_DIR,
-            fault=fault,
-            install_signal_handlers=False,
-        )
-        == 0
-    )
+    assert run_worker(loaded, storage=open_storage(pg_url), seed=loaded.sampler.seed, cache_dir=CACHE_DIR, fault=fault, install_signal_handlers=False) == 0
     return optuna.load_study(study_name=spec["name"], storage=pg_url).get_trials()
 
 
@@ -69,12 +59,8 @@ def test_exception_in_training_step_is_recorded_and_worker_continues(tmp_path, p
 def test_numerical_instability_real_bound_and_real_nonfinite_loss(tmp_path, pg_url):
     """Grid over two real failures: a Schatten bound no model satisfies, and a learning rate that blows the loss
     up. Both end PRUNED `numerical_instability` with their diagnostics."""
-    spec = tiny_spec(
-        "unstable",
-        2,
-        train_tokens=1024,
-        model={"learning_rate": 1.0e8, "stability_check_every": 1, "gradient_norm_threshold": 1.0e6},
-    )
+    spec = tiny_spec("unstable", 2, train_tokens=1024,
+                     model={"learning_rate": 1.0e8, "stability_check_every": 1, "gradient_norm_threshold": 1.0e6})
     spec["sampler"] = {"name": "grid", "seed": 0}
     spec["search_space"] = {"schatten_s1_bound": {"type": "categorical", "choices": [1.0e-6, 1.0e30]}}
     spec["model"]["schatten_s2_bound"] = 1.0e30
@@ -92,11 +78,5 @@ def test_numerical_instability_real_bound_and_real_nonfinite_loss(tmp_path, pg_u
     blown = by_bound[1.0e30].user_attrs
     # whichever check sees the blow-up first: with the output bias and the per-kind rates the weights' mixing
     # operator passes the 1e30 Schatten bound at step 1 before the loss turns non-finite
-    assert blown["stability"]["check"] in (
-        "non_finite_loss",
-        "grad_norm",
-        "non_finite_parameter",
-        "det",
-        "schatten_s1",
-        "schatten_s2",
-    ), blown
+    assert blown["stability"]["check"] in ("non_finite_loss", "grad_norm", "non_finite_parameter", "det",
+                                           "schatten_s1", "schatten_s2"), blown

@@ -1,13 +1,14 @@
 """`tuner launch`: one supervised worker process per GPU (or N CPU workers) on one study.
 
-Each worker is `tuner worker --study NAME [--gpu i]` with CUDA_VISIBLE_DEVICES pinned to its GPU and the storage URL
-in TUNER_STORAGE (never in argv, where `ps` would show a password). The supervisor restarts a worker that exits
-non-zero (at most `max_restarts` times per slot; a slot that keeps crashing is given up and reported; exit code 2, a
-user error, is never restarted; exit 75, a database unreachable past the outage limit, is always restarted and not
-counted as a crash: the new worker waits for the database), leaves a worker that exits 0 finished (the study's
-shared budget is spent), and forwards SIGTERM/SIGINT to every worker, which end their current trials as
-`interrupted` (re-enqueued) and exit 0. Workers still running `SHUTDOWN_KILL_S` after the signal are killed, so
-launch exits within 30 s.
+Each worker is `tuner worker --study NAME [--gpu i]` with CUDA_VISIBLE_DEVICES pinned to its GPU and the storage
+URL in TUNER_STORAGE (never in argv, where `ps` would show a password).
+The supervisor restarts a worker that exits non-zero (at most `max_restarts` times per slot; a slot that keeps
+crashing is given up and reported; exit code 2, a user error, is never restarted; exit 75, the database unreachable
+past the outage limit, is always restarted and not counted as a crash: the new worker waits for the database),
+leaves a worker that exits 0
+finished (the study's shared budget is spent), and forwards SIGTERM/SIGINT to every worker, which end their
+current trials as `interrupted` (re-enqueued) and exit 0.
+Workers still running `SHUTDOWN_KILL_S` after the signal are killed, so launch exits within 30 s.
 """
 
 from __future__ import annotations

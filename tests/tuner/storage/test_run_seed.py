@@ -1,6 +1,6 @@
-"""Sampler seeds (tuner.storage.samplers): the per-worker mix and the per-run claim. A study's first `tuner run`
-uses the study's seed (reproducible); each later or concurrent run claims a distinct one, registered on the study,
-so a re-run continues the configuration sequence instead of replaying it."""
+"""Per-run sampler seeds (tuner.storage.samplers.claim_run_seed; the sampler itself is tested in test_samplers.py).
+A study's first `tuner run` uses the study's seed (reproducible); each later or concurrent run claims a distinct one,
+registered on the study, so a re-run continues the configuration sequence instead of replaying it."""
 
 from __future__ import annotations
 
