@@ -22,6 +22,18 @@ Figures:
     over trials of (start -> complete in storage) minus the trial runner's train+eval wall time (`trial_wall_s`).
   sigterm_exit_s: the slower of `tuner worker` and `tuner launch --workers 2` from SIGTERM mid-trial to exit.
   fuzz_cases / fuzz_tracebacks: generated malformed study/preset files through the CLI, and how many tracebacks.
+
+Second round (issue 17; testing/scenarios.py, the same code tests/reliability/ asserts on), under "scenarios", one
+entry per scenario with exit codes, exit / detection seconds and the four counts each study is judged by
+(lost, duplicated, stuck_running, budget_overshoot; goal 0), and their sums at the top level:
+  misconfigured_worker: data folder moved away / --cache-dir a file: exit code and seconds, trials counted after.
+  pause_past_grace: SIGSTOP past the grace period (6 s) then SIGCONT: detection latency, the paused worker's exit.
+  outage_launch_restart: a worker SIGKILLed while Postgres is down; launch restarts it: launch's exit code.
+  sigterm_during_outage: `tuner worker` and `tuner run` get SIGTERM 2 s into an outage: exit code and seconds.
+  concurrent_starts: 4 workers started at once on 2 trials, on Postgres and on SQLite: the overshoot.
+  concurrent_reruns: `tuner run` of a seeded study, then 2 runs at once of the same file: repeated configurations.
+  read_only_sqlite: a chattr +i SQLite file: exit code and seconds to the one-line error.
+  scenario_trials_lost, scenario_duplicated, scenario_stuck_running, scenario_budget_overshoot: the sums.
 """
 
 from __future__ import annotations
@@ -41,7 +53,94 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 from bench._common import write_json  # noqa: E402
 
 KEYS = ("grace_period_s", "sigkill_detect_s", "postgres_restart_lost_results", "load_trials", "load_errors",
-        "lost_results", "trials_per_s", "overhead_ms_per_trial", "sigterm_exit_s", "fuzz_cases", "fuzz_tracebacks")
+        "lost_results", "trials_per_s", "overhead_ms_per_trial", "sigterm_exit_s", "fuzz_cases", "fuzz_tracebacks",
+        "scenarios", "scenario_trials_lost", "scenario_duplicated", "scenario_stuck_running",
+        "scenario_budget_overshoot")
+COUNTS = ("lost", "duplicated", "stuck_running", "budget_overshoot")
+
+
+def run_round_two(work: Path) -> tuple[dict, dict]:
+    """The second-round scenarios (testing/scenarios.py): (figures per scenario, details for the details file)."""
+    from testing import harness as h
+    from testing import scenarios as sc
+
+    out: dict = {}
+    details: dict = {}
+
+    def r2(x: float) -> float:
+        return round(float(x), 2)
+
+    with h.fresh_pg_database() as url:
+        m = sc.measure_misconfigured_worker(url, work)
+    out["misconfigured_worker"] = {
+        **{f"{k}_exit_code": v["exit_code"] for k, v in m["runs"].items()},
+        **{f"{k}_exit_s": r2(v["exit_s"]) for k, v in m["runs"].items()},
+        **{f"{k}_counted_after": v["counted_after"] for k, v in m["runs"].items()},
+        "fixed_worker_exit": m["fixed_exit"], **m["figures"]}
+    details["misconfigured_worker"] = {k: v["output"][-600:] for k, v in m["runs"].items()}
+    print(f"misconfigured worker: {out['misconfigured_worker']}", flush=True)
+
+    with h.fresh_pg_database() as url:
+        p = sc.measure_pause_past_grace(url, work)
+    out["pause_past_grace"] = {"grace_s": 6, "detect_s": r2(p["detect_s"]), "paused_s": r2(p["paused_s"]),
+                               "paused_worker_exit": p["a_exit"], "other_worker_exit": p["b_exit"],
+                               "cannot_tell_errors": p["a_log"].count("Cannot tell"),
+                               "tracebacks": p["a_log"].count("Traceback"), **p["figures"]}
+    details["pause_past_grace"] = p["a_log"][-2000:]
+    print(f"pause past grace: {out['pause_past_grace']}", flush=True)
+
+    with h.fresh_pg_database() as url:
+        lo = sc.measure_outage_during_launch_restart(url, work)
+    out["outage_launch_restart"] = {"outage_s": r2(lo["outage_s"]), "launch_exit": lo["launch_exit"],
+                                    "worker_restarted": lo["restarted"], "user_error_exit": lo["user_error_exit"],
+                                    **lo["figures"]}
+    details["outage_launch_restart"] = lo["log"][-3000:]
+    print(f"outage during launch restart: {out['outage_launch_restart']}", flush=True)
+
+    entry: dict = {}
+    for command in ("worker", "run"):
+        for attempt in range(1, 4):  # another session may start the server during the outage: then measure again
+            with h.fresh_pg_database() as url:
+                st = sc.measure_sigterm_during_outage(url, work, command=command)
+            if st["outage_held"]:
+                break
+        entry[f"{command}_attempts"] = attempt
+        entry[f"{command}_outage_held"] = st["outage_held"]
+        entry[f"{command}_exit_code"] = st["exit_code"]
+        entry[f"{command}_exit_s"] = r2(st["exit_s"])
+        entry[f"{command}_finisher_exit"] = st["finisher_exit"]
+        for k in COUNTS:
+            entry[k] = entry.get(k, 0) + st["figures"][k]
+        details[f"sigterm_during_outage_{command}"] = st["logs"][-2000:]
+    out["sigterm_during_outage"] = entry
+    print(f"sigterm during outage: {entry}", flush=True)
+
+    entry = {}
+    for backend in ("postgres", "sqlite"):
+        for round_ in range(3):
+            if backend == "postgres":
+                with h.fresh_pg_database() as url:
+                    cs = sc.measure_concurrent_starts(url, work, n_workers=4, n_trials=2)
+            else:
+                cs = sc.measure_concurrent_starts(f"sqlite:///{work / f'starts{round_}.db'}", work, n_workers=4,
+                                                  n_trials=2)
+            entry[f"{backend}_overshoot_round{round_}"] = cs["figures"]["budget_overshoot"]
+            for k in COUNTS:
+                entry[k] = entry.get(k, 0) + cs["figures"][k]
+    out["concurrent_starts"] = {"workers": 4, "n_trials": 2, **entry}
+    print(f"concurrent starts: {out['concurrent_starts']}", flush=True)
+
+    rr = sc.measure_reruns(f"sqlite:///{work / 'reruns.db'}", work, first=3, concurrent=2)
+    out["concurrent_reruns"] = {"exit_codes": rr["exit_codes"], "repeated_configurations": len(rr["repeats"]),
+                                **rr["figures"]}
+    details["concurrent_reruns"] = [(t.number, t.params) for t in rr["accounting"]["trials"]]
+    print(f"re-runs: {out['concurrent_reruns']}", flush=True)
+
+    ro = sc.measure_read_only_sqlite(work)
+    out["read_only_sqlite"] = {"exit_code": ro["exit_code"], "exit_s": r2(ro["exit_s"])}
+    details["read_only_sqlite"] = ro["output"][-600:]
+    print(f"read-only sqlite: {out['read_only_sqlite']}", flush=True)
+    return out, details
 
 
 def run_fuzz(folder: Path, n_studies: int = 450, n_random: int = 300, n_presets: int = 300) -> dict:
@@ -146,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
                                                                for t in ld["accounting"]["trials"]})}
             print(f"load {args.workers}x{args.per_worker}: {done}/{ld['total']} finished, "
                   f"{ld['trials_per_s']:.3f} trials/s, overhead {ld['overhead_ms_per_trial']:.0f} ms/trial", flush=True)
+
+            scenarios, details["round_two"] = run_round_two(work)
     finally:
         h.ensure_pg_running()
 
@@ -162,6 +263,9 @@ def main(argv: list[str] | None = None) -> int:
         "sigterm_exit_s": round(max(w["exit_s"], la["exit_s"]), 2),
         "fuzz_cases": fz["cases"],
         "fuzz_tracebacks": fz["tracebacks"],
+        "scenarios": scenarios,
+        **{f"scenario_{'trials_' if k == 'lost' else ''}{k}": sum(v.get(k, 0) for v in scenarios.values())
+           for k in COUNTS},
     }
     assert tuple(figures) == KEYS
     write_json(args.out / "reliability.json", figures)

@@ -8,7 +8,8 @@ Every subcommand takes `--storage URL` and `--debug`. Whatever goes wrong prints
     1    internal error (a bug: the line says so and asks for --debug)
     2    user error: bad flags, study files, presets, storage URLs, paths (TunerError, model.ConfigError,
          model.data.DataError, argparse errors, files that cannot be read or written)
-    130  interrupted (Ctrl-C)
+    75   the database stayed unreachable past the outage limit (a TunerError's own exit_code; launch restarts it)
+    130  interrupted (Ctrl-C); 143 for SIGTERM, 128 + N for signal N during a database outage
     141  the reader of stdout went away (`tuner pareto --json | head`): nothing more is printed
 
 Importing this module and `tuner --help` import neither torch nor triton (commands import heavy modules in run()).
@@ -159,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             raise
         print(f"error: {_one_line(exc)}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        return int(getattr(exc, "exit_code", EXIT_USER_ERROR))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -1,8 +1,9 @@
 """One module per CLI subcommand: `add_parser(subparsers)` and `run(args) -> int`. Heavy imports live inside run()."""
 
 import argparse
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 
@@ -56,17 +57,17 @@ def add_heartbeat_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def open_worker_storage(url: str, args: Any) -> Any:
+def open_worker_storage(url: str, args: Any, abort: Any = None) -> Any:
     """The storage a worker runs against, with this command's --heartbeat-s / --grace-s (only those given:
-    open_storage's defaults otherwise)."""
+    open_storage's defaults otherwise). A database that cannot be reached yet is waited for, up to the outage limit
+    (a worker started during an outage is not misconfigured); `abort` (a tuner.storage.resilient.StopSignal) ends
+    that wait."""
     from tuner.storage.connect import open_storage
+    from tuner.storage.resilient import OUTAGE_LIMIT_S
 
-    timing: dict[str, int] = {}
-    if args.heartbeat_s is not None:
-        timing["heartbeat_interval_s"] = int(args.heartbeat_s)
-    if args.grace_s is not None:
-        timing["grace_period_s"] = int(args.grace_s)
-    return open_storage(url, **timing)
+    heartbeat = {} if args.heartbeat_s is None else {"heartbeat_interval_s": int(args.heartbeat_s)}
+    grace = {} if args.grace_s is None else {"grace_period_s": int(args.grace_s)}
+    return open_storage(url, **heartbeat, **grace, wait_s=OUTAGE_LIMIT_S, abort=abort)
 
 
 def add_trial_process_options(p: argparse.ArgumentParser) -> None:
@@ -79,3 +80,26 @@ def add_trial_process_options(p: argparse.ArgumentParser) -> None:
         help="torch threads per trial on CPU (default 1: avoids oversubscribing shared cores; 0 = torch's "
         "default); ignored on a GPU",
     )
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[Any]:
+    """A tuner.storage.resilient.StopSignal that SIGTERM / SIGINT set while the block runs (the worker installs its
+    own handler, setting the same event, once it runs trials): a signal while the worker still waits for an
+    unreachable database at its start ends that wait within seconds (exit 143 / 130). The previous handlers are
+    restored afterwards."""
+    import signal
+    import threading
+
+    from tuner.storage.resilient import StopSignal
+
+    stop = StopSignal()
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, lambda signum, _frame: stop.set_by(signum))
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

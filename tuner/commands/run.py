@@ -15,6 +15,7 @@ from tuner.commands import (
     add_trial_process_options,
     int_at_least,
     open_worker_storage,
+    stop_on_signals,
 )
 
 
@@ -42,6 +43,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    with stop_on_signals() as stop:
+        return _run(args, stop)
+
+
+def _run(args: argparse.Namespace, stop: Any) -> int:
+    from tuner.storage._optuna_compat import study_id
+    from tuner.storage.samplers import claim_run_seed
+    from tuner.storage.studies import create_or_load_study
     from tuner.storage.urls import mask_url, resolve_storage_url
     from tuner.study.loader import load_spec
 
@@ -49,25 +58,32 @@ def run(args: argparse.Namespace) -> int:
     url = resolve_storage_url(getattr(args, "storage", None))
     n_total = args.n_trials if args.n_trials is not None else spec.n_trials
     from tuner.commands.worker import ProgressDisplay, quiet_optuna
-    from tuner.trial.worker import run_worker
+    from tuner.trial.worker import default_worker_id, run_worker
 
     quiet_optuna()
+    storage = open_worker_storage(url, args, abort=stop)
+    # One in-process worker. Its seed continues the study's sequence: the study's own seed on the first run (a fresh
+    # study's run is reproducible from it), a distinct one for each later or concurrent run (claim_run_seed), so a
+    # re-run does not replay the configurations already tried.
+    worker_id = default_worker_id(args.gpu)
+    seed = claim_run_seed(storage, study_id(create_or_load_study(spec, storage)), spec.sampler.seed, worker_id)
     display = ProgressDisplay(spec, n_total)
     display.console.print(
         f"study [bold]{spec.name}[/] on {mask_url(url)}: {n_total} trials, ceiling "
-        f"{spec.vram_ceiling_gib:g} GiB, sampler {spec.sampler.name}"
+        f"{spec.vram_ceiling_gib:g} GiB, sampler {spec.sampler.name}" + (f" (seed {seed})" if seed is not None else "")
     )
     with display:
-        # One in-process worker: the study's own seed, so the run is reproducible from it.
         code = run_worker(
             spec,
-            storage=open_worker_storage(url, args),
-            seed=spec.sampler.seed,
+            storage=storage,
+            seed=seed,
+            worker_id=worker_id,
             gpu=args.gpu,
             n_trials=n_total,
             cache_dir=args.cache_dir,
             cpu_threads=args.threads or None,
             hooks=display.hooks(),
         )
-    display.summary(url)
+    if code == 0:
+        display.summary(url)
     return code

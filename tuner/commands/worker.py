@@ -3,7 +3,10 @@
     tuner worker --study NAME [--storage URL] [--gpu N] [--n-trials N]
 
 Runs until the study holds its n_trials trials (shared with every other worker) or SIGTERM (the current trial
-ends as `interrupted` and is re-enqueued; exit 0). Also holds the progress display `tuner run` uses.
+ends as `interrupted` and is re-enqueued; exit 0). Exit codes: 0 done or stopped, 2 a user error (the study, the
+flags, or this worker's environment: data folder, --cache-dir), 75 the database stayed unreachable past the outage
+limit (`tuner launch` restarts it), 143 / 130 SIGTERM / SIGINT while the database was unreachable (the trial is
+retried once its heartbeat lapses). Also holds the progress display `tuner run` uses.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from tuner.commands import (
     add_trial_process_options,
     int_at_least,
     open_worker_storage,
+    stop_on_signals,
 )
 
 
@@ -42,13 +46,18 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    with stop_on_signals() as stop:
+        return _run(args, stop)
+
+
+def _run(args: argparse.Namespace, stop: Any) -> int:
     from tuner.storage.samplers import worker_seed
     from tuner.storage.studies import load_study
     from tuner.storage.urls import mask_url, resolve_storage_url
     from tuner.trial.worker import default_worker_id, run_worker, spec_of_study
 
     url = resolve_storage_url(getattr(args, "storage", None))
-    storage = open_worker_storage(url, args)
+    storage = open_worker_storage(url, args, abort=stop)  # waits for a database that is down
     spec = spec_of_study(load_study(args.study, storage))
     n_total = args.n_trials if args.n_trials is not None else spec.n_trials
     quiet_optuna()

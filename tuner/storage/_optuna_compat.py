@@ -5,33 +5,41 @@ Why each is needed (Optuna 5.0, pinned to `optuna>=5.0,<5.1` in pyproject.toml):
 - `Study._study_id`, `Trial._trial_id` / `FrozenTrial._trial_id`: the storage API is keyed by these ids and
   Optuna exposes no public accessor for them.
 - `Study._storage` and `_CachedStorage._backend`: a study wraps an RDBStorage in a cache; the heartbeat callback
-  needs the storage object the tuner opened (ResilientRDBStorage) to record why a trial failed.
+  needs the storage object the tuner opened (ResilientStorage) to record why a trial failed.
 - `optuna.storages._rdb.models`: the heartbeat table, to read heartbeat ages by the database's own clock.
 - `optuna._hypervolume.compute_hypervolume`: Optuna's exact hypervolume (WFG / 2-D sweep).
-- `RDBStorage`'s private methods that `_CachedStorage` calls on its backend (`_create_new_trial`,
-  `_set_trial_param`, `_get_trials`, `_get_best_trial_id`, `_get_stale_trial_ids`): they talk to the database,
-  so the resilient storage must retry them through an outage like the public ones.
+- `optuna.storages._cached_storage._CachedStorage`: Optuna's trial cache, which `create_study` puts around an
+  RDBStorage on its own; the resilient storage is a wrapper object (not an RDBStorage), so it builds the cache itself
+  and retries each call made to it. The cache calls RDBStorage's private methods (`_create_new_trial`,
+  `_set_trial_param`, `_get_trials`, `_get_best_trial_id`) inside those calls.
+- `optuna.storages._heartbeat.BaseHeartbeat` and its `_get_stale_trial_ids`: Optuna runs heartbeats and fails
+  stale trials only for a storage of that class (`HeartbeatStorage` maps the private query to `stale_trial_ids`).
+- `optuna.storages._rdb.models.TrialUserAttributeModel`: to record `worker_lost` on a trial Optuna has just failed
+  (its API refuses attrs on a finished trial; `write_finished_trial_user_attrs`).
 
-`tests/tuner/storage/test_optuna_compat.py` fails when any wrapped RDBStorage method disappears or changes its
+`tests/tuner/storage/test_optuna_compat.py` fails when any forwarded method or private name disappears or changes its
 signature, so a new Optuna release cannot break the retry layer silently.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import functools
-from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+import json
+from typing import Any
 
 import optuna
 import sqlalchemy as sa
 from optuna._hypervolume import compute_hypervolume as _compute_hypervolume
-from optuna.storages import RDBStorage
+from optuna.storages import BaseStorage, RDBStorage
+from optuna.storages._cached_storage import _CachedStorage
+from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages._rdb import models as _models
+from optuna.study._frozen import (
+    FrozenStudy as FrozenStudy,  # what get_all_studies returns; not exported by optuna.study
+)
 
-# Storage methods retried through an outage: every RDBStorage method that talks to the database (the private ones
-# are what optuna's _CachedStorage calls on its backend). Nested calls (get_all_trials -> _get_trials) retry only
-# at the outermost call.
+# The BaseStorage methods the resilient storage (tuner.storage.resilient.ResilientStorage) forwards to Optuna's
+# cached RDB storage, each inside its retry loop. Every one talks to the database (or may: the cache reads through).
 RETRIED_METHODS: tuple[str, ...] = (
     "create_new_study",
     "delete_study",
@@ -42,31 +50,34 @@ RETRIED_METHODS: tuple[str, ...] = (
     "get_study_directions",
     "get_study_user_attrs",
     "get_study_system_attrs",
-    "get_trial_user_attrs",
-    "get_trial_system_attrs",
     "get_all_studies",
     "create_new_trial",
-    "_create_new_trial",
     "set_trial_param",
-    "_set_trial_param",
+    "get_trial_id_from_study_id_trial_number",
+    "get_trial_number_from_id",
     "get_trial_param",
     "set_trial_state_values",
     "set_trial_intermediate_value",
     "set_trial_user_attr",
     "set_trial_system_attr",
-    "get_trial_id_from_study_id_trial_number",
-    "get_trial_number_from_id",
+    "get_trial_user_attrs",
+    "get_trial_system_attrs",
+    "get_trial_params",
     "get_trial",
     "get_all_trials",
-    "_get_trials",
     "get_n_trials",
     "get_best_trial",
+)
+# RDBStorage's private methods that `_CachedStorage` calls on its backend (inside the retried calls above), and the
+# stale-trial query Optuna's heartbeat machinery calls on a storage: an Optuna release that renames one breaks the
+# cache or the heartbeat, so tests/tuner/storage/test_optuna_compat.py checks them.
+BACKEND_PRIVATE_METHODS: tuple[str, ...] = (
+    "_create_new_trial",
+    "_set_trial_param",
+    "_get_trials",
     "_get_best_trial_id",
-    "get_trial_params",
     "_get_stale_trial_ids",
 )
-
-StorageT = TypeVar("StorageT", bound=type[RDBStorage])
 
 
 def study_id(study: optuna.Study) -> int:
@@ -88,11 +99,6 @@ def storage_backend(study: optuna.Study) -> Any:
 def compute_hypervolume(points: Any, reference: Any) -> float:
     """Optuna's exact hypervolume of `points` [n, m] (all minimised) against `reference` [m]."""
     return float(_compute_hypervolume(points, reference))
-
-
-def base_stale_trial_ids(storage: RDBStorage, study_id_: int) -> list[int]:
-    """RDBStorage's own stale-trial query (bypassing any override)."""
-    return list(RDBStorage._get_stale_trial_ids(storage, study_id_))
 
 
 def heartbeat_ages_s(
@@ -119,36 +125,36 @@ def _naive(t: _dt.datetime) -> _dt.datetime:
     return t.replace(tzinfo=None)
 
 
-def retry_wrapped(call: str, names: Sequence[str] = RETRIED_METHODS) -> Callable[[StorageT], StorageT]:
-    """Class decorator: each RDBStorage method in `names` that the class (or a base between it and RDBStorage)
-    does not override is routed through the class's `call` method as `self.<call>(name, base_method, args, kwargs)`.
-    Explicit composition at class creation; nothing is patched at import of any other module."""
-
-    def wrap(cls: StorageT) -> StorageT:
-        for name in names:
-            base = getattr(RDBStorage, name)  # AttributeError here: an Optuna upgrade removed the method
-            if getattr(cls, name) is not base:
-                continue
-            setattr(cls, name, _routed(call, name, base))
-        return cls
-
-    return wrap
+def cached_storage(rdb: RDBStorage) -> BaseStorage:
+    """Optuna's trial cache around `rdb`, as `optuna.create_study(storage=rdb)` would build it (finished trials are
+    read once; the cache calls the RDB storage's private methods listed in BACKEND_PRIVATE_METHODS)."""
+    return _CachedStorage(rdb)
 
 
-def _routed(call: str, name: str, base: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(base)
-    def method(self: Any, *args: Any, **kwargs: Any) -> Any:
-        return getattr(self, call)(name, base, args, kwargs)
-
-    return method
+def rdb_stale_trial_ids(rdb: RDBStorage, study_id_: int) -> list[int]:
+    """RDBStorage's own stale-trial query: RUNNING trials of the study whose heartbeat is older than the grace
+    period."""
+    return list(rdb._get_stale_trial_ids(study_id_))
 
 
-class StaleTrialHook(RDBStorage):
-    """RDBStorage whose private stale-trial query is reachable under a public name: override `stale_trial_ids`
-    (Optuna's heartbeat machinery calls `_get_stale_trial_ids`, which lands there)."""
+def write_finished_trial_user_attrs(engine: sa.engine.Engine, trial_id_: int, attrs: dict[str, Any]) -> None:
+    """Upsert user attrs on a trial whatever its state, in one transaction (Optuna's API refuses a finished trial;
+    used only to record why a heartbeat-stale trial failed, right after this process failed it). Values are stored
+    JSON-encoded, as Optuna stores them."""
+    model = _models.TrialUserAttributeModel
+    with engine.begin() as conn:
+        for key, value in attrs.items():
+            conn.execute(sa.delete(model).where(model.trial_id == trial_id_, model.key == key))
+            conn.execute(sa.insert(model).values(trial_id=trial_id_, key=key, value_json=json.dumps(value)))
+
+
+class HeartbeatStorage(BaseHeartbeat):
+    """Optuna's heartbeat interface (a private base class) with its private stale-trial query under a public name:
+    a storage implements `stale_trial_ids`; Optuna's `fail_stale_trials` calls `_get_stale_trial_ids`, which lands
+    there."""
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         return self.stale_trial_ids(study_id)
 
     def stale_trial_ids(self, study_id: int) -> list[int]:
-        return base_stale_trial_ids(self, study_id)
+        raise NotImplementedError

@@ -1,118 +1,120 @@
-"""Surviving a storage outage (database restart, network blip) and a lost worker, and per-worker sampler seeds.
+"""Surviving a storage outage (database restart, network blip): a storage wrapper object that retries each call.
 
-- `ResilientRDBStorage`: Optuna's RDBStorage whose storage calls, when they fail because the database cannot be
-  reached (connection refused / dropped, server shutting down or starting up), are retried with backoff until it
-  answers again, for at most `outage_limit_s` (10 min by default); the first failure and the recovery are logged
-  with the masked URL. After that bound `StorageUnavailable` is raised. Why a storage subclass and not a retry
-  around `study.optimize`: Optuna's `_run_trial` cannot record a trial that finished during the outage (its error
-  path itself reads the storage and ends in `UnboundLocalError: updated_state`), so the result would be lost.
+`ResilientStorage` implements Optuna's BaseStorage (and its heartbeat interface) by composition: it holds Optuna's
+own RDBStorage inside Optuna's trial cache (what `optuna.create_study` would build from the RDBStorage) and forwards
+every call to it through one retry loop. Nothing of Optuna is subclassed or patched: the private names it needs
+are read in tuner.storage._optuna_compat only.
+
+- A call that fails because the database cannot be reached (connection refused / dropped, server shutting down or
+  starting up: `is_connection_failure`) is retried with backoff until it answers again, for at most
+  `outage_limit_s` (10 min by default); the first failure and the recovery are logged with the masked URL. After
+  that bound `StorageUnavailable` (exit 75: not a user error; `tuner launch` restarts the worker) is raised. Why a
+  storage wrapper and not a retry around `study.optimize`: Optuna's `_run_trial` cannot record a trial that finished
+  during the outage (its error path itself reads the storage), so the result would be lost.
   Retrying a write whose commit did reach the server is safe: attribute writes are upserts, a duplicate param row
   is an ignored IntegrityError, and a repeated finishing `set_trial_state_values` is recognised (the trial already
   holds that state and those values). Two rare cases are not: a lost acknowledgement of `create_new_trial` or of a
   WAITING -> RUNNING claim can leave a trial nobody runs (RUNNING without a heartbeat), because Optuna gives the
   caller no way to tell its own commit from another process's.
+- A permanent error (a read-only or corrupt SQLite file, a wrong password, a missing database) is not an outage:
+  it is raised at once as a one-line StorageError (`permanent_error`), never retried.
+- `abort` (a StopSignal the worker's SIGTERM/SIGINT handler sets): a call waiting out an outage gives up at once
+  with StorageInterrupted (exit 128 + signal), so a signal is honoured within seconds even while the database is
+  down; the unfinished trial is failed by the heartbeat and retried elsewhere.
 - `record_heartbeat` never raises (Optuna's heartbeat thread has no error handling and would die, leaving the trial
   to go stale): a failed beat is logged and the next one is tried on time.
 - For `grace_period` seconds after an outage this process has seen, it fails no trial as stale: the other workers'
-  heartbeats could not be recorded during the outage either, so their silence is no sign that they died.
-- `WorkerLostRetryCallback`: RetryHeartbeatStaleTrialCallback that also records on the failed trial
-  `end_reason = worker_lost` and `error_summary = "worker heartbeat lost (no heartbeat for N s)"`, and does not
-  copy the dead attempt's ending user attrs (`tuner.storage.trial_attrs.ATTEMPT_ATTRS`) into the retry.
-- `worker_seed(seed, key)`: a study seed mixed with a worker's id, so parallel workers draw distinct sequences.
+  heartbeats could not be recorded during it either, so their silence is no sign that they died.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Container, Sequence
+from typing import Any, TypeVar
 
 import optuna
-from optuna.storages import RDBStorage
-from optuna.trial import TrialState
+from optuna.distributions import BaseDistribution
+from optuna.storages import BaseStorage, RDBStorage
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
 
-from tuner.errors import StorageError
+from tuner.errors import StorageInterrupted, StorageUnavailable
 from tuner.storage._optuna_compat import (
-    StaleTrialHook,
-    base_stale_trial_ids,
+    FrozenStudy,
+    HeartbeatStorage,
+    cached_storage,
     heartbeat_ages_s,
-    retry_wrapped,
+    rdb_stale_trial_ids,
+    write_finished_trial_user_attrs,
 )
-from tuner.storage.urls import mask_text, mask_url
+from tuner.storage.failures import detail as _detail
+from tuner.storage.failures import is_connection_failure, permanent_error
+from tuner.storage.urls import mask_url
 
 log = logging.getLogger(__name__)
 
 OUTAGE_LIMIT_S = 600.0  # how long storage calls wait for an unreachable database before giving up
 BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 5.0  # short enough that a worker notices a restarted server within seconds
+T = TypeVar("T")
+
+__all__ = ["OUTAGE_LIMIT_S", "ResilientStorage", "StopSignal", "StorageUnavailable", "is_connection_failure"]
 
 
-class StorageUnavailable(StorageError):
-    """The database stayed unreachable for longer than the outage limit."""
+class StopSignal(threading.Event):
+    """An Event that remembers which signal set it (the worker's SIGTERM/SIGINT handler): the exit code is 128 +
+    `signum` when the process gives up a storage call because of it."""
+
+    signum: int = signal.SIGTERM
+
+    def set_by(self, signum: int) -> None:
+        self.signum = int(signum)
+        self.set()
 
 
-def is_connection_failure(exc: BaseException) -> bool:
-    """True when `exc` (or an exception it was raised from) says the database could not be reached or the
-    connection dropped, i.e. trying again later can succeed. Data errors (integrity, too long) are not."""
-    import sqlalchemy.exc as sa_exc
+class ResilientStorage(BaseStorage, HeartbeatStorage):
+    """A storage that waits out a database outage (see the module docstring). Built by
+    tuner.storage.connect.open_storage around the RDBStorage it opened.
 
-    seen: set[int] = set()
-    e: BaseException | None = exc
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(e, (sa_exc.IntegrityError, sa_exc.DataError, sa_exc.ProgrammingError)):
-            return False
-        if isinstance(e, (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.DisconnectionError)):
-            return True
-        if isinstance(e, sa_exc.DBAPIError) and e.connection_invalidated:
-            return True
-        e = e.__cause__ or e.__context__
-    return False
+    backend: the RDBStorage (its URL, engine, heartbeat interval and grace period are this storage's).
+    outage_limit_s: how long one call waits for an unreachable database. abort: set to give up waiting at once."""
 
-
-def _detail(exc: BaseException, url: str) -> str:
-    root: BaseException = exc
-    while root.__cause__ is not None:
-        root = root.__cause__
-    orig = getattr(root, "orig", None) or root
-    text = " ".join(str(orig).split())[:200]
-    return f"{type(orig).__name__}: {mask_text(text, url)}"
-
-
-@retry_wrapped("_call")
-class ResilientRDBStorage(StaleTrialHook):
-    """RDBStorage that waits out a database outage (see the module docstring).
-
-    Built by tuner.storage.connect.open_storage."""
-
-    def __init__(self, url: str, *, outage_limit_s: float = OUTAGE_LIMIT_S, **kwargs: Any):
-        self._init_resilience(outage_limit_s)
-        super().__init__(url, **kwargs)
-
-    def _init_resilience(self, outage_limit_s: float) -> None:
+    def __init__(self, backend: RDBStorage, *, outage_limit_s: float = OUTAGE_LIMIT_S, abort: StopSignal | None = None):
+        self.backend = backend
+        self._inner = cached_storage(backend)
         self.outage_limit_s = float(outage_limit_s)
-        self._local = threading.local()
+        self.abort = abort
         self._state_lock = threading.Lock()
         self._outage_since: float | None = None  # monotonic time of the first failure of the current outage
         self._last_recovery: float | None = None  # monotonic time the database answered again after an outage
         self._beat_failing = False
         self._stale_hold_logged = False
 
-    def __getstate__(self) -> dict[Any, Any]:
-        state = super().__getstate__()
-        for k in ("_local", "_state_lock"):
-            state.pop(k, None)
-        return state
+    # --- what callers read off an RDBStorage ---
+    @property
+    def url(self) -> str:
+        return str(self.backend.url)
 
-    def __setstate__(self, state: dict[Any, Any]) -> None:
-        limit = state.get("outage_limit_s", OUTAGE_LIMIT_S)
-        super().__setstate__(state)
-        self._init_resilience(limit)
+    @property
+    def engine(self) -> Any:
+        return self.backend.engine
+
+    @property
+    def heartbeat_interval(self) -> int | None:
+        return self.backend.heartbeat_interval
+
+    @property
+    def grace_period(self) -> int | None:
+        return self.backend.grace_period
+
+    def remove_session(self) -> None:
+        self.backend.remove_session()
 
     # --- outage bookkeeping (shared by the main thread and the heartbeat thread) ---
-
     def _outage_failure(self, exc: BaseException, what: str) -> float:
         """Note a connection failure; returns the monotonic start of the outage."""
         now = time.monotonic()
@@ -140,52 +142,159 @@ class ResilientRDBStorage(StaleTrialHook):
         if since is not None:
             log.warning("storage %s is back after %.1f s; carrying on", mask_url(self.url), time.monotonic() - since)
 
-    def _call(self, name: str, base: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if getattr(self._local, "depth", 0):
-            return base(self, *args, **kwargs)
-        self._local.depth = 1
-        try:
-            failed_once = False
-            delay = BACKOFF_FIRST_S
-            while True:
-                try:
-                    result = base(self, *args, **kwargs)
-                except optuna.exceptions.UpdateFinishedTrialError:
-                    if failed_once and name == "set_trial_state_values" and self._already_set(*args, **kwargs):
-                        self._outage_over()
-                        return True  # the attempt that lost its connection had committed
+    def _call(self, name: str, fn: Callable[[], T]) -> T:
+        """`fn()` (one storage call), retried through an outage; permanent errors raised at once as one line."""
+        failed_once = False
+        delay = BACKOFF_FIRST_S
+        while True:
+            try:
+                result = fn()
+            except optuna.exceptions.UpdateFinishedTrialError:
+                raise
+            except Exception as exc:
+                permanent = permanent_error(exc, self.url)
+                if permanent is not None:
+                    raise permanent from exc
+                if not is_connection_failure(exc):
                     raise
-                except Exception as exc:
-                    if not is_connection_failure(exc):
-                        raise
-                    failed_once = True
-                    since = self._outage_failure(exc, name)
-                    left = self.outage_limit_s - (time.monotonic() - since)
-                    if left <= 0:
-                        raise StorageUnavailable(
-                            f"storage {mask_url(self.url)} unreachable for {self.outage_limit_s:.0f} s "
-                            f"({_detail(exc, self.url)}); check that the database server is running and reachable, "
-                            "then start the worker again (its unfinished trial is retried)"
-                        ) from exc
-                    self._drop_session()
+                failed_once = True
+                since = self._outage_failure(exc, name)
+                left = self.outage_limit_s - (time.monotonic() - since)
+                if self.abort is not None and self.abort.is_set():
+                    sig = signal.Signals(self.abort.signum).name
+                    raise StorageInterrupted(
+                        f"{sig} received while storage {mask_url(self.url)} was unreachable; stopped without waiting "
+                        "for it (the unfinished trial is retried once its heartbeat lapses)",
+                        self.abort.signum,
+                    ) from None
+                if left <= 0:
+                    raise StorageUnavailable(
+                        f"storage {mask_url(self.url)} unreachable for {self.outage_limit_s:.0f} s "
+                        f"({_detail(exc, self.url)}); check that the database server is running and reachable, "
+                        "then start the worker again (its unfinished trial is retried)"
+                    ) from exc
+                self.backend.remove_session()  # this thread's broken session; pre-ping replaces dead pool links
+                if self.abort is not None:
+                    self.abort.wait(min(delay, left))  # a signal ends the wait at once
+                else:
                     time.sleep(min(delay, left))
-                    delay = min(delay * 2, BACKOFF_MAX_S)
-                    continue
-                if failed_once or self._outage_since is not None:
-                    self._outage_over()
-                return result
-        finally:
-            self._local.depth = 0
+                delay = min(delay * 2, BACKOFF_MAX_S)
+                continue
+            if failed_once or self._outage_since is not None:
+                self._outage_over()
+            return result
 
-    def _drop_session(self) -> None:
-        try:
-            self.scoped_session.remove()  # this thread's broken session; the pool's pre-ping replaces dead links
-        except Exception:  # noqa: BLE001 - closing a session on a dead connection may itself fail; nothing to keep
-            pass
+    def retrying(self, name: str, fn: Callable[[], T]) -> T:
+        """Run `fn()` (a database operation of the caller's own, e.g. the study lock) through the retry loop."""
+        return self._call(name, fn)
 
-    def _already_set(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None) -> bool:
+    # --- BaseStorage, forwarded to Optuna's cached RDB storage through the retry loop ---
+    def create_new_study(self, directions: Sequence[StudyDirection], study_name: str | None = None) -> int:
+        return self._call("create_new_study", lambda: self._inner.create_new_study(directions, study_name))
+
+    def delete_study(self, study_id: int) -> None:
+        self._call("delete_study", lambda: self._inner.delete_study(study_id))
+
+    def set_study_user_attr(self, study_id: int, key: str, value: Any) -> None:
+        self._call("set_study_user_attr", lambda: self._inner.set_study_user_attr(study_id, key, value))
+
+    def set_study_system_attr(self, study_id: int, key: str, value: Any) -> None:
+        self._call("set_study_system_attr", lambda: self._inner.set_study_system_attr(study_id, key, value))
+
+    def get_study_id_from_name(self, study_name: str) -> int:
+        return self._call("get_study_id_from_name", lambda: self._inner.get_study_id_from_name(study_name))
+
+    def get_study_name_from_id(self, study_id: int) -> str:
+        return self._call("get_study_name_from_id", lambda: self._inner.get_study_name_from_id(study_id))
+
+    def get_study_directions(self, study_id: int) -> list[StudyDirection]:
+        return self._call("get_study_directions", lambda: self._inner.get_study_directions(study_id))
+
+    def get_study_user_attrs(self, study_id: int) -> dict[str, Any]:
+        return self._call("get_study_user_attrs", lambda: self._inner.get_study_user_attrs(study_id))
+
+    def get_study_system_attrs(self, study_id: int) -> dict[str, Any]:
+        return self._call("get_study_system_attrs", lambda: self._inner.get_study_system_attrs(study_id))
+
+    def get_all_studies(self) -> list[FrozenStudy]:
+        return self._call("get_all_studies", self._inner.get_all_studies)
+
+    def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
+        return self._call("create_new_trial", lambda: self._inner.create_new_trial(study_id, template_trial))
+
+    def set_trial_param(
+        self, trial_id: int, param_name: str, param_value_internal: float, distribution: BaseDistribution
+    ) -> None:
+        self._call(
+            "set_trial_param",
+            lambda: self._inner.set_trial_param(trial_id, param_name, param_value_internal, distribution),
+        )
+
+    def get_trial_id_from_study_id_trial_number(self, study_id: int, trial_number: int) -> int:
+        return self._call(
+            "get_trial_id_from_study_id_trial_number",
+            lambda: self._inner.get_trial_id_from_study_id_trial_number(study_id, trial_number),
+        )
+
+    def get_trial_number_from_id(self, trial_id: int) -> int:
+        return self._call("get_trial_number_from_id", lambda: self._inner.get_trial_number_from_id(trial_id))
+
+    def get_trial_param(self, trial_id: int, param_name: str) -> float:
+        return self._call("get_trial_param", lambda: self._inner.get_trial_param(trial_id, param_name))
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None) -> bool:
+        attempt = {"n": 0}
+
+        def finish() -> bool:
+            attempt["n"] += 1
+            try:
+                return self._inner.set_trial_state_values(trial_id, state, values)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                # A retry after a lost acknowledgement: the first attempt had committed exactly this.
+                if attempt["n"] > 1 and self._already_set(trial_id, state, values):
+                    return True
+                raise
+
+        return self._call("set_trial_state_values", finish)
+
+    def set_trial_intermediate_value(self, trial_id: int, step: int, intermediate_value: float) -> None:
+        self._call(
+            "set_trial_intermediate_value",
+            lambda: self._inner.set_trial_intermediate_value(trial_id, step, intermediate_value),
+        )
+
+    def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
+        self._call("set_trial_user_attr", lambda: self._inner.set_trial_user_attr(trial_id, key, value))
+
+    def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
+        self._call("set_trial_system_attr", lambda: self._inner.set_trial_system_attr(trial_id, key, value))
+
+    def get_trial_user_attrs(self, trial_id: int) -> dict[str, Any]:
+        return self._call("get_trial_user_attrs", lambda: self._inner.get_trial_user_attrs(trial_id))
+
+    def get_trial_system_attrs(self, trial_id: int) -> dict[str, Any]:
+        return self._call("get_trial_system_attrs", lambda: self._inner.get_trial_system_attrs(trial_id))
+
+    def get_trial_params(self, trial_id: int) -> dict[str, Any]:
+        return self._call("get_trial_params", lambda: self._inner.get_trial_params(trial_id))
+
+    def get_trial(self, trial_id: int) -> FrozenTrial:
+        return self._call("get_trial", lambda: self._inner.get_trial(trial_id))
+
+    def get_all_trials(
+        self, study_id: int, deepcopy: bool = True, states: Container[TrialState] | None = None
+    ) -> list[FrozenTrial]:
+        return self._call("get_all_trials", lambda: self._inner.get_all_trials(study_id, deepcopy, states))
+
+    def get_n_trials(self, study_id: int, state: tuple[TrialState, ...] | TrialState | None = None) -> int:
+        return self._call("get_n_trials", lambda: self._inner.get_n_trials(study_id, state))
+
+    def get_best_trial(self, study_id: int) -> FrozenTrial:
+        return self._call("get_best_trial", lambda: self._inner.get_best_trial(study_id))
+
+    def _already_set(self, trial_id: int, state: TrialState, values: Sequence[float] | None) -> bool:
         """After a retried finishing write: does the trial already hold exactly what we asked for?"""
-        trial = RDBStorage.get_trial(self, trial_id)
+        trial = self.backend.get_trial(trial_id)
         if trial.state != state:
             return False
         want = None if values is None else [float(v) for v in values]
@@ -193,29 +302,26 @@ class ResilientRDBStorage(StaleTrialHook):
         return want == have if want is not None else True
 
     # --- heartbeat ---
+    def get_heartbeat_interval(self) -> int | None:
+        return self.backend.get_heartbeat_interval()
+
+    def get_heartbeat_stale_trial_callback(self) -> Callable[[optuna.Study, FrozenTrial], None] | None:
+        return self.backend.get_heartbeat_stale_trial_callback()
 
     def record_heartbeat(self, trial_id: int) -> None:
         """One beat; never raises (it runs in Optuna's heartbeat thread, which dies on an exception)."""
         try:
-            RDBStorage.record_heartbeat(self, trial_id)
-        except Exception as exc:
-            self._drop_session()
+            self.backend.record_heartbeat(trial_id)
+        except Exception as exc:  # noqa: BLE001 - the heartbeat thread must survive any failed beat
+            self.backend.remove_session()
             if is_connection_failure(exc):
                 self._outage_failure(exc, "heartbeat")
-                if not self._beat_failing:
-                    log.warning(
-                        "heartbeat of trial id %d not recorded (%s); still beating every %s s",
-                        trial_id,
-                        _detail(exc, self.url),
-                        self.heartbeat_interval,
-                    )
-            else:
+            if not self._beat_failing:
                 log.warning(
-                    "heartbeat of trial id %d not recorded: %s; still beating every %s s",
+                    "heartbeat of trial id %d not recorded (%s); still beating every %s s",
                     trial_id,
                     _detail(exc, self.url),
                     self.heartbeat_interval,
-                    exc_info=not self._beat_failing,
                 )
             self._beat_failing = True
             return
@@ -237,33 +343,19 @@ class ResilientRDBStorage(StaleTrialHook):
                     grace - (time.monotonic() - last),
                 )
             return []
-        ids: list[int] = self._call("stale_trial_ids", base_stale_trial_ids, (study_id,), {})
-        return ids
+        return self._call("stale_trial_ids", lambda: rdb_stale_trial_ids(self.backend, study_id))
 
     def heartbeat_age_s(self, trial_id: int) -> float | None:
         """Seconds since the trial's last heartbeat by the database's clock (None: it never beat)."""
-
-        def read(_self: ResilientRDBStorage) -> float | None:
-            return heartbeat_ages_s(_self.engine, trial_id_=trial_id).get(trial_id)
-
-        age: float | None = self._call("heartbeat_age_s", read, (), {})
-        return age
+        return self._call("heartbeat_age_s", lambda: heartbeat_ages_s(self.engine, trial_id_=trial_id).get(trial_id))
 
     def set_finished_trial_user_attrs(self, trial_id: int, attrs: dict[str, Any]) -> None:
         """Write user attrs on a trial that has already finished (Optuna refuses that; used only to record why a
         heartbeat-stale trial failed, right after this process failed it)."""
+        self._call(
+            "set_finished_trial_user_attrs", lambda: write_finished_trial_user_attrs(self.engine, trial_id, attrs)
+        )
 
-        def write(_self: ResilientRDBStorage) -> None:
-            _self._local.allow_finished = True
-            try:
-                for k, v in attrs.items():
-                    RDBStorage.set_trial_user_attr(_self, trial_id, k, v)
-            finally:
-                _self._local.allow_finished = False
 
-        self._call("set_finished_trial_user_attrs", write, (), {})
-
-    def check_trial_is_updatable(self, trial_id: int, trial_state: TrialState) -> None:
-        if getattr(self._local, "allow_finished", False):
-            return
-        super().check_trial_is_updatable(trial_id, trial_state)
+# The name before the storage became a wrapper object (kept for code written against it).
+ResilientRDBStorage = ResilientStorage

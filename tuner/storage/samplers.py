@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import warnings
+from typing import Any
 
 import optuna
 
@@ -60,3 +61,28 @@ def worker_seed(seed: int | None, key: str | None) -> int | None:
         return seed
     digest = hashlib.sha256(f"{int(seed)}:{key}".encode()).digest()
     return int.from_bytes(digest[:4], "little")
+
+
+SEED_ATTR_PREFIX = "tuner:sampler_seed:"  # study system attr per worker: the sampler seed it used
+RUN_SEED_PREFIX = SEED_ATTR_PREFIX + "run"  # study system attr per `tuner run`: run<k>:<worker id> -> its seed
+
+
+def claim_run_seed(storage: Any, study_id: int, seed: int | None, worker_id: str) -> int | None:
+    """The sampler seed of one `tuner run` of a study, claimed under the study lock and registered on the study
+    (system attr `tuner:sampler_seed:run<k>:<worker id>`), so each run continues rather than replays the sequence:
+    the first run of a study (k = 0) uses the study's seed itself (a fresh study's run is reproducible from it); the
+    k-th (a re-run, or a second run at once on the same storage) uses `worker_seed(seed, "run<k>")`. None stays
+    None (an unseeded sampler never replays)."""
+    from tuner.storage.study_lock import StudyLock
+
+    if seed is None:
+        return None
+    lock = StudyLock(storage, study_id)
+    lock.acquire()
+    try:
+        k = sum(1 for key in storage.get_study_system_attrs(study_id) if key.startswith(RUN_SEED_PREFIX))
+        mine = seed if k == 0 else worker_seed(seed, f"run{k}")
+        storage.set_study_system_attr(study_id, f"{RUN_SEED_PREFIX}{k}:{worker_id}", mine)
+    finally:
+        lock.release()
+    return mine

@@ -25,6 +25,7 @@ class EndReason(str, Enum):
     INTERRUPTED = "interrupted"
     ERROR = "error"
     WORKER_LOST = "worker_lost"
+    ENVIRONMENT_ERROR = "environment_error"  # the worker's data or cache unusable: re-queued, not counted
 
 
 # User attrs describing one attempt: how it ended and what it measured. A retry (heartbeat or interrupt) must not

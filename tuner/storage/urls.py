@@ -85,3 +85,16 @@ def host_port(url: str) -> tuple[str | None, int | None, str]:
     backend = u.get_backend_name()
     default_port = {"postgresql": 5432, "mysql": 3306}.get(backend)
     return u.host, (u.port or default_port), backend
+
+
+def sqlite_file(url: str) -> str | None:
+    """The file an `sqlite:///PATH` URL names (also `sqlite:///file:PATH?mode=ro&uri=true`), or None for an
+    in-memory database or a URL of another backend."""
+    if not url.startswith("sqlite"):
+        return None
+    path = url.split("///", 1)[1] if "///" in url else ""
+    if path.startswith("file:"):
+        path, _, query = path[len("file:") :].partition("?")
+        if "mode=memory" in query:
+            return None
+    return None if not path or path == ":memory:" else path

@@ -1,4 +1,9 @@
-"""The study's shared trial budget, and re-queueing interrupted trials: the worker's optimize() callbacks."""
+"""The study's shared trial budget, and re-queueing interrupted trials.
+
+The take is exact: a worker holds the study lock (tuner.storage.study_lock: a Postgres advisory lock, or a flock
+beside the SQLite file) from "is budget left beyond the trials running now?" until its trial is RUNNING in storage
+(the objective's first act releases it), so workers starting at the same moment cannot both take the last trial.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +16,9 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from tuner.storage.resilient import (
-    OUTAGE_LIMIT_S,
-    StorageUnavailable,
-    is_connection_failure,
-)
+from tuner.errors import TunerError
+from tuner.storage.resilient import OUTAGE_LIMIT_S, is_connection_failure
+from tuner.storage.study_lock import StudyLock
 
 log = logging.getLogger(__name__)
 
@@ -36,23 +39,27 @@ def counted_trials(study: optuna.Study) -> int:
 
 
 class StudyBudget:
-    """optimize() callback: stop when the study has n_trials counted trials; wait while others run the rest."""
+    """Whether this worker may take another trial: the study holds fewer than n_trials counted trials, beyond the
+    trials others are running now. `take_turn` returns True holding the study lock; `release` (called when the
+    taken trial is RUNNING, or if taking it failed) lets the next worker check."""
 
-    def __init__(self, n_trials: int, stop_event: threading.Event):
+    def __init__(self, n_trials: int, stop_event: threading.Event, lock: StudyLock | None = None):
         self.n_trials = int(n_trials)
         self.stop_event = stop_event
+        self.lock = lock
 
     def remaining(self, study: optuna.Study) -> tuple[int, int]:
         """(budget not yet counted, trials running now) for the whole study."""
         running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
         return self.n_trials - counted_trials(study), running
 
-    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:  # noqa: ARG002 - callback API
-        if self.wait_turn(study) is False:
-            study.stop()
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
 
-    def wait_turn(self, study: optuna.Study) -> bool:
-        """True when this worker should start another trial; False when the budget is spent or we are stopping.
+    def take_turn(self, study: optuna.Study) -> bool:
+        """True when this worker should start another trial (the study lock is then held until `release`); False
+        when the budget is spent or we are stopping.
 
         A storage error that is a connection failure is temporary here (the database restarting): the wait goes
         on, for at most OUTAGE_LIMIT_S in a row."""
@@ -60,20 +67,26 @@ class StudyBudget:
         outage_since: float | None = None
         while not self.stop_event.is_set():
             try:
+                if self.lock is not None and not self.lock.acquire(self.stop_event):
+                    return False
                 left, running = self.remaining(study)
                 if left <= 0:
+                    self.release()
                     return False
                 if left > running:
                     return True
+                self.release()
                 # Every remaining trial is running on another worker: wait; if one dies, the heartbeat fails it,
                 # its retry is enqueued and the budget opens again.
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     optuna.storages.fail_stale_trials(study)
                 outage_since = None
-            except StorageUnavailable:
+            except TunerError:
+                self.release()
                 raise
             except Exception as exc:
+                self.release()
                 if not is_connection_failure(exc):
                     raise
                 now = time.monotonic()

@@ -137,6 +137,7 @@ class _ChildState:
         import torch
 
         from model.config import ConfigError, Phase1Config
+        from model.corpus import DataError
         from model.dense_config import DenseConfig
         from model.errors import NumericalInstabilityError
         from model.train import train_and_evaluate
@@ -153,7 +154,10 @@ class _ChildState:
         lns = isinstance(config, Phase1Config) and config.lns_enabled
         # LNS weights are inference-only: train the float model, convert, evaluate the converted one.
         train_config = config.replace(lns_enabled=False) if lns else config
-        data = self.data(req.data, config.vocab_size, cache_dir)
+        try:
+            data = self.data(req.data, config.vocab_size, cache_dir)
+        except (DataError, OSError) as e:  # the worker's data or cache, not this configuration: see environment.py
+            return {"kind": "environment_error", **_exc_fields(e)}
         ceiling = float(req.ceiling_gib)
         fault = fault_for(req.fault, req.trial_number)
         guard = None

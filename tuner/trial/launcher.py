@@ -6,7 +6,9 @@ tuner.trial.packing) each keep their own ceiling (allocator cap + NVML per proce
 Each worker writes its status file (tuner.trial.worker_status, path in its environment) and its output lines are
 prefixed with its slot (`[w3 gpu1]`), so the caller can show one line per worker and say who ran which trial.
 The supervisor restarts a worker that exits non-zero (at most `max_restarts` times per slot; a slot that keeps
-crashing is given up and reported; exit code 2, a user error, is never restarted), leaves a worker that exits 0
+crashing is given up and reported; exit code 2, a user error, is never restarted; exit 75, the database unreachable
+past the outage limit, is always restarted and not counted as a crash: the new worker waits for the database),
+leaves a worker that exits 0
 finished (the study's shared budget is spent), and forwards SIGTERM/SIGINT to every worker, which end their
 current trials as `interrupted` (re-enqueued) and exit 0.
 Workers still running `SHUTDOWN_KILL_S` after the signal are killed, so launch exits within 30 s.
@@ -28,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from tuner.errors import TunerError
+from tuner.errors import EXIT_STORAGE_UNAVAILABLE, EXIT_USER_ERROR, TunerError
 from tuner.trial.worker_status import STATUS_ENV
 
 log = logging.getLogger(__name__)
@@ -221,9 +223,18 @@ class Launcher:
             if code == 0:
                 slot.finished = True
                 continue
-            if code == 2:  # a user error (one line printed by the worker): restarting cannot fix it
+            if code == EXIT_USER_ERROR:  # a user error (one line printed by the worker): restarting cannot fix it
                 slot.gave_up = True
                 log.error("launch: worker exited with a user error (exit code 2); not restarting it")
+                continue
+            if code == EXIT_STORAGE_UNAVAILABLE:  # the database was down past the outage limit: not a crash
+                log.warning(
+                    "launch: worker pid %d gave up on an unreachable database (exit %d); starting it again "
+                    "(it waits for the database)",
+                    slot.proc.pid,
+                    code,
+                )
+                self._start(slot)
                 continue
             if slot.restarts >= self.max_restarts:
                 slot.gave_up = True

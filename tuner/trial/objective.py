@@ -32,12 +32,14 @@ from typing import Any
 import optuna
 
 from model.config import ConfigError
+from tuner.errors import WorkerEnvironmentError
 from tuner.storage._optuna_compat import trial_id
 from tuner.storage.trial_attrs import ATTEMPT_ATTRS, EndReason, is_reference
 from tuner.study.spec import StudySpec
 from tuner.trial.outcome import PruningRequest, TrialRequest
 from tuner.trial.recording import (
     TrialFailed,
+    TrialTakenOver,
     record_infeasible,
     record_interrupted,
     record_outcome,
@@ -100,22 +102,29 @@ class Objective:
         self.on_progress = on_progress
         self.on_trial_start = on_trial_start
         self.fault = fault
+        self.last_trial_id: int | None = None  # the trial this objective ran last (the worker reads it on errors)
+        self.last_trial_number: int | None = None
 
     # =================================================================================================================
     def __call__(self, trial: optuna.trial.Trial) -> tuple[float, ...]:
         """Run one trial. Any unexpected exception becomes FAIL + end_reason `error` with its traceback: the worker
-        survives its trial whatever happened in it."""
+        survives its trial whatever happened in it. Two exceptions end the worker's turn instead: an environment
+        failure (WorkerEnvironmentError: not the trial's fault; the worker re-queues the trial and stops) and a
+        trial another worker has already failed as stale (TrialTakenOver: its late result is dropped)."""
         from tuner.trial.runner import ChildStartError
 
         self._busy_s = 0.0
+        self.last_trial_id, self.last_trial_number = trial_id(trial), trial.number
         try:
             return self._run(trial)
-        except (optuna.TrialPruned, TrialFailed):
+        except (optuna.TrialPruned, TrialFailed, WorkerEnvironmentError):
             raise
-        except ChildStartError as e:  # a worker problem: recorded on the trial, then the worker stops (FAIL)
-            trial.set_user_attr("end_reason", EndReason.ERROR.value)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            raise TrialTakenOver(f"trial {trial.number} was already failed as stale by another worker") from None
+        except ChildStartError as e:  # a worker problem, not the trial's
+            trial.set_user_attr("end_reason", EndReason.ENVIRONMENT_ERROR.value)
             trial.set_user_attr("error_summary", str(e)[:500])
-            raise
+            raise WorkerEnvironmentError(str(e)) from None
         except Exception as e:
             import traceback
 

@@ -29,6 +29,7 @@ OutcomeKind = Literal[
     "timeout",
     "error",
     "crash",
+    "environment_error",
 ]
 
 # Measurements of the run that are recorded on the trial as user attrs of the same name, whatever the ending.
@@ -162,6 +163,7 @@ ENDINGS: dict[EndReason, Ending] = {
     EndReason.TIMEOUT: Ending("pruned", always={"error_summary": "error_summary"}),
     EndReason.INTERRUPTED: Ending("fail", always={"error_summary": "error_summary"}),
     EndReason.ERROR: Ending("fail", if_set=("error_summary", "traceback")),
+    EndReason.ENVIRONMENT_ERROR: Ending("fail", always={"error_summary": "error_summary"}),
 }
 
 

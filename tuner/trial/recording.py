@@ -15,6 +15,8 @@ How each end is recorded (user attr `end_reason` is always set; tuner.trial.outc
   interrupted             FAIL; the worker's callback re-enqueues the same params (tuner.trial.budget), the retry
                           records the trial it replaces (system attrs failed_trial / retry_history).
   error                   FAIL with `error_summary` + `traceback` (also a child crash).
+  environment_error       FAIL (the data or cache could not be used on this worker: not the trial's fault); the
+                          worker re-queues the same params, so it does not count against n_trials, and stops.
 Objective values are returned in the spec's metric order (val_ppl, peak_vram_gib, params, tokens_per_s).
 """
 
@@ -25,6 +27,7 @@ from typing import Any
 
 import optuna
 
+from tuner.errors import WorkerEnvironmentError
 from tuner.storage.constraints import set_trial_constraint
 from tuner.storage.trial_attrs import EndReason
 from tuner.study.spec import StudySpec
@@ -44,6 +47,11 @@ log = logging.getLogger(__name__)
 
 class TrialFailed(Exception):
     """Ends a trial as FAIL after its attributes were recorded; the worker passes it in `catch`."""
+
+
+class TrialTakenOver(TrialFailed):
+    """The trial was failed as heartbeat-stale by another worker while this one still ran it (paused, cut off):
+    nothing more is recorded on it; the worker drops the late result and goes on."""
 
 
 class TrialInterrupted(TrialFailed):
@@ -96,6 +104,8 @@ def record_outcome(trial: Any, spec: StudySpec, config: Any, outcome: TrialOutco
         raise optuna.TrialPruned(message)
     if reason is EndReason.INTERRUPTED:
         return record_interrupted(trial, outcome.error_summary or "interrupted")
+    if reason is EndReason.ENVIRONMENT_ERROR:  # not the trial's fault: the worker re-queues it and stops
+        raise WorkerEnvironmentError(message)
     raise TrialFailed(message)
 
 

@@ -5,27 +5,35 @@ tuner.storage.connect.open_storage carries the heartbeat and RetryHeartbeatStale
 (SIGKILL) has its trial failed by the heartbeat and re-run by another worker.
 
 Shared budget: several workers on one study stop when the study holds `n_trials` counted trials in total:
-COMPLETE + PRUNED + FAIL, minus failed trials that were retried (a retry replaces them). A worker that would
-start a trial while the remaining budget is already being run by others waits for them instead (and fails their
-trials through the heartbeat if they die), so the study ends with exactly n_trials unless two workers ask at the
-same instant.
+COMPLETE + PRUNED + FAIL, minus failed trials that were retried (a retry replaces them). A worker takes a trial only
+while the budget left exceeds the trials running now, deciding under the study lock (tuner.trial.budget), so the
+study ends with exactly n_trials even when workers start at the same moment; one that finds the rest being run by
+others waits for them (and fails their trials through the heartbeat if they die).
 
-Storage outage (database restart): the storage (tuner.storage.resilient.ResilientRDBStorage) retries every call with
+Environment: before it takes any trial the worker checks that it can run one at all (tuner.trial.environment: the
+data source, the cache dir); a failure is one line and exit 2, the budget untouched. A trial that meets such a
+failure anyway ends `environment_error`, is re-queued (so it does not count) and stops the worker the same way.
+
+Storage outage (database restart): the storage (tuner.storage.resilient.ResilientStorage) retries every call with
 backoff until the database answers again (up to tuner.storage.resilient.OUTAGE_LIMIT_S), so a trial that finished
 during the outage is recorded when it is back, the heartbeat resumes, and the budget wait carries on; only an outage
-longer than that ends the worker, with an error naming the masked URL (exit 2; its unfinished trial is failed by the
+longer than that ends the worker (exit 75, which `tuner launch` restarts; its unfinished trial is failed by the
 heartbeat and retried by another worker).
 
-Sampler seed: every worker of a seeded study draws from its own sequence, the study's seed mixed with a hash of the
-worker id (host:pid[:gpu]; tuner.storage.samplers.worker_seed), else parallel workers would replay one another's
-configurations. The caller passes the seed: `tuner worker` (what `tuner launch` starts several of) mixes it,
-`tuner run` (one in-process worker) keeps the study's seed itself, so a lone worker's run is reproducible from it.
-The seed used is logged and stored as study system attr `tuner:sampler_seed:<worker id>`.
+Paused past the grace period (SIGSTOP, a suspended VM): another worker fails the trial as stale and re-queues it;
+when this worker resumes, its late result is dropped with one warning and it goes on with the next trial.
+
+Sampler seed: the caller passes it. `tuner worker` (what `tuner launch` starts several of) mixes the study's seed with
+a hash of the worker id (host:pid[:gpu]; tuner.storage.samplers.worker_seed), else parallel workers would replay one
+another's configurations; `tuner run` claims a per-run seed (tuner.storage.samplers.claim_run_seed: the study's
+seed on a study's first run, a distinct one for each re-run or concurrent run). The seed used is logged and stored
+as study system attr `tuner:sampler_seed:<worker id>`.
 
 SIGTERM / SIGINT: the current trial is asked to stop at its next step (killed after a grace period), ends FAIL
 with end_reason `interrupted`, and is re-enqueued with the same params through RetryHeartbeatStaleTrialCallback's
 own logic (so the retry records `failed_trial` / `retry_history` exactly like a heartbeat retry); then the worker
-exits 0. try/finally releases the trial child (and with it the GPU and NVML) whatever happened.
+exits 0. During a database outage the signal also ends the storage's wait (exit 128 + signal, the trial left for the
+heartbeat to retry). try/finally releases the trial child (and with it the GPU and NVML) whatever happened.
 """
 
 from __future__ import annotations
@@ -43,10 +51,12 @@ from typing import Any
 
 import optuna
 
+from tuner.errors import StorageInterrupted, StorageUnavailable, WorkerEnvironmentError
 from tuner.storage._optuna_compat import study_id
-from tuner.storage.resilient import ResilientRDBStorage
+from tuner.storage.resilient import ResilientStorage, StopSignal
+from tuner.storage.samplers import SEED_ATTR_PREFIX
 from tuner.study.spec import StudySpec
-from tuner.trial.budget import RetryInterrupted, StudyBudget, counted_trials
+from tuner.trial.budget import RetryInterrupted, StudyBudget, counted_trials, enqueue_retry
 from tuner.trial.faults import FaultInjection
 
 log = logging.getLogger(__name__)
@@ -70,7 +80,7 @@ def default_worker_id(gpu: int | None) -> str:
 def run_worker(
     spec: StudySpec,
     *,
-    storage: ResilientRDBStorage,
+    storage: ResilientStorage,
     seed: int | None,
     worker_id: str | None = None,
     gpu: int | None = None,
@@ -82,48 +92,56 @@ def run_worker(
     install_signal_handlers: bool = True,
 ) -> int:
     """Run trials of `spec`'s study in `storage` (created if needed) until the study holds `n_trials` counted
-    trials (default: the spec's n_trials) or SIGTERM/SIGINT arrives. Returns the exit code (0).
+    trials (default: the spec's n_trials) or SIGTERM/SIGINT arrives. Returns the exit code: 0, or 128 + the signal
+    when a signal arrived while the database was unreachable (the process then stops without waiting for it).
 
-    storage: an open storage (tuner.storage.connect.open_storage: heartbeats, outage retries).
-    seed: this worker's sampler seed; the caller decides (`tuner run`: the study's seed, so a lone worker's run is
-        reproducible; `tuner worker`: tuner.storage.samplers.worker_seed(study seed, worker id), so parallel
-        workers do not replay one another). worker_id: default host:pid[:gpuN].
+    storage: an open storage (tuner.storage.connect.open_storage: heartbeats, outage retries). Its `abort`
+        StopSignal (created here if it has none) is the worker's stop event: SIGTERM/SIGINT set it.
+    seed: this worker's sampler seed; the caller decides (`tuner run`: tuner.storage.samplers.claim_run_seed, so a
+        re-run continues the sequence; `tuner worker`: worker_seed(study seed, worker id), so parallel workers do not
+        replay one another). worker_id: default host:pid[:gpuN].
     gpu: physical GPU index to pin the trial child to (None: CPU, or the only GPU).
     cache_dir: tokenized-data cache shared by workers (default `.phase1_cache` in the cwd).
     fault: test-only tuner.trial.faults.FaultInjection (one, or a list).
     cpu_threads: torch threads of a CPU trial child (see TrialRunner).
-    Raises StorageError when the database stays unreachable longer than the storage's outage limit.
+    Raises WorkerEnvironmentError (exit 2) when this worker's environment cannot run trials (checked before any
+    trial is taken; a trial that meets it anyway is re-queued, so the budget is untouched), StorageUnavailable
+    (exit 75) when the database stays unreachable longer than the storage's outage limit.
     """
-    from tuner.errors import StorageError
-    from tuner.storage.resilient import StorageUnavailable
     from tuner.storage.samplers import make_sampler
     from tuner.storage.studies import create_or_load_study
+    from tuner.storage.study_lock import StudyLock
     from tuner.storage.urls import mask_url
+    from tuner.trial.environment import check_environment
     from tuner.trial.objective import Objective
     from tuner.trial.recording import TrialFailed
     from tuner.trial.runner import TrialRunner
 
     hooks = hooks or WorkerHooks()
     worker_id = worker_id or default_worker_id(gpu)
+    cache = Path(cache_dir) if cache_dir is not None else Path.cwd() / ".phase1_cache"
+    check_environment(spec, cache)  # before the study is touched: a broken worker takes no trial
+    if storage.abort is None:
+        storage.abort = StopSignal()
+    stop_event = storage.abort
     opt_study = create_or_load_study(spec, storage)
     opt_study.sampler = make_sampler(spec, seed)
     if spec.sampler.seed is not None:
-        storage.set_study_system_attr(study_id(opt_study), f"tuner:sampler_seed:{worker_id}", seed)
+        storage.set_study_system_attr(study_id(opt_study), f"{SEED_ATTR_PREFIX}{worker_id}", seed)
         log.info("worker %s: sampler seed %s (study seed %s)", worker_id, seed, spec.sampler.seed)
     budget_n = int(n_trials if n_trials is not None else spec.n_trials)
 
-    stop_event = threading.Event()
     previous = {}
     if install_signal_handlers and threading.current_thread() is threading.main_thread():
 
         def _on_signal(signum: int, frame: object) -> None:  # noqa: ARG001
             log.warning("worker: %s received; finishing the current trial as interrupted", signal.Signals(signum).name)
-            stop_event.set()
+            stop_event.set_by(signum)
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             previous[sig] = signal.signal(sig, _on_signal)
 
-    runner = TrialRunner(gpu=gpu, cache_dir=cache_dir or Path.cwd() / ".phase1_cache", cpu_threads=cpu_threads)
+    runner = TrialRunner(gpu=gpu, cache_dir=cache, cpu_threads=cpu_threads)
     objective = Objective(
         spec,
         runner,
@@ -133,46 +151,108 @@ def run_worker(
         on_trial_start=hooks.on_trial_start,
         fault=fault,
     )
-    budget = StudyBudget(budget_n, stop_event)
-    callbacks: list[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = [RetryInterrupted(stop_event), budget]
+    budget = StudyBudget(budget_n, stop_event, StudyLock(storage, study_id(opt_study)))
+
+    def take(trial: optuna.trial.Trial) -> tuple[float, ...]:
+        budget.release()  # the trial is RUNNING in storage: the next worker may check the budget
+        return objective(trial)
+
+    callbacks: list[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = [RetryInterrupted(stop_event)]
     if hooks.on_trial_end is not None:
         callbacks.insert(0, hooks.on_trial_end)
+    quiet = _TakenOverFilter()
+    quiet.install()
     try:
         while True:
             try:
-                if budget.wait_turn(opt_study):
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                        opt_study.optimize(objective, n_trials=None, catch=(TrialFailed,), callbacks=callbacks)
-                break
+                if not budget.take_turn(opt_study):
+                    break
+                objective.last_trial_id = objective.last_trial_number = None  # set again when the trial starts
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    opt_study.optimize(take, n_trials=1, catch=(TrialFailed,), callbacks=callbacks)
+            except StorageInterrupted as e:
+                log.warning("worker %s: %s", worker_id, e)
+                return e.exit_code
+            except WorkerEnvironmentError as e:
+                _requeue(opt_study, storage, objective.last_trial_id)
+                raise WorkerEnvironmentError(
+                    f"worker {worker_id}: {e}; fix it and start the worker again (its trial was re-queued and does "
+                    "not count against n_trials)"
+                ) from None
             except Exception as e:
+                interrupted = _in_chain(e, StorageInterrupted)
+                if isinstance(interrupted, StorageInterrupted):  # Optuna's error path may have wrapped it
+                    log.warning("worker %s: %s", worker_id, interrupted)
+                    return interrupted.exit_code
                 lost = _in_chain(e, StorageUnavailable)
                 if lost is not None:
-                    # Optuna's own error path may have replaced it (UnboundLocalError / AssertionError in _run_trial)
-                    raise StorageError(f"worker {worker_id}: {lost}") from None
-                if _in_chain(e, optuna.exceptions.UpdateFinishedTrialError) is not None:
-                    # Our trial was failed as stale by another worker (an outage longer than the grace period)
-                    # while its result was being recorded; its retry is queued. Carry on with the next trial.
+                    raise StorageUnavailable(f"worker {worker_id}: {lost}") from None
+                if _taken_over(storage, objective.last_trial_id, e):
+                    # Our trial was failed as stale by another worker (this one was paused or cut off past the
+                    # grace period) and its retry is queued: the late result is dropped; carry on.
                     log.warning(
-                        "worker %s: the trial just finished had already been failed as stale by another "
-                        "worker (no heartbeat for the grace period); its retry re-runs it",
+                        "worker %s: trial %s had already been failed as stale by another worker (no heartbeat for "
+                        "the grace period) and re-queued; its late result is dropped",
                         worker_id,
+                        objective.last_trial_number,
                     )
                     continue
                 raise
+            finally:
+                budget.release()
     finally:
+        quiet.remove()
         runner.close()  # the child holds the GPU and NVML: released whatever happened
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         storage.remove_session()
-    log.info(
-        "worker %s: done (%d counted trials in study %s at %s)",
-        worker_id,
-        counted_trials(opt_study),
-        spec.name,
-        mask_url(storage.url),
-    )
+    if not stop_event.is_set():
+        log.info(
+            "worker %s: done (%d counted trials in study %s at %s)",
+            worker_id,
+            counted_trials(opt_study),
+            spec.name,
+            mask_url(storage.url),
+        )
     return 0
+
+
+def _requeue(study: optuna.Study, storage: ResilientStorage, trial_id_: int | None) -> None:
+    """Re-queue the trial an environment failure ended (same params): its FAIL is then a replaced attempt, which
+    the budget does not count."""
+    if trial_id_ is None:
+        return
+    trial = storage.get_trial(trial_id_)
+    if trial.state == optuna.trial.TrialState.FAIL:
+        enqueue_retry(study, trial)
+
+
+def _taken_over(storage: ResilientStorage, trial_id_: int | None, exc: BaseException) -> bool:
+    """True when `exc` comes from recording a trial that another worker has already finished (failed it as
+    heartbeat-stale): Optuna refuses the update (UpdateFinishedTrialError) or the tell ("Cannot tell a FAIL trial")."""
+    if trial_id_ is None:
+        return False
+    refused = _in_chain(exc, optuna.exceptions.UpdateFinishedTrialError) is not None or (
+        isinstance(exc, ValueError) and str(exc).startswith("Cannot tell a ")
+    )
+    return refused and storage.get_trial(trial_id_).state.is_finished()
+
+
+class _TakenOverFilter(logging.Filter):
+    """Keeps Optuna's "Trial N failed ... TrialTakenOver" warning (with its traceback) out of the worker's output:
+    a late result dropped because the trial was retried elsewhere is logged once, in one line, by the worker."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "TrialTakenOver" not in record.getMessage()
+
+    def install(self) -> None:
+        for handler in logging.getLogger("optuna").handlers:
+            handler.addFilter(self)
+
+    def remove(self) -> None:
+        for handler in logging.getLogger("optuna").handlers:
+            handler.removeFilter(self)
 
 
 def _in_chain(exc: BaseException, kind: type[BaseException]) -> BaseException | None:

@@ -11,9 +11,16 @@ import optuna
 import pytest
 from optuna.storages import RDBStorage
 
-from tuner.storage._optuna_compat import RETRIED_METHODS, heartbeat_ages_s, storage_backend, study_id, trial_id
+from tuner.storage._optuna_compat import (
+    BACKEND_PRIVATE_METHODS,
+    RETRIED_METHODS,
+    heartbeat_ages_s,
+    storage_backend,
+    study_id,
+    trial_id,
+)
 from tuner.storage.connect import open_storage
-from tuner.storage.resilient import ResilientRDBStorage
+from tuner.storage.resilient import ResilientStorage
 
 # Parameter names (after self) of the RDBStorage methods the resilient storage wraps or overrides, as in Optuna 5.0.
 # A difference means the wrapper would forward the wrong arguments: read the new Optuna code, then update both.
@@ -65,10 +72,47 @@ def test_wrapped_rdbstorage_methods_keep_their_parameters(name):
     assert params == TESTED_SIGNATURES[name]
 
 
-def test_every_retried_method_is_routed_through_the_retry_logic():
-    assert set(RETRIED_METHODS) <= set(TESTED_SIGNATURES)
+def test_every_retried_method_is_routed_through_the_retry_logic(tmp_path, monkeypatch):
+    """Each forwarded BaseStorage method goes through the retry loop: its first call fails as an outage would, the
+    second returns; the wrapper must return the second answer. No abstract method is left unimplemented."""
+    import sqlalchemy.exc
+
+    assert set(RETRIED_METHODS) | set(BACKEND_PRIVATE_METHODS) <= set(TESTED_SIGNATURES)
+    assert not ResilientStorage.__abstractmethods__
+    abstract = {
+        n
+        for n in dir(optuna.storages.BaseStorage)
+        if getattr(getattr(optuna.storages.BaseStorage, n), "__isabstractmethod__", False)
+    }
+    assert abstract <= set(RETRIED_METHODS)
+    storage = open_storage(f"sqlite:///{tmp_path / 'tuner.db'}")
+    monkeypatch.setattr("tuner.storage.resilient.BACKOFF_FIRST_S", 0.01)
+
+    class Flaky:
+        calls: list[str] = []
+
+        def __getattr__(self, name):
+            def method(*args, **kwargs):
+                self.calls.append(name)
+                if self.calls.count(name) == 1:
+                    raise sqlalchemy.exc.OperationalError("SELECT 1", {}, ConnectionRefusedError("refused"))
+                return ("answer", name)
+
+            return method
+
+    storage._inner = Flaky()
     for name in RETRIED_METHODS:
-        assert getattr(ResilientRDBStorage, name) is not getattr(RDBStorage, name), name
+        params = [p for p in inspect.signature(getattr(ResilientStorage, name)).parameters.values() if p.name != "self"]
+        args = [None for p in params if p.default is inspect.Parameter.empty]
+        result = getattr(storage, name)(*args)
+        assert Flaky.calls.count(name) == 2, name  # failed once, retried once
+        returns_none = inspect.signature(getattr(ResilientStorage, name)).return_annotation in (None, "None")
+        assert result == (None if returns_none else ("answer", name)), name
+
+
+@pytest.mark.parametrize("name", BACKEND_PRIVATE_METHODS)
+def test_private_methods_the_cache_and_heartbeat_call_still_exist(name):
+    assert callable(getattr(RDBStorage, name))
 
 
 def test_private_accessors_on_a_real_study(tmp_path):

@@ -36,10 +36,10 @@ def test_budget_counts_finished_trials_minus_retried_failures():
     import threading
 
     stop = threading.Event()
-    assert StudyBudget(3, stop).wait_turn(study) is True  # one left, nobody running it
-    assert StudyBudget(2, stop).wait_turn(study) is False  # budget spent
+    assert StudyBudget(3, stop).take_turn(study) is True  # one left, nobody running it
+    assert StudyBudget(2, stop).take_turn(study) is False  # budget spent
     stop.set()
-    assert StudyBudget(10, stop).wait_turn(study) is False  # stopping wins
+    assert StudyBudget(10, stop).take_turn(study) is False  # stopping wins
 
 
 def test_a_retry_of_a_retry_keeps_the_first_trial_and_the_whole_history():
@@ -54,7 +54,7 @@ def test_a_retry_of_a_retry_keeps_the_first_trial_and_the_whole_history():
     assert counted_trials(study) == 0
 
 
-def test_wait_turn_waits_while_every_remaining_trial_runs_elsewhere(monkeypatch):
+def test_take_turn_waits_while_every_remaining_trial_runs_elsewhere(monkeypatch):
     monkeypatch.setattr(budget, "WAIT_POLL_S", 0.05)
     study = optuna.create_study()
     _add(study, TrialState.COMPLETE, [1.0])
@@ -62,11 +62,11 @@ def test_wait_turn_waits_while_every_remaining_trial_runs_elsewhere(monkeypatch)
     stop = threading.Event()
     threading.Timer(0.3, stop.set).start()
     t0 = time.monotonic()
-    assert StudyBudget(2, stop).wait_turn(study) is False  # never got a turn: stopped while waiting
+    assert StudyBudget(2, stop).take_turn(study) is False  # never got a turn: stopped while waiting
     assert time.monotonic() - t0 >= 0.25
     study.tell(running, state=TrialState.FAIL)
     enqueue_retry(study, study.trials[1])
-    assert StudyBudget(2, threading.Event()).wait_turn(study) is True  # the failed trial's retry reopened it
+    assert StudyBudget(2, threading.Event()).take_turn(study) is True  # the failed trial's retry reopened it
 
 
 def test_retry_interrupted_requeues_only_interrupted_failures_and_stops_when_asked():

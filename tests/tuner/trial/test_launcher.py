@@ -110,3 +110,17 @@ def test_a_failing_display_never_blocks_a_worker():
         launcher.request_stop()
         runner.join(40)
     assert codes == [0] and launcher.slots[0].exit_codes == [0]
+
+
+def test_an_outage_exit_is_restarted_without_counting_as_a_crash(tmp_path: Path):
+    """Exit 75 (the database stayed unreachable past the outage limit) is not a user error and not a crash: the
+    worker is started again each time, even past --max-restarts, until it finishes."""
+    count = tmp_path / "starts"
+    script = (
+        f"import pathlib, sys; p = pathlib.Path({str(count)!r}); n = int(p.read_text() or 0) if p.exists() else 0; "
+        "p.write_text(str(n + 1)); sys.exit(75 if n < 3 else 0)"
+    )
+    launcher = _ScriptedLauncher(script, workers=1, max_restarts=1)
+    assert launcher.run(install_signal_handlers=False) == 0
+    (slot,) = launcher.slots
+    assert slot.exit_codes == [75, 75, 75, 0] and slot.finished and slot.restarts == 0

@@ -51,3 +51,42 @@ def test_in_chain_finds_the_cause():
     except RuntimeError as outer:
         found = _in_chain(outer, KeyError)
     assert isinstance(found, KeyError) and _in_chain(ValueError(), KeyError) is None
+
+
+@pytest.mark.slow
+def test_data_gone_mid_study_is_an_environment_error_that_spends_no_budget(tmp_path):
+    """The data folder passes the check before the first trial, then disappears (removed when the trial starts): the
+    real trial child fails to read it, the trial ends `environment_error` and is re-queued with the same params, and
+    the worker stops with one line (exit 2 through the CLI); the study's counted trials stay 0."""
+    import copy
+    import shutil
+
+    from tuner.errors import WorkerEnvironmentError
+    from tuner.trial.budget import counted_trials
+    from tuner.trial.worker import WorkerHooks
+
+    text = tmp_path / "text"
+    text.mkdir()
+    (text / "a.txt").write_text("the quick brown fox jumps over the lazy dog\n" * 2000)
+    d = copy.deepcopy(BASE)
+    d["data"] = {"source": "files", "path": str(text)}
+    spec = spec_from_dict(d, check_paths=False)
+    url = f"sqlite:///{tmp_path / 'tuner.db'}"
+    hooks = WorkerHooks(on_trial_start=lambda number, params: shutil.rmtree(text))
+    with pytest.raises(WorkerEnvironmentError, match=r"data.path: .* re-queued and does not count") as info:
+        run_worker(
+            spec,
+            storage=open_storage(url),
+            seed=0,
+            worker_id="host:1",
+            cache_dir=tmp_path / "cache",
+            hooks=hooks,
+            install_signal_handlers=False,
+        )
+    assert "\n" not in str(info.value)
+    study = optuna.load_study(study_name=spec.name, storage=url)
+    failed, retry = study.trials
+    assert failed.state.name == "FAIL" and failed.user_attrs["end_reason"] == "environment_error"
+    assert retry.state.name == "WAITING" and retry.params == failed.params
+    assert retry.system_attrs["retry_history"] == [failed.number]
+    assert counted_trials(study) == 0

@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 from tests.tuner.tiny import BASE
 from tuner.storage.connect import open_storage
 from tuner.storage.resilient import (
-    ResilientRDBStorage,
+    ResilientStorage,
     StorageUnavailable,
     is_connection_failure,
 )
@@ -143,7 +143,7 @@ def test_is_connection_failure_real_errors(pg_url):
 def test_trial_finished_during_an_outage_is_recorded_after_it(relayed, caplog):
     relay, url = relayed
     storage = open_storage(url, heartbeat_interval_s=1, grace_period_s=5)
-    assert isinstance(storage, ResilientRDBStorage)
+    assert isinstance(storage, ResilientStorage)
     study = _study(storage)
     trial = study.ask()
     relay.cut()
