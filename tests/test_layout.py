@@ -119,11 +119,7 @@ TESTED_ELSEWHERE = {
 # fails test_exemption_lists_are_current: delete it when its test lands.
 PENDING = {
     "tuner/cli.py",  # today in tests/tuner/commands/test_cli.py
-    "tuner/storage/connect.py",  # today in tests/tuner/storage/test_storage.py
-    "tuner/storage/resilient.py",  # today in tests/tuner/storage/test_resilience.py
     "tuner/study/loader.py",  # today in tests/tuner/study/test_spec.py
-    "tuner/commands/worker.py",
-    "tuner/commands/run.py",
     "tuner/commands/status.py",
     "tuner/commands/train_baseline.py",
 }
