@@ -16,6 +16,7 @@ How each end is recorded (user attr `end_reason` is always set; tuner.trial.outc
                           records the trial it replaces (system attrs failed_trial / retry_history).
   error                   FAIL with `error_summary` + `traceback` (also a child crash).
 Objective values are returned in the spec's metric order (val_ppl, peak_vram_gib, params, tokens_per_s).
+Whatever the end, a recorded learning curve is also stored as the trial's intermediate values (report_curve).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 
 import optuna
 
+from tuner.storage._optuna_compat import trial_id
 from tuner.storage.constraints import set_trial_constraint
 from tuner.storage.trial_attrs import EndReason
 from tuner.study.spec import StudySpec
@@ -60,6 +62,7 @@ def record_outcome(trial: Any, spec: StudySpec, config: Any, outcome: TrialOutco
     for key, value in outcome.curve_attrs.items():  # every learning-curve attr the monitor wrote
         if value is not None:
             trial.set_user_attr(key, value)
+    report_curve(trial, outcome.curve_attrs.get("curve") or (outcome.result or {}).get("curve") or [])
     trial.set_user_attr("trial_wall_s", round(float(outcome.wall_s), 3))
     if outcome.replace_child:
         trial.set_user_attr("child_replaced", True)
@@ -97,6 +100,29 @@ def record_outcome(trial: Any, spec: StudySpec, config: Any, outcome: TrialOutco
     if reason is EndReason.INTERRUPTED:
         return record_interrupted(trial, outcome.error_summary or "interrupted")
     raise TrialFailed(message)
+
+
+def report_curve(trial: Any, points: Any) -> int:
+    """Store the learning curve as the trial's intermediate values: val_ppl at step = training tokens, so
+    optuna-dashboard draws it. Returns how many points were stored.
+
+    Optuna's `Trial.report` refuses multi-objective studies (NotImplementedError, optuna 5.0), so the values go
+    through the storage's public `set_trial_intermediate_value`, exactly what `report` writes; `should_prune` is
+    never consulted (pruning is tuner.analysis.curve_monitor's, in the child). Points without a finite val_ppl
+    or with tokens < 0 are skipped."""
+    import math
+
+    stored = 0
+    for p in points or []:
+        try:
+            tokens, ppl = int(p["tokens"]), float(p["val_ppl"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        if tokens < 0 or not math.isfinite(ppl):
+            continue
+        trial.storage.set_trial_intermediate_value(trial_id(trial), tokens, ppl)
+        stored += 1
+    return stored
 
 
 def _record_complete(trial: Any, spec: StudySpec, config: Any, outcome: TrialOutcome, device: str) -> tuple[float, ...]:
