@@ -93,7 +93,7 @@ class ProgressDisplay:
         )
 
         self.spec = spec
-        self.console = Console(stderr=False)
+        self.console = Console(stderr=False, soft_wrap=True)  # piped output: one line per line, no 80-column wrap
         self.live = live
         self.progress_bar = Progress(
             TextColumn("{task.description}"),

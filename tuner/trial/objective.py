@@ -34,6 +34,7 @@ import optuna
 from model.config import ConfigError
 from tuner.storage._optuna_compat import trial_id
 from tuner.storage.trial_attrs import ATTEMPT_ATTRS, EndReason, is_reference
+from tuner.storage.workers import ProgressRecorder
 from tuner.study.spec import StudySpec
 from tuner.trial.outcome import PruningRequest, TrialRequest
 from tuner.trial.recording import (
@@ -189,9 +190,10 @@ class Objective:
             trial_number=trial.number,
             fault=self.fault,
         )
-        progress = None
+        forward = None
         if self.on_progress is not None:
-            progress = lambda msg: self.on_progress({**msg, "trial": trial.number})
+            forward = lambda msg: self.on_progress({**msg, "trial": trial.number})
+        progress = ProgressRecorder(trial, forward)  # also the trial's latest step, for `tuner status`
         outcome = self.runner.run(
             request, spec.budget.trial_timeout_s, on_progress=progress, stop_requested=self.stop_event.is_set
         )
