@@ -49,16 +49,26 @@ def run(args: argparse.Namespace) -> int:
     from tuner.trial.worker import run_worker
 
     quiet_optuna()
+    from tuner.commands._progress import resume_state
+
+    storage = open_worker_storage(url, args)
+    resume = resume_state(storage, spec.name)
+    if resume.finished(n_total):
+        print(resume.finished_line(spec.name, n_total))
+        return 0
     display = ProgressDisplay(spec, n_total)
+    display.progress_bar.update(display.trials_task, completed=resume.done)  # resumes where the study stands
     display.console.print(
-        f"study [bold]{spec.name}[/] on {mask_url(url)}: {n_total} trials, ceiling "
+        f"study [bold]{spec.name}[/] on {mask_url(url)}: {n_total} trials"
+        + (f" ({resume.done} done, resuming)" if resume.done else "")
+        + ", ceiling "
         f"{spec.vram_ceiling_gib:g} GiB, sampler {spec.sampler.name}"
     )
     with display:
         # One in-process worker: the study's own seed, so the run is reproducible from it.
         code = run_worker(
             spec,
-            storage=open_worker_storage(url, args),
+            storage=storage,
             seed=spec.sampler.seed,
             gpu=args.gpu,
             n_trials=n_total,
