@@ -48,6 +48,7 @@ from tuner.trial.faults import FaultInjection
 from tuner.storage.connect import open_storage
 from tuner.trial.worker import run_worker
 import yaml
+from tuner.storage.trial_attrs import trial_attr
 spec = spec_from_dict(yaml.safe_load(open(sys.argv[1]).read()))
 fault = FaultInjection("slow", at_step=1, trials=(0,), sleep_s=0.5) if sys.argv[4] == "slow" else None
 sys.exit(run_worker(spec, storage=open_storage(sys.argv[2]), seed=spec.sampler.seed, cache_dir=sys.argv[3], fault=fault))
@@ -143,7 +144,7 @@ def test_failures_inside_the_step_are_recorded_and_the_worker_continues(tmp_path
 
     nan = trials[2]
     assert nan.state == TrialState.PRUNED and nan.user_attrs["end_reason"] == "numerical_instability"
-    assert nan.user_attrs["stability"]["check"] == "finite_loss" and nan.user_attrs["stability"]["step"] == 2
+    assert trial_attr(nan, "stability")["check"] == "finite_loss" and trial_attr(nan, "stability")["step"] == 2
 
     ok = trials[3]  # the worker continued, on a fresh child after the OOM
     assert ok.state == TrialState.COMPLETE and ok.user_attrs["end_reason"] == "complete"

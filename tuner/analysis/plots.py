@@ -20,7 +20,7 @@ from typing import Any
 
 from tuner.analysis.formatting import mem_text
 from tuner.storage.constraints import constraint_value, is_feasible
-from tuner.storage.trial_attrs import is_reference
+from tuner.storage.trial_attrs import is_reference, trial_attr
 
 
 def _plt() -> Any:
@@ -166,7 +166,7 @@ def memory_figure(trials: Sequence[Any], names: Sequence[str]) -> Any | None:
     beside the measured peak (the peak_vram_gib objective) per trial; None when no trial carries both."""
     rows = []
     for t in sorted(trials, key=lambda t: t.number):
-        est = t.user_attrs.get("estimate")
+        est = trial_attr(t, "estimate")
         if not isinstance(est, Mapping) or t.values is None or "peak_vram_gib" not in names:
             continue
         rows.append((t, est, float(t.values[list(names).index("peak_vram_gib")])))

@@ -14,6 +14,7 @@ from typing import Any
 
 from tuner.analysis.curve import fit_power_law
 from tuner.analysis.pareto import dominates
+from tuner.storage.trial_attrs import trial_attr
 
 __all__ = ["curve_title", "pareto_numbers_min", "write_learning_curves"]
 
@@ -32,7 +33,7 @@ def pareto_numbers_min(trials: Sequence[Any]) -> set[int]:
 
 
 def _curve(t: Any) -> list[dict[str, Any]]:
-    pts = t.user_attrs.get("curve") or []
+    pts = trial_attr(t, "curve") or []
     return [p for p in pts if p.get("tokens", 0) > 0 and p.get("val_ppl") and math.isfinite(p["val_ppl"])]
 
 
@@ -119,7 +120,7 @@ def _draw(
         return
     # refit from the stored points: the plot shows exactly what the points say, whatever was stored as `curve_alpha`
     fit = fit_power_law(x, y)
-    pred = t.user_attrs.get("curve_prediction") or {}
+    pred = trial_attr(t, "curve_prediction") or {}
     # the prediction's target is the budget: a pruned trial's fit is drawn out to where it was judged
     budget = t.user_attrs.get("curve_budget_tokens") or pred.get("tokens") or max(x)
     xs = np.geomspace(min(x), max(budget, max(x)), 50)

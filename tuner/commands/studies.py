@@ -34,7 +34,8 @@ def study_rows(storage: Any) -> list[dict[str, Any]]:
     """One row per study: name, metric names, directions, trials by state, start time, tuner-made (has a spec)."""
     import optuna
 
-    from tuner.storage.studies import SPEC_ATTR
+    from tuner.storage._optuna_compat import study_id
+    from tuner.storage.studies import spec_text
 
     rows = []
     for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
@@ -48,7 +49,7 @@ def study_rows(storage: Any) -> list[dict[str, Any]]:
                 "n_trials": summary.n_trials,
                 "by_state": dict(sorted(states.items())),
                 "datetime_start": None if summary.datetime_start is None else str(summary.datetime_start)[:19],
-                "tuner": SPEC_ATTR in summary.user_attrs,
+                "tuner": spec_text(storage, study_id(study)) is not None,
             }
         )
     return sorted(rows, key=lambda r: r["name"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -31,6 +32,36 @@ def _status(url, capsys):
     capsys.readouterr()
     assert main(["status", "--study", "unit", "--storage", url, "--json"]) == 0
     return json.loads(capsys.readouterr().out)
+
+
+def _watch_on_a_terminal(url, cwd):
+    """Run `status --watch` with its output on a pty (the live table's real setting); once a table was drawn,
+    Ctrl-C (SIGINT). Returns (exit code, everything it drew)."""
+    primary, secondary = os.openpty()
+    watch = subprocess.Popen(
+        [sys.executable, "-m", "tuner.cli", "status", "--study", "unit", "--storage", url, "--watch",
+         "--interval", "0.5"],
+        cwd=cwd, env=_env(), stdin=subprocess.DEVNULL, stdout=secondary, stderr=secondary,
+    )  # fmt: skip
+    os.close(secondary)
+    screen, deadline = b"", time.monotonic() + 90
+    while time.monotonic() < deadline and b"workers" not in screen:
+        ready, _, _ = select.select([primary], [], [], 1.0)
+        if ready:
+            screen += os.read(primary, 65536)
+    time.sleep(1.5)  # a few refreshes
+    watch.send_signal(signal.SIGINT)
+    code = watch.wait(timeout=30)
+    while select.select([primary], [], [], 0.5)[0]:
+        try:
+            chunk = os.read(primary, 65536)
+        except OSError:  # the pty closes once the process is gone
+            break
+        if not chunk:
+            break
+        screen += chunk
+    os.close(primary)
+    return code, screen.decode(errors="replace")
 
 
 def test_watch_and_json_are_exclusive(tmp_path, capsys):
@@ -70,16 +101,9 @@ def test_live_worker_is_alive_with_its_step_then_stopped(tmp_path, capsys):
         number = row["running"][0]
         assert row["progress"][str(number)]["step"] >= 1
 
-        watch = subprocess.Popen(
-            [sys.executable, "-m", "tuner.cli", "status", "--study", "unit", "--storage", url, "--watch",
-             "--interval", "0.5"],
-            cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        time.sleep(4)
-        watch.send_signal(signal.SIGINT)
-        out, err = watch.communicate(timeout=30)
-        assert watch.returncode == 130, err
-        assert "Traceback" not in err and "alive" in out and "workers" in out
+        code, screen = _watch_on_a_terminal(url, tmp_path)
+        assert code == 130, screen
+        assert "Traceback" not in screen and "workers" in screen and "alive" in screen, screen
     finally:
         worker.send_signal(signal.SIGTERM)  # a clean stop: the trial ends interrupted, the worker records its exit
         worker.communicate(timeout=120)

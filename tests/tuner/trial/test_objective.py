@@ -12,6 +12,7 @@ import optuna
 import pytest
 
 from tuner.storage.constraints import constraint_value
+from tuner.storage.trial_attrs import trial_attr
 from tuner.study.loader import spec_from_dict
 from tuner.trial.budget import StudyBudget, counted_trials, enqueue_retry
 from tuner.trial.objective import Objective
@@ -96,7 +97,7 @@ def test_complete_records_values_in_spec_order_and_a_feasible_constraint():
     assert t.values == [0.25, 300.0, 64.0, 1234.0]
     assert constraint_value(t) == pytest.approx(0.25 - CEILING)
     assert t.user_attrs["effective_rank"] == 7.5 and t.user_attrs["gate_sparsity"] == 0.25
-    assert t.user_attrs["stability"] == {"det_min": 0.9} and t.user_attrs["params_total"] == 64
+    assert trial_attr(t, "stability") == {"det_min": 0.9} and t.user_attrs["params_total"] == 64
 
 
 def test_cpu_peak_over_the_ceiling_is_complete_but_infeasible():
@@ -151,7 +152,7 @@ def test_non_value_ends_are_pruned_or_failed_with_their_reason(kind, state):
     assert t.state == state
     assert t.user_attrs["end_reason"] == ("error" if kind == "crash" else kind)
     if kind == "numerical_instability":
-        assert t.user_attrs["stability"] == {"check": "det", "value": 1e-9}
+        assert trial_attr(t, "stability") == {"check": "det", "value": 1e-9}
     if state == TrialState.FAIL:
         assert t.user_attrs["error_summary"] == f"{kind} happened" and t.user_attrs["traceback"]
 
@@ -202,7 +203,7 @@ def test_predicted_over_ceiling_uses_the_real_estimate_and_never_trains():
     predicted = estimate(spec.build_config(t.params), device="cpu").total_gib
     assert t.user_attrs["predicted_peak_gib"] == pytest.approx(predicted)
     assert t.values == [float(VOCAB), pytest.approx(predicted)] and constraint_value(t) > 0
-    assert t.user_attrs["params_total"] == params_total(t.user_attrs["param_counts"]) > 0
+    assert t.user_attrs["params_total"] == params_total(trial_attr(t, "param_counts")) > 0
 
 
 def test_budget_counts_finished_trials_minus_retried_failures():
