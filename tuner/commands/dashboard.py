@@ -31,5 +31,16 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"warning: binding {args.host} exposes the dashboard (and study edits) beyond this machine", file=sys.stderr
         )
+    _publish_curves(storage)
     optuna_dashboard.run_server(storage, host=args.host, port=args.port)
     return 0
+
+
+def _publish_curves(storage: Any) -> None:
+    """The learning-curve figure of every study, which the dashboard draws (tuner.analysis.dashboard_curves)."""
+    from tuner.analysis.dashboard_curves import publish_all
+
+    try:
+        publish_all(storage)
+    except Exception as e:  # noqa: BLE001 - a missing figure must not keep the dashboard from serving
+        print(f"warning: learning curves not published for the dashboard: {e}", file=sys.stderr)

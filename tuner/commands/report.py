@@ -126,6 +126,9 @@ def run(args: argparse.Namespace) -> int:
     curves = write_learning_curves(study.get_trials(), out, pareto_numbers={t.number for t in front})
     if curves is not None:  # None: no trial recorded a curve (all pruned before training, or an old study)
         files["learning_curves"] = Path(curves)
+    from tuner.analysis.dashboard_curves import publish_learning_curves
+
+    publish_learning_curves(study)  # the same curves, for optuna-dashboard's study page
     (out / "pareto.json").write_text(json.dumps([trial_row(t, names) for t in front], indent=2, sort_keys=True))
     files["pareto_json"] = out / "pareto.json"
     md = _markdown(study.study_name, mask_url(url), summary, names, front, importances, files, out)
