@@ -15,7 +15,7 @@ import math
 
 import optuna
 import pytest
-from tuner.storage.trial_attrs import trial_attr
+from tuner.storage.trial_attrs import all_trial_attrs, trial_attr
 
 TrialState = optuna.trial.TrialState
 TRAIN_TOKENS = 4096
@@ -57,7 +57,7 @@ def _run(spec, url, cache_dir, params_list):
 
 
 def _assert_curve_recorded(t):
-    a = t.user_attrs
+    a = all_trial_attrs(t)
     assert a["curve_budget_tokens"] == TRAIN_TOKENS
     curve = a["curve"]
     tokens = [p["tokens"] for p in curve]

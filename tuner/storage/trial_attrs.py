@@ -119,3 +119,9 @@ def retry_details(system_attrs: dict[str, Any]) -> dict[str, Any]:
     if isinstance(details, dict):
         out[DETAILS_ATTR] = {k: v for k, v in details.items() if k in RETRY_KEEPS_DETAILS}
     return out
+
+
+def all_trial_attrs(trial: Any) -> dict[str, Any]:
+    """A (frozen) trial's user attrs and its `tuner:details` in one mapping (details win), for readers that want
+    everything the tuner recorded on a trial."""
+    return {**trial.user_attrs, **(getattr(trial, "system_attrs", {}).get(DETAILS_ATTR) or {})}
