@@ -99,6 +99,7 @@ def resolve_config(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tuner.study.preset import GPU_PRESETS
     from tuner.vram.calibration import choose_calibration, save_calibration
     from tuner.vram.estimate import estimate
     from tuner.vram.nvml import current_device_key
@@ -127,6 +128,13 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(est.to_dict(), indent=2))
     else:
         print(format_estimate(est))
+        name = getattr(args, "preset", None)
+        if name in GPU_PRESETS:
+            print(
+                f"  note: {name} names the card the tuning guide wrote it for (target_vram_gb {cfg.target_vram_gb:g} "
+                "GiB), not this prediction; 8gb and 10gb share the model shape and differ only in ranks, so they "
+                "predict about the same"
+            )
     return 0
 
 

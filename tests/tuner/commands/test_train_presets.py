@@ -95,3 +95,15 @@ def test_cpu_preset_trains_and_beats_the_unigram_ppl(tmp_path):
     assert line["val_ppl"] < 0.8 * unigram_ppl, (line["val_ppl"], unigram_ppl)  # measured: 409 against 704
     assert wall < 240, wall  # about a minute on 2 cores, with the tokenizer trained from scratch
     assert "warning" not in r.stderr  # not a GPU preset
+
+
+def test_estimate_says_what_the_gpu_preset_names_mean(capsys):
+    peaks = {}
+    for name in ("8gb", "10gb"):
+        assert main(["estimate", "--preset", name, "--json"]) == 0
+        peaks[name] = json.loads(capsys.readouterr().out)["total_gib"]
+    assert abs(peaks["8gb"] - peaks["10gb"]) < 0.1 < 8 - peaks["8gb"]  # the README's explanation: same shape
+    assert main(["estimate", "--preset", "8gb"]) == 0
+    assert "8gb names the card the tuning guide wrote it for (target_vram_gb 8 GiB)" in capsys.readouterr().out
+    assert main(["estimate", "--preset", "cpu"]) == 0
+    assert "names the card" not in capsys.readouterr().out
