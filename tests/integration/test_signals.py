@@ -18,6 +18,7 @@ import time
 import optuna
 import pytest
 
+from tuner.storage.trial_attrs import trial_attr
 from tuner.trial.faults import FaultInjection
 
 TrialState = optuna.trial.TrialState
@@ -48,7 +49,6 @@ from tuner.trial.faults import FaultInjection
 from tuner.storage.connect import open_storage
 from tuner.trial.worker import run_worker
 import yaml
-from tuner.storage.trial_attrs import trial_attr
 spec = spec_from_dict(yaml.safe_load(open(sys.argv[1]).read()))
 fault = FaultInjection("slow", at_step=1, trials=(0,), sleep_s=0.5) if sys.argv[4] == "slow" else None
 sys.exit(run_worker(spec, storage=open_storage(sys.argv[2]), seed=spec.sampler.seed, cache_dir=sys.argv[3], fault=fault))
