@@ -51,6 +51,7 @@ from tuner.analysis.curve import (
     rank_predictor_error,
     relative_error,
 )
+from tuner.storage.trial_attrs import trial_attr
 
 # Reference point of the hypervolume, fixed here for both runs: the uniform model's PPL (= vocabulary size; any model
 # that learned anything beats it) and the study's VRAM ceiling (every feasible trial is under it). The ceiling is ~2x
@@ -106,10 +107,10 @@ def quarter_errors(trials: list[Any], budget: int) -> list[dict[str, Any]]:
     late_alpha: its latest point at <= budget/4 carried to the budget with the late exponents of the run's OTHER
       completed curves (leave-one-out; what LearningCurveMonitor does once the study has >= MIN_REFERENCES)."""
     done = [t for t in trials if t.user_attrs.get("end_reason") == "complete" and t.values
-            and len(t.user_attrs.get("curve") or []) >= 3]
+            and len(trial_attr(t, "curve") or []) >= 3]
     out = []
     for t in done:
-        pts = [p for p in t.user_attrs["curve"] if 0 < p["tokens"] <= budget / 4]
+        pts = [p for p in trial_attr(t, "curve") if 0 < p["tokens"] <= budget / 4]
         if len({p["tokens"] for p in pts}) < 2:
             continue
         fit = fit_power_law([p["tokens"] for p in pts], [p["val_ppl"] for p in pts])
@@ -118,7 +119,7 @@ def quarter_errors(trials: list[Any], budget: int) -> list[dict[str, Any]]:
         rec = {"number": t.number, "n_points": len(pts), "final_ppl": final, "own_fit_ppl": own.mean_ppl,
                "own_fit_error": relative_error(own.mean_ppl, final), "alpha": fit.alpha, "r2": fit.r2,
                "early_rank": pts[-1].get("repr_effective_rank"), "late_alpha_ppl": None, "late_alpha_error": None}
-        alphas = late_alphas([o.user_attrs["curve"] for o in done if o.number != t.number], pts[-1]["tokens"], budget)
+        alphas = late_alphas([trial_attr(o, "curve") for o in done if o.number != t.number], pts[-1]["tokens"], budget)
         if len(alphas) >= MIN_REFERENCES:
             late = predict_late_alpha(pts[-1]["tokens"], pts[-1]["val_ppl"], budget, alphas, 0.9)
             rec.update(late_alpha_ppl=late.mean_ppl, late_alpha_error=relative_error(late.mean_ppl, final),
@@ -131,7 +132,7 @@ def trained_tokens(t: Any, budget: int) -> int:
     """Training tokens a trial consumed: the budget when it finished, its last evaluation when it was pruned there."""
     if t.user_attrs.get("end_reason") == "complete":
         return budget
-    curve = t.user_attrs.get("curve") or []
+    curve = trial_attr(t, "curve") or []
     return int(curve[-1]["tokens"]) if curve else 0
 
 
@@ -213,8 +214,8 @@ def prepare(args: argparse.Namespace, out: Path) -> None:
 def _record(t: Any) -> dict[str, Any]:
     return {"number": t.number, "state": t.state.name, "end_reason": t.user_attrs.get("end_reason"),
             "params": t.params, "values": t.values, "trial_wall_s": t.user_attrs.get("trial_wall_s"),
-            "duration_s": trial_seconds(t), "curve_prediction": t.user_attrs.get("curve_prediction"),
-            "n_curve_points": len(t.user_attrs.get("curve") or [])}
+            "duration_s": trial_seconds(t), "curve_prediction": trial_attr(t, "curve_prediction"),
+            "n_curve_points": len(trial_attr(t, "curve") or [])}
 
 
 def summarize(with_trials: list[Any], without_trials: list[Any], args: argparse.Namespace) -> dict[str, Any]:
@@ -262,7 +263,7 @@ def summarize(with_trials: list[Any], without_trials: list[Any], args: argparse.
         "pred_method_at_quarter": "late_alpha: own latest point at <= 1/4 budget x (B/t)^alpha_late, alpha_late "
                                   "from the run's other completed curves (leave-one-out)",
         "median_pred_error_at_quarter_own_fit": statistics.median(own_errs) if own_errs else None,
-        "pruned_with_method": sorted({(t.user_attrs.get("curve_prediction") or {}).get("method", "power_law")
+        "pruned_with_method": sorted({(trial_attr(t, "curve_prediction") or {}).get("method", "power_law")
                                       for t in with_trials if t.user_attrs.get("end_reason") == "learning_curve"}),
         # extras
         "time_measure": "sum of trial_wall_s (child: request sent -> outcome; training + evaluations)",

@@ -15,6 +15,7 @@ import math
 
 import optuna
 import pytest
+from tuner.storage.trial_attrs import all_trial_attrs, trial_attr
 
 TrialState = optuna.trial.TrialState
 TRAIN_TOKENS = 4096
@@ -56,7 +57,7 @@ def _run(spec, url, cache_dir, params_list):
 
 
 def _assert_curve_recorded(t):
-    a = t.user_attrs
+    a = all_trial_attrs(t)
     assert a["curve_budget_tokens"] == TRAIN_TOKENS
     curve = a["curve"]
     tokens = [p["tokens"] for p in curve]
@@ -76,11 +77,11 @@ def test_every_trial_records_its_curve_with_pruning_off(tmp_path, pg_url):
     for t in trials:
         assert t.user_attrs["end_reason"] == "complete"
         _assert_curve_recorded(t)
-        assert len(t.user_attrs["curve"]) >= 4  # the whole budget ran: every log-spaced point was measured
-        assert t.user_attrs["curve"][-1]["tokens"] == TRAIN_TOKENS
+        assert len(trial_attr(t, "curve")) >= 4  # the whole budget ran: every log-spaced point was measured
+        assert trial_attr(t, "curve")[-1]["tokens"] == TRAIN_TOKENS
         # the final prediction error is judged against the trial's own measured final PPL
         assert t.user_attrs["curve_final_ppl"] == pytest.approx(t.values[0])
-        last = t.user_attrs["curve_predictions"][-1]
+        last = trial_attr(t, "curve_predictions")[-1]
         assert t.user_attrs["curve_final_pred_error"] == pytest.approx(
             abs(last["mean_ppl"] - t.values[0]) / t.values[0])
 
@@ -96,11 +97,11 @@ def test_a_hopeless_trial_is_pruned_by_its_curve(tmp_path, pg_url):
     assert "cannot enter the Pareto front" in bad.user_attrs["prune_summary"]
     _assert_curve_recorded(bad)
     # stopped early: its curve ends at or after min_fraction of the budget and before the budget
-    last = bad.user_attrs["curve"][-1]["tokens"]
+    last = trial_attr(bad, "curve")[-1]["tokens"]
     assert 0.25 * TRAIN_TOKENS <= last < TRAIN_TOKENS
     # the prediction came from the three completed curves (their late exponents), not the trial's own early fit
-    assert bad.user_attrs["curve_prediction"]["method"] == "late_alpha"
+    assert trial_attr(bad, "curve_prediction")["method"] == "late_alpha"
     front_ppl = min(t.values[0] for t in trials[:3])
-    assert bad.user_attrs["curve_prediction"]["optimistic_ppl"] > front_ppl
+    assert trial_attr(bad, "curve_prediction")["optimistic_ppl"] > front_ppl
     for t in trials[:3]:
         _assert_curve_recorded(t)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import optuna
 import pytest
+from tuner.storage.trial_attrs import all_trial_attrs, trial_attr
 
 TrialState = optuna.trial.TrialState
 
@@ -45,12 +46,12 @@ def test_lns_trial_trains_float_converts_and_evaluates_lns(tmp_path, pg_url):
     flt, lns = sorted(optuna.load_study(study_name="lns_trial", storage=pg_url).trials, key=lambda t: t.number)
     for t in (flt, lns):
         assert t.state == TrialState.COMPLETE and t.user_attrs["end_reason"] == "complete", t.user_attrs
-        assert t.user_attrs["config"]["lns_enabled"] is t.params["lns_enabled"]
+        assert trial_attr(t, "config")["lns_enabled"] is t.params["lns_enabled"]
 
     assert flt.user_attrs["eval_used_lns"] is False and "lns_converted_linears" not in flt.user_attrs
     assert flt.user_attrs["val_ppl_float"] == pytest.approx(flt.values[0])
 
-    a = lns.user_attrs
+    a = all_trial_attrs(lns)
     assert a["eval_used_lns"] is True and a["lns_converted_linears"] > 0
     # trained with LNS off: the float model is the float trial's model
     assert a["val_ppl_float"] == pytest.approx(flt.values[0], rel=1e-6)

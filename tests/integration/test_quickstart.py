@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from tuner.storage.trial_attrs import trial_attr
 
 REPO = Path(__file__).resolve().parents[2]
 QUICKSTART = REPO / "studies" / "quickstart.yaml"
@@ -48,7 +49,7 @@ def test_quickstart_runs_exports_and_reproduces(tmp_path):
         assert t.user_attrs["params_total"] > 0 and t.user_attrs["tokens_per_s"] > 0
     assert study.best_trials, "empty Pareto front"
     refs = [t for t in done if t.user_attrs.get("reference") == "dense"]  # the file's `baseline:` reference trial
-    assert len(refs) == 1 and refs[0].params == {} and refs[0].user_attrs["config"]["kind"] == "dense"
+    assert len(refs) == 1 and refs[0].params == {} and trial_attr(refs[0], "config")["kind"] == "dense"
     # every Phase 1 trial learned more than token frequencies: below the unigram PPL of the same data and windows
     # (the dense reference is not held to it: at 32768 tokens it ends near the unigram, 768 against 704 measured)
     import math

@@ -18,6 +18,7 @@ import time
 import optuna
 import pytest
 
+from tuner.storage.trial_attrs import trial_attr
 from tuner.trial.faults import FaultInjection
 
 TrialState = optuna.trial.TrialState
@@ -143,7 +144,7 @@ def test_failures_inside_the_step_are_recorded_and_the_worker_continues(tmp_path
 
     nan = trials[2]
     assert nan.state == TrialState.PRUNED and nan.user_attrs["end_reason"] == "numerical_instability"
-    assert nan.user_attrs["stability"]["check"] == "finite_loss" and nan.user_attrs["stability"]["step"] == 2
+    assert trial_attr(nan, "stability")["check"] == "finite_loss" and trial_attr(nan, "stability")["step"] == 2
 
     ok = trials[3]  # the worker continued, on a fresh child after the OOM
     assert ok.state == TrialState.COMPLETE and ok.user_attrs["end_reason"] == "complete"

@@ -16,6 +16,7 @@ from tuner.cli import main
 from tuner.storage.constraints import set_trial_constraint
 from tuner.study.loader import load_spec
 from tuner.study.preset import load_preset
+from tuner.storage.trial_attrs import trial_attr
 
 REPO = Path(__file__).resolve().parents[2]
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -72,7 +73,7 @@ def test_status_pareto_export_report(tmp_path, pg_url, capsys):
 
     assert main(["status", "--study", "unit", "--storage", pg_url]) == 0
     text = capsys.readouterr().out
-    assert "vram_ceiling 1" in text and "workers: 2 alive of 2 seen" in text and "***" not in text
+    assert "vram_ceiling 1" in text and "workers: 2 seen, 2 alive, 0 stale, 0 stopped" in text and "***" not in text
 
     assert main(["pareto", "--study", "unit", "--storage", pg_url, "--json"]) == 0
     front = json.loads(capsys.readouterr().out)
@@ -85,7 +86,7 @@ def test_status_pareto_export_report(tmp_path, pg_url, capsys):
     assert preset.provenance["trial"] == numbers[1] and preset.provenance["val_ppl"] == 40.0
     assert preset.provenance["peak_vram_gib"] == 3.0 and preset.provenance["study"] == "unit"
     trial = study.get_trials()[numbers[1]]
-    assert preset.config.to_dict() == {**trial.user_attrs["config"], "target_vram_gb": 5.0}
+    assert preset.config.to_dict() == {**trial_attr(trial, "config"), "target_vram_gb": 5.0}
     capsys.readouterr()
     assert main(["export", "--study", "unit", "--storage", pg_url, "--max-vram-gib", "0.5", "--out",
                  str(out)]) == 2

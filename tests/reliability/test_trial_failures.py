@@ -13,6 +13,7 @@ import optuna
 import pytest
 
 from testing.harness import CACHE_DIR, tiny_spec, write_study
+from tuner.storage.trial_attrs import all_trial_attrs, trial_attr
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -69,13 +70,13 @@ def test_numerical_instability_real_bound_and_real_nonfinite_loss(tmp_path, pg_u
     by_bound = {t.params["schatten_s1_bound"]: t for t in trials}
     for t in trials:
         assert t.state.name == "PRUNED" and t.user_attrs["end_reason"] == "numerical_instability", t.user_attrs
-        assert t.user_attrs["stability"], t.user_attrs
+        assert trial_attr(t, "stability"), t.user_attrs
         assert "NumericalInstabilityError" in t.user_attrs["error_summary"]
-    bound = by_bound[1.0e-6].user_attrs
+    bound = all_trial_attrs(by_bound[1.0e-6])
     # the first check (step 1) already crosses the impossible bound; its measurements are saved with it
     assert "schatten_s1" in bound["stability"]["checks"] and bound["stability"]["step"] == 1, bound
     assert bound["stability"]["s1_max"] > 1.0e-6
-    blown = by_bound[1.0e30].user_attrs
+    blown = all_trial_attrs(by_bound[1.0e30])
     # whichever check sees the blow-up first: with the output bias and the per-kind rates the weights' mixing
     # operator passes the 1e30 Schatten bound at step 1 before the loss turns non-finite
     assert blown["stability"]["check"] in ("non_finite_loss", "grad_norm", "non_finite_parameter", "det",

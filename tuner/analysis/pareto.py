@@ -23,6 +23,7 @@ from typing import Any
 from tuner.storage._optuna_compat import compute_hypervolume, trial_id
 from tuner.storage.constraints import constraint_value, is_feasible
 from tuner.storage.trial_attrs import is_reference
+from tuner.storage.workers import PROGRESS_ATTR
 
 
 def _sign(direction: Any) -> float:
@@ -123,38 +124,69 @@ def export_choice(
     return min(candidates, key=lambda c: c[:3])[3] if candidates else None
 
 
+WORKER_STATES = ("alive", "stale", "stopped")
+
+
 def workers_seen(
     trials: Sequence[Any],
     *,
     now: _dt.datetime,
     heartbeat_age_s: Mapping[int, float] | None = None,
-    alive_within_s: float = 300.0,
+    alive_within_s: float = 120.0,
+    exits: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per `worker` user attr: trials done, its RUNNING trial, seconds since last seen, alive or not.
+    """One row per worker (its trials' `worker` user attr, or an exit record): trials, RUNNING trial(s) with their
+    stored progress, seconds since last seen, and its state:
 
-    Last seen = the newest of its trials' start/complete times and heartbeats (`heartbeat_age_s`: trial_id ->
-    seconds since the trial's last heartbeat). Alive = seen within `alive_within_s`."""
+    - `stopped`: it recorded a clean exit (`exits`: worker -> {"reason", "at"}, tuner.storage.workers) after its
+      last trial started, and runs nothing;
+    - `alive`: seen within `alive_within_s` s: a RUNNING trial's heartbeat (`heartbeat_age_s`: trial_id -> s since
+      the trial's last heartbeat) or start, or a trial it finished;
+    - `stale`: neither (killed or lost without an exit record, or waiting on the other workers' trials that long).
+    `alive` (bool) is kept for older readers: state == "alive"."""
     heartbeat_age_s = heartbeat_age_s or {}
+    exits = exits or {}
     rows: dict[str, dict[str, Any]] = {}
+
+    def row_for(worker: str) -> dict[str, Any]:
+        return rows.setdefault(
+            worker,
+            {"worker": worker, "trials": 0, "running": [], "progress": {}, "last_seen_s": None, "last_start": None},
+        )
+
     for t in trials:
         worker = t.user_attrs.get("worker")
         if not worker:
             continue
-        row = rows.setdefault(str(worker), {"worker": str(worker), "trials": 0, "running": [], "last_seen_s": None})
+        row = row_for(str(worker))
         row["trials"] += 1
         ages = []
         for stamp in (t.datetime_start, t.datetime_complete):
             if stamp is not None:
                 ages.append(max(0.0, (now - stamp).total_seconds()))
+        if t.datetime_start is not None and (row["last_start"] is None or t.datetime_start > row["last_start"]):
+            row["last_start"] = t.datetime_start
         if t.state.name == "RUNNING":
             row["running"].append(t.number)
+            progress = t.system_attrs.get(PROGRESS_ATTR)
+            if isinstance(progress, dict):
+                row["progress"][t.number] = {k: progress.get(k) for k in ("step", "tokens", "loss")}
             if trial_id(t) in heartbeat_age_s:
-                ages.append(max(0.0, float(heartbeat_age_s[trial_id(t)])))
+                ages = [max(0.0, float(heartbeat_age_s[trial_id(t)]))]  # the heartbeat says more than the start
         if ages:
             age = min(ages)
             row["last_seen_s"] = age if row["last_seen_s"] is None else min(row["last_seen_s"], age)
+    for worker in exits:
+        row_for(str(worker))
     for row in rows.values():
-        row["alive"] = row["last_seen_s"] is not None and row["last_seen_s"] <= alive_within_s
+        last_start = row.pop("last_start")
+        exit_ = exits.get(row["worker"])
+        if exit_ is not None:
+            row["exit"] = {"reason": exit_.get("reason"), "at": str(exit_.get("at"))}
+        seen = row["last_seen_s"] is not None and row["last_seen_s"] <= alive_within_s
+        exited = exit_ is not None and (last_start is None or exit_["at"] >= last_start)
+        row["state"] = "stopped" if exited and not (row["running"] and seen) else "alive" if seen else "stale"
+        row["alive"] = row["state"] == "alive"
     return sorted(rows.values(), key=lambda r: r["worker"])
 
 
@@ -167,7 +199,8 @@ def status_summary(
     ceiling_gib: float | None = None,
     now: _dt.datetime | None = None,
     heartbeat_age_s: Mapping[int, float] | None = None,
-    alive_within_s: float = 300.0,
+    alive_within_s: float = 120.0,
+    exits: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Trials by state and end_reason, workers, best feasible value per objective, Pareto size, hypervolume."""
     now = now or _dt.datetime.now()
@@ -192,7 +225,9 @@ def status_summary(
         "by_end_reason": dict(sorted(by_reason.items())),
         "feasible": len(feasible),
         "infeasible": infeasible,
-        "workers": workers_seen(trials, now=now, heartbeat_age_s=heartbeat_age_s, alive_within_s=alive_within_s),
+        "workers": workers_seen(
+            trials, now=now, heartbeat_age_s=heartbeat_age_s, alive_within_s=alive_within_s, exits=exits
+        ),
         "best_feasible": best,
         "pareto_size": len(front),
         "hypervolume": hypervolume(front, directions, ref),

@@ -14,8 +14,9 @@ from typing import Any
 
 from tuner.analysis.curve import fit_power_law
 from tuner.analysis.pareto import dominates
+from tuner.storage.trial_attrs import trial_attr
 
-__all__ = ["write_learning_curves", "pareto_numbers_min"]
+__all__ = ["curve_title", "pareto_numbers_min", "write_learning_curves"]
 
 
 def pareto_numbers_min(trials: Sequence[Any]) -> set[int]:
@@ -32,7 +33,7 @@ def pareto_numbers_min(trials: Sequence[Any]) -> set[int]:
 
 
 def _curve(t: Any) -> list[dict[str, Any]]:
-    pts = t.user_attrs.get("curve") or []
+    pts = trial_attr(t, "curve") or []
     return [p for p in pts if p.get("tokens", 0) > 0 and p.get("val_ppl") and math.isfinite(p["val_ppl"])]
 
 
@@ -83,10 +84,7 @@ def write_learning_curves(
     ax.set_yscale("log")
     ax.set_xlabel("training tokens")
     ax.set_ylabel("validation PPL")
-    ax.set_title(
-        f"Learning curves: {len(front)} Pareto, {len(pruned)} pruned, {len(others)} other "
-        f"(lines: fits log PPL = alpha log tokens + c)"
-    )
+    ax.set_title(curve_title(trials, len(front), len(pruned), len(others)), fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="upper right", ncol=2)
     out = Path(out_dir)
@@ -96,6 +94,19 @@ def write_learning_curves(
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def curve_title(trials: Sequence[Any], n_front: int, n_pruned_drawn: int, n_others: int) -> str:
+    """The plot's title. Pruned trials are counted over every trial of the study (state PRUNED, whatever the
+    reason: learning curve, instability, timeout, invalid config), not only those drawn: a trial pruned before its
+    first evaluation has no curve to draw but was still pruned."""
+    pruned = [t for t in trials if t.state.name == "PRUNED"]
+    by_curve = sum(1 for t in pruned if t.user_attrs.get("end_reason") == "learning_curve")
+    drawn = f"{n_pruned_drawn} drawn" if n_pruned_drawn != by_curve else "all drawn"
+    return (
+        f"Learning curves: {n_front} Pareto, {n_others} other; {len(pruned)} pruned trials "
+        f"({by_curve} by the learning curve, {drawn} in red)\n(lines: fits log PPL = alpha log tokens + c)"
+    )
 
 
 def _draw(
@@ -109,7 +120,7 @@ def _draw(
         return
     # refit from the stored points: the plot shows exactly what the points say, whatever was stored as `curve_alpha`
     fit = fit_power_law(x, y)
-    pred = t.user_attrs.get("curve_prediction") or {}
+    pred = trial_attr(t, "curve_prediction") or {}
     # the prediction's target is the budget: a pruned trial's fit is drawn out to where it was judged
     budget = t.user_attrs.get("curve_budget_tokens") or pred.get("tokens") or max(x)
     xs = np.geomspace(min(x), max(budget, max(x)), 50)

@@ -91,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
     import optuna_dashboard
 
     url, storage = storage_from_flag(args.storage)
-    server = bind(args.host, args.port, optuna_dashboard.wsgi(storage))
+    server = bind(args.host, args.port, optuna_dashboard.wsgi(storage))  # a bad or busy port fails here, first
+    _publish_curves(storage)
     if not is_loopback(args.host):
         print(
             f"warning: --allow-remote: the dashboard on {args.host}:{args.port} has no authentication; anyone who "
@@ -105,3 +106,13 @@ def run(args: argparse.Namespace) -> int:
     finally:
         server.server_close()
     return 0
+
+
+def _publish_curves(storage: Any) -> None:
+    """The learning-curve figure of every study, which the dashboard draws (tuner.analysis.dashboard_curves)."""
+    from tuner.analysis.dashboard_curves import publish_all
+
+    try:
+        publish_all(storage)
+    except Exception as e:  # noqa: BLE001 - a missing figure must not keep the dashboard from serving
+        print(f"warning: learning curves not published for the dashboard: {e}", file=sys.stderr)

@@ -102,6 +102,7 @@ def resolve_config(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tuner.study.preset import GPU_PRESETS
     from tuner.vram.calibration import choose_calibration, save_calibration
     from tuner.vram.estimate import estimate
     from tuner.vram.nvml import current_device_key
@@ -130,28 +131,38 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(est.to_dict(), indent=2))
     else:
         print(format_estimate(est))
+        name = getattr(args, "preset", None)
+        if name in GPU_PRESETS:
+            print(
+                f"  note: {name} names the card the tuning guide wrote it for (target_vram_gb {cfg.target_vram_gb:g} "
+                "GiB), not this prediction; 8gb and 10gb share the model shape and differ only in ranks, so they "
+                "predict about the same"
+            )
     return 0
 
 
 def format_estimate(est: Any) -> str:
-    """Human-readable table: total, the three parts, the per-component tensor bytes at the peak moment."""
+    """Human-readable table: total, the three parts, the per-component tensor bytes at the peak moment (parts under
+    1 GiB in MiB: tuner.analysis.formatting.mem_text)."""
+    from tuner.analysis.formatting import mem_text
+
     lines = [
         f"predicted peak {est.total_gib:.3f} GiB  (B={est.batch_size}, L={est.n_seq}, device {est.device}, "
         f"peak at {est.peak_moment})",
-        f"  tensor bytes (torch max_memory_allocated)  {est.tensor_gib:8.3f} GiB"
+        f"  tensor bytes (torch max_memory_allocated)  {mem_text(est.tensor_gib):>12}"
         + (f"  (raw {est.tensor_raw_gib:.3f} x {est.tensor_scale:.3f} refined)" if est.tensor_scale != 1.0 else ""),
-        f"  allocator (reserved - allocated)          {est.allocator_gib:8.3f} GiB"
+        f"  allocator (reserved - allocated)          {mem_text(est.allocator_gib):>12}"
         + (
             f"  (CE hole {est.ce_hole_kappa:.2f} x {est.ce_chunk_gib:.3f} GiB, kappa from {est.kappa_source})"
             if est.device == "cuda"
             else ""
         ),
-        f"  outside the allocator (context, kernels)  {est.outside_gib:8.3f} GiB  [{est.outside_source}]",
+        f"  outside the allocator (context, kernels)  {mem_text(est.outside_gib):>12}  [{est.outside_source}]",
         "  tensor bytes per component at the peak:",
     ]
     for name, gib in sorted(est.components.items(), key=lambda kv: -kv[1]):
         if gib > 0:
-            lines.append(f"    {name:<34} {gib:8.3f} GiB")
+            lines.append(f"    {name:<34} {mem_text(gib):>12}")
     if not est.calibrated:
         lines.append("  note: " + est.outside_source)
     for n in est.notes:

@@ -35,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from tuner.fileio import output_file
     from tuner.storage.connect import storage_from_flag
     from tuner.storage.studies import load_study, study_spec
+    from tuner.storage.trial_attrs import trial_attr
     from tuner.study.preset import write_preset
 
     if not args.max_vram_gib > 0:
@@ -66,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
             f"study {args.study}: no feasible Pareto trial with peak_vram_gib <= {args.max_vram_gib} GiB; {hint}"
         )
     spec = study_spec(study)
-    stored = trial.user_attrs.get("config")
+    stored = trial_attr(trial, "config")
     if isinstance(stored, dict):
         config = Phase1Config.from_dict(stored, where=f"trial {trial.number} config")
     else:

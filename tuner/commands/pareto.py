@@ -18,6 +18,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tuner.analysis.formatting import params_text
     from tuner.analysis.pareto import pareto_front, trial_row
     from tuner.analysis.reference import describe_reference, reference_summary
     from tuner.storage.connect import storage_from_flag
@@ -46,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     for r in rows:
         values = "  ".join(f"{r['values'][n]:>14.6g}" for n in names)
         c = r["constraint_gib"]
-        params = ", ".join(f"{k}={v}" for k, v in r["params"].items())
+        params = params_text(r["params"])
         print(f"{r['number']:>5}  {values}  {('n/a' if c is None else f'{c:+.3f}'):>14}  {params}")
     for line in describe_reference(ref):
         print(line)

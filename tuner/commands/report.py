@@ -1,6 +1,7 @@
-"""`tuner report --study NAME --out DIR`: Pareto front (PNG + interactive HTML), parameter importances per
-objective, learning curves of the Pareto and pruned trials with their power-law fits (tuner.analysis.report) and a
-markdown summary tying them together."""
+"""`tuner report --study NAME --out DIR`: Pareto front (PNG + interactive HTML with plotly.min.js beside it), the
+memory breakdown (estimated parts beside the measured peak), parameter importances per objective (JSON + chart),
+learning curves of the Pareto and pruned trials with their power-law fits (tuner.analysis.report) and a markdown
+summary tying them together (tuner.analysis.plots draws the figures)."""
 
 from __future__ import annotations
 
@@ -20,67 +21,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--force", action="store_true", help="write into a non-empty DIR, replacing files of the same name")
     return p
-
-
-def _pareto_png(
-    trials: Any, names: Any, directions: Any, front: Any, out: Path, ceiling_gib: float | None = None
-) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; never needs a display
-    import matplotlib.pyplot as plt
-
-    from tuner.storage.constraints import is_feasible
-    from tuner.storage.trial_attrs import is_reference
-
-    finished = [t for t in trials if t.state.name == "COMPLETE" and t.values is not None]
-    done = [t for t in finished if not is_reference(t)]
-    refs = [t for t in finished if is_reference(t)]
-    fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
-    feas = [t for t in done if is_feasible(t)]
-    infeas = [t for t in done if not is_feasible(t)]
-    x_i, y_i = (0, 1) if len(names) > 1 else (0, 0)
-    if feas:
-        ax.scatter([t.values[x_i] for t in feas], [t.values[y_i] for t in feas], c="0.6", s=18, label="feasible")
-    if infeas:
-        ax.scatter(
-            [t.values[x_i] for t in infeas],
-            [t.values[y_i] for t in infeas],
-            c="tab:red",
-            marker="x",
-            s=22,
-            label="over the VRAM ceiling (infeasible)",
-        )
-    if front:
-        pts = sorted((t.values[x_i], t.values[y_i]) for t in front)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", c="tab:blue", ms=5, label="Pareto front")
-    for t in refs:  # beside the front, never on it: the plain transformer the compression is measured against
-        ax.scatter(
-            [t.values[x_i]],
-            [t.values[y_i]],
-            c="tab:orange",
-            marker="*",
-            s=140,
-            edgecolors="k",
-            linewidths=0.5,
-            label=f"reference: {t.user_attrs['reference']} (trial {t.number})",
-            zorder=4,
-        )
-    if ceiling_gib is not None and names[y_i] == "peak_vram_gib":
-        ax.axhline(ceiling_gib, ls="--", c="tab:red", lw=1, label=f"ceiling {ceiling_gib:g} GiB")
-    ax.set_xlabel(f"{names[x_i]} ({directions[x_i]})")
-    ax.set_ylabel(f"{names[y_i]} ({directions[y_i]})")
-    ax.set_title("Pareto front (feasible Phase 1 trials)" + (" and the reference" if refs else ""))
-    ax.grid(alpha=0.3)
-    if finished:
-        ax.legend(fontsize=8)
-    else:
-        ax.text(0.5, 0.5, "no completed trials yet", ha="center", va="center", transform=ax.transAxes)
-    path = out / "pareto_front.png"
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
 
 
 def _phase1_only(study: Any) -> Any:
@@ -130,9 +70,28 @@ def _signed_value(i: int, sign: float) -> Callable[[Any], float]:
     return lambda t: sign * float(t.values[i])
 
 
-def run(args: argparse.Namespace) -> int:
+def _pareto_html(study: Any, names: list[str], ceiling: float | None, out: Path) -> Path:
+    """Optuna's interactive front of the Phase 1 trials, infeasible ones marked by their constraint, with the
+    ceiling line. plotly.js (3.5 MB) is written once beside it as plotly.min.js (include_plotlyjs="directory"):
+    the HTML stays small and still opens offline, with no CDN."""
     import optuna
 
+    # Optuna 5 reads each trial's `constraints` system attr (tuner.storage.constraints) and draws the infeasible
+    # ones apart, in grey; the copy keeps the system attrs.
+    fig = optuna.visualization.plot_pareto_front(_phase1_only(study), target_names=names)
+    if ceiling is not None and len(names) == 2 and "peak_vram_gib" in names:
+        line = {"line_dash": "dash", "line_color": "red", "annotation_text": f"VRAM ceiling {ceiling:g} GiB"}
+        if names[1] == "peak_vram_gib":
+            fig.add_hline(y=float(ceiling), **line)
+        else:
+            fig.add_vline(x=float(ceiling), **line)
+    path = out / "pareto_front.html"
+    fig.write_html(path, include_plotlyjs="directory")
+    return path
+
+
+def run(args: argparse.Namespace) -> int:
+    from tuner.analysis import plots
     from tuner.analysis.pareto import pareto_front, trial_row
     from tuner.commands.status import summarize
     from tuner.fileio import output_dir
@@ -149,14 +108,21 @@ def run(args: argparse.Namespace) -> int:
     directions = [d.name.lower() for d in study.directions]
     front = pareto_front(trials, directions)
     summary = summarize(study, storage)
-    files = {"pareto_png": _pareto_png(trials, names, directions, front, out, summary["vram_ceiling_gib"])}
+    ceiling = summary["vram_ceiling_gib"]
+    files = {
+        "pareto_png": plots.save(
+            plots.pareto_figure(trials, names, directions, front, ceiling), out / "pareto_front.png"
+        )
+    }
     if len(names) > 1 and any(t.state.name == "COMPLETE" for t in trials):
-        fig = optuna.visualization.plot_pareto_front(_phase1_only(study), target_names=names)
-        files["pareto_html"] = out / "pareto_front.html"
-        fig.write_html(files["pareto_html"], include_plotlyjs=True)  # self-contained: opens offline
+        files["pareto_html"] = _pareto_html(study, names, ceiling, out)
+    memory = plots.memory_figure([t for t in trials if t.state.name == "COMPLETE"], names)
+    if memory is not None:  # None: no trial recorded an estimate (a dense-only study, or an old one)
+        files["memory_png"] = plots.save(memory, out / "memory_breakdown.png")
     importances = _importances(_phase1_only(study), names)  # the reference has no params to rank
     files["importances"] = out / "importances.json"
     files["importances"].write_text(json.dumps(importances, indent=2, sort_keys=True))
+    files["importances_png"] = plots.save(plots.importance_figure(importances), out / "importances.png")
     from tuner.analysis.report import write_learning_curves
 
     # The feasible front (tuner.analysis.pareto), not the report's own unconstrained default: an over-ceiling trial
@@ -164,6 +130,9 @@ def run(args: argparse.Namespace) -> int:
     curves = write_learning_curves(study.get_trials(), out, pareto_numbers={t.number for t in front})
     if curves is not None:  # None: no trial recorded a curve (all pruned before training, or an old study)
         files["learning_curves"] = Path(curves)
+    from tuner.analysis.dashboard_curves import publish_learning_curves
+
+    publish_learning_curves(study)  # the same curves, for optuna-dashboard's study page
     (out / "pareto.json").write_text(json.dumps([trial_row(t, names) for t in front], indent=2, sort_keys=True))
     files["pareto_json"] = out / "pareto.json"
     md = _markdown(study.study_name, mask_url(url), summary, names, front, importances, files, out)
@@ -174,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _markdown(name: str, url: str, s: Any, names: Any, front: Any, importances: Any, files: Any, out: Path) -> str:
+    from tuner.analysis.formatting import params_text
     from tuner.analysis.reference import describe_reference
 
     lines = [
@@ -201,15 +171,20 @@ def _markdown(name: str, url: str, s: Any, names: Any, front: Any, importances: 
         lines += ["Ratios are Phase 1 / reference; the reference is not part of the front or the hypervolume.", ""]
     lines += ["## Pareto front (feasible Phase 1 trials)", "", f"![Pareto front]({files['pareto_png'].name})", ""]
     if "pareto_html" in files:
-        lines += [f"Interactive: [{files['pareto_html'].name}]({files['pareto_html'].name})", ""]
+        name = files["pareto_html"].name
+        lines += [f"Interactive: [{name}]({name}) (needs plotly.min.js beside it)", ""]
     if front:
         lines += ["| trial | " + " | ".join(names) + " | params |", "| --- " * (len(names) + 2) + "|"]
         for t in front:
-            params = ", ".join(f"{k}={v}" for k, v in t.params.items())
-            lines.append(f"| {t.number} | " + " | ".join(f"{v:.6g}" for v in t.values) + f" | {params} |")
+            lines.append(
+                f"| {t.number} | " + " | ".join(f"{v:.4g}" for v in t.values) + f" | {params_text(t.params)} |"
+            )
     else:
         lines.append("No feasible completed trial yet.")
+    if "memory_png" in files:
+        lines += ["", "## Memory", "", f"![memory breakdown]({files['memory_png'].name})"]
     lines += ["", "## Parameter importances (Optuna's default evaluator, PED-ANOVA, per objective)", ""]
+    lines += [f"![importances]({files['importances_png'].name})", ""]
     for metric, imp in importances.items():
         if "_unavailable" in imp:
             lines.append(f"- {metric}: unavailable ({imp['_unavailable']})")

@@ -61,16 +61,25 @@ def _run(args: argparse.Namespace, stop: Any) -> int:
     from tuner.trial.worker import default_worker_id, run_worker
 
     quiet_optuna()
+    from tuner.commands._progress import resume_state
+
     storage = open_worker_storage(url, args, abort=stop)
+    resume = resume_state(storage, spec.name)
+    if resume.finished(n_total):
+        print(resume.finished_line(spec.name, n_total))
+        return 0
     # One in-process worker. Its seed continues the study's sequence: the study's own seed on the first run (a fresh
     # study's run is reproducible from it), a distinct one for each later or concurrent run (claim_run_seed), so a
     # re-run does not replay the configurations already tried.
     worker_id = default_worker_id(args.gpu)
     seed = claim_run_seed(storage, study_id(create_or_load_study(spec, storage)), spec.sampler.seed, worker_id)
     display = ProgressDisplay(spec, n_total)
+    display.progress_bar.update(display.trials_task, completed=resume.done)  # resumes where the study stands
     display.console.print(
-        f"study [bold]{spec.name}[/] on {mask_url(url)}: {n_total} trials, ceiling "
-        f"{spec.vram_ceiling_gib:g} GiB, sampler {spec.sampler.name}" + (f" (seed {seed})" if seed is not None else "")
+        f"study [bold]{spec.name}[/] on {mask_url(url)}: {n_total} trials"
+        + (f" ({resume.done} done, resuming)" if resume.done else "")
+        + f", ceiling {spec.vram_ceiling_gib:g} GiB, sampler {spec.sampler.name}"
+        + (f" (seed {seed})" if seed is not None else "")
     )
     with display:
         code = run_worker(

@@ -10,6 +10,11 @@ The run goes through the same child process, VRAM guard and measurements as a tu
 only compared). `--json` prints ONE JSON line: val_ppl, peak_vram_gib, peak_vram_kind, end_reason, ...
 Where each setting comes from, first found wins: the flag, the preset's provenance (`data`, `train_tokens`,
 `eval_tokens`, written by `tuner export`), the --study file, the defaults (stdlib text, 200000 / 50000 tokens).
+
+Built-in names: `cpu` (a tiny model with its own data and budget: about a minute on 2 cores), and the guide's GPU
+presets 8gb, 10gb, 24gb (d_model 1024, 12 layers, 2048-token sequences: minutes per step on a CPU, so on a CPU
+train warns and prints an ETA from the measured first step). `inference` is refused: its LNS weights are
+inference-only.
 """
 
 from __future__ import annotations
@@ -37,7 +42,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--preset",
         default=None,
-        help="preset file written by `tuner export`, or 8gb, 10gb, 24gb, inference (with --baseline: its shape)",
+        help="preset file written by `tuner export`, or cpu (tiny, about a minute on a laptop), 8gb, 10gb, 24gb "
+        "(GPU-sized; with --baseline: its shape)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON line with val_ppl and peak_vram_gib")
     p.add_argument("--study", default=None, help="study file whose data: and budget: to use")
@@ -147,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
             raise TunerError("train: pass --preset FILE|NAME (a Phase 1 config) or --baseline dense")
         if shape_flags_given(args):
             raise TunerError(f"train: {shape_flags_given(args)[0]} is a --baseline flag; add --baseline dense")
+        refuse_inference(args.preset)
         preset = load_preset(args.preset)
         config = preset.config
         ceiling = float(config.target_vram_gb)
@@ -160,7 +167,14 @@ def run(args: argparse.Namespace) -> int:
         gpu=args.gpu, cache_dir=args.cache_dir or Path.cwd() / ".phase1_cache", cpu_threads=args.threads or None
     )
 
+    steps = -(-train_tokens // (config.batch_size * config.n_seq))
+    eta = FirstStepEta(steps) if _gpu_preset_name(args.preset) else None
+
     def progress(msg: dict[str, Any]) -> None:
+        if eta is not None:
+            line = eta.on_progress(msg)
+            if line:
+                print(line, file=sys.stderr, flush=True)  # before the step line: the user decides now
         if not args.json:
             print(f"step {msg['step']} tokens {msg['tokens']} loss {msg['loss']:.4f}", file=sys.stderr, flush=True)
 
@@ -172,6 +186,12 @@ def run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
                 flush=True,
             )
+        if eta is not None:
+            runner.ensure_started()  # the device is known once the child is ready
+            if runner.device == "cuda":
+                eta = None
+            else:
+                print(gpu_preset_warning(args.preset, config, steps), file=sys.stderr, flush=True)
         request = TrialRequest(
             config=config.to_dict(), data=data, train_tokens=train_tokens, eval_tokens=eval_tokens, ceiling_gib=ceiling
         )
@@ -190,6 +210,74 @@ def run(args: argparse.Namespace) -> int:
             return 1
         raise TunerError(f"train: {preset.source}: ended with {line['end_reason']}: {line.get('error_summary', '')}")
     return 0
+
+
+def refuse_inference(name: str) -> None:
+    """`--preset inference` is evaluation-only (LNS weights cannot be trained): a PresetError saying what to do."""
+    from pathlib import Path
+
+    from tuner.errors import PresetError
+    from tuner.study.preset import INFERENCE_PRESET
+
+    if name == INFERENCE_PRESET and not Path(name).exists():
+        raise PresetError(
+            "--preset inference: LNS weights are inference-only and cannot be trained; train 8gb, 10gb or 24gb "
+            "(or cpu), or tune lns_enabled: true in a study (its trials train the float model and evaluate the "
+            "LNS conversion)"
+        )
+
+
+def _gpu_preset_name(name: str | None) -> bool:
+    from pathlib import Path
+
+    from tuner.study.preset import GPU_PRESETS
+
+    return name in GPU_PRESETS and not Path(str(name)).exists()
+
+
+def gpu_preset_warning(name: str, config: Any, steps: int) -> str:
+    """The line printed before a GPU preset trains on a CPU."""
+    return (
+        f"warning: {name} is a GPU preset (d_model {config.d_model}, {config.n_layers} layers, "
+        f"{config.batch_size} x {config.n_seq} tokens per step, {steps} steps); on a CPU each step takes minutes. "
+        "Timing the first step for an ETA; Ctrl-C stops, `--preset cpu` trains a tiny model in about a minute"
+    )
+
+
+class FirstStepEta:
+    """From the first progress message (step s after elapsed_s seconds of training): one ETA line, once.
+
+    ETA = elapsed_s / s * (steps - s): the measured time per step times the steps left (seconds)."""
+
+    def __init__(self, steps: int) -> None:
+        self.steps = int(steps)
+        self.done = False
+
+    def on_progress(self, msg: dict[str, Any]) -> str | None:
+        if self.done:
+            return None
+        step, elapsed = int(msg["step"]), float(msg["elapsed_s"])
+        if step < 1:
+            return None
+        self.done = True
+        left = max(0, self.steps - step)
+        per_step = elapsed / step
+        eta_s = per_step * left
+        import datetime as dt
+
+        end = dt.datetime.now().astimezone() + dt.timedelta(seconds=eta_s)
+        return (
+            f"warning: the first {'step' if step == 1 else f'{step} steps'} took {per_step * step:.1f} s "
+            f"({per_step:.1f} s per step); {left} steps left: ETA {_duration(eta_s)} (about {end:%H:%M})"
+        )
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _summary(

@@ -125,7 +125,7 @@ class ProgressDisplay:
         )
 
         self.spec = spec
-        self.console = Console(stderr=False)
+        self.console = Console(stderr=False, soft_wrap=True)  # piped output: one line per line, no 80-column wrap
         self.live = live
         self.progress_bar = Progress(
             TextColumn("{task.description}"),
@@ -173,8 +173,10 @@ class ProgressDisplay:
             vals = trial.user_attrs.get("error_summary", "") or ""
         wall = trial.user_attrs.get("trial_wall_s")
         ref = trial.user_attrs.get("reference")
+        state = trial.state.name.lower()
+        ending = state if reason == state else f"{state} ({reason})"  # `complete`, not `complete (complete)`
         self.console.print(
-            f"trial {trial.number}{f' (reference: {ref})' if ref else ''} {trial.state.name.lower()} ({reason}): {vals}"
+            f"trial {trial.number}{f' (reference: {ref})' if ref else ''} {ending}: {vals}"
             + (f" [{wall:.1f} s]" if wall is not None else ""),
             highlight=False,
         )

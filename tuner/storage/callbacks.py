@@ -9,7 +9,7 @@ import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 
 from tuner.storage._optuna_compat import storage_backend, trial_id
-from tuner.storage.trial_attrs import ATTEMPT_ATTRS, EndReason
+from tuner.storage.trial_attrs import ATTEMPT_ATTRS, EndReason, retry_details
 
 log = logging.getLogger(__name__)
 
@@ -42,4 +42,5 @@ class WorkerLostRetryCallback(RetryHeartbeatStaleTrialCallback):
         )
         clean = copy.deepcopy(trial)
         clean.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in ATTEMPT_ATTRS}
+        clean.system_attrs = retry_details(trial.system_attrs)  # its config and estimate, not its curve
         super().__call__(study, clean)

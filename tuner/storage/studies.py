@@ -18,7 +18,10 @@ from tuner.storage.urls import mask_url
 from tuner.study.loader import spec_from_dict
 from tuner.study.spec import StudySpec
 
-SPEC_ATTR = "spec"  # study user attr: the normalised study YAML (workers rebuild the spec from it)
+SPEC_ATTR = "spec"  # study user attr where studies made before SPEC_SYSTEM_ATTR kept the spec (still read)
+# Study system attr: the normalised study YAML (workers rebuild the spec from it). A system attr, not a user attr,
+# so `optuna studies` (which prints every user attr) stays one short line per study.
+SPEC_SYSTEM_ATTR = "tuner:spec"
 INIT_ATTR = "tuner:initialized"  # study system attr: metric names, spec and presets are in place
 
 
@@ -70,7 +73,7 @@ def create_or_load_study(
         while not initialised() and time.monotonic() < deadline:
             time.sleep(0.1)
         if initialised():
-            stored = study.user_attrs.get(SPEC_ATTR)
+            stored = spec_text(storage, study_id(study))
             if stored is not None and _comparable(yaml.safe_load(stored)) != _comparable(spec.to_dict()):
                 old, new = _comparable(yaml.safe_load(stored)), _comparable(spec.to_dict())
                 keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
@@ -84,7 +87,7 @@ def create_or_load_study(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(spec.metric_names)  # names in the dashboard and in `study.metric_names`
-    study.set_user_attr(SPEC_ATTR, spec.to_yaml())
+    storage.set_study_system_attr(study_id(study), SPEC_SYSTEM_ATTR, spec.to_yaml())
     study.set_user_attr("vram_ceiling_gib", spec.vram_ceiling_gib)
     for name in spec.enqueue_presets:
         study.enqueue_trial(spec.preset_params(name), user_attrs={"preset": name}, skip_if_exists=not created)
@@ -116,15 +119,22 @@ def load_study(name: str, storage: Any) -> optuna.Study:
             f"study {name!r} not found in {mask_url(storage.url)} (studies there: {listing}); "
             "create it with `tuner create STUDY.yaml` or pass the right --storage"
         ) from None
-    spec = _stored_spec(name, storage.get_study_user_attrs(study_id))
+    spec = _stored_spec(name, spec_text(storage, study_id))
     sampler = make_sampler(spec, spec.sampler.seed) if spec is not None else None
     return optuna.load_study(study_name=name, storage=storage, sampler=sampler)
 
 
-def _stored_spec(name: str, user_attrs: Mapping[str, Any]) -> StudySpec | None:
+def spec_text(storage: Any, study_id_: int) -> str | None:
+    """The stored spec YAML of a study: its system attr, else (older studies) its user attr; None if neither."""
+    text = storage.get_study_system_attrs(study_id_).get(SPEC_SYSTEM_ATTR)
+    if text is None:
+        text = storage.get_study_user_attrs(study_id_).get(SPEC_ATTR)
+    return None if text is None else str(text)
+
+
+def _stored_spec(name: str, text: str | None) -> StudySpec | None:
     import yaml
 
-    text = user_attrs.get(SPEC_ATTR)
     if text is None:
         return None
     return spec_from_dict(yaml.safe_load(text), where=f"study {name} (stored spec)", check_paths=False)
@@ -132,7 +142,7 @@ def _stored_spec(name: str, user_attrs: Mapping[str, Any]) -> StudySpec | None:
 
 def study_spec(study: optuna.Study) -> StudySpec | None:
     """The StudySpec stored on a study, or None for a study made outside tuner."""
-    return _stored_spec(study.study_name, study.user_attrs)
+    return _stored_spec(study.study_name, spec_text(_compat.storage_backend(study), study_id(study)))
 
 
 def heartbeat_ages_s(storage: Any, study: Any) -> dict[int, float]:

@@ -34,7 +34,15 @@ import optuna
 from model.config import ConfigError
 from tuner.errors import WorkerEnvironmentError
 from tuner.storage._optuna_compat import trial_id
-from tuner.storage.trial_attrs import ATTEMPT_ATTRS, EndReason, is_reference
+from tuner.storage.trial_attrs import (
+    ATTEMPT_ATTRS,
+    EndReason,
+    is_reference,
+    retry_details,
+    set_trial_attr,
+    trial_attr,
+)
+from tuner.storage.workers import ProgressRecorder
 from tuner.study.spec import StudySpec
 from tuner.trial.outcome import PruningRequest, TrialRequest
 from tuner.trial.recording import (
@@ -168,7 +176,7 @@ class Objective:
             trial.set_user_attr("end_reason", EndReason.INVALID_CONFIG.value)
             trial.set_user_attr("error_summary", str(e))
             raise optuna.TrialPruned(f"invalid_config: {e}") from None
-        trial.set_user_attr("config", config.to_dict())
+        set_trial_attr(trial, "config", config.to_dict())
         ceiling = float(spec.vram_ceiling_gib)
         # The child starts (and reports its device) before the estimate: CPU and GPU compare different figures.
         device = self._start_child(trial)
@@ -197,7 +205,7 @@ class Objective:
             self.on_trial_start(trial.number, {"reference": config.kind})
         if self.stop_event.is_set():
             return record_interrupted(trial, "worker was stopping before the trial started")
-        trial.set_user_attr("config", config.to_dict())
+        set_trial_attr(trial, "config", config.to_dict())
         trial.set_user_attr("estimate_skipped", "dense baseline: the VRAM estimator models the Phase 1 model only")
         trial.set_user_attr("ceiling_enforced", False)
         device = self._start_child(trial)
@@ -231,9 +239,10 @@ class Objective:
             trial_number=trial.number,
             fault=self.fault,
         )
-        progress = None
+        forward = None
         if self.on_progress is not None:
-            progress = lambda msg: self.on_progress({**msg, "trial": trial.number})
+            forward = lambda msg: self.on_progress({**msg, "trial": trial.number})
+        progress = ProgressRecorder(trial, forward)  # also the trial's latest step, for `tuner status`
         outcome = self.runner.run(
             request, spec.budget.trial_timeout_s, on_progress=progress, stop_requested=self.stop_event.is_set
         )
@@ -253,6 +262,11 @@ class Objective:
         for key in sorted(ATTEMPT_ATTRS):
             if trial.user_attrs.get(key) is not None:
                 trial.set_user_attr(key, None)
+        system_attrs = trial.storage.get_trial_system_attrs(trial_id(trial))
+        kept = retry_details(system_attrs)  # a retry added before the callbacks cleaned its copy
+        for key, value in kept.items():
+            if system_attrs.get(key) != value:
+                trial.storage.set_trial_system_attr(trial_id(trial), key, value)
 
     def _estimate(self, trial: Any, config: Any, device: str) -> float | None:
         """Predicted peak GiB in the measure the trial is judged by: on GPU the NVML per-process total (tensor +
@@ -276,7 +290,7 @@ class Objective:
             est = estimate(config, device=device)
         self._estimate_of_trial = est
         predicted = float(est.total_gib)
-        trial.set_user_attr("estimate", est.to_dict())  # the breakdown, beside the measured peak
+        set_trial_attr(trial, "estimate", est.to_dict())  # the breakdown, beside the measured peak
         trial.set_user_attr("predicted_peak_gib", predicted)
         trial.set_user_attr("predicted_peak_kind", "nvml_process" if device == "cuda" else "cpu_tensor_bytes")
         trial.set_user_attr("estimate_calibrated", bool(est.calibrated))
@@ -328,7 +342,7 @@ class Objective:
             # The dense reference is another model family: its point and curve say nothing about a Phase 1 trial.
             if t.user_attrs.get("end_reason") != EndReason.COMPLETE.value or is_reference(t):
                 continue
-            curve = t.user_attrs.get("curve")
+            curve = trial_attr(t, "curve")
             if curve and t.user_attrs.get("curve_budget_tokens", budget) == budget:
                 references.append(curve)
             if comparable and is_feasible(t):

@@ -18,6 +18,7 @@ How each end is recorded (user attr `end_reason` is always set; tuner.trial.outc
   environment_error       FAIL (the data or cache could not be used on this worker: not the trial's fault); the
                           worker re-queues the same params, so it does not count against n_trials, and stops.
 Objective values are returned in the spec's metric order (val_ppl, peak_vram_gib, params, tokens_per_s).
+Whatever the end, a recorded learning curve is also stored as the trial's intermediate values (report_curve).
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ from typing import Any
 import optuna
 
 from tuner.errors import WorkerEnvironmentError
+from tuner.storage._optuna_compat import trial_id
 from tuner.storage.constraints import set_trial_constraint
-from tuner.storage.trial_attrs import EndReason
+from tuner.storage.trial_attrs import EndReason, set_trial_attr, trial_attr
 from tuner.study.spec import StudySpec
 from tuner.trial.outcome import (
     ENDINGS,
@@ -64,13 +66,14 @@ def record_outcome(trial: Any, spec: StudySpec, config: Any, outcome: TrialOutco
     ceiling = float(spec.vram_ceiling_gib)
     for key in MEASURED_ATTRS:
         if getattr(outcome, key) is not None:
-            trial.set_user_attr(key, getattr(outcome, key))
+            set_trial_attr(trial, key, getattr(outcome, key))
     for key, value in outcome.curve_attrs.items():  # every learning-curve attr the monitor wrote
         if value is not None:
-            trial.set_user_attr(key, value)
-    trial.set_user_attr("trial_wall_s", round(float(outcome.wall_s), 3))
+            set_trial_attr(trial, key, value)
+    report_curve(trial, outcome.curve_attrs.get("curve") or (outcome.result or {}).get("curve") or [])
+    set_trial_attr(trial, "trial_wall_s", round(float(outcome.wall_s), 3))
     if outcome.replace_child:
-        trial.set_user_attr("child_replaced", True)
+        set_trial_attr(trial, "child_replaced", True)
 
     reason = outcome.reason
     ending = ENDINGS[reason]
@@ -78,14 +81,14 @@ def record_outcome(trial: Any, spec: StudySpec, config: Any, outcome: TrialOutco
         return _record_complete(trial, spec, config, outcome, device)
     for attr, source in ending.always.items():
         value = getattr(outcome, source)
-        trial.set_user_attr(attr, value if value is not None or attr != "stability" else {})
+        set_trial_attr(trial, attr, value if value is not None or attr != "stability" else {})
     for key in ending.if_set:
         if getattr(outcome, key):
-            trial.set_user_attr(key, getattr(outcome, key))
+            set_trial_attr(trial, key, getattr(outcome, key))
     if ending.infeasible:
         peak = peak_vram(outcome, device=device, ceiling_gib=ceiling).gib
         if reason is EndReason.VRAM_CEILING:
-            trial.set_user_attr("ceiling_detected", "killed" if outcome.killed else "guard_stop")
+            set_trial_attr(trial, "ceiling_detected", "killed" if outcome.killed else "guard_stop")
             note = (
                 f"stopped at {peak:.3f} GiB > ceiling {ceiling:g} GiB before the end; "
                 "val_ppl = vocab_size (the uniform model's PPL)"
@@ -98,7 +101,7 @@ def record_outcome(trial: Any, spec: StudySpec, config: Any, outcome: TrialOutco
             )
         summary = outcome.error_summary if reason is EndReason.VRAM_CEILING else None
         return record_infeasible(trial, spec, config, reason, peak_gib=peak, note=note, summary=summary)
-    trial.set_user_attr("end_reason", reason.value)
+    set_trial_attr(trial, "end_reason", reason.value)
     message = ending_message(ending, outcome)
     if ending.state == "pruned":
         raise optuna.TrialPruned(message)
@@ -107,6 +110,29 @@ def record_outcome(trial: Any, spec: StudySpec, config: Any, outcome: TrialOutco
     if reason is EndReason.ENVIRONMENT_ERROR:  # not the trial's fault: the worker re-queues it and stops
         raise WorkerEnvironmentError(message)
     raise TrialFailed(message)
+
+
+def report_curve(trial: Any, points: Any) -> int:
+    """Store the learning curve as the trial's intermediate values: val_ppl at step = training tokens, so
+    optuna-dashboard draws it. Returns how many points were stored.
+
+    Optuna's `Trial.report` refuses multi-objective studies (NotImplementedError, optuna 5.0), so the values go
+    through the storage's public `set_trial_intermediate_value`, exactly what `report` writes; `should_prune` is
+    never consulted (pruning is tuner.analysis.curve_monitor's, in the child). Points without a finite val_ppl
+    or with tokens < 0 are skipped."""
+    import math
+
+    stored = 0
+    for p in points or []:
+        try:
+            tokens, ppl = int(p["tokens"]), float(p["val_ppl"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        if tokens < 0 or not math.isfinite(ppl):
+            continue
+        trial.storage.set_trial_intermediate_value(trial_id(trial), tokens, ppl)
+        stored += 1
+    return stored
 
 
 def _record_complete(trial: Any, spec: StudySpec, config: Any, outcome: TrialOutcome, device: str) -> tuple[float, ...]:
@@ -118,12 +144,12 @@ def _record_complete(trial: Any, spec: StudySpec, config: Any, outcome: TrialOut
         # NVML lists host PIDs; in a container without the host PID namespace our PID is never listed. Say so on
         # the trial and use the allocator's figure, labelled, rather than report 0.
         log.warning("NVML never listed the trial process (PID namespace?); peak_vram_gib is torch's peak allocated")
-        trial.set_user_attr("peak_vram_kind", measured.kind)
+        set_trial_attr(trial, "peak_vram_kind", measured.kind)
     for key in RESULT_ATTRS:
         if r.get(key) is not None:
-            trial.set_user_attr(key, r[key])
+            set_trial_attr(trial, key, r[key])
     # The val_ppl objective is the evaluated model's: the LNS-converted one when the config asks for LNS.
-    trial.set_user_attr("eval_used_lns", bool(getattr(config, "lns_enabled", False)))  # a DenseConfig has no LNS
+    set_trial_attr(trial, "eval_used_lns", bool(getattr(config, "lns_enabled", False)))  # a DenseConfig has no LNS
     epochs = r.get("epochs")
     if epochs is not None and float(epochs) > 1.0:  # the trainer warns in the child; say it where the worker logs
         log.warning(
@@ -131,19 +157,19 @@ def _record_complete(trial: Any, spec: StudySpec, config: Any, outcome: TrialOut
             trial.number,
             float(epochs),
         )
-    trial.set_user_attr("torch_peak_gib", r.get("peak_torch_gib"))
+    set_trial_attr(trial, "torch_peak_gib", r.get("peak_torch_gib"))
     counts = r.get("param_counts") or expected_param_counts(config)
-    trial.set_user_attr("params_total", params_total(counts))
+    set_trial_attr(trial, "params_total", params_total(counts))
     diag = r.get("diagnostics") or {}
-    trial.set_user_attr("effective_rank", diag.get("effective_rank"))
-    trial.set_user_attr("gate_sparsity", diag.get("gate_sparsity"))
-    trial.set_user_attr("stability", {k: v for k, v in diag.items() if k not in ("effective_rank", "gate_sparsity")})
-    if "curve" not in trial.user_attrs and r.get("curve") is not None:
-        trial.set_user_attr("curve", r["curve"])
+    set_trial_attr(trial, "effective_rank", diag.get("effective_rank"))
+    set_trial_attr(trial, "gate_sparsity", diag.get("gate_sparsity"))
+    set_trial_attr(trial, "stability", {k: v for k, v in diag.items() if k not in ("effective_rank", "gate_sparsity")})
+    if trial_attr(trial, "curve") is None and r.get("curve") is not None:
+        set_trial_attr(trial, "curve", r["curve"])
     over = peak > ceiling
-    trial.set_user_attr("end_reason", (EndReason.VRAM_CEILING if over else EndReason.COMPLETE).value)
+    set_trial_attr(trial, "end_reason", (EndReason.VRAM_CEILING if over else EndReason.COMPLETE).value)
     if over:  # on CPU, or a reference trial on a GPU (the guard only watches it); else the guard stops the run
-        trial.set_user_attr("ceiling_detected", "after_run")
+        set_trial_attr(trial, "ceiling_detected", "after_run")
     set_trial_constraint(trial, peak - ceiling)
     return objective_values(
         spec, val_ppl=r["val_ppl"], peak=peak, params=params_total(counts), tokens_per_s=r.get("tokens_per_s") or 0.0
@@ -163,16 +189,16 @@ def record_infeasible(
     """An over-ceiling end recorded COMPLETE with val_ppl = vocab_size and a positive constraint."""
     ceiling = float(spec.vram_ceiling_gib)
     counts = expected_param_counts(config)
-    trial.set_user_attr("end_reason", reason.value)
-    trial.set_user_attr("objective_note", note)
-    trial.set_user_attr("params_total", params_total(counts))
-    trial.set_user_attr("param_counts", dict(counts))
+    set_trial_attr(trial, "end_reason", reason.value)
+    set_trial_attr(trial, "objective_note", note)
+    set_trial_attr(trial, "params_total", params_total(counts))
+    set_trial_attr(trial, "param_counts", dict(counts))
     if reason is EndReason.VRAM_CEILING:
-        trial.set_user_attr("observed_peak_gib", peak_gib)
+        set_trial_attr(trial, "observed_peak_gib", peak_gib)
     elif reason is EndReason.PREDICTED_OVER_CEILING:
-        trial.set_user_attr("predicted_peak_gib", peak_gib)
+        set_trial_attr(trial, "predicted_peak_gib", peak_gib)
     if summary and "error_summary" not in trial.user_attrs:
-        trial.set_user_attr("stop_summary", summary)
+        set_trial_attr(trial, "stop_summary", summary)
     set_trial_constraint(trial, max(peak_gib - ceiling, FEASIBLE_EPS_GIB))
     return objective_values(
         spec, val_ppl=float(config.vocab_size), peak=peak_gib, params=params_total(counts), tokens_per_s=0.0
@@ -181,8 +207,8 @@ def record_infeasible(
 
 def record_interrupted(trial: Any, summary: str) -> tuple[float, ...]:
     """End the trial FAIL `interrupted` (the worker re-enqueues its params)."""
-    trial.set_user_attr("end_reason", EndReason.INTERRUPTED.value)
-    trial.set_user_attr("error_summary", summary)
+    set_trial_attr(trial, "end_reason", EndReason.INTERRUPTED.value)
+    set_trial_attr(trial, "error_summary", summary)
     raise TrialInterrupted(summary)
 
 

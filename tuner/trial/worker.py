@@ -207,6 +207,7 @@ def run_worker(
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         storage.remove_session()
+    _record_exit(storage, opt_study, worker_id, "interrupted" if stop_event.is_set() else "done")
     if not stop_event.is_set():
         log.info(
             "worker %s: done (%d counted trials in study %s at %s)",
@@ -253,6 +254,16 @@ class _TakenOverFilter(logging.Filter):
     def remove(self) -> None:
         for handler in logging.getLogger("optuna").handlers:
             handler.removeFilter(self)
+
+
+def _record_exit(storage: Any, study: optuna.Study, worker_id: str, reason: str) -> None:
+    """The clean stop, for `tuner status` (stopped, not stale); never turns a clean exit into a failure."""
+    from tuner.storage.workers import record_worker_exit
+
+    try:
+        record_worker_exit(storage, study, worker_id, reason)
+    except Exception as e:  # noqa: BLE001 - a status hint: the exit code must not depend on it
+        log.warning("worker %s: could not record its exit (%s)", worker_id, e)
 
 
 def _in_chain(exc: BaseException, kind: type[BaseException]) -> BaseException | None:

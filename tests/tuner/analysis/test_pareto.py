@@ -133,3 +133,25 @@ def test_workers_gone_after_silence_and_heartbeat_keeps_alive():
     rows = {r["worker"]: r for r in workers_seen(trials, now=later, heartbeat_age_s={running._trial_id: 12.0})}
     assert rows["old"]["alive"] is False and rows["old"]["last_seen_s"] > 7000
     assert rows["busy"]["alive"] is True and rows["busy"]["running"] == [1] and rows["busy"]["last_seen_s"] == 12.0
+
+
+def test_worker_states_alive_stale_stopped():
+    study = mo_study()
+    now = dt.datetime.now()
+    add(study, [10.0, 1.0], constraint=-1, worker="done")  # finished a trial just now, then exited cleanly
+    add(study, [11.0, 1.0], constraint=-1, worker="killed")  # silent for an hour, no exit record
+    running = study.ask()
+    running.set_user_attr("worker", "busy")
+    trials = study.get_trials()
+    later = now + dt.timedelta(hours=1)
+    exits = {"done": {"reason": "done", "at": later}, "never_ran": {"reason": "interrupted", "at": later}}
+    beats = {running._trial_id: 5.0}
+    rows = {r["worker"]: r for r in workers_seen(trials, now=later, heartbeat_age_s=beats, exits=exits)}
+    assert {k: r["state"] for k, r in rows.items()} == {
+        "done": "stopped", "killed": "stale", "busy": "alive", "never_ran": "stopped",
+    }  # fmt: skip
+    assert rows["done"]["exit"]["reason"] == "done" and rows["busy"]["running"] == [trials[-1].number]
+    # an exit record older than the worker's latest trial start is a previous run of the same id: not stopped
+    old = {"done": {"reason": "done", "at": now - dt.timedelta(days=1)}}
+    soon = now + dt.timedelta(seconds=10)
+    assert {r["worker"]: r["state"] for r in workers_seen(trials, now=soon, exits=old)}["done"] == "alive"

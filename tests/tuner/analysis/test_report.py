@@ -66,3 +66,17 @@ def test_returns_none_without_curves(tmp_path):
     s.tell(t, [1.0, 2.0])
     assert write_learning_curves(s.get_trials(), tmp_path) is None
     assert not list(tmp_path.iterdir())
+
+
+def test_title_counts_every_pruned_trial(study):
+    from tuner.analysis.report import curve_title
+
+    s = optuna.create_study(directions=["minimize", "minimize"])
+    for t in study.get_trials():
+        s.add_trial(t)
+    # pruned before its first evaluation (no curve to draw), and pruned for another reason
+    for reason in ("learning_curve", "numerical_instability"):
+        s.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED, user_attrs={"end_reason": reason}))
+    title = curve_title(s.get_trials(), 2, 2, 1)
+    assert "4 pruned trials (3 by the learning curve, 2 drawn in red)" in title, title
+    assert "2 pruned trials (2 by the learning curve, all drawn in red)" in curve_title(study.get_trials(), 2, 2, 1)

@@ -10,6 +10,7 @@ import pytest
 
 from tests.tuner.tiny import TRIAL_VOCAB, complete_result, trial_spec
 from tuner.storage.constraints import constraint_value
+from tuner.storage.trial_attrs import trial_attr
 from tuner.trial.objective import Objective
 from tuner.trial.outcome import TrialOutcome
 from tuner.trial.recording import TrialFailed, params_total
@@ -43,7 +44,7 @@ def test_predicted_over_ceiling_uses_the_real_estimate_and_never_trains():
     predicted = estimate(spec.build_config(t.params), device="cpu").total_gib
     assert t.user_attrs["predicted_peak_gib"] == pytest.approx(predicted)
     assert t.values == [float(TRIAL_VOCAB), pytest.approx(predicted)] and constraint_value(t) > 0
-    assert t.user_attrs["params_total"] == params_total(t.user_attrs["param_counts"]) > 0
+    assert t.user_attrs["params_total"] == params_total(trial_attr(t, "param_counts")) > 0
 
 
 class _TimedRunner(_NoRunRunner):

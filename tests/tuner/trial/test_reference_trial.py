@@ -13,6 +13,7 @@ import yaml
 from model.dense_config import DenseConfig, dense_param_counts
 from tests.tuner.tiny import mutate, write
 from tuner.cli import main
+from tuner.storage.trial_attrs import trial_attr
 
 pytestmark = pytest.mark.slow
 TINY_MODEL = {"vocab_size": 512, "d_model": 32, "n_layers": 1, "n_seq": 32, "batch_size": 2}
@@ -42,10 +43,10 @@ def test_reference_trial_runs_once_is_marked_and_never_exported(tmp_path, storag
     assert len(refs) == 1, [(t.number, t.user_attrs.get("reference")) for t in study.trials]
     ref = refs[0]
     assert ref.state == optuna.trial.TrialState.COMPLETE and ref.params == {}
-    assert ref.user_attrs["end_reason"] == "complete" and ref.user_attrs["config"]["kind"] == "dense"
+    assert ref.user_attrs["end_reason"] == "complete" and trial_attr(ref, "config")["kind"] == "dense"
     assert ref.user_attrs["estimate_skipped"].startswith("dense baseline")
     assert "predicted_peak_gib" not in ref.user_attrs
-    dense = DenseConfig.from_dict(ref.user_attrs["config"])
+    dense = DenseConfig.from_dict(trial_attr(ref, "config"))
     assert ref.user_attrs["params_total"] == dense_param_counts(dense)["total"]
     assert ref.user_attrs["peak_vram_kind"] == "cpu_tensor_bytes" and ref.values[1] > 0
     assert ref.user_attrs["tokens_per_s"] > 0 and 1.0 < ref.values[0] < 512 * 2
