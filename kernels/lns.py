@@ -25,7 +25,8 @@ Matmul: `y[M, N] = x[M, K] @ w[N, K]^T (+ bias[N])`. The kernels (kernels/lns_tr
 tiles, decode `sign * exp2((|c| - Q) / 2^f)` (a value in (0, 1], so it cannot overflow fp16) to the dot dtype,
 multiply with `tl.dot` (tensor cores; fp32 accumulate), and apply the per-channel scale `2^(o[n] / 2^f)` and bias
 once in the epilogue. Dot dtype: x's dtype for fp16/bf16; for fp32 x the decoded tile stays fp32 and `tl.dot` runs
-in tf32. One tiled kernel serves every M (docs/lns_kernel.md: a split-K small-M kernel measured slower on an H100).
+in tf32. `variant="auto"` (default) runs the tiled kernel above 64 rows and the small-M kernels measured fastest
+on an H100 at 64 rows or fewer (kernels/lns_variants.py, docs/lns_kernel.md).
 """
 
 from __future__ import annotations

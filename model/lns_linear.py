@@ -21,7 +21,8 @@ class LNSLinear(nn.Module):
     Buffers: `codes` int8/int16 [N, K] (N = out_features, K = in_features), `offsets` int32 [N] (per-channel
     offset in 2^-frac_bits octaves), `bias` float32 [N] or None. Integer buffers survive `.half()` / `.to(dtype)`
     unchanged, so the format cannot be silently degraded by a dtype cast of the model.
-    Tiles: `block_m/n/k` are handed to `lns_matmul` on every call (the Triton kernel's real tile sizes).
+    Tiles: `block_m/n/k` are handed to `lns_matmul` on every call: the tiled kernel's real tile sizes for more than
+    64 rows; at 64 rows or fewer lns_matmul's auto variant runs a small-M kernel with its measured tiles instead.
     `backend`: "auto" (Triton on CUDA, the torch reference elsewhere), "triton" or "torch".
     Under autocast the input is cast to the autocast dtype first, as nn.Linear's would be.
     """

@@ -163,15 +163,17 @@ def test_triton_handles_strided_input_and_no_bias():
 @pytest.mark.parametrize("bits", [8, 16])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_small_m_matches_reference_on_odd_shapes(dtype, bits, M):
-    """Decode-like batches with the default tiles (128, 128, 32): one mostly-masked row tile."""
+    """Decode-like batches through the tiled kernel with its default tiles (128, 128, 32): one mostly-masked row
+    tile. (The default variant, auto, runs small-M kernels here: tests/kernels/test_lns_small.py.)"""
     torch.manual_seed(6)
     N, K = 47, 301
     x = torch.randn(M, K).to(dtype)
     lw = lns_encode(torch.randn(N, K) * 0.05, bits)
     bias = torch.randn(N)
-    y = lns_matmul(x, lw, backend="triton", bias=bias)
+    y = lns_matmul(x, lw, backend="triton", bias=bias, variant="tiled")
     assert y.dtype == dtype and y.shape == (M, N)
     assert_close_to_ref(y, lns_matmul_ref(x, lw, bias), dtype)
+    assert_close_to_ref(lns_matmul(x, lw, backend="triton", bias=bias), lns_matmul_ref(x, lw, bias), dtype)  # auto
 
 
 def test_small_m_handles_strided_input():
@@ -212,9 +214,10 @@ def test_block_sizes_are_the_kernels_real_tiles(monkeypatch):
 
     monkeypatch.setattr(lns, "_lns_matmul_kernel", Spy())
     lw = lns_encode(torch.randn(47, 65), 8)
-    # M = 1 too: every M, however small, runs this kernel with the caller's tiles.
+    # M = 1 too: variant="tiled" runs this kernel with the caller's tiles for every M, however small (the default,
+    # "auto", sends M <= 64 to the small-M kernels: tests/kernels/test_lns_variants.py).
     for M, bm, bn, bk in [(33, 16, 16, 16), (33, 32, 64, 32), (1, 128, 32, 64)]:
-        lns_matmul(torch.randn(M, 65), lw, bm, bn, bk, backend="triton")
+        lns_matmul(torch.randn(M, 65), lw, bm, bn, bk, backend="triton", variant="tiled")
     assert launches == [((3 * 3,), 16, 16, 16), ((2 * 1,), 32, 64, 32), ((1 * 2,), 128, 32, 64)]
 
 
@@ -327,9 +330,12 @@ def test_bench_runs_a_baseline_module_beside_the_kernel():
     assert old.LNSWeight is not LNSWeight
     rows = bench.bench_lns(torch.device("cpu"), shapes=[(3, 32, 16), (20, 32, 16)], blocks=[(16, 16, 16), (32, 16, 16)],
                            bits_list=(8,), baseline=old)
-    # One row per (impl, shape, tiles), small M included, in that order.
-    assert [(r["impl"], r["M"], r["block_m"]) for r in rows] == [
-        (impl, M, bm) for M in (3, 20) for impl in ("new", "old") for bm in (16, 32)]
+    # One row per (impl, shape, tiles), small M included, in that order. The baseline's rows carry the caller's
+    # tiles; this tree's lns_matmul (variant="auto") sends these small M to a small-M kernel, and its rows say so.
+    assert [(r["impl"], r["M"], r["block_m"] if r["impl"] == "old" else r["variant"]) for r in rows] == [
+        (impl, M, bm if impl == "old" else lns.auto_variant(M)[0])
+        for M in (3, 20) for impl in ("new", "old") for bm in (16, 32)]
+    assert {r["variant"] for r in rows if r["impl"] == "new"} == {"skinny"}
     for r in rows:
         assert r["check_rel_err_vs_ref"] <= r["check_tol"] and r["speedup_vs_torch_fp16"] > 0
         assert (r["M"], r["K"], r["N"]) in [(3, 32, 16), (20, 32, 16)]

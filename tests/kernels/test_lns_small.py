@@ -108,6 +108,7 @@ def test_small_m_bench_checks_and_times_every_variant_on_cpu(monkeypatch):
         assert {"variant", "M", "K", "N", "ms", "torch_fp16_ms", "speedup_vs_torch_fp16", "gbps"} <= r.keys()
         assert (r["M"], r["K"], r["N"]) == (3, 48, 20) and r["check_rel_err_vs_ref"] <= bench.CHECK_TOL
         assert "not a speed figure" in r["timer"]
+        assert r["graph_ms"] is None and r["graph_speedup_vs_torch_fp16"] is None  # CUDA graphs: GPU only
     assert [r["block_n"] for r in rows if r["variant"] == "gemv"] == [8]  # the tiles it really launched
     assert [r["block_n"] for r in rows if r["variant"] == "skinny"] == [32, 16]
 

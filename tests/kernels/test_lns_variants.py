@@ -1,5 +1,5 @@
 """variant="auto" (kernels/lns_variants.py): the per-M table picks the small-M kernel and its tiles, the tiled kernel
-with the caller's tiles serves the rest; with no table row (today) auto is the tiled kernel for every M."""
+with the caller's tiles serves the rest."""
 
 from __future__ import annotations
 
@@ -12,8 +12,19 @@ from kernels.lns_variants import SMALL_M_VARIANTS, VARIANTS, auto_variant
 from tests.kernels.test_lns import assert_close_to_ref
 
 
-def test_auto_is_tiled_until_a_measured_row_exists():
-    assert auto_variant(1) == ("tiled", None, None) == auto_variant(4096)
+def test_auto_table_is_the_h100_measurement():
+    """The rows follow bench/results/lns_small_m.json: the fastest configuration at M = 1, 16, 64."""
+    import json
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[2] / "bench" / "results" / "lns_small_m.json"
+    rows = [r for r in json.loads(path.read_text())["rows"] if "ms" in r]
+    for m in (1, 16, 64):
+        best = min((r for r in rows if r["M"] == m), key=lambda r: r["ms"])
+        variant, block_n, block_k = auto_variant(m)
+        assert (variant, block_n or best["block_n"], block_k or best["block_k"]) == (
+            best["variant"], best["block_n"], best["block_k"])
+    assert auto_variant(65) == ("tiled", None, None) == auto_variant(4096)
     assert SMALL_M_VARIANTS == VARIANTS[2:] and VARIANTS[:2] == ("tiled", "tiled_bits")
 
 

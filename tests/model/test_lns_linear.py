@@ -110,7 +110,7 @@ def test_config_block_sizes_reach_the_kernel_launch(monkeypatch):
 
     monkeypatch.setattr(lns, "_lns_matmul_kernel", Spy())
     torch.manual_seed(3)
-    x = torch.randn(40, 48)
+    x = torch.randn(80, 48)  # M > 64: lns_matmul's auto variant runs the tiled kernel with the config's tiles
     outs = []
     for blocks, bits in [((16, 16, 16), 8), ((64, 32, 32), 16)]:
         model = nn.Sequential(nn.Linear(48, 40))
@@ -119,9 +119,9 @@ def test_config_block_sizes_reach_the_kernel_launch(monkeypatch):
         model[0].backend = "triton"
         with torch.no_grad():
             outs.append(model(x))
-    # grid = ceil(40 / BM) * ceil(40 / BN) programs; Q = 2^(bits-1) - 1 from lns_bits.
-    assert launches == [((3 * 3,), 16, 16, 16, 127), ((1 * 2,), 64, 32, 32, 32767)]
-    assert all(o.shape == (40, 40) for o in outs)
+    # grid = ceil(80 / BM) * ceil(40 / BN) programs; Q = 2^(bits-1) - 1 from lns_bits.
+    assert launches == [((5 * 3,), 16, 16, 16, 127), ((2 * 2,), 64, 32, 32, 32767)]
+    assert all(o.shape == (80, 40) for o in outs)
 
 
 def test_inference_only_forward_needs_no_grad():
