@@ -11,9 +11,9 @@ from tuner.cli import main
 def test_report_of_a_study_with_results(results_study, tmp_path, capsys):
     out = tmp_path / "report"
     assert main(["report", "--study", "results", "--storage", results_study.url, "--out", str(out)]) == 0
-    assert capsys.readouterr().out.startswith(f"wrote 5 files to {out}: ")
+    assert capsys.readouterr().out.startswith(f"wrote 6 files to {out}: ")
     names = {p.name for p in out.iterdir()}
-    assert {"pareto_front.png", "pareto_front.html", "importances.json", "pareto.json", "summary.md"} <= names
+    assert {"pareto_front.png", "pareto_front.html", "importances.json", "importances.png", "pareto.json"} <= names
     assert (out / "pareto_front.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [r["number"] for r in json.loads((out / "pareto.json").read_text())] == [0, 1]
     importances = json.loads((out / "importances.json").read_text())

@@ -26,12 +26,17 @@ def test_is_reference():
 
 
 def _attrs_set_by(path: Path) -> set[str]:
-    """Every literal user-attr key `path` passes to `set_user_attr("key", ...)`."""
+    """Every literal attr key `path` passes to `t.set_user_attr("key", ...)` or `set_trial_attr(t, "key", ...)`."""
     keys = set()
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "set_user_attr" and node.args:
-            if isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str):
-                keys.add(node.args[0].value)
+        if not isinstance(node, ast.Call):
+            continue
+        name = getattr(node.func, "attr", None) or getattr(node.func, "id", None)
+        at = {"set_user_attr": 0, "set_trial_attr": 1}.get(name or "")
+        if at is not None and len(node.args) > at:
+            key = node.args[at]
+            if isinstance(key, ast.Constant) and isinstance(key.value, str):
+                keys.add(key.value)
     return keys
 
 

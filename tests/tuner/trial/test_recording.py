@@ -9,6 +9,7 @@ import pytest
 
 from tests.tuner.tiny import TRIAL_VOCAB, complete_result, trial_spec
 from tuner.storage.constraints import constraint_value
+from tuner.storage.trial_attrs import trial_attr
 from tuner.trial.budget import counted_trials, enqueue_retry
 from tuner.trial.outcome import TrialOutcome
 from tuner.trial.recording import (
@@ -47,7 +48,7 @@ def test_complete_records_values_in_spec_order_and_a_feasible_constraint():
     assert t.values == [0.25, 300.0, 64.0, 1234.0]
     assert constraint_value(t) == pytest.approx(0.25 - CEILING)
     assert t.user_attrs["effective_rank"] == 7.5 and t.user_attrs["gate_sparsity"] == 0.25
-    assert t.user_attrs["stability"] == {"det_min": 0.9} and t.user_attrs["params_total"] == 64
+    assert trial_attr(t, "stability") == {"det_min": 0.9} and t.user_attrs["params_total"] == 64
 
 
 def test_cpu_peak_over_the_ceiling_is_complete_but_infeasible():
@@ -102,7 +103,7 @@ def test_non_value_ends_are_pruned_or_failed_with_their_reason(kind, state):
     assert t.state == state
     assert t.user_attrs["end_reason"] == ("error" if kind == "crash" else kind)
     if kind == "numerical_instability":
-        assert t.user_attrs["stability"] == {"check": "det", "value": 1e-9}
+        assert trial_attr(t, "stability") == {"check": "det", "value": 1e-9}
     if state == TrialState.FAIL:
         assert t.user_attrs["error_summary"] == f"{kind} happened" and t.user_attrs["traceback"]
 
