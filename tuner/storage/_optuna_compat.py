@@ -11,6 +11,11 @@ Why each is needed (Optuna 5.0, pinned to `optuna>=5.0,<5.1` in pyproject.toml):
 - `RDBStorage`'s private methods that `_CachedStorage` calls on its backend (`_create_new_trial`,
   `_set_trial_param`, `_get_trials`, `_get_best_trial_id`, `_get_stale_trial_ids`): they talk to the database,
   so the resilient storage must retry them through an outage like the public ones.
+- `optuna.storages._rdb.storage._create_scoped_session` and the attribute models: `write_trial_attrs` writes many
+  trial attrs in one transaction (Optuna commits once per attr: 2 statements and a commit each, the largest part
+  of a trial's storage time under many workers).
+- `Trial._cached_frozen_trial`: a live trial's system attrs as read when it started (Optuna 5 has no public
+  accessor; `storage.get_trial_system_attrs` is a database round trip for what the trial already holds).
 
 `tests/tuner/storage/test_optuna_compat.py` fails when any wrapped RDBStorage method disappears or changes its
 signature, so a new Optuna release cannot break the retry layer silently.
@@ -21,13 +26,14 @@ from __future__ import annotations
 import datetime as _dt
 import functools
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import optuna
 import sqlalchemy as sa
 from optuna._hypervolume import compute_hypervolume as _compute_hypervolume
 from optuna.storages import RDBStorage
 from optuna.storages._rdb import models as _models
+from optuna.storages._rdb.storage import _create_scoped_session
 
 # Storage methods retried through an outage: every RDBStorage method that talks to the database (the private ones
 # are what optuna's _CachedStorage calls on its backend). Nested calls (get_all_trials -> _get_trials) retry only
@@ -130,6 +136,11 @@ def retry_wrapped(call: str, names: Sequence[str] = RETRIED_METHODS) -> Callable
             if getattr(cls, name) is not base:
                 continue
             setattr(cls, name, _routed(call, name, base))
+        if issubclass(cls, StaleTrialHook):
+            for name in HOOK_RETRIED_METHODS:
+                base = getattr(StaleTrialHook, name)
+                if getattr(cls, name) is base:
+                    setattr(cls, name, _routed(call, name, base))
         return cls
 
     return wrap
@@ -143,9 +154,61 @@ def _routed(call: str, name: str, base: Callable[..., Any]) -> Callable[..., Any
     return method
 
 
+def storage_of(storage: Any) -> Any:
+    """The storage under Optuna's cache layer (`_CachedStorage._backend`), or `storage` itself."""
+    return getattr(storage, "_backend", storage)
+
+
+def cached_system_attrs(trial: optuna.trial.Trial) -> dict[str, Any]:
+    """A live trial's system attrs as Optuna read them when the trial started (plus those it set since)."""
+    return dict(trial._cached_frozen_trial.system_attrs)
+
+
+def write_trial_attrs(
+    storage: RDBStorage, trial_id_: int, user_attrs: dict[str, Any], system_attrs: dict[str, Any]
+) -> None:
+    """Upsert `user_attrs` and `system_attrs` (JSON-serialisable values) of one trial in one transaction: one read
+    of the trial (it must still be updatable, as `storage.check_trial_is_updatable` decides), then one multi-row
+    upsert per attribute table on Postgres and SQLite, one statement per attr elsewhere (Optuna's own write)."""
+    import json
+
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    with _create_scoped_session(storage.scoped_session, True) as session:
+        trial = _models.TrialModel.find_or_raise_by_id(trial_id_, session)
+        storage.check_trial_is_updatable(trial_id_, cast(optuna.trial.TrialState, trial.state))
+        dialect = {"postgresql": postgresql, "sqlite": sqlite}.get(storage.engine.name)
+        for model, attrs in (
+            (_models.TrialUserAttributeModel, user_attrs),
+            (_models.TrialSystemAttributeModel, system_attrs),
+        ):
+            if not attrs:
+                continue
+            if dialect is None:
+                for key, value in attrs.items():
+                    storage._set_trial_attr_without_commit(session, model, trial_id_, key, value)
+                continue
+            insert = dialect.insert(model).values(
+                [{"trial_id": trial_id_, "key": k, "value_json": json.dumps(v)} for k, v in attrs.items()]
+            )
+            session.execute(
+                insert.on_conflict_do_update(
+                    index_elements=[model.trial_id, model.key], set_={"value_json": insert.excluded.value_json}
+                )
+            )
+
+
+# Methods the tuner's own storage adds (on StaleTrialHook below), retried through an outage like Optuna's.
+HOOK_RETRIED_METHODS: tuple[str, ...] = ("set_trial_attrs",)
+
+
 class StaleTrialHook(RDBStorage):
     """RDBStorage whose private stale-trial query is reachable under a public name: override `stale_trial_ids`
-    (Optuna's heartbeat machinery calls `_get_stale_trial_ids`, which lands there)."""
+    (Optuna's heartbeat machinery calls `_get_stale_trial_ids`, which lands there); and `set_trial_attrs`, many
+    attrs of one trial in one transaction (`write_trial_attrs`)."""
+
+    def set_trial_attrs(self, trial_id: int, user_attrs: dict[str, Any], system_attrs: dict[str, Any]) -> None:
+        write_trial_attrs(self, trial_id, user_attrs, system_attrs)
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         return self.stale_trial_ids(study_id)

@@ -33,10 +33,13 @@ CONSTRAINTS_ATTR = "constraints"  # == optuna.study._constrained_optimization._C
 def set_trial_constraint(trial: Any, value_gib: float) -> None:
     """Record the VRAM constraint (peak_vram_gib - vram_ceiling_gib, in GiB; feasible when <= 0) on a trial.
 
-    `trial`: a running `optuna.Trial` (written to storage now, before `tell`) or a `FrozenTrial` about to be
-    passed to `study.add_trial`. Raises ValueError for NaN (Optuna forbids it) and if already set.
+    `trial`: a running `optuna.Trial` (written to storage now, before `tell`), a tuner.storage.trial_writes.TrialWrites
+    (written with its next flush) or a `FrozenTrial` about to be passed to `study.add_trial`. Raises ValueError for
+    NaN (Optuna forbids it) and if already set.
     """
     from optuna.trial import FrozenTrial
+
+    from tuner.storage.trial_writes import TrialWrites
 
     value = float(value_gib)
     if math.isnan(value):
@@ -47,13 +50,16 @@ def set_trial_constraint(trial: Any, value_gib: float) -> None:
             raise ValueError(f"trial {trial.number}: constraint already set to {attrs[CONSTRAINTS_ATTR]}")
         trial.system_attrs = {**attrs, CONSTRAINTS_ATTR: [value]}
         return
-    storage, tid = trial.storage, trial_id(trial)
-    system_attrs = storage.get_trial_system_attrs(tid)
+    buffered = isinstance(trial, TrialWrites)
+    system_attrs = trial.system_attrs if buffered else trial.storage.get_trial_system_attrs(trial_id(trial))
     # A heartbeat retry copies every system attr of the failed trial, its constraint included; that value was
     # the failed attempt's, so the retry's own measurement replaces it. Anything else set twice is a bug.
     if CONSTRAINTS_ATTR in system_attrs and "failed_trial" not in system_attrs:
         raise ValueError(f"trial {trial.number}: constraint already set")
-    storage.set_trial_system_attr(tid, CONSTRAINTS_ATTR, [value])
+    if buffered:
+        trial.set_system_attr(CONSTRAINTS_ATTR, [value])
+    else:
+        trial.storage.set_trial_system_attr(trial_id(trial), CONSTRAINTS_ATTR, [value])
 
 
 def constraint_value(trial: Any) -> float | None:

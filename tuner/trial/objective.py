@@ -1,7 +1,7 @@
 """The objective: one Optuna trial from sampled parameters to recorded objective values and end reason.
 
 Flow (architecture.md, "The flow of one trial"):
-  params = spec.space.suggest(trial) -> config = spec.build_config(params) -> pre-flight estimate -> train in the
+  params = spec.space.suggest(trial.trial) -> config = spec.build_config(params) -> pre-flight estimate -> train in the
   worker's warm child (tuner.trial.runner) under the VRAM guard -> objective values + user attrs + constraint.
 
 How each end is recorded: tuner.trial.recording (by the ENDINGS table of tuner.trial.outcome).
@@ -32,8 +32,9 @@ from typing import Any
 import optuna
 
 from model.config import ConfigError
-from tuner.storage._optuna_compat import trial_id
+from tuner.storage._optuna_compat import cached_system_attrs
 from tuner.storage.trial_attrs import ATTEMPT_ATTRS, EndReason, is_reference
+from tuner.storage.trial_writes import TrialWrites
 from tuner.study.spec import StudySpec
 from tuner.trial.outcome import PruningRequest, TrialRequest
 from tuner.trial.recording import (
@@ -93,23 +94,28 @@ class Objective:
         survives its trial whatever happened in it."""
         from tuner.trial.runner import ChildStartError
 
+        # Attr writes are buffered and written together (tuner.storage.trial_writes): before training and here, at
+        # the end, before Optuna records the trial's state. A failed final write propagates like any storage error.
+        writes = TrialWrites(trial)
         try:
-            return self._run(trial)
+            return self._run(writes)
         except (optuna.TrialPruned, TrialFailed):
             raise
         except ChildStartError as e:  # a worker problem: recorded on the trial, then the worker stops (FAIL)
-            trial.set_user_attr("end_reason", EndReason.ERROR.value)
-            trial.set_user_attr("error_summary", str(e)[:500])
+            writes.set_user_attr("end_reason", EndReason.ERROR.value)
+            writes.set_user_attr("error_summary", str(e)[:500])
             raise
         except Exception as e:
             import traceback
 
-            trial.set_user_attr("end_reason", EndReason.ERROR.value)
-            trial.set_user_attr("error_summary", f"{type(e).__name__}: {e}"[:500])
-            trial.set_user_attr("traceback", "".join(traceback.format_exception(e)[-12:])[-4000:])
+            writes.set_user_attr("end_reason", EndReason.ERROR.value)
+            writes.set_user_attr("error_summary", f"{type(e).__name__}: {e}"[:500])
+            writes.set_user_attr("traceback", "".join(traceback.format_exception(e)[-12:])[-4000:])
             raise TrialFailed(f"{type(e).__name__}: {e}") from e
+        finally:
+            writes.flush()
 
-    def _run(self, trial: optuna.trial.Trial) -> tuple[float, ...]:
+    def _run(self, trial: TrialWrites) -> tuple[float, ...]:
         spec = self.spec
         self._reset_inherited(trial)
         self._estimate_of_trial = None  # a reference trial makes none; never refine from the previous trial's
@@ -118,7 +124,7 @@ class Objective:
             trial.set_user_attr("gpu", self.runner.gpu)
         if is_reference(trial):
             return self._run_reference(trial)
-        params = spec.space.suggest(trial)
+        params = spec.space.suggest(trial.trial)
         if self.on_trial_start is not None:
             self.on_trial_start(trial.number, params)
         if self.stop_event.is_set():
@@ -148,7 +154,7 @@ class Objective:
 
         return self._train(trial, config, device, self._pruning_request(trial, predicted))
 
-    def _run_reference(self, trial: optuna.trial.Trial) -> tuple[float, ...]:
+    def _run_reference(self, trial: TrialWrites) -> tuple[float, ...]:
         """The study's dense baseline (spec.baseline): no sampled params, no Phase 1 estimate, never pruned by the
         learning curve (a reference must finish to be one); trained, measured and recorded like any trial."""
         config = self.spec.baseline
@@ -189,6 +195,7 @@ class Objective:
             trial_number=trial.number,
             fault=self.fault,
         )
+        trial.flush()  # a running trial shows its worker, config and estimate while it trains
         progress = None
         if self.on_progress is not None:
             progress = lambda msg: self.on_progress({**msg, "trial": trial.number})
@@ -203,8 +210,11 @@ class Objective:
     @staticmethod
     def _reset_inherited(trial: Any) -> None:
         """A heartbeat retry (RetryHeartbeatStaleTrialCallback) copies the dead attempt's user attrs; blank the ones
-        that describe how that attempt ended so they cannot stick to this one."""
-        failed = trial.storage.get_trial_system_attrs(trial_id(trial)).get("failed_trial")
+        that describe how that attempt ended so they cannot stick to this one. `trial`: a TrialWrites (written with
+        its next flush) or a live optuna Trial (written now)."""
+        # as read when the trial started: no round trip
+        system_attrs = trial.system_attrs if isinstance(trial, TrialWrites) else cached_system_attrs(trial)
+        failed = system_attrs.get("failed_trial")
         if failed is not None:
             trial.set_user_attr("retry_of", failed)
         for key in sorted(ATTEMPT_ATTRS):
