@@ -14,6 +14,9 @@ Why each is needed (Optuna 5.0, pinned to `optuna>=5.0,<5.1` in pyproject.toml):
 - `optuna.storages._rdb.storage._create_scoped_session` and the attribute models: `write_trial_attrs` writes many
   trial attrs in one transaction (Optuna commits once per attr: 2 statements and a commit each, the largest part
   of a trial's storage time under many workers).
+- `optuna.storages._grpc.servicer.OptunaStorageProxyService` and `..auto_generated.api_pb2_grpc`: the gRPC proxy
+  server as `run_grpc_proxy_server` builds it, but with SO_REUSEPORT off (grpc's default lets a second proxy bind
+  the same port silently) and without its blocking wait, so `tuner proxy` says when it listens and tests stop it.
 - `Trial._cached_frozen_trial`: a live trial's system attrs as read when it started (Optuna 5 has no public
   accessor; `storage.get_trial_system_attrs` is a database round trip for what the trial already holds).
 
@@ -152,6 +155,23 @@ def _routed(call: str, name: str, base: Callable[..., Any]) -> Callable[..., Any
         return getattr(self, call)(name, base, args, kwargs)
 
     return method
+
+
+def grpc_proxy_server(storage: Any, host: str, port: int, threads: int) -> Any:
+    """Optuna's gRPC storage proxy server for `storage` (wrapped in Optuna's cache layer, as Optuna's docs ask) on
+    host:port with `threads` handler threads; bound, not started (`.start()`, `.stop(grace)`). RuntimeError when
+    the address cannot be bound (in use, bad host)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc
+    from optuna.storages import get_storage
+    from optuna.storages._grpc.auto_generated import api_pb2_grpc
+    from optuna.storages._grpc.servicer import OptunaStorageProxyService
+
+    server = grpc.server(ThreadPoolExecutor(max_workers=threads), options=[("grpc.so_reuseport", 0)])
+    api_pb2_grpc.add_StorageServiceServicer_to_server(OptunaStorageProxyService(get_storage(storage)), server)
+    server.add_insecure_port(f"{host}:{port}")
+    return server
 
 
 def storage_of(storage: Any) -> Any:

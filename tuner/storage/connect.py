@@ -25,10 +25,12 @@ from typing import Any
 
 from tuner.errors import StorageError
 from tuner.storage.callbacks import WorkerLostRetryCallback
+from tuner.storage.grpc_proxy import ProxyStorage, open_proxy_storage
 from tuner.storage.resilient import OUTAGE_LIMIT_S, ResilientRDBStorage
 from tuner.storage.urls import (
     ENV_VAR,
     host_port,
+    is_grpc_url,
     mask_text,
     mask_url,
     resolve_storage_url,
@@ -107,14 +109,20 @@ def open_storage(
     grace_period_s: int = GRACE_PERIOD_S,
     max_retry: int | None = MAX_RETRY,
     outage_limit_s: float = OUTAGE_LIMIT_S,
-) -> ResilientRDBStorage:
+    pool_size: int | None = None,
+) -> ResilientRDBStorage | ProxyStorage:
     """RDBStorage with heartbeats and stale-trial retry. Raises StorageError (masked URL, host:port) within 10 s.
 
     Once open, the storage waits out a database outage of up to `outage_limit_s` (tuner.storage.resilient): its calls
     are retried with backoff, a failed heartbeat is logged and the next one tried, and a stale trial's failure
-    records `end_reason = worker_lost` before its retry is queued."""
+    records `end_reason = worker_lost` before its retry is queued.
+    pool_size: at most this many database connections (no overflow); default SQLAlchemy's (5 + 10 overflow).
+    `grpc://HOST:PORT`: a `tuner proxy` client instead (tuner.storage.grpc_proxy; no heartbeats)."""
     import optuna
     import sqlalchemy.exc
+
+    if is_grpc_url(url):
+        return open_proxy_storage(url, outage_limit_s=outage_limit_s)
 
     if int(grace_period_s) < int(heartbeat_interval_s):
         raise StorageError(
@@ -131,6 +139,7 @@ def open_storage(
             )
     elif host and port:
         _preflight(url, host, port)
+    pool = {} if pool_size is None else {"pool_size": int(pool_size), "max_overflow": 0}
     last: Exception | None = None
     for attempt in range(4):
         try:
@@ -140,7 +149,7 @@ def open_storage(
                 return ResilientRDBStorage(
                     url,
                     outage_limit_s=outage_limit_s,
-                    engine_kwargs=engine_kwargs(url),
+                    engine_kwargs={**engine_kwargs(url), **pool},
                     heartbeat_interval=int(heartbeat_interval_s),
                     grace_period=int(grace_period_s),
                     heartbeat_stale_trial_callback=WorkerLostRetryCallback(max_retry=max_retry),
@@ -162,7 +171,7 @@ def open_storage(
     raise StorageError(f"storage {mask_url(url)}: could not create the tables ({mask_text(str(last), url)})")
 
 
-def storage_from_flag(flag: str | None, **kwargs: Any) -> tuple[str, ResilientRDBStorage]:
+def storage_from_flag(flag: str | None, **kwargs: Any) -> tuple[str, ResilientRDBStorage | ProxyStorage]:
     """(url, storage) for a CLI `--storage` value, resolved and opened."""
     url = resolve_storage_url(flag)
     return url, open_storage(url, **kwargs)
