@@ -169,7 +169,8 @@ def grpc_proxy_server(storage: Any, host: str, port: int, threads: int) -> Any:
     from optuna.storages._grpc.servicer import OptunaStorageProxyService
 
     server = grpc.server(ThreadPoolExecutor(max_workers=threads), options=[("grpc.so_reuseport", 0)])
-    api_pb2_grpc.add_StorageServiceServicer_to_server(OptunaStorageProxyService(get_storage(storage)), server)
+    add_servicer: Any = api_pb2_grpc.add_StorageServiceServicer_to_server  # generated code, untyped
+    add_servicer(OptunaStorageProxyService(get_storage(storage)), server)
     server.add_insecure_port(f"{host}:{port}")
     return server
 
