@@ -1,0 +1,166 @@
+"""Storage load: the tuner's per-trial storage overhead beside bare Optuna's in the same run, and many workers through
+one `tuner proxy` (issue 14 item 4).
+
+    python bench/storage_load.py [--out bench/results] [--workers 8] [--per-worker 25] [--rounds 2]
+                                 [--proxy-workers 32] [--proxy-per-worker 5] [--proxy-threads 4]
+
+Writes OUT/storage_load.json:
+  "load": 8 `tuner worker` processes x 25 tiny real trials (testing.harness.measure_load), then 8 bare-Optuna
+    processes x 25 trials (testing.storage_load.measure_bare_load: Optuna's RDBStorage + cache layer, the same two
+    parameters, an objective that busy-waits the tuner round's median trial_wall_s), once with Optuna's heartbeat
+    (30 s / 120 s, as the tuner runs) and once without; `rounds` times, alternating, each on a fresh database of the
+    same local Postgres. Overhead per trial = (start -> complete in storage) - the trial's own work (trial_wall_s);
+    ms_per_trial figures are medians over all trials of all rounds; ratio = tuner / bare (plain Optuna, no
+    heartbeat), ratio_vs_bare_heartbeat = tuner / bare with heartbeat. Goal: ratio <= 1.25.
+  "proxy": `proxy_workers` processes of trivial trials (the product's grpc:// client and `study.optimize` with a
+    busy-wait objective: no trial child, so 32 fit on a small machine) through one real `tuner proxy`, with the
+    database's connections counted from pg_stat_activity every 0.1 s; then the same workers straight to the
+    database for comparison. Goal: 0 errors, a few connections (the proxy opens at most --proxy-threads).
+Runs on CPU against the local Postgres the tests use ($TUNER_TEST_PG); 8 x 25 takes a few minutes per round on 2
+cores. The measurement code is shared with tests/reliability/test_storage_load.py (testing/storage_load.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from bench._common import RESULTS, device_header, write_json  # noqa: E402
+
+TARGET_RATIO = 1.25
+
+
+def _median(values: list[float]) -> float | None:
+    values = sorted(values)
+    return values[len(values) // 2] if values else None
+
+
+def run_load(work: Path, workers: int, per_worker: int, rounds: int) -> dict:
+    from testing import harness as h
+    from testing import storage_load as sl
+
+    tuner_ms: list[float] = []
+    bare_ms: list[float] = []
+    bare_hb_ms: list[float] = []
+    detail = []
+    for r in range(rounds):
+        with h.fresh_pg_database() as url:
+            ld = h.measure_load(url, work, n_workers=workers, per_worker=per_worker)
+        trials = ld["accounting"]["trials"]
+        ov = sl.overheads_ms(trials)
+        walls = sorted(float(t.user_attrs["trial_wall_s"]) for t in trials if "trial_wall_s" in t.user_attrs)
+        work_s = round(walls[len(walls) // 2], 3)
+        tuner_ms += ov
+        tuner = {
+            "by_state": ld["accounting"]["by_state"], "exit_codes": ld["exit_codes"],
+            "storage_errors": ld["storage_errors"][:10], "wall_s": round(ld["wall_s"], 1),
+            "trial_wall_s_median": work_s, "overhead_ms": sl.summary(ov),
+        }
+        print(f"round {r}: tuner {tuner['overhead_ms']['median']:.0f} ms/trial (work {work_s} s)", flush=True)
+        bare = {}
+        for hb in (True, False):
+            with h.fresh_pg_database() as url:
+                b = sl.measure_bare_load(url, work, n_workers=workers, per_worker=per_worker, work_s=work_s,
+                                         heartbeat=hb)
+            b["errors"] = b["errors"][:10]
+            (bare_hb_ms if hb else bare_ms).extend(b.pop("overheads_ms_all"))
+            bare["heartbeat" if hb else "plain"] = b
+            print(f"round {r}: bare ({'heartbeat' if hb else 'plain'}) {b['overhead_ms']['median']:.0f} ms/trial",
+                  flush=True)
+        detail.append({"tuner": tuner, "bare": bare})
+    tuner_med, bare_med, bare_hb_med = _median(tuner_ms), _median(bare_ms), _median(bare_hb_ms)
+    ok = all(d["tuner"]["exit_codes"] == [0] * workers and not d["tuner"]["storage_errors"] for d in detail) and all(
+        b["exit_codes"] == [0] * workers and not b["errors"] for d in detail for b in d["bare"].values()
+    )
+    if not ok:  # a run with errors gives no figure (CONTRIBUTING: a failed check means no figure)
+        print(json.dumps(detail, indent=1, default=str)[-4000:])
+        raise SystemExit("load runs had errors; no figures written")
+    return {
+        "workers": workers, "per_worker": per_worker, "rounds": rounds,
+        "tuner_ms_per_trial": round(tuner_med, 1), "bare_ms_per_trial": round(bare_med, 1),
+        "bare_heartbeat_ms_per_trial": round(bare_hb_med, 1),
+        "ratio": round(tuner_med / bare_med, 3), "ratio_vs_bare_heartbeat": round(tuner_med / bare_hb_med, 3),
+        "target_ratio": TARGET_RATIO, "rounds_detail": detail,
+    }
+
+
+def run_proxy(work: Path, workers: int, per_worker: int, threads: int) -> dict:
+    from testing import harness as h
+    from testing import storage_load as sl
+
+    out = {}
+    for direct in (False, True):
+        with h.fresh_pg_database() as url:
+            r = sl.measure_proxy_load(url, work, n_workers=workers, per_worker=per_worker, mode="trivial",
+                                      threads=threads, direct=direct)
+        r.pop("accounting")
+        r["errors"] = r["errors"][:10]
+        out["direct" if direct else "proxy"] = r
+        print(f"{'direct' if direct else 'proxy'}: {workers} workers, {r['by_state']}, errors {len(r['errors'])}, "
+              f"max connections {r['max_db_connections']}", flush=True)
+    p, d = out["proxy"], out["direct"]
+    done = p["by_state"].get("COMPLETE", 0)
+    return {
+        "workers": workers, "per_worker": per_worker, "mode": "trivial", "proxy_threads": threads,
+        "trials": done, "errors": len(p["errors"]) + sum(1 for c in p["exit_codes"] if c != 0),
+        "lost_trials": p["total"] - done, "max_db_connections": p["max_db_connections"],
+        "direct_max_db_connections": d["max_db_connections"],
+        "direct_errors": len(d["errors"]) + sum(1 for c in d["exit_codes"] if c != 0),
+        "trials_per_s": round(p["trials_per_s"], 3), "direct_trials_per_s": round(d["trials_per_s"], 3),
+        "overhead_ms_per_trial": round(p["overhead_ms"]["median"], 1),
+        "direct_overhead_ms_per_trial": round(d["overhead_ms"]["median"], 1),
+        "detail": out,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--workers", type=int, default=8)
+    ap.add_argument("--per-worker", type=int, default=25)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--proxy-workers", type=int, default=32)
+    ap.add_argument("--proxy-per-worker", type=int, default=5)
+    ap.add_argument("--proxy-threads", type=int, default=4)
+    ap.add_argument("--skip-load", action="store_true")
+    ap.add_argument("--skip-proxy", action="store_true")
+    args = ap.parse_args(argv)
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    from model.data import DataSource, prepare_data
+    from testing import harness as h
+
+    h.CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    prepare_data(DataSource(kind="stdlib", max_bytes=262144), 512, h.CACHE_DIR)
+    result: dict = {**device_header(), "optuna": optuna.__version__,
+                    "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    path = args.out / "storage_load.json"
+    if path.exists():  # keep the other section when only one is re-measured
+        old = json.loads(path.read_text())
+        result.update({k: old[k] for k in ("load", "proxy") if k in old})
+    with tempfile.TemporaryDirectory() as tmp:
+        if not args.skip_load:
+            result["load"] = run_load(Path(tmp), args.workers, args.per_worker, args.rounds)
+        if not args.skip_proxy:
+            result["proxy"] = run_proxy(Path(tmp), args.proxy_workers, args.proxy_per_worker, args.proxy_threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json(path, result)
+    print(json.dumps({k: v for k, v in result.items() if k not in ("load", "proxy")}, indent=1))
+    for k in ("load", "proxy"):
+        if k in result:
+            print(k, json.dumps({a: b for a, b in result[k].items() if a not in ("rounds_detail", "detail")}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
