@@ -3,14 +3,15 @@ per-trial storage overhead beside bare Optuna's on the same Postgres, and many w
 
 - `measure_bare_load`: `n_workers` processes of plain Optuna (`optuna.load_study(storage=URL).optimize`, Optuna's
   own RDBStorage with its cache layer, the same two parameters as the tuner's tiny study, random sampler) whose
-  objective busy-waits `work_s` on the CPU (the tuner's trial child trains on it meanwhile, so the CPU is as
-  contended) and records that time as user attr `trial_wall_s`. Overhead per trial = (start -> complete in
+  objective works `work_s` (`work="sleep"`: sleeps, leaving the CPU to the storage calls, the strict baseline;
+  "busy": a CPU busy-wait, as contended as the tuner's trial child training meanwhile) and records that time as
+  user attr `trial_wall_s`. Overhead per trial = (start -> complete in
   storage) - trial_wall_s, exactly as testing.harness.measure_load computes it for `tuner worker`.
   `heartbeat=True` gives bare Optuna the same heartbeat the tuner runs with (30 s, grace 120 s, retry callback).
 - `ProxyProcess`: a real `tuner proxy` process on a free port, stopped with SIGTERM.
 - `measure_proxy_load`: `n_workers` processes through one proxy, either real `tuner worker --storage grpc://...`
   (tiny real trials) or "trivial" ones (the product's grpc:// client, tuner.storage.connect.open_storage, and
-  `study.optimize` with the busy-wait objective: no trial child, so 32 of them fit on a small machine), while
+  `study.optimize` with the sleeping objective: no trial child, so 32 of them fit on a small machine), while
   the database's connections are counted from pg_stat_activity every 0.1 s. Returns errors, trials, max
   connections and overhead.
 
@@ -102,16 +103,20 @@ def fresh_database(wait_s: float = 300) -> Iterator[str]:
 # --- workers -----------------------------------------------------------------------------------------------------
 
 
-def busy_objective(work_s: float) -> Any:
-    """The tiny study's two parameters, `work_s` of CPU busy-wait, two objective values; records trial_wall_s."""
+def work_objective(work_s: float, work: str = "sleep") -> Any:
+    """The tiny study's two parameters, `work_s` of work (sleep, or a CPU busy-wait), two objective values; records
+    the work's time as user attr trial_wall_s."""
 
     def objective(trial: Any) -> tuple[float, float]:
         lr = trial.suggest_float("learning_rate", 1.0e-3, 1.0e-2, log=True)
         rank = trial.suggest_int("ffn_rank", 8, 32, step=8)
         t0 = time.perf_counter()
-        x = 0
-        while time.perf_counter() - t0 < work_s:
-            x += 1
+        if work == "sleep":
+            time.sleep(work_s)
+        else:
+            x = 0
+            while time.perf_counter() - t0 < work_s:
+                x += 1
         trial.set_user_attr("trial_wall_s", round(time.perf_counter() - t0, 3))
         return lr, float(rank)
 
@@ -129,6 +134,7 @@ def worker_main(argv: list[str]) -> int:
     ap.add_argument("--n-trials", type=int, required=True)
     ap.add_argument("--work-s", type=float, required=True)
     ap.add_argument("--heartbeat", action="store_true")
+    ap.add_argument("--work", choices=("sleep", "busy"), default="sleep")
     a = ap.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler = optuna.samplers.RandomSampler(seed=os.getpid())
@@ -147,13 +153,23 @@ def worker_main(argv: list[str]) -> int:
 
         storage = open_storage(a.storage)
     study = optuna.load_study(study_name=a.study, storage=storage, sampler=sampler)
-    study.optimize(busy_objective(a.work_s), n_trials=a.n_trials)
+    study.optimize(work_objective(a.work_s, a.work), n_trials=a.n_trials)
     return 0
 
 
-def _start(kind: str, url: str, study: str, n_trials: int, work_s: float, log: Path, heartbeat: bool = False):
+def _start(
+    kind: str,
+    url: str,
+    study: str,
+    n_trials: int,
+    work_s: float,
+    log: Path,
+    heartbeat: bool = False,
+    work: str = "sleep",
+):
     cmd = [sys.executable, "-m", "testing.storage_load", kind, "--storage", url, "--study", study]
-    cmd += ["--n-trials", str(n_trials), "--work-s", str(work_s)] + (["--heartbeat"] if heartbeat else [])
+    cmd += ["--n-trials", str(n_trials), "--work-s", str(work_s), "--work", work]
+    cmd += ["--heartbeat"] if heartbeat else []
     with open(log, "w") as out:
         return subprocess.Popen(cmd, cwd=str(h.REPO), env=h.child_env(), stdout=out, stderr=subprocess.STDOUT)
 
@@ -189,6 +205,7 @@ def measure_bare_load(
     per_worker: int = 25,
     work_s: float = 0.5,
     heartbeat: bool = True,
+    work: str = "sleep",
     timeout_s: float = 1800,
 ) -> dict[str, Any]:
     """Bare Optuna under the same load as testing.harness.measure_load (see the module docstring)."""
@@ -196,7 +213,7 @@ def measure_bare_load(
     _create_plain_study(url, name)
     logs = [workdir / f"{name}_{i}.log" for i in range(n_workers)]
     t0 = time.monotonic()
-    ps = [_start("bare", url, name, per_worker, work_s, logs[i], heartbeat) for i in range(n_workers)]
+    ps = [_start("bare", url, name, per_worker, work_s, logs[i], heartbeat, work) for i in range(n_workers)]
     codes = _wait_all(ps, timeout_s)
     wall = time.monotonic() - t0
     ts = h.trials(url, name)
@@ -207,6 +224,7 @@ def measure_bare_load(
         "per_worker": per_worker,
         "work_s": work_s,
         "heartbeat": heartbeat,
+        "work": work,
         "exit_codes": codes,
         "wall_s": wall,
         "trials": len(ts),
@@ -313,7 +331,7 @@ def measure_proxy_load(
     timeout_s: float = 1800,
 ) -> dict[str, Any]:
     """`n_workers` worker processes through one `tuner proxy` (or, with direct=True, straight to the database, for
-    the comparison); mode "trivial" (busy-wait objective) or "tuner" (`tuner worker`, tiny real trials)."""
+    the comparison); mode "trivial" (sleeping objective) or "tuner" (`tuner worker`, tiny real trials)."""
     name = f"proxy_{mode}_{uuid.uuid4().hex[:6]}"
     database = url.rsplit("/", 1)[1]
     logs = [workdir / f"{name}_{i}.log" for i in range(n_workers)]
