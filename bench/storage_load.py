@@ -93,7 +93,12 @@ def run_load(work: Path, workers: int, per_worker: int, rounds: int, attempts: i
         if len(discarded) >= attempts * rounds:
             raise SystemExit(f"load rounds kept failing ({len(discarded)} discarded); no figures written")
         print(f"round {len(kept)} (attempt {len(discarded) + len(kept) + 1})", flush=True)
-        r = one_round(work, workers, per_worker)
+        try:
+            r = one_round(work, workers, per_worker)
+        except Exception as e:  # noqa: BLE001 - e.g. the database went away mid-setup: the round is redone
+            discarded.append({"exception": f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"})
+            print(f"round discarded: {discarded[-1]['exception']}", flush=True)
+            continue
         if all(_clean(r[k], workers) for k in r):
             kept.append(r)
         else:
