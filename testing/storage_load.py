@@ -235,6 +235,21 @@ def measure_bare_load(
     }
 
 
+def _heartbeat_recorded(url: str, trial: Any) -> bool:
+    """True when the database's heartbeat table has a row for the trial (written by the proxy for its worker)."""
+    import sqlalchemy as sa
+
+    from tuner.storage._optuna_compat import trial_id
+
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            q = sa.text("SELECT count(*) FROM trial_heartbeats WHERE trial_id = :t")
+            return bool(conn.execute(q, {"t": trial_id(trial)}).scalar())
+    finally:
+        engine.dispose()
+
+
 # --- the proxy ---------------------------------------------------------------------------------------------------
 
 
@@ -247,8 +262,8 @@ def free_port() -> int:
 class ProxyProcess:
     """A real `tuner proxy --storage URL --port N` process (context manager; SIGTERM on exit)."""
 
-    def __init__(self, url: str, log: Path, *, threads: int = 4):
-        self.url, self.log, self.threads = url, log, threads
+    def __init__(self, url: str, log: Path, *, threads: int = 4, extra: tuple[str, ...] = ()):
+        self.url, self.log, self.threads, self.extra = url, log, threads, extra
         self.port = free_port()
         self.grpc_url = f"grpc://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
@@ -256,7 +271,7 @@ class ProxyProcess:
 
     def __enter__(self) -> ProxyProcess:
         cmd = [sys.executable, "-m", "tuner.cli", "proxy", "--storage", self.url, "--host", "127.0.0.1"]
-        cmd += ["--port", str(self.port), "--threads", str(self.threads)]
+        cmd += ["--port", str(self.port), "--threads", str(self.threads), *self.extra]
         with open(self.log, "w") as out:
             self.proc = subprocess.Popen(cmd, cwd=str(h.REPO), env=h.child_env(), stdout=out, stderr=subprocess.STDOUT)
         h.wait_for(
@@ -382,6 +397,55 @@ def measure_proxy_load(
         "trials_per_s": len(finished) / span if span else 0.0,
         "overhead_ms": summary(overheads_ms(acc["trials"])),
         "accounting": acc,
+    }
+
+
+def measure_sigkill_through_proxy(
+    url: str, workdir: Path, *, grace_s: int = h.TEST_GRACE_S, heartbeat_s: int = h.TEST_HEARTBEAT_S
+) -> dict[str, Any]:
+    """testing.harness.measure_sigkill with both workers on a `tuner proxy` (`--heartbeat-s`, `--grace-s` given to
+    the proxy, the beat period to the workers): worker A runs the study's only trial (slowed), B waits; A is
+    SIGKILLed; the proxy's stale-trial check must fail A's trial (`worker_lost`) and queue its retry, which B runs.
+    detect_s = SIGKILL -> the trial seen FAIL in the database."""
+    name = f"pxkill_{uuid.uuid4().hex[:6]}"
+    extra = ("--heartbeat-s", str(heartbeat_s), "--grace-s", str(grace_s))
+    with ProxyProcess(url, workdir / f"{name}_proxy.log", threads=2, extra=extra) as proxy:
+        g = proxy.grpc_url
+        h.create_study(h.write_study(workdir, h.tiny_spec(name, 1, train_tokens=4096)), g)
+        logs = [workdir / f"{name}_a.log", workdir / f"{name}_b.log"]
+        a = h.start_harness_worker(name, g, logs[0], grace_s=grace_s, heartbeat_s=heartbeat_s, fault="slow:1:1.0")
+        b = None
+        try:
+            victim = h.wait_for(lambda: h.running_trial_of(url, name, a.pid), 300, 0.5, "worker A running a trial")
+            b = h.start_harness_worker(name, g, logs[1], grace_s=grace_s, heartbeat_s=heartbeat_s)
+            time.sleep(max(2.0, 1.5 * heartbeat_s))
+            beating = _heartbeat_recorded(url, victim)
+            assert a.poll() is None, h._logs(logs)
+            os.kill(a.pid, signal.SIGKILL)
+            t_kill = time.monotonic()
+            a.wait(10)
+
+            def failed() -> bool:
+                return next(t for t in h.trials(url, name) if t.number == victim.number).state.name == "FAIL"
+
+            h.wait_for(failed, grace_s + 3 * heartbeat_s + 120, 0.1, "the killed worker's trial failed by the proxy")
+            detect_s = time.monotonic() - t_kill
+            b_code = b.wait(300)
+        finally:
+            h.stop_process(a)
+            if b is not None:
+                h.stop_process(b)
+    return {
+        "study": name,
+        "victim": victim.number,
+        "detect_s": detect_s,
+        "grace_s": grace_s,
+        "heartbeat_s": heartbeat_s,
+        "b_exit": b_code,
+        "beating": beating,
+        "proxy_exit_code": proxy.exit_code,
+        "accounting": h.study_accounting(url, name),
+        "logs": h._logs([*logs, proxy.log]),
     }
 
 

@@ -20,16 +20,16 @@ def add_heartbeat_options(p: argparse.ArgumentParser) -> None:
 
 def open_worker_storage(url: str, args: Any) -> Any:
     """The storage a worker runs against, with this command's --heartbeat-s / --grace-s (only those given:
-    open_storage's defaults otherwise). Through a `tuner proxy` (grpc://) there are no heartbeats: the flags are
-    refused rather than silently ignored."""
+    open_storage's defaults otherwise). Through a `tuner proxy` (grpc://) the proxy fails stale trials with its
+    own grace period, so a worker's --grace-s is refused rather than silently ignored."""
     from tuner.errors import StorageError
     from tuner.storage.connect import open_storage
     from tuner.storage.urls import is_grpc_url
 
-    if is_grpc_url(url) and (args.heartbeat_s is not None or args.grace_s is not None):
+    if is_grpc_url(url) and args.grace_s is not None:
         raise StorageError(
-            f"--heartbeat-s / --grace-s do nothing through the storage proxy {url} (Optuna's gRPC proxy carries no "
-            "heartbeats); drop them, or point --storage at the database to have heartbeats"
+            f"--grace-s does nothing on a worker of the storage proxy {url}: the proxy fails stale trials with "
+            "its own grace period; give it to `tuner proxy --grace-s` instead"
         )
     timing: dict[str, int] = {}
     if args.heartbeat_s is not None:

@@ -1,9 +1,10 @@
-"""`tuner proxy --storage URL [--host 127.0.0.1] [--port 13000] [--threads 4]`: Optuna's gRPC storage proxy in front
-of the study database; workers then take `--storage grpc://HOST:PORT`.
+"""`tuner proxy --storage URL [--host 127.0.0.1] [--port 13000] [--threads 4] [--heartbeat-s 30] [--grace-s 120]`:
+Optuna's gRPC storage proxy in front of the study database; workers then take `--storage grpc://HOST:PORT`.
 
 Many workers (e.g. several per GPU) then share the proxy's few database connections (`--threads`, at most that many)
-instead of holding a pool each. Through the proxy workers record no heartbeats (tuner.storage.grpc_proxy says what
-that means). Runs until SIGINT/SIGTERM.
+instead of holding a pool each. The workers' heartbeats reach the database through it, and the proxy fails their
+stale trials itself (every --heartbeat-s, after --grace-s without a beat; tuner.storage.grpc_proxy). Runs until
+SIGINT/SIGTERM.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import sys
 import threading
 from typing import Any
+
+from tuner.commands import add_heartbeat_options
 
 DEFAULT_PORT = 13000  # Optuna's default for run_grpc_proxy_server
 DEFAULT_THREADS = 4
@@ -39,6 +41,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         default=DEFAULT_THREADS,
         help=f"request threads, and the most database connections the proxy opens (default {DEFAULT_THREADS})",
     )
+    add_heartbeat_options(p)
     p.set_defaults(func=run)
     return p
 
@@ -49,8 +52,8 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     from tuner.errors import StorageError
     from tuner.storage._optuna_compat import grpc_proxy_server
-    from tuner.storage.connect import open_storage
-    from tuner.storage.grpc_proxy import PROXY_LIMITS, require_grpc
+    from tuner.storage.connect import GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S, open_storage
+    from tuner.storage.grpc_proxy import ReadWriteGate, require_grpc, sweep_stale_trials
     from tuner.storage.urls import is_grpc_url, mask_url, resolve_storage_url
 
     require_grpc()
@@ -61,9 +64,12 @@ def run(args: argparse.Namespace) -> int:
         raise StorageError(f"--threads {args.threads}: give 1 to 64 (each thread may hold one database connection)")
     if not 0 < args.port < 65536:
         raise StorageError(f"--port {args.port}: give a port between 1 and 65535")
-    storage = open_storage(url, pool_size=args.threads)
+    heartbeat_s = HEARTBEAT_INTERVAL_S if args.heartbeat_s is None else args.heartbeat_s
+    grace_s = GRACE_PERIOD_S if args.grace_s is None else args.grace_s
+    storage = open_storage(url, pool_size=args.threads, heartbeat_interval_s=heartbeat_s, grace_period_s=grace_s)
+    gate = ReadWriteGate()
     try:
-        server = grpc_proxy_server(storage, args.host, args.port, args.threads)
+        server = grpc_proxy_server(storage, args.host, args.port, args.threads, read_gate=gate.reading)
     except RuntimeError as e:  # grpc: "Failed to bind to address ..."
         raise StorageError(
             f"cannot listen on {args.host}:{args.port} ({' '.join(str(e).split())[:120]}); choose another --port "
@@ -72,16 +78,22 @@ def run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     server.start()
+    sweeper = threading.Thread(target=sweep_stale_trials, args=(storage, stop, heartbeat_s, gate), daemon=True)
+    sweeper.start()
     print(
         f"storage proxy for {mask_url(url)} on grpc://{args.host}:{args.port} (at most {args.threads} database "
         f"connections); workers: --storage grpc://{args.host}:{args.port}",
         flush=True,
     )
-    print(f"note: {PROXY_LIMITS}", file=sys.stderr, flush=True)
+    print(
+        f"stale trials (no heartbeat for {grace_s} s) are failed and re-queued here, checked every {heartbeat_s} s",
+        flush=True,
+    )
     try:
         stop.wait()
     finally:
         server.stop(grace=5).wait()
+        sweeper.join(10)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         storage.remove_session()

@@ -117,12 +117,13 @@ def open_storage(
     are retried with backoff, a failed heartbeat is logged and the next one tried, and a stale trial's failure
     records `end_reason = worker_lost` before its retry is queued.
     pool_size: at most this many database connections (no overflow); default SQLAlchemy's (5 + 10 overflow).
-    `grpc://HOST:PORT`: a `tuner proxy` client instead (tuner.storage.grpc_proxy; no heartbeats)."""
+    `grpc://HOST:PORT`: a `tuner proxy` client instead (tuner.storage.grpc_proxy: it beats every
+    heartbeat_interval_s; the proxy applies its own grace period and retries)."""
     import optuna
     import sqlalchemy.exc
 
     if is_grpc_url(url):
-        return open_proxy_storage(url, outage_limit_s=outage_limit_s)
+        return open_proxy_storage(url, outage_limit_s=outage_limit_s, heartbeat_interval_s=heartbeat_interval_s)
 
     if int(grace_period_s) < int(heartbeat_interval_s):
         raise StorageError(
