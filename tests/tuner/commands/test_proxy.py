@@ -55,7 +55,8 @@ def test_proxy_serves_create_and_status_then_stops_on_sigterm(pg_url, tmp_path):
 
 @pytest.mark.parametrize("heartbeat_s", [None, 5])
 def test_a_workers_grace_is_refused_through_a_proxy(heartbeat_s):
-    with pytest.raises(StorageError, match=r"--grace-s does nothing on a worker of the storage proxy .* `tuner proxy --grace-s`"):
+    refused = r"--grace-s does nothing on a worker of the storage proxy .* `tuner proxy --grace-s`"
+    with pytest.raises(StorageError, match=refused):
         open_worker_storage("grpc://127.0.0.1:13000", argparse.Namespace(heartbeat_s=heartbeat_s, grace_s=60))
 
 
