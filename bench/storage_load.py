@@ -25,11 +25,13 @@ cores. The measurement code is shared with tests/reliability/test_storage_load.p
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,63 +49,78 @@ def _clean(run: dict, workers: int) -> bool:
     return run["exit_codes"] == [0] * workers and not run["errors"]
 
 
-def one_round(work: Path, workers: int, per_worker: int) -> dict:
-    """tuner, then bare Optuna with heartbeat, then without, each on a fresh database."""
+def _tuner_run(work: Path, workers: int, per_worker: int) -> dict:
     from testing import harness as h
     from testing import storage_load as sl
 
     with sl.fresh_database() as url:
         ld = h.measure_load(url, work, n_workers=workers, per_worker=per_worker)
     trials = ld["accounting"]["trials"]
-    ov = sl.overheads_ms(trials)
     walls = sorted(float(t.user_attrs["trial_wall_s"]) for t in trials if "trial_wall_s" in t.user_attrs)
-    work_s = round(walls[len(walls) // 2], 3) if walls else 0.5
-    out = {
-        "tuner": {
-            "by_state": ld["accounting"]["by_state"],
-            "exit_codes": ld["exit_codes"],
-            "errors": ld["storage_errors"][:10],
-            "wall_s": round(ld["wall_s"], 1),
-            "trial_wall_s_median": work_s,
-            "overhead_ms": sl.summary(ov),
-            "overheads_ms_all": ov,
-        }
+    ov = sl.overheads_ms(trials)
+    return {
+        "by_state": ld["accounting"]["by_state"],
+        "exit_codes": ld["exit_codes"],
+        "errors": ld["storage_errors"][:10],
+        "wall_s": round(ld["wall_s"], 1),
+        "trial_wall_s_median": round(walls[len(walls) // 2], 3) if walls else 0.5,
+        "overhead_ms": sl.summary(ov),
+        "overheads_ms_all": ov,
     }
-    print(f"tuner {out['tuner']['overhead_ms']['median']} ms/trial (work {work_s} s)", flush=True)
-    for key, hb, kind in BARE_RUNS:
-        with sl.fresh_database() as url:
-            b = sl.measure_bare_load(
-                url, work, n_workers=workers, per_worker=per_worker, work_s=work_s, heartbeat=hb, work=kind
-            )
-        b["errors"] = b["errors"][:10]
-        out[key] = b
-        print(f"{key} {b['overhead_ms']['median']} ms/trial", flush=True)
-    return out
 
 
-def run_load(work: Path, workers: int, per_worker: int, rounds: int, attempts: int = 3) -> dict:
-    """`rounds` clean rounds; a round where any run had an error or a non-zero exit (e.g. the shared Postgres was
-    stopped by another suite meanwhile) is discarded (counted, with its errors) and run again, `attempts` times
-    at most per round."""
+def _bare_run(work: Path, workers: int, per_worker: int, work_s: float, heartbeat: bool, kind: str) -> dict:
+    from testing import storage_load as sl
+
+    with sl.fresh_database() as url:
+        b = sl.measure_bare_load(
+            url, work, n_workers=workers, per_worker=per_worker, work_s=work_s, heartbeat=heartbeat, work=kind
+        )
+    b["errors"] = b["errors"][:10]
+    return b
+
+
+def _until_clean(what: str, run: Callable[[], dict], workers: int, attempts: int, discarded: list[dict]) -> dict:
+    """`run()` until it has no error and no non-zero exit (the shared Postgres may be stopped by another suite
+    meanwhile); each failed attempt is kept in `discarded` with its errors."""
+    for _ in range(attempts):
+        try:
+            r = run()
+        except Exception as e:  # noqa: BLE001 - e.g. the database went away mid-setup: the run is redone
+            discarded.append({"run": what, "exception": f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"})
+        else:
+            if _clean(r, workers):
+                return r
+            discarded.append({"run": what, "exit_codes": r["exit_codes"], "errors": r["errors"][:3]})
+        print(f"{what} discarded: {json.dumps(discarded[-1])[:300]}", flush=True)
+    raise SystemExit(f"{what} failed {attempts} times; no figures written")
+
+
+def run_load(work: Path, workers: int, per_worker: int, rounds: int, attempts: int = 6) -> dict:
+    """`rounds` rounds of: the tuner, then each of BARE_RUNS with the tuner run's median trial wall time as its
+    work, each on a fresh database; a run with an error is redone (at most `attempts` times)."""
     from testing import storage_load as sl
 
     kept: list[dict] = []
     discarded: list[dict] = []
-    while len(kept) < rounds:
-        if len(discarded) >= attempts * rounds:
-            raise SystemExit(f"load rounds kept failing ({len(discarded)} discarded); no figures written")
-        print(f"round {len(kept)} (attempt {len(discarded) + len(kept) + 1})", flush=True)
-        try:
-            r = one_round(work, workers, per_worker)
-        except Exception as e:  # noqa: BLE001 - e.g. the database went away mid-setup: the round is redone
-            discarded.append({"exception": f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"})
-            print(f"round discarded: {discarded[-1]['exception']}", flush=True)
-            continue
-        if all(_clean(r[k], workers) for k in r):
-            kept.append(r)
-        else:
-            discarded.append({k: {"exit_codes": r[k]["exit_codes"], "errors": r[k]["errors"][:3]} for k in r})
-            print("round discarded (errors): " + json.dumps(discarded[-1])[:500], flush=True)
+    for i in range(rounds):
+        r = {
+            "tuner": _until_clean(
+                f"round {i} tuner", lambda: _tuner_run(work, workers, per_worker), workers, attempts, discarded
+            )
+        }
+        work_s = r["tuner"]["trial_wall_s_median"]
+        print(f"round {i}: tuner {r['tuner']['overhead_ms']['median']:.0f} ms/trial (work {work_s} s)", flush=True)
+        for key, hb, kind in BARE_RUNS:
+            r[key] = _until_clean(
+                f"round {i} {key}",
+                functools.partial(_bare_run, work, workers, per_worker, work_s, hb, kind),
+                workers,
+                attempts,
+                discarded,
+            )
+            print(f"round {i}: {key} {r[key]['overhead_ms']['median']:.0f} ms/trial", flush=True)
+        kept.append(r)
     pooled = {k: sorted(v for r in kept for v in r[k].pop("overheads_ms_all")) for k in kept[0]}
     med = {k: sl.summary(v)["median"] for k, v in pooled.items()}
     return {
@@ -118,7 +135,7 @@ def run_load(work: Path, workers: int, per_worker: int, rounds: int, attempts: i
         "ratio_vs_bare_heartbeat": round(med["tuner"] / med["bare_heartbeat"], 3),
         "ratio_vs_bare_busy": round(med["tuner"] / med["bare_busy"], 3),
         "target_ratio": TARGET_RATIO,
-        "discarded_rounds": discarded,
+        "discarded_runs": discarded,
         "rounds_detail": kept,
     }
 
@@ -127,13 +144,19 @@ def run_proxy(work: Path, workers: int, per_worker: int, threads: int) -> dict:
     from testing import storage_load as sl
 
     out = {}
-    for direct in (False, True):
+    discarded: list[dict] = []
+
+    def one(direct: bool) -> dict:
         with sl.fresh_database() as url:
             r = sl.measure_proxy_load(
                 url, work, n_workers=workers, per_worker=per_worker, mode="trivial", threads=threads, direct=direct
             )
         r.pop("accounting")
         r["errors"] = r["errors"][:10]
+        return r
+
+    for direct in (False, True):
+        r = _until_clean("direct" if direct else "proxy", functools.partial(one, direct), workers, 4, discarded)
         out["direct" if direct else "proxy"] = r
         print(
             f"{'direct' if direct else 'proxy'}: {workers} workers, {r['by_state']}, errors {len(r['errors'])}, "
@@ -157,6 +180,7 @@ def run_proxy(work: Path, workers: int, per_worker: int, threads: int) -> dict:
         "direct_trials_per_s": round(d["trials_per_s"], 3),
         "overhead_ms_per_trial": round(p["overhead_ms"]["median"], 1),
         "direct_overhead_ms_per_trial": round(d["overhead_ms"]["median"], 1),
+        "discarded_runs": discarded,
         "detail": out,
     }
 
