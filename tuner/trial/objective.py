@@ -195,13 +195,17 @@ class Objective:
             trial_number=trial.number,
             fault=self.fault,
         )
-        trial.flush()  # a running trial shows its worker, config and estimate while it trains
         progress = None
         if self.on_progress is not None:
             progress = lambda msg: self.on_progress({**msg, "trial": trial.number})
-        outcome = self.runner.run(
-            request, spec.budget.trial_timeout_s, on_progress=progress, stop_requested=self.stop_event.is_set
-        )
+        # The attrs so far (worker, config, estimate) are written while the child trains: the worker only waits then.
+        trial.start_flush()
+        try:
+            outcome = self.runner.run(
+                request, spec.budget.trial_timeout_s, on_progress=progress, stop_requested=self.stop_event.is_set
+            )
+        finally:
+            trial.join_flush()
         values = record_outcome(trial, spec, config, outcome, device)
         if outcome.kind == "complete" and device == "cuda" and outcome.nvml_pid_seen:
             self._refine_calibration(trial, outcome.result or {}, float(outcome.nvml_peak_gib or 0.0))

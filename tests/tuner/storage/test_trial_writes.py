@@ -89,3 +89,22 @@ def test_storage_without_a_batch_write_gets_one_call_per_attr():
     assert len(calls) == 2
     stored = storage.get_trial(trial_id(trial))
     assert stored.user_attrs == {"a": 1, "b": [2]} and stored.constraints == {"0": -0.5}
+
+
+def test_start_flush_writes_in_a_thread_and_a_failed_one_is_pending_again(storage_url):
+    storage = open_storage(storage_url)
+    study = optuna.create_study(storage=storage)
+    trial = study.ask()
+    writes = TrialWrites(trial)
+    writes.set_user_attr("worker", "h:1")
+    writes.start_flush()
+    writes.set_user_attr("later", 2)  # set while the thread writes: stays pending
+    writes.join_flush()
+    assert _stored(storage, trial).user_attrs == {"worker": "h:1"} and writes.pending == 1
+    assert writes.user_attrs == {"worker": "h:1", "later": 2}
+    study.tell(trial, state=optuna.trial.TrialState.FAIL)  # the thread's write will be refused
+    writes.start_flush()
+    writes.join_flush()
+    assert writes.pending == 1 and writes.user_attrs["later"] == 2  # back to pending, not lost
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        writes.flush()
