@@ -127,3 +127,47 @@ def test_a_proxy_that_stays_away_is_storage_unavailable(storage_url):
     server.stop(grace=0).wait()
     with pytest.raises(grpc_proxy.StorageUnavailable, match=r"did not answer for 2 s; start `tuner proxy` again"):
         client.get_all_studies()
+
+
+def test_the_sweep_keeps_readers_out_and_waits_for_those_inside():
+    gate = grpc_proxy.ReadWriteGate()
+    events: list[str] = []
+    inside = threading.Event()
+    release = threading.Event()
+
+    def long_read():
+        with gate.reading():
+            inside.set()
+            release.wait(10)
+            events.append("read 1 done")
+
+    def sweep():
+        with gate.writing():
+            events.append("sweep")
+
+    def late_read():
+        with gate.reading():
+            events.append("read 2")
+
+    r1 = threading.Thread(target=long_read)
+    r1.start()
+    inside.wait(10)
+    w = threading.Thread(target=sweep)
+    w.start()
+    time.sleep(0.2)
+    assert events == []  # the sweep waits for the read already inside
+    release.set()
+    w.join(10)
+    r1.join(10)
+    r2 = threading.Thread(target=late_read)
+    r2.start()
+    r2.join(10)
+    assert events == ["read 1 done", "sweep", "read 2"]
+    with gate.writing():  # a read arriving during a sweep waits for it
+        events.append("sweep 2")
+        r3 = threading.Thread(target=late_read)
+        r3.start()
+        time.sleep(0.2)
+        assert events[-1] == "sweep 2"
+    r3.join(10)
+    assert events[-2:] == ["sweep 2", "read 2"]
