@@ -18,6 +18,9 @@ Writes OUT/storage_load.json:
     sleeping 0.2 s objective: no trial child, so 32 fit on a small machine) through one real `tuner proxy`, with the
     database's connections counted from pg_stat_activity every 0.1 s; then the same workers straight to the
     database for comparison. Goal: 0 errors, a few connections (the proxy opens at most --proxy-threads).
+  "proxy_sigkill": a worker SIGKILLed mid-trial behind the proxy (heartbeat 1 s, grace 6 s): detect_s until the
+    proxy failed its trial (`worker_lost`), and the retry's state (the other worker re-runs it).
+Each section can be skipped (--skip-load, --skip-proxy, --skip-sigkill); a skipped one keeps its old figures.
 Runs on CPU against the local Postgres the tests use ($TUNER_TEST_PG); 8 x 25 takes a few minutes per round on 2
 cores. The measurement code is shared with tests/reliability/test_storage_load.py (testing/storage_load.py).
 """
@@ -41,6 +44,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 from bench._common import RESULTS, device_header, write_json  # noqa: E402
 
 TARGET_RATIO = 1.25
+SECTIONS = ("load", "proxy", "proxy_sigkill")
 # (key, Optuna heartbeat on, the objective's work): "bare" is the strict baseline the ratio is taken against.
 BARE_RUNS = (("bare", False, "sleep"), ("bare_heartbeat", True, "sleep"), ("bare_busy", False, "busy"))
 
@@ -185,6 +189,36 @@ def run_proxy(work: Path, workers: int, per_worker: int, threads: int) -> dict:
     }
 
 
+def run_sigkill(work: Path) -> dict:
+    """A worker SIGKILLed mid-trial behind the proxy: seconds until the proxy has failed its trial (heartbeat 1 s,
+    grace 6 s, as tests/reliability run it), and whether the other worker re-ran it."""
+    from testing import storage_load as sl
+
+    discarded: list[dict] = []
+
+    def one() -> dict:
+        with sl.fresh_database() as url:
+            r = sl.measure_sigkill_through_proxy(url, work)
+        acc = r.pop("accounting")
+        victim = next(t for t in acc["trials"] if t.number == r["victim"])
+        retry = [t for t in acc["trials"] if t.system_attrs.get("failed_trial") == r["victim"]]
+        ok = victim.user_attrs.get("end_reason") == "worker_lost" and [t.state.name for t in retry] == ["COMPLETE"]
+        return {
+            "exit_codes": [r["b_exit"], r["proxy_exit_code"]],
+            "errors": [] if ok and r["beating"] else [r["logs"][-1500:]],
+            "grace_s": r["grace_s"],
+            "heartbeat_s": r["heartbeat_s"],
+            "detect_s": round(r["detect_s"], 2),
+            "victim_end_reason": victim.user_attrs.get("end_reason"),
+            "retry_state": [t.state.name for t in retry],
+            "heartbeats_recorded": r["beating"],
+        }
+
+    out = _until_clean("sigkill through the proxy", one, 2, 4, discarded)
+    print(f"sigkill through the proxy: failed after {out['detect_s']} s (grace {out['grace_s']} s)", flush=True)
+    return {**out, "discarded_runs": discarded}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=RESULTS)
@@ -196,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--proxy-threads", type=int, default=4)
     ap.add_argument("--skip-load", action="store_true")
     ap.add_argument("--skip-proxy", action="store_true")
+    ap.add_argument("--skip-sigkill", action="store_true")
     args = ap.parse_args(argv)
     import optuna
 
@@ -213,16 +248,18 @@ def main(argv: list[str] | None = None) -> int:
     path = args.out / "storage_load.json"
     if path.exists():  # keep the other section when only one is re-measured
         old = json.loads(path.read_text())
-        result.update({k: old[k] for k in ("load", "proxy") if k in old})
+        result.update({k: old[k] for k in SECTIONS if k in old})
     with tempfile.TemporaryDirectory() as tmp:
         if not args.skip_load:
             result["load"] = run_load(Path(tmp), args.workers, args.per_worker, args.rounds)
         if not args.skip_proxy:
             result["proxy"] = run_proxy(Path(tmp), args.proxy_workers, args.proxy_per_worker, args.proxy_threads)
+        if not args.skip_sigkill:
+            result["proxy_sigkill"] = run_sigkill(Path(tmp))
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(path, result)
     print(json.dumps({k: v for k, v in result.items() if k not in ("load", "proxy")}, indent=1))
-    for k in ("load", "proxy"):
+    for k in SECTIONS:
         if k in result:
             print(k, json.dumps({a: b for a, b in result[k].items() if a not in ("rounds_detail", "detail")}))
     return 0
