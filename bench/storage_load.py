@@ -10,8 +10,10 @@ Writes OUT/storage_load.json:
     parameters, an objective that works for the tuner round's median trial_wall_s) three ways: "bare" sleeps
     through the work without heartbeat (the strict baseline: its storage calls have the CPU to themselves),
     "bare_heartbeat" sleeps with Optuna's heartbeat (30 s / 120 s, as the tuner runs), "bare_busy" busy-waits on
-    the CPU (as contended as the tuner, whose trial child trains meanwhile); `rounds` times, in turn, each run on a
-    fresh database of the same local Postgres. Overhead per trial = (start -> complete in storage) - the trial's own
+    the CPU (as contended as the tuner, whose trial child trains meanwhile), "bare_train" does the tuner's job with
+    bare Optuna: trains the same tiny model in-process with the same trainer, with Optuna's heartbeat (its
+    trial_wall_s is the trainer call); `rounds` times, in turn, each run on a fresh database of the same local
+    Postgres. Overhead per trial = (start -> complete in storage) - the trial's own
     work (trial_wall_s); ms_per_trial figures are medians over all trials of all kept rounds; ratio = tuner / bare,
     ratio_vs_* against the others. Goal: ratio <= 1.25.
   "proxy": `proxy_workers` processes of trivial trials (the product's grpc:// client and `study.optimize` with a
@@ -46,7 +48,12 @@ from bench._common import RESULTS, device_header, write_json  # noqa: E402
 TARGET_RATIO = 1.25
 SECTIONS = ("load", "proxy", "proxy_sigkill")
 # (key, Optuna heartbeat on, the objective's work): "bare" is the strict baseline the ratio is taken against.
-BARE_RUNS = (("bare", False, "sleep"), ("bare_heartbeat", True, "sleep"), ("bare_busy", False, "busy"))
+BARE_RUNS = (
+    ("bare", False, "sleep"),
+    ("bare_heartbeat", True, "sleep"),
+    ("bare_busy", False, "busy"),
+    ("bare_train", True, "train"),
+)
 
 
 def _clean(run: dict, workers: int) -> bool:
@@ -135,9 +142,11 @@ def run_load(work: Path, workers: int, per_worker: int, rounds: int, attempts: i
         "bare_ms_per_trial": round(med["bare"], 1),
         "bare_heartbeat_ms_per_trial": round(med["bare_heartbeat"], 1),
         "bare_busy_ms_per_trial": round(med["bare_busy"], 1),
+        "bare_train_ms_per_trial": round(med["bare_train"], 1),
         "ratio": round(med["tuner"] / med["bare"], 3),
         "ratio_vs_bare_heartbeat": round(med["tuner"] / med["bare_heartbeat"], 3),
         "ratio_vs_bare_busy": round(med["tuner"] / med["bare_busy"], 3),
+        "ratio_vs_bare_train": round(med["tuner"] / med["bare_train"], 3),
         "target_ratio": TARGET_RATIO,
         "discarded_runs": discarded,
         "rounds_detail": kept,

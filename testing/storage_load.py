@@ -4,8 +4,9 @@ per-trial storage overhead beside bare Optuna's on the same Postgres, and many w
 - `measure_bare_load`: `n_workers` processes of plain Optuna (`optuna.load_study(storage=URL).optimize`, Optuna's
   own RDBStorage with its cache layer, the same two parameters as the tuner's tiny study, random sampler) whose
   objective works `work_s` (`work="sleep"`: sleeps, leaving the CPU to the storage calls, the strict baseline;
-  "busy": a CPU busy-wait, as contended as the tuner's trial child training meanwhile) and records that time as
-  user attr `trial_wall_s`. Overhead per trial = (start -> complete in
+  "busy": a CPU busy-wait, as contended as the tuner's trial child training meanwhile; "train": trains the same
+  tiny model in-process with the tuner child's trainer, i.e. bare Optuna doing the tuner's job) and records that
+  time as user attr `trial_wall_s`. Overhead per trial = (start -> complete in
   storage) - trial_wall_s, exactly as testing.harness.measure_load computes it for `tuner worker`.
   `heartbeat=True` gives bare Optuna the same heartbeat the tuner runs with (30 s, grace 120 s, retry callback).
 - `ProxyProcess`: a real `tuner proxy` process on a free port, stopped with SIGTERM.
@@ -103,6 +104,34 @@ def fresh_database(wait_s: float = 300) -> Iterator[str]:
 # --- workers -----------------------------------------------------------------------------------------------------
 
 
+def train_objective() -> Any:
+    """Bare Optuna doing the tuner's job: the tiny study's two parameters, its model trained and evaluated in this
+    process by the same trainer the tuner's trial child calls (model.train.train_and_evaluate, one torch thread, the
+    same budget as testing.harness.measure_load), two objective values; records that call's time as trial_wall_s."""
+    import torch
+
+    from model.data import DataSource, prepare_data
+    from model.train import train_and_evaluate
+    from tuner.study.loader import spec_from_dict
+
+    torch.set_num_threads(1)
+    spec = spec_from_dict(h.tiny_spec("bare_train", 1, train_tokens=128, eval_tokens=64), where="bare_train")
+    data = prepare_data(DataSource(kind="stdlib", max_bytes=262144), 512, h.CACHE_DIR)
+
+    def objective(trial: Any) -> tuple[float, float]:
+        params = {
+            "learning_rate": trial.suggest_float("learning_rate", 1.0e-3, 1.0e-2, log=True),
+            "ffn_rank": trial.suggest_int("ffn_rank", 8, 32, step=8),
+        }
+        config = spec.build_config(params)
+        t0 = time.perf_counter()
+        r = train_and_evaluate(config, data, train_tokens=128, eval_tokens=64, device="cpu")
+        trial.set_user_attr("trial_wall_s", round(time.perf_counter() - t0, 3))
+        return float(r.val_ppl), float(params["ffn_rank"])
+
+    return objective
+
+
 def work_objective(work_s: float, work: str = "sleep") -> Any:
     """The tiny study's two parameters, `work_s` of work (sleep, or a CPU busy-wait), two objective values; records
     the work's time as user attr trial_wall_s."""
@@ -134,7 +163,7 @@ def worker_main(argv: list[str]) -> int:
     ap.add_argument("--n-trials", type=int, required=True)
     ap.add_argument("--work-s", type=float, required=True)
     ap.add_argument("--heartbeat", action="store_true")
-    ap.add_argument("--work", choices=("sleep", "busy"), default="sleep")
+    ap.add_argument("--work", choices=("sleep", "busy", "train"), default="sleep")
     a = ap.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler = optuna.samplers.RandomSampler(seed=os.getpid())
@@ -153,7 +182,8 @@ def worker_main(argv: list[str]) -> int:
 
         storage = open_storage(a.storage)
     study = optuna.load_study(study_name=a.study, storage=storage, sampler=sampler)
-    study.optimize(work_objective(a.work_s, a.work), n_trials=a.n_trials)
+    objective = train_objective() if a.work == "train" else work_objective(a.work_s, a.work)
+    study.optimize(objective, n_trials=a.n_trials)
     return 0
 
 
