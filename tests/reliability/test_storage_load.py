@@ -1,8 +1,8 @@
 """Many workers through one `tuner proxy`: 8 real `tuner worker` processes (tiny real trials) reach a Postgres study
 only through a real proxy process; every trial is accounted for, no worker sees an error, and the database never
 holds more connections than the proxy's threads. A worker SIGKILLed mid-trial behind the proxy has its trial failed
-`worker_lost` by the proxy and re-run by another worker. `python bench/storage_load.py` runs the 32-worker version and the
-tuner-vs-bare-Optuna overhead comparison (bench/results/storage_load.json).
+`worker_lost` by the proxy and re-run by another worker. `python bench/storage_load.py` runs the 32-worker version
+and the tuner-vs-bare-Optuna overhead comparison (bench/results/storage_load.json).
 
 Also: the statements a `tuner worker` sends per trial, counted on its real storage engine (the batching of trial
 attrs in tuner.storage.trial_writes must not regress to one transaction per attr)."""
