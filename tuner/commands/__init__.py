@@ -61,10 +61,18 @@ def open_worker_storage(url: str, args: Any, abort: Any = None) -> Any:
     """The storage a worker runs against, with this command's --heartbeat-s / --grace-s (only those given:
     open_storage's defaults otherwise). A database that cannot be reached yet is waited for, up to the outage limit
     (a worker started during an outage is not misconfigured); `abort` (a tuner.storage.resilient.StopSignal) ends
-    that wait."""
+    that wait. Through a `tuner proxy` (grpc://) the proxy fails stale trials with its own grace period, so a
+    worker's --grace-s is refused rather than silently ignored."""
+    from tuner.errors import StorageError
     from tuner.storage.connect import open_storage
     from tuner.storage.resilient import OUTAGE_LIMIT_S
+    from tuner.storage.urls import is_grpc_url
 
+    if is_grpc_url(url) and args.grace_s is not None:
+        raise StorageError(
+            f"--grace-s does nothing on a worker of the storage proxy {url}: the proxy fails stale trials with "
+            "its own grace period; give it to `tuner proxy --grace-s` instead"
+        )
     heartbeat = {} if args.heartbeat_s is None else {"heartbeat_interval_s": int(args.heartbeat_s)}
     grace = {} if args.grace_s is None else {"grace_period_s": int(args.grace_s)}
     return open_storage(url, **heartbeat, **grace, wait_s=OUTAGE_LIMIT_S, abort=abort)

@@ -16,6 +16,11 @@ Why each is needed (Optuna 5.0, pinned to `optuna>=5.0,<5.1` in pyproject.toml):
   stale trials only for a storage of that class (`HeartbeatStorage` maps the private query to `stale_trial_ids`).
 - `optuna.storages._rdb.models.TrialUserAttributeModel`: to record `worker_lost` on a trial Optuna has just failed
   (its API refuses attrs on a finished trial; `write_finished_trial_user_attrs`).
+- `optuna.storages._grpc.servicer.OptunaStorageProxyService` and `..auto_generated.api_pb2_grpc`: the gRPC proxy
+  server as `run_grpc_proxy_server` builds it, but with SO_REUSEPORT off (grpc's default lets a second proxy bind
+  the same port silently) and without its blocking wait, so `tuner proxy` says when it listens and tests stop it.
+- `optuna.storages._heartbeat.BaseHeartbeat` again for the proxy client (`ProxyHeartbeat`): Optuna's gRPC API has
+  no heartbeat calls, so a client's beat is a system-attr write the tuner's proxy turns into a heartbeat.
 
 `tests/tuner/storage/test_optuna_compat.py` fails when any forwarded method or private name disappears or changes its
 signature, so a new Optuna release cannot break the retry layer silently.
@@ -23,8 +28,10 @@ signature, so a new Optuna release cannot break the retry layer silently.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
+from collections.abc import Callable
 from typing import Any
 
 import optuna
@@ -158,3 +165,69 @@ class HeartbeatStorage(BaseHeartbeat):
 
     def stale_trial_ids(self, study_id: int) -> list[int]:
         raise NotImplementedError
+
+
+def grpc_proxy_server(
+    storage: Any, host: str, port: int, threads: int, read_gate: Callable[[], Any] | None = None
+) -> Any:
+    """Optuna's gRPC storage proxy server for `storage` (wrapped in Optuna's cache layer, as Optuna's docs ask) on
+    host:port with `threads` handler threads; bound, not started (`.start()`, `.stop(grace)`). RuntimeError when
+    the address cannot be bound (in use, bad host). `read_gate()`: a context manager every trial read (GetTrial,
+    GetTrials) runs inside, so the proxy's stale-trial sweep can keep readers out while it fails a trial and
+    queues its retry (tuner.storage.grpc_proxy.ReadWriteGate)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc
+    from optuna.storages import get_storage
+    from optuna.storages._grpc.auto_generated import api_pb2, api_pb2_grpc
+    from optuna.storages._grpc.servicer import OptunaStorageProxyService
+
+    class Servicer(OptunaStorageProxyService):
+        """Optuna's servicer, plus heartbeats: a client's beat (a write of PROXY_HEARTBEAT_ATTR) becomes a row of
+        the database's heartbeat table (the database's clock), as a direct worker's beat does."""
+
+        def SetTrialSystemAttribute(self, request: Any, context: Any) -> Any:
+            if request.key == PROXY_HEARTBEAT_ATTR:
+                storage.record_heartbeat(request.trial_id)
+                return api_pb2.SetTrialSystemAttributeReply()
+            return super().SetTrialSystemAttribute(request, context)
+
+        def GetTrial(self, request: Any, context: Any) -> Any:
+            with gate():
+                return super().GetTrial(request, context)
+
+        def GetTrials(self, request: Any, context: Any) -> Any:
+            with gate():
+                return super().GetTrials(request, context)
+
+    gate = read_gate or contextlib.nullcontext
+
+    server = grpc.server(ThreadPoolExecutor(max_workers=threads), options=[("grpc.so_reuseport", 0)])
+    add_servicer: Any = api_pb2_grpc.add_StorageServiceServicer_to_server  # generated code, untyped
+    add_servicer(Servicer(get_storage(storage)), server)
+    server.add_insecure_port(f"{host}:{port}")
+    return server
+
+
+PROXY_HEARTBEAT_ATTR = "tuner:heartbeat"  # a trial system attr the tuner's proxy records as a heartbeat instead
+
+
+class ProxyHeartbeat(BaseHeartbeat):
+    """Heartbeats of a gRPC proxy client (Optuna's gRPC API has no heartbeat calls): each beat is a trial system
+    attr write (PROXY_HEARTBEAT_ATTR) that the tuner's proxy (`grpc_proxy_server`) records in the heartbeat table
+    instead. The proxy fails stale trials itself, so a client reports none. `heartbeat_interval`: seconds between
+    beats (None: no heartbeat). `set_trial_system_attr` comes from the storage class this is mixed into."""
+
+    heartbeat_interval: int | None
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        self.set_trial_system_attr(trial_id, PROXY_HEARTBEAT_ATTR, True)  # type: ignore[attr-defined]
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:  # noqa: ARG002 - Optuna's signature
+        return []
+
+    def get_heartbeat_interval(self) -> int | None:
+        return self.heartbeat_interval
+
+    def get_heartbeat_stale_trial_callback(self) -> None:
+        return None

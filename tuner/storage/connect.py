@@ -29,6 +29,7 @@ from typing import Any
 from tuner.errors import StorageError, StorageInterrupted, StorageUnavailable
 from tuner.storage.callbacks import WorkerLostRetryCallback
 from tuner.storage.failures import is_connection_failure, permanent_error
+from tuner.storage.grpc_proxy import ProxyStorage, open_proxy_storage
 from tuner.storage.resilient import (
     BACKOFF_FIRST_S,
     BACKOFF_MAX_S,
@@ -39,6 +40,7 @@ from tuner.storage.resilient import (
 from tuner.storage.urls import (
     ENV_VAR,
     host_port,
+    is_grpc_url,
     mask_text,
     mask_url,
     resolve_storage_url,
@@ -124,7 +126,8 @@ def open_storage(
     outage_limit_s: float = OUTAGE_LIMIT_S,
     wait_s: float = 0.0,
     abort: StopSignal | None = None,
-) -> ResilientStorage:
+    pool_size: int | None = None,
+) -> ResilientStorage | ProxyStorage:
     """RDBStorage with heartbeats and stale-trial retry, inside the outage-resilient wrapper.
 
     wait_s: how long to wait for a database that cannot be reached now (connection refused, timed out or dropped
@@ -135,7 +138,12 @@ def open_storage(
 
     Once open, the storage waits out a database outage of up to `outage_limit_s` (tuner.storage.resilient): its calls
     are retried with backoff, a failed heartbeat is logged and the next one tried, and a stale trial's failure
-    records `end_reason = worker_lost` before its retry is queued."""
+    records `end_reason = worker_lost` before its retry is queued.
+    pool_size: at most this many database connections (no overflow); default SQLAlchemy's (5 + 10 overflow).
+    `grpc://HOST:PORT`: a `tuner proxy` client instead (tuner.storage.grpc_proxy: it beats every
+    heartbeat_interval_s; the proxy applies its own grace period and retries)."""
+    if is_grpc_url(url):
+        return open_proxy_storage(url, outage_limit_s=outage_limit_s, heartbeat_interval_s=heartbeat_interval_s)
     if int(grace_period_s) < int(heartbeat_interval_s):
         raise StorageError(
             f"grace period {grace_period_s} s is shorter than the heartbeat interval "
@@ -146,7 +154,7 @@ def open_storage(
     delay, logged = BACKOFF_FIRST_S, False
     while True:
         try:
-            rdb = _open_rdb(url, heartbeat_interval_s, grace_period_s, max_retry)
+            rdb = _open_rdb(url, heartbeat_interval_s, grace_period_s, max_retry, pool_size)
             if logged:
                 log.warning("storage %s answers; starting", mask_url(url))
             return ResilientStorage(rdb, outage_limit_s=outage_limit_s, abort=abort)
@@ -176,7 +184,9 @@ class _Unreachable(Exception):
     one-line StorageError text."""
 
 
-def _open_rdb(url: str, heartbeat_interval_s: int, grace_period_s: int, max_retry: int | None) -> Any:
+def _open_rdb(
+    url: str, heartbeat_interval_s: int, grace_period_s: int, max_retry: int | None, pool_size: int | None = None
+) -> Any:
     """One attempt at opening the RDBStorage. Raises _Unreachable (worth waiting for) or StorageError (not)."""
     import optuna
     import sqlalchemy.exc
@@ -191,6 +201,7 @@ def _open_rdb(url: str, heartbeat_interval_s: int, grace_period_s: int, max_retr
             )
     elif host and port:
         _preflight(url, host, port)
+    pool = {} if pool_size is None else {"pool_size": int(pool_size), "max_overflow": 0}
     last: Exception | None = None
     for attempt in range(4):
         try:
@@ -199,7 +210,7 @@ def _open_rdb(url: str, heartbeat_interval_s: int, grace_period_s: int, max_retr
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return RDBStorage(
                     url,
-                    engine_kwargs=engine_kwargs(url),
+                    engine_kwargs={**engine_kwargs(url), **pool},
                     heartbeat_interval=int(heartbeat_interval_s),
                     grace_period=int(grace_period_s),
                     heartbeat_stale_trial_callback=WorkerLostRetryCallback(max_retry=max_retry),
@@ -233,7 +244,7 @@ def _open_rdb(url: str, heartbeat_interval_s: int, grace_period_s: int, max_retr
     raise StorageError(f"storage {mask_url(url)}: could not create the tables ({mask_text(str(last), url)})")
 
 
-def storage_from_flag(flag: str | None, *, must_exist: bool = False, **kwargs: Any) -> tuple[str, ResilientStorage]:
+def storage_from_flag(flag: str | None, *, must_exist: bool = False, **kwargs: Any) -> tuple[str, ResilientStorage | ProxyStorage]:
     """(url, storage) for a CLI `--storage` value, resolved and opened. `must_exist`: a read-only command's SQLite
     file must be there already (opening would create an empty one, leaving a stray file behind a typo)."""
     url = resolve_storage_url(flag)

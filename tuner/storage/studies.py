@@ -146,5 +146,8 @@ def study_spec(study: optuna.Study) -> StudySpec | None:
 
 
 def heartbeat_ages_s(storage: Any, study: Any) -> dict[int, float]:
-    """trial_id -> seconds since the last heartbeat of each trial of `study` that beat, by the database's clock."""
+    """trial_id -> seconds since the last heartbeat of each trial of `study` that beat, by the database's clock
+    (empty through a `tuner proxy`: no heartbeats there, and no database to ask)."""
+    if getattr(storage, "engine", None) is None:
+        return {}
     return _compat.heartbeat_ages_s(storage.engine, study_id_=study_id(study))

@@ -1,4 +1,5 @@
-"""Storage URLs: which one (flag, $TUNER_STORAGE, the local SQLite file), and printing one with its password masked."""
+"""Storage URLs: which one (flag, $TUNER_STORAGE, the local SQLite file), printing one with its password masked, and
+`grpc://HOST:PORT` (a `tuner proxy` in front of the database)."""
 
 from __future__ import annotations
 
@@ -98,3 +99,23 @@ def sqlite_file(url: str) -> str | None:
         if "mode=memory" in query:
             return None
     return None if not path or path == ":memory:" else path
+
+
+GRPC_SCHEME = "grpc://"  # Optuna's gRPC storage proxy (`tuner proxy`), not a database
+
+
+def is_grpc_url(url: str) -> bool:
+    return str(url).startswith(GRPC_SCHEME)
+
+
+def grpc_host_port(url: str) -> tuple[str, int]:
+    """(host, port) of a `grpc://HOST:PORT` URL; StorageError naming the expected form otherwise."""
+    rest = str(url)[len(GRPC_SCHEME) :].rstrip("/")
+    host, sep, port = rest.rpartition(":")
+    host = host.strip("[]")  # [::1]:13000
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536 or "/" in rest or "@" in rest:
+        raise StorageError(
+            f"storage URL {mask_url(url)} is not grpc://HOST:PORT; write e.g. grpc://127.0.0.1:13000 "
+            "(the address `tuner proxy` listens on)"
+        )
+    return host, int(port)
