@@ -244,7 +244,9 @@ def _open_rdb(
     raise StorageError(f"storage {mask_url(url)}: could not create the tables ({mask_text(str(last), url)})")
 
 
-def storage_from_flag(flag: str | None, *, must_exist: bool = False, **kwargs: Any) -> tuple[str, ResilientStorage | ProxyStorage]:
+def storage_from_flag(
+    flag: str | None, *, must_exist: bool = False, **kwargs: Any
+) -> tuple[str, ResilientStorage | ProxyStorage]:
     """(url, storage) for a CLI `--storage` value, resolved and opened. `must_exist`: a read-only command's SQLite
     file must be there already (opening would create an empty one, leaving a stray file behind a typo)."""
     url = resolve_storage_url(flag)

@@ -65,6 +65,9 @@ def host_port(url: str) -> tuple[str | None, int | None, str]:
     '@' in its password, or names a dialect SQLAlchemy does not have (`postgres://`)."""
     from sqlalchemy.engine import make_url
 
+    if is_grpc_url(url):  # a `tuner proxy`, not a database: its own form, backend "grpc"
+        host, port = grpc_host_port(url)
+        return host, port, "grpc"
     example = "postgresql+psycopg2://user:PASSWORD@127.0.0.1:5432/tuner or sqlite:///tuner.db"
     try:
         u = make_url(url)
