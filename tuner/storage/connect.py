@@ -143,7 +143,9 @@ def open_storage(
     `grpc://HOST:PORT`: a `tuner proxy` client instead (tuner.storage.grpc_proxy: it beats every
     heartbeat_interval_s; the proxy applies its own grace period and retries)."""
     if is_grpc_url(url):
-        return open_proxy_storage(url, outage_limit_s=outage_limit_s, heartbeat_interval_s=heartbeat_interval_s)
+        return open_proxy_storage(
+            url, outage_limit_s=outage_limit_s, heartbeat_interval_s=heartbeat_interval_s, abort=abort
+        )
     if int(grace_period_s) < int(heartbeat_interval_s):
         raise StorageError(
             f"grace period {grace_period_s} s is shorter than the heartbeat interval "

@@ -38,9 +38,9 @@ from typing import Any
 from optuna.exceptions import ExperimentalWarning
 from optuna.storages import BaseStorage, GrpcStorageProxy
 
-from tuner.errors import StorageError
+from tuner.errors import StorageError, StorageInterrupted
 from tuner.storage._optuna_compat import ProxyHeartbeat
-from tuner.storage.resilient import BACKOFF_FIRST_S, BACKOFF_MAX_S, OUTAGE_LIMIT_S, StorageUnavailable
+from tuner.storage.resilient import BACKOFF_FIRST_S, BACKOFF_MAX_S, OUTAGE_LIMIT_S, StopSignal, StorageUnavailable
 from tuner.storage.urls import grpc_host_port
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,15 @@ def _retried(name: str, base: Callable[..., Any]) -> Callable[..., Any]:
                         f"storage proxy {self.url} did not answer for {self.outage_limit_s:.0f} s; start "
                         "`tuner proxy` again (or point --storage at the database), then start the worker again"
                     ) from None
-                time.sleep(min(delay, self.outage_limit_s - (now - since)))
+                pause = min(delay, self.outage_limit_s - (now - since))
+                if self.abort is not None:
+                    if self.abort.wait(pause):
+                        raise StorageInterrupted(
+                            f"storage proxy {self.url} not answering; stopped by a signal while waiting for it",
+                            self.abort.signum,
+                        ) from None
+                else:
+                    time.sleep(pause)
                 delay = min(delay * 2, BACKOFF_MAX_S)
                 continue
             if since is not None:
@@ -103,11 +111,19 @@ class ProxyStorage(ProxyHeartbeat, GrpcStorageProxy):
     the tuner's proxy, and calls that wait for a proxy that is restarting (see the module docstring)."""
 
     def __init__(
-        self, url: str, *, outage_limit_s: float = OUTAGE_LIMIT_S, heartbeat_interval_s: int | None = None
+        self,
+        url: str,
+        *,
+        outage_limit_s: float = OUTAGE_LIMIT_S,
+        heartbeat_interval_s: int | None = None,
+        abort: StopSignal | None = None,
     ) -> None:
         host, port = grpc_host_port(url)
         self.url = url
         self.outage_limit_s = float(outage_limit_s)
+        # the worker's stop signal, as on the resilient database storage (tuner.trial.worker reads it); a call
+        # waiting for a restarting proxy ends when it is set
+        self.abort = abort
         self.heartbeat_interval = None if heartbeat_interval_s is None else int(heartbeat_interval_s)
         self._beat_failing = False
         with warnings.catch_warnings():  # "experimental": the limits that matter are in this module's docstring
@@ -203,12 +219,16 @@ for _name, _base in list(vars(GrpcStorageProxy).items()):
 
 
 def open_proxy_storage(
-    url: str, *, outage_limit_s: float = OUTAGE_LIMIT_S, heartbeat_interval_s: int | None = None
+    url: str,
+    *,
+    outage_limit_s: float = OUTAGE_LIMIT_S,
+    heartbeat_interval_s: int | None = None,
+    abort: StopSignal | None = None,
 ) -> ProxyStorage:
     """A client of the `tuner proxy` at `grpc://HOST:PORT` beating every `heartbeat_interval_s` (None: no beats);
     StorageError (one line) when grpc is missing or no proxy answers within READY_TIMEOUT_S."""
     require_grpc()
-    storage = ProxyStorage(url, outage_limit_s=outage_limit_s, heartbeat_interval_s=heartbeat_interval_s)
+    storage = ProxyStorage(url, outage_limit_s=outage_limit_s, heartbeat_interval_s=heartbeat_interval_s, abort=abort)
     try:
         storage.wait_server_ready(timeout=READY_TIMEOUT_S)
     except ConnectionError:
