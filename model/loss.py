@@ -160,15 +160,20 @@ def linear_cross_entropy(
     """Mean next-token CE (nats) of logits = h weight^T + bias over the non-ignored positions, never holding more
     than `chunk` positions' [chunk, V] logits (chunk 0: all at once).
 
-    h [..., D] (the autocast dtype), weight [V, D] (cast to h's dtype), bias [V] or None, targets [...] (-100
-    ignored). Gradients reach h, weight (and through it whatever built it: the HTT cores) and bias. Autocast is
-    off inside: the GEMMs run in h's dtype and the softmax in fp32, as the checkpointed path's do. grad_fn: a chunk's
-    softmax gradient (`softmax_xent_grad`, or a compiled `softmax_xent_grad_functional`: model/fast.py).
+    h [..., D], weight [V, D] (both cast to the autocast dtype under autocast, else to h's dtype), bias [V] or None,
+    targets [...] (-100 ignored). Gradients reach h, weight (and through it whatever built it: the HTT cores) and
+    bias. Autocast is off inside: the GEMMs run in that dtype and the softmax in fp32, as the checkpointed path's do.
+    grad_fn: a chunk's softmax gradient (`softmax_xent_grad`, or a compiled `softmax_xent_grad_functional`:
+    model/fast.py).
     """
     D = h.shape[-1]
-    h2, t2 = h.reshape(-1, D), targets.reshape(-1)
+    # The GEMMs in the autocast dtype when autocast is on (h may be fp32: LayerNorm returns fp32 under autocast; the
+    # first H100 run's dense rows ran these GEMMs in fp32 for that reason), else in h's dtype.
+    device = h.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else h.dtype
+    h2, t2 = h.reshape(-1, D).to(dtype), targets.reshape(-1)
     n_valid = (t2 != IGNORE_INDEX).sum().clamp(min=1)
-    with torch.autocast(device_type=h.device.type, enabled=False):
+    with torch.autocast(device_type=device, enabled=False):
         total = _LinearCrossEntropy.apply(
             h2, weight.to(h2.dtype), bias, t2, chunk if chunk > 0 else h2.shape[0], grad_fn
         )

@@ -114,3 +114,15 @@ def test_low_rank_head_and_evaluation_keep_the_chunked_path():
     use_fused_loss(m0)
     with torch.no_grad():
         assert m0(ids, ids).logits is not None  # no grad: the plain head, logits returned
+
+
+def test_under_autocast_the_gemms_run_in_the_autocast_dtype_even_for_fp32_h():
+    """A LayerNorm output is fp32 under autocast (the dense model's h): the fused loss must still run its GEMMs in
+    bf16 like the chunked path's autocast matmul, i.e. give exactly what it gives on bf16 inputs without autocast."""
+    h, w, _, t = problem()
+    h, w = h.float(), w.float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under = linear_cross_entropy(h, w, None, t, 5)
+    plain = linear_cross_entropy(h.bfloat16(), w.bfloat16(), None, t, 5)
+    assert torch.equal(under, plain)
+    assert not torch.equal(under, linear_cross_entropy(h, w, None, t, 5))  # fp32 GEMMs differ
