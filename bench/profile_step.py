@@ -73,8 +73,11 @@ def summarize(prof: Any, steps: int, wall_ms: float, cuda: bool) -> dict[str, An
     def row(e: Any, us: float) -> dict[str, Any]:
         return {"name": e.key[:100], "calls": e.count / steps, "self_ms": us / 1e3 / steps}
 
-    device = [e for e in avgs if getattr(e.device_type, "name", "") == "CUDA"] if cuda else []
-    cpu_ops = [e for e in avgs if getattr(e.device_type, "name", "") == "CPU" and not e.key.startswith("ProfilerStep")]
+    # ProfilerStep* is the profiler's own per-step range: on the device it spans the whole step, so counting it
+    # would double the busy time (the first H100 run's summaries had to be corrected for it).
+    events = [e for e in avgs if not e.key.startswith("ProfilerStep")]
+    device = [e for e in events if getattr(e.device_type, "name", "") == "CUDA"] if cuda else []
+    cpu_ops = [e for e in events if getattr(e.device_type, "name", "") == "CPU"]
     busy_ms = sum(dev_us(e) for e in device) / 1e3 / steps if cuda else None
     per_step_ms = wall_ms / steps
     return {

@@ -12,8 +12,9 @@ Timing: the trainer synchronises on the loss every step; the bench stamps the ho
 (on_step) and reports the median step over steps 3 .. N-4 (the first two steps compile and warm the allocator, the
 last four are the profiler's warm-up and window), with the 10th/90th percentiles as the spread. tokens_per_s =
 B*L / median step. MFU = FLOPs of one training step counted by torch.utils.flop_counter on the eager model
-(forward, backward and checkpointing's recomputation; the compiled step does the same math) / median step / the
-GPU's dense bf16 peak (989 TFLOP/s, H100/H200 SXM).
+(forward, backward and checkpointing's recomputation; the compiled step does the same math, the fused loss one head
+GEMM fewer per chunk, which its flops_per_step shows) / median step / the GPU's dense bf16 peak (989 TFLOP/s,
+H100/H200 SXM).
 
     python bench/throughput.py [--out DIR] [--steps 30] [--rows 8gb:eager,8gb:compile_fused,...]
                                [--data synthetic|python] [--budget-s 510]

@@ -20,7 +20,7 @@ from torch.utils.checkpoint import checkpoint
 
 from model.dense_config import DenseConfig
 from model.lm import LMOutput
-from model.loss import CeSum, ce_sum, chunked_cross_entropy, linear_cross_entropy
+from model.loss import CeSum, XentGrad, ce_sum, chunked_cross_entropy, linear_cross_entropy
 
 INIT_STD = 0.02
 
@@ -67,7 +67,8 @@ class DenseLM(nn.Module):
         self.blocks = nn.ModuleList(_Block(config) for _ in range(config.n_layers))
         self.ln_f = nn.LayerNorm(config.d_model)
         self.ce_fn: CeSum = ce_sum  # one loss chunk's CE sum; model/fast.py swaps in a compiled one
-        self.fused_loss = False  # head GEMM fused into the loss while training (model/fast.py)
+        # set by model/fast.py use_fused_loss: the head's GEMM fused into the loss while training (None: off)
+        self.fused_loss_grad: XentGrad | None = None
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -100,8 +101,9 @@ class DenseLM(nn.Module):
         if targets is None:
             return LMOutput(self.logits(h), None, None, aux, h, {})
         c = self.config.loss_chunk_size
-        if self.fused_loss and torch.is_grad_enabled():
-            ce = linear_cross_entropy(h, self.tok_emb.weight, None, targets, ids.shape[0] * c if 0 < c < L else 0)
+        if self.fused_loss_grad is not None and torch.is_grad_enabled():
+            chunk = ids.shape[0] * c if 0 < c < L else 0
+            ce = linear_cross_entropy(h, self.tok_emb.weight, None, targets, chunk, self.fused_loss_grad)
             return LMOutput(None, ce, ce, aux, h, {})
         ce, logits = chunked_cross_entropy(self.logits, h, targets, c, self.ce_fn)
         return LMOutput(logits, ce, ce, aux, h, {})

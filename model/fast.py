@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from model.loss import ce_sum
+from model.loss import ce_sum, softmax_xent_grad, softmax_xent_grad_functional
 
 if TYPE_CHECKING:
     from model.dense import DenseLM
@@ -60,14 +60,18 @@ def compile_for_speed(model: Phase1LM | DenseLM) -> None:
     model.ce_fn = torch.compile(ce_sum, dynamic=False)
 
 
-def use_fused_loss(model: Phase1LM | DenseLM) -> None:
+def use_fused_loss(model: Phase1LM | DenseLM, compiled: bool = False) -> None:
     """Train with the head fused into the loss (model/loss.py `linear_cross_entropy`): the tied table built once
     per step (not per loss chunk, twice), no recomputed logits, the gradients of the head computed chunk by chunk
     in the forward. Phase1LM's low-rank head keeps the chunked path. Evaluation (no grad) keeps the chunked path.
+    compiled: the per-chunk softmax gradient torch.compiled (the trainer does so when it compiles the step).
 
     Memory against the checkpointed chunks: kept from the forward to the backward are dh [N, D] and dW [V, D] in
     the autocast dtype and db [V] in fp32 (instead of h [N, D]); during the loss's forward, dW in fp32, the table
     [V, D] in the autocast dtype and, per chunk of c positions, the [B*c, V] logits in fp32 plus an autocast-dtype
     copy (the chunked path's backward holds ~(ac + 12) * B * c * V bytes per chunk). At the presets' shapes that is
     ~1.5 GB in the loss against ~2.9 GB; `model.lm.saved_bytes_per_token` does not model this path."""
-    model.fused_loss = True
+    if compiled:  # the chunk's softmax gradient as a few fused kernels, no fp32 [B*c, V] copy (loss.py says how)
+        model.fused_loss_grad = torch.compile(softmax_xent_grad_functional, dynamic=False)
+    else:
+        model.fused_loss_grad = softmax_xent_grad

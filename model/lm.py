@@ -63,7 +63,7 @@ from torch.utils.checkpoint import checkpoint
 from model.ar_ssm import ARSSM
 from model.ffn import LowRankFFN
 from model.htt import HTTEmbedding
-from model.loss import CeSum, ce_sum, chunked_cross_entropy, linear_cross_entropy
+from model.loss import CeSum, XentGrad, ce_sum, chunked_cross_entropy, linear_cross_entropy
 from model.optim import tag
 from model.shapes import TABLE_CHUNK_ROWS, table_chunk_step
 from model.shapes import expected_param_counts as expected_param_counts  # re-exported: tests and tuner read it here
@@ -262,7 +262,8 @@ class Phase1LM(nn.Module):
         # `init_output_bias` sets it from the training tokens' log-frequencies (the trainer does).
         self.out_bias = tag(nn.Parameter(torch.zeros(config.vocab_size)), "bias")
         self.ce_fn: CeSum = ce_sum  # one loss chunk's CE sum; model/fast.py swaps in a compiled one
-        self.fused_loss = False  # tied head: head GEMM fused into the loss while training (model/fast.py)
+        # set by model/fast.py use_fused_loss: the tied head's GEMM fused into the loss while training (None: off)
+        self.fused_loss_grad: XentGrad | None = None
 
     @torch.no_grad()
     def init_output_bias(self, counts: torch.Tensor) -> None:
@@ -326,9 +327,10 @@ class Phase1LM(nn.Module):
         diagnostics = {"effective_rank": er_mean, "gate_sparsity": sp_mean}
         if targets is None:
             return LMOutput(self.logits(h), None, None, aux, h, diagnostics)
-        if self.fused_loss and self.head is None and torch.is_grad_enabled():
+        if self.fused_loss_grad is not None and self.head is None and torch.is_grad_enabled():
             chunk = ids.shape[0] * cfg.loss_chunk_size if 0 < cfg.loss_chunk_size < ids.shape[1] else 0
-            ce = linear_cross_entropy(h * self.head_scale, self.embed.table(), self.out_bias, targets, chunk)
+            table = self.embed.table()
+            ce = linear_cross_entropy(h * self.head_scale, table, self.out_bias, targets, chunk, self.fused_loss_grad)
             return LMOutput(None, ce + aux, ce, aux, h, diagnostics)
         ce, logits = chunked_cross_entropy(self.logits, h, targets, cfg.loss_chunk_size, self.ce_fn)
         return LMOutput(logits, ce + aux, ce, aux, h, diagnostics)

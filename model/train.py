@@ -222,7 +222,7 @@ class _Run:
         if fused_loss:
             from model.fast import use_fused_loss
 
-            use_fused_loss(self.model)
+            use_fused_loss(self.model, compiled=compile_step)
         # the dense baseline's parameters are untagged: matrices and its tables decayed at the base rate, norms
         # and biases undecayed (the usual GPT recipe); Phase 1's tags give its table and phases their own rates
         self.optimizer = torch.optim.AdamW(

@@ -63,3 +63,24 @@ def test_tiny_run_writes_both_files(tmp_path):
     summary = prof["summary"]
     assert summary["steps"] == 3 and summary["wall_ms"] > 0 and summary["top_cpu"]
     assert summary["gpu_idle_fraction"] is None  # no device on a CPU run
+
+
+def test_profile_summary_leaves_the_profilers_own_step_range_out():
+    """The ProfilerStep* range spans the whole step on the device: counting it doubled the busy time (the first H100
+    run reported negative idle fractions). Busy = kernels + copies only; idle = 1 - busy / wall."""
+    from types import SimpleNamespace as NS
+
+    from bench.profile_step import summarize
+
+    def ev(key, dev, count, device_us=0.0, cpu_us=0.0):
+        return NS(key=key, device_type=NS(name=dev), count=count, self_device_time_total=device_us,
+                  self_cpu_time_total=cpu_us)  # fmt: skip
+
+    events = [ev("ProfilerStep*", "CUDA", 2, device_us=200_000.0), ev("ProfilerStep*", "CPU", 2, cpu_us=5.0),
+              ev("gemm_kernel", "CUDA", 4, device_us=60_000.0), ev("Memcpy DtoD", "CUDA", 2, device_us=20_000.0),
+              ev("cudaLaunchKernel", "CPU", 6, cpu_us=30.0), ev("aten::mm", "CPU", 4, cpu_us=40.0)]  # fmt: skip
+    s = summarize(NS(key_averages=lambda: events), steps=2, wall_ms=200.0, cuda=True)
+    assert s["device_busy_ms"] == pytest.approx(40.0) and s["gpu_idle_fraction"] == pytest.approx(0.6)
+    assert s["device_events"] == 3 and s["cuda_launch_calls"] == 3 and s["cpu_ops"] == 2
+    assert [r["name"] for r in s["top_device"]] == ["gemm_kernel", "Memcpy DtoD"]
+    assert all(not r["name"].startswith("ProfilerStep") for r in s["top_cpu"])

@@ -120,3 +120,23 @@ def test_switch_defaults_are_off_until_measured_and_never_on_cpu():
     assert resolve_switches("cuda", None, None) == (False, False)  # flip in model/fast.py after the H100 run
     assert resolve_switches("cpu", True, None) == (True, False)
     assert resolve_switches("cuda", False, True) == (False, True)
+
+
+@slow
+def test_compiled_fused_loss_gradient_matches_eager():
+    """use_fused_loss(compiled=True): the compiled functional softmax gradient gives the in-place eager one's loss
+    and head gradients (fp32: rounding only), on a ragged last chunk and ignored targets."""
+    from model.loss import IGNORE_INDEX, linear_cross_entropy, softmax_xent_grad, softmax_xent_grad_functional
+
+    torch._dynamo.reset()
+    g = torch.Generator().manual_seed(0)
+    h, w, b = torch.randn(37, 16, generator=g), torch.randn(50, 16, generator=g) * 0.5, torch.randn(50, generator=g)
+    t = torch.randint(0, 50, (37,), generator=g)
+    t[3] = IGNORE_INDEX
+    out = {}
+    for name, fn in (("eager", softmax_xent_grad), ("compiled", torch.compile(softmax_xent_grad_functional))):
+        leaves = [x.clone().requires_grad_(True) for x in (h, w, b)]
+        loss = linear_cross_entropy(leaves[0], leaves[1], leaves[2], t, 16, fn)
+        out[name] = (loss, *torch.autograd.grad(loss, leaves))
+    for name, e, c in zip(("loss", "dh", "dw", "db"), out["eager"], out["compiled"], strict=True):
+        torch.testing.assert_close(c, e, rtol=1e-5, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")

@@ -12,7 +12,7 @@ from model.dense import build_dense_model
 from model.dense_config import DenseConfig
 from model.fast import use_fused_loss
 from model.lm import build_model
-from model.loss import IGNORE_INDEX, linear_cross_entropy
+from model.loss import IGNORE_INDEX, linear_cross_entropy, softmax_xent_grad, softmax_xent_grad_functional
 
 
 def problem(seed=0, B=3, L=7, D=16, V=50):
@@ -25,13 +25,14 @@ def problem(seed=0, B=3, L=7, D=16, V=50):
     return h, w, b, t
 
 
+@pytest.mark.parametrize("grad_fn", [softmax_xent_grad, softmax_xent_grad_functional], ids=["in_place", "functional"])
 @pytest.mark.parametrize("chunk", [0, 1, 5, 21, 100])
 @pytest.mark.parametrize("with_bias", [True, False])
-def test_fused_matches_the_chunked_path_in_float64(chunk, with_bias):
+def test_fused_matches_plain_cross_entropy_in_float64(chunk, with_bias, grad_fn):
     h, w, b, t = problem()
     leaves = [x.clone().requires_grad_(True) for x in (h, w, b)]
     bias = leaves[2] if with_bias else None
-    fused = linear_cross_entropy(leaves[0], leaves[1], bias, t, chunk)
+    fused = linear_cross_entropy(leaves[0], leaves[1], bias, t, chunk, grad_fn)
     fused_grads = torch.autograd.grad(fused * 3.0, leaves, allow_unused=True)  # a scale: backward scales
     ref_leaves = [x.clone().requires_grad_(True) for x in (h, w, b)]
 
@@ -113,3 +114,15 @@ def test_low_rank_head_and_evaluation_keep_the_chunked_path():
     use_fused_loss(m0)
     with torch.no_grad():
         assert m0(ids, ids).logits is not None  # no grad: the plain head, logits returned
+
+
+def test_under_autocast_the_gemms_run_in_the_autocast_dtype_even_for_fp32_h():
+    """A LayerNorm output is fp32 under autocast (the dense model's h): the fused loss must still run its GEMMs in
+    bf16 like the chunked path's autocast matmul, i.e. give exactly what it gives on bf16 inputs without autocast."""
+    h, w, _, t = problem()
+    h, w = h.float(), w.float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under = linear_cross_entropy(h, w, None, t, 5)
+    plain = linear_cross_entropy(h.bfloat16(), w.bfloat16(), None, t, 5)
+    assert torch.equal(under, plain)
+    assert not torch.equal(under, linear_cross_entropy(h, w, None, t, 5))  # fp32 GEMMs differ
