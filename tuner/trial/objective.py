@@ -154,7 +154,10 @@ class Objective:
             return
         wall = (datetime.datetime.now() - start).total_seconds()
         frac = min(1.0, self._busy_s / wall) if wall > 0 else 0.0
-        trial.set_user_attr("gpu_busy_frac", round(frac, 4))
+        try:
+            trial.set_user_attr("gpu_busy_frac", round(frac, 4))
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # another worker failed this trial as stale (TrialTakenOver): its late figures are dropped with it
 
     def _run(self, trial: optuna.trial.Trial) -> tuple[float, ...]:
         spec = self.spec
