@@ -92,7 +92,6 @@ def run(args: argparse.Namespace) -> int:
 
     url, storage = storage_from_flag(args.storage)
     server = bind(args.host, args.port, optuna_dashboard.wsgi(storage))  # a bad or busy port fails here, first
-    _publish_curves(storage)
     if not is_loopback(args.host):
         print(
             f"warning: --allow-remote: the dashboard on {args.host}:{args.port} has no authentication; anyone who "
@@ -101,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
         )
     shown = f"[{args.host.strip('[]')}]" if ":" in args.host else args.host  # an IPv6 address in a URL
     print(f"optuna-dashboard for {mask_url(url)} on http://{shown}:{args.port}/ (Ctrl-C stops it)", flush=True)
+    _publish_curves(storage)  # after the line above: the port is bound, requests wait in its backlog meanwhile
     try:
         server.serve_forever()
     finally:
