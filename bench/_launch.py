@@ -85,6 +85,7 @@ class NvmlSampler:
     def __init__(self) -> None:
         self.root_pid: int | None = None
         self.other_pids: set[int] = set()
+        self.mps_server_pids: set[int] = set()  # nvidia-cuda-mps-server: one process on every GPU by design
         self.wrong_gpu: set[tuple[int, int, int]] = set()  # (pid, GPU seen on, its worker's --gpu)
         self.pid_max_gib: dict[int, float] = {}
         self.pid_gpus: dict[int, set[int]] = {}
@@ -124,6 +125,9 @@ class NvmlSampler:
             for i in range(n):
                 h = pynvml.nvmlDeviceGetHandleByIndex(i)
                 for p in compute_processes(h):  # MPS clients included
+                    if _is_mps_server(p.pid):  # serves every GPU's clients: not a worker on several GPUs
+                        self.mps_server_pids.add(p.pid)
+                        continue
                     if p.pid not in tree:
                         self.other_pids.add(p.pid)
                         continue
@@ -145,9 +149,20 @@ class NvmlSampler:
             "pids_by_gpu": {i: sorted(p for p, g in self.pid_gpus.items() if i in g) for i in sorted(self.util)},
             "pids_on_several_gpus": sorted(p for p, g in self.pid_gpus.items() if len(g) > 1),
             "pids_outside_the_launch": sorted(self.other_pids),
+            "mps_server_pids": sorted(self.mps_server_pids),
             "pids_on_another_gpu_than_their_worker": sorted(self.wrong_gpu),
             "mean_util_by_gpu": {i: round(sum(u) / len(u), 1) for i, u in sorted(self.util.items()) if u},
         }
+
+
+def _is_mps_server(pid: int) -> bool:
+    """Whether `pid` is NVIDIA's MPS server (listed by NVML on each GPU whose clients it serves)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).name().startswith("nvidia-cuda-mps")
+    except psutil.Error:  # gone, or not ours to read: not recognisable as the server
+        return False
 
 
 def _tree(pid: int | None) -> set[int]:

@@ -4,8 +4,9 @@ mid-run), and with all of them packed (`--per-gpu auto`); same study, same run.
     python bench/multigpu.py --train-tokens 500000 --window-s 130     # GPU host: writes bench/results/multigpu.json
     python bench/multigpu.py --tiny --out /tmp/multigpu.json           # CPU proof (worker slots stand in for GPUs)
 
-Three consecutive windows of `tuner launch STUDY` on fresh SQLite files (data tokenized once before them, shared
-cache), each stopped with SIGTERM after --window-s: `--gpus 0`, `--gpus all`, `--gpus all --per-gpu auto`.
+An uncounted warm-up window on every GPU (--warmup-s: Triton's kernel cache and the page cache filled), then three
+consecutive windows of `tuner launch STUDY` on fresh SQLite files (data tokenized once before them, shared cache),
+each stopped with SIGTERM after --window-s: `--gpus 0`, `--gpus all`, `--gpus all --per-gpu auto`.
 In the `--gpus all` window one worker process is SIGKILLed at a quarter of the window; launch must restart it, and
 its trial, failed by the heartbeat (2 s beats, 8 s grace in that window), must be retried: a worker_lost trial
 without a retry, or a trial left RUNNING after launch exits, is a lost trial (`restarted_worker_lost_trials`).
@@ -45,6 +46,13 @@ def main() -> int:
     ap.add_argument(
         "--window-s", type=float, default=None, help="(default 130; --tiny 50) seconds per window (three windows run)"
     )
+    ap.add_argument(
+        "--warmup-s",
+        type=float,
+        default=None,
+        help="(default 45; --tiny 0) an uncounted first window on every GPU: Triton's kernel cache and the page cache "
+        "are warm before the counted windows, so the first counted window does not pay for them",
+    )
     ap.add_argument("--train-tokens", type=int, default=500_000, help="override the study's budget.train_tokens")
     ap.add_argument("--eval-tokens", type=int, default=None, help="override the study's budget.eval_tokens")
     ap.add_argument("--mps", default="auto", choices=("auto", "on", "off"), help="the packed window's --mps")
@@ -54,6 +62,8 @@ def main() -> int:
     args = ap.parse_args()
     if args.window_s is None:
         args.window_s = 50.0 if args.tiny else 130.0
+    if args.warmup_s is None:
+        args.warmup_s = 0.0 if args.tiny else 45.0
     n_gpus = _gpu_count()
     if args.tiny:
         n_slots = 2
@@ -88,6 +98,11 @@ def main() -> int:
             "all": ["--gpus", "all"],
             "all_packed": ["--gpus", "all", "--per-gpu", "auto", "--mps", args.mps],
         }
+    warmup = None
+    if args.warmup_s > 0:
+        warm = run_window(study_file, work / "warmup", cache, windows["all"], args.warmup_s)
+        warmup = {"window_s": args.warmup_s, "launch_args": windows["all"], **window_trials(warm, data["name"])}
+        print(f"warm-up window ({args.warmup_s:.0f} s, not counted) done", flush=True)
     rows = {}
     for label, launch_args in windows.items():
         kill = label == "all"
@@ -132,6 +147,8 @@ def main() -> int:
             {tuple(x) for r in rows.values() for x in r["nvml"].get("pids_on_another_gpu_than_their_worker", [])}
         ),
         "window_s": args.window_s,
+        "warmup_s": args.warmup_s,
+        "mps_server_pids": sorted({p for r in rows.values() for p in r["nvml"].get("mps_server_pids", [])}),
         "train_tokens": data["budget"]["train_tokens"],
         "note": (
             "CPU proof: --workers slots stand in for GPUs; not a GPU figure"
@@ -142,6 +159,7 @@ def main() -> int:
         "data_prep_s": round(prep_s, 1),
         "command": " ".join(sys.argv),
         "runs": rows,
+        "warmup": warmup,
     }
     write_json(out, result, indent=1)
     print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=1, default=str))

@@ -190,6 +190,12 @@ def fit_power_law(tokens: Sequence[float], ppl: Sequence[float]) -> PowerLawFit:
     )
 
 
+def _exp(x: float) -> float:
+    """math.exp, but +inf past the float range: a wide prediction interval's upper bound (or a diverged fit's mean)
+    is an unbounded PPL, not an OverflowError that fails the trial (seen on the H100 with 12 packed workers)."""
+    return math.exp(x) if x < 709.0 else float("inf")
+
+
 def predict(fit: PowerLawFit, tokens: float, confidence: float = 0.9) -> Prediction:
     """Predicted PPL at `tokens` with a two-sided `confidence` Student-t prediction interval (dof = n - 2).
 
@@ -202,12 +208,12 @@ def predict(fit: PowerLawFit, tokens: float, confidence: float = 0.9) -> Predict
     x0 = math.log(tokens)
     mean_log = fit.alpha * x0 + fit.c
     if fit.dof < 1 or not math.isfinite(fit.sigma):
-        return Prediction(int(tokens), math.exp(mean_log), 0.0, float("inf"), confidence)
+        return Prediction(int(tokens), _exp(mean_log), 0.0, float("inf"), confidence)
     cov = np.asarray(fit.cov)
     v = np.array([x0, 1.0])
     se = math.sqrt(fit.sigma**2 + float(v @ cov @ v))
     half = t_quantile(0.5 + confidence / 2.0, fit.dof) * se
-    return Prediction(int(tokens), math.exp(mean_log), math.exp(mean_log - half), math.exp(mean_log + half), confidence)
+    return Prediction(int(tokens), _exp(mean_log), _exp(mean_log - half), _exp(mean_log + half), confidence)
 
 
 def relative_error(predicted: float, actual: float) -> float:
@@ -277,9 +283,9 @@ def predict_late_alpha(
     half = t_quantile(0.5 + confidence / 2.0, m - 1) * float(a.std(ddof=1)) * math.sqrt(1 + 1 / m) * dist
     return Prediction(
         int(budget_tokens),
-        math.exp(mean_log),
-        math.exp(mean_log - half),
-        math.exp(mean_log + half),
+        _exp(mean_log),
+        _exp(mean_log - half),
+        _exp(mean_log + half),
         confidence,
         "late_alpha",
     )
@@ -318,7 +324,7 @@ class RankPredictor:
     n: int
 
     def predict(self, effective_rank: float) -> float:
-        return math.exp(self.slope * effective_rank + self.intercept)
+        return _exp(self.slope * effective_rank + self.intercept)
 
 
 def fit_rank_predictor(ranks: Sequence[float], final_ppls: Sequence[float]) -> RankPredictor:

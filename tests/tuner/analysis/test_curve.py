@@ -210,3 +210,14 @@ def test_late_alpha_prediction_beats_the_own_fit_on_bending_curves():
 def test_predict_late_alpha_rejects_too_few_references():
     with pytest.raises(ValueError, match="at least 2"):
         predict_late_alpha(1000, 300.0, 4000, [-0.3])
+
+
+def test_predictions_past_the_float_range_are_unbounded_not_an_overflow():
+    # A diverging trial (PPL ~ 5e4) checked early against references whose late exponents disagree wildly: the
+    # interval's upper bound is e^(>709). It was an OverflowError that failed a trial on the H100; it is +inf.
+    late = predict_late_alpha(1_000, 5.0e4, 1e12, [-50.0, 60.0], 0.99)
+    assert late.pessimistic_ppl == math.inf
+    assert 0.0 <= late.optimistic_ppl < late.pessimistic_ppl
+    fit = fit_power_law([1e3, 2e3, 4e3, 8e3], [1e3, 1e4, 2e2, 5e5])
+    far = predict(fit, 1e300, 0.99)
+    assert far.pessimistic_ppl == math.inf
