@@ -89,6 +89,7 @@ class NvmlSampler:
         self.wrong_gpu: set[tuple[int, int, int]] = set()  # (pid, GPU seen on, its worker's --gpu)
         self.pid_max_gib: dict[int, float] = {}
         self.pid_gpus: dict[int, set[int]] = {}
+        self.pid_gpu_max_gib: dict[tuple[int, int], float] = {}  # per (pid, GPU): tells a context from a listing
         self.gpu_total_max_gib: dict[int, float] = {}
         self.util: dict[int, list[int]] = {}
         self._stop = threading.Event()
@@ -137,6 +138,7 @@ class NvmlSampler:
                     gib = (p.usedGpuMemory or 0) / 2**30
                     self.pid_max_gib[p.pid] = max(self.pid_max_gib.get(p.pid, 0.0), gib)
                     self.pid_gpus.setdefault(p.pid, set()).add(i)
+                    self.pid_gpu_max_gib[(p.pid, i)] = max(self.pid_gpu_max_gib.get((p.pid, i), 0.0), gib)
                 used = int(pynvml.nvmlDeviceGetMemoryInfo(h).used) / 2**30  # the card's own count (an MPS server
                 self.gpu_total_max_gib[i] = max(self.gpu_total_max_gib.get(i, 0.0), used)  # would double a sum)
                 self.util.setdefault(i, []).append(int(pynvml.nvmlDeviceGetUtilizationRates(h).gpu))
@@ -148,6 +150,11 @@ class NvmlSampler:
             "max_used_gib_by_gpu": {i: round(v, 3) for i, v in sorted(self.gpu_total_max_gib.items())},
             "pids_by_gpu": {i: sorted(p for p, g in self.pid_gpus.items() if i in g) for i in sorted(self.util)},
             "pids_on_several_gpus": sorted(p for p, g in self.pid_gpus.items() if len(g) > 1),
+            "several_gpus_max_gib": {  # {pid: {gpu: max GiB NVML gave it there}} for those pids
+                p: {i: round(self.pid_gpu_max_gib[(p, i)], 3) for i in sorted(g)}
+                for p, g in sorted(self.pid_gpus.items())
+                if len(g) > 1
+            },
             "pids_outside_the_launch": sorted(self.other_pids),
             "mps_server_pids": sorted(self.mps_server_pids),
             "pids_on_another_gpu_than_their_worker": sorted(self.wrong_gpu),
