@@ -195,6 +195,7 @@ def main() -> int:
                "predicted_ce_backward_gib": est.ce_backward_gib, "predicted_kappa": est.ce_hole_kappa,
                "replay_kappa": est.ce_replay_kappa,
                "kappa_source": est.kappa_source, "allocator_class": est.allocator_class,
+               "predicted_recompute_gib": est.recompute_gib, "predicted_recompute_hole_gib": est.recompute_hole_gib,
                "measured_gib": m.get("measured_gib"),
                "torch_peak_gib": m.get("torch_peak_gib"), "reserved_peak_gib": m.get("reserved_peak_gib"),
                "outside_end_gib": m.get("outside_end_gib"), "per_step_peaks": m.get("per_step_peaks"),
