@@ -1,9 +1,15 @@
-"""Re-score recorded GPU validation rows with the CURRENT estimator, under three honest protocols (CPU, seconds).
+"""Re-score recorded GPU validation rows with the CURRENT estimator, under four honest protocols (CPU, seconds).
 
-    python bench/estimate_offline.py --rows bench/results/estimate_validation.json [--json OUT]
+    python bench/estimate_offline.py --rows bench/results/estimate_validation.json \
+        --json bench/results/estimate_offline.json
 
-For every recorded configuration the prediction is recomputed with today's tuner.vram.estimate and the calibration the
-run recorded (its refinement lists emptied), then compared with the measured NVML peak:
+For every recorded configuration the prediction is recomputed with today's tuner.vram.estimate and compared with the
+measured NVML peak:
+(shipped) the calibration exactly as the run recorded it (its kappa offsets are the calibration probes', measured by
+    calibrate_device before any row; no row refines it): what a worker predicts for its first trial on that device.
+    No coefficient of the estimator is fitted to these rows, so every row is held out; the figures are also given
+    for the preset-family rows (d_model 1024, 12 layers, V 50257) and the broad rows (every other shape) apart.
+Then, with the calibration's refinement lists emptied:
 (a) none: no refinement; kappa (the allocator's CE-hole coefficient) from the best-fit segment replay;
 (b) lofo: the per-dtype-class offset of kappa over the replay's (median of observed - replayed) fitted on every
     OTHER configuration family, the two rows of a family (same label but the ~size suffix) held out together;
@@ -36,6 +42,11 @@ def family(label: str) -> str:
     return label.rsplit(" ~", 1)[0]
 
 
+def in_family(cfg: dict) -> bool:
+    """The preset family the estimator was first validated on (d_model 1024, 12 layers, V 50257)."""
+    return (cfg["d_model"], cfg["n_layers"], cfg["vocab_size"]) == (1024, 12, 50257)
+
+
 def stats(errs: list[float], rows: list[dict], preds: list[float]) -> dict:
     a = sorted(abs(e) for e in errs)
     p90 = a[min(len(a) - 1, int(round(0.9 * (len(a) - 1))))]
@@ -58,8 +69,8 @@ def main() -> int:
     args = ap.parse_args()
     data = json.loads(args.rows.read_text())
     rows = [r for r in data["rows"] if r.get("measured_gib") and r.get("torch_peak_gib")]
-    cal0 = DeviceCalibration.from_dict(data["calibration"])
-    cal0 = dataclasses.replace(cal0, tensor_ratios=(), outside_residuals_gib=(), kappa_offsets_amp=(),
+    recorded = DeviceCalibration.from_dict(data["calibration"])
+    cal0 = dataclasses.replace(recorded, tensor_ratios=(), outside_residuals_gib=(), kappa_offsets_amp=(),
                                kappa_offsets_fp32=())
     cfgs = [Phase1Config.from_dict(r["config"]) for r in rows]
     base = [estimate(c, device="cuda", calibration=cal0) for c in cfgs]
@@ -69,15 +80,28 @@ def main() -> int:
            else e.observed_kappa(r["torch_peak_gib"], r["measured_gib"] - cal0.outside_gib - r["torch_peak_gib"])
            for e, r in zip(base, rows)]
 
-    out: dict = {"source": str(args.rows), "n_rows": len(rows), "protocols": {}, "rows": []}
+    out: dict = {"source": str(args.rows), "device": data.get("device"), "torch": data.get("torch"),
+                 "command": "python bench/estimate_offline.py --rows " + str(args.rows)
+                 + (f" --json {args.json}" if args.json else ""),
+                 "note": "re-scored offline on CPU: today's estimator on the recorded configurations and measured "
+                         "peaks; nothing re-measured", "n_rows": len(rows), "protocols": {}, "rows": []}
 
-    def report(name: str, preds: list[float]) -> None:
+    def line(name: str, s: dict) -> None:
+        print(f"{name:<26} n={s['n']:<3} median {s['median_abs_error_pct']:5.2f}%  p90 {s['p90_abs_error_pct']:5.2f}%  "
+              f"max {s['max_abs_error_pct']:5.2f}%  mean signed {s['mean_signed_error_pct']:+5.2f}%  "
+              f"false fits under {CEILING_GIB:g} GiB: {s['false_fit_under_8gib']}")
+
+    def report(name: str, preds: list[float], subsets: bool = False) -> None:
         errs = [100.0 * (p - r["measured_gib"]) / r["measured_gib"] for p, r in zip(preds, rows)]
         s = stats(errs, rows, preds)
         out["protocols"][name] = s
-        print(f"{name:<26} median {s['median_abs_error_pct']:5.2f}%  p90 {s['p90_abs_error_pct']:5.2f}%  "
-              f"max {s['max_abs_error_pct']:5.2f}%  mean signed {s['mean_signed_error_pct']:+5.2f}%  "
-              f"false fits under {CEILING_GIB:g} GiB: {s['false_fit_under_8gib']}")
+        line(name, s)
+        if subsets:
+            for part, keep in (("family", True), ("broad", False)):
+                idx = [i for i, r in enumerate(rows) if in_family(r["config"]) == keep]
+                sub = stats([errs[i] for i in idx], [rows[i] for i in idx], [preds[i] for i in idx])
+                out["protocols"][f"{name} [{part} rows]"] = sub
+                line(f"  {part} rows", sub)
         for i, (p, e) in enumerate(zip(preds, errs)):
             if len(out["rows"]) <= i:
                 out["rows"].append({"label": rows[i]["label"], "measured_gib": rows[i]["measured_gib"],
@@ -88,6 +112,12 @@ def main() -> int:
             out["rows"][i][f"{name}_predicted_gib"] = p
             out["rows"][i][f"{name}_error_pct"] = e
 
+    # (shipped) the recorded calibration as it is: the first trial's prediction
+    shipped = [estimate(c, device="cuda", calibration=recorded) for c in cfgs]
+    report("shipped (recorded cal.)", [e.total_gib for e in shipped], subsets=True)
+    for row, e in zip(out["rows"], shipped):
+        row.update(peak_moment=e.peak_moment, recompute_gib=e.recompute_gib, recompute_hole_gib=e.recompute_hole_gib,
+                   allocator_gib=e.allocator_gib)
     # (a) no refinement
     report("a) none (replay kappa)", [e.total_gib for e in base])
     # (b) leave one family out

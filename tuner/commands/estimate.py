@@ -156,6 +156,12 @@ def format_estimate(est: Any) -> str:
             f"  (CE hole {est.ce_hole_kappa:.2f} x {est.ce_chunk_gib:.3f} GiB, kappa from {est.kappa_source})"
             if est.device == "cuda"
             else ""
+        )
+        + (
+            f"  (recompute hole {mem_text(est.recompute_hole_gib)} over the recomputed blocks' "
+            f"{est.recompute_gib:.3f} GiB)"
+            if est.device == "cuda" and est.recompute_hole_gib > 0
+            else ""
         ),
         f"  outside the allocator (context, kernels)  {mem_text(est.outside_gib):>12}  [{est.outside_source}]",
         "  tensor bytes per component at the peak:",

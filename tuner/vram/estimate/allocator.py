@@ -1,12 +1,18 @@
-"""The caching allocator's side of the estimate: request rounding, and the cross-entropy backward's segment gap
-(kappa)."""
+"""The caching allocator's side of the estimate: request rounding, the cross-entropy backward's segment gap
+(kappa), and the hole a recomputed (checkpointed) block's requests leave behind."""
 
 from __future__ import annotations
 
 import math
 from typing import Any
 
-from model.shapes import factorize, rows_per_leading_digit, table_chunk_step  # torch-free, the model's own
+from model.shapes import (  # torch-free, the model's own
+    CONV_KERNEL,
+    FFN_EXPANSION,
+    factorize,
+    rows_per_leading_digit,
+    table_chunk_step,
+)
 from tuner.units import GIB, MIB
 
 BLOCK = 512  # caching allocator: every request is rounded up to a multiple of 512 bytes
@@ -19,15 +25,51 @@ def block_round(nbytes: float) -> int:
     return 0 if n <= 0 else -(-n // BLOCK) * BLOCK
 
 
-def allocator_gib(tensor_gib: float, ce_backward_gib: float, ce_chunk_gib: float, kappa: float) -> float:
+def allocator_gib(
+    tensor_gib: float,
+    ce_backward_gib: float,
+    ce_chunk_gib: float,
+    kappa: float,
+    recompute_gib: float = 0.0,
+    recompute_hole_gib: float = 0.0,
+) -> float:
     """Reserved - allocated at the peak (GiB) under expandable segments.
 
-    The large pool's segment end reaches max(tensor peak, tensor at the CE backward + kappa F), rounded up to a
-    2 MiB page; the small pool (requests <= 1 MiB: norms' statistics, scalars) maps at least one page of its own.
+    The large pool's segment end reaches the highest of: the tensor peak; the tensor bytes at the CE backward +
+    kappa F (the CE chunk's hole); the tensor bytes at the worst moment of the recomputed blocks' backward +
+    the recompute hole (recompute_hole_bytes). That end is rounded up to a 2 MiB page; the small pool (requests
+    <= 1 MiB: norms' statistics, scalars) maps at least one page of its own.
     """
-    high = max(tensor_gib, ce_backward_gib + kappa * ce_chunk_gib) * GIB
+    high = max(tensor_gib, ce_backward_gib + kappa * ce_chunk_gib, recompute_gib + recompute_hole_gib) * GIB
     pages = -(-int(math.ceil(high)) // PAGE) * PAGE - tensor_gib * GIB
     return (pages + PAGE) / GIB
+
+
+def recompute_hole_bytes(c: Any) -> int:
+    """Bytes by which a checkpointed block's recompute can push the segment end past the live bytes: its largest
+    single request, 0 when nothing is recomputed (no checkpointing of blocks or of the AR-SSM mixer).
+
+    Why: in the backward each recomputed block asks again, in forward order, for the same sizes that the previous
+    block's backward has just freed, but between the free and the new requests the residual gradient [N, D] fp32
+    and the block's parameter gradients are placed by best fit into that freed region and split it. The largest
+    request (the FFN's hidden [N, 4D] in the autocast dtype; the mixer's largest when only the mixer is
+    recomputed) then finds no hole and extends the end, leaving a hole just short of itself; the smaller requests
+    still fit the remaining holes. One such request is what the H100 measured where the recomputed blocks'
+    backward set the peak (docs/vram-estimate.md). Shapes: N = B L positions, D d_model; the sizes are the
+    tensors.py ones, each rounded to 512-byte blocks."""
+    if not (c.use_gradient_checkpointing or c.checkpoint_ar_ssm):
+        return 0
+    s = 2 if c.dtype != "float32" else 4
+    N, D = c.batch_size * c.n_seq, c.d_model
+    mixer = [
+        s * N * D,  # the norm output, the conv and W_o outputs
+        4 * N * D,  # the fp32 residual-stream temporaries (norm backward, residual gradient)
+        s * c.batch_size * D * (c.n_seq + CONV_KERNEL - 1),  # the conv's left-padded input
+        s * N * c.gate_hidden_dim,  # the gate MLP's hidden
+    ]
+    if not c.use_gradient_checkpointing:
+        return block_round(max(mixer))
+    return block_round(max([*mixer, s * N * FFN_EXPANSION * D]))
 
 
 def _segment_gap(events: list[tuple[str, str, int]]) -> int:

@@ -11,7 +11,7 @@ from typing import Any
 
 from tuner.units import GIB
 from tuner.vram.calibration import DeviceCalibration, describe_calibration
-from tuner.vram.estimate.allocator import PAGE, allocator_gib, block_round, replay_kappa
+from tuner.vram.estimate.allocator import PAGE, allocator_gib, block_round, recompute_hole_bytes, replay_kappa
 from tuner.vram.estimate.tensors import tensor_timeline
 
 # --- result ------------------------------------------------------------------------------------------------------
@@ -45,6 +45,9 @@ class Estimate:
     ce_replay_kappa: float = 0.0  # the best-fit replay's kappa for this config (ce_hole_kappa = it + device offset)
     kappa_source: str = ""  # "replay" or "replay + device offset of N trials"
     allocator_class: str = ""  # "amp" | "fp32": the dtype class whose kappa applies (calibration keys on it)
+    recompute_gib: float = 0.0  # tensor bytes (scaled like tensor_gib) at the worst moment from the first
+    # recomputed block's backward on (0 when nothing is recomputed)
+    recompute_hole_gib: float = 0.0  # the segment growth past the live bytes there (allocator.recompute_hole_bytes)
     config: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def allocator_for(self, tensor_peak_gib: float, kappa: float | None = None) -> float:
@@ -52,13 +55,21 @@ class Estimate:
         backward moment is scaled by the same ratio); `kappa` overrides the estimate's own."""
         k = self.ce_hole_kappa if kappa is None else kappa
         scale = tensor_peak_gib / self.tensor_gib if self.tensor_gib > 0 else 1.0
-        return allocator_gib(tensor_peak_gib, self.ce_backward_gib * scale, self.ce_chunk_gib, k)
+        return allocator_gib(
+            tensor_peak_gib,
+            self.ce_backward_gib * scale,
+            self.ce_chunk_gib,
+            k,
+            self.recompute_gib * scale,
+            self.recompute_hole_gib,
+        )
 
     def observed_kappa(self, torch_peak_gib: float, allocator_gap_gib: float) -> float | None:
         """Invert the allocator model: the kappa that explains a measured gap (reserved - allocated peak, GiB).
 
-        None when the gap is page rounding only and the CE backward stayed below the peak: the hole did not set the
-        high-water mark, so the trial bounds kappa from above without measuring it."""
+        None when the gap is page rounding only and the CE backward stayed below the peak, or when the recomputed
+        blocks' hole reaches the measured high-water mark: the CE hole did not set it, so the trial bounds kappa
+        from above without measuring it."""
         if self.ce_chunk_gib <= 0:
             return None
         scale = torch_peak_gib / self.tensor_gib if self.tensor_gib > 0 else 1.0
@@ -66,6 +77,10 @@ class Estimate:
         pages = allocator_gib(torch_peak_gib, 0.0, 0.0, 0.0)
         excess = allocator_gap_gib - pages
         if excess <= 2 * PAGE / GIB and ce_bwd < torch_peak_gib:
+            return None
+        if self.recompute_hole_gib > 0 and (
+            self.recompute_gib * scale + self.recompute_hole_gib >= torch_peak_gib + excess - 2 * PAGE / GIB
+        ):
             return None
         return max(0.0, (excess + torch_peak_gib - ce_bwd) / self.ce_chunk_gib)
 
@@ -95,6 +110,8 @@ class Estimate:
             "ce_replay_kappa": self.ce_replay_kappa,
             "kappa_source": self.kappa_source,
             "allocator_class": self.allocator_class,
+            "recompute_gib": self.recompute_gib,
+            "recompute_hole_gib": self.recompute_hole_gib,
         }
 
 
@@ -134,6 +151,11 @@ def estimate(
     rows = cfg.batch_size * (cfg.loss_chunk_size if chunked else cfg.n_seq)
     ce_chunk = block_round(4 * rows * cfg.vocab_size) / GIB
     ce_bwd_raw = tl.moments.get("backward: loss", 0) / GIB
+    # from the first recomputed block's backward to the end of the step (the recompute hole stays in the segment)
+    names = list(tl.moments)
+    first = next((i for i, k in enumerate(names) if k.startswith("backward: block")), len(names))
+    hole = recompute_hole_bytes(cfg) / GIB
+    recompute_raw = max((tl.moments[k] for k in names[first:]), default=0) / GIB if hole else 0.0
     cls = "amp" if amp else "fp32"
     # The CPU estimate is the tensor bytes alone; the CUDA one replaces the parts the allocator and the device add.
     cpu = Estimate(
@@ -158,6 +180,7 @@ def estimate(
         ce_chunk_gib=ce_chunk,
         ce_backward_gib=ce_bwd_raw,
         allocator_class=cls,
+        recompute_gib=recompute_raw,
         config=cfg.to_dict(),
     )
     if device == "cpu":
@@ -180,7 +203,8 @@ def estimate(
     else:
         kappa, kappa_source = replay, "replay"
     ce_bwd = ce_bwd_raw * scale + workspace
-    alloc = allocator_gib(tensor, ce_bwd, ce_chunk, kappa)
+    recompute = recompute_raw * scale + workspace if hole else 0.0
+    alloc = allocator_gib(tensor, ce_bwd, ce_chunk, kappa, recompute, hole)
     outside = cal.outside_effective_gib if cal is not None else 0.0
     return replace(
         cpu,
@@ -196,4 +220,6 @@ def estimate(
         ce_hole_kappa=kappa,
         ce_replay_kappa=replay,
         kappa_source=kappa_source,
+        recompute_gib=recompute,
+        recompute_hole_gib=hole,
     )

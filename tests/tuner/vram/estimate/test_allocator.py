@@ -74,3 +74,36 @@ def test_ce_backward_replay_kappa():
     )
     assert est_alloc.replay_kappa(tied, 512, True) == pytest.approx(0.580, abs=0.005)
     assert est_alloc.replay_kappa(tied.replace(dtype="float32"), 512, True) == pytest.approx(0.140, abs=0.005)
+
+
+@pytest.mark.parametrize("dtype,s", [("bfloat16", 2), ("float32", 4)])
+def test_recompute_hole_is_the_recomputed_blocks_largest_request(dtype, s):
+    # Checkpointed blocks: the FFN's hidden [N, 4D] in the autocast dtype (fp32 without autocast), 512-rounded.
+    c = Phase1Config.from_dict({**TINY, "dtype": dtype, "use_gradient_checkpointing": True})
+    n, d = c.batch_size * c.n_seq, c.d_model
+    assert est_alloc.recompute_hole_bytes(c) == block_round(s * n * 4 * d)
+    # Only the mixer recomputed: its largest request (the fp32 residual-stream temporaries [N, D], or in fp32 the
+    # conv's padded input [B, D, L + 2]), below the FFN's hidden.
+    m = c.replace(use_gradient_checkpointing=False, checkpoint_ar_ssm=True)
+    expect = max(4 * n * d, s * c.batch_size * d * (c.n_seq + 2))
+    assert est_alloc.recompute_hole_bytes(m) == block_round(expect) < est_alloc.recompute_hole_bytes(c)
+
+
+def test_recompute_hole_is_zero_without_recompute_and_grows_with_b_l_d():
+    c = Phase1Config.from_dict({**TINY, "use_gradient_checkpointing": False, "checkpoint_ar_ssm": False})
+    assert est_alloc.recompute_hole_bytes(c) == 0
+    # checkpoint_htt recomputes only the embedding (no block): still nothing to split
+    assert est_alloc.recompute_hole_bytes(c.replace(checkpoint_htt=True)) == 0
+    ck = c.replace(use_gradient_checkpointing=True)
+    base = est_alloc.recompute_hole_bytes(ck)
+    for field, scale in (("batch_size", 3), ("n_seq", 2), ("d_model", 2)):
+        bigger = est_alloc.recompute_hole_bytes(ck.replace(**{field: getattr(ck, field) * scale}))
+        assert bigger == pytest.approx(scale * base, rel=1e-3), field  # linear in B L D (up to 512-byte rounding)
+
+
+def test_allocator_gib_takes_the_recompute_moment_when_its_hole_reaches_highest():
+    # tensor peak 1.0 GiB; CE backward 0.9 + 0.5 x 0.2 = 1.0; recomputed blocks at 0.95 + a 0.25 GiB hole = 1.2
+    a = allocator_gib(1.0, 0.9, 0.2, 0.5, 0.95, 0.25)
+    assert a == pytest.approx(0.2 + PAGE / GIB, abs=2 * MIB / GIB)
+    # the same hole under a lower moment leaves the answer to the CE hole / page rounding
+    assert allocator_gib(1.0, 0.9, 0.2, 0.5, 0.5, 0.25) == allocator_gib(1.0, 0.9, 0.2, 0.5)

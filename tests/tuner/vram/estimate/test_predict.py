@@ -110,3 +110,32 @@ def test_the_calibration_passed_in_is_the_outside_part_and_nothing_is_read_from_
     assert given.outside_gib == pytest.approx(0.75) and given.calibrated
     assert given.total_gib == pytest.approx(plain.total_gib + 0.75)
     assert stored.read_bytes() == before  # nor written
+
+
+def test_recompute_hole_sets_the_allocator_part_where_the_recomputed_blocks_peak():
+    # Long sequence, small vocabulary, checkpointed blocks: the recomputed blocks' backward is the tensor peak, so
+    # the segment ends one FFN hidden [N, 4D] (bf16) above it (+ page rounding and the small pool's page).
+    c = Phase1Config.from_dict(
+        {**TINY, "use_gradient_checkpointing": True, "n_seq": 1024, "batch_size": 8, "d_model": 256}
+    )
+    e = estimate(c, calibration=None)
+    assert e.peak_moment.startswith("backward: block") and e.recompute_gib == pytest.approx(e.tensor_gib)
+    n, d = c.batch_size * c.n_seq, c.d_model
+    assert e.recompute_hole_gib * 2**30 == 2 * n * 4 * d
+    assert e.recompute_hole_gib <= e.allocator_gib <= e.recompute_hole_gib + 4 / 1024
+    assert e.allocator_for(e.tensor_gib) == pytest.approx(e.allocator_gib, rel=1e-9)
+    # a measured gap that the recompute hole explains says nothing about the CE hole's kappa
+    assert e.observed_kappa(e.tensor_gib, e.allocator_gib) is None
+    # without checkpointing nothing is recomputed: no hole, the allocator part is page rounding / the CE hole
+    plain = estimate(c.replace(use_gradient_checkpointing=False), calibration=None)
+    assert plain.recompute_hole_gib == 0.0 and plain.recompute_gib == 0.0
+    assert plain.allocator_gib < 4 / 1024 + plain.ce_hole_kappa * plain.ce_chunk_gib
+
+
+def test_recompute_hole_leaves_a_ce_bound_estimate_unchanged():
+    # The 8 GiB preset checkpoints its blocks, but its CE backward (+ kappa F) is far above the recomputed blocks'
+    # moment + hole: the allocator part is the CE model's alone.
+    e = estimate(PRESETS["8gb"], calibration=calibration())
+    assert e.recompute_hole_gib > 0 and e.recompute_gib + e.recompute_hole_gib < e.ce_backward_gib
+    high = e.ce_backward_gib + e.ce_hole_kappa * e.ce_chunk_gib
+    assert e.allocator_gib == pytest.approx(high - e.tensor_gib, abs=4 / 1024)
