@@ -35,7 +35,9 @@ from typing import Any
 import torch
 from torch import nn
 
-WARMUP_STEPS = 2  # eager calls before the capture (the second proves the first one's lazy set-up is done)
+# Eager calls before the capture: the first sets up everything lazy (Triton's JIT, cuBLAS, torch.compile), the second
+# runs the step with all of it in place, as the capture will (a recompilation would show there, not in the capture).
+WARMUP_STEPS = 2
 
 StepFn = Callable[[torch.Tensor], tuple[torch.Tensor, ...]]
 
