@@ -21,8 +21,9 @@ from typing import Any
 
 PROFILE_STEPS = 3  # profiled steps at the end of a run (after one warm-up step of the profiler)
 TOP = 15
+# cudaGraphLaunch: a CUDA-graph replay, one call for the whole step's forward and backward (model/graph_step.py)
 _LAUNCH_CALLS = ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernelEx", "cudaMemcpyAsync",
-                 "cudaMemsetAsync")  # fmt: skip
+                 "cudaMemsetAsync", "cudaGraphLaunch")  # fmt: skip
 
 
 class StepProfiler:

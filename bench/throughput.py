@@ -4,7 +4,10 @@ side, all in one run: tokens/s, ms/step, NVML per-process peak, MFU, and a torch
 Each (model, variant) trains in a fresh process (so NVML's per-process figure is its own) through the project's
 trainer (`model.train.train_and_evaluate`, the step a tuning trial runs: optimizer, clipping, stability checks) at
 V 50257, D 1024, 12 layers, L 2048, B 8, bf16. Variants (model/fast.py): "eager" (today's step), "compile"
-(`compile_step=True`), "fused" (`fused_loss=True`) and "compile_fused" (both). Tokens: "synthetic" (uniform random
+(`compile_step=True`), "fused" (`fused_loss=True`), "compile_fused" (both), and with the step's forward and backward
+replayed from a CUDA graph (`cuda_graph_step=True`, model/graph_step.py: steps 1-2 eager, step 3 captures) "graphs"
+and "compile_graphs" (with compile_step); a graph row whose capture fails is recorded as failed, never run eagerly
+instead, and its JSON row counts the captures and replays. Tokens: "synthetic" (uniform random
 ids; step time does not depend on the text, and preparing nothing keeps the run short) or "python" (the project's
 `python` corpus source capped at --max-bytes, tokenised once by the parent). The JSON says which.
 
@@ -21,6 +24,9 @@ H100/H200 SXM).
     python bench/throughput.py --tiny --out /tmp/tp   # CPU, tiny shapes, 4 rows: proves the script
 On one H100 (the ten default rows, about 8-9 minutes; --budget-s keeps it under 9):
     PYTHONPATH=$PWD timeout 570 python3 bench/throughput.py --out $OUT
+The CUDA-graph rows beside the dense baseline and today's best 8gb step (about 4 minutes; rows are taken in order,
+the last ones skipped if the budget runs out):
+    PYTHONPATH=$PWD timeout 250 python3 bench/throughput.py --out $OUT --budget-s 225 --rows GRAPH_ROWS
 Writes DIR/throughput.json {"device", "torch", "data", "rows": [{"model", "variant", "tokens_per_s",
 "ms_per_step", "nvml_peak_gib", "mfu", ...}]} and DIR/profile_step.json (bench/profile_step.py's summaries), both
 rewritten after every row, so a run cut short keeps what it measured. Rows run in ROWS order; a row that cannot
@@ -47,14 +53,20 @@ from bench._common import RESULTS, device_header, write_json
 
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12}
 MODELS = ("8gb", "dense", "24gb", "10gb")
-# variant -> train_and_evaluate switches (model/fast.py): compile_step, fused_loss
-VARIANTS = {"eager": (False, False), "compile": (True, False), "fused": (False, True), "compile_fused": (True, True)}
+# variant -> train_and_evaluate switches (model/fast.py): compile_step, fused_loss, cuda_graph_step
+VARIANTS = {"eager": (False, False, False), "compile": (True, False, False), "fused": (False, True, False),
+            "compile_fused": (True, True, False), "graphs": (False, False, True),
+            "compile_graphs": (True, False, True)}  # fmt: skip
 # Run order: the dense baseline and each preset eager then with both switches (memory and speed per preset), then
 # each switch alone on the 8gb preset (what each contributes), the dense model's fast path last. Rows past
 # --budget-s are recorded as skipped.
 ROWS = ("8gb:eager", "8gb:compile_fused", "dense:eager", "24gb:eager", "24gb:compile_fused", "10gb:eager",
         "10gb:compile_fused", "8gb:compile", "8gb:fused", "dense:compile_fused")  # fmt: skip
 TINY_ROWS = ("8gb:eager", "8gb:compile_fused", "dense:eager", "dense:fused")  # ~2 minutes on 2 idle cores
+# --rows GRAPH_ROWS: the CUDA-graph variants, most telling first: the 8gb and 24gb presets' fastest candidate, the
+# baseline, the graph alone, today's best 8gb step (compile) for a same-run comparison, the baseline's graph
+GRAPH_ROWS = ("8gb:compile_graphs", "dense:eager", "24gb:compile_graphs", "8gb:graphs", "8gb:compile",
+              "dense:graphs", "24gb:graphs")  # fmt: skip
 MIN_ROW_S = 60.0  # a row needs about this long at least (process start, first-step compilation)
 ROW_TIMEOUT_S = 240.0  # a row past this (a compile gone wrong) must not eat the whole run
 TINY = dict(vocab_size=512, d_model=64, n_layers=2, n_seq=64, batch_size=2, ffn_rank=8, htt_rank=4,
@@ -145,7 +157,8 @@ def measure_one(name: str, variant: str, steps: int, tiny: bool, data_kind: str,
             result = train_and_evaluate(config, data, train_tokens=steps * config.batch_size * config.n_seq,
                                         eval_tokens=config.n_seq, device=device, on_step=prof.on_step,
                                         return_model=True, compile_step=VARIANTS[variant][0],
-                                        fused_loss=VARIANTS[variant][1])  # fmt: skip
+                                        fused_loss=VARIANTS[variant][1],
+                                        cuda_graph_step=VARIANTS[variant][2])  # fmt: skip
     finally:
         if guard is not None:
             guard.stop()
@@ -170,6 +183,7 @@ def measure_one(name: str, variant: str, steps: int, tiny: bool, data_kind: str,
         "params": sum(result.param_counts.values()),
         "steps": steps,
         "train_loss_last": result.diagnostics.get("train_loss_last"),
+        "cuda_graph_replays": result.diagnostics.get("cuda_graph_replays"),  # None: no graph (not 0)
         "profile": prof.summary(),
     }
 
@@ -228,8 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--steps", type=int, default=30)
-    p.add_argument("--rows", help=f"model:variant,... (models {MODELS}, variants {tuple(VARIANTS)}); default "
-                   f"{','.join(ROWS)} ({','.join(TINY_ROWS)} with --tiny)")  # fmt: skip
+    p.add_argument("--rows", help=f"model:variant,... (models {MODELS}, variants {tuple(VARIANTS)}) or GRAPH_ROWS "
+                   f"({','.join(GRAPH_ROWS)}); default {','.join(ROWS)} ({','.join(TINY_ROWS)} "
+                   "with --tiny)")  # fmt: skip
     p.add_argument("--data", choices=("synthetic", "python"), default="synthetic")
     p.add_argument("--max-bytes", type=int, default=8 << 20, help="python corpus cap (bytes)")
     p.add_argument("--cache-dir", default=".phase1_cache")
@@ -238,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--one", help=argparse.SUPPRESS)  # child mode: "model:variant", prints its JSON row
     args = p.parse_args(argv)
     args.rows = args.rows or ",".join(TINY_ROWS if args.tiny else ROWS)
+    if args.rows == "GRAPH_ROWS":
+        args.rows = ",".join(GRAPH_ROWS)
     for spec in args.rows.split(","):
         name, _, variant = spec.partition(":")
         if name not in MODELS or variant not in VARIANTS:

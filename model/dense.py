@@ -95,7 +95,8 @@ class DenseLM(nn.Module):
         x = self.tok_emb(ids) + self.pos_emb.weight[:L]  # [B, L, D] float32
         ckpt = self.config.use_gradient_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.blocks:
-            x = checkpoint(block, x, use_reentrant=False) if ckpt else block(x)
+            # no RNG state to keep (model/lm.py _checkpointing says why)
+            x = checkpoint(block, x, use_reentrant=False, preserve_rng_state=False) if ckpt else block(x)
         h = self.ln_f(x)
         aux = h.new_zeros((), dtype=torch.float32)
         if targets is None:

@@ -1,5 +1,6 @@
-"""Step-speed switches of the trainer: torch.compile of each block and of one loss chunk (`compile_for_speed`), and
-the head's GEMM fused into the loss (`use_fused_loss`).
+"""Step-speed switches of the trainer: torch.compile of each block and of one loss chunk (`compile_for_speed`), the
+head's GEMM fused into the loss (`use_fused_loss`), and the forward + backward replayed from a CUDA graph
+(`cuda_graph_step`, CUDA only: model/graph_step.py).
 
 Why: at the presets' shapes (D 1024, 12 layers, L 2048, B 8, bf16) the eager step launches thousands of small
 kernels and the GPU idles about half the time (issue 13). Compiling the per-layer block fuses its elementwise work
@@ -33,19 +34,26 @@ if TYPE_CHECKING:
     from model.lm import Phase1LM
 
 
-# What train_and_evaluate does on CUDA when compile_step / fused_loss are left at None: today's eager step until
-# bench/throughput.py on an H100 shows a switch faster at every preset with no more NVML peak (issue 13). On other
-# devices both stay off (the CPU memory tracker cannot see inside compiled code).
+# What train_and_evaluate does on CUDA when compile_step / fused_loss / cuda_graph_step are left at None: today's
+# eager step until bench/throughput.py on an H100 shows a switch faster at every preset with no more NVML peak (issue
+# 13). On other devices all stay off (the CPU memory tracker cannot see inside compiled code; graphs are CUDA's).
 COMPILE_STEP_ON_CUDA = False
 FUSED_LOSS_ON_CUDA = False
+GRAPH_STEP_ON_CUDA = False
 
 
-def resolve_switches(device_type: str, compile_step: bool | None, fused_loss: bool | None) -> tuple[bool, bool]:
-    """(compile_step, fused_loss) for a run on `device_type`: an explicit bool wins, None takes the default above."""
+def resolve_switches(
+    device_type: str, compile_step: bool | None, fused_loss: bool | None, cuda_graph_step: bool | None = None
+) -> tuple[bool, bool, bool]:
+    """(compile_step, fused_loss, cuda_graph_step) for a run on `device_type`: an explicit bool wins, None takes the
+    default above. cuda_graph_step=True on another device raises ValueError (CUDA graphs exist on CUDA only)."""
     cuda = device_type == "cuda"
+    if cuda_graph_step and not cuda:
+        raise ValueError(f"cuda_graph_step: CUDA graphs need a CUDA device, got {device_type!r}; leave it off there")
     return (
         (cuda and COMPILE_STEP_ON_CUDA) if compile_step is None else compile_step,
         (cuda and FUSED_LOSS_ON_CUDA) if fused_loss is None else fused_loss,
+        (cuda and GRAPH_STEP_ON_CUDA) if cuda_graph_step is None else cuda_graph_step,
     )
 
 

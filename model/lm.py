@@ -144,8 +144,9 @@ class LMOutput:
     ce_loss: torch.Tensor | None  # scalar mean next-token cross-entropy (nats); None without targets
     aux_loss: torch.Tensor  # scalar l1 * sum over layers of ARSSM's gate_l1 (channel sum of mean gates), weighted
     hidden: torch.Tensor  # [B, L, D] final normed hidden states
-    # effective_rank (channels in use per layer, see ARSSM), gate_sparsity (share of gates off); layer means
-    diagnostics: dict[str, float] = field(default_factory=dict)
+    # effective_rank (channels in use per layer, see ARSSM), gate_sparsity (share of gates off); layer means, 0-dim
+    # detached tensors (float() them)
+    diagnostics: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class _RMSNormFn(torch.autograd.Function):
@@ -194,7 +195,11 @@ class RMSNorm(nn.Module):
 
 
 def _checkpointing(module: nn.Module) -> bool:
-    """Checkpoint only while training with autograd on: under no_grad there is nothing to save."""
+    """Checkpoint only while training with autograd on: under no_grad there is nothing to save.
+
+    Every checkpoint of the models passes preserve_rng_state=False: their forward draws no random numbers (no
+    dropout), so there is no RNG state to restore for the recomputation, and stashing it reads the CUDA generator,
+    which a CUDA-graph capture of the step forbids (model/graph_step.py)."""
     return module.training and torch.is_grad_enabled()
 
 
@@ -214,7 +219,9 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor):
         if self.checkpoint_mixer and _checkpointing(self):
-            y, gate_l1, eff_rank, sparsity, gate_mean = checkpoint(self._mix, x, use_reentrant=False)
+            y, gate_l1, eff_rank, sparsity, gate_mean = checkpoint(
+                self._mix, x, use_reentrant=False, preserve_rng_state=False
+            )
         else:
             y, gate_l1, eff_rank, sparsity, gate_mean = self._mix(x)
         self.mixer.last_gate_mean = gate_mean  # outside the checkpoint (ARSSM.forward says why)
@@ -307,7 +314,7 @@ class Phase1LM(nn.Module):
             raise ValueError(f"targets shape {tuple(targets.shape)} != ids shape {tuple(ids.shape)}")
         ckpt = _checkpointing(self)
         if cfg.checkpoint_htt and ckpt:
-            x = checkpoint(self.embed, ids, use_reentrant=False)
+            x = checkpoint(self.embed, ids, use_reentrant=False, preserve_rng_state=False)
         else:
             x = self.embed(ids)  # [B, L, D] float32
         if self.input_scale != 1.0:
@@ -315,7 +322,7 @@ class Phase1LM(nn.Module):
         gate_l1s, eff_ranks, sparsities = [], [], []
         for block in self.blocks:
             if cfg.use_gradient_checkpointing and ckpt:
-                x, gm, er, sp = checkpoint(block, x, use_reentrant=False)
+                x, gm, er, sp = checkpoint(block, x, use_reentrant=False, preserve_rng_state=False)
             else:
                 x, gm, er, sp = block(x)
             gate_l1s.append(gm)
@@ -323,8 +330,9 @@ class Phase1LM(nn.Module):
             sparsities.append(sp)
         h = self.norm_f(x)  # [B, L, D]
         aux = cfg.ar_ssm_l1_regularization * torch.stack(gate_l1s).sum()
-        er_mean, sp_mean = torch.stack([torch.stack(eff_ranks).mean(), torch.stack(sparsities).mean()]).tolist()
-        diagnostics = {"effective_rank": er_mean, "gate_sparsity": sp_mean}
+        # 0-dim tensors, read by whoever wants them (evaluation): a host read here would wait for the GPU in the
+        # middle of every training step, and cannot happen inside a CUDA-graph capture (model/graph_step.py)
+        diagnostics = {"effective_rank": torch.stack(eff_ranks).mean(), "gate_sparsity": torch.stack(sparsities).mean()}
         if targets is None:
             return LMOutput(self.logits(h), None, None, aux, h, diagnostics)
         if self.fused_loss_grad is not None and self.head is None and torch.is_grad_enabled():

@@ -61,7 +61,8 @@ def chunked_cross_entropy(
     for start in range(0, L, chunk):
         hc, tc = h[:, start : start + chunk], targets[:, start : start + chunk]
         if torch.is_grad_enabled():  # a memory matter whenever autograd records, training or not
-            total = total + checkpoint(ce_fn, logits_fn, hc, tc, use_reentrant=False)
+            # no RNG state to keep (model/lm.py _checkpointing says why)
+            total = total + checkpoint(ce_fn, logits_fn, hc, tc, use_reentrant=False, preserve_rng_state=False)
         else:
             total = total + ce_fn(logits_fn, hc, tc)
     return total / n_valid, None

@@ -32,6 +32,7 @@ from model.dense_config import DenseConfig
 from model.evaluate import autocast_for, evaluate_run, token_windows
 from model.evaluate import evaluate as evaluate  # re-exported: the public API names both here
 from model.fast import resolve_switches
+from model.graph_step import GraphedStep
 from model.memory import TensorMemoryTracker
 from model.train_records import EvalInfo as EvalInfo  # re-exported with the others: the public API
 from model.train_records import StepInfo as StepInfo
@@ -71,6 +72,7 @@ def train_and_evaluate(
     progress: Callable[[str], None] | bool | None = None,
     compile_step: bool | None = None,
     fused_loss: bool | None = None,
+    cuda_graph_step: bool | None = None,
 ) -> TrainResult:
     """Build `config`'s model (Phase 1, or the dense baseline for a DenseConfig), train it on `data.train` for
     ceil(train_tokens / (B*L)) steps, evaluate on `data.val`.
@@ -80,17 +82,18 @@ def train_and_evaluate(
     measured mid-run and passed to `on_eval`; an exception raised by `on_step` or `on_eval` propagates (the tuner stops
     a trial that way). `progress`: a callable receiving a status line about every 10% of the run, or True to print
     them to stderr. `compile_step`: torch.compile each block and the loss chunk (model/fast.py); `fused_loss`: the
-    head's GEMM fused into the loss (model/fast.py `use_fused_loss`). None takes model/fast.py's defaults (on CUDA:
-    off until the GPU measurement, bench/throughput.py, shows a switch faster at the presets' shapes with no more
-    memory; elsewhere off). On CPU a compiled run's peak is not measured (peak_torch_gib 0, kind
-    "unmeasured_compiled_cpu").
-    Raises ConfigError (untrainable config, vocab mismatch), DataError (too little data for n_seq), ValueError (bad
-    budgets), NumericalInstabilityError (from the stability monitor).
+    head's GEMM fused into the loss (model/fast.py `use_fused_loss`); `cuda_graph_step` (CUDA only): each step's
+    forward and backward replayed from a CUDA graph after 2 eager steps (model/graph_step.py; diagnostics count the
+    captures and replays). None takes model/fast.py's defaults (on CUDA: off until bench/throughput.py shows a switch
+    faster at the presets' shapes with no more memory; elsewhere off). On CPU a compiled run's peak is not measured
+    (peak_torch_gib 0, kind "unmeasured_compiled_cpu"). Raises ConfigError (untrainable config, vocab mismatch),
+    DataError (too little data for n_seq), ValueError (bad budgets, cuda_graph_step off CUDA),
+    NumericalInstabilityError (from the stability monitor), GraphCaptureError (capture failed: no eager fallback).
     """
     config.check_trainable()  # before anything is built: LNS models are inference only
     _check_inputs(config, data, train_tokens, eval_tokens)
     dev = torch.device(device)
-    compile_step, fused_loss = resolve_switches(dev.type, compile_step, fused_loss)
+    compile_step, fused_loss, cuda_graph_step = resolve_switches(dev.type, compile_step, fused_loss, cuda_graph_step)
     tokens_per_step = config.batch_size * config.n_seq
     steps = math.ceil(train_tokens / tokens_per_step)
     points = sorted({int(p) for p in eval_points})
@@ -119,7 +122,7 @@ def train_and_evaluate(
         torch.manual_seed(config.seed)
         if dev.type == "cuda":
             torch.cuda.manual_seed_all(config.seed)
-        run = _Run(config, data, dev, steps, eval_tokens, say, compile_step, fused_loss)
+        run = _Run(config, data, dev, steps, eval_tokens, say, compile_step, fused_loss, cuda_graph_step)
         curve, loop_s = run.train(points, on_step, on_eval)
         tokens_per_s = run.tokens_per_s(loop_s)
         final = run.final_eval(curve)
@@ -192,6 +195,7 @@ class _Run:
         say: Callable[[str], None],
         compile_step: bool = False,
         fused_loss: bool = False,
+        cuda_graph_step: bool = False,
     ):
         from model.optim import param_groups
         from model.stability import StabilityMonitor
@@ -239,6 +243,9 @@ class _Run:
         self.first_loss = self.last_loss = float("nan")
         self.eval_s = 0.0  # seconds spent in mid-run evaluations (excluded from the loop time)
         self.first_step_s = float("nan")
+        self.graphed = GraphedStep(self.model, self._forward_backward) if cuda_graph_step else None
+        self.kept_out: Any = None  # the eager step's last LMOutput (_forward_backward)
+        self.step_fn = self.graphed or self._forward_backward
 
     def _lr_factor(self, step: int) -> float:
         """LR multiplier for optimizer step `step` (0-based): linear warmup, then cosine to FINAL_LR_FRACTION."""
@@ -252,6 +259,16 @@ class _Run:
         starts = self.rng.integers(0, self.data.n_train_tokens - (c.n_seq + 1) + 1, size=c.batch_size)
         return token_windows(self.data.train, starts, c.n_seq + 1, self.dev)
 
+    def _forward_backward(self, win: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Forward and backward of one batch win [B, L+1] -> (loss, ce_loss, aux_loss), detached 0-dim tensors. Reads
+        nothing back to the host, so model/graph_step.py can capture it."""
+        with autocast_for(self.config, self.dev):
+            out = self.model(win[:, :-1], win[:, 1:])
+        if self.graphed is None:  # eager: the output lives until the next forward returns, as the VRAM estimator
+            self.kept_out = out  # models it (tuner/vram/estimate: previous_step_output)
+        self.scaler.scale(out.loss).backward()
+        return out.loss.detach(), out.ce_loss.detach(), torch.as_tensor(out.aux_loss).detach()
+
     def train(self, points: list[int], on_step, on_eval) -> tuple[list[dict[str, float]], float]:
         c, model = self.config, self.model
         tokens_per_step = c.batch_size * c.n_seq
@@ -261,12 +278,9 @@ class _Run:
         self.say(f"train: {self.steps} steps of {tokens_per_step} tokens on {self.dev}")
         t_start = time.perf_counter()
         for step in range(1, self.steps + 1):
-            win = self._batch()
-            with autocast_for(c, self.dev):
-                out = model(win[:, :-1], win[:, 1:])
-            loss = out.loss
-            self.monitor.check_finite(loss, step)  # non-finite loss: every step, raises
-            self.scaler.scale(loss).backward()
+            loss, ce_loss, aux_loss = self.step_fn(self._batch())
+            # non-finite loss: every step, raises (after the backward: the step itself never reads the host)
+            self.monitor.check_finite(loss, step)
             self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
             # fp16: an overflowing step has a non-finite norm; the scaler skips that step and lowers its scale
             grad_norm = float(self.monitor.clip_gradients(model, allow_nonfinite=self.scaler.is_enabled()))
@@ -274,17 +288,16 @@ class _Run:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
+            if self.graphed is None or not self.graphed.live:  # a live graph owns the .grad buffers
+                self.optimizer.zero_grad(set_to_none=True)
             # every step: parameters finite; det/Schatten only when enabled and step % stability_check_every == 0
             measured = self.monitor.check(model, step)
             if measured:
                 self.checks.append(dict(measured))
-            loss_f = float(loss.detach().float())
-            if step == 1:
-                self.first_loss = loss_f
-            self.last_loss = loss_f
+            loss_f = self.last_loss = float(loss.float())
             tokens = step * tokens_per_step
             if step == 1:
+                self.first_loss = loss_f
                 if self.dev.type == "cuda":
                     torch.cuda.synchronize(self.dev)
                 self.first_step_s = time.perf_counter() - t_start
@@ -295,8 +308,8 @@ class _Run:
                         step=step,
                         tokens=tokens,
                         loss=loss_f,
-                        ce_loss=float(out.ce_loss.detach().float()),
-                        aux_loss=float(torch.as_tensor(out.aux_loss).detach().float()),
+                        ce_loss=float(ce_loss.float()),
+                        aux_loss=float(aux_loss.float()),
                         grad_norm=grad_norm,
                         lr=lr,
                         elapsed_s=elapsed,
@@ -316,6 +329,7 @@ class _Run:
                 self.say(f"train: eval at {tokens} tokens: val_loss {info.val_loss:.4f}, ppl {info.val_ppl:.2f}")
                 if on_eval is not None:
                     on_eval(info)
+        self.kept_out = None
         if self.dev.type == "cuda":
             torch.cuda.synchronize(self.dev)
         loop_s = time.perf_counter() - t_start - self.eval_s
@@ -333,6 +347,8 @@ class _Run:
         # A compiled step's blocks would compile again for evaluation (eval mode, no grad, another batch shape): a
         # minute of compilation for a pass that runs a few times per trial, so evaluation runs them eagerly.
         stance = torch.compiler.set_stance("force_eager") if self.compiled else nullcontext()
+        if self.graphed is not None:  # evaluation runs eagerly, outside the graph's pool: free the pool first
+            self.graphed.release()
         with stance:
             return evaluate_run(self.model, self.data, self.eval_tokens, self.config, self.dev)
 
@@ -347,18 +363,10 @@ class _Run:
     def final_eval(self, curve: list[dict[str, float]]) -> dict[str, Any]:
         """Validation after the last step; reuses a mid-run evaluation taken after that same step."""
         total_tokens = self.steps * self.config.batch_size * self.config.n_seq
-        if self._last_eval is not None and self._last_eval[0] == total_tokens:
-            return self._last_eval[1]
-        r = self._evaluate()
-        curve.append(
-            EvalInfo(
-                tokens=total_tokens,
-                val_loss=r["val_loss"],
-                val_ppl=r["val_ppl"],
-                repr_effective_rank=r["repr_effective_rank"],
-            ).to_dict()
-        )
-        return r
+        if self._last_eval is None or self._last_eval[0] != total_tokens:
+            curve.append(self._eval_info(total_tokens).to_dict())  # sets _last_eval
+        assert self._last_eval is not None
+        return self._last_eval[1]
 
     def diagnostics(self, final: dict[str, Any]) -> dict[str, Any]:
         d: dict[str, Any] = dict(final["model_diagnostics"])  # effective_rank, gate_sparsity, ... on validation
@@ -374,6 +382,8 @@ class _Run:
             d[key] = float(pick(values)) if values else None
         if self.config.dtype == "float16":
             d["loss_scale_final"] = float(self.scaler.get_scale())
+        if self.graphed is not None:
+            d.update(self.graphed.counts())
         return d
 
 

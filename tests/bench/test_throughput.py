@@ -48,6 +48,28 @@ def test_tiny_configs_keep_the_presets_switches():
     assert throughput.config_for("dense", tiny=True).d_model == c8.d_model
 
 
+def test_graph_variants_turn_on_the_graph_switch_and_keep_the_old_keys():
+    assert throughput.VARIANTS["graphs"] == (False, False, True)
+    assert throughput.VARIANTS["compile_graphs"] == (True, False, True)
+    old = {"eager": (False, False), "compile": (True, False), "fused": (False, True), "compile_fused": (True, True)}
+    assert {k: throughput.VARIANTS[k][:2] for k in old} == old and not any(throughput.VARIANTS[k][2] for k in old)
+    for spec in throughput.GRAPH_ROWS:
+        name, variant = spec.split(":")
+        assert name in ("8gb", "24gb", "dense") and variant in throughput.VARIANTS
+
+
+@pytest.mark.slow  # starts a child process
+def test_a_graph_row_off_cuda_fails_loudly(tmp_path):
+    """No eager fallback: a CUDA-graph row that cannot run is recorded as failed, with its one-line reason."""
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "throughput.py"), "--tiny", "--rows", "dense:graphs",
+                        "--steps", "10", "--out", str(tmp_path)],
+                       capture_output=True, text=True, timeout=300, cwd=ROOT)  # fmt: skip
+    assert r.returncode == 1
+    (row,) = json.loads((tmp_path / "throughput.json").read_text())["rows"]
+    assert row["failed"].startswith("exit") and "tokens_per_s" not in row
+    assert "cuda_graph_step: CUDA graphs need a CUDA device" in row["error_tail"]
+
+
 @pytest.mark.slow  # trains a tiny model in a child process
 def test_tiny_run_writes_both_files(tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "bench" / "throughput.py"), "--tiny", "--rows", "8gb:fused",
