@@ -118,7 +118,10 @@ def render(result: dict) -> str:
     lines += table(["claim", *VERDICTS], summary) + [""]
     lines += ["## How a row is judged", "", *(line.strip() for line in RULES.split("\n\n", 1)[1].splitlines()), ""]
     for c in result["claims"]:
-        lines += [f"## {c['title']}", "", f"Where: `{c['where']}`.", "", "The guide's figures:", ""]
+        lines += [f"## {c['title']}", "", f"Where: `{c['where']}`.", ""]
+        if c.get("context"):
+            lines += [c["context"], ""]
+        lines += ["The guide's figures:", ""]
         lines += table(c["guide_table"]["columns"], c["guide_table"]["rows"]) + [""]
         if c["ours"]:
             lines += [f"Ours (memory: GiB, {result['memory_kind']}; floor: NVML minus allocator reserved):", ""]
