@@ -16,7 +16,7 @@ runs; with one device everything shares it and the speed figures are marked pack
 
 On a 4x H100 host (data preparation ~60-90 s, then about 5-6 minutes of runs; --budget-s kills what is still
 running at 525 s, recorded as killed, to be finished with --only):
-    PYTHONPATH=$PWD timeout 580 python3 bench/claims.py --out $OUT
+    PYTHONPATH=$PWD timeout 550 python3 bench/claims.py --out $OUT --write-doc $OUT/claims.md
 
 Writes DIR/claims_runs.jsonl (a meta line, then one line per finished run, as it finishes) and DIR/claims.json
 (bench/claims_summary.py: each claim's rows with the guide's figure, ours, the verdict, and the runs missing).
