@@ -2,10 +2,11 @@
 host (several per GPU), measured the same way (val PPL on the same windows, tokens/s, NVML per-process peak).
 
 A job is a JSON-ready dict: {"id", "model": "phase1" | "dense", "config": {...fields}, "train_tokens",
-"eval_tokens", "data": DataSource fields, "cache_dir"}. `run_pool` writes one JSON line per finished job to
-`jsonl` as soon as it ends (so a run stopped at its time limit still returns what finished) and returns them all.
-A run that diverged (NumericalInstabilityError, a non-finite loss) is recorded with "diverged": true and no
-figures: callers never report a figure from it.
+"eval_tokens", "data": DataSource fields, "cache_dir"}; a job with "script": "NAME.py" runs that script of bench/
+instead (same `--job JOB.json --result RESULT.json` protocol, see `child_main`). `run_pool` writes one JSON line
+per finished job to `jsonl` as soon as it ends (so a run stopped at its time limit still returns what finished)
+and returns them all. A run that diverged (NumericalInstabilityError, a non-finite loss) is recorded with
+"diverged": true and no figures: callers never report a figure from it.
 
     python bench/lm_runs.py --job JOB.json --result RESULT.json   # one run (what run_pool starts per job)
 """
@@ -75,6 +76,7 @@ def run_one(job: dict) -> dict:
         val_loss=result.val_loss if finite else None, val_ppl=result.val_ppl if finite else None,
         tokens_per_s=result.tokens_per_s, train_tokens=result.train_tokens, epochs=result.epochs,
         steps=result.steps, eval_tokens=result.eval_tokens, peak_torch_gib=result.peak_torch_gib,
+        peak_reserved_gib=result.peak_reserved_gib,
         nvml_peak_gib=guard.peak_gib if guard is not None and guard.n_seen else None,
         param_counts=result.param_counts, curve=result.curve,
         diagnostics={k: v for k, v in result.diagnostics.items() if isinstance(v, (int, float)) or v is None},
@@ -94,6 +96,8 @@ def run_pool(jobs: list[dict], *, gpus: list[int | None], per_gpu: int | list[in
     work.mkdir(parents=True, exist_ok=True)
     pending = sorted(jobs, key=lambda j: -j.get("cost", j["train_tokens"]))
     for j in pending:
+        if "script" in j and not (Path(__file__).resolve().parent / j["script"]).is_file():
+            raise ValueError(f"job {j['id']}: script {j['script']!r} is not a file in bench/")
         if "gpus" in j and not set(j["gpus"]) & set(gpus):
             raise ValueError(f"job {j['id']}: pinned to GPUs {j['gpus']}, none of which is in {gpus}")
     counts = per_gpu if isinstance(per_gpu, list) else [per_gpu] * len(gpus)
@@ -119,8 +123,9 @@ def run_pool(jobs: list[dict], *, gpus: list[int | None], per_gpu: int | list[in
         results.append(res)
         with open(jsonl, "a") as fh:
             fh.write(json.dumps(res) + "\n")
+        ppl = f"ppl {res['val_ppl']:.1f}" if res.get("val_ppl") is not None else "finished"  # a probe has no PPL
         state = "killed" if killed else ("diverged" if res.get("diverged") else ("failed" if res.get("failed")
-                                                                                else f"ppl {res.get('val_ppl'):.1f}"))
+                                                                                else ppl))
         log(f"[{time.monotonic() - start:6.0f}s] done {job['id']} on gpu {slots[slot]}: {state} "
             f"({time.monotonic() - t_start:.0f} s)")
 
@@ -138,8 +143,9 @@ def run_pool(jobs: list[dict], *, gpus: list[int | None], per_gpu: int | list[in
             env = dict(os.environ, PYTHONUNBUFFERED="1")
             if slots[slot] is not None:
                 env["CUDA_VISIBLE_DEVICES"] = str(slots[slot])
+            script = Path(__file__).resolve().parent / job["script"] if "script" in job else Path(__file__)
             with open(work / f"{job['id']}.log", "w") as logf:
-                proc = subprocess.Popen([sys.executable, __file__, "--job", str(job_path), "--result",
+                proc = subprocess.Popen([sys.executable, str(script), "--job", str(job_path), "--result",
                                          str(result_path)], env=env, stdout=logf, stderr=subprocess.STDOUT)
             running[slot] = (proc, job, time.monotonic(), result_path)
             log(f"[{time.monotonic() - start:6.0f}s] start {job['id']} on gpu {slots[slot]}")
@@ -203,20 +209,26 @@ def device_header() -> dict:
     return {**common_header(), "n_gpus": torch.cuda.device_count()}
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def child_main(argv: list[str] | None, run, description: str) -> int:
+    """`--job JOB.json --result RESULT.json`: run(job) -> the result dict, written atomically; an exception is
+    recorded as {"failed": true, "error"} (the traceback goes to the job's log). What run_pool starts per job."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--job", required=True, type=Path)
     p.add_argument("--result", required=True, type=Path)
     args = p.parse_args(argv)
     job = json.loads(args.job.read_text())
     try:
-        res = run_one(job)
-    except Exception as exc:
+        res = run(job)
+    except Exception as exc:  # noqa: BLE001 - any failure of one run is recorded as that run's result
         traceback.print_exc()
         res = {"id": job["id"], "model": job["model"], "diverged": False, "failed": True,
                "error": f"{type(exc).__name__}: {exc}"}
     write_json(args.result, res)  # atomically: run_pool reads a result file only once it is whole
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return child_main(argv, run_one, __doc__.splitlines()[0])
 
 
 if __name__ == "__main__":
