@@ -34,6 +34,7 @@ from model.evaluate import evaluate as evaluate  # re-exported: the public API n
 from model.fast import resolve_switches
 from model.memory import TensorMemoryTracker
 from model.train_records import EvalInfo as EvalInfo  # re-exported with the others: the public API
+from model.train_records import RunTimes as RunTimes
 from model.train_records import StepInfo as StepInfo
 from model.train_records import TrainResult as TrainResult
 from model.units import GIB
@@ -71,6 +72,7 @@ def train_and_evaluate(
     progress: Callable[[str], None] | bool | None = None,
     compile_step: bool | None = None,
     fused_loss: bool | None = None,
+    times: RunTimes | None = None,
 ) -> TrainResult:
     """Build `config`'s model (Phase 1, or the dense baseline for a DenseConfig), train it on `data.train` for
     ceil(train_tokens / (B*L)) steps, evaluate on `data.val`.
@@ -83,10 +85,13 @@ def train_and_evaluate(
     head's GEMM fused into the loss (model/fast.py `use_fused_loss`). None takes model/fast.py's defaults (on CUDA:
     off until the GPU measurement, bench/throughput.py, shows a switch faster at the presets' shapes with no more
     memory; elsewhere off). On CPU a compiled run's peak is not measured (peak_torch_gib 0, kind
-    "unmeasured_compiled_cpu").
+    "unmeasured_compiled_cpu"). `times`: filled in as the run goes (build and evaluation seconds), also when it
+    raises.
     Raises ConfigError (untrainable config, vocab mismatch), DataError (too little data for n_seq), ValueError (bad
     budgets), NumericalInstabilityError (from the stability monitor).
     """
+    t_call = time.perf_counter()
+    times = times if times is not None else RunTimes()
     config.check_trainable()  # before anything is built: LNS models are inference only
     _check_inputs(config, data, train_tokens, eval_tokens)
     dev = torch.device(device)
@@ -119,7 +124,8 @@ def train_and_evaluate(
         torch.manual_seed(config.seed)
         if dev.type == "cuda":
             torch.cuda.manual_seed_all(config.seed)
-        run = _Run(config, data, dev, steps, eval_tokens, say, compile_step, fused_loss)
+        run = _Run(config, data, dev, steps, eval_tokens, say, compile_step, fused_loss, times)
+        times.build_s = time.perf_counter() - t_call
         curve, loop_s = run.train(points, on_step, on_eval)
         tokens_per_s = run.tokens_per_s(loop_s)
         final = run.final_eval(curve)
@@ -192,12 +198,14 @@ class _Run:
         say: Callable[[str], None],
         compile_step: bool = False,
         fused_loss: bool = False,
+        times: RunTimes | None = None,
     ):
         from model.optim import param_groups
         from model.stability import StabilityMonitor
 
         self.config, self.data, self.dev, self.steps, self.say = config, data, dev, steps, say
         self.eval_tokens = eval_tokens
+        self.times = times if times is not None else RunTimes()
         self._last_eval: tuple[int, dict[str, Any]] | None = None  # (tokens, result) of the latest evaluation
         self.model: Phase1LM | DenseLM
         if isinstance(config, DenseConfig):
@@ -333,8 +341,12 @@ class _Run:
         # A compiled step's blocks would compile again for evaluation (eval mode, no grad, another batch shape): a
         # minute of compilation for a pass that runs a few times per trial, so evaluation runs them eagerly.
         stance = torch.compiler.set_stance("force_eager") if self.compiled else nullcontext()
-        with stance:
-            return evaluate_run(self.model, self.data, self.eval_tokens, self.config, self.dev)
+        t0 = time.perf_counter()
+        try:
+            with stance:
+                return evaluate_run(self.model, self.data, self.eval_tokens, self.config, self.dev)
+        finally:
+            self.times.eval_s += time.perf_counter() - t0
 
     def _eval_info(self, tokens: int) -> EvalInfo:
         # mid-run evaluations score the same windows as the final one, so the curve's points are comparable

@@ -13,6 +13,7 @@ import traceback
 from multiprocessing.connection import Connection
 from typing import Any
 
+from model.train_records import RunTimes
 from tuner.trial.faults import fault_for, raise_fault
 from tuner.trial.outcome import TrialRequest
 from tuner.units import GIB
@@ -84,7 +85,10 @@ class _ChildState:
         self.conn = conn
         self.send_lock = threading.Lock()
         self.parent_pid = parent_pid
-        self._busy_t0: float | None = None
+        self._trainer_t0: float | None = None  # this trial's trainer start (monotonic s)
+        self._build_lead_s = 0.0  # from the trainer start to train_and_evaluate's call (the guard's start)
+        self._data_s = 0.0
+        self._times = RunTimes()
         self.nvml_index = gpu if gpu is not None else 0
         self.device_uuid: str | None = None
         if torch.cuda.is_available():
@@ -113,13 +117,28 @@ class _ChildState:
 
     def run_trial(self, req: TrialRequest, cache_dir: str) -> dict[str, Any]:
         """Run one trial; the outcome as the flat mapping tuner.trial.outcome.TrialOutcome.from_dict reads."""
-        self._busy_t0 = None  # set when the trainer starts: busy_s excludes opening the data
+        self._data_s = 0.0
+        self._trainer_t0 = None  # set when the trainer starts (after the data is open)
+        self._times = RunTimes()
         try:
             out = self._run_trial(req, cache_dir)
         except BaseException as e:  # noqa: BLE001 - any failure becomes an outcome; the child stays up
             out = _error_outcome(e)
-        busy_s = 0.0 if self._busy_t0 is None else time.monotonic() - self._busy_t0
-        return {**out, "busy_s": busy_s}
+        return {**out, **self._phase_seconds(time.monotonic())}
+
+    def _phase_seconds(self, now: float) -> dict[str, float]:
+        """The trial's seconds in this child: data_s (opening the token data), build_s (the guard and the model up to
+        its first step), train_s (steps), eval_s (validation passes, the LNS evaluation included). A run stopped
+        while building counts whole as build_s."""
+        if self._trainer_t0 is None:
+            return {"data_s": self._data_s, "build_s": 0.0, "train_s": 0.0, "eval_s": 0.0}
+        total = now - self._trainer_t0
+        built = self._times.build_s
+        if built is None:
+            return {"data_s": self._data_s, "build_s": total, "train_s": 0.0, "eval_s": 0.0}
+        build = min(total, self._build_lead_s + built)
+        evals = min(total - build, self._times.eval_s)
+        return {"data_s": self._data_s, "build_s": build, "train_s": total - build - evals, "eval_s": evals}
 
     def release(self) -> None:
         """Free what the last trial left (garbage, the allocator's cache, the peak counters); the caller runs it
@@ -154,10 +173,13 @@ class _ChildState:
         lns = isinstance(config, Phase1Config) and config.lns_enabled
         # LNS weights are inference-only: train the float model, convert, evaluate the converted one.
         train_config = config.replace(lns_enabled=False) if lns else config
+        t_data = time.monotonic()
         try:
             data = self.data(req.data, config.vocab_size, cache_dir)
         except (DataError, OSError) as e:  # the worker's data or cache, not this configuration: see environment.py
             return {"kind": "environment_error", **_exc_fields(e)}
+        finally:
+            self._data_s = time.monotonic() - t_data
         ceiling = float(req.ceiling_gib)
         fault = fault_for(req.fault, req.trial_number)
         guard = None
@@ -221,9 +243,10 @@ class _ChildState:
             return monitor.attrs() if monitor is not None else dict(curve_note)
 
         try:
+            self._trainer_t0 = time.monotonic()
             if guard is not None:
                 guard.start()
-            self._busy_t0 = time.monotonic()
+            self._build_lead_s = time.monotonic() - self._trainer_t0
             try:
                 result = train_and_evaluate(
                     train_config,
@@ -235,11 +258,14 @@ class _ChildState:
                     eval_points=eval_points,
                     on_eval=monitor.on_eval if monitor is not None else None,
                     return_model=lns,
+                    times=self._times,
                 )
                 out = _result_dict(result)
                 if lns:
+                    t_lns = time.monotonic()
                     out.update(_lns_evaluate(result.model, config, data, int(req.eval_tokens), self.device))
                     result.model = None
+                    self._times.eval_s += time.monotonic() - t_lns
             finally:
                 if guard is not None:
                     guard.stop()

@@ -251,8 +251,9 @@ class TrialRunner:
                 }
                 break
         outcome.setdefault("wall_s", time.monotonic() - t0)
-        # A child killed mid-trial (ceiling, timeout, stop) sent no busy_s: it was busy from the request to the kill
-        outcome.setdefault("busy_s", time.monotonic() - t0)
+        # A child killed mid-trial (ceiling, timeout, stop) sent no phases: it was busy from the request to the kill
+        if "train_s" not in outcome:
+            outcome["train_s"] = time.monotonic() - t0
         if outcome["kind"] == "vram_ceiling" and ceiling_msg is not None:
             outcome.setdefault("peak_gib", ceiling_msg["peak_gib"])
         replace = outcome["kind"] in _REPLACE_AFTER or (outcome["kind"] == "error" and self.device == "cuda")

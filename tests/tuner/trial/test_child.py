@@ -84,6 +84,10 @@ def test_a_complete_run_reports_its_result_and_progress(child):
     while parent_end.poll():
         messages.append(parent_end.recv())
     assert messages and {m["type"] for m in messages} == {"progress"} and messages[0]["step"] >= 1
+    # its seconds: the data opened (prepared here: the cache was empty), the model built, 0.1 s sleeps in the steps
+    assert out.data_s > 0 and out.build_s > 0 and out.eval_s > 0
+    assert out.train_s >= 16 * 0.1  # 1024 tokens / (batch 2 x n_seq 32) = 16 steps, each sleeping 0.1 s
+    assert out.busy_s == out.train_s + out.eval_s
 
 
 def test_jsonable_turns_results_into_json_values():
