@@ -25,6 +25,22 @@ class TrialStopRequested(Exception):
     """Raised inside the child's step callback when the parent asked the trial to stop (worker shutting down)."""
 
 
+def _import_trial_modules() -> None:
+    """Import what a trial imports lazily (the model's components, the guard, the curve monitor) before the child
+    says it is ready: a prestarted child does it while the worker is busy elsewhere, not in a trial's build.
+    torch._dynamo is among them: torch imports it lazily at the first call of a function wrapped to disable it
+    (parameter init, the optimizer), which cost the first trial of every fresh child 2-4 s of "build" on CPU."""
+    import torch._dynamo  # noqa: F401
+    import model.dense  # noqa: F401
+    import model.fast  # noqa: F401
+    import model.lm  # noqa: F401
+    import model.lns_linear  # noqa: F401
+    import model.optim  # noqa: F401
+    import model.stability  # noqa: F401
+    import tuner.analysis.curve_monitor  # noqa: F401
+    import tuner.vram.guard  # noqa: F401
+
+
 def child_main(conn: Connection, gpu: int | None, parent_pid: int, cpu_threads: int | None = 1) -> None:
     """Entry point of the trial child. Sets the GPU environment before torch loads, then serves requests."""
     # The worker decides when to stop; Ctrl-C / a group SIGTERM must not kill the child mid-step on its own.
@@ -39,6 +55,7 @@ def child_main(conn: Connection, gpu: int | None, parent_pid: int, cpu_threads: 
 
         import model.train  # noqa: F401
 
+        _import_trial_modules()
         state = _ChildState(conn, gpu, parent_pid)
         if state.device == "cpu" and cpu_threads is not None:
             torch.set_num_threads(int(cpu_threads))
@@ -54,11 +71,12 @@ def child_main(conn: Connection, gpu: int | None, parent_pid: int, cpu_threads: 
         kind = msg.get("type")
         if kind == "exit":
             return
-        if kind == "warm":  # a prestarted child opens the last trial's data before the next trial asks for it
+        if kind == "warm":  # a prestarted child opens the data before the next trial asks for it
             try:
                 state.data(msg["source"], int(msg["vocab_size"]), msg["cache_dir"])
             except Exception:  # noqa: BLE001 - the trial that needs the data reports the error itself
                 pass
+            state.open_device()
             continue
         if kind == "trial":
             outcome = state.run_trial(msg["request"], msg["cache_dir"])
@@ -113,6 +131,11 @@ class _ChildState:
         key = (repr(source), vocab_size, cache_dir)
         if key not in self._data:
             self._data[key] = prepare_data(source, vocab_size, cache_dir)
+        else:
+            # Data opened earlier (a warm-up, a previous trial) is used only while its source is still there: data
+            # gone mid-study ends the trial `environment_error` whichever trial of the child meets it (cheap: no
+            # text is read)
+            source.check()
         return self._data[key]
 
     def run_trial(self, req: TrialRequest, cache_dir: str) -> dict[str, Any]:
@@ -139,6 +162,16 @@ class _ChildState:
         build = min(total, self._build_lead_s + built)
         evals = min(total - build, self._times.eval_s)
         return {"data_s": self._data_s, "build_s": build, "train_s": total - build - evals, "eval_s": evals}
+
+    def open_device(self) -> None:
+        """Create the CUDA context now (a no-op on CPU), so the next trial's build does not: it is this process's
+        own and stays for its life, so the guard's per-process figure includes it whenever it is created."""
+        if self.device != "cuda":
+            return
+        import torch
+
+        torch.empty(1, device="cuda")
+        torch.cuda.empty_cache()  # the trial starts with an empty allocator, as without this
 
     def release(self) -> None:
         """Free what the last trial left (garbage, the allocator's cache, the peak counters); the caller runs it

@@ -13,9 +13,11 @@ elapsed_s}, {"type": "ceiling", peak_gib}, {"type": "result", "outcome": {...}}.
 (dict, see `TrialRunner.run`), {"type": "stop"} (end the current trial cleanly), {"type": "warm", source, vocab_size,
 cache_dir} (open that data now), {"type": "exit"}.
 
-Keeping the child warm: a child replaced after a trial is started again at once (`prestart`), not when the next
-trial asks for it, and told to open the last trial's data, so importing torch, opening CUDA and reading the data
-overlap the worker's recording of the last trial and sampling of the next.
+Keeping the child warm: the worker starts its first child (`prestart`) before it opens the study, and a child
+replaced after a trial is started again at once, not when the next trial asks for it; either is told to open the
+data (the study's, or the last trial's). The child imports torch and everything a trial imports, then, on that
+message, opens the data and creates its CUDA context, so all of it overlaps the worker's own work (opening the
+study, recording the last trial, sampling the next) instead of the next trial's wall time (tuner.trial.phases).
 
 Outcome kinds: complete, vram_ceiling, oom, numerical_instability, learning_curve, invalid_config, interrupted,
 timeout, error. `replace_child` says whether the parent must start a fresh child before the next trial.
@@ -86,10 +88,15 @@ class TrialRunner:
         if not self._ready:
             self._wait_ready()
 
-    def prestart(self) -> None:
-        """Start the next child now, without waiting for it: it imports torch, opens CUDA and opens the last trial's
-        data while the worker records that trial and samples the next (ensure_started then finds it ready or
-        nearly)."""
+    def prestart(self, data: tuple[Any, int] | None = None) -> None:
+        """Start the next child now, without waiting for it: it imports torch and the model, opens the device and
+        opens the data while the worker does something else (records the last trial, samples the next, or - at the
+        worker's start - opens the study), so ensure_started finds it ready or nearly.
+
+        data: (model.data.DataSource, vocab_size) to open (default: the last trial's). A child already running is
+        kept (and told to open the data)."""
+        if data is not None:
+            self._last_data = (data[0], int(data[1]))
         if self._proc is None or not self._proc.is_alive():
             self._spawn()
         if self._conn is not None and self._last_data is not None:
@@ -152,11 +159,12 @@ class TrialRunner:
         return self._proc.pid if self._proc is not None else None
 
     def close(self) -> None:
-        """Ask the child to exit; kill it if it does not within 5 s. Safe to call twice."""
+        """Ask the child to exit; kill it if it does not within 5 s (at once if it is still starting: it reads no
+        message before it is ready). Safe to call twice."""
         if self._proc is None:
             return
         try:
-            if self._proc.is_alive() and self._conn is not None:
+            if self._ready and self._proc.is_alive() and self._conn is not None:
                 try:
                     self._conn.send({"type": "exit"})
                 except (OSError, BrokenPipeError):

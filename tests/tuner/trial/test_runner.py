@@ -49,3 +49,43 @@ def test_a_trial_past_its_timeout_is_killed_and_the_child_replaced(tmp_path):
         assert 0.0 < done.busy_s <= done.wall_s and runner.n_started == 2
     finally:
         runner.close()
+
+
+@pytest.mark.slow
+def test_a_prestarted_child_that_dies_before_the_trial_is_replaced_and_the_trial_runs(tmp_path):
+    """prestart(data) starts the child and tells it to open the data; killed before any trial, the trial still runs:
+    ensure_started finds it dead and starts a fresh one, which opens the data itself."""
+    import os
+    import time
+
+    data = DataSource(kind="stdlib", max_bytes=262144)
+    runner = TrialRunner(cache_dir=tmp_path / "cache")
+    try:
+        runner.prestart((data, 512))
+        first = runner.child_pid
+        assert first is not None and runner.n_started == 1
+        os.kill(first, signal.SIGKILL)
+        time.sleep(0.2)
+        request = TrialRequest(
+            config={"vocab_size": 512, "d_model": 32, "n_layers": 1, "n_seq": 32},
+            data=data,
+            train_tokens=256,
+            eval_tokens=256,
+            ceiling_gib=1.0,
+        )
+        done = runner.run(request, timeout_s=120)
+        assert done.kind == "complete", done.error_summary
+        assert runner.n_started == 2 and runner.child_pid not in (None, first)
+        assert done.data_s > 0 and done.busy_s > 0  # the fresh child opened the data inside the trial
+    finally:
+        runner.close()
+
+
+def test_closing_a_child_that_is_still_starting_does_not_wait_for_it(tmp_path):
+    import time
+
+    runner = TrialRunner(cache_dir=tmp_path / "cache")
+    runner.prestart()  # importing torch: it reads no message before it is ready
+    t0 = time.monotonic()
+    runner.close()
+    assert time.monotonic() - t0 < 2.0 and runner.child_pid is None
