@@ -9,7 +9,8 @@ One worker (tuner.trial.worker.run_worker, in this process, its trial child spaw
 state and end reason, `gpu_busy_frac`, `phase_s` (tuner.trial.phases) and `idle_before_s`; overall: the median
 gpu_busy_frac of the trials that trained, the median seconds of every phase, and the worker's wall time against
 the sum of its trained trials' train + eval seconds (busy over the whole run, gaps between trials included).
---train-tokens / --eval-tokens override the study's budget (the JSON says so). `--tiny` is tests/tuner/tiny.py's
+--train-tokens / --eval-tokens override the study's budget (the JSON says so). `--standby off` runs without the
+standby child (the A/B of what it saves after ceiling stops and OOMs). `--tiny` is tests/tuner/tiny.py's
 BASE study (TPE, 2 layers of width 64, 1000 training tokens): a CPU figure, not a GPU one.
 """
 
@@ -68,6 +69,12 @@ def main() -> int:
     ap.add_argument("--eval-tokens", type=int, default=None, help="override the study's budget.eval_tokens")
     ap.add_argument("--gpu", type=int, default=None, help="physical GPU index for the trial child")
     ap.add_argument("--cache-dir", type=Path, default=ROOT / ".phase1_cache")
+    ap.add_argument(
+        "--standby",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="keep a standby trial child (auto: on CUDA only; tuner.trial.runner.TrialRunner)",
+    )
     ap.add_argument("--out", type=Path, default=None, help="(default bench/results/busy[_tiny].json)")
     args = ap.parse_args()
 
@@ -80,13 +87,21 @@ def main() -> int:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     spec, overrides = _spec(args)
+    t_prepare = time.monotonic()
     prepare_data(spec.data, int(spec.model["vocab_size"]), str(args.cache_dir))
+    prepare_s = time.monotonic() - t_prepare  # tokenizing on a fresh cache: not part of any trial
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{tmp}/busy.db"
         storage = open_storage(url)
         t0 = time.monotonic()
         code = run_worker(
-            spec, storage=storage, seed=0, gpu=args.gpu, cache_dir=args.cache_dir, install_signal_handlers=False
+            spec,
+            storage=storage,
+            seed=0,
+            gpu=args.gpu,
+            cache_dir=args.cache_dir,
+            install_signal_handlers=False,
+            standby={"auto": None, "on": True, "off": False}[args.standby],
         )
         worker_s = time.monotonic() - t0
         trials = optuna.load_study(study_name=spec.name, storage=url).get_trials(deepcopy=False)
@@ -111,6 +126,8 @@ def main() -> int:
         **device_header(),
         "study": "tests/tuner/tiny.py BASE" if args.tiny else str(args.study.relative_to(ROOT)),
         "overrides": overrides,
+        "standby": args.standby,
+        "prepare_s": round(prepare_s, 3),
         "worker_exit": code,
         "worker_s": round(worker_s, 3),
         "trained": len(trained),

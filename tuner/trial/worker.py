@@ -90,6 +90,7 @@ def run_worker(
     fault: FaultInjection | list[FaultInjection] | None = None,
     cpu_threads: int | None = 1,
     install_signal_handlers: bool = True,
+    standby: bool | None = None,
 ) -> int:
     """Run trials of `spec`'s study in `storage` (created if needed) until the study holds `n_trials` counted
     trials (default: the spec's n_trials) or SIGTERM/SIGINT arrives. Returns the exit code: 0, or 128 + the signal
@@ -104,6 +105,7 @@ def run_worker(
     cache_dir: tokenized-data cache shared by workers (default `.phase1_cache` in the cwd).
     fault: test-only tuner.trial.faults.FaultInjection (one, or a list).
     cpu_threads: torch threads of a CPU trial child (see TrialRunner).
+    standby: keep a standby trial child (see TrialRunner; None: on CUDA only).
     Raises WorkerEnvironmentError (exit 2) when this worker's environment cannot run trials (checked before any
     trial is taken; a trial that meets it anyway is re-queued, so the budget is untouched), StorageUnavailable
     (exit 75) when the database stays unreachable longer than the storage's outage limit.
@@ -125,7 +127,7 @@ def run_worker(
         storage.abort = StopSignal()
     stop_event = storage.abort
     budget_n = int(n_trials if n_trials is not None else spec.n_trials)
-    runner = TrialRunner(gpu=gpu, cache_dir=cache, cpu_threads=cpu_threads)
+    runner = TrialRunner(gpu=gpu, cache_dir=cache, cpu_threads=cpu_threads, standby=standby)
     if budget_n > 0:
         # The child imports torch and the model, opens the device and the data while this process opens the study,
         # takes its first turn and asks its first trial: that trial finds it ready, or nearly, instead of starting it.
