@@ -5,7 +5,8 @@
 
 One worker (tuner.trial.worker.run_worker, in this process, its trial child spawned as in production) runs
 --n-trials trials of the study on a fresh SQLite file, with the sampler's seed fixed. The data is prepared
-(tokenized into the cache) before the worker starts, as it is for any study after its first run. Per trial: its
+(tokenized into the cache) before the worker starts, as it is for any study after its first run. On a GPU, NVML is
+sampled every 0.5 s for the standby children's memory (`standby_nvml`: meant to be none). Per trial: its
 state and end reason, `gpu_busy_frac`, `phase_s` (tuner.trial.phases) and `idle_before_s`; overall: the median
 gpu_busy_frac of the trials that trained, the median seconds of every phase, and the worker's wall time against
 the sum of its trained trials' train + eval seconds (busy over the whole run, gaps between trials included).
@@ -56,6 +57,66 @@ def _spec(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     return spec_from_dict(data, where="bench/busy", base_dir=base_dir), overrides
 
 
+class _StandbyWatch:
+    """On a GPU: samples NVML every 0.5 s for the memory of this process's standby trial children (named
+    `*-standby`; they must hold none), so the JSON shows it measured. `seen` counts samples where NVML listed one;
+    `active_listed` those where it listed the training child (proof that NVML sees this machine's PIDs at all)."""
+
+    def __init__(self, gpu: int | None) -> None:
+        import threading
+
+        self.gpu, self.max_gib, self.samples, self.seen, self.active_listed = gpu, 0.0, 0, 0, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import multiprocessing
+
+        import pynvml
+
+        from tuner.vram.nvml import process_used_gib
+
+        pynvml.nvmlInit()
+        try:
+            handle = pynvml.nvmlDeviceGetHandleByIndex(self.gpu or 0)
+            while not self._stop.wait(0.5):
+                for p in multiprocessing.active_children():
+                    if not p.name.startswith("tuner-trial-child") or p.pid is None:
+                        continue
+                    used = process_used_gib(handle, p.pid)
+                    if not p.name.endswith("-standby"):
+                        self.active_listed += used is not None  # NVML sees this host's PIDs (else nothing to say)
+                        continue
+                    self.samples += 1
+                    if used is not None:
+                        self.seen += 1
+                        self.max_gib = max(self.max_gib, used)
+        finally:
+            pynvml.nvmlShutdown()
+
+    def __enter__(self) -> _StandbyWatch:
+        from tuner.vram.nvml import nvml_available
+
+        if nvml_available():
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5.0)
+
+    def result(self) -> dict[str, Any] | None:
+        if not self._thread.ident:
+            return None  # no NVML: a CPU run
+        return {
+            "standby_samples": self.samples,
+            "standby_listed_by_nvml": self.seen,
+            "standby_max_gpu_gib": round(self.max_gib, 4),
+            "training_child_listed_samples": self.active_listed,  # 0: NVML cannot see our PIDs, the check says nothing
+        }
+
+
 def _median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 
@@ -94,15 +155,16 @@ def main() -> int:
         url = f"sqlite:///{tmp}/busy.db"
         storage = open_storage(url)
         t0 = time.monotonic()
-        code = run_worker(
-            spec,
-            storage=storage,
-            seed=0,
-            gpu=args.gpu,
-            cache_dir=args.cache_dir,
-            install_signal_handlers=False,
-            standby={"auto": None, "on": True, "off": False}[args.standby],
-        )
+        with _StandbyWatch(args.gpu) as watch:
+            code = run_worker(
+                spec,
+                storage=storage,
+                seed=0,
+                gpu=args.gpu,
+                cache_dir=args.cache_dir,
+                install_signal_handlers=False,
+                standby={"auto": None, "on": True, "off": False}[args.standby],
+            )
         worker_s = time.monotonic() - t0
         trials = optuna.load_study(study_name=spec.name, storage=url).get_trials(deepcopy=False)
         rows = [
@@ -129,6 +191,8 @@ def main() -> int:
         "standby": args.standby,
         "prepare_s": round(prepare_s, 3),
         "worker_exit": code,
+        # the standby children's GPU memory as NVML listed it (None on CPU): they are meant to hold none
+        "standby_nvml": watch.result(),
         "worker_s": round(worker_s, 3),
         "trained": len(trained),
         "median_gpu_busy_frac": _median([float(t.user_attrs.get("gpu_busy_frac") or 0.0) for t in trained]),
