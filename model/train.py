@@ -26,15 +26,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from model.config import ConfigError, Phase1Config
-from model.data import DataError, DataRepeatWarning, TokenData
+from model.config import Phase1Config
+from model.data import DataRepeatWarning, TokenData
 from model.dense_config import DenseConfig
 from model.evaluate import autocast_for, evaluate_run, token_windows
 from model.evaluate import evaluate as evaluate  # re-exported: the public API names both here
 from model.fast import resolve_switches
 from model.graph_step import GraphedStep
 from model.memory import TensorMemoryTracker
+from model.train_checks import check_inputs
 from model.train_records import EvalInfo as EvalInfo  # re-exported with the others: the public API
+from model.train_records import RunTimes as RunTimes
 from model.train_records import StepInfo as StepInfo
 from model.train_records import TrainResult as TrainResult
 from model.units import GIB
@@ -73,6 +75,7 @@ def train_and_evaluate(
     compile_step: bool | None = None,
     fused_loss: bool | None = None,
     cuda_graph_step: bool | None = None,
+    times: RunTimes | None = None,
 ) -> TrainResult:
     """Build `config`'s model (Phase 1, or the dense baseline for a DenseConfig), train it on `data.train` for
     ceil(train_tokens / (B*L)) steps, evaluate on `data.val`.
@@ -86,12 +89,15 @@ def train_and_evaluate(
     forward and backward replayed from a CUDA graph after 2 eager steps (model/graph_step.py; diagnostics count the
     captures and replays). None takes model/fast.py's defaults (on CUDA: off until bench/throughput.py shows a switch
     faster at the presets' shapes with no more memory; elsewhere off). On CPU a compiled run's peak is not measured
-    (peak_torch_gib 0, kind "unmeasured_compiled_cpu"). Raises ConfigError (untrainable config, vocab mismatch),
-    DataError (too little data for n_seq), ValueError (bad budgets, cuda_graph_step off CUDA),
-    NumericalInstabilityError (from the stability monitor), GraphCaptureError (capture failed: no eager fallback).
+    (peak_torch_gib 0, kind "unmeasured_compiled_cpu"). `times`: filled in as the run goes (build and evaluation
+    seconds), also when it raises. Raises ConfigError (untrainable config, vocab mismatch), DataError (too little
+    data for n_seq), ValueError (bad budgets, cuda_graph_step off CUDA), NumericalInstabilityError (from the
+    stability monitor), GraphCaptureError (capture failed: no eager fallback).
     """
+    t_call = time.perf_counter()
+    times = times if times is not None else RunTimes()
     config.check_trainable()  # before anything is built: LNS models are inference only
-    _check_inputs(config, data, train_tokens, eval_tokens)
+    check_inputs(config, data, train_tokens, eval_tokens)
     dev = torch.device(device)
     compile_step, fused_loss, cuda_graph_step = resolve_switches(dev.type, compile_step, fused_loss, cuda_graph_step)
     tokens_per_step = config.batch_size * config.n_seq
@@ -122,7 +128,8 @@ def train_and_evaluate(
         torch.manual_seed(config.seed)
         if dev.type == "cuda":
             torch.cuda.manual_seed_all(config.seed)
-        run = _Run(config, data, dev, steps, eval_tokens, say, compile_step, fused_loss, cuda_graph_step)
+        run = _Run(config, data, dev, steps, eval_tokens, say, compile_step, fused_loss, cuda_graph_step, times)
+        times.build_s = time.perf_counter() - t_call
         curve, loop_s = run.train(points, on_step, on_eval)
         tokens_per_s = run.tokens_per_s(loop_s)
         final = run.final_eval(curve)
@@ -161,27 +168,6 @@ def train_and_evaluate(
 # --- internals -------------------------------------------------------------------------------------------------------
 
 
-def _check_inputs(config: Phase1Config | DenseConfig, data: TokenData, train_tokens: int, eval_tokens: int) -> None:
-    for name, value in (("train_tokens", train_tokens), ("eval_tokens", eval_tokens)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name}: {value!r} must be a positive integer")
-    if data.vocab_size != config.vocab_size:
-        raise ConfigError(
-            f"vocab_size: the config has {config.vocab_size} but the data was tokenised for "
-            f"{data.vocab_size}; prepare the data with vocab_size={config.vocab_size}"
-        )
-    if data.n_train_tokens < config.n_seq + 1:
-        raise DataError(
-            f"data: {data.n_train_tokens} training tokens cannot fill one window of n_seq + 1 = "
-            f"{config.n_seq + 1}; raise data.max_bytes or lower n_seq"
-        )
-    if data.n_val_tokens < config.n_seq + 1:
-        raise DataError(
-            f"data: {data.n_val_tokens} validation tokens cannot fill one window of n_seq + 1 = "
-            f"{config.n_seq + 1}; raise data.max_bytes or data.val_fraction, or lower n_seq"
-        )
-
-
 class _Run:
     """The model, optimizer, schedule and batch generator of one training run, and what it measured."""
 
@@ -196,12 +182,14 @@ class _Run:
         compile_step: bool = False,
         fused_loss: bool = False,
         cuda_graph_step: bool = False,
+        times: RunTimes | None = None,
     ):
         from model.optim import param_groups
         from model.stability import StabilityMonitor
 
         self.config, self.data, self.dev, self.steps, self.say = config, data, dev, steps, say
         self.eval_tokens = eval_tokens
+        self.times = times if times is not None else RunTimes()
         self._last_eval: tuple[int, dict[str, Any]] | None = None  # (tokens, result) of the latest evaluation
         self.model: Phase1LM | DenseLM
         if isinstance(config, DenseConfig):
@@ -349,8 +337,12 @@ class _Run:
         stance = torch.compiler.set_stance("force_eager") if self.compiled else nullcontext()
         if self.graphed is not None:  # evaluation runs eagerly, outside the graph's pool: free the pool first
             self.graphed.release()
-        with stance:
-            return evaluate_run(self.model, self.data, self.eval_tokens, self.config, self.dev)
+        t0 = time.perf_counter()
+        try:
+            with stance:
+                return evaluate_run(self.model, self.data, self.eval_tokens, self.config, self.dev)
+        finally:
+            self.times.eval_s += time.perf_counter() - t0
 
     def _eval_info(self, tokens: int) -> EvalInfo:
         # mid-run evaluations score the same windows as the final one, so the curve's points are comparable

@@ -37,6 +37,16 @@ class EvalInfo:
 
 
 @dataclass
+class RunTimes:
+    """Where a run's seconds went, filled in as it goes (so a run stopped by an exception still tells): build_s,
+    from the call to the model, optimizer and schedule being ready (None: the run stopped before that); eval_s,
+    every validation pass (mid-run and final). The rest of the run is training steps."""
+
+    build_s: float | None = None
+    eval_s: float = 0.0
+
+
+@dataclass
 class TrainResult:
     """What one run measured. peak_torch_gib: on CUDA `torch.cuda.max_memory_allocated` over the whole call (build,
     training, evaluations); on CPU the peak of live tensor bytes counted by `model.memory.TensorMemoryTracker`. On CPU

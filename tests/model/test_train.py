@@ -11,7 +11,7 @@ from model.config import ConfigError, Phase1Config
 from model.data import DataError, DataSource, prepare_data
 from model.errors import NumericalInstabilityError
 from model.lm import build_model
-from model.train import EvalInfo, StepInfo, evaluate, train_and_evaluate
+from model.train import EvalInfo, RunTimes, StepInfo, evaluate, train_and_evaluate
 
 VOCAB = 512
 TOKENS_PER_STEP = 8 * 64  # batch 8 x n_seq 64
@@ -136,6 +136,31 @@ def test_exception_in_on_step_propagates(tiny, data):
         train_and_evaluate(tiny, data, train_tokens=20 * TOKENS_PER_STEP, eval_tokens=1024, device="cpu",
                            on_step=on_step)
     assert seen == [1, 2, 3]
+
+
+def test_times_say_where_the_run_went_also_when_it_raises(tiny, data):
+    import time
+
+    times, evals = RunTimes(), []
+
+    def on_eval(info):
+        evals.append(time.perf_counter())
+        if info.tokens > 3 * TOKENS_PER_STEP:
+            raise RuntimeError("pruned after the second evaluation")
+
+    t0 = time.perf_counter()
+    with pytest.raises(RuntimeError, match="pruned"):
+        train_and_evaluate(tiny, data, train_tokens=10 * TOKENS_PER_STEP, eval_tokens=4096, device="cpu",
+                           eval_points=[TOKENS_PER_STEP, 4 * TOKENS_PER_STEP], on_eval=on_eval, times=times)
+    total = time.perf_counter() - t0
+    assert len(evals) == 2 and times.build_s is not None
+    assert 0.0 < times.build_s < evals[0] - t0  # built before the first evaluation ran
+    assert 0.0 < times.eval_s and times.build_s + times.eval_s < total
+    unbuilt = RunTimes()
+    with pytest.raises(ConfigError):
+        train_and_evaluate(tiny.replace(vocab_size=VOCAB * 2), data, train_tokens=TOKENS_PER_STEP, eval_tokens=1024,
+                           device="cpu", times=unbuilt)
+    assert unbuilt == RunTimes()  # rejected before anything was built
 
 
 def test_exception_in_on_eval_propagates(tiny, data):

@@ -47,6 +47,9 @@ ATTEMPT_ATTRS: frozenset[str] = frozenset(
         "worker",
         "curve",
         "trial_wall_s",
+        "gpu_busy_frac",
+        "phase_s",
+        "idle_before_s",
         "tokens_per_s",
         "epochs",
     }

@@ -3,19 +3,25 @@ per request."""
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import os
 import signal
 import threading
 import time
-import traceback
 from multiprocessing.connection import Connection
 from typing import Any
 
+from model.train_records import RunTimes
+from tuner.trial.child_outcome import (
+    error_outcome,
+    exc_fields,
+    guard_attrs,
+    jsonable,
+    lns_evaluate,
+    result_dict,
+    torch_peak,
+)
 from tuner.trial.faults import fault_for, raise_fault
 from tuner.trial.outcome import TrialRequest
-from tuner.units import GIB
 
 PROGRESS_EVERY_S = 0.25
 
@@ -24,8 +30,30 @@ class TrialStopRequested(Exception):
     """Raised inside the child's step callback when the parent asked the trial to stop (worker shutting down)."""
 
 
-def child_main(conn: Connection, gpu: int | None, parent_pid: int, cpu_threads: int | None = 1) -> None:
-    """Entry point of the trial child. Sets the GPU environment before torch loads, then serves requests."""
+def _import_trial_modules() -> None:
+    """Import what a trial imports lazily (the model's components, the guard, the curve monitor) before the child
+    says it is ready: a prestarted child does it while the worker is busy elsewhere, not in a trial's build.
+    torch._dynamo is among them: torch imports it lazily at the first call of a function wrapped to disable it
+    (parameter init, the optimizer), which cost the first trial of every fresh child 2-4 s of "build" on CPU."""
+    import torch._dynamo  # noqa: F401
+
+    import model.dense
+    import model.fast
+    import model.lm
+    import model.lns_linear
+    import model.optim
+    import model.stability  # noqa: F401
+    import tuner.analysis.curve_monitor
+    import tuner.vram.guard  # noqa: F401
+
+
+def child_main(
+    conn: Connection, gpu: int | None, parent_pid: int, cpu_threads: int | None = 1, standby: bool = False
+) -> None:
+    """Entry point of the trial child. Sets the GPU environment before torch loads, then serves requests.
+
+    standby: start as the worker's standby child: import everything, open data on "warm", touch no device (so it
+    holds no GPU memory), and only on {"type": "activate"} find the device, say "ready" and serve trials."""
     # The worker decides when to stop; Ctrl-C / a group SIGTERM must not kill the child mid-step on its own.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -38,7 +66,12 @@ def child_main(conn: Connection, gpu: int | None, parent_pid: int, cpu_threads: 
 
         import model.train  # noqa: F401
 
-        state = _ChildState(conn, gpu, parent_pid)
+        _import_trial_modules()
+        state = _ChildState(conn, gpu, parent_pid, find_device=not standby)
+        if standby:
+            if not state.stand_by():
+                return  # dismissed (or the worker is gone) before it was needed
+            state.find_device()
         if state.device == "cpu" and cpu_threads is not None:
             torch.set_num_threads(int(cpu_threads))
     except BaseException as e:  # noqa: BLE001 - reported to the parent, then exit
@@ -53,11 +86,12 @@ def child_main(conn: Connection, gpu: int | None, parent_pid: int, cpu_threads: 
         kind = msg.get("type")
         if kind == "exit":
             return
-        if kind == "warm":  # a prestarted child opens the last trial's data before the next trial asks for it
+        if kind == "warm":  # a prestarted child opens the data before the next trial asks for it
             try:
                 state.data(msg["source"], int(msg["vocab_size"]), msg["cache_dir"])
             except Exception:  # noqa: BLE001 - the trial that needs the data reports the error itself
                 pass
+            state.open_device()
             continue
         if kind == "trial":
             outcome = state.run_trial(msg["request"], msg["cache_dir"])
@@ -78,15 +112,26 @@ def child_main(conn: Connection, gpu: int | None, parent_pid: int, cpu_threads: 
 class _ChildState:
     """What the child keeps warm between trials: torch, the device, open token data per (source, vocab)."""
 
-    def __init__(self, conn: Connection, gpu: int | None, parent_pid: int) -> None:
-        import torch
-
+    def __init__(self, conn: Connection, gpu: int | None, parent_pid: int, *, find_device: bool = True) -> None:
         self.conn = conn
         self.send_lock = threading.Lock()
         self.parent_pid = parent_pid
-        self._busy_t0: float | None = None
+        self._trainer_t0: float | None = None  # this trial's trainer start (monotonic s)
+        self._build_lead_s = 0.0  # from the trainer start to train_and_evaluate's call (the guard's start)
+        self._data_s = 0.0
+        self._times = RunTimes()
         self.nvml_index = gpu if gpu is not None else 0
         self.device_uuid: str | None = None
+        self.device = "cpu"
+        self.device_name = ""
+        self._data: dict[Any, Any] = {}
+        if find_device:
+            self.find_device()
+
+    def find_device(self) -> None:
+        """CUDA if torch sees a GPU, else the CPU; the name and UUID the parent records."""
+        import torch
+
         if torch.cuda.is_available():
             self.device = "cuda"
             self.device_name = torch.cuda.get_device_name(0)
@@ -97,7 +142,29 @@ class _ChildState:
             import platform
 
             self.device_name = f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
-        self._data: dict[Any, Any] = {}
+
+    def stand_by(self) -> bool:
+        """A standby child's wait: say {"type": "standby"} (imports done), open data on "warm" (no device is
+        touched), until "activate" (True) or "exit" or the worker gone (False)."""
+        try:
+            self.conn.send({"type": "standby"})
+        except (OSError, BrokenPipeError):
+            return False
+        while True:
+            try:
+                msg = self.conn.recv()
+            except (EOFError, OSError):
+                return False
+            kind = msg.get("type")
+            if kind == "activate":
+                return True
+            if kind == "exit":
+                return False
+            if kind == "warm":
+                try:
+                    self.data(msg["source"], int(msg["vocab_size"]), msg["cache_dir"])
+                except Exception:  # noqa: BLE001 - the trial that needs the data reports the error itself
+                    pass
 
     def send(self, msg: dict[str, Any]) -> None:
         with self.send_lock:  # the guard thread and the step callback both send
@@ -109,17 +176,47 @@ class _ChildState:
         key = (repr(source), vocab_size, cache_dir)
         if key not in self._data:
             self._data[key] = prepare_data(source, vocab_size, cache_dir)
+        else:
+            # Data opened earlier (a warm-up, a previous trial) is used only while its source is still there: data
+            # gone mid-study ends the trial `environment_error` whichever trial of the child meets it (cheap: no
+            # text is read)
+            source.check()
         return self._data[key]
 
     def run_trial(self, req: TrialRequest, cache_dir: str) -> dict[str, Any]:
         """Run one trial; the outcome as the flat mapping tuner.trial.outcome.TrialOutcome.from_dict reads."""
-        self._busy_t0 = None  # set when the trainer starts: busy_s excludes opening the data
+        self._data_s = 0.0
+        self._trainer_t0 = None  # set when the trainer starts (after the data is open)
+        self._times = RunTimes()
         try:
             out = self._run_trial(req, cache_dir)
         except BaseException as e:  # noqa: BLE001 - any failure becomes an outcome; the child stays up
-            out = _error_outcome(e)
-        busy_s = 0.0 if self._busy_t0 is None else time.monotonic() - self._busy_t0
-        return {**out, "busy_s": busy_s}
+            out = error_outcome(e)
+        return {**out, **self._phase_seconds(time.monotonic())}
+
+    def _phase_seconds(self, now: float) -> dict[str, float]:
+        """The trial's seconds in this child: data_s (opening the token data), build_s (the guard and the model up to
+        its first step), train_s (steps), eval_s (validation passes, the LNS evaluation included). A run stopped
+        while building counts whole as build_s."""
+        if self._trainer_t0 is None:
+            return {"data_s": self._data_s, "build_s": 0.0, "train_s": 0.0, "eval_s": 0.0}
+        total = now - self._trainer_t0
+        built = self._times.build_s
+        if built is None:
+            return {"data_s": self._data_s, "build_s": total, "train_s": 0.0, "eval_s": 0.0}
+        build = min(total, self._build_lead_s + built)
+        evals = min(total - build, self._times.eval_s)
+        return {"data_s": self._data_s, "build_s": build, "train_s": total - build - evals, "eval_s": evals}
+
+    def open_device(self) -> None:
+        """Create the CUDA context now (a no-op on CPU), so the next trial's build does not: it is this process's
+        own and stays for its life, so the guard's per-process figure includes it whenever it is created."""
+        if self.device != "cuda":
+            return
+        import torch
+
+        torch.empty(1, device="cuda")
+        torch.cuda.empty_cache()  # the trial starts with an empty allocator, as without this
 
     def release(self) -> None:
         """Free what the last trial left (garbage, the allocator's cache, the peak counters); the caller runs it
@@ -154,10 +251,13 @@ class _ChildState:
         lns = isinstance(config, Phase1Config) and config.lns_enabled
         # LNS weights are inference-only: train the float model, convert, evaluate the converted one.
         train_config = config.replace(lns_enabled=False) if lns else config
+        t_data = time.monotonic()
         try:
             data = self.data(req.data, config.vocab_size, cache_dir)
         except (DataError, OSError) as e:  # the worker's data or cache, not this configuration: see environment.py
-            return {"kind": "environment_error", **_exc_fields(e)}
+            return {"kind": "environment_error", **exc_fields(e)}
+        finally:
+            self._data_s = time.monotonic() - t_data
         ceiling = float(req.ceiling_gib)
         fault = fault_for(req.fault, req.trial_number)
         guard = None
@@ -221,9 +321,10 @@ class _ChildState:
             return monitor.attrs() if monitor is not None else dict(curve_note)
 
         try:
+            self._trainer_t0 = time.monotonic()
             if guard is not None:
                 guard.start()
-            self._busy_t0 = time.monotonic()
+            self._build_lead_s = time.monotonic() - self._trainer_t0
             try:
                 result = train_and_evaluate(
                     train_config,
@@ -235,11 +336,14 @@ class _ChildState:
                     eval_points=eval_points,
                     on_eval=monitor.on_eval if monitor is not None else None,
                     return_model=lns,
+                    times=self._times,
                 )
-                out = _result_dict(result)
+                out = result_dict(result)
                 if lns:
-                    out.update(_lns_evaluate(result.model, config, data, int(req.eval_tokens), self.device))
+                    t_lns = time.monotonic()
+                    out.update(lns_evaluate(result.model, config, data, int(req.eval_tokens), self.device))
                     result.model = None
+                    self._times.eval_s += time.monotonic() - t_lns
             finally:
                 if guard is not None:
                     guard.stop()
@@ -248,7 +352,7 @@ class _ChildState:
                 **base,
                 "kind": "vram_ceiling",
                 "peak_gib": e.peak_gib,
-                **_guard_attrs(guard),
+                **guard_attrs(guard),
                 **curve_attrs(),
                 "error_summary": str(e),
             }
@@ -256,95 +360,26 @@ class _ChildState:
             return {
                 **base,
                 "kind": "oom",
-                **_guard_attrs(guard),
-                **_torch_peak(self.device),
+                **guard_attrs(guard),
+                **torch_peak(self.device),
                 **curve_attrs(),
-                **_exc_fields(e),
+                **exc_fields(e),
             }
         except NumericalInstabilityError as e:
             return {
                 **base,
                 "kind": "numerical_instability",
-                "stability": _jsonable(e.diagnostics),
-                **_guard_attrs(guard),
+                "stability": jsonable(e.diagnostics),
+                **guard_attrs(guard),
                 **curve_attrs(),
-                **_exc_fields(e),
+                **exc_fields(e),
             }
         except LearningCurvePrune as e:
-            return {**base, "kind": "learning_curve", **_guard_attrs(guard), **curve_attrs(), "error_summary": str(e)}
+            return {**base, "kind": "learning_curve", **guard_attrs(guard), **curve_attrs(), "error_summary": str(e)}
         except ConfigError as e:
             return {**base, "kind": "invalid_config", "error_summary": str(e)}
         except TrialStopRequested as e:
-            return {**base, "kind": "interrupted", **_guard_attrs(guard), "error_summary": str(e)}
+            return {**base, "kind": "interrupted", **guard_attrs(guard), "error_summary": str(e)}
         if monitor is not None:  # the curve is the trained float model's: judge its prediction against that PPL
             monitor.final_error(out["val_ppl_float"])
-        return {**base, "kind": "complete", "result": out, **_guard_attrs(guard), **curve_attrs()}
-
-
-def _lns_evaluate(trained: Any, config: Any, data: Any, eval_tokens: int, device: str) -> dict[str, Any]:
-    """Convert the trained float model's linears to LNS in place and evaluate the converted model."""
-    from model.lns_linear import convert_to_lns
-    from model.train import evaluate
-
-    n = convert_to_lns(trained, config)
-    val_loss, val_ppl = evaluate(trained, data, eval_tokens, config, device)
-    return {"lns_converted_linears": int(n), "val_loss": float(val_loss), "val_ppl": float(val_ppl)}
-
-
-def _result_dict(result: Any) -> dict[str, Any]:
-    """TrainResult -> JSON-ready dict (the model, if any, is left out)."""
-    fields = [f.name for f in dataclasses.fields(result)] if dataclasses.is_dataclass(result) else list(vars(result))
-    out = {}
-    for name in fields:
-        if name == "model":
-            continue
-        out[name] = _jsonable(getattr(result, name))
-    out["val_ppl_float"] = out.get("val_ppl")  # the trained float model's; an LNS trial then replaces val_ppl
-    return out
-
-
-def _jsonable(v: Any) -> Any:
-    if dataclasses.is_dataclass(v) and not isinstance(v, type):
-        return _jsonable(dataclasses.asdict(v))
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, float):
-        return v if math.isfinite(v) else None
-    if isinstance(v, (bool, int, str)) or v is None:
-        return v
-    try:
-        f = float(v)  # numpy / torch scalars
-        return f if math.isfinite(f) else None
-    except (TypeError, ValueError):
-        return str(v)
-
-
-def _guard_attrs(guard: Any) -> dict[str, Any]:
-    if guard is None:
-        return {}
-    return {
-        "nvml_peak_gib": guard.peak_gib,
-        "nvml_samples": guard.n_samples,
-        "nvml_pid_seen": guard.n_seen,
-        "nvml_lookup": guard.nvml_lookup,
-        "allocator_fraction": guard.allocator_fraction,
-    }
-
-
-def _torch_peak(device: str) -> dict[str, Any]:
-    if device != "cuda":
-        return {}
-    import torch
-
-    return {"torch_peak_gib": torch.cuda.max_memory_allocated(0) / GIB}
-
-
-def _exc_fields(e: BaseException) -> dict[str, Any]:
-    tb = traceback.format_exception(type(e), e, e.__traceback__)
-    return {"error_summary": f"{type(e).__name__}: {e}"[:500], "traceback": "".join(tb[-12:])[-4000:]}
-
-
-def _error_outcome(e: BaseException) -> dict[str, Any]:
-    return {"kind": "error", **_exc_fields(e)}
+        return {**base, "kind": "complete", "result": out, **guard_attrs(guard), **curve_attrs()}

@@ -26,6 +26,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -45,6 +46,7 @@ from tuner.storage.trial_attrs import (
 from tuner.storage.workers import ProgressRecorder
 from tuner.study.spec import StudySpec
 from tuner.trial.outcome import PruningRequest, TrialRequest
+from tuner.trial.phases import PhaseClock
 from tuner.trial.recording import (
     TrialFailed,
     TrialTakenOver,
@@ -103,7 +105,8 @@ class Objective:
         self.spec = spec
         self.calibration_path = calibration_path
         self._estimate_of_trial: Any = None  # the current trial's tuner.vram.estimate.Estimate (one trial at a time)
-        self._busy_s = 0.0  # the current trial's seconds in the trainer (TrialOutcome.busy_s)
+        self._clock = PhaseClock(None)  # the current trial's phases (tuner.trial.phases)
+        self._last_end: float | None = None  # monotonic time this objective's previous trial was recorded
         self.runner = runner
         self.stop_event = stop_event or threading.Event()
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
@@ -121,7 +124,7 @@ class Objective:
         trial another worker has already failed as stale (TrialTakenOver: its late result is dropped)."""
         from tuner.trial.runner import ChildStartError
 
-        self._busy_s = 0.0
+        self._clock = PhaseClock(getattr(trial, "datetime_start", None))
         self.last_trial_id, self.last_trial_number = trial_id(trial), trial.number
         try:
             return self._run(trial)
@@ -144,18 +147,21 @@ class Objective:
             self._record_busy(trial)
 
     def _record_busy(self, trial: Any) -> None:
-        """User attr `gpu_busy_frac`: the child's time in the trainer over the trial's wall time in this worker,
-        from its creation (ask: sampling, the estimate, waiting for a ready child, opening data) to now. 0.0 for a
-        trial that never trained (refused by the estimate, invalid, interrupted before it started)."""
-        import datetime
-
-        start = getattr(trial, "datetime_start", None)
-        if start is None:
+        """User attrs `gpu_busy_frac` (the device's seconds training or evaluating this trial over the trial's wall
+        time in this worker, from its creation at the ask to now: tuner.trial.phases), `phase_s` (where that wall
+        time went, seconds per phase) and `idle_before_s` (seconds from this worker's previous trial's end to this
+        trial's creation: Optuna's tell, the budget check). gpu_busy_frac is 0.0 for a trial that never trained
+        (refused by the estimate, invalid, interrupted before it started)."""
+        if getattr(trial, "datetime_start", None) is None:
             return
-        wall = (datetime.datetime.now() - start).total_seconds()
-        frac = min(1.0, self._busy_s / wall) if wall > 0 else 0.0
+        self._clock.close()
+        attrs = self._clock.attrs()
+        if self._last_end is not None:
+            attrs["idle_before_s"] = round(max(0.0, self._clock.origin - self._last_end), 3)
+        self._last_end = time.monotonic()
         try:
-            trial.set_user_attr("gpu_busy_frac", round(frac, 4))
+            for key, value in attrs.items():
+                set_trial_attr(trial, key, value)
         except optuna.exceptions.UpdateFinishedTrialError:
             pass  # another worker failed this trial as stale (TrialTakenOver): its late figures are dropped with it
 
@@ -184,6 +190,7 @@ class Objective:
         # The child starts (and reports its device) before the estimate: CPU and GPU compare different figures.
         device = self._start_child(trial)
         predicted = self._estimate(trial, config, device)
+        self._clock.enter("report")  # a refused trial's next step is its record
         if predicted is not None and predicted > ceiling * (1.0 + spec.estimate.margin):
             return record_infeasible(
                 trial,
@@ -220,7 +227,9 @@ class Objective:
 
     def _start_child(self, trial: Any) -> str:
         """Start the warm child if needed; record the device and what the peak will measure. Returns the device."""
+        self._clock.enter("wait_child")
         self.runner.ensure_started()
+        self._clock.enter("estimate")
         device = str(self.runner.device)
         trial.set_user_attr("device", self.runner.device_name)
         trial.set_user_attr("peak_vram_kind", "nvml_process" if device == "cuda" else "cpu_tensor_bytes")
@@ -246,10 +255,12 @@ class Objective:
         if self.on_progress is not None:
             forward = lambda msg: self.on_progress({**msg, "trial": trial.number})
         progress = ProgressRecorder(trial, forward)  # also the trial's latest step, for `tuner status`
+        self._clock.enter("handoff")
         outcome = self.runner.run(
             request, spec.budget.trial_timeout_s, on_progress=progress, stop_requested=self.stop_event.is_set
         )
-        self._busy_s = float(outcome.busy_s)
+        child = {"data": outcome.data_s, "build": outcome.build_s, "train": outcome.train_s, "eval": outcome.eval_s}
+        self._clock.enter("report", parts=child)
         values = record_outcome(trial, spec, config, outcome, device)
         if outcome.kind == "complete" and device == "cuda" and outcome.nvml_pid_seen:
             self._refine_calibration(trial, outcome.result or {}, float(outcome.nvml_peak_gib or 0.0))

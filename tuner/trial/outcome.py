@@ -109,10 +109,21 @@ class TrialOutcome:
     nvml_lookup: str | None = None
     allocator_fraction: float | None = None
     torch_peak_gib: float | None = None
-    wall_s: float = 0.0
-    busy_s: float = 0.0  # seconds the child spent in the trainer (model build, steps, evaluations): GPU-busy time
+    wall_s: float = 0.0  # from the request sent to the outcome received (the parent's clock)
+    # The child's seconds in this run (tuner.trial.child: _ChildState._phase_seconds): opening the data, the guard
+    # and the model build, training steps, validation passes. A child killed mid-run sends none: the parent counts
+    # the request-to-kill time as train_s.
+    data_s: float = 0.0
+    build_s: float = 0.0
+    train_s: float = 0.0
+    eval_s: float = 0.0
     replace_child: bool = False
     curve_attrs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def busy_s(self) -> float:
+        """Seconds the device was training or evaluating this trial (train_s + eval_s)."""
+        return self.train_s + self.eval_s
 
     @property
     def reason(self) -> EndReason:

@@ -8,14 +8,20 @@ trial requests over a duplex pipe until told to exit. It is replaced after a CUD
 timeout or a crash, so a sticky CUDA error or leaked memory never poisons the next trial, and NVML's per-process
 figure is the trial's own.
 
-Messages child -> parent: {"type": "ready", device, device_name}, {"type": "progress", step, tokens, loss,
-elapsed_s}, {"type": "ceiling", peak_gib}, {"type": "result", "outcome": {...}}. Parent -> child: a trial request
+Messages child -> parent: {"type": "standby"} (a standby child's imports are done), {"type": "ready", device,
+device_name}, {"type": "progress", step, tokens, loss, elapsed_s}, {"type": "ceiling", peak_gib}, {"type": "result",
+"outcome": {...}}. Parent -> child: a trial request
 (dict, see `TrialRunner.run`), {"type": "stop"} (end the current trial cleanly), {"type": "warm", source, vocab_size,
-cache_dir} (open that data now), {"type": "exit"}.
+cache_dir} (open that data now), {"type": "activate"} (a standby child takes over), {"type": "exit"}.
 
-Keeping the child warm: a child replaced after a trial is started again at once (`prestart`), not when the next
-trial asks for it, and told to open the last trial's data, so importing torch, opening CUDA and reading the data
-overlap the worker's recording of the last trial and sampling of the next.
+Keeping the child warm: the worker starts its first child (`prestart`) before it opens the study, and a child
+replaced after a trial is started again at once, not when the next trial asks for it; either is told to open the
+data (the study's, or the last trial's). The child imports torch and everything a trial imports, then, on that
+message, opens the data and creates its CUDA context, so all of it overlaps the worker's own work (opening the
+study, recording the last trial, sampling the next) instead of the next trial's wall time (tuner.trial.phases).
+On CUDA the runner also keeps a standby child (imports done, data open, no device touched, so no GPU memory),
+started while a trial trains; a replaced child's successor is that standby, activated, so the next trial does not
+wait for torch to import (`TrialRunner(standby=...)`).
 
 Outcome kinds: complete, vram_ceiling, oom, numerical_instability, learning_curve, invalid_config, interrupted,
 timeout, error. `replace_child` says whether the parent must start a fresh child before the next trial.
@@ -59,10 +65,19 @@ class TrialRunner:
             nothing from more, and several workers on a shared machine would oversubscribe its cores - measured on
             2 shared cores: 1 thread 10 s, 2 threads 67 s for the same run). None keeps torch's default. Ignored
             on a GPU.
+        standby: keep a standby child besides the one that trains (None: on CUDA only). It is started while a
+            trial trains, imports everything and opens the data but touches no device (it holds no GPU memory);
+            when the training child is replaced (after a ceiling stop, an OOM, a timeout, a crash) it takes over at
+            once instead of a fresh child importing torch while the next trial waits. It costs host memory (one
+            more process with torch loaded) and, once, a core for its start while a trial trains.
     """
 
     def __init__(
-        self, gpu: int | None = None, cache_dir: str | os.PathLike[str] = ".phase1_cache", cpu_threads: int | None = 1
+        self,
+        gpu: int | None = None,
+        cache_dir: str | os.PathLike[str] = ".phase1_cache",
+        cpu_threads: int | None = 1,
+        standby: bool | None = None,
     ) -> None:
         self.gpu = gpu
         self.cpu_threads = cpu_threads
@@ -76,21 +91,29 @@ class TrialRunner:
         self._ready = False  # the current child has said "ready"
         self._last_data: tuple[Any, int] | None = None  # (DataSource, vocab_size) of the last trial: what to warm
         self._spawned_at = 0.0
+        self.standby = standby
+        self._standby: tuple[BaseProcess, Connection] | None = None  # the standby child and its pipe
+        self.n_promoted = 0  # standby children that took over
 
     # --- child lifecycle ----------------------------------------------------------------------------------------
     def ensure_started(self) -> None:
         """Start a child if none is alive, and wait until it has imported torch (a child prestarted after the last
-        trial may be ready already, or part of the way)."""
-        if self._proc is None or not self._proc.is_alive():
+        trial may be ready already, or part of the way; the standby child, if one is kept, takes over a dead one)."""
+        if (self._proc is None or not self._proc.is_alive()) and not self._promote_standby():
             self._spawn()
         if not self._ready:
             self._wait_ready()
 
-    def prestart(self) -> None:
-        """Start the next child now, without waiting for it: it imports torch, opens CUDA and opens the last trial's
-        data while the worker records that trial and samples the next (ensure_started then finds it ready or
-        nearly)."""
-        if self._proc is None or not self._proc.is_alive():
+    def prestart(self, data: tuple[Any, int] | None = None) -> None:
+        """Start the next child now, without waiting for it: it imports torch and the model, opens the device and
+        opens the data while the worker does something else (records the last trial, samples the next, or - at the
+        worker's start - opens the study), so ensure_started finds it ready or nearly.
+
+        data: (model.data.DataSource, vocab_size) to open (default: the last trial's). A child already running is
+        kept (and told to open the data)."""
+        if data is not None:
+            self._last_data = (data[0], int(data[1]))
+        if (self._proc is None or not self._proc.is_alive()) and not self._promote_standby():
             self._spawn()
         if self._conn is not None and self._last_data is not None:
             source, vocab_size = self._last_data
@@ -103,19 +126,82 @@ class TrialRunner:
 
     def _spawn(self) -> None:
         self._discard()
+        self._proc, self._conn = self._start_process(standby=False)
+        self._ready = False
+        self._spawned_at = time.monotonic()
+
+    def _start_process(self, *, standby: bool) -> tuple[BaseProcess, Connection]:
         parent_conn, child_conn = self._ctx.Pipe(duplex=True)
         proc = self._ctx.Process(
             target=child_main,
-            args=(child_conn, self.gpu, os.getpid(), self.cpu_threads),
-            name=f"tuner-trial-child-{self.n_started}",
+            args=(child_conn, self.gpu, os.getpid(), self.cpu_threads, standby),
+            name=f"tuner-trial-child-{self.n_started}" + ("-standby" if standby else ""),
             daemon=True,
         )
         proc.start()
         child_conn.close()
-        self._proc, self._conn = proc, parent_conn
-        self._ready = False
-        self._spawned_at = time.monotonic()
         self.n_started += 1
+        return proc, parent_conn
+
+    def _keep_standby(self) -> None:
+        """Start a standby child if this runner keeps one (see `standby`) and none is alive, and tell it the data."""
+        wanted = self.standby if self.standby is not None else self.device == "cuda"
+        if not wanted:
+            return
+        if self._standby is not None and self._standby[0].is_alive():
+            return
+        self._drop_standby()
+        proc, conn = self._start_process(standby=True)
+        self._standby = (proc, conn)
+        if self._last_data is not None:
+            source, vocab_size = self._last_data
+            try:
+                conn.send({"type": "warm", "source": source, "vocab_size": vocab_size, "cache_dir": self.cache_dir})
+            except (OSError, BrokenPipeError):
+                pass  # died at once: promotion finds it dead and starts a fresh child instead
+
+    def wait_standby(self, timeout_s: float) -> bool:
+        """Wait until the standby child has imported everything (True), or `timeout_s` passes or there is none
+        (False). Nothing needs to wait for it (a promoted child that is still importing is waited for as ready);
+        tests and benches do, to know what they measure."""
+        if self._standby is None:
+            return False
+        proc, conn = self._standby
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and proc.is_alive():
+            if conn.poll(0.05):
+                try:
+                    msg = conn.recv()
+                except (EOFError, OSError):
+                    return False
+                if msg.get("type") == "standby":
+                    return True
+        return False
+
+    def _promote_standby(self) -> bool:
+        """Make the standby child (if alive) the training child: it finds the device and says ready. False: none."""
+        standby, self._standby = self._standby, None
+        if standby is None:
+            return False
+        proc, conn = standby
+        try:
+            if not proc.is_alive():
+                raise OSError("standby child died")
+            conn.send({"type": "activate"})
+        except (OSError, BrokenPipeError):
+            _kill(proc, conn)
+            return False
+        self._discard()
+        self._proc, self._conn = proc, conn
+        self._ready = False
+        self._spawned_at = time.monotonic()  # READY_TIMEOUT_S counts from its activation
+        self.n_promoted += 1
+        return True
+
+    def _drop_standby(self) -> None:
+        standby, self._standby = self._standby, None
+        if standby is not None:
+            _kill(*standby)
 
     def _wait_ready(self) -> None:
         proc, parent_conn = self._proc, self._conn
@@ -152,11 +238,12 @@ class TrialRunner:
         return self._proc.pid if self._proc is not None else None
 
     def close(self) -> None:
-        """Ask the child to exit; kill it if it does not within 5 s. Safe to call twice."""
+        """Ask the child to exit; kill it if it does not within 5 s (at once if it is still starting: it reads no
+        message before it is ready). Safe to call twice."""
         if self._proc is None:
             return
         try:
-            if self._proc.is_alive() and self._conn is not None:
+            if self._ready and self._proc.is_alive() and self._conn is not None:
                 try:
                     self._conn.send({"type": "exit"})
                 except (OSError, BrokenPipeError):
@@ -164,18 +251,15 @@ class TrialRunner:
                 self._proc.join(5.0)
         finally:
             self._discard()
+            self._drop_standby()
 
     def _discard(self) -> None:
         """Kill the child (if any) and forget it."""
         proc, conn = self._proc, self._conn
         self._proc, self._conn = None, None
         self._ready = False
-        if proc is not None:
-            if proc.is_alive():
-                proc.kill()
-            proc.join(5.0)
-        if conn is not None:
-            conn.close()
+        if proc is not None and conn is not None:
+            _kill(proc, conn)
 
     # --- one trial ----------------------------------------------------------------------------------------------
     def run(
@@ -198,6 +282,7 @@ class TrialRunner:
             raise ChildStartError("trial child is not running")
         conn.send({"type": "trial", "cache_dir": self.cache_dir, "request": request})
         self._last_data = (request.data, int(request.config.get("vocab_size", 0)))
+        self._keep_standby()  # while the trial trains
         t0 = time.monotonic()
         ceiling_msg: dict[str, Any] | None = None
         ceiling_seen_at: float | None = None
@@ -251,8 +336,9 @@ class TrialRunner:
                 }
                 break
         outcome.setdefault("wall_s", time.monotonic() - t0)
-        # A child killed mid-trial (ceiling, timeout, stop) sent no busy_s: it was busy from the request to the kill
-        outcome.setdefault("busy_s", time.monotonic() - t0)
+        # A child killed mid-trial (ceiling, timeout, stop) sent no phases: it was busy from the request to the kill
+        if "train_s" not in outcome:
+            outcome["train_s"] = time.monotonic() - t0
         if outcome["kind"] == "vram_ceiling" and ceiling_msg is not None:
             outcome.setdefault("peak_gib", ceiling_msg["peak_gib"])
         replace = outcome["kind"] in _REPLACE_AFTER or (outcome["kind"] == "error" and self.device == "cuda")
@@ -266,6 +352,14 @@ class TrialRunner:
     def _crash_outcome(self, proc: BaseProcess) -> dict[str, Any]:
         proc.join(1.0)
         return {"kind": "crash", "error_summary": f"trial child process died ({_describe_exit(proc.exitcode)})"}
+
+
+def _kill(proc: BaseProcess, conn: Connection) -> None:
+    """Kill a child (if alive), reap it, close its pipe."""
+    if proc.is_alive():
+        proc.kill()
+    proc.join(5.0)
+    conn.close()
 
 
 def _describe_exit(code: int | None) -> str:

@@ -90,6 +90,7 @@ def run_worker(
     fault: FaultInjection | list[FaultInjection] | None = None,
     cpu_threads: int | None = 1,
     install_signal_handlers: bool = True,
+    standby: bool | None = None,
 ) -> int:
     """Run trials of `spec`'s study in `storage` (created if needed) until the study holds `n_trials` counted
     trials (default: the spec's n_trials) or SIGTERM/SIGINT arrives. Returns the exit code: 0, or 128 + the signal
@@ -104,6 +105,7 @@ def run_worker(
     cache_dir: tokenized-data cache shared by workers (default `.phase1_cache` in the cwd).
     fault: test-only tuner.trial.faults.FaultInjection (one, or a list).
     cpu_threads: torch threads of a CPU trial child (see TrialRunner).
+    standby: keep a standby trial child (see TrialRunner; None: on CUDA only).
     Raises WorkerEnvironmentError (exit 2) when this worker's environment cannot run trials (checked before any
     trial is taken; a trial that meets it anyway is re-queued, so the budget is untouched), StorageUnavailable
     (exit 75) when the database stays unreachable longer than the storage's outage limit.
@@ -124,12 +126,21 @@ def run_worker(
     if storage.abort is None:
         storage.abort = StopSignal()
     stop_event = storage.abort
-    opt_study = create_or_load_study(spec, storage)
-    opt_study.sampler = make_sampler(spec, seed)
-    if spec.sampler.seed is not None:
-        storage.set_study_system_attr(study_id(opt_study), f"{SEED_ATTR_PREFIX}{worker_id}", seed)
-        log.info("worker %s: sampler seed %s (study seed %s)", worker_id, seed, spec.sampler.seed)
     budget_n = int(n_trials if n_trials is not None else spec.n_trials)
+    runner = TrialRunner(gpu=gpu, cache_dir=cache, cpu_threads=cpu_threads, standby=standby)
+    if budget_n > 0:
+        # The child imports torch and the model, opens the device and the data while this process opens the study,
+        # takes its first turn and asks its first trial: that trial finds it ready, or nearly, instead of starting it.
+        runner.prestart(_warm_data(spec))
+    try:
+        opt_study = create_or_load_study(spec, storage)
+        opt_study.sampler = make_sampler(spec, seed)
+        if spec.sampler.seed is not None:
+            storage.set_study_system_attr(study_id(opt_study), f"{SEED_ATTR_PREFIX}{worker_id}", seed)
+            log.info("worker %s: sampler seed %s (study seed %s)", worker_id, seed, spec.sampler.seed)
+    except BaseException:
+        runner.close()  # no trial will run: the prestarted child goes now
+        raise
 
     previous = {}
     if install_signal_handlers and threading.current_thread() is threading.main_thread():
@@ -141,7 +152,6 @@ def run_worker(
         for sig in (signal.SIGTERM, signal.SIGINT):
             previous[sig] = signal.signal(sig, _on_signal)
 
-    runner = TrialRunner(gpu=gpu, cache_dir=cache, cpu_threads=cpu_threads)
     objective = Objective(
         spec,
         runner,
@@ -217,6 +227,12 @@ def run_worker(
             mask_url(storage.url),
         )
     return 0
+
+
+def _warm_data(spec: StudySpec) -> tuple[Any, int] | None:
+    """(data source, vocab_size) the study's trials open, when the spec fixes the vocabulary (else None)."""
+    vocab = spec.model.get("vocab_size")
+    return (spec.data, int(vocab)) if isinstance(vocab, int) else None
 
 
 def _requeue(study: optuna.Study, storage: ResilientStorage, trial_id_: int | None) -> None:

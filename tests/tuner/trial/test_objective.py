@@ -57,10 +57,12 @@ class _TimedRunner(_NoRunRunner):
         import time
 
         time.sleep(self.wall_s)
-        return TrialOutcome.from_dict({**complete_result(), "wall_s": self.wall_s, "busy_s": self.busy_s})
+        # the child's own account: 0.05 s building, busy_s training and evaluating (a fifth of it evaluating)
+        phases = {"build_s": 0.05, "train_s": 0.8 * self.busy_s, "eval_s": 0.2 * self.busy_s}
+        return TrialOutcome.from_dict({**complete_result(), "wall_s": self.wall_s, **phases})
 
 
-def test_gpu_busy_frac_is_trainer_time_over_the_trials_wall_time_in_the_worker():
+def test_gpu_busy_frac_is_train_and_eval_time_over_the_trials_wall_time_in_the_worker():
     spec = trial_spec()
     study = optuna.create_study(directions=spec.directions)
     study.optimize(Objective(spec, _TimedRunner(wall_s=0.4, busy_s=0.3)), n_trials=1, catch=(TrialFailed,))
@@ -69,6 +71,13 @@ def test_gpu_busy_frac_is_trainer_time_over_the_trials_wall_time_in_the_worker()
     wall = (t.datetime_complete - t.datetime_start).total_seconds()
     assert 0.0 < frac <= 0.75  # 0.3 s busy in at least 0.4 s
     assert frac == pytest.approx(0.3 / wall, rel=0.2)  # the worker's wall includes sampling and recording
+    phases = t.user_attrs["phase_s"]
+    assert phases["train"] == pytest.approx(0.24, abs=2e-3) and phases["eval"] == pytest.approx(0.06, abs=2e-3)
+    assert phases["build"] == pytest.approx(0.05, abs=2e-3)
+    assert phases["handoff"] == pytest.approx(0.4 - 0.35, abs=0.05)  # the run's wall the child did not account for
+    # the phases cut the trial's wall time in this worker (up to Optuna's tell after the record)
+    assert sum(phases.values()) == pytest.approx(wall, abs=0.05)
+    assert frac == pytest.approx((phases["train"] + phases["eval"]) / sum(phases.values()), abs=2e-3)
 
 
 def test_gpu_busy_frac_is_zero_for_a_trial_that_never_trained():
@@ -76,6 +85,7 @@ def test_gpu_busy_frac_is_zero_for_a_trial_that_never_trained():
     study = optuna.create_study(directions=spec.directions)
     study.optimize(Objective(spec, _NoRunRunner()), n_trials=1, catch=(TrialFailed,))
     assert study.trials[0].user_attrs["gpu_busy_frac"] == 0.0
+    assert set(study.trials[0].user_attrs["phase_s"]) == {"sample", "wait_child", "estimate", "report"}
 
 
 def test_a_packed_launch_gives_the_reference_trial_a_ceiling(monkeypatch):

@@ -49,3 +49,111 @@ def test_a_trial_past_its_timeout_is_killed_and_the_child_replaced(tmp_path):
         assert 0.0 < done.busy_s <= done.wall_s and runner.n_started == 2
     finally:
         runner.close()
+
+
+@pytest.mark.slow
+def test_a_prestarted_child_that_dies_before_the_trial_is_replaced_and_the_trial_runs(tmp_path):
+    """prestart(data) starts the child and tells it to open the data; killed before any trial, the trial still runs:
+    ensure_started finds it dead and starts a fresh one, which opens the data itself."""
+    import os
+    import time
+
+    data = DataSource(kind="stdlib", max_bytes=262144)
+    runner = TrialRunner(cache_dir=tmp_path / "cache")
+    try:
+        runner.prestart((data, 512))
+        first = runner.child_pid
+        assert first is not None and runner.n_started == 1
+        os.kill(first, signal.SIGKILL)
+        time.sleep(0.2)
+        request = TrialRequest(
+            config={"vocab_size": 512, "d_model": 32, "n_layers": 1, "n_seq": 32},
+            data=data,
+            train_tokens=256,
+            eval_tokens=256,
+            ceiling_gib=1.0,
+        )
+        done = runner.run(request, timeout_s=120)
+        assert done.kind == "complete", done.error_summary
+        assert runner.n_started == 2 and runner.child_pid not in (None, first)
+        assert done.data_s > 0 and done.busy_s > 0  # the fresh child opened the data inside the trial
+    finally:
+        runner.close()
+
+
+def test_closing_a_child_that_is_still_starting_does_not_wait_for_it(tmp_path):
+    import time
+
+    runner = TrialRunner(cache_dir=tmp_path / "cache")
+    runner.prestart()  # importing torch: it reads no message before it is ready
+    t0 = time.monotonic()
+    runner.close()
+    assert time.monotonic() - t0 < 2.0 and runner.child_pid is None
+
+
+def _short_request(data, **kw):
+    base = dict(
+        config={"vocab_size": 512, "d_model": 32, "n_layers": 1, "n_seq": 32},
+        data=data,
+        train_tokens=256,
+        eval_tokens=256,
+        ceiling_gib=1.0,
+    )
+    return TrialRequest(**{**base, **kw})
+
+
+@pytest.mark.slow
+def test_a_standby_child_takes_over_a_replaced_one_without_the_wait_for_a_fresh_start(tmp_path):
+    """standby=True (the default on CUDA only): while a trial trains a standby child starts; when the training child
+    is replaced (here: killed at the trial timeout) the standby takes over, and the next trial's wait for a ready
+    child is far shorter than the fresh child's start measured at the beginning (real processes and clocks)."""
+    import time
+
+    data = DataSource(kind="stdlib", max_bytes=262144)
+    runner = TrialRunner(cache_dir=tmp_path / "cache", standby=True)
+    try:
+        t0 = time.monotonic()
+        runner.ensure_started()
+        fresh_start_s = time.monotonic() - t0
+        done = runner.run(_short_request(data), timeout_s=120)
+        assert done.kind == "complete" and runner.n_started == 2  # the training child and its standby
+        assert runner.wait_standby(timeout_s=120)  # its imports done (it started while the trial trained)
+        first = runner.child_pid
+        stopped = runner.run(_short_request(data, train_tokens=10_000_000), timeout_s=0.5)
+        assert stopped.kind == "timeout" and stopped.replace_child
+        assert runner.n_promoted == 1 and runner.child_pid not in (None, first)
+        t0 = time.monotonic()
+        runner.ensure_started()
+        takeover_s = time.monotonic() - t0
+        assert takeover_s < fresh_start_s / 2, (takeover_s, fresh_start_s)
+        after = runner.run(_short_request(data), timeout_s=120)
+        assert after.kind == "complete", after.error_summary
+        assert after.data_s < 0.05  # the standby had opened the data before it took over
+    finally:
+        runner.close()
+
+
+@pytest.mark.slow
+def test_a_standby_child_that_died_is_never_promoted_and_nothing_is_lost(tmp_path):
+    """The standby is killed between trials: the next trial starts another one, and that one (still importing,
+    perhaps) takes over at the replacement; the trial after it completes."""
+    import multiprocessing
+    import os
+
+    data = DataSource(kind="stdlib", max_bytes=262144)
+    runner = TrialRunner(cache_dir=tmp_path / "cache", standby=True)
+    try:
+        assert runner.run(_short_request(data), timeout_s=120).kind == "complete"
+        standby = next(p for p in multiprocessing.active_children() if p.name.endswith("-standby"))
+        os.kill(standby.pid, signal.SIGKILL)
+        standby.join(5)
+        stopped = runner.run(_short_request(data, train_tokens=10_000_000), timeout_s=0.5)
+        assert stopped.kind == "timeout" and runner.n_started == 3  # a new standby started with this trial
+        assert runner.n_promoted == 1 and runner.child_pid not in (None, standby.pid)
+        after = runner.run(_short_request(data), timeout_s=120)
+        assert after.kind == "complete", after.error_summary
+    finally:
+        runner.close()
+    assert runner.child_pid is None and not any(
+        p.name.startswith("tuner-trial-child") for p in multiprocessing.active_children()
+    )

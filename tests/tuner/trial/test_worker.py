@@ -90,3 +90,88 @@ def test_data_gone_mid_study_is_an_environment_error_that_spends_no_budget(tmp_p
     assert retry.state.name == "WAITING" and retry.params == failed.params
     assert retry.system_attrs["retry_history"] == [failed.number]
     assert counted_trials(study) == 0
+
+
+def _lead_to_training_s(phases: dict[str, float]) -> float:
+    """Seconds of a trial's wall time before its first training step (the phases that precede `train`)."""
+    return sum(phases.get(k, 0.0) for k in ("sample", "wait_child", "estimate", "data", "build"))
+
+
+@pytest.mark.slow
+def test_a_worker_keeps_its_child_warm_and_records_where_each_trials_time_went(tmp_path):
+    """Real worker, real child, two trials on CPU. The child was started (torch, the model, the data opened) while
+    the worker opened the study, so the first trial's data was already open; the second trial found everything
+    warm and started training sooner than the first. Every trial's phases add up to its wall time and
+    gpu_busy_frac is their train + eval share (measured timestamps, nothing mocked)."""
+    from tests.tuner.tiny import trial_spec
+
+    spec = trial_spec()
+    url = f"sqlite:///{tmp_path / 'tuner.db'}"
+    code = run_worker(
+        spec,
+        storage=open_storage(url),
+        seed=0,
+        worker_id="host:1",
+        n_trials=2,
+        cache_dir=tmp_path / "cache",
+        install_signal_handlers=False,
+    )
+    assert code == 0
+    first, second = optuna.load_study(study_name=spec.name, storage=url).trials
+    for t in (first, second):
+        assert t.state.name == "COMPLETE" and t.user_attrs["end_reason"] == "complete", t.user_attrs
+        phases, frac = t.user_attrs["phase_s"], t.user_attrs["gpu_busy_frac"]
+        assert set(phases) == {"sample", "wait_child", "estimate", "data", "build", "train", "eval", "handoff", "report"}
+        assert all(v >= 0.0 for v in phases.values()) and phases["train"] > 0 and phases["eval"] > 0
+        wall = (t.datetime_complete - t.datetime_start).total_seconds()
+        assert sum(phases.values()) == pytest.approx(wall, abs=0.5)  # up to Optuna's tell after the record
+        assert 0.0 < frac <= 1.0
+        assert frac == pytest.approx((phases["train"] + phases["eval"]) / sum(phases.values()), abs=2e-3)
+    # prestarted at the worker's start with the study's data: the first trial's request found it open
+    assert first.user_attrs["phase_s"]["data"] < 0.05, first.user_attrs["phase_s"]
+    assert second.user_attrs["phase_s"]["wait_child"] < 0.05 and second.user_attrs["phase_s"]["data"] < 0.05
+    assert _lead_to_training_s(second.user_attrs["phase_s"]) < _lead_to_training_s(first.user_attrs["phase_s"])
+    assert "idle_before_s" not in first.user_attrs and second.user_attrs["idle_before_s"] >= 0.0
+
+
+@pytest.mark.slow
+def test_a_warm_child_that_dies_mid_trial_fails_that_trial_as_before_and_a_fresh_one_runs_the_next(tmp_path):
+    """The warm child is killed (SIGKILL) during trial 0: that trial ends FAIL `error` naming the signal, with its
+    phases and a busy fraction in [0, 1]; the next trial runs on a fresh child and completes."""
+    import multiprocessing
+    import os
+    import signal
+
+    from tests.tuner.tiny import trial_spec
+    from tuner.trial.faults import FaultInjection
+    from tuner.trial.worker import WorkerHooks
+
+    killed: list[int] = []
+
+    def kill_the_child(msg: dict) -> None:
+        if msg["trial"] == 0 and not killed:
+            child = next(p for p in multiprocessing.active_children() if p.name.startswith("tuner-trial-child"))
+            os.kill(child.pid, signal.SIGKILL)
+            killed.append(child.pid)
+
+    spec = trial_spec()
+    url = f"sqlite:///{tmp_path / 'tuner.db'}"
+    run_worker(
+        spec,
+        storage=open_storage(url),
+        seed=0,
+        worker_id="host:1",
+        n_trials=2,
+        cache_dir=tmp_path / "cache",
+        hooks=WorkerHooks(on_progress=kill_the_child),
+        fault=FaultInjection("slow", at_step=1, sleep_s=0.3, trials=(0,)),  # progress is sent before it ends
+        install_signal_handlers=False,
+    )
+    died, after = optuna.load_study(study_name=spec.name, storage=url).trials
+    assert killed
+    assert died.state.name == "FAIL" and died.user_attrs["end_reason"] == "error"
+    assert died.user_attrs["error_summary"] == "trial child process died (killed by signal SIGKILL)"
+    assert died.user_attrs["child_replaced"] is True and 0.0 <= died.user_attrs["gpu_busy_frac"] <= 1.0
+    assert died.user_attrs["phase_s"]["train"] > 0  # the run up to the kill counts as training
+    assert after.state.name == "COMPLETE" and after.user_attrs["end_reason"] == "complete"
+    assert 0.0 < after.user_attrs["gpu_busy_frac"] <= 1.0
