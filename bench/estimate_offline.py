@@ -17,6 +17,8 @@ Then, with the calibration's refinement lists emptied:
     from rows 0..i-1, the way the worker refines after each finished trial (twice: with the reserved peak, as a
     worker that records torch.cuda.max_memory_reserved would pass it, and without it).
 Each protocol prints median / p90 / max absolute error in % of the measured peak and false fits under 8 GiB.
+When the recorded calibration's kappa probes are not today's (tuner.vram.calibrate.kappa_probe_configs) it says so:
+"shipped" then scores the recorded probes, and only a fresh GPU calibration scores today's.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from model.config import Phase1Config  # noqa: E402
+from tuner.vram.calibrate import kappa_probe_configs  # noqa: E402
 from tuner.vram.calibration import ALLOCATOR_CLASSES, DeviceCalibration, refine  # noqa: E402
 from tuner.vram.estimate.predict import estimate  # noqa: E402
 
@@ -54,6 +57,17 @@ def stats(errs: list[float], rows: list[dict], preds: list[float]) -> dict:
     return {"n": len(a), "median_abs_error_pct": statistics.median(a), "p90_abs_error_pct": p90,
             "max_abs_error_pct": a[-1], "mean_signed_error_pct": statistics.fmean(errs),
             "false_fit_under_8gib": false_fit}
+
+
+def probe_shapes_match(recorded: dict) -> tuple[bool, list, list]:
+    """Whether the recorded calibration's kappa probes are today's kappa_probe_configs() (class, batch, n_seq,
+    layers): the "shipped" protocol scores the recorded probes' offsets, so a changed probe definition is only
+    scored by a fresh GPU calibration."""
+    rec = sorted((p["class"], p["batch_size"], p["n_seq"], p["n_layers"])
+                 for p in recorded.get("extra", {}).get("kappa_probes", []))
+    now = sorted(("fp32" if c.dtype == "float32" else "amp", c.batch_size, c.n_seq, c.n_layers)
+                 for c in kappa_probe_configs())
+    return rec == now, rec, now
 
 
 def with_offsets(cal: DeviceCalibration, offsets: dict[str, list[float]]) -> DeviceCalibration:
@@ -112,6 +126,11 @@ def main() -> int:
             out["rows"][i][f"{name}_predicted_gib"] = p
             out["rows"][i][f"{name}_error_pct"] = e
 
+    same, rec_probes, now_probes = probe_shapes_match(data["calibration"])
+    out["recorded_probes_are_current"] = same
+    if not same:
+        print(f"note: the recorded kappa probes {rec_probes} are not today's {now_probes}: 'shipped' scores the "
+              "recorded probes' offsets; a fresh GPU calibration (bench/estimate_validation.py) scores today's")
     # (shipped) the recorded calibration as it is: the first trial's prediction
     shipped = [estimate(c, device="cuda", calibration=recorded) for c in cfgs]
     report("shipped (recorded cal.)", [e.total_gib for e in shipped], subsets=True)

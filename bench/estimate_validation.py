@@ -17,7 +17,8 @@
    "shipped" protocol); then estimate_offline.py re-scores the rows under that protocol (preset-family and broad
    rows apart), without the probes' offsets, leave-one-family-out and online refinement (DIR/estimate_offline.json).
 Targets: median <= 1.5 %, p90 <= 3 %, mean signed within +-1 %, false_fit_under_8gib == 0. Budget: about 6 minutes
-on one H100 (52 configurations, 2 probes at a time).
+on one H100 (52 configurations, 2 probes at a time) after the calibration, whose six kappa probes are trials of the
+12-layer default config (not yet timed; its own limit is 360 s, and --budget-s counts it).
 """
 
 from __future__ import annotations
@@ -174,7 +175,7 @@ def main() -> int:
 
     args.out.mkdir(parents=True, exist_ok=True)
     cal_file = args.out / "calibration.json"
-    cal_row = _probe(["--calibrate", "--out", str(cal_file)], timeout=180)
+    cal_row = _probe(["--calibrate", "--out", str(cal_file)], timeout=360)  # six 12-layer kappa probes
     if "error" in cal_row:
         print(f"error: calibration failed: {cal_row['error']}", file=sys.stderr)
         return 2

@@ -23,10 +23,11 @@ def calibrate_device(index: int = 0, *, config: Any = None) -> DeviceCalibration
        d_model 1024, vocab 50257, n_seq 256) in float32 and bfloat16 through model.train, then NVML - reserved;
     4. the allocator gap of those runs and the kappa it implies, stored in `extra` for the record only (its CE
        chunk is too small to measure kappa);
-    5. kappa probes: a few optimizer steps of 2- and 4-layer models whose CE chunk (0.77 and 1.15 GiB) sets the
-       peak, in bfloat16 and float32; each probe's observed kappa minus the replay's seeds the device's kappa
-       offsets (`kappa_offsets_amp`, `kappa_offsets_fp32`), so a fresh calibration already corrects the replay's
-       low bias (about -0.1 F measured on the H100); finished trials then join the running median (refine()).
+    5. kappa probes (kappa_probe_configs): two optimizer steps of trials of the default 12-layer config whose CE
+       chunk (0.77, 1.15, 2.30 GiB) sets the peak, in bfloat16 and float32; each probe's observed kappa minus the
+       replay's seeds the device's kappa offsets (`kappa_offsets_amp`, `kappa_offsets_fp32`), so a fresh
+       calibration already corrects the replay's low bias (about -0.1 F measured on the H100); finished trials
+       then join the running median (refine()).
     """
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     import pynvml
@@ -122,51 +123,81 @@ def _run_training_steps(config: Any, dev: Any) -> dict[str, Any]:
     return {"allocator_runs": runs}
 
 
-# (batch, n_seq, n_layers) at d_model 1024, V 50257: CE chunks of 0.77 and 1.15 GiB, large enough that the CE
-# backward sets the peak (the allocator gap then measures kappa), small enough to take seconds.
-KAPPA_PROBES = ((8, 1024, 2), (12, 1024, 4))
+# (batch_size, n_seq) of the kappa probes, each a trial of the default Phase1Config (12 layers, d_model 1024, vocab
+# 50257, checkpointed blocks, loss chunks of 512 positions): CE chunks F of 0.77, 1.15 and 2.30 GiB (4, 4 and 2 loss
+# chunks), the range of the validated trials' chunks, at predicted peaks of about 3.9, 5.8 and 9.9 GiB (bf16).
+KAPPA_PROBE_SHAPES = ((8, 2048), (12, 2048), (24, 1024))
+PROBE_FREE_MARGIN = 1.25  # a probe runs only when the GPU's free memory exceeds its prediction by this factor
+
+
+def kappa_probe_configs() -> list[Any]:
+    """The Phase1Configs whose CE-hole kappa calibrate_device measures: KAPPA_PROBE_SHAPES x (bfloat16, float32).
+
+    Each replays a trial's loss-backward moment rather than a toy's: the depth, width, vocabulary, checkpointing and
+    loss chunking of the default config, so the segment under the CE chunk is laid out by a trial's forward (12
+    checkpointed blocks) and the peak is at a later chunk's backward, with the earlier chunk's h gradient placed.
+    Why: on the H100 the observed - replayed kappa grows with depth (trials' medians: 4 layers +0.03 F, 12 layers
+    +0.11 F, 20-24 layers +0.23..+0.35 F), and the former probes (2 and 4 layers) read +0.04..+0.07 F where the
+    12-layer trials read +0.11 F (docs/vram-estimate.md)."""
+    from model.config import Phase1Config
+
+    return [
+        Phase1Config(batch_size=b, n_seq=n, dtype=dt, stability_monitoring_enabled=False)
+        for dt in ("bfloat16", "float32")
+        for b, n in KAPPA_PROBE_SHAPES
+    ]
 
 
 def _kappa_probes(dev: Any, workspace_gib: float) -> list[dict[str, Any]]:
-    """Observed - replayed CE-hole kappa of each probe (KAPPA_PROBES x bfloat16/float32), as refine() computes it for
-    a finished trial: the estimate is made with this device's workspace and no offsets; offset None where the CE hole
-    did not set the peak (the probe then says nothing about kappa)."""
+    """Observed - replayed CE-hole kappa of each kappa_probe_configs() probe, as refine() computes it for a finished
+    trial: two optimizer steps (AdamW state present, as in a trial's steady state) from an emptied cache, the estimate
+    made with this device's workspace and no offsets. offset None where the CE hole did not set the peak (the probe
+    then says nothing about kappa) or the probe did not run: `skipped` says why (a GPU without room for it, an OOM),
+    so a small card seeds fewer offsets instead of failing the calibration."""
     import torch
 
-    from model.config import Phase1Config
     from model.train import train_and_evaluate
     from tuner.vram.estimate.predict import estimate
 
     provisional = dataclasses.replace(_plain(), workspace_gib=workspace_gib)
     out = []
-    for dt in ("bfloat16", "float32"):
-        for batch, n_seq, n_layers in KAPPA_PROBES:
-            cfg = Phase1Config(
-                n_layers=n_layers, n_seq=n_seq, batch_size=batch, dtype=dt, stability_monitoring_enabled=False
-            )
-            tokens = batch * n_seq
-            data = synthetic_token_data(cfg.vocab_size, n_tokens=3 * tokens + n_seq + 2, seed=0)
-            torch.cuda.empty_cache()  # the probe's peak reserved is its own
-            torch.cuda.reset_peak_memory_stats(dev)
-            train_and_evaluate(cfg, data, train_tokens=2 * tokens, eval_tokens=n_seq, device=str(dev))
-            torch.cuda.synchronize(dev)
-            alloc, res = torch.cuda.max_memory_allocated(dev) / GIB, torch.cuda.max_memory_reserved(dev) / GIB
-            e = estimate(cfg, device="cuda", calibration=provisional)
-            kappa = e.observed_kappa(alloc, res - alloc)
-            out.append(
-                {
-                    "class": e.allocator_class,
-                    "batch_size": batch,
-                    "n_seq": n_seq,
-                    "n_layers": n_layers,
-                    "peak_allocated_gib": alloc,
-                    "peak_reserved_gib": res,
-                    "ce_chunk_gib": e.ce_chunk_gib,
-                    "replay_kappa": e.ce_replay_kappa,
-                    "observed_kappa": kappa,
-                    "offset": None if kappa is None else kappa - e.ce_replay_kappa,
-                }
-            )
+    for cfg in kappa_probe_configs():
+        e = estimate(cfg, device="cuda", calibration=provisional)
+        row: dict[str, Any] = {
+            "class": e.allocator_class,
+            "batch_size": cfg.batch_size,
+            "n_seq": cfg.n_seq,
+            "n_layers": cfg.n_layers,
+            "loss_chunk_size": cfg.loss_chunk_size,
+            "ce_chunk_gib": e.ce_chunk_gib,
+            "replay_kappa": e.ce_replay_kappa,
+            "predicted_reserved_gib": e.tensor_gib + e.allocator_gib,
+            "offset": None,
+        }
+        out.append(row)
+        torch.cuda.empty_cache()  # the probe's peak reserved is its own
+        free, need = torch.cuda.mem_get_info(dev)[0] / GIB, row["predicted_reserved_gib"]
+        if free < PROBE_FREE_MARGIN * need:
+            row["skipped"] = f"{free:.2f} GiB free < {PROBE_FREE_MARGIN} x {need:.2f} GiB predicted"
+            continue
+        tokens = cfg.batch_size * cfg.n_seq
+        data = synthetic_token_data(cfg.vocab_size, n_tokens=3 * tokens + cfg.n_seq + 2, seed=0)
+        torch.cuda.reset_peak_memory_stats(dev)
+        try:
+            train_and_evaluate(cfg, data, train_tokens=2 * tokens, eval_tokens=cfg.n_seq, device=str(dev))
+        except torch.cuda.OutOfMemoryError as exc:
+            row["skipped"] = f"OutOfMemoryError: {str(exc).splitlines()[0][:160]}"
+            torch.cuda.empty_cache()
+            continue
+        torch.cuda.synchronize(dev)
+        alloc, res = torch.cuda.max_memory_allocated(dev) / GIB, torch.cuda.max_memory_reserved(dev) / GIB
+        kappa = e.observed_kappa(alloc, res - alloc)
+        row.update(
+            peak_allocated_gib=alloc,
+            peak_reserved_gib=res,
+            observed_kappa=kappa,
+            offset=None if kappa is None else kappa - e.ce_replay_kappa,
+        )
     torch.cuda.empty_cache()
     return out
 
