@@ -11,9 +11,13 @@ import torch
 
 from kernels.scan_shapes import scan_tile_widths
 from kernels.scan_triton import WINDOW, _chunk_scan_bwd, _chunk_scan_fwd, _chunk_state_bwd, _chunk_state_fwd
+from kernels.triton_direct import DirectLaunch
 
 _PROGRAMS = 1024  # programs to aim for: ~8 per SM of an H100 (132 SMs), about one wave
 _RED_ROWS = 64  # da partials the last backward program of a channel block sums per loop step
+# Launched through DirectLaunch: after the first launch per specialisation, none of Triton's per-call binding.
+_state_fwd, _scan_fwd_k = DirectLaunch(_chunk_state_fwd), DirectLaunch(_chunk_scan_fwd)
+_state_bwd, _scan_bwd_k = DirectLaunch(_chunk_state_bwd), DirectLaunch(_chunk_scan_bwd)
 
 
 @dataclass(frozen=True)
@@ -75,34 +79,25 @@ def _scan_fwd(u, g, v, a, save_carry: bool, tiles: ScanTiles | None = None):
     B, L, R = u.shape
     t = tiles or _tiles(L, R, u.dtype, B)
     nc, nrb, nt = _cdiv(L, t.fwd_c), _cdiv(R, t.fwd_r), _cdiv(L, t.block_t)
-    n_seq = B * nrb
+    n_seq, ksub = B * nrb, t.fwd_c // t.block_t
     y = torch.empty_like(u)
     carry = torch.empty((B, nt, R), dtype=torch.float32, device=u.device) if save_carry else y
     # Per-chunk end states [S, nc, fwd_r], chunk nc-1's never written nor read; no zeroing needed.
     states = torch.empty(n_seq * nc * t.fwd_r, dtype=torch.float32, device=u.device) if nc > 1 else y
-    meta = dict(BLOCK_T=t.block_t, BLOCK_R=t.fwd_r, num_warps=t.fwd_warps)
     if nc > 1:
-        _chunk_state_fwd[(n_seq, nc - 1)](
-            u, g, a, states, L, R, nc, nrb, t.fwd_c // t.block_t, LOG_T=_log2(t.block_t), **meta
+        _state_fwd(
+            (n_seq, nc - 1),
+            (u, g, a, states),
+            (L, R, nc, nrb, ksub),
+            {"BLOCK_T": t.block_t, "BLOCK_R": t.fwd_r, "LOG_T": _log2(t.block_t)},
+            t.fwd_warps,
         )
-    _chunk_scan_fwd[(n_seq, nc)](
-        u,
-        g,
-        v,
-        a,
-        states,
-        y,
-        carry,
-        L,
-        R,
-        nc,
-        nrb,
-        nt,
-        t.fwd_c // t.block_t,
-        WINDOW=WINDOW,
-        LOG_W=_log2(WINDOW),
-        SAVE_CARRY=save_carry,
-        **meta,
+    _scan_fwd_k(
+        (n_seq, nc),
+        (u, g, v, a, states, y, carry),
+        (L, R, nc, nrb, nt, ksub),
+        {"BLOCK_T": t.block_t, "BLOCK_R": t.fwd_r, "WINDOW": WINDOW, "LOG_W": _log2(WINDOW), "SAVE_CARRY": save_carry},
+        t.fwd_warps,
     )
     return y, (carry if save_carry else None), t
 
@@ -113,38 +108,24 @@ def _scan_bwd(dy, u, g, v, a, carry, tiles: ScanTiles):
     B, L, R = u.shape
     t = tiles
     nc, nrb, nt = _cdiv(L, t.bwd_c), _cdiv(R, t.bwd_r), _cdiv(L, t.block_t)
-    n_seq = B * nrb
+    n_seq, ksub = B * nrb, t.bwd_c // t.block_t
     du, dg, dv = torch.empty_like(u), torch.empty_like(g), torch.empty_like(v)
     da_part = torch.empty((B * nc, R), dtype=torch.float32, device=u.device)
     da = torch.empty_like(a)  # summed from da_part by the scan kernel itself, in a's dtype
     states = torch.empty(n_seq * nc * t.bwd_r, dtype=torch.float32, device=u.device) if nc > 1 else da_part
-    meta = dict(BLOCK_T=t.block_t, BLOCK_R=t.bwd_r, num_warps=t.bwd_warps)
     if nc > 1:
-        _chunk_state_bwd[(n_seq, nc - 1)](
-            dy, g, v, a, states, L, R, nc, nrb, t.bwd_c // t.block_t, LOG_T=_log2(t.block_t), **meta
+        _state_bwd(
+            (n_seq, nc - 1),
+            (dy, g, v, a, states),
+            (L, R, nc, nrb, ksub),
+            {"BLOCK_T": t.block_t, "BLOCK_R": t.bwd_r, "LOG_T": _log2(t.block_t)},
+            t.bwd_warps,
         )
-    _chunk_scan_bwd[(n_seq, nc)](
-        dy,
-        u,
-        g,
-        v,
-        a,
-        states,
-        carry,
-        du,
-        dg,
-        dv,
-        da_part,
-        da,
-        L,
-        R,
-        nc,
-        nrb,
-        nt,
-        t.bwd_c // t.block_t,
-        WINDOW=WINDOW,
-        LOG_W=_log2(WINDOW),
-        RED_ROWS=_RED_ROWS,
-        **meta,
+    _scan_bwd_k(
+        (n_seq, nc),
+        (dy, u, g, v, a, states, carry, du, dg, dv, da_part, da),
+        (L, R, nc, nrb, nt, ksub),
+        {"BLOCK_T": t.block_t, "BLOCK_R": t.bwd_r, "WINDOW": WINDOW, "LOG_W": _log2(WINDOW), "RED_ROWS": _RED_ROWS},
+        t.bwd_warps,
     )
     return du, dg, dv, da
