@@ -29,10 +29,11 @@ def specialization_key(
 ) -> tuple:
     """What Triton specialises a launch of a kernel whose integer arguments are all `do_not_specialize` on: the
     (current) device, each pointer's element type and 16-byte alignment, whether every int fits i32, the constexpr
-    values and the warp count. Two launches with equal keys run the same compiled kernel."""
+    values and the warp count. Two launches with equal keys run the same compiled kernel. Also whether each tensor
+    is on a GPU: a host tensor then goes through Triton, which refuses it, instead of reaching the kernel."""
     return (
         device,
-        tuple(t.dtype for t in tensors),
+        tuple((t.dtype, t.is_cuda) for t in tensors),
         tuple(p % 16 == 0 for p in ptrs),
         all(-_I32 <= i < _I32 for i in ints),
         constexprs,

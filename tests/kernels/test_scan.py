@@ -234,8 +234,10 @@ def test_torch_backend_accumulates_in_fp32_under_cpu_autocast():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_gpu_results_are_bitwise_reproducible(dtype):
     """Many launches at a large shape give bitwise-identical outputs and gradients (every value is written by
-    one program, da is reduced in a fixed order). The interpreter runs programs one by one and cannot catch a
-    race; this runs them concurrently, and also checks against the float64 torch scan once."""
+    one program, da is reduced in a fixed order by the last program of each channel block). The interpreter runs
+    programs one by one and cannot catch a race; this runs them concurrently, and also checks against the float64
+    torch scan once. The first call launches through Triton, the later ones through kernels/triton_direct.py's
+    direct path: equal results check that path too."""
     B, L, R = 8, 16384, 64
     gen = torch.Generator(device="cuda").manual_seed(0)
     u = torch.randn(B, L, R, device="cuda", generator=gen).to(dtype)

@@ -109,12 +109,14 @@ def test_a_wrong_argument_count_is_refused(compiled_mode):
         launch((1, 1), (torch.zeros(1), torch.zeros(1)), (1, 2), {"BLOCK": 8, "FLAG": False}, 1)
 
 
-def test_key_separates_devices_and_alignment():
+def test_key_separates_devices_alignment_and_host_tensors():
     x = torch.zeros(16)
-    base = specialization_key(0, (x,), (1024,), (5,), (16,), 4)
-    assert specialization_key(0, (x,), (2048,), (7,), (16,), 4) == base  # other aligned address, other size
-    assert specialization_key(1, (x,), (1024,), (5,), (16,), 4) != base
-    assert specialization_key(0, (x,), (1028,), (5,), (16,), 4) != base
+    on_gpu = types.SimpleNamespace(dtype=x.dtype, is_cuda=True)  # stands in for a CUDA tensor (no GPU here)
+    base = specialization_key(0, (on_gpu,), (1024,), (5,), (16,), 4)
+    assert specialization_key(0, (on_gpu,), (2048,), (7,), (16,), 4) == base  # other aligned address, other size
+    assert specialization_key(1, (on_gpu,), (1024,), (5,), (16,), 4) != base
+    assert specialization_key(0, (on_gpu,), (1028,), (5,), (16,), 4) != base
+    assert specialization_key(0, (x,), (1024,), (5,), (16,), 4) != base  # a host tensor: Triton's path, its error
 
 
 def test_tritons_launch_still_ends_the_way_direct_launch_copies():
