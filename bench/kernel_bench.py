@@ -12,6 +12,12 @@ Scan rows, one per shape, dtype and path:
             with inputs that require grad; bwd_ms is forward + `torch.autograd.grad` minus that forward (medians;
             bwd p20/p80 are the fwd+bwd quantiles minus the forward median);
   "public_old" / "bare_old": the same for the module given by --baseline (e.g. the previous kernels/scan.py).
+Beside those eager figures (which count host work wherever the GPU waits for it), every row also has
+  fwd_ms_graph / bwd_ms_graph (+ _p20_p80, frac_copy_graph): the same calls captured once in a CUDA graph and
+            replayed (same definitions: public bwd = fwd+bwd graph minus fwd graph): device time, no host work;
+  fwd_host_ms / bwd_host_ms: host (CPU) wall time per call, the GPU not waited for (public bwd likewise a difference).
+"autograd_floor": the same host and eager figures for an autograd Function that launches no kernel, called the
+public way: what the autograd machinery alone costs on this host, which no public path can go below.
 --quick: fewer repetitions and no torch-reference timings; all shapes, dtypes and paths, all checks.
 """
 
@@ -124,32 +130,119 @@ def copy_gbps(do_bench) -> float:
     return 2 * src.numel() * 4 / (ms * 1e-3) / 1e9
 
 
-def time_path(do_bench, impl, path, u, g, v, a, dy, reps) -> tuple[list, list]:
-    """([fwd median, p20, p80], [bwd median, p20, p80]) in ms for one path (see the module docstring)."""
-    def q(fn):
-        return do_bench(fn, warmup=reps[0], rep=reps[1], quantiles=[0.5, 0.2, 0.8])
-
+def path_fns(impl, path, u, g, v, a, dy):
+    """(forward, second, second_is_fwd_bwd): the calls one path times. public: the forward through gated_scan, then
+    forward + torch.autograd.grad (its backward is the difference); bare: the two launchers."""
     if path == "public":
         leaves = [t.detach().clone().requires_grad_(True) for t in (u, g, v, a)]
-        fwd = q(lambda: impl.gated_scan(*leaves, backend="triton"))
-        both = q(lambda: torch.autograd.grad(impl.gated_scan(*leaves, backend="triton"), leaves, dy))
-        return fwd, [x - fwd[0] for x in both]
+        return (lambda: impl.gated_scan(*leaves, backend="triton"),
+                lambda: torch.autograd.grad(impl.gated_scan(*leaves, backend="triton"), leaves, dy), True)
     _, carry, tiles = impl._scan_fwd(u, g, v, a, True)
-    return q(lambda: impl._scan_fwd(u, g, v, a, True)), q(lambda: impl._scan_bwd(dy, u, g, v, a, carry, tiles))
+    return lambda: impl._scan_fwd(u, g, v, a, True), lambda: impl._scan_bwd(dy, u, g, v, a, carry, tiles), False
 
 
-def scan_row(do_bench, impl, path, label, B, L, R, dname, copy, errs, reps, with_ref) -> dict:
+def time_pair(timer, fwd_fn, second_fn, both) -> tuple[list, list]:
+    """([fwd median, p20, p80], [bwd median, p20, p80]) in ms with timer(fn) -> [median, p20, p80]; when `both`,
+    the second call is forward + backward and the backward is its quantiles minus the forward median."""
+    fwd, second = timer(fwd_fn), timer(second_fn)
+    return fwd, ([x - fwd[0] for x in second] if both else second)
+
+
+def time_path(do_bench, impl, path, u, g, v, a, dy, reps) -> tuple[list, list]:
+    """([fwd median, p20, p80], [bwd median, p20, p80]) in ms for one path (see the module docstring)."""
+    return time_pair(lambda fn: do_bench(fn, warmup=reps[0], rep=reps[1], quantiles=[0.5, 0.2, 0.8]),
+                     *path_fns(impl, path, u, g, v, a, dy))
+
+
+def graph_bench(do_bench, fn, reps) -> list:
+    """[median, p20, p80] ms of replaying a CUDA graph of fn (captured after a warm-up on a side stream, as
+    torch.cuda.graph asks): the device time of fn's kernels without the host work that launches them."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return do_bench(graph.replay, warmup=reps[0], rep=reps[1], quantiles=[0.5, 0.2, 0.8])
+
+
+def host_ms(fn, n=20, batches=7) -> list:
+    """[median, p20, p80] ms of host (CPU) wall time per call over batches of n calls, the device synchronised only
+    between batches: the GPU is never waited for (n calls queue far fewer launches than the launch queue holds)."""
+    sync = torch.cuda.synchronize if DEVICE == "cuda" else (lambda: None)
+    fn()
+    per_call = []
+    for _ in range(batches):
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        per_call.append((time.perf_counter() - t0) / n * 1e3)
+    sync()
+    per_call.sort()
+    return [per_call[len(per_call) // 2], per_call[len(per_call) // 5], per_call[(4 * len(per_call)) // 5]]
+
+
+class _NullFn(torch.autograd.Function):
+    """Four inputs like the scan's, no kernel: outputs from the caching allocator, nothing computed."""
+
+    @staticmethod
+    def forward(ctx, u, g, v, a):
+        ctx.save_for_backward(u, g, v, a)
+        return torch.empty_like(u)
+
+    @staticmethod
+    def backward(ctx, _dy):
+        u, g, v, a = ctx.saved_tensors
+        return torch.empty_like(u), torch.empty_like(g), torch.empty_like(v), torch.empty_like(a)
+
+
+def autograd_floor(timers, reps, shape=(16, 4096, 64)) -> dict:
+    """Eager and host ms of _NullFn called the way the public path is timed (forward; forward + autograd.grad)."""
+    u, g, v, a, dy = make_inputs(*shape, torch.float32, seed=3)
+    leaves = [t.detach().clone().requires_grad_(True) for t in (u, g, v, a)]
+    fns = (lambda: _NullFn.apply(*leaves), lambda: torch.autograd.grad(_NullFn.apply(*leaves), leaves, dy), True)
+    do_bench, _, host = timers
+    eager = time_pair(lambda fn: do_bench(fn, warmup=reps[0], rep=reps[1], quantiles=[0.5, 0.2, 0.8]), *fns)
+    on_host = time_pair(host, *fns)
+    row = {"B": shape[0], "L": shape[1], "R": shape[2], "fwd_ms": eager[0][0], "bwd_ms": eager[1][0],
+           "fwd_host_ms": on_host[0][0], "bwd_host_ms": on_host[1][0]}
+    print(f"autograd floor (no kernel) {shape}: eager fwd {row['fwd_ms'] * 1e3:6.1f} us bwd {row['bwd_ms'] * 1e3:6.1f}"
+          f" us | host fwd {row['fwd_host_ms'] * 1e3:6.1f} us bwd {row['bwd_host_ms'] * 1e3:6.1f} us", flush=True)
+    return row
+
+
+def scan_row(timers, impl, path, label, B, L, R, dname, copy, errs, reps, with_ref) -> dict:
+    """One row: eager (do_bench), CUDA-graph replay and host figures of one path (see the module docstring)."""
+    do_bench, graph, host = timers
     dtype = DTYPES[dname]
     u, g, v, a, dy = make_inputs(B, L, R, dtype, seed=3)
     fwd, bwd = time_path(do_bench, impl, path, u, g, v, a, dy, reps)
     tiles = impl._scan_fwd(u, g, v, a, True)[2]  # what the launcher picks (the public path picks the same)
     el = B * L * R * u.element_size()
-    fwd_gbps, bwd_gbps = 4 * el / (fwd[0] * 1e-3) / 1e9, 7 * el / (bwd[0] * 1e-3) / 1e9
+
+    def gbps(f_ms, b_ms):
+        return 4 * el / (f_ms * 1e-3) / 1e9, 7 * el / (b_ms * 1e-3) / 1e9
+
+    fwd_gbps, bwd_gbps = gbps(fwd[0], bwd[0])
     row = {"B": B, "L": L, "R": R, "dtype": dname, "a_is_one": False, "path": label,
            "tiles": dataclasses.asdict(tiles) if dataclasses.is_dataclass(tiles) else list(tiles),
            "fwd_ms": fwd[0], "fwd_ms_p20_p80": fwd[1:], "bwd_ms": bwd[0], "bwd_ms_p20_p80": bwd[1:],
            "fwd_gbps": fwd_gbps, "bwd_gbps": bwd_gbps, "fwd_frac_copy": fwd_gbps / copy,
            "bwd_frac_copy": bwd_gbps / copy, "rel_err": errs}
+    try:
+        gf, gb = time_pair(lambda fn: graph(fn, reps), *path_fns(impl, path, u, g, v, a, dy))
+        g_fwd, g_bwd = gbps(gf[0], gb[0])
+        row.update(fwd_ms_graph=gf[0], fwd_ms_graph_p20_p80=gf[1:], bwd_ms_graph=gb[0], bwd_ms_graph_p20_p80=gb[1:],
+                   fwd_frac_copy_graph=g_fwd / copy, bwd_frac_copy_graph=g_bwd / copy)
+    except RuntimeError as e:  # a path that cannot be captured is reported as such, with the reason
+        row["graph_error"] = f"{type(e).__name__}: {e}"[:300]
+        print(f"scan {label} B={B} L={L} R={R} {dname}: no CUDA-graph figures ({row['graph_error']})", flush=True)
+    hf, hb = time_pair(host, *path_fns(impl, path, u, g, v, a, dy))
+    row.update(fwd_host_ms=hf[0], fwd_host_ms_p20_p80=hf[1:], bwd_host_ms=hb[0], bwd_host_ms_p20_p80=hb[1:])
     if with_ref:  # plain torch with a = 1 (the guide's formulation), autograd for the backward
         leaves = [t.detach().clone().requires_grad_(True) for t in (u, g, v)]
         ru, rg, rv = leaves
@@ -160,9 +253,10 @@ def scan_row(do_bench, impl, path, label, B, L, R, dname, copy, errs, reps, with
     return row
 
 
-def bench_scan(do_bench, copy, impls, quick, shapes=SHAPES, check_only=CHECK_ONLY) -> dict:
+def bench_scan(timers, copy, impls, quick, shapes=SHAPES, check_only=CHECK_ONLY) -> dict:
     """Checks every (implementation, path) on every shape and dtype (and CHECK_ONLY in fp32/bf16/fp16), then times
-    them. Returns {"scan": rows, "checked": rows}. Raises KernelMismatch before timing anything if one fails."""
+    them. timers: (do_bench, graph(fn, reps), host(fn)), each giving [median, p20, p80] ms. Returns {"scan": rows,
+    "checked": rows, "autograd_floor": row}. Raises KernelMismatch before timing anything if one fails."""
     checked, ref_cache = [], {}
     paths = [(impl, path, path + suffix) for impl, suffix in impls for path in ("public", "bare")]
     errs = {}
@@ -180,13 +274,15 @@ def bench_scan(do_bench, copy, impls, quick, shapes=SHAPES, check_only=CHECK_ONL
     for B, L, R in shapes:
         for dname, dtype in DTYPES.items():
             for impl, path, label in paths:
-                row = scan_row(do_bench, impl, path, label, B, L, R, dname, copy, errs[(B, L, R, dtype, label)],
+                row = scan_row(timers, impl, path, label, B, L, R, dname, copy, errs[(B, L, R, dtype, label)],
                                reps, with_ref=not quick and label == "public")
                 rows.append(row)
                 print(f"scan {label:>10} B={B} L={L} R={R} {dname}: fwd {row['fwd_ms'] * 1e3:7.1f} us "
                       f"({row['fwd_frac_copy']:4.0%} copy), bwd {row['bwd_ms'] * 1e3:7.1f} us "
-                      f"({row['bwd_frac_copy']:4.0%})", flush=True)
-    return {"scan": rows, "checked": checked}
+                      f"({row['bwd_frac_copy']:4.0%}) | graph fwd {row.get('fwd_ms_graph', float('nan')) * 1e3:7.1f}"
+                      f" bwd {row.get('bwd_ms_graph', float('nan')) * 1e3:7.1f} us | host fwd "
+                      f"{row['fwd_host_ms'] * 1e3:7.1f} bwd {row['bwd_host_ms'] * 1e3:7.1f} us", flush=True)
+    return {"scan": rows, "checked": checked, "autograd_floor": autograd_floor(timers, reps)}
 
 
 def sweep(do_bench, copy, quick) -> list[dict]:
@@ -253,13 +349,15 @@ def main(argv=None) -> int:
             with open(os.path.join(args.out, "sweep.json"), "w") as f:
                 json.dump(sweep(do_bench, copy, args.quick), f, indent=1)
             return 0
+        timers = (do_bench, lambda fn, reps: graph_bench(do_bench, fn, reps), host_ms)
         result = {"device": dev, "torch": torch.__version__, "triton": triton.__version__, "copy_gbps": copy,
-                  "quick": args.quick, "baseline": args.baseline, **bench_scan(do_bench, copy, impls, args.quick)}
+                  "quick": args.quick, "baseline": args.baseline, **bench_scan(timers, copy, impls, args.quick)}
     except KernelMismatch as e:
         print(f"error: kernel disagrees with the reference, not reported: {e}", file=sys.stderr)
         return 1
     if lns_rows is not None:
         result["lns"] = lns_rows(torch.device("cuda"), quick=args.quick, baseline_path=args.lns_baseline)
+    result["wall_s"] = time.time() - t0
     path = os.path.join(args.out, "kernels.json")
     with open(path, "w") as f:
         json.dump(result, f, indent=1)
@@ -269,17 +367,21 @@ def main(argv=None) -> int:
 
 
 def print_table(rows) -> None:
-    """% of copy per shape and dtype, one column pair per path; public/bare time ratios for the current code."""
+    """% of copy per shape and dtype, one column pair per path; public/bare time ratios for the current code, eager
+    and from CUDA-graph replays (device time only)."""
     labels = list(dict.fromkeys(r["path"] for r in rows))
     by = {(r["B"], r["L"], r["R"], r["dtype"], r["path"]): r for r in rows}
     print(f"{'shape':>16} {'dtype':>5} " + " ".join(f"{lab + ' fwd/bwd %copy':>24}" for lab in labels)
-          + "   public/bare time fwd, bwd")
+          + "   public/bare fwd, bwd: eager | graph")
     for key in dict.fromkeys(k[:4] for k in by):
         cells = [by[(*key, lab)] for lab in labels]
         ratio = ""
         if (*key, "public") in by and (*key, "bare") in by:
             pub, bare = by[(*key, "public")], by[(*key, "bare")]
             ratio = f"   {pub['fwd_ms'] / bare['fwd_ms']:.2f}, {pub['bwd_ms'] / bare['bwd_ms']:.2f}"
+            if "fwd_ms_graph" in pub and "fwd_ms_graph" in bare:
+                g_fwd, g_bwd = pub["fwd_ms_graph"] / bare["fwd_ms_graph"], pub["bwd_ms_graph"] / bare["bwd_ms_graph"]
+                ratio += f" | {g_fwd:.2f}, {g_bwd:.2f}"
         print(f"{key[:3]!s:>16} {key[3]:>5} "
               + " ".join(f"{c['fwd_frac_copy']:>15.0%} / {c['bwd_frac_copy']:<6.0%}" for c in cells) + ratio)
 

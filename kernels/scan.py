@@ -80,11 +80,14 @@ def _gated_scan_torch_fp32(u: torch.Tensor, g: torch.Tensor, v: torch.Tensor, a:
     return (g.to(acc) * v.to(acc) * h).to(u.dtype)
 
 
+_NO_SWITCH = contextlib.nullcontext()  # reusable: the common case builds no context object per call
+
+
 def _on_device(t: torch.Tensor):
     # Triton launches on the current CUDA device: switch only when the inputs live on another one.
-    if t.is_cuda and t.device.index != torch.cuda.current_device():
+    if t.is_cuda and t.get_device() != torch.cuda.current_device():
         return torch.cuda.device(t.device)
-    return contextlib.nullcontext()
+    return _NO_SWITCH
 
 
 class _GatedScanFn(torch.autograd.Function):
@@ -92,7 +95,7 @@ class _GatedScanFn(torch.autograd.Function):
     def forward(ctx, u, g, v, a, tiles=None):
         # contiguous() returns the tensor itself when it already is: no copy on the model's path.
         u, g, v, a = u.contiguous(), g.contiguous(), v.contiguous(), a.contiguous()
-        need = ctx.needs_input_grad[0] or ctx.needs_input_grad[1] or ctx.needs_input_grad[2] or ctx.needs_input_grad[3]
+        need = any(ctx.needs_input_grad[:4])
         with _on_device(u):
             y, carry, used = _scan_fwd(u, g, v, a, need, tiles)
         if need:
@@ -166,35 +169,37 @@ def _interpreting() -> bool:
 
 
 def _validate(u, g, v, a, backend: str) -> None:
+    # Called on every forward: each attribute is read once (a tensor's .device or .shape builds a new object).
     if backend not in _BACKENDS:
         raise ValueError(f"gated_scan: backend={backend!r} is not one of {_BACKENDS}")
     for name, t in (("u", u), ("g", g), ("v", v), ("a", a)):
         if not isinstance(t, torch.Tensor):
             raise ValueError(f"gated_scan: {name} must be a torch.Tensor, got {type(t).__name__}")
-    if u.dim() != 3:
-        raise ValueError(f"gated_scan: u must be [B, L, R], got shape {tuple(u.shape)}")
+    shape, dtype, device = u.shape, u.dtype, u.device
+    if len(shape) != 3:
+        raise ValueError(f"gated_scan: u must be [B, L, R], got shape {tuple(shape)}")
     for name, t in (("g", g), ("v", v)):
-        if t.shape != u.shape:
-            raise ValueError(f"gated_scan: {name} shape {tuple(t.shape)} != u shape {tuple(u.shape)}")
-    if a.shape != (u.shape[2],):
-        raise ValueError(f"gated_scan: a must be [R] = [{u.shape[2]}], got shape {tuple(a.shape)}")
+        if t.shape != shape:
+            raise ValueError(f"gated_scan: {name} shape {tuple(t.shape)} != u shape {tuple(shape)}")
+    if a.shape != shape[2:]:
+        raise ValueError(f"gated_scan: a must be [R] = [{shape[2]}], got shape {tuple(a.shape)}")
     # float64 only on the torch backend (gradcheck, references); the kernels take the three model dtypes.
-    allowed = _DTYPES + ((torch.float64,) if backend == "torch" else ())
-    if u.dtype not in allowed:
-        raise ValueError(f"gated_scan: dtype {u.dtype} is not supported with backend={backend!r}; use one of {allowed}")
+    if dtype not in _DTYPES and not (dtype == torch.float64 and backend == "torch"):
+        allowed = _DTYPES + ((torch.float64,) if backend == "torch" else ())
+        raise ValueError(f"gated_scan: dtype {dtype} is not supported with backend={backend!r}; use one of {allowed}")
     for name, t in (("g", g), ("v", v)):
-        if t.dtype != u.dtype:
-            raise ValueError(f"gated_scan: {name} dtype {t.dtype} != u dtype {u.dtype}; cast them to one dtype")
+        if t.dtype != dtype:
+            raise ValueError(f"gated_scan: {name} dtype {t.dtype} != u dtype {dtype}; cast them to one dtype")
     if not a.is_floating_point():
         raise ValueError(f"gated_scan: a must be floating point, got {a.dtype}")
     for name, t in (("g", g), ("v", v), ("a", a)):
-        if t.device != u.device:
-            raise ValueError(f"gated_scan: {name} is on {t.device} but u is on {u.device}; move them to one device")
+        if t.device != device:
+            raise ValueError(f"gated_scan: {name} is on {t.device} but u is on {device}; move them to one device")
     # (not checked while torch.compile traces: dynamo cannot read triton's knobs; the CPU-only case it guards is the
     # interpreter's, which tests compile on purpose)
-    if backend == "triton" and u.device.type != "cuda" and not torch.compiler.is_compiling() and not _interpreting():
+    if backend == "triton" and not u.is_cuda and not torch.compiler.is_compiling() and not _interpreting():
         raise ValueError(
-            f"gated_scan: backend='triton' needs CUDA tensors, got device {u.device}; "
+            f"gated_scan: backend='triton' needs CUDA tensors, got device {device}; "
             "use backend='torch' (or 'auto'), or run Triton's interpreter (TRITON_INTERPRET=1) on CPU"
         )
 

@@ -14,10 +14,11 @@ Forward ``h_t = a*h_{t-1} + g_t*u_t``, ``y_t = g_t*v_t*h_t``:
 Backward (mirrored, reverse time), with ``dh_t = g_t v_t dy_t + a*dh_{t+1}``:
   1. ``_chunk_state_bwd``: each chunk's ``sum_t a^(t-start) g_t v_t dy_t`` (reads dy, g, v); chunk 0 not needed.
   2. ``_chunk_scan_bwd``: dh entering from later chunks the same way, then the sub-tiles last to first: h
-     recomputed from the saved state, du, dg, dv stored, per-chunk partial da (reduced in torch: deterministic).
-Every value is written by exactly one program, so results are bitwise reproducible run to run; no buffer
-needs zeroing. Data traffic: forward reads 2 + 3 and writes 1 element per (b, t, r) (the second read of g, u
-may hit L2), backward reads 3 + 4 and writes 3.
+     recomputed from the saved state, du, dg, dv stored, per-chunk partial da; the last program of each channel
+     block (a counter in the carry's always-zero first row) sums the partials in a fixed order into da.
+Every value is written by exactly one program and every sum has a fixed order, so results are bitwise reproducible
+run to run; no buffer needs zeroing. Data traffic: forward reads 2 + 3 and writes 1 element per (b, t, r) (the
+second read of g, u may hit L2), backward reads 3 + 4 and writes 3.
 """
 
 from __future__ import annotations
@@ -232,6 +233,7 @@ def _chunk_scan_bwd(
     dg_ptr,
     dv_ptr,
     da_part_ptr,
+    da_ptr,
     L,
     R,
     NC,
@@ -242,9 +244,12 @@ def _chunk_scan_bwd(
     BLOCK_R: tl.constexpr,
     WINDOW: tl.constexpr,
     LOG_W: tl.constexpr,
+    RED_ROWS: tl.constexpr,
 ):
-    """du, dg, dv over chunk c; da_part[b, c, channel] = sum over the chunk of dh_t * h_{t-1}. Reads the carry
-    [B, NT, R] the forward saved (its layout does not depend on either pass's BLOCK_R)."""
+    """du, dg, dv over chunk c; da_part[b, c, channel] = sum over the chunk of dh_t * h_{t-1}, and da [R] = the sum
+    of all B*NC partials of the channel block (by whichever of its programs ends last, in a fixed order). Reads the
+    carry [B, NT, R] the forward saved (its layout does not depend on either pass's BLOCK_R); its row (b 0, sub-tile
+    0), h before the first step and so 0, is borrowed as the channel blocks' counters and left 0 again."""
     seq = tl.program_id(0)
     c = NC - 1 - tl.program_id(1)  # last chunk first: the chunks pass 1 read last are likeliest in L2
     b, lanes, cols, lane_ok, a = _program_lanes(seq, a_ptr, R, NRB, BLOCK_R)
@@ -272,7 +277,8 @@ def _chunk_scan_bwd(
         m_p = m & (rows_l[:, None] > 0)
         u_p = tl.load(u_ptr + offs - R, mask=m_p, other=0).to(tl.float32)
         g_p = tl.load(g_ptr + offs - R, mask=m_p, other=0).to(tl.float32)
-        h0 = tl.load(carry_ptr + (b * NT + i).to(tl.int64) * R + cols, mask=lane_ok & (i < NT), other=0.0)
+        # h before sub-tile 0 is 0 by definition: not loaded, its row holds the counters below.
+        h0 = tl.load(carry_ptr + (b * NT + i).to(tl.int64) * R + cols, mask=lane_ok & (i < NT) & (i > 0), other=0.0)
         pw_p, x_p = tl.associative_scan((decay_p, g_p * u_p), 0, _first_order)  # pw_p[t] = a^t
         h_prev = x_p + pw_p * h0[None, :]
         h = a[None, :] * h_prev + g * u
@@ -285,3 +291,24 @@ def _chunk_scan_bwd(
         d_in = tl.sum(tl.where(first, dh, 0.0), axis=0)
         kr += 1
     tl.store(da_part_ptr + (b * NC + c).to(tl.int64) * R + cols, da, mask=lane_ok)
+    # Last program of the channel block sums the partials: no second launch, no zeroed buffer, and the same order
+    # whichever program it is (bitwise reproducible). The barrier orders every thread's partial store before the
+    # counter's release; the acquiring program reads the partials past L1 (.cg), where no stale line can sit.
+    tl.debug_barrier()
+    cnt_ptr = carry_ptr + seq % NRB  # an fp32 counter: exact far beyond any B*NC
+    n_parts = (tl.num_programs(0) // NRB) * NC
+    ended = tl.atomic_add(cnt_ptr, 1.0, sem="acq_rel", scope="gpu")
+    if ended == n_parts - 1:
+        acc = tl.zeros([BLOCK_R], dtype=tl.float32)
+        rows_p = tl.arange(0, RED_ROWS)
+        j = 0
+        while j < n_parts:
+            rows = j + rows_p
+            offs = rows.to(tl.int64)[:, None] * R + cols[None, :]
+            part = tl.load(
+                da_part_ptr + offs, mask=(rows < n_parts)[:, None] & lane_ok[None, :], other=0.0, cache_modifier=".cg"
+            )
+            acc += tl.sum(part, axis=0)
+            j += RED_ROWS
+        tl.store(da_ptr + cols, acc.to(da_ptr.dtype.element_ty), mask=lane_ok)
+        tl.store(cnt_ptr, 0.0)  # the carry as the forward left it: a second backward through the graph finds 0

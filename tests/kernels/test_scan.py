@@ -115,10 +115,28 @@ def test_chunked_launchers_match_reference_with_small_tiles(L, tiles):
     u, g, v, a, dy = make(2, L, 5, torch.float32, "rand", seed=5)
     y, carry, used = scan._scan_fwd(u, g, v, a, True, tiles)
     assert used == tiles and carry.shape == (2, -(-L // tiles.block_t), 5)  # h before every sub-tile
+    saved = carry.clone()
     grads = scan._scan_bwd(dy, u, g, v, a, carry, used)
+    # The backward borrows the carry's first row (h before step 0: zero) as counters and must leave it as it was.
+    assert torch.equal(carry, saved) and not carry[:, 0].any()
     for name, o, r in zip(("y", "du", "dg", "dv", "da"), (y, *grads), ref64(u, g, v, a, dy)):
         scale = max(1.0, r.abs().max().item()) if name == "da" else 1.0
         assert_close(name, o / scale, r / scale, torch.float32)
+
+
+def test_a_second_backward_through_one_graph_gives_the_same_gradients():
+    """retain_graph: the saved carry serves a second backward, so the first must leave it unchanged (its first row
+    is borrowed as the da counters); gradients bitwise equal, da in a's dtype (summed in the kernel)."""
+    u, g, v, a, dy = make(2, 130, 24, torch.float32, "rand", seed=11)
+    leaves = [t.clone().requires_grad_(True) for t in (u, g, v, a.bfloat16())]
+    y = gated_scan(*leaves, backend="triton")
+    first = torch.autograd.grad(y, leaves, dy, retain_graph=True)
+    second = torch.autograd.grad(y, leaves, dy)
+    for name, f, s in zip(("du", "dg", "dv", "da"), first, second):
+        assert torch.equal(f, s), f"{name}: the second backward differs"
+    assert first[3].dtype == torch.bfloat16
+    ref = ref64(u, g, v, a.bfloat16().float(), dy)[4]
+    assert_close("da", first[3].float() / ref.abs().max(), ref / ref.abs().max(), torch.bfloat16)
 
 
 def test_forward_without_grad_saves_no_state():
@@ -216,8 +234,10 @@ def test_torch_backend_accumulates_in_fp32_under_cpu_autocast():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_gpu_results_are_bitwise_reproducible(dtype):
     """Many launches at a large shape give bitwise-identical outputs and gradients (every value is written by
-    one program, da is reduced in a fixed order). The interpreter runs programs one by one and cannot catch a
-    race; this runs them concurrently, and also checks against the float64 torch scan once."""
+    one program, da is reduced in a fixed order by the last program of each channel block). The interpreter runs
+    programs one by one and cannot catch a race; this runs them concurrently, and also checks against the float64
+    torch scan once. The first call launches through Triton, the later ones through kernels/triton_direct.py's
+    direct path: equal results check that path too."""
     B, L, R = 8, 16384, 64
     gen = torch.Generator(device="cuda").manual_seed(0)
     u = torch.randn(B, L, R, device="cuda", generator=gen).to(dtype)
