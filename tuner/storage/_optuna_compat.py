@@ -20,8 +20,7 @@ Why each is needed (Optuna 5.0, pinned to `optuna>=5.0,<5.1` in pyproject.toml):
   RDBStorage's `_set_trial_attr_without_commit` / `_set_trial_intermediate_value_without_commit` (dialects without
   a multi-row upsert) and `_set_trial_value_without_commit`: `write_trial_writes` writes a held trial's attrs and
   intermediate values in one transaction (Optuna commits each on its own; tuner.storage.write_buffer), with the
-  trial's final state and values in the same transaction when it finishes. `Trial._cached_frozen_trial`: the trial
-  as Optuna read it when it started (`live_trial_snapshot`), so holding its writes costs no second read.
+  trial's final state and values in the same transaction when it finishes.
 - `optuna.storages._grpc.servicer.OptunaStorageProxyService` and `..auto_generated.api_pb2_grpc`: the gRPC proxy
   server as `run_grpc_proxy_server` builds it, but with SO_REUSEPORT off (grpc's default lets a second proxy bind
   the same port silently) and without its blocking wait, so `tuner proxy` says when it listens and tests stop it.
@@ -35,7 +34,6 @@ signature, so a new Optuna release cannot break the retry layer silently.
 from __future__ import annotations
 
 import contextlib
-import copy
 import datetime as _dt
 import json
 from collections.abc import Callable, Sequence
@@ -52,7 +50,6 @@ from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.study._frozen import (
     FrozenStudy as FrozenStudy,  # what get_all_studies returns; not exported by optuna.study
 )
-from optuna.trial import FrozenTrial
 
 # The BaseStorage methods the resilient storage (tuner.storage.resilient.ResilientStorage) forwards to Optuna's
 # cached RDB storage, each inside its retry loop. Every one talks to the database (or may: the cache reads through).
@@ -162,11 +159,6 @@ def write_finished_trial_user_attrs(engine: sa.engine.Engine, trial_id_: int, at
         for key, value in attrs.items():
             conn.execute(sa.delete(model).where(model.trial_id == trial_id_, model.key == key))
             conn.execute(sa.insert(model).values(trial_id=trial_id_, key=key, value_json=json.dumps(value)))
-
-
-def live_trial_snapshot(trial: optuna.trial.Trial) -> FrozenTrial:
-    """A copy of a live trial as Optuna read it from the storage when the trial started (plus what it set since)."""
-    return copy.deepcopy(trial._cached_frozen_trial)
 
 
 def write_trial_writes(

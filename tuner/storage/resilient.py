@@ -256,7 +256,7 @@ class ResilientStorage(BaseStorage, HeartbeatStorage):
         return self._call("get_trial_param", lambda: self._inner.get_trial_param(trial_id, param_name))
 
     def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None) -> bool:
-        if not (state.is_finished() and self.writes.holds(trial_id)):
+        if not (self.writes.holds(trial_id) and state.is_finished()):
             return self._set_state_values(trial_id, state, values, None)
         try:  # a finished trial has every write that was set on it: they go in the same transaction
             return self.writes.finish(trial_id, lambda held: self._set_state_values(trial_id, state, values, held))

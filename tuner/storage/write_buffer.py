@@ -39,6 +39,8 @@ from typing import Any, TypeVar
 
 from optuna.trial import FrozenTrial
 
+from tuner.storage._optuna_compat import trial_id as trial_id_of
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -115,16 +117,13 @@ class TrialWriteBuffer:
         self._held: dict[int, _Held] = {}
         self._lock = threading.RLock()
 
-    def hold(self, trial_id: int, base: FrozenTrial | None = None) -> None:
-        """Buffer the writes of `trial_id` from now on (a trial this process runs). `base`: the trial as just read
-        (the live trial's own copy), which spares attr reads their one database read."""
+    def hold(self, trial_id: int) -> None:
+        """Buffer the writes of `trial_id` from now on (a trial this process runs)."""
         with self._lock:
-            held = self._held.setdefault(int(trial_id), _Held())
-            if base is not None and held.base is None:
-                held.base = base
+            self._held.setdefault(int(trial_id), _Held())
 
     def holds(self, trial_id: int) -> bool:
-        return int(trial_id) in self._held
+        return trial_id in self._held
 
     def held_ids(self) -> list[int]:
         with self._lock:
@@ -133,7 +132,7 @@ class TrialWriteBuffer:
     def pending(self, trial_id: int) -> int:
         """Writes of `trial_id` not yet in the database (0 for a trial not held)."""
         with self._lock:
-            held = self._held.get(int(trial_id))
+            held = self._held.get(trial_id)
             return len(held.pending) if held is not None else 0
 
     # --- writes: True when held (the caller writes through otherwise) ---
@@ -148,7 +147,7 @@ class TrialWriteBuffer:
 
     def _add(self, trial_id: int, put: Callable[[TrialWrites], None]) -> bool:
         with self._lock:
-            held = self._held.get(int(trial_id))
+            held = self._held.get(trial_id)
             if held is None:
                 return False
             put(held.pending)
@@ -188,7 +187,7 @@ class TrialWriteBuffer:
         """`write(pending)` for the trial's state change, which writes its held writes in the same transaction (the
         caller retries it); the pending writes are cleared once it returns. Not held: `write` of nothing."""
         with self._lock:
-            held = self._held.get(int(trial_id))
+            held = self._held.get(trial_id)
             if held is None:
                 return write(TrialWrites())
             result = write(held.pending)
@@ -221,11 +220,11 @@ class TrialWriteBuffer:
     # --- reads of held trials ---
     def overlay(self, trial: FrozenTrial) -> FrozenTrial:
         """`trial` (read from the database) with this process's unwritten writes on top, if it is held."""
-        held = self._held.get(trial._trial_id)
-        if held is None:
+        if not self._held:  # nothing held: no lookup at all (every read of a trial comes through here)
             return trial
         with self._lock:
-            return held.pending.apply_to(trial)
+            held = self._held.get(trial_id_of(trial))
+            return trial if held is None else held.pending.apply_to(trial)
 
     def user_attrs(self, trial_id: int) -> dict[str, Any] | None:
         """A held trial's user attrs (None: not held; the caller reads the database)."""
@@ -238,8 +237,10 @@ class TrialWriteBuffer:
         return None if view is None else view.system_attrs
 
     def _view(self, trial_id: int) -> FrozenTrial | None:
+        if not self._held:
+            return None
         with self._lock:
-            held = self._held.get(int(trial_id))
+            held = self._held.get(trial_id)
             if held is None:
                 return None
             if held.base is None:

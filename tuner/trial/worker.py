@@ -52,7 +52,7 @@ from typing import Any
 import optuna
 
 from tuner.errors import StorageInterrupted, StorageUnavailable, WorkerEnvironmentError
-from tuner.storage._optuna_compat import live_trial_snapshot, study_id, trial_id
+from tuner.storage._optuna_compat import study_id, trial_id
 from tuner.storage.resilient import ResilientStorage, StopSignal
 from tuner.storage.samplers import SEED_ATTR_PREFIX
 from tuner.storage.write_buffer import buffer_of
@@ -159,7 +159,7 @@ def run_worker(
     def take(trial: optuna.trial.Trial) -> tuple[float, ...]:
         budget.release()  # the trial is RUNNING in storage: the next worker may check the budget
         if writes is not None:  # its attrs and curve are written together at its flush points, not one by one
-            writes.hold(trial_id(trial), base=live_trial_snapshot(trial))
+            writes.hold(trial_id(trial))
         return objective(trial)
 
     callbacks: list[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = [RetryInterrupted(stop_event)]
