@@ -20,6 +20,10 @@ during the outage is recorded when it is back, the heartbeat resumes, and the bu
 longer than that ends the worker (exit 75, which `tuner launch` restarts; its unfinished trial is failed by the
 heartbeat and retried by another worker).
 
+Trial writes: once a trial is RUNNING the worker holds its attr and intermediate-value writes in the storage
+(tuner.storage.write_buffer) and they go to the database together at its flush points (each stored progress report,
+each heartbeat, the state change, the worker's stop); a SIGKILLed worker loses only what its trial set since the last.
+
 Paused past the grace period (SIGSTOP, a suspended VM): another worker fails the trial as stale and re-queues it;
 when this worker resumes, its late result is dropped with one warning and it goes on with the next trial.
 
