@@ -16,6 +16,11 @@ Why each is needed (Optuna 5.0, pinned to `optuna>=5.0,<5.1` in pyproject.toml):
   stale trials only for a storage of that class (`HeartbeatStorage` maps the private query to `stale_trial_ids`).
 - `optuna.storages._rdb.models.TrialUserAttributeModel`: to record `worker_lost` on a trial Optuna has just failed
   (its API refuses attrs on a finished trial; `write_finished_trial_user_attrs`).
+- `optuna.storages._rdb.storage._create_scoped_session`, the trial, attribute and intermediate-value models, and
+  RDBStorage's `_set_trial_attr_without_commit` / `_set_trial_intermediate_value_without_commit` (dialects without
+  a multi-row upsert) and `_set_trial_value_without_commit`: `write_trial_writes` writes a held trial's attrs and
+  intermediate values in one transaction (Optuna commits each on its own; tuner.storage.write_buffer), with the
+  trial's final state and values in the same transaction when it finishes.
 - `optuna.storages._grpc.servicer.OptunaStorageProxyService` and `..auto_generated.api_pb2_grpc`: the gRPC proxy
   server as `run_grpc_proxy_server` builds it, but with SO_REUSEPORT off (grpc's default lets a second proxy bind
   the same port silently) and without its blocking wait, so `tuner proxy` says when it listens and tests stop it.
@@ -31,7 +36,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import optuna
@@ -41,6 +46,7 @@ from optuna.storages import BaseStorage, RDBStorage
 from optuna.storages._cached_storage import _CachedStorage
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages._rdb import models as _models
+from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.study._frozen import (
     FrozenStudy as FrozenStudy,  # what get_all_studies returns; not exported by optuna.study
 )
@@ -153,6 +159,82 @@ def write_finished_trial_user_attrs(engine: sa.engine.Engine, trial_id_: int, at
         for key, value in attrs.items():
             conn.execute(sa.delete(model).where(model.trial_id == trial_id_, model.key == key))
             conn.execute(sa.insert(model).values(trial_id=trial_id_, key=key, value_json=json.dumps(value)))
+
+
+def write_trial_writes(
+    rdb: RDBStorage,
+    trial_id_: int,
+    user_attrs: dict[str, Any],
+    system_attrs: dict[str, Any],
+    intermediate_values: dict[int, float],
+    finish: tuple[optuna.trial.TrialState, Sequence[float] | None] | None = None,
+) -> None:
+    """Upsert attrs (JSON-serialisable values) and intermediate values (step -> value) of one running trial in one
+    transaction: the trial's row read and locked (it must still be updatable: UpdateFinishedTrialError otherwise, as
+    Optuna's own writes raise), then one multi-row upsert per table on Postgres and SQLite, Optuna's own per-item
+    writes inside the same transaction elsewhere. `finish` (a finished state, its values or None): the trial is also
+    finished in that transaction, as RDBStorage.set_trial_state_values does it."""
+    with _create_scoped_session(rdb.scoped_session) as session:
+        trial = _models.TrialModel.find_or_raise_by_id(trial_id_, session, for_update=True)
+        state: Any = trial.state  # a TrialState once loaded (the model's column type says otherwise)
+        rdb.check_trial_is_updatable(trial_id_, state)
+        _upsert_trial_writes(rdb, session, trial_id_, user_attrs, system_attrs, intermediate_values)
+        if finish is not None:
+            new_state, values = finish
+            if not new_state.is_finished():
+                raise ValueError(f"finish: {new_state.name} is not a finished state")
+            for objective, value in enumerate(values or ()):
+                rdb._set_trial_value_without_commit(session, trial, objective, value)
+            trial.state = new_state
+            trial.datetime_complete = _dt.datetime.now()
+
+
+def _upsert_trial_writes(
+    rdb: RDBStorage,
+    session: Any,
+    trial_id_: int,
+    user_attrs: dict[str, Any],
+    system_attrs: dict[str, Any],
+    intermediate_values: dict[int, float],
+) -> None:
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    dialect = {"postgresql": postgresql, "sqlite": sqlite}.get(rdb.engine.name)
+    attr_tables = ((_models.TrialUserAttributeModel, user_attrs), (_models.TrialSystemAttributeModel, system_attrs))
+    if dialect is None:
+        for model, attrs in attr_tables:
+            for key, value in attrs.items():
+                rdb._set_trial_attr_without_commit(session, model, trial_id_, key, value)
+        for step, value in intermediate_values.items():
+            rdb._set_trial_intermediate_value_without_commit(session, trial_id_, step, value)
+        return
+    for model, attrs in attr_tables:
+        if attrs:
+            rows = [{"trial_id": trial_id_, "key": k, "value_json": json.dumps(v)} for k, v in attrs.items()]
+            insert = dialect.insert(model).values(rows)
+            session.execute(
+                insert.on_conflict_do_update(
+                    index_elements=[model.trial_id, model.key], set_={"value_json": insert.excluded.value_json}
+                )
+            )
+    if intermediate_values:
+        iv = _models.TrialIntermediateValueModel
+        rows = []
+        for step, value in intermediate_values.items():
+            stored, kind = iv.intermediate_value_to_stored_repr(value)
+            rows.append(
+                {"trial_id": trial_id_, "step": step, "intermediate_value": stored, "intermediate_value_type": kind}
+            )
+        insert = dialect.insert(iv).values(rows)
+        session.execute(
+            insert.on_conflict_do_update(
+                index_elements=[iv.trial_id, iv.step],
+                set_={
+                    "intermediate_value": insert.excluded.intermediate_value,
+                    "intermediate_value_type": insert.excluded.intermediate_value_type,
+                },
+            )
+        )
 
 
 class HeartbeatStorage(BaseHeartbeat):

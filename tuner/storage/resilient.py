@@ -25,6 +25,9 @@ are read in tuner.storage._optuna_compat only.
   to go stale): a failed beat is logged and the next one is tried on time.
 - For `grace_period` seconds after an outage this process has seen, it fails no trial as stale: the other workers'
   heartbeats could not be recorded during it either, so their silence is no sign that they died.
+- The attrs and intermediate values of a trial its worker holds (`writes.hold`) are kept in `writes`
+  (tuner.storage.write_buffer) and written in one transaction at its flush points: its stored progress, its
+  heartbeat, its state change, the worker's stop. Every other write goes straight through.
 """
 
 from __future__ import annotations
@@ -50,10 +53,12 @@ from tuner.storage._optuna_compat import (
     heartbeat_ages_s,
     rdb_stale_trial_ids,
     write_finished_trial_user_attrs,
+    write_trial_writes,
 )
 from tuner.storage.failures import detail as _detail
 from tuner.storage.failures import is_connection_failure, permanent_error
 from tuner.storage.urls import mask_url
+from tuner.storage.write_buffer import TrialWriteBuffer, TrialWrites
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +98,14 @@ class ResilientStorage(BaseStorage, HeartbeatStorage):
         self._last_recovery: float | None = None  # monotonic time the database answered again after an outage
         self._beat_failing = False
         self._stale_hold_logged = False
+        # Held trial writes (see the module docstring); a held trial's attrs are read from the database once.
+        self.writes = TrialWriteBuffer(
+            read=lambda tid: self._call("get_trial", lambda: self._inner.get_trial(tid)),
+            write=lambda tid, w: write_trial_writes(
+                self.backend, tid, w.user_attrs, w.system_attrs, w.intermediate_values
+            ),
+            retried=self._call,
+        )
 
     # --- what callers read off an RDBStorage ---
     @property
@@ -243,11 +256,25 @@ class ResilientStorage(BaseStorage, HeartbeatStorage):
         return self._call("get_trial_param", lambda: self._inner.get_trial_param(trial_id, param_name))
 
     def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None) -> bool:
+        if not (self.writes.holds(trial_id) and state.is_finished()):
+            return self._set_state_values(trial_id, state, values, None)
+        try:  # a finished trial has every write that was set on it: they go in the same transaction
+            return self.writes.finish(trial_id, lambda held: self._set_state_values(trial_id, state, values, held))
+        finally:  # recorded, or finished by another worker (stale: UpdateFinishedTrialError), whose late writes go
+            self.writes.release(trial_id)
+
+    def _set_state_values(
+        self, trial_id: int, state: TrialState, values: Sequence[float] | None, held: TrialWrites | None
+    ) -> bool:
         attempt = {"n": 0}
 
         def finish() -> bool:
             attempt["n"] += 1
             try:
+                if held:  # the trial's held writes and its end in one transaction
+                    h, end = held, (state, values)
+                    write_trial_writes(self.backend, trial_id, h.user_attrs, h.system_attrs, h.intermediate_values, end)
+                    return True
                 return self._inner.set_trial_state_values(trial_id, state, values)
             except optuna.exceptions.UpdateFinishedTrialError:
                 # A retry after a lost acknowledgement: the first attempt had committed exactly this.
@@ -258,33 +285,46 @@ class ResilientStorage(BaseStorage, HeartbeatStorage):
         return self._call("set_trial_state_values", finish)
 
     def set_trial_intermediate_value(self, trial_id: int, step: int, intermediate_value: float) -> None:
+        if self.writes.set_intermediate_value(trial_id, step, intermediate_value):
+            return
         self._call(
             "set_trial_intermediate_value",
             lambda: self._inner.set_trial_intermediate_value(trial_id, step, intermediate_value),
         )
 
     def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
+        if self.writes.set_user_attr(trial_id, key, value):
+            return
         self._call("set_trial_user_attr", lambda: self._inner.set_trial_user_attr(trial_id, key, value))
 
     def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
+        if self.writes.set_system_attr(trial_id, key, value):
+            return
         self._call("set_trial_system_attr", lambda: self._inner.set_trial_system_attr(trial_id, key, value))
 
     def get_trial_user_attrs(self, trial_id: int) -> dict[str, Any]:
+        held = self.writes.user_attrs(trial_id)
+        if held is not None:
+            return held
         return self._call("get_trial_user_attrs", lambda: self._inner.get_trial_user_attrs(trial_id))
 
     def get_trial_system_attrs(self, trial_id: int) -> dict[str, Any]:
+        held = self.writes.system_attrs(trial_id)
+        if held is not None:
+            return held
         return self._call("get_trial_system_attrs", lambda: self._inner.get_trial_system_attrs(trial_id))
 
     def get_trial_params(self, trial_id: int) -> dict[str, Any]:
         return self._call("get_trial_params", lambda: self._inner.get_trial_params(trial_id))
 
     def get_trial(self, trial_id: int) -> FrozenTrial:
-        return self._call("get_trial", lambda: self._inner.get_trial(trial_id))
+        return self.writes.overlay(self._call("get_trial", lambda: self._inner.get_trial(trial_id)))
 
     def get_all_trials(
         self, study_id: int, deepcopy: bool = True, states: Container[TrialState] | None = None
     ) -> list[FrozenTrial]:
-        return self._call("get_all_trials", lambda: self._inner.get_all_trials(study_id, deepcopy, states))
+        trials = self._call("get_all_trials", lambda: self._inner.get_all_trials(study_id, deepcopy, states))
+        return [self.writes.overlay(t) for t in trials] if self.writes.held_ids() else trials
 
     def get_n_trials(self, study_id: int, state: tuple[TrialState, ...] | TrialState | None = None) -> int:
         return self._call("get_n_trials", lambda: self._inner.get_n_trials(study_id, state))
@@ -309,7 +349,8 @@ class ResilientStorage(BaseStorage, HeartbeatStorage):
         return self.backend.get_heartbeat_stale_trial_callback()
 
     def record_heartbeat(self, trial_id: int) -> None:
-        """One beat; never raises (it runs in Optuna's heartbeat thread, which dies on an exception)."""
+        """One beat, then the trial's held writes (one attempt each); never raises (it runs in Optuna's heartbeat
+        thread, which dies on an exception)."""
         try:
             self.backend.record_heartbeat(trial_id)
         except Exception as exc:  # noqa: BLE001 - the heartbeat thread must survive any failed beat
@@ -330,6 +371,7 @@ class ResilientStorage(BaseStorage, HeartbeatStorage):
             log.warning("heartbeat of trial id %d recorded again", trial_id)
         if self._outage_since is not None:
             self._outage_over()
+        self.writes.flush_on_beat(trial_id)
 
     def stale_trial_ids(self, study_id: int) -> list[int]:
         grace = self.grace_period if self.grace_period is not None else 2 * (self.heartbeat_interval or 0)
@@ -355,7 +397,3 @@ class ResilientStorage(BaseStorage, HeartbeatStorage):
         self._call(
             "set_finished_trial_user_attrs", lambda: write_finished_trial_user_attrs(self.engine, trial_id, attrs)
         )
-
-
-# The name before the storage became a wrapper object (kept for code written against it).
-ResilientRDBStorage = ResilientStorage

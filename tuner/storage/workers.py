@@ -5,7 +5,8 @@ Both are system attributes, which `optuna trials` / `optuna studies` do not prin
   by a worker that stops cleanly (its budget spent, or SIGTERM/SIGINT). A worker without one that stopped beating
   was killed or lost (tuner status shows it `stale`).
 - trial system attr `tuner:progress` = {"step", "tokens", "loss", "at"}: the running trial's latest progress,
-  written at most every PROGRESS_STORE_S seconds, so `tuner status --watch` shows each worker's step.
+  written at most every PROGRESS_STORE_S seconds, so `tuner status --watch` shows each worker's step. Each is a
+  flush point of the trial's held writes (tuner.storage.write_buffer): they go out with it.
 Times are the worker's local clock, naive, like Optuna's trial datetimes (`datetime_start`), so status compares
 them with those.
 """
@@ -18,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tuner.storage._optuna_compat import study_id, trial_id
+from tuner.storage.write_buffer import buffer_of
 
 WORKER_EXIT_PREFIX = "tuner:worker_exit:"
 PROGRESS_ATTR = "tuner:progress"
@@ -62,7 +64,11 @@ class ProgressRecorder:
             self.last = now
             value: dict[str, Any] = {k: msg[k] for k in ("step", "tokens", "loss") if k in msg}
             value["at"] = _dt.datetime.now().isoformat(timespec="seconds")
-            self.trial.storage.set_trial_system_attr(trial_id(self.trial), PROGRESS_ATTR, value)
+            tid = trial_id(self.trial)
+            self.trial.storage.set_trial_system_attr(tid, PROGRESS_ATTR, value)
+            writes = buffer_of(self.trial.storage)
+            if writes is not None:  # a flush point: status sees the progress, and the trial's attrs set so far
+                writes.flush(tid)
         if self.forward is not None:
             self.forward(msg)
 

@@ -20,6 +20,10 @@ during the outage is recorded when it is back, the heartbeat resumes, and the bu
 longer than that ends the worker (exit 75, which `tuner launch` restarts; its unfinished trial is failed by the
 heartbeat and retried by another worker).
 
+Trial writes: once a trial is RUNNING the worker holds its attr and intermediate-value writes in the storage
+(tuner.storage.write_buffer) and they go to the database together at its flush points (each stored progress report,
+each heartbeat, the state change, the worker's stop); a SIGKILLed worker loses only what its trial set since the last.
+
 Paused past the grace period (SIGSTOP, a suspended VM): another worker fails the trial as stale and re-queues it;
 when this worker resumes, its late result is dropped with one warning and it goes on with the next trial.
 
@@ -52,9 +56,10 @@ from typing import Any
 import optuna
 
 from tuner.errors import StorageInterrupted, StorageUnavailable, WorkerEnvironmentError
-from tuner.storage._optuna_compat import study_id
+from tuner.storage._optuna_compat import study_id, trial_id
 from tuner.storage.resilient import ResilientStorage, StopSignal
 from tuner.storage.samplers import SEED_ATTR_PREFIX
+from tuner.storage.write_buffer import buffer_of
 from tuner.study.spec import StudySpec
 from tuner.trial.budget import RetryInterrupted, StudyBudget, counted_trials, enqueue_retry
 from tuner.trial.faults import FaultInjection
@@ -163,8 +168,12 @@ def run_worker(
     )
     budget = StudyBudget(budget_n, stop_event, StudyLock(storage, study_id(opt_study)))
 
+    writes = buffer_of(storage)
+
     def take(trial: optuna.trial.Trial) -> tuple[float, ...]:
         budget.release()  # the trial is RUNNING in storage: the next worker may check the budget
+        if writes is not None:  # its attrs and curve are written together at its flush points, not one by one
+            writes.hold(trial_id(trial))
         return objective(trial)
 
     callbacks: list[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = [RetryInterrupted(stop_event)]
@@ -214,6 +223,8 @@ def run_worker(
     finally:
         quiet.remove()
         runner.close()  # the child holds the GPU and NVML: released whatever happened
+        if writes is not None:  # the last flush point: a trial whose state was never recorded (logged, not raised)
+            writes.flush_all()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         storage.remove_session()

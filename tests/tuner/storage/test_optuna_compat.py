@@ -58,6 +58,10 @@ TESTED_SIGNATURES = {
     "_get_stale_trial_ids": ("study_id",),
     "record_heartbeat": ("trial_id",),
     "check_trial_is_updatable": ("trial_id", "trial_state"),
+    # inside the one transaction of a held trial's writes (write_trial_writes)
+    "_set_trial_attr_without_commit": ("session", "model_cls", "trial_id", "key", "value"),
+    "_set_trial_intermediate_value_without_commit": ("session", "trial_id", "step", "intermediate_value"),
+    "_set_trial_value_without_commit": ("session", "trial", "objective", "value"),
 }
 
 
