@@ -8,27 +8,35 @@ from claims_rules import GUIDE, REPORT, Runs, figures, floor_note, not_comparabl
 from claims_tables import claim_htt, claim_l1, claim_max_rank, claim_phase
 
 
+def memory_rows(R: Runs, setting: str, quantity: str, guide: float, run: str, against: str) -> list[dict]:
+    """The NVML peak change of `run` against `against` (with the floor outside the allocator in its note), then the
+    same change on the allocator's reserved peak, which excludes that floor."""
+    return [
+        row(
+            setting,
+            quantity,
+            guide,
+            pct(R.memory(run), R.memory(against)),
+            "change",
+            [run, against],
+            R.basis(run),
+            note=floor_note(R, run, against),
+        ),
+        row(
+            setting,
+            f"{quantity} (allocator reserved, floor excluded)",
+            guide,
+            pct(reserved(R, run), reserved(R, against)),
+            "change",
+            [run, against],
+            R.basis(run),
+        ),
+    ]
+
+
 def claim_checkpointing(R: Runs, dense_ppl) -> dict:
     rows = [
-        row(
-            "checkpointing on vs off",
-            "peak memory change",
-            -40.0,
-            pct(R.memory("s-base"), R.memory("s-ckpt_off")),
-            "change",
-            ["s-base", "s-ckpt_off"],
-            R.basis("s-base"),
-            note=floor_note(R, "s-base", "s-ckpt_off"),
-        ),
-        row(
-            "checkpointing on vs off",
-            "peak memory change (allocator reserved, floor excluded)",
-            -40.0,
-            pct(reserved(R, "s-base"), reserved(R, "s-ckpt_off")),
-            "change",
-            ["s-base", "s-ckpt_off"],
-            R.basis("s-base"),
-        ),
+        *memory_rows(R, "checkpointing on vs off", "peak memory change", -40.0, "s-base", "s-ckpt_off"),
         row(
             "checkpointing on vs off",
             "tokens/s change",
@@ -100,25 +108,7 @@ def claim_fused_scan(R: Runs) -> dict:
 def claim_report(R: Runs, spread) -> dict:
     ppl_change = pct(R.get("q-base", "val_ppl"), R.get("q-dense", "val_ppl"))
     rows = [
-        row(
-            "training, 8gb preset vs dense",
-            "peak VRAM change",
-            -84.8,
-            pct(R.memory("s-base"), R.memory("s-dense")),
-            "change",
-            ["s-base", "s-dense"],
-            R.basis("s-base"),
-            note=floor_note(R, "s-base", "s-dense"),
-        ),
-        row(
-            "training, 8gb preset vs dense",
-            "peak VRAM change (allocator reserved, floor excluded)",
-            -84.8,
-            pct(reserved(R, "s-base"), reserved(R, "s-dense")),
-            "change",
-            ["s-base", "s-dense"],
-            R.basis("s-base"),
-        ),
+        *memory_rows(R, "training, 8gb preset vs dense", "peak VRAM change", -84.8, "s-base", "s-dense"),
         row(
             "training, 8gb preset vs dense",
             "PPL change",
