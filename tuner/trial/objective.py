@@ -44,7 +44,7 @@ from tuner.storage.trial_attrs import (
     trial_attr,
 )
 from tuner.storage.workers import ProgressRecorder
-from tuner.study.spec import StudySpec
+from tuner.study.spec import StepMode, StudySpec
 from tuner.trial.outcome import PruningRequest, TrialRequest
 from tuner.trial.phases import PhaseClock
 from tuner.trial.recording import (
@@ -233,6 +233,10 @@ class Objective:
         device = str(self.runner.device)
         trial.set_user_attr("device", self.runner.device_name)
         trial.set_user_attr("peak_vram_kind", "nvml_process" if device == "cuda" else "cpu_tensor_bytes")
+        trial.set_user_attr("step_mode", self.spec.training.step.value)
+        problem = self.spec.training.step.device_problem(device)
+        if problem is not None:  # run_worker refuses this before the first trial; a direct caller meets it here
+            raise WorkerEnvironmentError(f"study {self.spec.name}: training.{problem}")
         return device
 
     def _train(
@@ -250,6 +254,7 @@ class Objective:
             pruning=pruning,
             trial_number=trial.number,
             fault=self.fault,
+            step=spec.training.step,
         )
         forward = None
         if self.on_progress is not None:
@@ -308,6 +313,10 @@ class Objective:
         trial.set_user_attr("predicted_peak_gib", predicted)
         trial.set_user_attr("predicted_peak_kind", "nvml_process" if device == "cuda" else "cpu_tensor_bytes")
         trial.set_user_attr("estimate_calibrated", bool(est.calibrated))
+        # The estimator models the eager step; a compiled step's measured peak is lower (docs/step_time.md: 3.37
+        # against 5.06 GiB at 8gb), so for it the prediction is a conservative upper bound. The guard still enforces.
+        eager = self.spec.training.step is StepMode.EAGER
+        trial.set_user_attr("estimate_kind", "eager" if eager else "eager_upper_bound")
         return predicted
 
     def _refine_calibration(self, trial: Any, r: dict[str, Any], nvml_peak_gib: float) -> None:
