@@ -138,3 +138,22 @@ def test_a_compile_graphs_study_on_a_cpu_runner_is_refused_before_training():
     study = optuna.create_study(directions=spec.directions)
     with pytest.raises(WorkerEnvironmentError, match=r"training\.step compile_graphs .* needs a CUDA device"):
         study.optimize(Objective(spec, _NoRunRunner()), n_trials=1, catch=(TrialFailed,))
+
+
+def test_the_reference_trial_trains_eager_whatever_the_studys_step():
+    """The dense reference is the eager baseline the speedup is measured against: a compile study keeps it eager."""
+    import dataclasses
+
+    from model.dense_config import dense_for
+    from tuner.storage.trial_attrs import REFERENCE_ATTR
+    from tuner.study.spec import StepMode, TrainingSettings
+
+    base = trial_spec()
+    shape = {k: base.model[k] for k in ("vocab_size", "d_model", "n_layers", "n_seq", "batch_size", "dtype")}
+    spec = dataclasses.replace(base, training=TrainingSettings(StepMode.COMPILE), baseline=dense_for(shape))
+    runner = _RecordingRunner()
+    study = optuna.create_study(directions=spec.directions)
+    study.enqueue_trial({}, user_attrs={REFERENCE_ATTR: "dense"})
+    study.optimize(Objective(spec, runner), n_trials=1, catch=(TrialFailed,))
+    t = study.trials[0]
+    assert [r.step for r in runner.requests] == [StepMode.EAGER] and t.user_attrs["step_mode"] == "eager"
