@@ -1,7 +1,8 @@
 """`tuner export --study NAME --max-vram-gib X --out FILE`: the lowest-PPL feasible Pareto trial within X GiB,
 written as a preset (full Phase1Config + provenance) that `tuner train --preset FILE` rebuilds. The provenance
-carries the study's data source (`data`, model.data.DataSource.to_dict()) and budget (`train_tokens`,
-`eval_tokens`), so training the preset with no other flag repeats the trial's run."""
+carries the study's data source (`data`, model.data.DataSource.to_dict()), budget (`train_tokens`,
+`eval_tokens`) and training step (`step_mode`: the trial's recorded one, else the study's `training.step`), so
+training the preset with no other flag repeats the trial's run."""
 
 from __future__ import annotations
 
@@ -83,13 +84,16 @@ def run(args: argparse.Namespace) -> int:
     if ppl is None or vram is None:  # export_choice only returns trials with both
         raise TunerError(f"trial {trial.number} lacks val_ppl or peak_vram_gib; it cannot be exported")
     # What the trial was trained on, so `tuner train --preset FILE` reproduces it with no other flag.
-    reproduce = {}
+    reproduce: dict[str, Any] = {}
     if spec is not None:
         reproduce = {
             "data": spec.data.to_dict(),
             "train_tokens": int(spec.budget.train_tokens),
             "eval_tokens": int(spec.budget.eval_tokens),
         }
+    step = trial.user_attrs.get("step_mode") or (spec.training.step.value if spec is not None else None)
+    if step is not None:  # a trial from before step modes, with no stored spec, says nothing: train's default
+        reproduce["step_mode"] = step
     path = write_preset(
         args.out,
         config,

@@ -10,6 +10,7 @@ The run goes through the same child process, VRAM guard and measurements as a tu
 only compared). `--json` prints ONE JSON line: val_ppl, peak_vram_gib, peak_vram_kind, end_reason, ...
 Where each setting comes from, first found wins: the flag, the preset's provenance (`data`, `train_tokens`,
 `eval_tokens`, written by `tuner export`), the --study file, the defaults (stdlib text, 200000 / 50000 tokens).
+The training step likewise: --step, the preset's `step_mode`, the --study file's `training.step`, eager.
 
 Built-in names: `cpu` (a tiny model with its own data and budget: about a minute on 2 cores), and the guide's GPU
 presets 8gb, 10gb, 24gb (d_model 1024, 12 layers, 2048-token sequences: minutes per step on a CPU, so on a CPU
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from tuner.commands import add_trial_process_options
 from tuner.commands.train_baseline import add_baseline_options
+from tuner.study.spec import STEP_MODES, StepMode
 
 if TYPE_CHECKING:
     from tuner.trial.outcome import TrialOutcome
@@ -52,6 +54,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--train-tokens", type=int, default=None, help="training tokens")
     p.add_argument("--eval-tokens", type=int, default=None, help="validation tokens")
+    p.add_argument(
+        "--step",
+        default=None,
+        choices=STEP_MODES,
+        help="training step: eager, compile (torch.compile), compile_graphs (compiled + CUDA graphs, CUDA only); "
+        "default: the preset's step_mode, else the --study file's training.step, else eager",
+    )
     p.add_argument("--timeout-s", type=float, default=24 * 3600.0, help="wall-clock limit, s")
     p.add_argument("--gpu", type=int, default=None, help="physical GPU index to train on")
     add_baseline_options(p)
@@ -76,8 +85,8 @@ def parse_data(text: str) -> Any:
     return DataSource(kind="files", path=str(value))
 
 
-def _settings(args: argparse.Namespace, preset: Any) -> tuple[Any, int, int, str]:
-    """(DataSource, train_tokens, eval_tokens, where they came from)."""
+def _settings(args: argparse.Namespace, preset: Any) -> tuple[Any, int, int, str, StepMode]:
+    """(DataSource, train_tokens, eval_tokens, where the data came from, the training step)."""
     from model.corpus import DataSource
 
     prov = preset.provenance
@@ -110,7 +119,25 @@ def _settings(args: argparse.Namespace, preset: Any) -> tuple[Any, int, int, str
         spec.budget.eval_tokens if spec else None,
         DEFAULT_EVAL_TOKENS,
     )
-    return data, train, evals, src
+    return data, train, evals, src, _step(args.step, preset, spec.training.step if spec else None)
+
+
+def _step(given: str | None, preset: Any, from_study: StepMode | None) -> StepMode:
+    """The training step: the flag, else the preset's provenance `step_mode`, else the --study file's, else eager.
+    A present but unknown value is an error naming where it is, never skipped."""
+    from tuner.errors import PresetError
+
+    if given is not None:
+        return StepMode(given)  # argparse's choices checked it
+    value = preset.provenance.get("step_mode")
+    if value is not None:
+        if value not in STEP_MODES:
+            raise PresetError(
+                f"{preset.source}: provenance.step_mode: {value!r} is not a step; use one of: "
+                f"{', '.join(STEP_MODES)}, or pass --step"
+            )
+        return StepMode(value)
+    return from_study if from_study is not None else StepMode.EAGER
 
 
 def _tokens(flag: str, given: int | None, preset: Any, key: str, from_study: int | None, default: int) -> int:
@@ -157,7 +184,7 @@ def run(args: argparse.Namespace) -> int:
         preset = load_preset(args.preset)
         config = preset.config
         ceiling = float(config.target_vram_gb)
-    data, train_tokens, eval_tokens, data_from = _settings(args, preset)
+    data, train_tokens, eval_tokens, data_from, step = _settings(args, preset)
     data.check()
 
     from tuner.trial.outcome import TrialRequest
@@ -182,7 +209,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.json:
             print(
                 f"train: {preset.source}, data {data.describe()} ({data_from}), {train_tokens} train / "
-                f"{eval_tokens} eval tokens, ceiling {ceiling:g} GiB",
+                f"{eval_tokens} eval tokens, ceiling {ceiling:g} GiB, step {step.value}",
                 file=sys.stderr,
                 flush=True,
             )
@@ -192,14 +219,25 @@ def run(args: argparse.Namespace) -> int:
                 eta = None
             else:
                 print(gpu_preset_warning(args.preset, config, steps), file=sys.stderr, flush=True)
+        if step.needs_cuda:  # refused before training, in one line (the trainer's own error would end the run)
+            runner.ensure_started()
+            problem = step.device_problem(str(runner.device))
+            if problem is not None:
+                raise TunerError(f"train: {problem} (pass --step)")
         request = TrialRequest(
-            config=config.to_dict(), data=data, train_tokens=train_tokens, eval_tokens=eval_tokens, ceiling_gib=ceiling
+            config=config.to_dict(),
+            data=data,
+            train_tokens=train_tokens,
+            eval_tokens=eval_tokens,
+            ceiling_gib=ceiling,
+            step=step,
         )
         outcome = runner.run(request, args.timeout_s, on_progress=progress)
         device = runner.device
     finally:
         runner.close()
     line = _summary(outcome, device or "cpu", ceiling, train_tokens, eval_tokens, preset)
+    line["step_mode"] = step.value
     if args.json:
         print(json.dumps(line), flush=True)
     else:

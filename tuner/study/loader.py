@@ -30,13 +30,16 @@ from tuner.study.spec import (
     MIN_CURVE_TOKENS,
     SAMPLER_OPTIONS,
     SAMPLERS,
+    STEP_MODES,
     TOP_KEYS,
     Budget,
     EstimateSettings,
     LearningCurvePruning,
     ObjectiveSpec,
     SamplerSpec,
+    StepMode,
     StudySpec,
+    TrainingSettings,
     baseline_shape,
     preset_values,
     trial_trainable,
@@ -121,6 +124,7 @@ class _Loader(SpaceReader):
             )
         estimate = self.estimate(top.get("estimate", {}) or {})
         baseline, baseline_raw = self.baseline(top.get("baseline"), model, ceiling)
+        training = self.training(top.get("training", {}) or {})
         self.check_space(space, model, ceiling)
         raw = {
             "name": name,
@@ -148,6 +152,8 @@ class _Loader(SpaceReader):
         }
         if baseline_raw is not None:  # absent stays absent: a stored spec from before the key compares equal
             raw["baseline"] = baseline_raw
+        if training != TrainingSettings():  # the same: a stored spec from before the key compares equal
+            raw["training"] = {"step": training.step.value}
         spec = StudySpec(
             name=name,
             objectives=objectives,
@@ -162,6 +168,7 @@ class _Loader(SpaceReader):
             pruning=pruning,
             estimate=estimate,
             baseline=baseline,
+            training=training,
             path=path,
             raw=raw,
         )
@@ -370,3 +377,15 @@ class _Loader(SpaceReader):
             self.boolean(m.get("enabled", d.enabled), "estimate.enabled"),
             float(self.number(m.get("margin", d.margin), "estimate.margin", low=0, high=1)),
         )
+
+    def training(self, v: Any) -> TrainingSettings:
+        """`training: {step: eager | compile | compile_graphs}`. Whether the step can run on the worker's device is
+        decided by the worker (tuner.trial.worker), which knows the device; the file does not."""
+        m = self.mapping(v, "training", ("step",))
+        step = m.get("step", TrainingSettings().step.value)
+        if not isinstance(step, str) or step not in STEP_MODES:
+            hint = did_you_mean(step, STEP_MODES) if isinstance(step, str) else ""
+            raise self.fail(
+                "training.step", f"{fmt_value(step)} is not a step{hint}", "use one of: " + ", ".join(STEP_MODES)
+            )
+        return TrainingSettings(StepMode(step))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 import yaml
@@ -45,6 +46,7 @@ TOP_KEYS = (
     "pruning",
     "estimate",
     "baseline",
+    "training",
 )
 PARAM_KEYS = ("type", "low", "high", "step", "log", "choices", "when")
 # Set from vram_ceiling_gib, so the study and its configs cannot disagree about the budget.
@@ -93,6 +95,47 @@ class EstimateSettings:
     margin: float = 0.05  # prune when predicted > ceiling * (1 + margin)
 
 
+class StepMode(str, Enum):
+    """How each trial's training step runs (model.train.train_and_evaluate's switches; model/fast.py says how).
+
+    eager: the plain PyTorch step, what the VRAM estimator models. compile: each block and the loss chunk
+    torch.compiled (any device). compile_graphs: compiled, and the forward + backward replayed from a CUDA graph
+    (CUDA only). The compiled steps' first step spends about 30 s compiling and capturing (docs/step_time.md)."""
+
+    EAGER = "eager"
+    COMPILE = "compile"
+    COMPILE_GRAPHS = "compile_graphs"
+
+    @property
+    def compile_step(self) -> bool:
+        return self is not StepMode.EAGER
+
+    @property
+    def cuda_graph_step(self) -> bool:
+        return self is StepMode.COMPILE_GRAPHS
+
+    @property
+    def needs_cuda(self) -> bool:
+        return self.cuda_graph_step
+
+    def device_problem(self, device: str) -> str | None:
+        """Why this step cannot run on `device` ("cuda" | "cpu" | ...), as one line; None when it can."""
+        if self.needs_cuda and device != "cuda":
+            return (
+                f"step {self.value} replays CUDA graphs and needs a CUDA device, but trials here run on {device}; "
+                "use compile or eager on this machine, or run on a GPU"
+            )
+        return None
+
+
+STEP_MODES = tuple(m.value for m in StepMode)
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    step: StepMode = StepMode.EAGER  # default eager: the step the estimator models and earlier studies recorded
+
+
 @dataclass(frozen=True)
 class StudySpec:
     name: str
@@ -109,6 +152,7 @@ class StudySpec:
     estimate: EstimateSettings = field(default_factory=EstimateSettings)
     # The dense reference trial (model.dense_config.DenseConfig), enqueued once at creation; None: no reference.
     baseline: DenseConfig | None = None
+    training: TrainingSettings = field(default_factory=TrainingSettings)
     path: str | None = None
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)  # normalised input (to_dict)
 

@@ -337,6 +337,8 @@ class _ChildState:
                     on_eval=monitor.on_eval if monitor is not None else None,
                     return_model=lns,
                     times=self._times,
+                    compile_step=req.step.compile_step,
+                    cuda_graph_step=req.step.cuda_graph_step,
                 )
                 out = result_dict(result)
                 if lns:

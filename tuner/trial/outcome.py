@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from tuner.storage.trial_attrs import EndReason
-from tuner.study.spec import LearningCurvePruning
+from tuner.study.spec import LearningCurvePruning, StepMode
 
 FEASIBLE_EPS_GIB = 1e-3  # an OOM at the allocator cap has a constraint of at least this (never "exactly feasible")
 
@@ -76,7 +76,7 @@ class TrialRequest:
     data: a model.data.DataSource. train_tokens / eval_tokens: token budgets.
     ceiling_gib: the VRAM ceiling. eval_points: token counts to evaluate at when there is no pruning monitor (with
     one, the monitor's own log-spaced points are used). fault: test-only tuner.trial.faults.FaultInjection (one or
-    a list)."""
+    a list). step: how the training step runs (compiled, CUDA-graph replay; tuner.study.spec.StepMode)."""
 
     config: dict[str, Any]
     data: Any
@@ -87,6 +87,7 @@ class TrialRequest:
     pruning: PruningRequest | None = None
     trial_number: int | None = None
     fault: Any = None
+    step: StepMode = StepMode.EAGER
 
 
 @dataclass

@@ -143,6 +143,11 @@ def run_worker(
         if spec.sampler.seed is not None:
             storage.set_study_system_attr(study_id(opt_study), f"{SEED_ATTR_PREFIX}{worker_id}", seed)
             log.info("worker %s: sampler seed %s (study seed %s)", worker_id, seed, spec.sampler.seed)
+        if budget_n > 0 and spec.training.step.needs_cuda:  # the device is the child's: wait for it, refuse now
+            runner.ensure_started()
+            problem = spec.training.step.device_problem(str(runner.device))
+            if problem is not None:
+                raise WorkerEnvironmentError(f"study {spec.name}: training.{problem}")
     except BaseException:
         runner.close()  # no trial will run: the prestarted child goes now
         raise

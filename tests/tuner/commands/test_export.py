@@ -26,6 +26,7 @@ def test_the_lowest_ppl_front_trial_within_the_budget(results_study, tmp_path, c
     prov = preset.provenance
     assert (prov["study"], prov["trial"], prov["device"]) == ("results", trial, "cpu")
     assert prov["data"]["kind"] == "stdlib" and prov["train_tokens"] == 1000 and prov["eval_tokens"] == 500
+    assert prov["step_mode"] == "eager"  # the study's default step: its trials recorded none
 
 
 def test_a_budget_below_the_front_names_the_smallest_peak(results_study, tmp_path, capsys):
@@ -53,3 +54,44 @@ def test_a_study_without_val_ppl_cannot_export(tmp_path, capsys):
     argv = ["export", "--study", "unit", "--storage", url, "--max-vram-gib", "8", "--out", str(tmp_path / "p.yaml")]
     assert main(argv) == 2
     assert "val_ppl is not an objective" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("recorded, exported", [("compile_graphs", "compile_graphs"), (None, "compile")])
+def test_the_step_is_the_trials_recorded_one_else_the_studys_and_train_reads_it_back(
+    tmp_path, capsys, recorded, exported
+):
+    import argparse
+
+    import optuna
+
+    from tests.tuner.tiny import mutate, write
+    from tuner.commands.train import _settings
+    from tuner.storage.connect import open_storage
+    from tuner.storage.constraints import set_trial_constraint
+    from tuner.storage.studies import create_or_load_study
+    from tuner.study.loader import load_spec
+    from tuner.study.spec import StepMode
+
+    spec = load_spec(write(tmp_path, mutate(name="stepped", training={"step": "compile"})))
+    url = f"sqlite:///{tmp_path / 'stepped.db'}"
+    study = create_or_load_study(spec, open_storage(url))
+    params = {"ar_ssm_max_rank": 16, "ar_ssm_min_rank": 4, "ar_ssm_l1_regularization": 1e-3,
+              "use_gradient_checkpointing": True}  # fmt: skip
+    attrs = {"end_reason": "complete", "config": spec.build_config(params).to_dict(), "device": "cuda"}
+    if recorded is not None:
+        attrs["step_mode"] = recorded
+    trial = optuna.trial.create_trial(
+        state=optuna.trial.TrialState.COMPLETE,
+        values=[200.0, 3.0],
+        params=params,
+        distributions={p.name: p.distribution() for p in spec.space.params if p.name in params},
+        user_attrs=attrs,
+    )
+    set_trial_constraint(trial, 3.0 - spec.vram_ceiling_gib)
+    study.add_trial(trial)
+    out = tmp_path / "best.yaml"
+    assert main(["export", "--study", "stepped", "--storage", url, "--max-vram-gib", "8", "--out", str(out)]) == 0
+    preset = load_preset(out)
+    assert preset.provenance["step_mode"] == exported
+    args = argparse.Namespace(data=None, train_tokens=None, eval_tokens=None, study=None, step=None)
+    assert _settings(args, preset)[4] is StepMode(exported)

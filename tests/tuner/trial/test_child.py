@@ -86,3 +86,38 @@ def test_a_complete_run_reports_its_result_and_progress(child):
     assert out.data_s > 0 and out.build_s > 0 and out.eval_s > 0
     assert out.train_s >= 16 * 0.1  # 1024 tokens / (batch 2 x n_seq 32) = 16 steps, each sleeping 0.1 s
     assert out.busy_s == out.train_s + out.eval_s
+
+
+@pytest.mark.slow
+def test_a_compile_step_reaches_the_trainer_and_a_cpu_trial_trains_compiled(child, monkeypatch):
+    """A real tiny CPU trial with step compile: train_and_evaluate is called with compile_step on and CUDA graphs
+    off (compile works on CPU), and the trial completes with a finite PPL."""
+    import model.train
+    from tuner.study.spec import StepMode
+
+    real = model.train.train_and_evaluate
+    seen: list[dict[str, object]] = []
+
+    def spy(*args, **kwargs):
+        seen.append({k: kwargs.get(k) for k in ("compile_step", "cuda_graph_step")})
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(model.train, "train_and_evaluate", spy)
+    out = _run(child, step=StepMode.COMPILE, train_tokens=512)
+    assert seen == [{"compile_step": True, "cuda_graph_step": False}]
+    assert out.kind == "complete" and out.result is not None, out.error_summary
+    assert math.isfinite(out.result["val_ppl"])
+
+
+def test_an_eager_request_leaves_both_switches_off(child, monkeypatch):
+    import model.train
+
+    seen: list[dict[str, object]] = []
+
+    def spy(*args, **kwargs):
+        seen.append({k: kwargs.get(k) for k in ("compile_step", "cuda_graph_step")})
+        raise RuntimeError("stop after the call: only the switches are under test")
+
+    monkeypatch.setattr(model.train, "train_and_evaluate", spy)
+    out = _run(child)
+    assert seen == [{"compile_step": False, "cuda_graph_step": False}] and out.kind == "error"

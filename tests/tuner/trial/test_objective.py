@@ -99,3 +99,61 @@ def test_a_packed_launch_gives_the_reference_trial_a_ceiling(monkeypatch):
     for bad in ("", "x", "-1"):
         monkeypatch.setenv(REFERENCE_CEILING_ENV, bad)
         assert reference_ceiling_gib() == float("inf")
+
+
+class _RecordingRunner(_NoRunRunner):
+    """A started CPU runner that keeps each request and completes it with a fixed result."""
+
+    def __init__(self) -> None:
+        self.requests: list = []
+
+    def run(self, request, *a, **k):
+        self.requests.append(request)
+        return TrialOutcome.from_dict(complete_result())
+
+
+@pytest.mark.parametrize("step, kind", [("eager", "eager"), ("compile", "eager_upper_bound")])
+def test_the_study_step_reaches_the_request_and_is_recorded_with_the_estimate_kind(step, kind):
+    import dataclasses
+
+    from tuner.study.spec import StepMode, TrainingSettings
+
+    spec = dataclasses.replace(trial_spec(estimate=True, ceiling=8.0), training=TrainingSettings(StepMode(step)))
+    runner = _RecordingRunner()
+    study = optuna.create_study(directions=spec.directions)
+    study.optimize(Objective(spec, runner), n_trials=1, catch=(TrialFailed,))
+    t = study.trials[0]
+    assert t.state == TrialState.COMPLETE and [r.step for r in runner.requests] == [StepMode(step)]
+    assert t.user_attrs["step_mode"] == step and t.user_attrs["estimate_kind"] == kind
+    assert t.user_attrs["predicted_peak_gib"] > 0  # the eager prediction, whatever the step
+
+
+def test_a_compile_graphs_study_on_a_cpu_runner_is_refused_before_training():
+    import dataclasses
+
+    from tuner.errors import WorkerEnvironmentError
+    from tuner.study.spec import StepMode, TrainingSettings
+
+    spec = dataclasses.replace(trial_spec(), training=TrainingSettings(StepMode.COMPILE_GRAPHS))
+    study = optuna.create_study(directions=spec.directions)
+    with pytest.raises(WorkerEnvironmentError, match=r"training\.step compile_graphs .* needs a CUDA device"):
+        study.optimize(Objective(spec, _NoRunRunner()), n_trials=1, catch=(TrialFailed,))
+
+
+def test_the_reference_trial_trains_eager_whatever_the_studys_step():
+    """The dense reference is the eager baseline the speedup is measured against: a compile study keeps it eager."""
+    import dataclasses
+
+    from model.dense_config import dense_for
+    from tuner.storage.trial_attrs import REFERENCE_ATTR
+    from tuner.study.spec import StepMode, TrainingSettings
+
+    base = trial_spec()
+    shape = {k: base.model[k] for k in ("vocab_size", "d_model", "n_layers", "n_seq", "batch_size", "dtype")}
+    spec = dataclasses.replace(base, training=TrainingSettings(StepMode.COMPILE), baseline=dense_for(shape))
+    runner = _RecordingRunner()
+    study = optuna.create_study(directions=spec.directions)
+    study.enqueue_trial({}, user_attrs={REFERENCE_ATTR: "dense"})
+    study.optimize(Objective(spec, runner), n_trials=1, catch=(TrialFailed,))
+    t = study.trials[0]
+    assert [r.step for r in runner.requests] == [StepMode.EAGER] and t.user_attrs["step_mode"] == "eager"

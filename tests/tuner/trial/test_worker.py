@@ -121,7 +121,8 @@ def test_a_worker_keeps_its_child_warm_and_records_where_each_trials_time_went(t
     for t in (first, second):
         assert t.state.name == "COMPLETE" and t.user_attrs["end_reason"] == "complete", t.user_attrs
         phases, frac = t.user_attrs["phase_s"], t.user_attrs["gpu_busy_frac"]
-        assert set(phases) == {"sample", "wait_child", "estimate", "data", "build", "train", "eval", "handoff", "report"}
+        names = ("sample", "wait_child", "estimate", "data", "build", "train", "eval", "handoff", "report")
+        assert set(phases) == set(names)
         assert all(v >= 0.0 for v in phases.values()) and phases["train"] > 0 and phases["eval"] > 0
         wall = (t.datetime_complete - t.datetime_start).total_seconds()
         assert sum(phases.values()) == pytest.approx(wall, abs=0.5)  # up to Optuna's tell after the record
@@ -175,3 +176,24 @@ def test_a_warm_child_that_dies_mid_trial_fails_that_trial_as_before_and_a_fresh
     assert died.user_attrs["phase_s"]["train"] > 0  # the run up to the kill counts as training
     assert after.state.name == "COMPLETE" and after.user_attrs["end_reason"] == "complete"
     assert 0.0 < after.user_attrs["gpu_busy_frac"] <= 1.0
+
+
+def test_a_compile_graphs_study_on_a_cpu_worker_is_refused_before_any_trial(tmp_path):
+    """The worker waits for its (real, CPU) trial child, sees the device and refuses the CUDA-graph step in one line:
+    no trial is asked, so none trains and the budget is untouched."""
+    from tuner.errors import WorkerEnvironmentError
+
+    url = f"sqlite:///{tmp_path / 'tuner.db'}"
+    spec = spec_from_dict({**BASE, "training": {"step": "compile_graphs"}}, check_paths=False)
+    with pytest.raises(WorkerEnvironmentError) as info:
+        run_worker(
+            spec,
+            storage=open_storage(url),
+            seed=0,
+            worker_id="host:1",
+            cache_dir=tmp_path / "cache",
+            install_signal_handlers=False,
+        )
+    msg = str(info.value)
+    assert "\n" not in msg and msg.startswith("study unit: training.step compile_graphs replays CUDA graphs"), msg
+    assert optuna.load_study(study_name=spec.name, storage=url).trials == []
