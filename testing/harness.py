@@ -268,20 +268,25 @@ def study_accounting(url: str, name: str) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def fresh_pg_database() -> Iterator[str]:
-    """A new database on the local server, dropped afterwards (tests/conftest.py's `pg_url`, but safe across a
-    server restart)."""
+def scratch_pg_database(
+    prefix: str, before_create: Callable[[], Any] | None = None, before_drop: Callable[[], Any] | None = None
+) -> Iterator[str]:
+    """A new database `<prefix>_<12 hex>` on the local server, yielded as its SQLAlchemy URL, then dropped (its
+    sessions terminated first). before_create / before_drop: called first, for callers whose tests stop or restart
+    the server (wait for it, or start it); the admin engine pre-pings for the same reason."""
     import sqlalchemy as sa
 
-    name = f"tuner_rel_{uuid.uuid4().hex[:12]}"
-    # pre-ping: the server may have been restarted (on purpose) while the database was in use
+    if before_create is not None:
+        before_create()
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
     with admin.connect() as conn:
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
     try:
         yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
     finally:
-        ensure_pg_running()
+        if before_drop is not None:
+            before_drop()
         with admin.connect() as conn:
             conn.execute(
                 sa.text(
@@ -292,6 +297,14 @@ def fresh_pg_database() -> Iterator[str]:
             )
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
         admin.dispose()
+
+
+@contextlib.contextmanager
+def fresh_pg_database() -> Iterator[str]:
+    """A new database on the local server, dropped afterwards, safe across a server restart: the server is started
+    again before the drop if a test left it stopped."""
+    with scratch_pg_database("tuner_rel", before_drop=ensure_pg_running) as url:
+        yield url
 
 
 # --- Postgres control -------------------------------------------------------------------------------------------------

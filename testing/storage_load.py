@@ -78,27 +78,12 @@ def _logs_errors(logs: list[Path]) -> list[str]:
 def fresh_database(wait_s: float = 300) -> Iterator[str]:
     """testing.harness.fresh_pg_database, but never starting the server: another suite on this machine may have
     stopped it on purpose, so this waits for it to be up (at most `wait_s`) before creating and before dropping."""
-    import sqlalchemy as sa
 
-    h.wait_for(h.pg_ready, wait_s, 0.5, "postgres accepting connections")
-    name = f"tuner_load_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(h.PG_ADMIN_URL, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield h.PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    finally:
+    def wait() -> None:
         h.wait_for(h.pg_ready, wait_s, 0.5, "postgres accepting connections")
-        with admin.connect() as conn:
-            conn.execute(
-                sa.text(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    "WHERE datname = :n AND pid <> pg_backend_pid()"
-                ),
-                {"n": name},
-            )
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
-        admin.dispose()
+
+    with h.scratch_pg_database("tuner_load", before_create=wait, before_drop=wait) as url:
+        yield url
 
 
 # --- workers -----------------------------------------------------------------------------------------------------

@@ -10,33 +10,13 @@ import os
 if not os.path.exists("/dev/nvidiactl"):
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import uuid
-
 import pytest
 
-PG_ADMIN_URL = os.environ.get("TUNER_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+from testing.harness import scratch_pg_database
 
 
 @pytest.fixture
 def pg_url():
     """A fresh PostgreSQL database on the local server, dropped after the test. Yields its SQLAlchemy URL."""
-    import sqlalchemy as sa
-
-    name = f"tuner_test_{uuid.uuid4().hex[:12]}"
-    # pre-ping: reliability tests restart the server, and a pooled connection from before must not break teardown.
-    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(
-                sa.text(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    "WHERE datname = :n AND pid <> pg_backend_pid()"
-                ),
-                {"n": name},
-            )
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
-        admin.dispose()
+    with scratch_pg_database("tuner_test") as url:
+        yield url
