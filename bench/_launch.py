@@ -15,6 +15,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -64,6 +65,22 @@ def write_study(src: Path | None, out: Path, *, train_tokens: int | None, eval_t
     data["budget"] = budget
     out.write_text(yaml.safe_dump(data, sort_keys=False))
     return data
+
+
+def prepare_workdir(
+    src: Path | None, workdir: Path | None, prefix: str, *, train_tokens: int | None, eval_tokens: int | None
+) -> tuple[Path, Path, dict[str, Any], Path, float]:
+    """A bench's working folder (`workdir`, else a fresh temporary one named `prefix`...), its study.yaml
+    (write_study of `src`) and its tokenized data (prepare, printed). Returns (work, study_file, study, cache,
+    prepare's seconds)."""
+    work = workdir or Path(tempfile.mkdtemp(prefix=prefix))
+    work.mkdir(parents=True, exist_ok=True)
+    study_file = work / "study.yaml"
+    data = write_study(src, study_file, train_tokens=train_tokens, eval_tokens=eval_tokens)
+    cache = work / "cache"
+    prep_s = prepare(study_file, cache)
+    print(f"data prepared in {prep_s:.1f} s", flush=True)
+    return work, study_file, data, cache, prep_s
 
 
 def prepare(study_file: Path, cache_dir: Path) -> float:

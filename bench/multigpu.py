@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the repo's packages (the project is not pip-installed)
 
 from bench._common import RESULTS, device_header, write_json  # noqa: E402
-from bench._launch import prepare, run_window, window_trials, write_study  # noqa: E402
+from bench._launch import prepare_workdir, run_window, window_trials  # noqa: E402
 
 
 def _gpu_count() -> int:
@@ -73,18 +73,13 @@ def main() -> int:
     else:
         n_slots = n_gpus
     out = args.out or (RESULTS / "multigpu.json" if not args.tiny else Path(tempfile.gettempdir()) / "multigpu.json")
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-multigpu-"))
-    work.mkdir(parents=True, exist_ok=True)
-    study_file = work / "study.yaml"
-    data = write_study(
+    work, study_file, data, cache, prep_s = prepare_workdir(
         None if args.tiny else args.study,
-        study_file,
+        args.workdir,
+        "bench-multigpu-",
         train_tokens=None if args.tiny else args.train_tokens,
         eval_tokens=args.eval_tokens,
     )
-    cache = work / "cache"
-    prep_s = prepare(study_file, cache)
-    print(f"data prepared in {prep_s:.1f} s", flush=True)
 
     if args.tiny:
         windows = {

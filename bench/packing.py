@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the repo's packages (the project is not pip-installed)
 
 from bench._common import RESULTS, device_header, write_json  # noqa: E402
-from bench._launch import prepare, run_window, window_trials, write_study  # noqa: E402
+from bench._launch import prepare_workdir, run_window, window_trials  # noqa: E402
 
 
 def main() -> int:
@@ -47,18 +47,13 @@ def main() -> int:
     if args.tiny:
         args.per_gpu = "2" if args.per_gpu == "auto" else args.per_gpu
     out = args.out or (RESULTS / "packing.json" if not args.tiny else Path(tempfile.gettempdir()) / "packing_tiny.json")
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-packing-"))
-    work.mkdir(parents=True, exist_ok=True)
-    study_file = work / "study.yaml"
-    data = write_study(
+    work, study_file, data, cache, prep_s = prepare_workdir(
         None if args.tiny else args.study,
-        study_file,
+        args.workdir,
+        "bench-packing-",
         train_tokens=None if args.tiny else args.train_tokens,
         eval_tokens=args.eval_tokens,
     )
-    cache = work / "cache"
-    prep_s = prepare(study_file, cache)
-    print(f"data prepared in {prep_s:.1f} s", flush=True)
 
     where = ["--workers", "1"] if args.tiny else ["--gpus", args.gpu]
     windows = {
