@@ -18,7 +18,10 @@ How each end is recorded (user attr `end_reason` is always set; tuner.trial.outc
   environment_error       FAIL (the data or cache could not be used on this worker: not the trial's fault); the
                           worker re-queues the same params, so it does not count against n_trials, and stops.
 Objective values are returned in the spec's metric order (val_ppl, peak_vram_gib, params, tokens_per_s).
-Whatever the end, a recorded learning curve is also stored as the trial's intermediate values (report_curve).
+Whatever the end, a recorded learning curve is also stored as the trial's intermediate values (report_curve), except
+on a pruned trial of a multi-objective study: Optuna 5.0's TPE scores pruned trials by their last intermediate value
+through `study.direction`, which raises for several objectives, so every later `ask` of the study would fail (seen
+on the H100 with learning-curve pruning). Such a trial keeps its curve in the `curve` user attr only.
 """
 
 from __future__ import annotations
@@ -70,13 +73,13 @@ def record_outcome(trial: Any, spec: StudySpec, config: Any, outcome: TrialOutco
     for key, value in outcome.curve_attrs.items():  # every learning-curve attr the monitor wrote
         if value is not None:
             set_trial_attr(trial, key, value)
-    report_curve(trial, outcome.curve_attrs.get("curve") or (outcome.result or {}).get("curve") or [])
+    reason = outcome.reason
+    ending = ENDINGS[reason]
+    if ending.state != "pruned" or len(spec.objectives) == 1:
+        report_curve(trial, outcome.curve_attrs.get("curve") or (outcome.result or {}).get("curve") or [])
     set_trial_attr(trial, "trial_wall_s", round(float(outcome.wall_s), 3))
     if outcome.replace_child:
         set_trial_attr(trial, "child_replaced", True)
-
-    reason = outcome.reason
-    ending = ENDINGS[reason]
     if reason is EndReason.COMPLETE:
         return _record_complete(trial, spec, config, outcome, device)
     for attr, source in ending.always.items():

@@ -19,6 +19,7 @@ from tuner.trial.recording import (
     objective_values,
     params_total,
     record_outcome,
+    report_curve,
 )
 
 TrialState = optuna.trial.TrialState
@@ -65,10 +66,12 @@ def test_gpu_ceiling_stop_is_complete_infeasible_with_vocab_ppl_and_observed_pea
             "kind": "vram_ceiling",
             "peak_gib": 1.3,
             "nvml_peak_gib": 1.3,
+            "ceiling_stop_s": 0.21,
             "error_summary": "GPU memory 1.300 GiB crossed the ceiling",
         },
         device="cuda",
     )
+    assert t.user_attrs["ceiling_stop_s"] == 0.21  # what issue 18's "stopped within 1 s of crossing" reads
     assert t.state == TrialState.COMPLETE and t.values == [float(VOCAB), 1.3]
     assert t.user_attrs["end_reason"] == "vram_ceiling" and "vocab_size" in t.user_attrs["objective_note"]
     assert t.user_attrs["observed_peak_gib"] == 1.3 and constraint_value(t) == pytest.approx(0.3)
@@ -151,3 +154,31 @@ def test_an_unseen_nvml_pid_is_labelled_not_reported_as_zero(caplog):
     t = _run_with_outcome(trial_spec(), outcome, device="cuda")
     assert t.state == TrialState.COMPLETE
     assert t.user_attrs.get("peak_vram_kind") == "cuda_max_allocated_nvml_pid_unseen" and t.values[1] == 0.4
+
+
+def test_a_curve_pruned_trial_leaves_a_multi_objective_tpe_study_able_to_sample():
+    """Optuna 5.0's TPE reads a pruned trial's last intermediate value through `study.direction`, which raises for
+    several objectives: a pruned trial with stored intermediate values made every later ask fail (H100 study with
+    learning-curve pruning). The pruned trial keeps its curve as the `curve` attr; TPE then samples on."""
+    spec = trial_spec()
+    assert len(spec.objectives) > 1
+    curve = [{"tokens": 64, "val_ppl": 900.0}, {"tokens": 128, "val_ppl": 700.0}]
+    sampler = optuna.samplers.TPESampler(n_startup_trials=1, seed=0)
+    study = optuna.create_study(directions=spec.directions, sampler=sampler)
+
+    def objective(trial):
+        params = spec.space.suggest(trial)
+        outcome = {"kind": "learning_curve", "error_summary": "curve below the front", "curve": curve}
+        return record_outcome(trial, spec, spec.build_config(params), TrialOutcome.from_dict(outcome), "cpu")
+
+    study.optimize(objective, n_trials=3)  # trials 2 and 3 are sampled by TPE with pruned trials in the study
+    assert [t.state for t in study.trials] == [TrialState.PRUNED] * 3
+    assert all(not t.intermediate_values and trial_attr(t, "curve") == curve for t in study.trials)
+    # What the guard prevents: the same study with one curve stored as intermediate values cannot sample.
+    broken = optuna.create_study(directions=spec.directions, sampler=optuna.samplers.TPESampler(n_startup_trials=1))
+    t = broken.ask()
+    spec.space.suggest(t)
+    assert report_curve(t, curve) == 2
+    broken.tell(t, state=TrialState.PRUNED)
+    with pytest.raises(RuntimeError, match="multi-objective"):
+        spec.space.suggest(broken.ask())
