@@ -44,6 +44,7 @@ ATTEMPT_ATTRS: frozenset[str] = frozenset(
         "observed_peak_gib",
         "nvml_peak_gib",
         "torch_peak_gib",
+        "ceiling_stop_s",
         "worker",
         "curve",
         "trial_wall_s",

@@ -267,7 +267,7 @@ class _ChildState:
                 device_index=self.nvml_index,
                 torch_device=0,
                 device_uuid=self.device_uuid,
-                on_cross=lambda peak, _t: self.send({"type": "ceiling", "peak_gib": peak}),
+                on_cross=lambda peak, t: self.send({"type": "ceiling", "peak_gib": peak, "crossed_at": t}),
             )
 
         monitor = None
@@ -350,10 +350,12 @@ class _ChildState:
                 if guard is not None:
                     guard.stop()
         except VramCeilingExceeded as e:
+            crossed_at = guard.crossed_at if guard is not None else None
             return {
                 **base,
                 "kind": "vram_ceiling",
                 "peak_gib": e.peak_gib,
+                "ceiling_stop_s": None if crossed_at is None else time.monotonic() - crossed_at,
                 **guard_attrs(guard),
                 **curve_attrs(),
                 "error_summary": str(e),

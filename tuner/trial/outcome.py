@@ -40,6 +40,7 @@ MEASURED_ATTRS = (
     "nvml_lookup",
     "allocator_fraction",
     "torch_peak_gib",
+    "ceiling_stop_s",
 )
 # Fields of a complete run's result recorded as user attrs of the same name.
 RESULT_ATTRS = (
@@ -104,6 +105,9 @@ class TrialOutcome:
     stability: dict[str, Any] | None = None
     peak_gib: float | None = None  # the guard's peak when it stopped the run (vram_ceiling)
     killed: bool = False  # the child was killed (did not stop in time)
+    # vram_ceiling: seconds from the guard's first sample over the ceiling to the training loop stopping (the
+    # child's clock), or to the kill when the child did not stop (the parent's clock, from the child's message)
+    ceiling_stop_s: float | None = None
     nvml_peak_gib: float | None = None
     nvml_samples: int | None = None
     nvml_pid_seen: int | None = None

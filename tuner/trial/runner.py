@@ -312,6 +312,8 @@ class TrialRunner:
                     "kind": "vram_ceiling",
                     "peak_gib": ceiling_msg["peak_gib"],
                     "killed": True,
+                    # CLOCK_MONOTONIC is one clock for every process of the host
+                    "ceiling_stop_s": now - float(ceiling_msg.get("crossed_at", ceiling_seen_at)),
                     "error_summary": f"child did not stop within {CEILING_KILL_AFTER_S:.0f} s of crossing "
                     "the ceiling; killed",
                 }
