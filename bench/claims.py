@@ -42,6 +42,14 @@ REPO = Path(__file__).resolve().parents[1]
 SUMMARY_MARGIN_S = 15.0  # kept free at the end of --budget-s for the summary and the files
 
 
+def set_quality_step(jobs: list[dict], step: str) -> None:
+    """Give the Phase 1 quality runs `step` (tuner.study.spec.StepMode value); the speed runs measure the step as
+    the guide describes it (eager) and the dense baseline stays eager."""
+    for j in jobs:
+        if j["id"].startswith("q-") and j["model"] != "dense":
+            j["step"] = step
+
+
 def read_lines(files: list[Path]) -> tuple[list[dict], list[dict]]:
     """(meta lines, runs) of claims_runs.jsonl files; a run recorded twice keeps a finished record over a killed
     or failed one, and the later of two finished ones."""
@@ -95,6 +103,7 @@ def train(args: argparse.Namespace, s: dict, t_start: float) -> Path:
     from model.data import DataSource, prepare_data
 
     jobs = make_jobs(s, args.cache_dir)
+    set_quality_step(jobs, args.step)
     only = {x for x in args.only.split(",") if x}
     unknown = only - {j["id"] for j in jobs}
     if unknown:
@@ -157,6 +166,13 @@ def main(argv: list[str] | None = None) -> int:
         help=f"training tokens per quality run (default {FULL['train_tokens']}: what fits 9 minutes on a 4x H100 host)",
     )
     p.add_argument("--lr", type=float, help=f"learning rate of every run (default {FULL['lr']})")
+    p.add_argument(
+        "--step",
+        default="eager",
+        choices=("eager", "compile", "compile_graphs"),
+        help="the Phase 1 quality runs' training step (tuner.study.spec.StepMode; same losses, faster on CUDA); "
+        "the dense run and the speed runs stay eager",
+    )
     p.add_argument("--only", default="", help="run only these ids (comma-separated), appending to the jsonl")
     p.add_argument(
         "--budget-s",
@@ -204,7 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     if not metas:
         raise SystemExit(f"claims: no meta line in {', '.join(map(str, files))}: not a claims_runs.jsonl")
     fidelity = json.loads(args.fidelity.read_text()) if args.fidelity and args.fidelity.exists() else None
-    command = "python bench/claims.py " + " ".join(metas[0].get("argv", []))
+    # one command per jsonl meta line: the speed and quality jobs may come from different GPU runs
+    commands = list(dict.fromkeys("python bench/claims.py " + " ".join(m.get("argv", [])) for m in metas))
+    command = "; ".join(commands)
     result = summarize(metas, runs, fidelity=fidelity, command=command, sources=[f.name for f in files])
     write_json(args.out / "claims.json", result)
     if args.write_doc:

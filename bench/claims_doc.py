@@ -72,7 +72,9 @@ def render(result: dict) -> str:
     ]
     lines += [
         f"- Device: {result['device']} (torch {result['torch']}); runs from {', '.join(result['sources'])}.",
-        f"- Command: `{result['command']}`.",
+        "- Commands: " + "; ".join(f"`{c}`" for c in result["command"].split("; ")) + ".",
+        f"- Quality runs' training step: {', '.join(result.get('quality_steps') or ['eager'])} (the dense run: "
+        "eager). The compiled steps' losses match eager's (tests/model/test_graph_step.py).",
         f"- Every run: the `{s['preset']}` preset with one setting changed, learning rate {s['lr']:g}, "
         f"{s['train_tokens']:,} training tokens per quality run, {s['eval_tokens']:,} validation tokens (the "
         f"same windows for every run), data {s['data']}. The dense baseline has the preset's width, depth, "

@@ -238,6 +238,14 @@ def summarize(metas: list[dict], runs: list[dict], *, fidelity: dict | None, com
         if any(r.get("nvml_peak_gib") is not None for r in runs)
         else "peak tensor bytes on CPU (model/memory.py; no NVML)",
         "dense_val_ppl": dense_ppl,
+        # the Phase 1 quality runs' training step (bench/claims.py --step; runs before it existed were eager)
+        "quality_steps": sorted(
+            {
+                r.get("step", "eager")
+                for r in runs
+                if str(r.get("id", "")).startswith("q-") and r.get("model") != "dense"
+            }
+        ),
         "fidelity": None
         if fidelity is None
         else {k: fidelity.get(k) for k in ("budget_tokens", "long_tokens", "spearman", "by_budget", "n")},

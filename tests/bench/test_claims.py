@@ -160,3 +160,17 @@ def test_probe_jobs_run_through_the_pool(tmp_path):
     by_id = {r["id"]: r for r in runs}
     assert not by_id["i-base"].get("failed"), by_id["i-base"]
     assert [st["batch_size"] for st in by_id["i-base"]["stages"]] == [1, 2] and "skipped" in by_id["k-scan"]
+
+
+def test_step_applies_to_the_phase1_quality_runs_only(tiny):
+    jobs = claims_plan.make_jobs(claims_plan.FULL, "cache")
+    claims.set_quality_step(jobs, "compile_graphs")
+    stepped = {j["id"] for j in jobs if j.get("step") == "compile_graphs"}
+    quality = {j["id"] for j in jobs if j["id"].startswith("q-")}
+    assert stepped == quality - {"q-dense"} and "q-base" in stepped  # speed, inference, scan and dense stay eager
+    _, result = tiny  # the tiny run's records carry their step, and the summary names the quality runs' step
+    _, runs = lines(tiny[0])
+    assert {r["step"] for r in runs if r["id"].startswith("q-")} == {"eager"}
+    assert result["quality_steps"] == ["eager"]
+    doc = (tiny[0] / "claims.md").read_text()
+    assert "Quality runs' training step: eager" in doc
