@@ -111,6 +111,15 @@ def plan_counts(spec: Any, gpus: list[int], per_gpu: int | None) -> tuple[list[i
     return counts, (min(references) if references else None), lines
 
 
+def calibration_note(spec: Any, choice: Any) -> str | None:
+    """One line when the study's pre-flight estimate would run without this GPU's calibration (`choice`: a
+    tuner.vram.calibration.CalibrationChoice), else None. Uncalibrated, the estimate leaves out what the process holds
+    outside PyTorch's allocator (~0.8-1.3 GiB on an H100), so it refuses too few configs near the ceiling."""
+    if not spec.estimate.enabled or choice.calibrated:
+        return None
+    return f"VRAM estimate {choice.source}"
+
+
 def run(args: argparse.Namespace) -> int:
     from tuner.errors import TunerError
     from tuner.storage.connect import open_storage
@@ -175,6 +184,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"launch: {line}", flush=True)
     if gpus is not None:
         print(f"launch: {'MPS' if mps.active else 'time-slicing'} ({mps.reason})", flush=True)
+        from tuner.vram.calibration import choose_calibration
+        from tuner.vram.nvml import current_device_key
+
+        note = calibration_note(spec, choose_calibration(None, current_device_key(gpus[0])))
+        if note is not None:
+            print(f"launch: warning: {note}", flush=True)
     display = LaunchDisplay(launcher, live=sys.stdout.isatty(), every_s=STATUS_EVERY_S)
     launcher.on_line, launcher.on_tick = display.line, display.tick
     try:

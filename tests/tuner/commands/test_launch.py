@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from tests.tuner.tiny import mutate
-from tuner.commands.launch import parse_per_gpu, plan_counts
+from tuner.commands.launch import calibration_note, parse_per_gpu, plan_counts
 from tuner.errors import TunerError
 from tuner.study.loader import spec_from_dict
 from tuner.trial.packing import CONTEXT_FLOOR_GIB, HEADROOM_FRACTION, largest_predicted_gib, workers_per_gpu
@@ -62,6 +62,24 @@ def test_parse_per_gpu():
     for bad in ("0", "-1", "two", "1.5"):
         with pytest.raises(TunerError, match="--per-gpu"):
             parse_per_gpu(bad)
+
+
+def test_an_uncalibrated_gpu_estimate_is_said_in_one_line():
+    """On the H100 a launch on a fresh machine ran every trial with `estimate_calibrated: False`: the estimate left out
+    the memory outside the allocator and eager trials measured a median 24% over it. launch now says so."""
+    from tuner.vram.calibration import CalibrationChoice, DeviceCalibration, describe_calibration
+
+    spec = spec_from_dict(mutate(vram_ceiling_gib=8), check_paths=False)
+    note = calibration_note(spec, CalibrationChoice(None, False, describe_calibration(None)))
+    assert note is not None and "NOT calibrated" in note and "tuner estimate --calibrate" in note
+    assert "\n" not in note
+    cal = DeviceCalibration(
+        device="H100", driver="580", torch="2.11", context_gib=0.5, outside_gib=0.8, workspace_gib=0.0
+    )
+    stored = CalibrationChoice(cal, True, "stored calibration")
+    assert calibration_note(spec, stored) is None
+    off = spec_from_dict(mutate(vram_ceiling_gib=8, estimate={"enabled": False}), check_paths=False)
+    assert calibration_note(off, CalibrationChoice(None, False, describe_calibration(None))) is None
 
 
 def test_plan_per_gpu_from_each_cards_free_memory(monkeypatch):
