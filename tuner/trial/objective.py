@@ -323,8 +323,9 @@ class Objective:
         trial.set_user_attr("predicted_peak_gib", predicted)
         trial.set_user_attr("predicted_peak_kind", "nvml_process" if device == "cuda" else "cpu_tensor_bytes")
         trial.set_user_attr("estimate_calibrated", bool(est.calibrated))
-        # The estimator models the eager step; a compiled step's measured peak is lower (docs/step_time.md: 3.37
-        # against 5.06 GiB at 8gb), so for it the prediction is a conservative upper bound. The guard still enforces.
+        # The estimator models the eager step. A compiled step alone on a GPU peaks lower (docs/step_time.md: 3.37
+        # against 5.06 GiB at 8gb), hence the name, but it is no guaranteed bound: in the packed (MPS) H100 study 13
+        # of 65 compiled trials measured above it, by up to 23% (bench/results/study_8gb.json). The guard enforces.
         eager = self.spec.training.step is StepMode.EAGER
         trial.set_user_attr("estimate_kind", "eager" if eager else "eager_upper_bound")
         return predicted
