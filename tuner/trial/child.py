@@ -290,6 +290,7 @@ class _ChildState:
         eval_points = list(monitor.eval_points) if monitor is not None else list(req.eval_points)
 
         last_sent = [0.0]
+        fault_sent = [False]
 
         def on_step(info: Any) -> None:
             if guard is not None:
@@ -301,6 +302,9 @@ class _ChildState:
                 if msg.get("type") in ("stop", "exit"):
                     raise TrialStopRequested("worker asked the trial to stop")
             if fault is not None and info.step >= fault.at_step:
+                if fault.kind == "ceiling" and not fault_sent[0]:
+                    fault_sent[0] = True
+                    self.send({"type": "ceiling", "peak_gib": ceiling + 0.5, "crossed_at": time.monotonic()})
                 raise_fault(fault, info)
             now = time.monotonic()
             if now - last_sent[0] >= PROGRESS_EVERY_S:

@@ -18,7 +18,9 @@ class FaultInjection:
     raise the failure `kind` inside the training step:
       "oom": torch.cuda.OutOfMemoryError (what a real CUDA OOM raises), "error": InjectedFault,
       "nonfinite": model.errors.NumericalInstabilityError, "slow": sleep `sleep_s` in every step from `at_step` on
-      (makes a trial long enough to be interrupted; raises nothing).
+      (makes a trial long enough to be interrupted; raises nothing), "ceiling": from `at_step` on, report a VRAM
+      ceiling crossing to the parent once (the message the CUDA guard's callback sends) and keep training, sleeping
+      `sleep_s` a step: a child that does not stop, which the parent must kill in time (CPU has no guard).
     Never set by a study file; only tests and `run_worker(fault=...)` pass it (one, or a list: the first that
     applies to a trial is used)."""
 
@@ -60,7 +62,7 @@ def raise_fault(fault: FaultInjection, info: Any) -> None:
             f"injected non-finite loss at step {info.step} (test fault hook)",
             {"check": "finite_loss", "value": float("nan"), "step": info.step},
         )
-    if fault.kind == "slow":
+    if fault.kind in ("slow", "ceiling"):  # the child sends the ceiling message itself (tuner.trial.child)
         time.sleep(fault.sleep_s)
         return
-    raise ValueError(f"FaultInjection.kind: {fault.kind!r} is not one of oom, error, nonfinite, slow")
+    raise ValueError(f"FaultInjection.kind: {fault.kind!r} is not one of oom, error, nonfinite, slow, ceiling")

@@ -52,6 +52,32 @@ def test_a_trial_past_its_timeout_is_killed_and_the_child_replaced(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_child_that_does_not_stop_at_the_ceiling_is_killed_within_a_second_of_the_crossing(tmp_path):
+    """The H100 runs recorded three killed children 1.005-1.009 s after their crossing: the kill deadline counted
+    from the parent's receipt of the message. It now counts from the crossing itself (the child's clock)."""
+    from tuner.trial.faults import FaultInjection
+    from tuner.trial.runner import CEILING_KILL_AFTER_S
+
+    runner = TrialRunner(cache_dir=tmp_path / "cache")
+    try:
+        runner.ensure_started()
+        request = TrialRequest(
+            config={"vocab_size": 512, "d_model": 32, "n_layers": 1, "n_seq": 32},
+            data=DataSource(kind="stdlib", max_bytes=262144),
+            train_tokens=10_000_000,
+            eval_tokens=1000,
+            ceiling_gib=1.0,
+            fault=FaultInjection("ceiling", at_step=2, sleep_s=0.4),  # reports a crossing, then keeps training
+        )
+        outcome = runner.run(request, timeout_s=60)
+        assert outcome.kind == "vram_ceiling" and outcome.killed, outcome.error_summary
+        assert outcome.ceiling_stop_s is not None and CEILING_KILL_AFTER_S <= outcome.ceiling_stop_s < 1.0
+        assert outcome.peak_gib == 1.5 and outcome.replace_child
+    finally:
+        runner.close()
+
+
+@pytest.mark.slow
 def test_a_prestarted_child_that_dies_before_the_trial_is_replaced_and_the_trial_runs(tmp_path):
     """prestart(data) starts the child and tells it to open the data; killed before any trial, the trial still runs:
     ensure_started finds it dead and starts a fresh one, which opens the data itself."""
