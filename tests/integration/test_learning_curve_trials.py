@@ -103,5 +103,12 @@ def test_a_hopeless_trial_is_pruned_by_its_curve(tmp_path, pg_url):
     assert trial_attr(bad, "curve_prediction")["method"] == "late_alpha"
     front_ppl = min(t.values[0] for t in trials[:3])
     assert trial_attr(bad, "curve_prediction")["optimistic_ppl"] > front_ppl
+    # TPE can still sample this two-objective study: Optuna 5.0's TPE reads a pruned trial's intermediate values
+    # through study.direction, which raises for two objectives (every ask failed on the H100), so none are stored
+    assert not bad.intermediate_values and trials[0].intermediate_values
+    tpe = optuna.load_study(
+        study_name="curve_on", storage=pg_url, sampler=optuna.samplers.TPESampler(n_startup_trials=1, seed=0)
+    )
+    assert tpe.ask().suggest_categorical("learning_rate", [1e-6, 1e-2]) in (1e-6, 1e-2)
     for t in trials[:3]:
         _assert_curve_recorded(t)
