@@ -12,6 +12,18 @@ from tuner.trial.outcome import TrialRequest
 from tuner.trial.runner import TrialRunner, _describe_exit
 
 
+def _long_request(**kw) -> TrialRequest:
+    """A tiny CPU trial with a budget far longer than any test waits for (10M tokens)."""
+    return TrialRequest(
+        config={"vocab_size": 512, "d_model": 32, "n_layers": 1, "n_seq": 32},
+        data=DataSource(kind="stdlib", max_bytes=262144),
+        train_tokens=10_000_000,
+        eval_tokens=1000,
+        ceiling_gib=1.0,
+        **kw,
+    )
+
+
 def test_describe_exit():
     assert _describe_exit(None) == "exit code unknown"
     assert _describe_exit(3) == "exit code 3"
@@ -24,13 +36,7 @@ def test_a_trial_past_its_timeout_is_killed_and_the_child_replaced(tmp_path):
     try:
         runner.ensure_started()  # the child imports torch here, outside the trial's clock
         assert runner.device == "cpu" and runner.child_pid is not None
-        request = TrialRequest(
-            config={"vocab_size": 512, "d_model": 32, "n_layers": 1, "n_seq": 32},
-            data=DataSource(kind="stdlib", max_bytes=262144),
-            train_tokens=10_000_000,
-            eval_tokens=1000,
-            ceiling_gib=1.0,
-        )
+        request = _long_request()
         first = runner.child_pid
         outcome = runner.run(request, timeout_s=0.5)
         assert outcome.kind == "timeout", outcome.error_summary
@@ -61,14 +67,8 @@ def test_a_child_that_does_not_stop_at_the_ceiling_is_killed_within_a_second_of_
     runner = TrialRunner(cache_dir=tmp_path / "cache")
     try:
         runner.ensure_started()
-        request = TrialRequest(
-            config={"vocab_size": 512, "d_model": 32, "n_layers": 1, "n_seq": 32},
-            data=DataSource(kind="stdlib", max_bytes=262144),
-            train_tokens=10_000_000,
-            eval_tokens=1000,
-            ceiling_gib=1.0,
-            fault=FaultInjection("ceiling", at_step=2, sleep_s=0.4),  # reports a crossing, then keeps training
-        )
+        # reports a crossing, then keeps training
+        request = _long_request(fault=FaultInjection("ceiling", at_step=2, sleep_s=0.4))
         outcome = runner.run(request, timeout_s=60)
         assert outcome.kind == "vram_ceiling" and outcome.killed, outcome.error_summary
         assert outcome.ceiling_stop_s is not None and CEILING_KILL_AFTER_S <= outcome.ceiling_stop_s < 1.0
