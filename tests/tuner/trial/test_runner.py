@@ -59,7 +59,7 @@ def test_a_trial_past_its_timeout_is_killed_and_the_child_replaced(tmp_path):
 
 @pytest.mark.slow
 def test_a_child_that_does_not_stop_at_the_ceiling_is_killed_within_a_second_of_the_crossing(tmp_path):
-    """The H100 runs recorded three killed children 1.005-1.009 s after their crossing: the kill deadline counted
+    """The H100 runs recorded four killed children 1.005-1.009 s after their crossing: the kill deadline counted
     from the parent's receipt of the message. It now counts from the crossing itself (the child's clock)."""
     from tuner.trial.faults import FaultInjection
     from tuner.trial.runner import CEILING_KILL_AFTER_S
