@@ -39,6 +39,7 @@ from tuner.storage.trial_attrs import is_reference, trial_attr
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "bench" / "results" / "search_efficiency"
+MAIN_DB = REPO / "bench" / "results" / "study_8gb" / "study_8gb.db"  # the 8 GiB study, committed once, there
 OUT = REPO / "bench" / "results" / "search_efficiency.json"
 STUDY_FILE = REPO / "studies" / "phase1_8gb.yaml"
 METRICS = ("val_ppl", "peak_vram_gib")
@@ -325,7 +326,7 @@ def build(data_dir: Path, study_file: Path) -> dict[str, Any]:
     tpe, tpe_attrs = load(data_dir / "tpe30.db", "s_tpe30")
     rand, rand_attrs = load(data_dir / "rand60.db", "s_rand60")
     live, _ = load(data_dir / "tpe30p.db", "s_tpe30_pruned")
-    main, main_attrs = load(data_dir / "study_8gb.db", spec.name)
+    main, main_attrs = load(MAIN_DB, spec.name)
     ceilings = {float(a["vram_ceiling_gib"]) for a in (tpe_attrs, rand_attrs, main_attrs)}
     if len(ceilings) != 1:
         raise ValueError(f"the studies' ceilings differ: {ceilings}")
@@ -371,7 +372,7 @@ def build(data_dir: Path, study_file: Path) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--dir", type=Path, default=DATA, help="folder with tpe30.db, rand60.db, tpe30p.db, study_8gb.db")
+    p.add_argument("--dir", type=Path, default=DATA, help="folder with tpe30.db, rand60.db, tpe30p.db")
     p.add_argument("--study-file", type=Path, default=STUDY_FILE, help="the 8 GiB study's file (pruning settings)")
     p.add_argument("--out", type=Path, default=OUT)
     args = p.parse_args(argv)
