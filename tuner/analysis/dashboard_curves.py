@@ -1,6 +1,7 @@
 """Learning curves as a plot optuna-dashboard shows on a study's page.
 
-The curves are stored as each trial's intermediate values (tuner.trial.recording.report_curve), but
+The curves are stored as each trial's intermediate values (tuner.trial.recording.report_curve; a pruned trial of a
+multi-objective study keeps its curve in the `curve` attr only, which is drawn instead), but
 optuna-dashboard 0.21 draws its intermediate-values plot for single-objective studies only (its bundle renders it
 under `1 === study.directions.length`), and a tuner study has two or more objectives: there each trial's page only
 lists its step/value pairs. So `tuner report` and `tuner dashboard` also save one plotly figure of every curve with
@@ -13,22 +14,33 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from tuner.analysis.report import curve_points
 from tuner.storage.trial_attrs import is_reference
 
 GRAPH_ID = "tuner_learning_curves"
 
 
+def _points(t: Any) -> tuple[list[int], list[float]]:
+    """(training tokens, val_ppl) of a trial's curve: its intermediate values, else its `curve` attr."""
+    if t.intermediate_values:
+        steps = sorted(t.intermediate_values)
+        return steps, [t.intermediate_values[s] for s in steps]
+    pts = curve_points(t)
+    return [int(p["tokens"]) for p in pts], [float(p["val_ppl"]) for p in pts]
+
+
 def learning_curve_figure(trials: Sequence[Any]) -> Any | None:
-    """A plotly Figure: val_ppl (the intermediate values) against training tokens, log-log, one line per trial
-    (complete: blue, pruned: red dotted, reference: orange); None when no trial has intermediate values."""
+    """A plotly Figure: val_ppl (the intermediate values, else the `curve` attr) against training tokens, log-log,
+    one line per trial (complete: blue, pruned: red dotted, reference: orange); None when no trial has a curve."""
     import plotly.graph_objects as go
 
-    with_curves = [t for t in trials if t.intermediate_values]
+    curves = {t.number: _points(t) for t in trials}
+    with_curves = [t for t in trials if curves[t.number][0]]
     if not with_curves:
         return None
     fig = go.Figure()
     for t in sorted(with_curves, key=lambda t: t.number):
-        steps = sorted(t.intermediate_values)
+        steps, values = curves[t.number]
         state = t.state.name.lower()
         ref = is_reference(t)
         colour = "orange" if ref else "crimson" if state == "pruned" else "royalblue"
@@ -36,7 +48,7 @@ def learning_curve_figure(trials: Sequence[Any]) -> Any | None:
         fig.add_trace(
             go.Scatter(
                 x=steps,
-                y=[t.intermediate_values[s] for s in steps],
+                y=values,
                 mode="lines+markers",
                 name=name,
                 line={"color": colour, "dash": "dot" if state == "pruned" else "solid", "width": 1},

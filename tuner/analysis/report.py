@@ -32,7 +32,8 @@ def pareto_numbers_min(trials: Sequence[Any]) -> set[int]:
     return front
 
 
-def _curve(t: Any) -> list[dict[str, Any]]:
+def curve_points(t: Any) -> list[dict[str, Any]]:
+    """The trial's `curve` attr (each {tokens, val_ppl, ...}) without points of no tokens or a non-finite PPL."""
     pts = trial_attr(t, "curve") or []
     return [p for p in pts if p.get("tokens", 0) > 0 and p.get("val_ppl") and math.isfinite(p["val_ppl"])]
 
@@ -51,7 +52,7 @@ def write_learning_curves(
     pareto_numbers: trial numbers on the Pareto front; default: the minimisation front of the given trials' values.
     """
     trials = list(trials)
-    with_curves = [t for t in trials if len(_curve(t)) >= 1]
+    with_curves = [t for t in trials if len(curve_points(t)) >= 1]
     if not with_curves:
         return None
     import matplotlib
@@ -69,7 +70,7 @@ def write_learning_curves(
 
     fig, ax = plt.subplots(figsize=(9, 6), dpi=110)
     for t in others:
-        pts = _curve(t)
+        pts = curve_points(t)
         ax.plot(
             [p["tokens"] for p in pts], [p["val_ppl"] for p in pts], color="0.7", lw=0.8, marker=".", ms=3, zorder=1
         )
@@ -112,7 +113,7 @@ def curve_title(trials: Sequence[Any], n_front: int, n_pruned_drawn: int, n_othe
 def _draw(
     ax: Any, t: Any, color: Any, marker: str, fit_style: str, label: str | None, np: Any, mark_bound: bool = False
 ) -> None:
-    pts = _curve(t)
+    pts = curve_points(t)
     x = [p["tokens"] for p in pts]
     y = [p["val_ppl"] for p in pts]
     ax.plot(x, y, color=color, marker=marker, lw=0.6, alpha=0.8, ms=5, label=label, zorder=3)

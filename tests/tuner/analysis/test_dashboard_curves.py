@@ -10,6 +10,7 @@ from optuna_dashboard._custom_plot_data import get_plotly_graph_objects
 
 from tuner.analysis.dashboard_curves import GRAPH_ID, learning_curve_figure, publish_all, publish_learning_curves
 from tuner.storage.connect import open_storage
+from tuner.storage.trial_attrs import set_trial_attr
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -34,6 +35,24 @@ def test_figure_has_one_line_per_curve(tmp_path):
     assert list(fig.data[0].x) == [128, 512, 1024] and list(fig.data[1].y) == [901.0, 701.0, 651.0]
     assert fig.data[1].line.dash == "dot" and "2 trials (1 pruned)" in fig.layout.title.text
     assert learning_curve_figure([]) is None
+
+
+def test_a_pruned_trial_with_its_curve_in_the_attr_only_is_drawn(tmp_path):
+    """What tuner.trial.recording stores for a pruned trial of a multi-objective study: no intermediate values (they
+    broke Optuna 5.0's TPE), the curve as the `curve` attr; the figure still draws it (non-finite points left out)."""
+    s = _study(f"sqlite:///{tmp_path}/d.db")
+    t = s.ask()
+    curve = [
+        {"tokens": 128, "val_ppl": 950.0},
+        {"tokens": 512, "val_ppl": float("nan")},
+        {"tokens": 1024, "val_ppl": 800.0},
+    ]
+    set_trial_attr(t, "curve", curve)
+    s.tell(t, state=optuna.trial.TrialState.PRUNED)
+    fig = learning_curve_figure(s.get_trials())
+    assert [tr.name for tr in fig.data] == ["#0 complete", "#1 pruned", "#3 pruned"]
+    assert list(fig.data[2].x) == [128, 1024] and list(fig.data[2].y) == [950.0, 800.0]
+    assert fig.data[2].line.dash == "dot" and "3 trials (2 pruned)" in fig.layout.title.text
 
 
 def test_published_figure_is_what_the_dashboard_loads(tmp_path):
