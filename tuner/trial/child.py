@@ -261,13 +261,18 @@ class _ChildState:
         ceiling = float(req.ceiling_gib)
         fault = fault_for(req.fault, req.trial_number)
         guard = None
+
+        def report_crossing(peak_gib: float, crossed_at: float) -> None:
+            """Tell the parent (tuner.trial.runner), which kills this child if it has not stopped in time."""
+            self.send({"type": "ceiling", "peak_gib": peak_gib, "crossed_at": crossed_at})
+
         if self.device == "cuda":
             guard = VramGuard(
                 ceiling,
                 device_index=self.nvml_index,
                 torch_device=0,
                 device_uuid=self.device_uuid,
-                on_cross=lambda peak, t: self.send({"type": "ceiling", "peak_gib": peak, "crossed_at": t}),
+                on_cross=report_crossing,
             )
 
         monitor = None
@@ -304,7 +309,7 @@ class _ChildState:
             if fault is not None and info.step >= fault.at_step:
                 if fault.kind == "ceiling" and not fault_sent[0]:
                     fault_sent[0] = True
-                    self.send({"type": "ceiling", "peak_gib": ceiling + 0.5, "crossed_at": time.monotonic()})
+                    report_crossing(ceiling + 0.5, time.monotonic())
                 raise_fault(fault, info)
             now = time.monotonic()
             if now - last_sent[0] >= PROGRESS_EVERY_S:

@@ -287,7 +287,7 @@ class TrialRunner:
         self._keep_standby()  # while the trial trains
         t0 = time.monotonic()
         ceiling_msg: dict[str, Any] | None = None
-        ceiling_seen_at: float | None = None
+        crossed_at: float | None = None
         stop_sent_at: float | None = None
         outcome: dict[str, Any] | None = None
         while outcome is None:
@@ -302,7 +302,7 @@ class TrialRunner:
                     on_progress(msg)
                 elif kind == "ceiling":
                     ceiling_msg = msg
-                    ceiling_seen_at = float(msg.get("crossed_at") or time.monotonic())
+                    crossed_at = float(msg["crossed_at"])  # the child's monotonic clock: one clock per host
                 elif kind == "result":
                     outcome = msg["outcome"]
                 continue
@@ -310,12 +310,12 @@ class TrialRunner:
                 outcome = self._crash_outcome(proc)
                 break
             now = time.monotonic()
-            if ceiling_msg is not None and ceiling_seen_at is not None and now - ceiling_seen_at > CEILING_KILL_AFTER_S:
+            if ceiling_msg is not None and crossed_at is not None and now - crossed_at > CEILING_KILL_AFTER_S:
                 outcome = {
                     "kind": "vram_ceiling",
                     "peak_gib": ceiling_msg["peak_gib"],
                     "killed": True,
-                    "ceiling_stop_s": time.monotonic() - ceiling_seen_at,
+                    "ceiling_stop_s": time.monotonic() - crossed_at,
                     "error_summary": f"child did not stop within {CEILING_KILL_AFTER_S:g} s of crossing "
                     "the ceiling; killed",
                 }
