@@ -222,8 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     fidelity = json.loads(args.fidelity.read_text()) if args.fidelity and args.fidelity.exists() else None
     # one command per jsonl meta line: the speed and quality jobs may come from different GPU runs
     commands = list(dict.fromkeys("python bench/claims.py " + " ".join(m.get("argv", [])) for m in metas))
-    command = "; ".join(commands)
-    result = summarize(metas, runs, fidelity=fidelity, command=command, sources=[f.name for f in files])
+    result = summarize(metas, runs, fidelity=fidelity, commands=commands, sources=[f.name for f in files])
     write_json(args.out / "claims.json", result)
     if args.write_doc:
         args.write_doc.parent.mkdir(parents=True, exist_ok=True)

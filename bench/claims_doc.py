@@ -72,7 +72,7 @@ def render(result: dict) -> str:
     ]
     lines += [
         f"- Device: {result['device']} (torch {result['torch']}); runs from {', '.join(result['sources'])}.",
-        "- Commands: " + "; ".join(f"`{c}`" for c in result["command"].split("; ")) + ".",
+        "- Commands: " + "; ".join(f"`{c}`" for c in result["commands"]) + ".",
         f"- Quality runs' training step: {', '.join(result.get('quality_steps') or ['eager'])} (the dense run: "
         "eager). The compiled steps' losses match eager's (tests/model/test_graph_step.py).",
         f"- Every run: the `{s['preset']}` preset with one setting changed, learning rate {s['lr']:g}, "

@@ -197,7 +197,9 @@ def claim_report(R: Runs, spread) -> dict:
     }
 
 
-def summarize(metas: list[dict], runs: list[dict], *, fidelity: dict | None, command: str, sources: list[str]) -> dict:
+def summarize(
+    metas: list[dict], runs: list[dict], *, fidelity: dict | None, commands: list[str], sources: list[str]
+) -> dict:
     """claims.json from the meta lines and run records of claims_runs.jsonl files (see the module docstring)."""
     first = metas[0]
     for m in metas[1:]:
@@ -230,7 +232,7 @@ def summarize(metas: list[dict], runs: list[dict], *, fidelity: dict | None, com
         "torch": first["header"].get("torch"),
         "n_gpus": first["header"].get("n_gpus"),
         "sources": sources,
-        "command": command,
+        "commands": commands,  # one per GPU run whose jsonl was collected
         "settings": s,
         "layout": {"gpus": first.get("gpus"), "per_gpu": first.get("per_gpu")},
         "seed_spread_ppl_pct": spread,

@@ -48,7 +48,9 @@ def test_tiny_run_end_to_end(tiny):
     assert [s["batch_size"] for s in by_id["i-base"]["stages"]] == [1, 2]
     assert all(s["peak_torch_gib"] > 0 for s in by_id["i-dense"]["stages"])
     assert result["memory_kind"].startswith("peak tensor bytes on CPU")
+    assert len(result["commands"]) == 1 and result["commands"][0].startswith("python bench/claims.py --out ")
     doc = (out / "claims.md").read_text()
+    assert f"- Commands: `{result['commands'][0]}`." in doc
     for c in result["claims"]:
         assert f"## {c['title']}" in doc and c["where"] in doc
     assert "1M -> 8M: 0.41" in doc  # the budget's fidelity caveat, read from bench/results/fidelity.json
@@ -58,7 +60,7 @@ def test_plan_covers_every_claim():
     jobs = claims_plan.make_jobs(claims_plan.FULL, "cache")
     plan = [{"id": j["id"], "alone": True} for j in jobs]
     meta = {"settings": claims_plan.FULL, "plan": plan, "header": {"device": "none"}}
-    result = summarize([meta], [], fidelity=None, command="", sources=[])
+    result = summarize([meta], [], fidelity=None, commands=[], sources=[])
     used = {rid for c in result["claims"] for r in c["rows"] for rid in r["runs"]}
     assert used | {"q-seed1"} == {j["id"] for j in jobs}  # every run feeds a claim; seed1 gives the PPL spread
     assert {c["id"] for c in result["claims"]} == {"max_rank", "l1", "htt_rank", "phase_encoding", "checkpointing",
@@ -95,7 +97,7 @@ def test_verdicts_follow_the_figures_of_a_real_tiny_run(tiny, tmp_path):
     base = by_id["s-base"]["tokens_per_s"]
     for tps, verdict in ((base / 0.8, "holds"), (base / 0.5, "does not hold")):  # on is 20% / 50% slower than off
         changed = [dict(r, tokens_per_s=tps) if r["id"] == "s-ckpt_off" else r for r in runs]
-        result = summarize([meta], changed, fidelity=None, command="", sources=[])
+        result = summarize([meta], changed, fidelity=None, commands=[], sources=[])
         ckpt = next(c for c in result["claims"] if c["id"] == "checkpointing")
         speed = next(r for r in ckpt["rows"] if r["quantity"] == "tokens/s change")
         assert speed["ours"] == pytest.approx(-20.0 if verdict == "holds" else -50.0)
@@ -103,7 +105,7 @@ def test_verdicts_follow_the_figures_of_a_real_tiny_run(tiny, tmp_path):
         doc = render(result)
         line = next(x for x in doc.splitlines() if x.startswith("| checkpointing on vs off | tokens/s change"))
         assert f"**{verdict}" in line
-    result = summarize([meta], runs, fidelity=None, command="", sources=[])
+    result = summarize([meta], runs, fidelity=None, commands=[], sources=[])
     for c in result["claims"]:  # every row's verdict is the rule applied to its own figures
         for r in c["rows"]:
             if r["kind"] != "none":
