@@ -58,29 +58,17 @@ def run_one(job: dict) -> dict:
 
         guard = VramGuard(NVML_WATCH_CEILING_GIB, device_uuid=str(torch.cuda.get_device_properties(0).uuid))
         guard.start()
-    out: dict = {
-        "id": job["id"],
-        "model": job["model"],
-        "config": config.to_dict(),
-        "device": device,
-        "train_tokens_asked": job["train_tokens"],
-    }
+    out: dict = {"id": job["id"], "model": job["model"], "config": config.to_dict(), "device": device,
+                 "train_tokens_asked": job["train_tokens"]}
     from tuner.study.spec import StepMode
 
-    step = StepMode(job.get("step", "eager"))
+    step = StepMode(job.get("step", "eager"))  # bench/claims.py --step sets it on the Phase 1 quality runs
     out["step"] = step.value
     t0 = time.perf_counter()
     try:
-        result = train_and_evaluate(
-            config,
-            data,
-            train_tokens=job["train_tokens"],
-            eval_tokens=job["eval_tokens"],
-            device=device,
-            eval_points=job.get("eval_points", ()),
-            compile_step=step.compile_step,
-            cuda_graph_step=step.cuda_graph_step,
-        )
+        result = train_and_evaluate(config, data, train_tokens=job["train_tokens"], eval_tokens=job["eval_tokens"],
+                                    device=device, eval_points=job.get("eval_points", ()),
+                                    compile_step=step.compile_step, cuda_graph_step=step.cuda_graph_step)
     except NumericalInstabilityError as exc:
         out.update(diverged=True, error=str(exc).splitlines()[0], wall_s=time.perf_counter() - t0)
         return out
@@ -90,34 +78,20 @@ def run_one(job: dict) -> dict:
     finite = math.isfinite(result.val_loss)
     out.update(
         diverged=not finite,
-        val_loss=result.val_loss if finite else None,
-        val_ppl=result.val_ppl if finite else None,
-        tokens_per_s=result.tokens_per_s,
-        train_tokens=result.train_tokens,
-        epochs=result.epochs,
-        steps=result.steps,
-        eval_tokens=result.eval_tokens,
-        peak_torch_gib=result.peak_torch_gib,
+        val_loss=result.val_loss if finite else None, val_ppl=result.val_ppl if finite else None,
+        tokens_per_s=result.tokens_per_s, train_tokens=result.train_tokens, epochs=result.epochs,
+        steps=result.steps, eval_tokens=result.eval_tokens, peak_torch_gib=result.peak_torch_gib,
         peak_reserved_gib=result.peak_reserved_gib,
         nvml_peak_gib=guard.peak_gib if guard is not None and guard.n_seen else None,
-        param_counts=result.param_counts,
-        curve=result.curve,
+        param_counts=result.param_counts, curve=result.curve,
         diagnostics={k: v for k, v in result.diagnostics.items() if isinstance(v, (int, float)) or v is None},
         wall_s=time.perf_counter() - t0,
     )
     return out
 
 
-def run_pool(
-    jobs: list[dict],
-    *,
-    gpus: list[int | None],
-    per_gpu: int | list[int],
-    jsonl: Path,
-    work: Path,
-    deadline_s: float | None = None,
-    log=print,
-) -> list[dict]:
+def run_pool(jobs: list[dict], *, gpus: list[int | None], per_gpu: int | list[int], jsonl: Path, work: Path,
+             deadline_s: float | None = None, log=print) -> list[dict]:
     """Run `jobs` with `per_gpu` processes on each GPU of `gpus` (None: one CPU slot), longest first.
 
     per_gpu: one count for every GPU, or one per entry of `gpus`. A job with "gpus": [...] runs only on those.
@@ -145,15 +119,9 @@ def run_pool(
         if result_path.exists():
             res = json.loads(result_path.read_text())
         else:
-            res = {
-                "id": job["id"],
-                "model": job["model"],
-                "diverged": False,
-                "failed": True,
-                "error": (work / f"{job['id']}.log").read_text()[-2000:]
-                if (work / f"{job['id']}.log").exists()
-                else f"exit {proc.returncode}",
-            }
+            res = {"id": job["id"], "model": job["model"], "diverged": False, "failed": True,
+                   "error": (work / f"{job['id']}.log").read_text()[-2000:] if (work / f"{job['id']}.log").exists()
+                   else f"exit {proc.returncode}"}
         if killed:
             res.update(killed=True)
         res["gpu"] = slots[slot]
@@ -161,13 +129,10 @@ def run_pool(
         with open(jsonl, "a") as fh:
             fh.write(json.dumps(res) + "\n")
         ppl = f"ppl {res['val_ppl']:.1f}" if res.get("val_ppl") is not None else "finished"  # a probe has no PPL
-        state = (
-            "killed" if killed else ("diverged" if res.get("diverged") else ("failed" if res.get("failed") else ppl))
-        )
-        log(
-            f"[{time.monotonic() - start:6.0f}s] done {job['id']} on gpu {slots[slot]}: {state} "
-            f"({time.monotonic() - t_start:.0f} s)"
-        )
+        state = "killed" if killed else ("diverged" if res.get("diverged") else ("failed" if res.get("failed")
+                                                                                else ppl))
+        log(f"[{time.monotonic() - start:6.0f}s] done {job['id']} on gpu {slots[slot]}: {state} "
+            f"({time.monotonic() - t_start:.0f} s)")
 
     while pending or running:
         for slot in range(len(slots)):
@@ -185,12 +150,8 @@ def run_pool(
                 env["CUDA_VISIBLE_DEVICES"] = str(slots[slot])
             script = Path(__file__).resolve().parent / job["script"] if "script" in job else Path(__file__)
             with open(work / f"{job['id']}.log", "w") as logf:
-                proc = subprocess.Popen(
-                    [sys.executable, str(script), "--job", str(job_path), "--result", str(result_path)],
-                    env=env,
-                    stdout=logf,
-                    stderr=subprocess.STDOUT,
-                )
+                proc = subprocess.Popen([sys.executable, str(script), "--job", str(job_path), "--result",
+                                         str(result_path)], env=env, stdout=logf, stderr=subprocess.STDOUT)
             running[slot] = (proc, job, time.monotonic(), result_path)
             log(f"[{time.monotonic() - start:6.0f}s] start {job['id']} on gpu {slots[slot]}")
         for slot in list(running):
@@ -265,13 +226,8 @@ def child_main(argv: list[str] | None, run, description: str) -> int:
         res = run(job)
     except Exception as exc:  # noqa: BLE001 - any failure of one run is recorded as that run's result
         traceback.print_exc()
-        res = {
-            "id": job["id"],
-            "model": job["model"],
-            "diverged": False,
-            "failed": True,
-            "error": f"{type(exc).__name__}: {exc}",
-        }
+        res = {"id": job["id"], "model": job["model"], "diverged": False, "failed": True,
+               "error": f"{type(exc).__name__}: {exc}"}
     write_json(args.result, res)  # atomically: run_pool reads a result file only once it is whole
     return 0
 

@@ -90,3 +90,30 @@ def test_fidelity_collect_takes_a_later_finished_run_over_an_earlier_killed_one(
     out = json.loads((tmp_path / "fidelity.json").read_text())
     assert out["complete"] is True and out["n"] == 3
     assert out["spearman"] == pytest.approx(-1.0)  # short PPL falls as long PPL rises: ranks exactly reversed
+
+
+@pytest.mark.parametrize("step, compiled, graphs", [(None, False, False), ("compile", True, False),
+                                                    ("compile_graphs", True, True)])  # fmt: skip
+def test_a_jobs_step_reaches_the_trainer_and_its_record(tmp_path, monkeypatch, step, compiled, graphs):
+    """bench/claims.py --step sets `step` on a job: the trainer gets the StepMode's switches and the run records it.
+    The trainer is replaced by one that records its arguments and stops at once (no compiling on this CPU)."""
+    import model.train
+    from model.data import DataSource, prepare_data
+    from model.errors import NumericalInstabilityError
+
+    seen = {}
+
+    def trainer(*args, **kwargs):
+        seen.update(kwargs)
+        raise NumericalInstabilityError("stopped by the test", {})
+
+    monkeypatch.setattr(model.train, "train_and_evaluate", trainer)
+    data = {"kind": "stdlib", "max_bytes": 100_000}
+    prepare_data(DataSource(**data), 300, tmp_path / "cache")
+    job = {"id": "j", "model": "phase1", "config": TINY_PHASE1, "train_tokens": 64, "eval_tokens": 64, "data": data,
+           "cache_dir": str(tmp_path / "cache")} | ({"step": step} if step else {})  # fmt: skip
+    out = lm_runs.run_one(job)
+    assert (seen["compile_step"], seen["cuda_graph_step"]) == (compiled, graphs)
+    assert out["step"] == (step or "eager") and out["diverged"] is True
+    with pytest.raises(ValueError):
+        lm_runs.run_one({**job, "step": "compiled"})  # not a StepMode
