@@ -71,12 +71,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-baseline", action="store_true", help="no dense reference trial")
     p.add_argument("--no-enqueue", action="store_true", help="no enqueued guide presets")
     args = p.parse_args(argv)
-    from tuner.study.loader import load_spec
+    from tuner.errors import SpecError
+    from tuner.study.loader import spec_from_dict
 
     data = variant(yaml.safe_load(args.source.read_text()), args)
+    try:  # a variant the tuner would refuse fails here, before any GPU time, and no file is written
+        spec_from_dict(data, str(args.out), base_dir=args.source.parent)
+    except SpecError as e:
+        print(f"study_variants: {e}", file=sys.stderr)
+        return 2
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(yaml.safe_dump(data, sort_keys=False))
-    load_spec(args.out)  # a variant the tuner would refuse fails here, before any GPU time
     print(f"wrote {args.out} ({args.name})")
     return 0
 
