@@ -6,8 +6,6 @@ from __future__ import annotations
 import dataclasses
 import json
 
-import pytest
-
 from bench import pruning_sweep as ps
 from bench import search_efficiency as se
 from tests.bench.test_search_efficiency import BUDGET, CEILING, SETTINGS, VOCAB, _refs, _study, _trained
@@ -26,7 +24,6 @@ def test_each_row_is_the_replay_with_its_settings():
     assert any(r["n_pruned"] > 0 for r in rows)  # the dominated curve is pruned under some settings
 
 
-@pytest.mark.skipif(not se.MAIN_DB.exists(), reason="the H100 study files are not checked out")
 def test_sweep_on_the_committed_h100_study(tmp_path):
     out = tmp_path / "sweep.json"
     assert ps.main(["--out", str(out)]) == 0

@@ -183,7 +183,6 @@ def test_live_run_state_counts_states_reasons_and_errors():
 # --- the script on the committed data -------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not se.MAIN_DB.exists(), reason="the H100 study files are not checked out")
 def test_script_on_the_committed_h100_data(tmp_path):
     out = tmp_path / "se.json"
     assert se.main(["--out", str(out)]) == 0
