@@ -72,16 +72,17 @@ def parse_per_gpu(text: str | None) -> int | None:
     return n
 
 
-def plan_counts(spec: Any, gpus: list[int], per_gpu: int | None) -> tuple[list[int], float | None, list[str]]:
+def plan_counts(
+    spec: Any, gpus: list[int], per_gpu: int | None, choice: Any
+) -> tuple[list[int], float | None, list[str]]:
     """Workers for each of `gpus` (tuner.trial.packing.plan_gpu on each card's free memory), the reference trial's
-    ceiling (GiB; None without a `baseline:`) and one description line per GPU. Raises TunerError when a count
-    does not fit."""
+    ceiling (GiB; None without a `baseline:`) and one description line per GPU. `choice`: the first GPU's
+    tuner.vram.calibration.CalibrationChoice, for the largest predicted peak. Raises TunerError when a count does
+    not fit."""
     from tuner.errors import TunerError
     from tuner.trial.packing import cpu_workers_cap, largest_predicted_gib, plan_gpu
-    from tuner.vram.calibration import choose_calibration
-    from tuner.vram.nvml import NvmlUnavailable, current_device_key, nvml_memory_gib
+    from tuner.vram.nvml import NvmlUnavailable, nvml_memory_gib
 
-    choice = choose_calibration(None, current_device_key(gpus[0]))
     predicted = largest_predicted_gib(spec, choice.calibration, calibrated=choice.calibrated)
     cap = cpu_workers_cap(len(gpus))
     counts, lines, references = [], [], []
@@ -130,7 +131,8 @@ def run(args: argparse.Namespace) -> int:
     from tuner.trial.launcher import Launcher, parse_gpus
     from tuner.trial.mps import MpsState, cuda_probe, prepare_mps, stop_mps
     from tuner.trial.packing import REFERENCE_CEILING_ENV
-    from tuner.vram.nvml import nvml_available
+    from tuner.vram.calibration import choose_calibration
+    from tuner.vram.nvml import current_device_key, nvml_available
 
     spec = load_spec(args.study_file)
     if args.workers is not None and args.workers < 1:
@@ -154,8 +156,10 @@ def run(args: argparse.Namespace) -> int:
     counts: list[int] | int = per_gpu or 1
     plan_lines: list[str] = []
     packed = gpus is not None and args.per_gpu is not None
+    # the first GPU's calibration: it sizes packed workers and, missing, is said below
+    choice = choose_calibration(None, current_device_key(gpus[0])) if gpus is not None else None
     if packed and gpus is not None:
-        counts, reference_gib, plan_lines = plan_counts(spec, gpus, per_gpu)
+        counts, reference_gib, plan_lines = plan_counts(spec, gpus, per_gpu, choice)
         if reference_gib is not None:
             env[REFERENCE_CEILING_ENV] = f"{reference_gib:.3f}"
     several = gpus is not None and max(counts if isinstance(counts, list) else [counts]) > 1
@@ -184,10 +188,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"launch: {line}", flush=True)
     if gpus is not None:
         print(f"launch: {'MPS' if mps.active else 'time-slicing'} ({mps.reason})", flush=True)
-        from tuner.vram.calibration import choose_calibration
-        from tuner.vram.nvml import current_device_key
-
-        note = calibration_note(spec, choose_calibration(None, current_device_key(gpus[0])))
+        note = calibration_note(spec, choice)
         if note is not None:
             print(f"launch: warning: {note}", flush=True)
     display = LaunchDisplay(launcher, live=sys.stdout.isatty(), every_s=STATUS_EVERY_S)

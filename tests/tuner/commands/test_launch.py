@@ -90,10 +90,10 @@ def test_plan_per_gpu_from_each_cards_free_memory(monkeypatch):
     monkeypatch.setattr(nvml, "current_device_key", lambda i=0: None)
     monkeypatch.setattr("tuner.trial.packing.cpu_workers_cap", lambda n, cpu_count=None: 64)
     spec = spec_from_dict(mutate(vram_ceiling_gib=8, baseline="dense"), check_paths=False)
-    counts, reference, lines = plan_counts(spec, [0, 1], None)
     from tuner.vram.calibration import choose_calibration
 
     choice = choose_calibration(None, None)  # what launch picks here (a stored entry, borrowed, or none)
+    counts, reference, lines = plan_counts(spec, [0, 1], None, choice)
     predicted = largest_predicted_gib(spec, choice.calibration, calibrated=choice.calibrated)
     assert predicted is not None and predicted < 8  # the tiny space: its prediction, not the ceiling, sizes it
     share = max(predicted, CONTEXT_FLOOR_GIB) * (1 + HEADROOM_FRACTION)
@@ -104,7 +104,7 @@ def test_plan_per_gpu_from_each_cards_free_memory(monkeypatch):
     assert counts == expected and counts[0] > counts[1] >= 1
     assert lines[0].startswith(f"GPU 0: {counts[0]} worker(s) x {share:.1f} GiB (the largest predicted peak")
     with pytest.raises(TunerError, match="--per-gpu 40: .* use --per-gpu"):
-        plan_counts(spec, [0, 1], 40)
+        plan_counts(spec, [0, 1], 40, choice)
 
 
 def test_per_gpu_auto_without_a_gpu_is_one_line_exit_2(tmp_path):
