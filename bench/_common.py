@@ -1,5 +1,5 @@
-"""What every bench script shares: the device header a result file starts with, wall-clock timing, and writing the
-JSON result (into bench/results/ by default).
+"""What every bench script shares: the device header a result file starts with, wall-clock timing, writing the
+JSON result (into bench/results/ by default), and the median of a possibly empty list.
 
 Imported as `bench._common` after the script puts the repository root first on sys.path (scripts never import
 from bench/ by bare name: bench/kernels.py would shadow the `kernels` package)."""
@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -69,3 +70,8 @@ def write_json(path: Path, data: Any, *, indent: int = 2) -> Path:
 
     atomic_write_text(path, json.dumps(data, indent=indent, default=str) + "\n")
     return path
+
+
+def median_or_none(xs: Sequence[float]) -> float | None:
+    """statistics.median of `xs`; None when empty (a bench row with no trials to take it over)."""
+    return float(statistics.median(xs)) if xs else None

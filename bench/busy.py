@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
 import sys
 import tempfile
 import time
@@ -29,7 +28,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the repo's packages (the project is not pip-installed)
 
-from bench._common import RESULTS, device_header, write_json  # noqa: E402
+from bench._common import RESULTS, device_header, median_or_none, write_json  # noqa: E402
 
 
 def _spec(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
@@ -117,10 +116,6 @@ class _StandbyWatch:
         }
 
 
-def _median(values: list[float]) -> float | None:
-    return statistics.median(values) if values else None
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--study", type=Path, default=ROOT / "studies" / "phase1_8gb.yaml")
@@ -195,13 +190,13 @@ def main() -> int:
         "standby_nvml": watch.result(),
         "worker_s": round(worker_s, 3),
         "trained": len(trained),
-        "median_gpu_busy_frac": _median([float(t.user_attrs.get("gpu_busy_frac") or 0.0) for t in trained]),
+        "median_gpu_busy_frac": median_or_none([float(t.user_attrs.get("gpu_busy_frac") or 0.0) for t in trained]),
         "run_busy_frac": round(busy_total / worker_s, 4) if worker_s > 0 else None,
         "median_phase_s": {
-            k: round(_median([float((t.user_attrs.get("phase_s") or {}).get(k, 0.0)) for t in trained]) or 0.0, 3)
+            k: round(median_or_none([float((t.user_attrs.get("phase_s") or {}).get(k, 0.0)) for t in trained]) or 0.0, 3)
             for k in phases
         },
-        "median_idle_before_s": _median(
+        "median_idle_before_s": median_or_none(
             [float(t.user_attrs["idle_before_s"]) for t in trained if t.user_attrs.get("idle_before_s") is not None]
         ),
         "trials": rows,

@@ -4,17 +4,13 @@ it, ceiling_stop_s, share over it per quarter), the trials refused by the pre-fl
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Sequence
 from typing import Any
 
+from bench._common import median_or_none
 from tuner.storage.trial_attrs import is_reference
 
 TRAINED = ("complete", "vram_ceiling")  # end reasons of a Phase 1 trial that trained (to the end or to the guard)
-
-
-def _median(xs: Sequence[float]) -> float | None:
-    return float(statistics.median(xs)) if xs else None
 
 
 def _quantile(xs: Sequence[float], q: float) -> float | None:
@@ -117,7 +113,7 @@ def refusals(trials: Sequence[Any], ceiling_gib: float) -> dict[str, Any]:
         (t for t in trials if t.user_attrs.get("end_reason") == "predicted_over_ceiling"), key=lambda t: t.number
     )
     walls = [t.user_attrs["trial_wall_s"] for t in trained_phase1(trials) if t.user_attrs.get("trial_wall_s")]
-    med = _median(walls)
+    med = median_or_none(walls)
     # What the refusals cost: the estimate phase of each (phase_s), where recorded.
     cost = [float((t.user_attrs.get("phase_s") or {}).get("estimate", 0.0)) for t in refused]
     # The same estimate ran for the completed trials without checkpointing: how far below it they measured says how
@@ -207,11 +203,11 @@ def estimator_errors(trials: Sequence[Any]) -> dict[str, Any]:
         "n": len(done),
         "step_modes": sorted({str(t.user_attrs.get("step_mode")) for t in done}),
         "estimate_kinds": sorted({str(t.user_attrs.get("estimate_kind")) for t in done}),
-        "rel_median": _median(rel),
+        "rel_median": median_or_none(rel),
         "rel_p10": _quantile(rel, 0.1),
         "rel_p90": _quantile(rel, 0.9),
         "abs_rel_p90": _quantile([abs(r) for r in rel], 0.9),
-        "gib_median": _median(gib),
+        "gib_median": median_or_none(gib),
         "gib_max": max(gib) if gib else None,
         "n_measured_above": len(above),
         "measured_above": sorted(above, key=lambda a: a["predicted_gib"] - a["nvml_gib"]),
@@ -233,7 +229,7 @@ def by_param(done: Sequence[Any], max_values: int = 8) -> dict[str, list[dict[st
         for v in values:
             group = [t for t in done if t.params.get(k) == v]
             rel = [rel_diff(t.user_attrs["nvml_peak_gib"], t.user_attrs["predicted_peak_gib"]) for t in group]
-            rows.append({"value": v, "n": len(group), "above": sum(r > 0 for r in rel), "rel_median": _median(rel)})
+            rows.append({"value": v, "n": len(group), "above": sum(r > 0 for r in rel), "rel_median": median_or_none(rel)})
         out[k] = rows
     return out
 
