@@ -40,6 +40,7 @@ ATTEMPT_ATTRS: frozenset[str] = frozenset(
         "stop_summary",
         "ceiling_detected",
         "child_replaced",
+        "child_trials_before",
         "prune_summary",
         "observed_peak_gib",
         "nvml_peak_gib",

@@ -41,6 +41,7 @@ MEASURED_ATTRS = (
     "allocator_fraction",
     "torch_peak_gib",
     "ceiling_stop_s",
+    "child_trials_before",
 )
 # Fields of a complete run's result recorded as user attrs of the same name.
 RESULT_ATTRS = (
@@ -114,6 +115,7 @@ class TrialOutcome:
     nvml_lookup: str | None = None
     allocator_fraction: float | None = None
     torch_peak_gib: float | None = None
+    child_trials_before: int | None = None  # trials the child process ran before this one (0: a fresh process)
     wall_s: float = 0.0  # from the request sent to the outcome received (the parent's clock)
     # The child's seconds in this run (tuner.trial.child: _ChildState._phase_seconds): opening the data, the guard
     # and the model build, training steps, validation passes. A child killed mid-run sends none: the parent counts

@@ -10,9 +10,9 @@ figure is the trial's own.
 
 Messages child -> parent: {"type": "standby"} (a standby child's imports are done), {"type": "ready", device,
 device_name}, {"type": "progress", step, tokens, loss, elapsed_s}, {"type": "ceiling", peak_gib}, {"type": "result",
-"outcome": {...}}. Parent -> child: a trial request
-(dict, see `TrialRunner.run`), {"type": "stop"} (end the current trial cleanly), {"type": "warm", source, vocab_size,
-cache_dir} (open that data now), {"type": "activate"} (a standby child takes over), {"type": "exit"}.
+"outcome": {...}}. Parent -> child: a trial request (dict, see `TrialRunner.run`), {"type": "stop"} (end the
+current trial cleanly), {"type": "warm", source, vocab_size, cache_dir} (open that data now), {"type": "activate"}
+(a standby child takes over), {"type": "exit"}.
 
 Keeping the child warm: the worker starts its first child (`prestart`) before it opens the study, and a child
 replaced after a trial is started again at once, not when the next trial asks for it; either is told to open the
@@ -25,6 +25,11 @@ wait for torch to import (`TrialRunner(standby=...)`).
 
 Outcome kinds: complete, vram_ceiling, oom, numerical_instability, learning_curve, invalid_config, interrupted,
 timeout, error. `replace_child` says whether the parent must start a fresh child before the next trial.
+
+A compiled step on CUDA gets a fresh child after every trial: a process that compiled one trial's model keeps part
+of it (compile caches, CUDA graph pools, kernels) in the next trial's NVML peak. In the H100 8 GiB study
+(`python bench/child_age.py`) compiled trials' NVML peak / estimate rose from median 0.88 on a child's first trial to
+0.99 on its fifth; eager studies' stayed flat. User attr `child_trials_before` records a trial's place in its child.
 """
 
 from __future__ import annotations
@@ -45,10 +50,10 @@ from tuner.trial.outcome import TrialOutcome, TrialRequest
 
 # Ends after which the child is replaced: its CUDA context may be poisoned, or its memory leaked or fragmented.
 _REPLACE_AFTER = {"vram_ceiling", "oom", "timeout", "interrupted", "crash"}
-# The child must stop within this long of the guard's first sample over the ceiling (its own clock: CLOCK_MONOTONIC
-# is one clock for the host), or it is killed; under 1 s by the poll period and the kill's delivery.
+# The child must stop this long after the guard's first sample over the ceiling (its clock: CLOCK_MONOTONIC, one
+# per host) or is killed; under 1 s by the poll period and the kill's delivery.
 CEILING_KILL_AFTER_S = 0.85
-STOP_GRACE_S = 10.0  # after a stop request (SIGTERM to the worker), how long the current step may take to finish
+STOP_GRACE_S = 10.0  # after a stop request (SIGTERM to the worker), the current step's time to finish
 READY_TIMEOUT_S = 300.0  # importing torch on a loaded 2-core machine can take tens of seconds
 
 
@@ -72,6 +77,8 @@ class TrialRunner:
             when the training child is replaced (after a ceiling stop, an OOM, a timeout, a crash) it takes over at
             once instead of a fresh child importing torch while the next trial waits. It costs host memory (one
             more process with torch loaded) and, once, a core for its start while a trial trains.
+        fresh_child: a fresh child for every trial (None: compiled steps on CUDA only; module docstring). The
+            standby takes over; the cost, a CUDA context, overlaps the worker's recording and sampling.
     """
 
     def __init__(
@@ -80,6 +87,7 @@ class TrialRunner:
         cache_dir: str | os.PathLike[str] = ".phase1_cache",
         cpu_threads: int | None = 1,
         standby: bool | None = None,
+        fresh_child: bool | None = None,
     ) -> None:
         self.gpu = gpu
         self.cpu_threads = cpu_threads
@@ -96,6 +104,8 @@ class TrialRunner:
         self.standby = standby
         self._standby: tuple[BaseProcess, Connection] | None = None  # the standby child and its pipe
         self.n_promoted = 0  # standby children that took over
+        self.fresh_child = fresh_child
+        self._child_trials = 0  # trials the current child has run (0: it is fresh)
 
     # --- child lifecycle ----------------------------------------------------------------------------------------
     def ensure_started(self) -> None:
@@ -260,6 +270,7 @@ class TrialRunner:
         proc, conn = self._proc, self._conn
         self._proc, self._conn = None, None
         self._ready = False
+        self._child_trials = 0  # whatever serves next is a new process
         if proc is not None and conn is not None:
             _kill(proc, conn)
 
@@ -283,6 +294,7 @@ class TrialRunner:
         if conn is None or proc is None:  # ensure_started raises when no child could start
             raise ChildStartError("trial child is not running")
         conn.send({"type": "trial", "cache_dir": self.cache_dir, "request": request})
+        child_trials_before, self._child_trials = self._child_trials, self._child_trials + 1
         self._last_data = (request.data, int(request.config.get("vocab_size", 0)))
         self._keep_standby()  # while the trial trains
         t0 = time.monotonic()
@@ -345,13 +357,24 @@ class TrialRunner:
             outcome["train_s"] = time.monotonic() - t0
         if outcome["kind"] == "vram_ceiling" and ceiling_msg is not None:
             outcome.setdefault("peak_gib", ceiling_msg["peak_gib"])
-        replace = outcome["kind"] in _REPLACE_AFTER or (outcome["kind"] == "error" and self.device == "cuda")
+        outcome["child_trials_before"] = child_trials_before
+        replace = (
+            outcome["kind"] in _REPLACE_AFTER
+            or (outcome["kind"] == "error" and self.device == "cuda")
+            or self.fresh_child_after(request)
+        )
         outcome["replace_child"] = replace
         if replace:
             self._discard()  # killed now; a fresh child serves the next trial
             if not stop_requested():
                 self.prestart()  # warm before the next trial asks for it
         return TrialOutcome.from_dict(outcome)
+
+    def fresh_child_after(self, request: TrialRequest) -> bool:
+        """Replace the child after `request` whatever its end? (`fresh_child`; None: a compiled step on CUDA)"""
+        if self.fresh_child is not None:
+            return self.fresh_child
+        return self.device == "cuda" and request.step.compile_step
 
     def _crash_outcome(self, proc: BaseProcess) -> dict[str, Any]:
         proc.join(1.0)

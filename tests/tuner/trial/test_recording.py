@@ -156,6 +156,17 @@ def test_an_unseen_nvml_pid_is_labelled_not_reported_as_zero(caplog):
     assert t.user_attrs.get("peak_vram_kind") == "cuda_max_allocated_nvml_pid_unseen" and t.values[1] == 0.4
 
 
+def test_the_childs_trial_count_is_recorded_whatever_the_end():
+    """child_trials_before says whether the trial's process had run others before (their leftovers can count in its
+    NVML peak); recorded on a complete trial and on one stopped at the ceiling alike."""
+    done = _run_with_outcome(trial_spec(), {**complete_result(), "child_trials_before": 3})
+    assert done.state == TrialState.COMPLETE and done.user_attrs["child_trials_before"] == 3
+    stopped = _run_with_outcome(
+        trial_spec(), {"kind": "vram_ceiling", "peak_gib": 1.5, "replace_child": True, "child_trials_before": 0}
+    )
+    assert stopped.user_attrs["end_reason"] == "vram_ceiling" and stopped.user_attrs["child_trials_before"] == 0
+
+
 def test_a_curve_pruned_trial_leaves_a_multi_objective_tpe_study_able_to_sample():
     """Optuna 5.0's TPE reads a pruned trial's last intermediate value through `study.direction`, which raises for
     several objectives: a pruned trial with stored intermediate values made every later ask fail (H100 study with
