@@ -59,7 +59,7 @@ def trial_spec(
     metrics: tuple[str, ...] = ("val_ppl", "peak_vram_gib"), *, ceiling: float = 1.0, estimate: bool = False
 ) -> Any:
     """The smallest study a trial really trains (vocab 512, one layer of width 32, 2048 tokens on stdlib text; one
-    searched parameter, learning_rate), with the objectives `metrics` (tokens_per_s and eval_tokens_per_s maximised), the ceiling in GiB
+    searched parameter, learning_rate), with the objectives `metrics` (MAXIMIZED_METRICS maximised), the ceiling in GiB
     and the pre-flight estimate on or off."""
     from tuner.study.loader import spec_from_dict
     from tuner.study.spec import MAXIMIZED_METRICS

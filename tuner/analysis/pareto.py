@@ -7,8 +7,7 @@ Reference (baseline) trials never count as Phase 1 trials here: tuner.analysis.r
 Hypervolume reference point (fixed per study, so the number is comparable over the study's life): per objective
 - val_ppl: the vocabulary size, the perplexity of the uniform model (any model that learned anything beats it);
 - peak_vram_gib: the study's ceiling (no feasible trial exceeds it);
-- eval_peak_gib: the ceiling too (the inference pass runs under the same cap, and holds no optimizer state or
-  gradients, so it fits wherever training did);
+- eval_peak_gib: the ceiling too (on CUDA the inference pass runs under the same allocator cap);
 - tokens_per_s, eval_tokens_per_s (maximised): 0;
 - params: 2 x the largest parameter count among the feasible trials (no fixed bound exists; documented as derived).
 Maximised objectives are negated (Optuna's hypervolume assumes minimisation); points not strictly better than the
