@@ -50,16 +50,23 @@ def token_windows(tokens: np.ndarray, starts: np.ndarray, length: int, dev: torc
 
 
 def evaluate_run(
-    model: torch.nn.Module, data: TokenData, eval_tokens: int, config: Phase1Config | DenseConfig, dev: torch.device
+    model: torch.nn.Module,
+    data: TokenData,
+    eval_tokens: int,
+    config: Phase1Config | DenseConfig,
+    dev: torch.device,
+    *,
+    rank: bool = True,
 ) -> dict[str, Any]:
     """The validation pass `evaluate` describes, with what the trainer records besides the loss: the representation
-    effective rank of the first batch, the scored token count, the model's diagnostics averaged over tokens."""
+    effective rank of the first batch (NaN when `rank` is off: model/inference.py times the pass without that SVD),
+    the scored token count, the model's diagnostics averaged over tokens."""
     L = config.n_seq
     n_windows = min(math.ceil(eval_tokens / L), (data.n_val_tokens - 1) // L)
     starts = np.arange(n_windows, dtype=np.int64) * L
     was_training = model.training
     model.eval()
-    total, count, rank = 0.0, 0, float("nan")
+    total, count, repr_rank = 0.0, 0, float("nan")
     diag_sums: dict[str, float] = {}
     try:
         with torch.no_grad(), autocast_for(config, dev):
@@ -71,15 +78,15 @@ def evaluate_run(
                 count += n
                 for k, v in (out.diagnostics or {}).items():
                     diag_sums[k] = diag_sums.get(k, 0.0) + float(v) * n
-                if b0 == 0:  # the fixed validation batch: the first one
-                    rank = representation_effective_rank(out.hidden.reshape(-1, out.hidden.shape[-1]))
+                if b0 == 0 and rank:  # the fixed validation batch: the first one
+                    repr_rank = representation_effective_rank(out.hidden.reshape(-1, out.hidden.shape[-1]))
     finally:
         model.train(was_training)
     val_loss = total / count
     return {
         "val_loss": val_loss,
         "val_ppl": math.exp(val_loss) if val_loss < 700 else float("inf"),
-        "repr_effective_rank": rank,
+        "repr_effective_rank": repr_rank,
         "eval_tokens": count,
         "model_diagnostics": {k: v / count for k, v in diag_sums.items()},
     }

@@ -59,15 +59,16 @@ def trial_spec(
     metrics: tuple[str, ...] = ("val_ppl", "peak_vram_gib"), *, ceiling: float = 1.0, estimate: bool = False
 ) -> Any:
     """The smallest study a trial really trains (vocab 512, one layer of width 32, 2048 tokens on stdlib text; one
-    searched parameter, learning_rate), with the objectives `metrics` (tokens_per_s maximised), the ceiling in GiB
+    searched parameter, learning_rate), with the objectives `metrics` (MAXIMIZED_METRICS maximised), the ceiling in GiB
     and the pre-flight estimate on or off."""
     from tuner.study.loader import spec_from_dict
+    from tuner.study.spec import MAXIMIZED_METRICS
 
     return spec_from_dict(
         {
             "name": "objective_unit",
             "objectives": [
-                {"metric": m, "direction": "maximize" if m == "tokens_per_s" else "minimize"} for m in metrics
+                {"metric": m, "direction": "maximize" if m in MAXIMIZED_METRICS else "minimize"} for m in metrics
             ],
             "vram_ceiling_gib": ceiling,
             "sampler": {"name": "random", "seed": 0},

@@ -7,7 +7,8 @@ Reference (baseline) trials never count as Phase 1 trials here: tuner.analysis.r
 Hypervolume reference point (fixed per study, so the number is comparable over the study's life): per objective
 - val_ppl: the vocabulary size, the perplexity of the uniform model (any model that learned anything beats it);
 - peak_vram_gib: the study's ceiling (no feasible trial exceeds it);
-- tokens_per_s (maximised): 0;
+- eval_peak_gib: the ceiling too (on CUDA the inference pass runs under the same allocator cap);
+- tokens_per_s, eval_tokens_per_s (maximised): 0;
 - params: 2 x the largest parameter count among the feasible trials (no fixed bound exists; documented as derived).
 Maximised objectives are negated (Optuna's hypervolume assumes minimisation); points not strictly better than the
 reference in every objective contribute nothing and are left out.
@@ -81,9 +82,9 @@ def reference_point(
         sign = _sign(d)
         if metric == "val_ppl" and vocab_size:
             ref.append(sign * float(vocab_size))
-        elif metric == "peak_vram_gib" and ceiling_gib:
+        elif metric in ("peak_vram_gib", "eval_peak_gib") and ceiling_gib:
             ref.append(sign * float(ceiling_gib))
-        elif metric == "tokens_per_s" and sign < 0:
+        elif metric in ("tokens_per_s", "eval_tokens_per_s") and sign < 0:
             ref.append(0.0)
         elif metric == "params":
             measured = [metric_value(t, "params", metric_names) for t in feasible]

@@ -54,6 +54,12 @@ ATTEMPT_ATTRS: frozenset[str] = frozenset(
         "idle_before_s",
         "tokens_per_s",
         "epochs",
+        "peak_vram_gib",
+        "eval_tokens_per_s",
+        "eval_peak_gib",
+        "eval_peak_kind",
+        "eval_time_s",
+        "eval_nvml_gib",
     }
 )
 

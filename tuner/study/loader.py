@@ -26,6 +26,7 @@ from tuner.study.space_reader import SpaceReader
 from tuner.study.spec import (
     DERIVED_FIELDS,
     DIRECTIONS,
+    MAXIMIZED_METRICS,
     METRICS,
     MIN_CURVE_TOKENS,
     SAMPLER_OPTIONS,
@@ -190,7 +191,7 @@ class _Loader(SpaceReader):
             if "metric" not in m:
                 raise self.fail(f"{key}.metric", "missing", "add `metric:` (" + ", ".join(METRICS) + ")")
             metric = self.choice(m["metric"], f"{key}.metric", METRICS)
-            default = "maximize" if metric == "tokens_per_s" else "minimize"  # the natural sense of each metric
+            default = "maximize" if metric in MAXIMIZED_METRICS else "minimize"  # the natural sense of each metric
             direction = self.choice(m.get("direction", default), f"{key}.direction", DIRECTIONS)
             if metric in seen:
                 raise self.fail(f"{key}.metric", f"{metric} is listed twice", "list each metric once")

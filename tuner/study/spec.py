@@ -19,7 +19,10 @@ from tuner.study.readers import did_you_mean
 from tuner.study.sizes import check_sizes
 from tuner.study.space import SearchSpace, holds
 
-METRICS = ("val_ppl", "peak_vram_gib", "params", "tokens_per_s")
+# eval_tokens_per_s / eval_peak_gib: the measured inference pass after training, of the model as evaluated (LNS-
+# converted for lns_enabled configs): its speed (tokens/s) and its own memory peak (GiB); docs/objective.md.
+METRICS = ("val_ppl", "peak_vram_gib", "params", "tokens_per_s", "eval_tokens_per_s", "eval_peak_gib")
+MAXIMIZED_METRICS = ("tokens_per_s", "eval_tokens_per_s")  # a direction left out defaults to maximize for these
 DIRECTIONS = ("minimize", "maximize")
 SAMPLERS = ("tpe", "nsga2", "gp", "random", "grid")
 # Options each sampler accepts besides `name` and `seed` (passed to the Optuna sampler by tuner.storage).

@@ -14,9 +14,9 @@ from model.train_records import RunTimes
 from tuner.trial.child_outcome import (
     error_outcome,
     exc_fields,
+    final_inference,
     guard_attrs,
     jsonable,
-    lns_evaluate,
     result_dict,
     torch_peak,
 )
@@ -344,17 +344,16 @@ class _ChildState:
                     on_step=on_step,
                     eval_points=eval_points,
                     on_eval=monitor.on_eval if monitor is not None else None,
-                    return_model=lns,
+                    return_model=True,  # for the measured inference pass below
                     times=self._times,
                     compile_step=req.step.compile_step,
                     cuda_graph_step=req.step.cuda_graph_step,
                 )
                 out = result_dict(result)
-                if lns:
-                    t_lns = time.monotonic()
-                    out.update(lns_evaluate(result.model, config, data, int(req.eval_tokens), self.device))
-                    result.model = None
-                    self._times.eval_s += time.monotonic() - t_lns
+                t_eval = time.monotonic()  # the model as evaluated (LNS-converted for LNS), measured on its own
+                eval_tokens, compiled = int(req.eval_tokens), req.step.compile_step
+                out.update(final_inference(result, config, data, eval_tokens, self.device, guard, compiled=compiled))
+                self._times.eval_s += time.monotonic() - t_eval
             finally:
                 if guard is not None:
                     guard.stop()

@@ -1,6 +1,6 @@
 """How the trial child (tuner.trial.child) turns a run into the flat outcome mapping it sends the worker: results
 as JSON values, the guard's and torch's measurements, an exception as a one-line summary and a bounded traceback;
-and the LNS evaluation after training. Memory in GiB."""
+and the measured inference pass after training (LNS-converted when the config asks for LNS). Memory in GiB."""
 
 from __future__ import annotations
 
@@ -12,14 +12,32 @@ from typing import Any
 from tuner.units import GIB
 
 
-def lns_evaluate(trained: Any, config: Any, data: Any, eval_tokens: int, device: str) -> dict[str, Any]:
-    """Convert the trained float model's linears to LNS in place and evaluate the converted model."""
+def final_inference(
+    result: Any, config: Any, data: Any, eval_tokens: int, device: str, guard: Any, *, compiled: bool = False
+) -> dict[str, Any]:
+    """The trial's measured inference pass (model.inference.measure_inference) of the model as evaluated: the
+    trained model from `result` (taken out of it, so it is freed here), converted to LNS in place first when the
+    config asks for LNS (its val_loss / val_ppl then replace the float model's). Returns the eval_* result fields;
+    on CUDA also `eval_nvml_gib`, one NVML reading of this process right after the pass (the CUDA context plus the
+    allocator's reserved memory; not a peak), when the guard's NVML lists the process. `compiled`: the training
+    step was torch.compiled (the pass then runs the blocks eagerly)."""
+    from model.inference import measure_inference
     from model.lns_linear import convert_to_lns
-    from model.train import evaluate
 
-    n = convert_to_lns(trained, config)
-    val_loss, val_ppl = evaluate(trained, data, eval_tokens, config, device)
-    return {"lns_converted_linears": int(n), "val_loss": float(val_loss), "val_ppl": float(val_ppl)}
+    trained, result.model = result.model, None
+    out: dict[str, Any] = {}
+    if getattr(config, "lns_enabled", False):  # a DenseConfig has no LNS
+        out["lns_converted_linears"] = int(convert_to_lns(trained, config))
+    m = measure_inference(trained, data, eval_tokens, config, device, eager=compiled)
+    if "lns_converted_linears" in out:
+        out.update(val_loss=m.val_loss, val_ppl=m.val_ppl)
+    out.update(
+        eval_tokens_per_s=m.tokens_per_s, eval_peak_gib=m.peak_gib, eval_peak_kind=m.peak_kind, eval_time_s=m.seconds
+    )
+    used = guard.sample_once() if guard is not None else None
+    if used is not None:
+        out["eval_nvml_gib"] = float(used)
+    return out
 
 
 def result_dict(result: Any) -> dict[str, Any]:

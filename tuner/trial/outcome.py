@@ -53,6 +53,12 @@ RESULT_ATTRS = (
     "val_ppl_float",
     "lns_converted_linears",
     "epochs",
+    # the measured inference pass after training (tuner.trial.child_outcome.final_inference)
+    "eval_tokens_per_s",
+    "eval_peak_gib",
+    "eval_peak_kind",
+    "eval_time_s",
+    "eval_nvml_gib",
 )
 
 

@@ -17,7 +17,10 @@ How each end is recorded (user attr `end_reason` is always set; tuner.trial.outc
   error                   FAIL with `error_summary` + `traceback` (also a child crash).
   environment_error       FAIL (the data or cache could not be used on this worker: not the trial's fault); the
                           worker re-queues the same params, so it does not count against n_trials, and stops.
-Objective values are returned in the spec's metric order (val_ppl, peak_vram_gib, params, tokens_per_s).
+Objective values are returned in the spec's metric order (tuner.study.spec.METRICS). The eval_* metrics are the
+measured inference pass after training: a complete trial without them fails (never a made-up figure); an infeasible
+end never evaluated, so it carries no eval_* attrs and, as for tokens_per_s, placeholder values (eval_tokens_per_s 0,
+eval_peak_gib the end's peak) that its positive constraint already marks infeasible; `objective_note` says so.
 Whatever the end, a recorded learning curve is also stored as the trial's intermediate values (report_curve), except
 on a pruned trial of a multi-objective study: Optuna 5.0's TPE scores pruned trials by their last intermediate value
 through `study.direction`, which raises for several objectives, so every later `ask` of the study would fail (seen
@@ -48,6 +51,8 @@ from tuner.trial.outcome import (
 )
 
 log = logging.getLogger(__name__)
+
+EVAL_METRICS = ("eval_tokens_per_s", "eval_peak_gib")  # measured by the inference pass after training
 
 
 class TrialFailed(Exception):
@@ -161,6 +166,7 @@ def _record_complete(trial: Any, spec: StudySpec, config: Any, outcome: TrialOut
             float(epochs),
         )
     set_trial_attr(trial, "torch_peak_gib", r.get("peak_torch_gib"))
+    set_trial_attr(trial, "peak_vram_gib", peak)  # the training peak, also where it is not an objective (export)
     counts = r.get("param_counts") or expected_param_counts(config)
     set_trial_attr(trial, "params_total", params_total(counts))
     diag = r.get("diagnostics") or {}
@@ -169,13 +175,25 @@ def _record_complete(trial: Any, spec: StudySpec, config: Any, outcome: TrialOut
     set_trial_attr(trial, "stability", {k: v for k, v in diag.items() if k not in ("effective_rank", "gate_sparsity")})
     if trial_attr(trial, "curve") is None and r.get("curve") is not None:
         set_trial_attr(trial, "curve", r["curve"])
+    unmeasured = [m for m in spec.metric_names if m in EVAL_METRICS and r.get(m) is None]
+    if unmeasured:  # the child measures them on every complete run: their absence is a fault, not a value
+        message = f"{unmeasured[0]} was not measured (no inference pass after training); the trial cannot be scored"
+        set_trial_attr(trial, "end_reason", EndReason.ERROR.value)
+        set_trial_attr(trial, "error_summary", message)
+        raise TrialFailed(message)
     over = peak > ceiling
     set_trial_attr(trial, "end_reason", (EndReason.VRAM_CEILING if over else EndReason.COMPLETE).value)
     if over:  # on CPU, or a reference trial on a GPU (the guard only watches it); else the guard stops the run
         set_trial_attr(trial, "ceiling_detected", "after_run")
     set_trial_constraint(trial, peak - ceiling)
     return objective_values(
-        spec, val_ppl=r["val_ppl"], peak=peak, params=params_total(counts), tokens_per_s=r.get("tokens_per_s") or 0.0
+        spec,
+        val_ppl=r["val_ppl"],
+        peak=peak,
+        params=params_total(counts),
+        tokens_per_s=r.get("tokens_per_s") or 0.0,
+        eval_tokens_per_s=r.get("eval_tokens_per_s") or 0.0,
+        eval_peak_gib=r.get("eval_peak_gib") or 0.0,
     )
 
 
@@ -193,6 +211,8 @@ def record_infeasible(
     ceiling = float(spec.vram_ceiling_gib)
     counts = expected_param_counts(config)
     set_trial_attr(trial, "end_reason", reason.value)
+    if any(m in EVAL_METRICS for m in spec.metric_names):
+        note += f"; never evaluated: eval_tokens_per_s = 0, eval_peak_gib = {peak_gib:.3f} (this end's peak)"
     set_trial_attr(trial, "objective_note", note)
     set_trial_attr(trial, "params_total", params_total(counts))
     set_trial_attr(trial, "param_counts", dict(counts))
@@ -204,7 +224,13 @@ def record_infeasible(
         set_trial_attr(trial, "stop_summary", summary)
     set_trial_constraint(trial, max(peak_gib - ceiling, FEASIBLE_EPS_GIB))
     return objective_values(
-        spec, val_ppl=float(config.vocab_size), peak=peak_gib, params=params_total(counts), tokens_per_s=0.0
+        spec,
+        val_ppl=float(config.vocab_size),
+        peak=peak_gib,
+        params=params_total(counts),
+        tokens_per_s=0.0,
+        eval_tokens_per_s=0.0,
+        eval_peak_gib=peak_gib,
     )
 
 
@@ -216,7 +242,14 @@ def record_interrupted(trial: Any, summary: str) -> tuple[float, ...]:
 
 
 def objective_values(
-    spec: StudySpec, *, val_ppl: float, peak: float, params: float, tokens_per_s: float
+    spec: StudySpec,
+    *,
+    val_ppl: float,
+    peak: float,
+    params: float,
+    tokens_per_s: float,
+    eval_tokens_per_s: float = 0.0,
+    eval_peak_gib: float = 0.0,
 ) -> tuple[float, ...]:
     """The objective values in the spec's metric order."""
     table = {
@@ -224,6 +257,8 @@ def objective_values(
         "peak_vram_gib": float(peak),
         "params": float(params),
         "tokens_per_s": float(tokens_per_s),
+        "eval_tokens_per_s": float(eval_tokens_per_s),
+        "eval_peak_gib": float(eval_peak_gib),
     }
     return tuple(table[m] for m in spec.metric_names)
 

@@ -155,3 +155,21 @@ def test_worker_states_alive_stale_stopped():
     old = {"done": {"reason": "done", "at": now - dt.timedelta(days=1)}}
     soon = now + dt.timedelta(seconds=10)
     assert {r["worker"]: r["state"] for r in workers_seen(trials, now=soon, exits=old)}["done"] == "alive"
+
+
+def test_the_inference_study_has_a_reference_point_a_front_and_an_export():
+    names = ["val_ppl", "eval_tokens_per_s", "eval_peak_gib"]
+    directions = ["minimize", "maximize", "minimize"]
+    study = mo_study(directions)
+    add(study, [30.0, 9000.0, 0.02], constraint=-0.5, peak_vram_gib=0.4)  # 0: fast float
+    add(study, [31.0, 7000.0, 0.01], constraint=-0.5, peak_vram_gib=0.4)  # 1: smaller LNS
+    add(study, [32.0, 6000.0, 0.03], constraint=-0.5, peak_vram_gib=0.4)  # 2: dominated by 0
+    trials = study.get_trials()
+    ref = reference_point(names, directions, vocab_size=2048, ceiling_gib=1.0)
+    assert ref == [2048.0, 0.0, 1.0]
+    front = pareto_front(trials, directions)
+    assert [t.number for t in front] == [0, 1]
+    assert hypervolume(front, directions, ref) > 0
+    # the export budget reads the training peak, recorded as a user attr where it is not an objective
+    assert export_choice(trials, names, directions, 0.5).number == 0
+    assert export_choice(trials, names, directions, 0.3) is None

@@ -121,3 +121,27 @@ def test_an_eager_request_leaves_both_switches_off(child, monkeypatch):
     monkeypatch.setattr(model.train, "train_and_evaluate", spy)
     out = _run(child)
     assert seen == [{"compile_step": False, "cuda_graph_step": False}] and out.kind == "error"
+
+
+LNS_TILES = {"lns_bits": 8, "lns_block_size_m": 16, "lns_block_size_n": 32, "lns_block_size_k": 16}
+
+
+@pytest.mark.parametrize("lns", [False, True], ids=["float", "lns"])
+def test_a_trained_trial_measures_its_inference_pass_of_the_model_as_evaluated(child, lns):
+    """A real tiny CPU trial, float or LNS: after training, the model as evaluated (LNS-converted for an LNS config)
+    gets its own timed pass with its own tensor-bytes peak, recorded as eval_tokens_per_s / eval_peak_gib."""
+    out = _run(child, config={**TINY, **LNS_TILES, "lns_enabled": lns}, train_tokens=512)
+    assert out.kind == "complete" and out.result is not None, out.error_summary
+    r = out.result
+    assert r["eval_tokens_per_s"] > 0 and r["eval_time_s"] > 0
+    assert r["eval_tokens_per_s"] == pytest.approx(r["eval_tokens"] / r["eval_time_s"])
+    assert 0 < r["eval_peak_gib"] and r["eval_peak_kind"] == "cpu_tensor_bytes"
+    assert "eval_nvml_gib" not in r  # no NVML on CPU: never a made-up figure
+    if lns:
+        assert r["lns_converted_linears"] > 0
+        assert r["val_ppl"] != r["val_ppl_float"]  # the pass scored the converted (quantised) model
+        assert abs(r["val_ppl"] - r["val_ppl_float"]) / r["val_ppl_float"] < 0.1
+    else:
+        assert "lns_converted_linears" not in r
+        # the extra pass scores the trained float model on the trainer's windows: the trainer's PPL again
+        assert r["val_ppl"] == r["val_ppl_float"]

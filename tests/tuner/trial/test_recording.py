@@ -193,3 +193,31 @@ def test_a_curve_pruned_trial_leaves_a_multi_objective_tpe_study_able_to_sample(
     broken.tell(t, state=TrialState.PRUNED)
     with pytest.raises(RuntimeError, match="multi-objective"):
         spec.space.suggest(broken.ask())
+
+
+INFERENCE = ("val_ppl", "eval_tokens_per_s", "eval_peak_gib")
+
+
+def _with_inference(result: dict, **measured) -> dict:
+    return {**result, "result": {**result["result"], **measured}}
+
+
+def test_the_inference_metrics_are_values_in_spec_order_and_attrs():
+    measured = {"eval_tokens_per_s": 5000.0, "eval_peak_gib": 0.04, "eval_peak_kind": "cpu_tensor_bytes"}
+    t = _run_with_outcome(trial_spec(metrics=INFERENCE), _with_inference(complete_result(), **measured))
+    assert t.state == TrialState.COMPLETE and t.values == [300.0, 5000.0, 0.04]
+    assert {k: t.user_attrs[k] for k in measured} == measured
+    assert t.user_attrs["peak_vram_gib"] == 0.25  # the training peak, kept though it is not an objective
+
+
+def test_a_complete_run_without_its_inference_pass_fails_rather_than_score_a_made_up_value():
+    t = _run_with_outcome(trial_spec(metrics=INFERENCE), complete_result())
+    assert t.state == TrialState.FAIL and t.user_attrs["end_reason"] == "error"
+    assert t.user_attrs["error_summary"].startswith("eval_tokens_per_s was not measured")
+
+
+def test_an_infeasible_end_has_no_inference_attrs_and_placeholder_values_it_names():
+    t = _run_with_outcome(trial_spec(metrics=INFERENCE), {"kind": "vram_ceiling", "peak_gib": 1.4, "wall_s": 1.0})
+    assert t.state == TrialState.COMPLETE and t.values == [float(VOCAB), 0.0, 1.4]
+    assert constraint_value(t) > 0 and not any(k.startswith("eval_") for k in t.user_attrs)
+    assert "never evaluated" in t.user_attrs["objective_note"]
