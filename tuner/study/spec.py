@@ -22,6 +22,7 @@ from tuner.study.space import SearchSpace, holds
 # eval_tokens_per_s / eval_peak_gib: the measured inference pass after training, of the model as evaluated (LNS-
 # converted for lns_enabled configs): its speed (tokens/s) and its own memory peak (GiB); docs/objective.md.
 METRICS = ("val_ppl", "peak_vram_gib", "params", "tokens_per_s", "eval_tokens_per_s", "eval_peak_gib")
+INFERENCE_METRICS = ("eval_tokens_per_s", "eval_peak_gib")  # need the measured pass (TrialRequest.measure_inference)
 MAXIMIZED_METRICS = ("tokens_per_s", "eval_tokens_per_s")  # a direction left out defaults to maximize for these
 DIRECTIONS = ("minimize", "maximize")
 SAMPLERS = ("tpe", "nsga2", "gp", "random", "grid")
@@ -162,6 +163,11 @@ class StudySpec:
     @property
     def metric_names(self) -> list[str]:
         return [o.metric for o in self.objectives]
+
+    @property
+    def measures_inference(self) -> bool:
+        """Whether an objective needs the measured inference pass after training (INFERENCE_METRICS)."""
+        return any(m in INFERENCE_METRICS for m in self.metric_names)
 
     @property
     def directions(self) -> list[str]:

@@ -344,16 +344,16 @@ class _ChildState:
                     on_step=on_step,
                     eval_points=eval_points,
                     on_eval=monitor.on_eval if monitor is not None else None,
-                    return_model=True,  # for the measured inference pass below
+                    return_model=lns or req.measure_inference,  # for the measured inference pass below
                     times=self._times,
                     compile_step=req.step.compile_step,
                     cuda_graph_step=req.step.cuda_graph_step,
                 )
                 out = result_dict(result)
-                t_eval = time.monotonic()  # the model as evaluated (LNS-converted for LNS), measured on its own
-                eval_tokens, compiled = int(req.eval_tokens), req.step.compile_step
-                out.update(final_inference(result, config, data, eval_tokens, self.device, guard, compiled=compiled))
-                self._times.eval_s += time.monotonic() - t_eval
+                if lns or req.measure_inference:  # the model as evaluated (LNS-converted for LNS), on its own
+                    t_eval, compiled, n_eval = time.monotonic(), req.step.compile_step, int(req.eval_tokens)
+                    out.update(final_inference(result, config, data, n_eval, self.device, guard, compiled=compiled))
+                    self._times.eval_s += time.monotonic() - t_eval
             finally:
                 if guard is not None:
                     guard.stop()

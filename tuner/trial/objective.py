@@ -265,6 +265,7 @@ class Objective:
             trial_number=trial.number,
             fault=self.fault,
             step=spec.training.step if step is None else step,
+            measure_inference=spec.measures_inference,
         )
         forward = None
         if self.on_progress is not None:

@@ -84,7 +84,10 @@ class TrialRequest:
     data: a model.data.DataSource. train_tokens / eval_tokens: token budgets.
     ceiling_gib: the VRAM ceiling. eval_points: token counts to evaluate at when there is no pruning monitor (with
     one, the monitor's own log-spaced points are used). fault: test-only tuner.trial.faults.FaultInjection (one or
-    a list). step: how the training step runs (compiled, CUDA-graph replay; tuner.study.spec.StepMode)."""
+    a list). step: how the training step runs (compiled, CUDA-graph replay; tuner.study.spec.StepMode).
+    measure_inference: run the measured inference pass after training (model.inference: eval_tokens_per_s,
+    eval_peak_gib) for a float model too; an LNS config always gets it (its evaluation is that pass). Off unless an
+    objective needs it: the pass is one more validation pass per trial."""
 
     config: dict[str, Any]
     data: Any
@@ -96,6 +99,7 @@ class TrialRequest:
     trial_number: int | None = None
     fault: Any = None
     step: StepMode = StepMode.EAGER
+    measure_inference: bool = False
 
 
 @dataclass

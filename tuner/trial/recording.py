@@ -38,7 +38,7 @@ from tuner.errors import WorkerEnvironmentError
 from tuner.storage._optuna_compat import trial_id
 from tuner.storage.constraints import set_trial_constraint
 from tuner.storage.trial_attrs import EndReason, set_trial_attr, trial_attr
-from tuner.study.spec import StudySpec
+from tuner.study.spec import INFERENCE_METRICS, StudySpec
 from tuner.trial.outcome import (
     ENDINGS,
     FEASIBLE_EPS_GIB,
@@ -52,7 +52,7 @@ from tuner.trial.outcome import (
 
 log = logging.getLogger(__name__)
 
-EVAL_METRICS = ("eval_tokens_per_s", "eval_peak_gib")  # measured by the inference pass after training
+EVAL_METRICS = INFERENCE_METRICS  # measured by the inference pass after training
 
 
 class TrialFailed(Exception):

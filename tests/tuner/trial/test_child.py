@@ -129,8 +129,9 @@ LNS_TILES = {"lns_bits": 8, "lns_block_size_m": 16, "lns_block_size_n": 32, "lns
 @pytest.mark.parametrize("lns", [False, True], ids=["float", "lns"])
 def test_a_trained_trial_measures_its_inference_pass_of_the_model_as_evaluated(child, lns):
     """A real tiny CPU trial, float or LNS: after training, the model as evaluated (LNS-converted for an LNS config)
-    gets its own timed pass with its own tensor-bytes peak, recorded as eval_tokens_per_s / eval_peak_gib."""
-    out = _run(child, config={**TINY, **LNS_TILES, "lns_enabled": lns}, train_tokens=512)
+    gets its own timed pass with its own tensor-bytes peak, recorded as eval_tokens_per_s / eval_peak_gib (a float
+    trial when the request asks for it, an LNS trial always)."""
+    out = _run(child, config={**TINY, **LNS_TILES, "lns_enabled": lns}, train_tokens=512, measure_inference=not lns)
     assert out.kind == "complete" and out.result is not None, out.error_summary
     r = out.result
     assert r["eval_tokens_per_s"] > 0 and r["eval_time_s"] > 0
@@ -145,3 +146,10 @@ def test_a_trained_trial_measures_its_inference_pass_of_the_model_as_evaluated(c
         assert "lns_converted_linears" not in r
         # the extra pass scores the trained float model on the trainer's windows: the trainer's PPL again
         assert r["val_ppl"] == r["val_ppl_float"]
+
+
+def test_a_float_trial_runs_no_extra_pass_unless_an_objective_needs_it(child):
+    """The measured pass is one more validation pass: a float trial whose study has no eval_* objective skips it."""
+    out = _run(child, config=TINY, train_tokens=512)
+    assert out.kind == "complete" and out.result is not None, out.error_summary
+    assert not any(k.startswith("eval_") and k != "eval_tokens" for k in out.result), sorted(out.result)

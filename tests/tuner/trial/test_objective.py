@@ -161,3 +161,29 @@ def test_the_reference_trial_trains_eager_whatever_the_studys_step():
     study.optimize(Objective(spec, runner), n_trials=1, catch=(TrialFailed,))
     t = study.trials[0]
     assert [r.step for r in runner.requests] == [StepMode.EAGER] and t.user_attrs["step_mode"] == "eager"
+
+
+class _CapturingRunner(_NoRunRunner):
+    """A started CPU runner that records the request it was asked to run and answers a complete run."""
+
+    def __init__(self) -> None:
+        self.requests: list = []
+
+    def run(self, request, *a, **k):
+        self.requests.append(request)
+        done = complete_result()
+        done["result"].update(eval_tokens_per_s=1000.0, eval_peak_gib=0.01)
+        return TrialOutcome.from_dict(done)
+
+
+@pytest.mark.parametrize(
+    ("metrics", "measured"),
+    [(("val_ppl", "peak_vram_gib"), False), (("val_ppl", "eval_tokens_per_s", "eval_peak_gib"), True)],
+)
+def test_the_request_asks_for_the_inference_pass_only_when_an_objective_needs_it(metrics, measured):
+    spec = trial_spec(metrics)
+    runner = _CapturingRunner()
+    study = optuna.create_study(directions=spec.directions)
+    study.optimize(Objective(spec, runner), n_trials=1, catch=(TrialFailed,))
+    assert spec.measures_inference is measured and runner.requests[0].measure_inference is measured
+    assert study.trials[0].state == TrialState.COMPLETE
