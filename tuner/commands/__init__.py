@@ -69,13 +69,13 @@ duration_s.__name__ = "duration"
 def add_stop_after_option(p: argparse.ArgumentParser, *, launch: bool = False) -> None:
     """--stop-after DURATION, shared by run, worker and launch: no new trial once it has passed; running trials
     train to their end and are recorded, and the study's n_trials is left for the next run."""
-    start = "when launch starts (each worker, and each restart, gets the time left)" if launch else "at the start"
+    start = "launch's start; each worker, and each restart, gets the time left" if launch else "this command's start"
     p.add_argument(
         "--stop-after",
         type=duration_s,
         default=None,
         metavar="DURATION",
-        help=f"take no new trial after DURATION (90, 90.5, 45s, 8m, 1.5h; the clock starts {start}): running "
+        help=f"take no new trial after DURATION (90, 90.5, 45s, 8m, 1.5h; counted from {start}): running "
         "trials finish and are recorded, then exit 0; the study's remaining budget is left for the next run "
         "(SIGTERM instead interrupts the running trials)",
     )

@@ -1,7 +1,7 @@
 """`tuner run` (tuner.commands.run) in-process on SQLite, without training: a broken environment is one line and
 exit 2 before any trial; each run of a study claims its own sampler seed (the study's on the first run, a distinct
-one on every re-run), so a re-run continues the configuration sequence instead of replaying it; a run whose --stop-after window is
-already over takes no trial and exits 0."""
+one on every re-run), so a re-run continues the configuration sequence instead of replaying it; a run whose
+--stop-after window is already over takes no trial and exits 0."""
 
 from __future__ import annotations
 
