@@ -40,6 +40,55 @@ def float_above(low: float) -> Callable[[str], float]:
     return parse
 
 
+# --stop-after's units: a bare number is seconds. Kept to s/m/h: a window on a lent machine is minutes or hours.
+_DURATION_UNIT_S = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
+DURATION_FORMS = "seconds like 90 or 90.5, or a number with a unit s, m or h like 45s, 8m, 1.5h"
+
+
+def duration_s(text: str) -> float:
+    """An argparse `type` for a duration > 0, returned in seconds: plain seconds ("90", "90.5") or a number with a
+    unit suffix s / m / h ("45s", "8m", "1.5h"). Empty, zero, negative, non-finite or an unknown unit is refused
+    at parse time (argparse turns the message into one line naming the flag)."""
+    t = text.strip().lower()
+    unit = t[-1:] if t[-1:].isalpha() else ""
+    number = t[: len(t) - len(unit)].strip()
+    if unit not in _DURATION_UNIT_S or not number:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration (give {DURATION_FORMS})")
+    try:
+        value = float(number)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration (give {DURATION_FORMS})") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is out of range (give a duration > 0: {DURATION_FORMS})")
+    return value * _DURATION_UNIT_S[unit]
+
+
+duration_s.__name__ = "duration"
+
+
+def add_stop_after_option(p: argparse.ArgumentParser, *, launch: bool = False) -> None:
+    """--stop-after DURATION, shared by run, worker and launch: no new trial once it has passed; running trials
+    train to their end and are recorded, and the study's n_trials is left for the next run."""
+    start = "launch's start; each worker, and each restart, gets the time left" if launch else "this command's start"
+    p.add_argument(
+        "--stop-after",
+        type=duration_s,
+        default=None,
+        metavar="DURATION",
+        help=f"take no new trial after DURATION (90, 90.5, 45s, 8m, 1.5h; counted from {start}): running "
+        "trials finish and are recorded, then exit 0; the study's remaining budget is left for the next run "
+        "(SIGTERM instead interrupts the running trials)",
+    )
+
+
+def window_deadline(args: argparse.Namespace) -> float | None:
+    """The time.monotonic() value after which no new trial is taken: this command's --stop-after from now (None
+    without it). Taken once, when the command starts, so the window counts the command's own start-up."""
+    import time
+
+    return None if args.stop_after is None else time.monotonic() + float(args.stop_after)
+
+
 def add_heartbeat_options(p: argparse.ArgumentParser) -> None:
     """--heartbeat-s / --grace-s, shared by every command that runs or starts workers (run, worker, launch)."""
     p.add_argument(

@@ -1,12 +1,15 @@
 """`tuner launch STUDY.yaml`: create the study if needed and supervise workers, one or several per GPU (or N on CPU).
 
     tuner launch studies/phase1_8gb.yaml --gpus all|0,1 [--per-gpu auto|N] [--mps auto|on|off] [--storage URL]
-    tuner launch studies/quickstart.yaml --workers 2 [--per-gpu N]
+    tuner launch studies/quickstart.yaml --workers 2 [--per-gpu N] [--stop-after DURATION]
 
 --per-gpu auto sizes the workers of each GPU from its free memory (NVML), the study's ceiling and the estimator's
 largest prediction for the space, plus each process's CUDA context, leaving headroom (tuner.trial.packing); --per-gpu
 N is checked against the same sum. A crashed worker is restarted (at most --max-restarts times); SIGTERM is forwarded
 to every worker, whose current trials end as `interrupted` and are re-enqueued; launch exits 0 within 30 s.
+--stop-after DURATION (fixed when launch starts) ends a time window without losing work: no worker takes a new trial
+after it, running trials train to their end and are recorded, and launch exits 0 saying the window ended; the
+study's remaining budget is left for the next launch.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import argparse
 import sys
 from typing import Any
 
-from tuner.commands import add_heartbeat_options, int_at_least
+from tuner.commands import add_heartbeat_options, add_stop_after_option, int_at_least, window_deadline
 
 STATUS_EVERY_S = 60.0  # the worker lines' period when stdout is not a terminal (a log): a terminal refreshes live
 
@@ -50,6 +53,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--max-restarts", type=int_at_least(0), default=3, help="restarts per crashed worker before giving up"
     )
     p.add_argument("--cache-dir", default=None, help="tokenized-data cache shared by the workers")
+    add_stop_after_option(p, launch=True)
     add_heartbeat_options(p)
     p.set_defaults(func=run)
     return p
@@ -121,6 +125,18 @@ def calibration_note(spec: Any, choice: Any) -> str | None:
     return f"VRAM estimate {choice.source}"
 
 
+def window_line(stop_after_s: float, left_s: float) -> str:
+    """What --stop-after means for this launch, with the local time it ends (`left_s` from now: launch's start-up
+    has already used some of the window)."""
+    import datetime
+
+    ends = datetime.datetime.now() + datetime.timedelta(seconds=max(left_s, 0.0))
+    return (
+        f"window {stop_after_s:g} s (--stop-after): no new trial after {ends:%H:%M:%S}; running trials finish and "
+        "are recorded"
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     from tuner.errors import TunerError
     from tuner.storage.connect import open_storage
@@ -134,6 +150,7 @@ def run(args: argparse.Namespace) -> int:
     from tuner.vram.calibration import choose_calibration
     from tuner.vram.nvml import current_device_key, nvml_available
 
+    deadline = window_deadline(args)  # absolute: fixed now, so restarts and late starts get only the time left
     spec = load_spec(args.study_file)
     if args.workers is not None and args.workers < 1:
         raise TunerError(f"--workers {args.workers}: give at least 1")
@@ -181,11 +198,14 @@ def run(args: argparse.Namespace) -> int:
         extra_args=extra,
         per_gpu=counts,
         extra_env=env,
+        deadline=deadline,
     )
     where = f", GPUs {','.join(map(str, gpus))}" if gpus is not None else " (CPU)"
     print(f"launch: {len(launcher.slots)} worker(s) on study {spec.name} at {mask_url(url)}{where}", flush=True)
     for line in plan_lines:
         print(f"launch: {line}", flush=True)
+    if args.stop_after is not None:
+        print(f"launch: {window_line(args.stop_after, launcher.time_left_s() or 0.0)}", flush=True)
     if gpus is not None:
         print(f"launch: {'MPS' if mps.active else 'time-slicing'} ({mps.reason})", flush=True)
         note = calibration_note(spec, choice)

@@ -1,8 +1,10 @@
 """`tuner run STUDY.yaml`: create the study if needed and run its trials with one local worker (the main job).
 
-    tuner run studies/quickstart.yaml [--storage URL] [--n-trials N] [--gpu N]
+    tuner run studies/quickstart.yaml [--storage URL] [--n-trials N] [--gpu N] [--stop-after DURATION]
 
 Shows progress (trials done / total, the current trial's step and loss) and one line per finished trial.
+--stop-after 8m: no new trial after 8 minutes; the running trial finishes and is recorded, and a later run resumes
+the study's remaining budget.
 """
 
 from __future__ import annotations
@@ -12,10 +14,12 @@ from typing import Any
 
 from tuner.commands import (
     add_heartbeat_options,
+    add_stop_after_option,
     add_trial_process_options,
     int_at_least,
     open_worker_storage,
     stop_on_signals,
+    window_deadline,
 )
 
 
@@ -36,6 +40,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--gpu", type=int_at_least(0), default=None, help="physical GPU index to run on (default: the visible one)"
     )
+    add_stop_after_option(p)
     add_heartbeat_options(p)
     add_trial_process_options(p)
     p.set_defaults(func=run)
@@ -44,10 +49,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     with stop_on_signals() as stop:
-        return _run(args, stop)
+        return _run(args, stop, window_deadline(args))
 
 
-def _run(args: argparse.Namespace, stop: Any) -> int:
+def _run(args: argparse.Namespace, stop: Any, deadline: float | None) -> int:
     from tuner.storage._optuna_compat import study_id
     from tuner.storage.samplers import claim_run_seed
     from tuner.storage.studies import create_or_load_study
@@ -92,6 +97,7 @@ def _run(args: argparse.Namespace, stop: Any) -> int:
             cache_dir=args.cache_dir,
             cpu_threads=args.threads or None,
             hooks=display.hooks(),
+            deadline=deadline,
         )
     if code == 0:
         display.summary(url)

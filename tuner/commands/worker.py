@@ -1,12 +1,14 @@
 """`tuner worker --study NAME`: one worker process (one GPU) on a study already in storage.
 
-    tuner worker --study NAME [--storage URL] [--gpu N] [--n-trials N]
+    tuner worker --study NAME [--storage URL] [--gpu N] [--n-trials N] [--stop-after DURATION]
 
-Runs until the study holds its n_trials trials (shared with every other worker) or SIGTERM (the current trial
-ends as `interrupted` and is re-enqueued; exit 0). Exit codes: 0 done or stopped, 2 a user error (the study, the
-flags, or this worker's environment: data folder, --cache-dir), 75 the database stayed unreachable past the outage
-limit (`tuner launch` restarts it), 143 / 130 SIGTERM / SIGINT while the database was unreachable (the trial is
-retried once its heartbeat lapses). Also holds the progress display `tuner run` uses.
+Runs until the study holds its n_trials trials (shared with every other worker), its --stop-after window is over
+(no new trial after it; the running one finishes and is recorded; exit 0, the rest of the budget left for the next
+run) or SIGTERM (the current trial ends as `interrupted` and is re-enqueued; exit 0). Exit codes: 0 done or
+stopped, 2 a user error (the study, the flags, or this worker's environment: data folder, --cache-dir), 75 the
+database stayed unreachable past the outage limit (`tuner launch` restarts it), 143 / 130 SIGTERM / SIGINT while the
+database was unreachable (the trial is retried once its heartbeat lapses). Also holds the progress display
+`tuner run` uses.
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ from typing import Any
 
 from tuner.commands import (
     add_heartbeat_options,
+    add_stop_after_option,
     add_trial_process_options,
     int_at_least,
     open_worker_storage,
     stop_on_signals,
+    window_deadline,
 )
 
 
@@ -39,6 +43,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="trials the study should hold in total, shared by all workers (default: the spec's)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress display, one line per finished trial only")
+    add_stop_after_option(p)
     add_heartbeat_options(p)
     add_trial_process_options(p)
     p.set_defaults(func=run)
@@ -47,10 +52,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     with stop_on_signals() as stop:
-        return _run(args, stop)
+        return _run(args, stop, window_deadline(args))
 
 
-def _run(args: argparse.Namespace, stop: Any) -> int:
+def _run(args: argparse.Namespace, stop: Any, deadline: float | None) -> int:
     from tuner.storage.samplers import worker_seed
     from tuner.storage.studies import load_study
     from tuner.storage.urls import mask_url, resolve_storage_url
@@ -81,6 +86,7 @@ def _run(args: argparse.Namespace, stop: Any) -> int:
             cache_dir=args.cache_dir,
             cpu_threads=args.threads or None,
             hooks=hooks,
+            deadline=deadline,
         )
     return code
 

@@ -1,9 +1,9 @@
 """What a study knows about its workers beyond their trials: a worker's exit record and a running trial's progress.
 
 Both are system attributes, which `optuna trials` / `optuna studies` do not print:
-- study system attr `tuner:worker_exit:<worker id>` = {"reason": "done" | "interrupted", "at": ISO time}: written
-  by a worker that stops cleanly (its budget spent, or SIGTERM/SIGINT). A worker without one that stopped beating
-  was killed or lost (tuner status shows it `stale`).
+- study system attr `tuner:worker_exit:<worker id>` = {"reason": "done" | "interrupted" | "stop_after", "at": ISO
+  time}: written by a worker that stops cleanly (its budget spent, SIGTERM/SIGINT, or its --stop-after window
+  over). A worker without one that stopped beating was killed or lost (tuner status shows it `stale`).
 - trial system attr `tuner:progress` = {"step", "tokens", "loss", "at"}: the running trial's latest progress,
   written at most every PROGRESS_STORE_S seconds, so `tuner status --watch` shows each worker's step. Each is a
   flush point of the trial's held writes (tuner.storage.write_buffer): they go out with it.
@@ -27,7 +27,7 @@ PROGRESS_STORE_S = 10.0  # one small write per running trial every 10 s at most 
 
 
 def record_worker_exit(storage: Any, study: Any, worker_id: str, reason: str) -> None:
-    """Record that `worker_id` stopped cleanly (`reason`: "done" or "interrupted")."""
+    """Record that `worker_id` stopped cleanly (`reason`: "done", "interrupted" or "stop_after")."""
     value = {"reason": str(reason), "at": _dt.datetime.now().isoformat(timespec="seconds")}
     storage.set_study_system_attr(study_id(study), WORKER_EXIT_PREFIX + worker_id, value)
 

@@ -40,13 +40,26 @@ def counted_trials(study: optuna.Study) -> int:
 
 class StudyBudget:
     """Whether this worker may take another trial: the study holds fewer than n_trials counted trials, beyond the
-    trials others are running now. `take_turn` returns True holding the study lock; `release` (called when the
-    taken trial is RUNNING, or if taking it failed) lets the next worker check."""
+    trials others are running now, and the worker's window (`deadline`, a time.monotonic() value: --stop-after) is
+    still open. `take_turn` returns True holding the study lock; `release` (called when the taken trial is RUNNING,
+    or if taking it failed) lets the next worker check. `window_ended` is True once take_turn said no because the
+    deadline had passed."""
 
-    def __init__(self, n_trials: int, stop_event: threading.Event, lock: StudyLock | None = None):
+    def __init__(
+        self,
+        n_trials: int,
+        stop_event: threading.Event,
+        lock: StudyLock | None = None,
+        deadline: float | None = None,
+    ):
         self.n_trials = int(n_trials)
         self.stop_event = stop_event
         self.lock = lock
+        self.deadline = deadline
+        self.window_ended = False
+
+    def past_deadline(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
 
     def remaining(self, study: optuna.Study) -> tuple[int, int]:
         """(budget not yet counted, trials running now) for the whole study."""
@@ -59,13 +72,17 @@ class StudyBudget:
 
     def take_turn(self, study: optuna.Study) -> bool:
         """True when this worker should start another trial (the study lock is then held until `release`); False
-        when the budget is spent or we are stopping.
+        when the budget is spent, the deadline has passed (checked before the lock and the database, so a worker
+        waiting on others' trials or on a database outage stops at it too) or we are stopping.
 
         A storage error that is a connection failure is temporary here (the database restarting): the wait goes
         on, for at most OUTAGE_LIMIT_S in a row."""
 
         outage_since: float | None = None
         while not self.stop_event.is_set():
+            if self.past_deadline():
+                self.window_ended = True
+                return False
             try:
                 if self.lock is not None and not self.lock.acquire(self.stop_event):
                     return False

@@ -56,6 +56,7 @@ class LaunchSummary:
     wall_s: float
     unattributed: int  # finished trials of this launch's time whose worker is no slot of it (another launch)
     median_busy_frac: float | None = None  # the trained trials' gpu_busy_frac, median (None: none recorded)
+    window_ended: bool = False  # a worker of this launch stopped for --stop-after (the study is left unfinished)
 
     @property
     def trained(self) -> int:
@@ -78,13 +79,22 @@ class LaunchSummary:
             f"{self.trained} trained, {self.trained_per_hour:.1f} trained trials per hour"
             + (f"; {self.unattributed} finished by other workers" if self.unattributed else "")
             + (f"; median gpu_busy_frac {self.median_busy_frac:.2f}" if self.median_busy_frac is not None else "")
+            + (
+                "; --stop-after window ended (the rest of the budget is left for the next launch)"
+                if self.window_ended
+                else ""
+            )
         )
         return out
 
 
 def trial_pid(trial: Any) -> int | None:
     """The pid in a trial's `worker` user attr (host:pid[:gpuN]), or None."""
-    worker = trial.user_attrs.get("worker")
+    return worker_pid(trial.user_attrs.get("worker"))
+
+
+def worker_pid(worker: Any) -> int | None:
+    """The pid in a worker id (host:pid[:gpuN]), or None."""
     if not isinstance(worker, str):
         return None
     parts = worker.split(":")
@@ -101,11 +111,27 @@ def is_trained(trial: Any) -> bool:
     )
 
 
+def stopped_for_window(exits: dict[str, dict[str, Any]], pids: Iterable[int], *, since: Any = None) -> bool:
+    """True when a worker of `pids` recorded the exit reason `stop_after`. exits: tuner.storage.workers.worker_exits
+    (worker id -> {"reason", "at"}); since: a datetime, exits before it (an earlier launch) are left out."""
+    mine = set(pids)
+    return any(
+        e.get("reason") == "stop_after" and worker_pid(wid) in mine and (since is None or e["at"] >= since)
+        for wid, e in exits.items()
+    )
+
+
 def summarize(
-    trials: Iterable[Any], slots: Sequence[tuple[str, Sequence[int], int]], wall_s: float, *, since: Any = None
+    trials: Iterable[Any],
+    slots: Sequence[tuple[str, Sequence[int], int]],
+    wall_s: float,
+    *,
+    since: Any = None,
+    window_ended: bool = False,
 ) -> LaunchSummary:
     """Summarize the finished `trials` (Optuna FrozenTrials) by slot. slots: (label, pids, restarts) each.
-    since: a datetime; trials that started before it (an earlier launch on the same study) are left out."""
+    since: a datetime; trials that started before it (an earlier launch on the same study) are left out.
+    window_ended: the launch's workers stopped for --stop-after (said in the totals line)."""
     by_pid = {pid: i for i, (_, pids, _) in enumerate(slots) for pid in pids}
     counts = [{"complete": 0, "pruned": 0, "failed": 0, "trained": 0} for _ in slots]
     unattributed = 0
@@ -126,7 +152,13 @@ def summarize(
             busy.append(float(frac))
     rows = tuple(SlotSummary(label, restarts=restarts, **c) for (label, _, restarts), c in zip(slots, counts))
     median = sorted(busy)[len(busy) // 2] if busy else None
-    return LaunchSummary(rows=rows, wall_s=float(wall_s), unattributed=unattributed, median_busy_frac=median)
+    return LaunchSummary(
+        rows=rows,
+        wall_s=float(wall_s),
+        unattributed=unattributed,
+        median_busy_frac=median,
+        window_ended=window_ended,
+    )
 
 
 class LaunchDisplay:
@@ -195,10 +227,15 @@ class LaunchDisplay:
     def summary(self, storage: Any, study_name: str) -> LaunchSummary:
         """Print and return the summary of this launch's trials (read from `storage`)."""
         from tuner.storage.studies import load_study
+        from tuner.storage.workers import worker_exits
 
         study = load_study(study_name, storage)
         slots = [(s.label, s.pids, s.restarts) for s in self.launcher.slots]
-        summary = summarize(study.get_trials(deepcopy=False), slots, self.launcher.wall_s, since=self.started_at)
+        pids = [pid for s in self.launcher.slots for pid in s.pids]
+        ended = stopped_for_window(worker_exits(storage, study), pids, since=self.started_at)
+        summary = summarize(
+            study.get_trials(deepcopy=False), slots, self.launcher.wall_s, since=self.started_at, window_ended=ended
+        )
         for line in summary.lines():
             self.console.print(line, highlight=False, markup=False)
         return summary

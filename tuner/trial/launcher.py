@@ -9,8 +9,11 @@ The supervisor restarts a worker that exits non-zero (at most `max_restarts` tim
 crashing is given up and reported; exit code 2, a user error, is never restarted; exit 75, the database unreachable
 past the outage limit, is always restarted and not counted as a crash: the new worker waits for the database),
 leaves a worker that exits 0
-finished (the study's shared budget is spent), and forwards SIGTERM/SIGINT to every worker, which end their
-current trials as `interrupted` (re-enqueued) and exit 0.
+finished (the study's shared budget is spent, or its --stop-after window is over), and forwards SIGTERM/SIGINT to
+every worker, which end their current trials as `interrupted` (re-enqueued) and exit 0.
+With a `deadline` (launch's --stop-after, fixed when launch starts) each worker is started, and restarted, with
+`--stop-after` set to the time left; once it has passed no worker is started or restarted (a crash after it is
+reported, not retried: a new worker could take no trial), so the workers' own windows end the launch with exit 0.
 Workers still running `SHUTDOWN_KILL_S` after the signal are killed, so launch exits within 30 s.
 """
 
@@ -37,6 +40,9 @@ log = logging.getLogger(__name__)
 
 SHUTDOWN_KILL_S = 25.0  # < 30 s: the promise of `tuner launch` on SIGTERM
 POLL_S = 0.2
+# The shortest window a worker is started with: --stop-after is printed to the ms and must be > 0 to parse. Less time
+# left than this and the slot is closed instead (its worker could take no trial).
+MIN_WINDOW_S = 0.001
 # Between worker starts. Workers started together ask for their first trial at the same instant, and on SQLite
 # (no row locks) two of them can both take the same enqueued WAITING trial (Optuna reads its state, then writes
 # RUNNING); the later `tell` then fails with "Cannot tell a COMPLETE trial" and that worker restarts. Spacing the
@@ -90,8 +96,11 @@ class _Slot:
 class Launcher:
     """Supervise one worker per slot: `per_gpu` slots on each of `gpus` (one count for all, or one per GPU), or
     `workers` x `per_gpu` CPU slots.
-    `run()` returns 0 when all workers finished (or were stopped by a signal), 1 when a slot was given up after too
-    many crashes.
+    `run()` returns 0 when all workers finished (or were stopped by a signal, or by the deadline), 1 when a slot was
+    given up after too many crashes.
+
+    deadline: a time.monotonic() value (launch's --stop-after): workers get the time left as their --stop-after,
+    and none is started or restarted once it has passed (None: no window).
 
     extra_env: added to every worker's environment (MPS pipe, the reference trial's ceiling). on_line: receives each
     line a worker prints, prefixed with its slot (default: print it). on_tick: called about every POLL_S while
@@ -111,6 +120,7 @@ class Launcher:
         extra_env: dict[str, str] | None = None,
         on_line: Callable[[str], None] | None = None,
         on_tick: Callable[[], None] | None = None,
+        deadline: float | None = None,
     ):
         if gpus is None and not workers:
             raise TunerError("tuner launch: give --gpus all|0,1 or --workers N")
@@ -127,6 +137,7 @@ class Launcher:
         self.extra_env = dict(extra_env or {})
         self.on_line = on_line or (lambda line: print(line, flush=True))
         self.on_tick = on_tick
+        self.deadline = deadline
         self.stop_event = threading.Event()
         self._status_dir = Path(tempfile.mkdtemp(prefix="tuner-launch-"))
         for slot in self.slots:
@@ -142,7 +153,26 @@ class Launcher:
             cmd += ["--gpu", str(slot.gpu)]
         if self.n_trials is not None:
             cmd += ["--n-trials", str(self.n_trials)]
+        left = self.time_left_s()
+        if left is not None:
+            cmd += ["--stop-after", f"{max(left, MIN_WINDOW_S):.3f}"]
         return cmd
+
+    def time_left_s(self) -> float | None:
+        """Seconds until the deadline (negative once past), or None without one."""
+        return None if self.deadline is None else self.deadline - time.monotonic()
+
+    def window_closed(self) -> bool:
+        left = self.time_left_s()
+        return left is not None and left < MIN_WINDOW_S
+
+    def _start_in_window(self, slot: _Slot, why: str) -> None:
+        """Start `slot`'s worker, or, the window being over, close the slot (finished) with one log line."""
+        if self.window_closed():
+            slot.finished = True
+            log.warning("launch: worker %s %s after the --stop-after window ended; not starting it", slot.label, why)
+            return
+        self._start(slot)
 
     def _start(self, slot: _Slot) -> None:
         env = {**os.environ, **self.extra_env, "TUNER_STORAGE": self.storage_url}
@@ -192,7 +222,7 @@ class Launcher:
             for k, slot in enumerate(self.slots):
                 if k and self.stop_event.wait(START_STAGGER_S):
                     break
-                self._start(slot)
+                self._start_in_window(slot, "is due to start")
             while not self.stop_event.is_set():
                 if self._supervise_once():
                     break
@@ -226,6 +256,9 @@ class Launcher:
             if code == EXIT_USER_ERROR:  # a user error (one line printed by the worker): restarting cannot fix it
                 slot.gave_up = True
                 log.error("launch: worker exited with a user error (exit code 2); not restarting it")
+                continue
+            if self.window_closed():  # a worker restarted now could take no trial: report the exit, close the slot
+                self._start_in_window(slot, f"exited with {code}")
                 continue
             if code == EXIT_STORAGE_UNAVAILABLE:  # the database was down past the outage limit: not a crash
                 log.warning(

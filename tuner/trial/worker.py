@@ -33,6 +33,10 @@ another's configurations; `tuner run` claims a per-run seed (tuner.storage.sampl
 seed on a study's first run, a distinct one for each re-run or concurrent run). The seed used is logged and stored
 as study system attr `tuner:sampler_seed:<worker id>`.
 
+--stop-after (`deadline`): once it has passed the worker takes no new trial (checked where the budget is, before
+ask); a trial already running trains to its end and is recorded as usual, the worker exits 0 with one line and
+records the exit reason `stop_after`; the study's n_trials is untouched, so the next run resumes it.
+
 SIGTERM / SIGINT: the current trial is asked to stop at its next step (killed after a grace period), ends FAIL
 with end_reason `interrupted`, and is re-enqueued with the same params through RetryHeartbeatStaleTrialCallback's
 own logic (so the retry records `failed_trial` / `retry_history` exactly like a heartbeat retry); then the worker
@@ -47,6 +51,7 @@ import os
 import signal
 import socket
 import threading
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -96,6 +101,7 @@ def run_worker(
     cpu_threads: int | None = 1,
     install_signal_handlers: bool = True,
     standby: bool | None = None,
+    deadline: float | None = None,
 ) -> int:
     """Run trials of `spec`'s study in `storage` (created if needed) until the study holds `n_trials` counted
     trials (default: the spec's n_trials) or SIGTERM/SIGINT arrives. Returns the exit code: 0, or 128 + the signal
@@ -111,6 +117,8 @@ def run_worker(
     fault: test-only tuner.trial.faults.FaultInjection (one, or a list).
     cpu_threads: torch threads of a CPU trial child (see TrialRunner).
     standby: keep a standby trial child (see TrialRunner; None: on CUDA only).
+    deadline: a time.monotonic() value after which no new trial is taken (--stop-after; None: no window). Already
+        past at the start: no trial child is started and no trial taken.
     Raises WorkerEnvironmentError (exit 2) when this worker's environment cannot run trials (checked before any
     trial is taken; a trial that meets it anyway is re-queued, so the budget is untouched), StorageUnavailable
     (exit 75) when the database stays unreachable longer than the storage's outage limit.
@@ -133,7 +141,9 @@ def run_worker(
     stop_event = storage.abort
     budget_n = int(n_trials if n_trials is not None else spec.n_trials)
     runner = TrialRunner(gpu=gpu, cache_dir=cache, cpu_threads=cpu_threads, standby=standby)
-    if budget_n > 0:
+    # A worker whose window has already closed (started too late) takes no trial: it opens no device either.
+    will_run = budget_n > 0 and (deadline is None or time.monotonic() < deadline)
+    if will_run:
         # The child imports torch and the model, opens the device and the data while this process opens the study,
         # takes its first turn and asks its first trial: that trial finds it ready, or nearly, instead of starting it.
         runner.prestart(_warm_data(spec))
@@ -143,7 +153,7 @@ def run_worker(
         if spec.sampler.seed is not None:
             storage.set_study_system_attr(study_id(opt_study), f"{SEED_ATTR_PREFIX}{worker_id}", seed)
             log.info("worker %s: sampler seed %s (study seed %s)", worker_id, seed, spec.sampler.seed)
-        if budget_n > 0 and spec.training.step.needs_cuda:  # the device is the child's: wait for it, refuse now
+        if will_run and spec.training.step.needs_cuda:  # the device is the child's: wait for it, refuse now
             runner.ensure_started()
             problem = spec.training.step.device_problem(str(runner.device))
             if problem is not None:
@@ -171,11 +181,14 @@ def run_worker(
         on_trial_start=hooks.on_trial_start,
         fault=fault,
     )
-    budget = StudyBudget(budget_n, stop_event, StudyLock(storage, study_id(opt_study)))
+    budget = StudyBudget(budget_n, stop_event, StudyLock(storage, study_id(opt_study)), deadline=deadline)
 
     writes = buffer_of(storage)
+    taken = 0  # trials this worker took (the --stop-after line says how many)
 
     def take(trial: optuna.trial.Trial) -> tuple[float, ...]:
+        nonlocal taken
+        taken += 1
         budget.release()  # the trial is RUNNING in storage: the next worker may check the budget
         if writes is not None:  # its attrs and curve are written together at its flush points, not one by one
             writes.hold(trial_id(trial))
@@ -233,8 +246,21 @@ def run_worker(
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         storage.remove_session()
-    _record_exit(storage, opt_study, worker_id, "interrupted" if stop_event.is_set() else "done")
-    if not stop_event.is_set():
+    if stop_event.is_set():
+        _record_exit(storage, opt_study, worker_id, "interrupted")
+    elif budget.window_ended and (held := counted_trials(opt_study)) < budget_n:
+        _record_exit(storage, opt_study, worker_id, "stop_after")
+        # WARNING, not INFO: the CLI installs no log handler, so this is the level that reaches the user's output
+        # (and `tuner launch`'s log), and a study left short of its n_trials is worth seeing.
+        log.warning(
+            "worker %s: --stop-after reached; %d trial(s) this worker, study holds %d of %d",
+            worker_id,
+            taken,
+            held,
+            budget_n,
+        )
+    else:
+        _record_exit(storage, opt_study, worker_id, "done")
         log.info(
             "worker %s: done (%d counted trials in study %s at %s)",
             worker_id,

@@ -1,6 +1,7 @@
 """`tuner worker` (tuner.commands.worker) end to end in-process on SQLite, without training: a worker whose
 environment is broken stops before taking a trial with one line and exit 2; an unknown study is one line, exit 2;
-the signal handlers the command installs are restored when it ends."""
+the signal handlers the command installs are restored when it ends; a worker whose --stop-after window is already
+over takes no trial and exits 0."""
 
 from __future__ import annotations
 
@@ -37,3 +38,21 @@ def test_an_unknown_study_is_one_line(tmp_path, capsys):
     assert main(["worker", "--study", "nope", "--storage", url]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "study 'nope' not found" in err[0] and "w" in err[0]
+
+
+def test_a_worker_whose_window_is_over_takes_no_trial_and_exits_0(tmp_path, caplog):
+    from tuner.storage.connect import open_storage
+    from tuner.storage.workers import worker_exits
+
+    url = f"sqlite:///{tmp_path / 't.db'}"
+    _create(tmp_path, url)
+    with caplog.at_level("WARNING", logger="tuner.trial.worker"):
+        code = main(
+            ["worker", "--study", "w", "--storage", url, "--quiet", "--cache-dir", str(tmp_path / "c")]
+            + ["--stop-after", "0.001"]
+        )
+    assert code == 0
+    assert any("--stop-after reached; 0 trial(s) this worker" in r.getMessage() for r in caplog.records)
+    study = optuna.load_study(study_name="w", storage=url)
+    assert study.trials == []
+    assert [e["reason"] for e in worker_exits(open_storage(url), study).values()] == ["stop_after"]

@@ -86,3 +86,27 @@ def test_retry_interrupted_requeues_only_interrupted_failures_and_stops_when_ask
     states = [(t.number, t.state.name, t.user_attrs.get("end_reason")) for t in study.trials]
     assert states == [(0, "FAIL", "error"), (1, "FAIL", "interrupted"), (2, "WAITING", None)]  # stopped after 1
     assert study.trials[2].system_attrs == {"failed_trial": 1, "retry_history": [1]}
+
+
+def test_a_passed_deadline_ends_the_turns_and_says_so():
+    study = optuna.create_study()
+    stop = threading.Event()
+    open_window = StudyBudget(10, stop, deadline=time.monotonic() + 60)
+    assert open_window.take_turn(study) is True and open_window.window_ended is False
+    closed = StudyBudget(10, stop, deadline=time.monotonic() - 1)
+    assert closed.take_turn(study) is False and closed.window_ended is True  # budget left, but no new trial
+    spent = StudyBudget(0, stop, deadline=time.monotonic() + 60)
+    assert spent.take_turn(study) is False and spent.window_ended is False  # the budget, not the window, ended it
+
+
+def test_the_deadline_ends_a_wait_on_other_workers_trials(monkeypatch):
+    """Every remaining trial runs on another worker: the waiting worker stops at its deadline instead of waiting
+    for them (they finish on their own workers)."""
+    monkeypatch.setattr(budget, "WAIT_POLL_S", 0.05)
+    study = optuna.create_study()
+    _add(study, TrialState.COMPLETE, [1.0])
+    study.ask()  # another worker's trial: the last one of a budget of 2
+    b = StudyBudget(2, threading.Event(), deadline=time.monotonic() + 0.3)
+    t0 = time.monotonic()
+    assert b.take_turn(study) is False and b.window_ended is True
+    assert 0.25 <= time.monotonic() - t0 < 5.0

@@ -7,7 +7,7 @@ import datetime
 
 import optuna
 
-from tuner.trial.launch_view import is_trained, summarize, trial_pid, worker_line
+from tuner.trial.launch_view import is_trained, stopped_for_window, summarize, trial_pid, worker_line
 from tuner.trial.worker_status import WorkerStatus
 
 State = optuna.trial.TrialState
@@ -80,3 +80,20 @@ def test_trial_pid_and_trained():
     assert not is_trained(_trial(0, State.COMPLETE, "h:1", "predicted_over_ceiling"))
     assert is_trained(_trial(0, State.COMPLETE, "h:1", "oom"))
     assert not is_trained(_trial(0, State.PRUNED, "h:1", "timeout"))
+
+
+def test_the_totals_line_says_the_window_ended_when_a_worker_stopped_for_it():
+    now = datetime.datetime.now()
+    exits = {
+        "h:10:gpu0": {"reason": "stop_after", "at": now + datetime.timedelta(seconds=5)},
+        "h:11:gpu0": {"reason": "done", "at": now + datetime.timedelta(seconds=5)},
+        "h:30": {"reason": "stop_after", "at": now - datetime.timedelta(hours=1)},  # an earlier launch's worker
+    }
+    assert stopped_for_window(exits, [10], since=now)
+    assert not stopped_for_window(exits, [11], since=now)  # its budget was spent
+    assert not stopped_for_window(exits, [30], since=now)  # before this launch
+    assert not stopped_for_window(exits, [99], since=now)  # no worker of this launch
+    trials = [_trial(0, State.COMPLETE, "h:10:gpu0", "complete")]
+    ended = summarize(trials, [("w0", [10], 0)], wall_s=60.0, window_ended=True).lines()[-1]
+    assert ended.endswith("; --stop-after window ended (the rest of the budget is left for the next launch)")
+    assert "window" not in summarize(trials, [("w0", [10], 0)], wall_s=60.0).lines()[-1]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -124,3 +125,26 @@ def test_an_outage_exit_is_restarted_without_counting_as_a_crash(tmp_path: Path)
     assert launcher.run(install_signal_handlers=False) == 0
     (slot,) = launcher.slots
     assert slot.exit_codes == [75, 75, 75, 0] and slot.finished and slot.restarts == 0
+
+
+def test_each_worker_gets_the_time_left_in_the_window():
+    launcher = Launcher("unit", "sqlite:///x.db", workers=1, deadline=time.monotonic() + 100.0)
+    cmd = launcher._command(launcher.slots[0])
+    i = cmd.index("--stop-after")
+    assert 99.0 < float(cmd[i + 1]) <= 100.0
+    assert "--stop-after" not in Launcher("unit", "sqlite:///x.db", workers=1)._command(_Slot(None))
+
+
+def test_no_restart_and_no_late_start_after_the_window():
+    """Slot w0's worker crashes after the deadline: it is not restarted (a new worker could take no trial) and the
+    launch still ends 0; slot w1 was due to start after the deadline (the start stagger) and never starts."""
+    launcher = _ScriptedLauncher(
+        "import time; time.sleep(0.6); raise SystemExit(1)",
+        workers=2,
+        max_restarts=3,
+        deadline=time.monotonic() + 0.2,
+    )
+    assert launcher.run(install_signal_handlers=False) == 0
+    w0, w1 = launcher.slots
+    assert w0.exit_codes == [1] and w0.restarts == 0 and w0.finished and not w0.gave_up
+    assert w1.pids == [] and w1.finished

@@ -1,5 +1,7 @@
 """run_worker's wiring (tuner.trial.worker) without training: the study is created from the spec, the caller's
-sampler seed is used and recorded, a spent budget starts no trial child, and a study made outside tuner is refused."""
+sampler seed is used and recorded, a spent budget starts no trial child, and a study made outside tuner is refused;
+and, training for real on CPU, what a worker does around its trials (a warm child, a dying child, a --stop-after
+window)."""
 
 from __future__ import annotations
 
@@ -197,3 +199,83 @@ def test_a_compile_graphs_study_on_a_cpu_worker_is_refused_before_any_trial(tmp_
     msg = str(info.value)
     assert "\n" not in msg and msg.startswith("study unit: training.step compile_graphs replays CUDA graphs"), msg
     assert optuna.load_study(study_name=spec.name, storage=url).trials == []
+
+
+@pytest.mark.slow
+def test_a_window_that_ends_during_a_trial_lets_it_finish_and_takes_no_other(tmp_path, caplog):
+    """--stop-after's deadline passes while trial 0 is RUNNING (its start hook waits past it, before any training):
+    the trial still trains to its end and is recorded COMPLETE (not interrupted, no re-queued copy), the worker
+    takes no second trial of its budget of 3, exits 0 with one line, and records the exit reason stop_after."""
+    import datetime
+    import time
+
+    from tests.tuner.tiny import trial_spec
+    from tuner.storage.workers import worker_exits
+    from tuner.trial.worker import WorkerHooks
+
+    window_s = 3.0  # the worker reaches its first trial in about 0.6 s here: ample room, still a short test
+    deadline = time.monotonic() + window_s
+    passed_at: list[datetime.datetime] = []
+
+    def wait_past_the_deadline(number: int, params: dict) -> None:
+        assert time.monotonic() < deadline, "the worker reached its first trial after the window: machine too slow"
+        time.sleep(deadline - time.monotonic() + 0.05)
+        passed_at.append(datetime.datetime.now())
+
+    spec = trial_spec()
+    url = f"sqlite:///{tmp_path / 'tuner.db'}"
+    storage = open_storage(url)
+    with caplog.at_level("WARNING", logger="tuner.trial.worker"):
+        code = run_worker(
+            spec,
+            storage=storage,
+            seed=0,
+            worker_id="host:1",
+            n_trials=3,
+            cache_dir=tmp_path / "cache",
+            hooks=WorkerHooks(on_trial_start=wait_past_the_deadline),
+            install_signal_handlers=False,
+            deadline=deadline,
+        )
+    assert code == 0 and len(passed_at) == 1  # one trial started: none after the deadline
+    study = optuna.load_study(study_name=spec.name, storage=url)
+    (trial,) = study.trials  # no second trial, no WAITING retry
+    assert trial.state.name == "COMPLETE" and trial.user_attrs["end_reason"] == "complete", trial.user_attrs
+    assert trial.user_attrs["phase_s"]["train"] > 0 and trial.datetime_complete > passed_at[0]  # trained after it
+    assert "retry_history" not in trial.system_attrs
+    assert worker_exits(storage, study)["host:1"]["reason"] == "stop_after"
+    lines = [r.getMessage() for r in caplog.records if "--stop-after" in r.getMessage()]
+    assert lines == ["worker host:1: --stop-after reached; 1 trial(s) this worker, study holds 1 of 3"]
+
+
+def test_a_window_already_over_takes_no_trial(tmp_path, caplog):
+    """A worker started after its deadline (a late start) takes no trial, exits 0 with its one line and records
+    stop_after; the study's budget is untouched."""
+    import time
+
+    from tests.tuner.tiny import trial_spec
+    from tuner.storage.workers import worker_exits
+    from tuner.trial.worker import WorkerHooks
+
+    started: list[int] = []
+    spec = trial_spec()
+    url = f"sqlite:///{tmp_path / 'tuner.db'}"
+    storage = open_storage(url)
+    with caplog.at_level("WARNING", logger="tuner.trial.worker"):
+        code = run_worker(
+            spec,
+            storage=storage,
+            seed=0,
+            worker_id="host:1",
+            cache_dir=tmp_path / "cache",
+            hooks=WorkerHooks(on_trial_start=lambda number, params: started.append(number)),
+            install_signal_handlers=False,
+            deadline=time.monotonic() - 1.0,
+        )
+    assert code == 0 and started == []
+    study = optuna.load_study(study_name=spec.name, storage=url)
+    assert study.trials == []
+    assert worker_exits(storage, study)["host:1"]["reason"] == "stop_after"
+    assert [r.getMessage() for r in caplog.records if "--stop-after" in r.getMessage()] == [
+        "worker host:1: --stop-after reached; 0 trial(s) this worker, study holds 0 of 4"
+    ]
