@@ -30,8 +30,17 @@ from typing import Any
 
 import yaml
 
+from testing.pg_servers import (
+    MAIN,
+    OUTAGE,
+    PgServer,
+    ensure_outage_server,
+    server_of,
+    wait_for,
+)
+
 REPO = Path(__file__).resolve().parents[1]
-PG_ADMIN_URL = os.environ.get("TUNER_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+PG_ADMIN_URL = MAIN.admin_url  # the shared server; outage tests use testing.pg_servers.OUTAGE
 # Tokenized data shared by every test and worker process of this suite (prepared once, memory-mapped).
 CACHE_DIR = Path(tempfile.gettempdir()) / "phase1_reliability_cache"
 TEST_GRACE_S = 6  # grace period the SIGKILL tests run with (product default: tuner.storage.GRACE_PERIOD_S)
@@ -216,16 +225,6 @@ def session_pids(pgid: int) -> list[int]:
     return [int(x) for x in out.split()]
 
 
-def wait_for(pred: Callable[[], Any], timeout: float, poll: float = 0.2, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(poll)
-    raise TimeoutError(f"{what} not reached within {timeout:.0f} s")
-
-
 # --- storage inspection -----------------------------------------------------------------------------------------------
 
 
@@ -269,21 +268,24 @@ def study_accounting(url: str, name: str) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def scratch_pg_database(
-    prefix: str, before_create: Callable[[], Any] | None = None, before_drop: Callable[[], Any] | None = None
+    prefix: str,
+    before_create: Callable[[], Any] | None = None,
+    before_drop: Callable[[], Any] | None = None,
+    server: PgServer = MAIN,
 ) -> Iterator[str]:
-    """A new database `<prefix>_<12 hex>` on the local server, yielded as its SQLAlchemy URL, then dropped (its
-    sessions terminated first). before_create / before_drop: called first, for callers whose tests stop or restart
-    the server (wait for it, or start it); the admin engine pre-pings for the same reason."""
+    """A new database `<prefix>_<12 hex>` on `server` (default the shared one), yielded as its SQLAlchemy URL, then
+    dropped (its sessions terminated first). before_create / before_drop: called first, for callers whose tests stop
+    or restart the server (wait for it, or start it); the admin engine pre-pings for the same reason."""
     import sqlalchemy as sa
 
     if before_create is not None:
         before_create()
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
+    admin = sa.create_engine(server.admin_url, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
     with admin.connect() as conn:
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
     try:
-        yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+        yield server.admin_url.rsplit("/", 1)[0] + f"/{name}"
     finally:
         if before_drop is not None:
             before_drop()
@@ -300,42 +302,35 @@ def scratch_pg_database(
 
 
 @contextlib.contextmanager
-def fresh_pg_database() -> Iterator[str]:
-    """A new database on the local server, dropped afterwards, safe across a server restart: the server is started
-    again before the drop if a test left it stopped."""
-    with scratch_pg_database("tuner_rel", before_drop=ensure_pg_running) as url:
+def fresh_pg_database(server: PgServer = MAIN) -> Iterator[str]:
+    """A new database on `server`, dropped afterwards, safe across a server restart: the server is started again
+    before the drop if a test left it stopped. Tests that stop the server pass testing.pg_servers.OUTAGE (created on
+    first use), so tests running beside them on the shared server are never cut off."""
+    before = ensure_outage_server if server is OUTAGE else None
+    with scratch_pg_database(
+        "tuner_rel", before_create=before, before_drop=server.ensure_running, server=server
+    ) as url:
         yield url
 
 
-# --- Postgres control -------------------------------------------------------------------------------------------------
+# --- Postgres control (testing.pg_servers): the server is the one the test's database URL names -----------------------
 
 
-def pg_version() -> str:
-    return sorted(os.listdir("/etc/postgresql"))[0]
+def pg_ready(url: str | None = None) -> bool:
+    """Whether the server of `url` (None: the shared one) accepts connections."""
+    return (MAIN if url is None else server_of(url)).ready()
 
 
-def pg_ready() -> bool:
-    return subprocess.run(["pg_isready", "-h", "127.0.0.1", "-p", "5432", "-q"]).returncode == 0
+def pg_ctl(action: str, url: str) -> None:
+    """Stop or start the server that holds `url`'s database (never a default: a scenario stops only its own)."""
+    server_of(url).ctl(action)
 
 
-def pg_ctl(action: str) -> None:
-    """Stop or start the local server. Starting one that is already running is not an error: another session's
-    safety net (tests/reliability/conftest.py) may have started it again during a deliberate outage."""
-    r = subprocess.run(
-        ["pg_ctlcluster", "--skip-systemctl-redirect", pg_version(), "main", action],
-        capture_output=True,
-        timeout=60,
-    )
-    if r.returncode != 0 and not (action == "start" and b"already running" in r.stdout + r.stderr):
-        raise subprocess.CalledProcessError(r.returncode, r.args, r.stdout, r.stderr)
-
-
-def ensure_pg_running() -> None:
-    """Start the local server if it is down (the suite's safety net: it must be up whatever a test did)."""
-    if not pg_ready():
-        with contextlib.suppress(subprocess.CalledProcessError):
-            pg_ctl("start")
-        wait_for(pg_ready, 30, 0.5, "postgres accepting connections")
+def ensure_pg_running(url: str | None = None) -> None:
+    """Start the server of `url` (None: the shared one) if it is down, and wait for it: a scenario's safety net for
+    its own server. Never the outage server for another test: it may be down on purpose (ensure_all_running is for
+    the end of the session)."""
+    (MAIN if url is None else server_of(url)).ensure_running()
 
 
 # --- measurements (tests assert on them; bench/reliability.py reports them) -------------------------------------
@@ -524,11 +519,11 @@ def measure_pg_restart(
         before = wait_for(progressed, 400, 0.5, "a completed trial and a running one")
         t0 = time.monotonic()
         try:
-            pg_ctl("stop")
+            pg_ctl("stop", url)
             time.sleep(outage_s)
         finally:
-            pg_ctl("start")
-            wait_for(pg_ready, 30, 0.2, "postgres back")
+            pg_ctl("start", url)
+            wait_for(lambda: pg_ready(url), 30, 0.2, "postgres back")
         outage = time.monotonic() - t0
         codes = [w.wait(600) for w in ws]
         acc = study_accounting(url, name)
@@ -544,7 +539,7 @@ def measure_pg_restart(
             "logs": _logs(logs),
         }
     finally:
-        ensure_pg_running()
+        ensure_pg_running(url)
         for w in ws:
             stop_process(w)
 
@@ -572,11 +567,11 @@ def measure_heartbeat_outage(
         )
         time.sleep(3.0)
         try:
-            pg_ctl("stop")
+            pg_ctl("stop", url)
             time.sleep(outage_s)
         finally:
-            pg_ctl("start")
-            wait_for(pg_ready, 30, 0.2, "postgres back")
+            pg_ctl("start", url)
+            wait_for(lambda: pg_ready(url), 30, 0.2, "postgres back")
         time.sleep(grace_s + 2 * heartbeat_s + 2.0)  # long enough for a trial without heartbeats to go stale
         mid = next(t for t in trials(url, name) if t.number == victim.number)
         codes = [a.wait(300), b.wait(300)]
@@ -589,7 +584,7 @@ def measure_heartbeat_outage(
             "logs": _logs(logs),
         }
     finally:
-        ensure_pg_running()
+        ensure_pg_running(url)
         stop_process(a)
         if b is not None:
             stop_process(b)

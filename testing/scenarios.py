@@ -200,17 +200,6 @@ def measure_pause_past_grace(url: str, workdir: Path, *, grace_s: int = 6, heart
                 stop_process(p)
 
 
-def _stop_pg_for(seconds: float) -> float:
-    t0 = time.monotonic()
-    try:
-        pg_ctl("stop")
-        time.sleep(seconds)
-    finally:
-        pg_ctl("start")
-        wait_for(pg_ready, 30, 0.2, "postgres back")
-    return time.monotonic() - t0
-
-
 def measure_outage_during_launch_restart(url: str, workdir: Path, *, n_trials: int = 4, outage_s: float = 10.0):
     """Issue 17 item 4. `tuner launch --workers 2` runs a study; Postgres is stopped, one worker is SIGKILLed while it
     is down, so launch restarts it during the outage; the new worker must wait for the database (not exit 2), and
@@ -227,15 +216,15 @@ def measure_outage_during_launch_restart(url: str, workdir: Path, *, n_trials: i
         wait_for(lambda: _safe_running(url, name) >= 1, 300, 0.5, "launch's workers running trials")
         workers = [pid for pid in _children(p.pid) if pid != p.pid]
         t0 = time.monotonic()
-        pg_ctl("stop")
+        pg_ctl("stop", url)
         try:
             time.sleep(1.0)
             victim = workers[0]
             os.kill(victim, signal.SIGKILL)
             time.sleep(outage_s)
         finally:
-            pg_ctl("start")
-            wait_for(pg_ready, 30, 0.2, "postgres back")
+            pg_ctl("start", url)
+            wait_for(lambda: pg_ready(url), 30, 0.2, "postgres back")
         outage = time.monotonic() - t0
         code, wall = _wait(p, 600)
         acc = study_accounting(url, name)
@@ -252,7 +241,7 @@ def measure_outage_during_launch_restart(url: str, workdir: Path, *, n_trials: i
             "log": text[-6000:],
         }
     finally:
-        ensure_pg_running()
+        ensure_pg_running(url)
         stop_process(p)
 
 
@@ -286,7 +275,7 @@ def measure_sigterm_during_outage(url: str, workdir: Path, *, command: str = "wo
         wait_for(lambda: _safe_running(url, name) >= 1, 300, 0.5, "a trial running")
         time.sleep(3.0)
         t_out = time.monotonic()
-        pg_ctl("stop")
+        pg_ctl("stop", url)
         try:
             time.sleep(2.0)
             p.send_signal(signal.SIGTERM)
@@ -295,10 +284,10 @@ def measure_sigterm_during_outage(url: str, workdir: Path, *, command: str = "wo
             exit_s = time.monotonic() - t0
             # Another session's safety net (tests/reliability/conftest.py) may have started the server again:
             # then this was no outage at exit time, and the figure must not be reported as one.
-            outage_held = not pg_ready()
+            outage_held = not pg_ready(url)
         finally:
-            pg_ctl("start")
-            wait_for(pg_ready, 30, 0.2, "postgres back")
+            pg_ctl("start", url)
+            wait_for(lambda: pg_ready(url), 30, 0.2, "postgres back")
         outage = time.monotonic() - t_out
         children_left = _group(p.pid)
         log2 = workdir / f"{name}_2.log"
@@ -319,7 +308,7 @@ def measure_sigterm_during_outage(url: str, workdir: Path, *, command: str = "wo
             "logs": _logs([log, log2]),
         }
     finally:
-        ensure_pg_running()
+        ensure_pg_running(url)
         stop_process(p)
         if w2 is not None:
             stop_process(w2)

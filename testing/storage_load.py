@@ -80,7 +80,7 @@ def fresh_database(wait_s: float = 300) -> Iterator[str]:
     stopped it on purpose, so this waits for it to be up (at most `wait_s`) before creating and before dropping."""
 
     def wait() -> None:
-        h.wait_for(h.pg_ready, wait_s, 0.5, "postgres accepting connections")
+        h.wait_for(h.pg_ready, wait_s, 0.5, "postgres accepting connections")  # the shared server
 
     with h.scratch_pg_database("tuner_load", before_create=wait, before_drop=wait) as url:
         yield url

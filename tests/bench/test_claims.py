@@ -19,6 +19,9 @@ import lm_runs  # noqa: E402
 from claims_doc import render  # noqa: E402
 from claims_summary import summarize  # noqa: E402
 
+# Its module-scoped fixture runs once per pytest-xdist process: keep the module's tests on one (--dist loadgroup)
+pytestmark = pytest.mark.xdist_group("claims")
+
 FIDELITY = BENCH / "results" / "fidelity.json"
 
 

@@ -15,6 +15,9 @@ from model.dense import build_dense_model
 from model.dense_config import DenseConfig, dense_for, dense_param_counts
 from model.train import evaluate, train_and_evaluate
 
+# Its module-scoped fixture runs once per pytest-xdist process: keep the module's tests on one (--dist loadgroup)
+pytestmark = pytest.mark.xdist_group("dense")
+
 VOCAB = 512
 
 

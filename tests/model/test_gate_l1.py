@@ -10,6 +10,9 @@ from model.config import Phase1Config
 from model.data import DataSource, prepare_data
 from model.train import train_and_evaluate
 
+# Its module-scoped fixture runs once per pytest-xdist process: keep the module's tests on one (--dist loadgroup)
+pytestmark = pytest.mark.xdist_group("gate_l1")
+
 VOCAB = 512
 SMALL = dict(vocab_size=VOCAB, d_model=32, n_layers=1, n_seq=32, batch_size=8, dtype="float32", ffn_rank=8,
              ar_ssm_max_rank=8, ar_ssm_min_rank=2, htt_rank=8, learning_rate=1e-2, use_gradient_checkpointing=False,

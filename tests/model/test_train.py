@@ -13,6 +13,9 @@ from model.errors import NumericalInstabilityError
 from model.lm import build_model
 from model.train import EvalInfo, RunTimes, StepInfo, evaluate, train_and_evaluate
 
+# Its module-scoped fixture runs once per pytest-xdist process: keep the module's tests on one (--dist loadgroup)
+pytestmark = pytest.mark.xdist_group("train")
+
 VOCAB = 512
 TOKENS_PER_STEP = 8 * 64  # batch 8 x n_seq 64
 TINY = dict(vocab_size=VOCAB, d_model=48, n_layers=2, n_seq=64, batch_size=8, dtype="float32", ffn_rank=8,

@@ -9,6 +9,9 @@ from model.data import DataError, DataSource, prepare_data
 from model.train_checks import check_inputs
 from tests.model.test_train import TINY, VOCAB
 
+# Its module-scoped fixture runs once per pytest-xdist process: keep the module's tests on one (--dist loadgroup)
+pytestmark = pytest.mark.xdist_group("train_checks")
+
 
 @pytest.fixture(scope="module")
 def tiny_config():

@@ -1,5 +1,6 @@
-"""Reliability suite fixtures: the local Postgres is up again after every test (some tests stop it on purpose),
-whatever happened; a process-exit hook does the same if the run is interrupted."""
+"""Reliability suite fixtures: the shared Postgres is up again after every test, whatever happened; a process-exit
+hook starts every test server (the outage tests stop their own, testing.pg_servers.OUTAGE) if the run is interrupted.
+The per-test net leaves the outage server alone: with the suite in parallel an outage test may be beside this one."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import atexit
 import pytest
 
 from testing.harness import CACHE_DIR, ensure_pg_running
+from testing.pg_servers import ensure_all_running
 
-atexit.register(ensure_pg_running)
+atexit.register(ensure_all_running)
 
 
 @pytest.fixture(autouse=True)

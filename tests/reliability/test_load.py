@@ -10,6 +10,9 @@ import pytest
 
 from testing.harness import fresh_pg_database, measure_load
 
+# Its module-scoped fixture runs once per pytest-xdist process: keep the module's tests on one (--dist loadgroup)
+pytestmark = pytest.mark.xdist_group("load")
+
 N_WORKERS, PER_WORKER = 8, 25
 
 

@@ -7,15 +7,17 @@ from __future__ import annotations
 import pytest
 
 from testing.harness import fresh_pg_database
+from testing.pg_servers import OUTAGE
 from testing.scenarios import measure_sigterm_during_outage
 
-pytestmark = pytest.mark.slow  # real worker processes
+# real worker processes; they stop their server: the outage server, one such test at a time (xdist loadgroup)
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("pg_outage")]
 
 
 @pytest.mark.parametrize("command", ["worker", "run"])
 def test_sigterm_during_an_outage_exits_promptly(tmp_path, command):
     for _ in range(3):  # another session's safety net may start the server during the outage: measure again
-        with fresh_pg_database() as url:
+        with fresh_pg_database(OUTAGE) as url:
             r = measure_sigterm_during_outage(url, tmp_path, command=command)
         if r["outage_held"]:
             break
