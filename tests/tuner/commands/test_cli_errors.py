@@ -116,6 +116,13 @@ def test_argparse_errors_are_one_line():
     ],
 )
 def test_bad_flags_fail_before_storage(tmp_path, capsys, argv, flag):
+    err = bad_flag_error(tmp_path, capsys, argv)
+    assert err.startswith(f"error: tuner {argv[0]}: argument {flag}:") and "out of range" in err
+
+
+def bad_flag_error(tmp_path, capsys, argv: list[str]) -> str:
+    """Run `tuner ARGV --storage sqlite:///...` in-process (an "S" in argv is a valid study file) and return its
+    stderr, having checked it is one line with exit 2 and that nothing was touched (no database file)."""
     from tuner.cli import main
 
     study_file = tmp_path / "s.yaml"
@@ -126,8 +133,8 @@ def test_bad_flags_fail_before_storage(tmp_path, capsys, argv, flag):
         main([*argv, "--storage", f"sqlite:///{db}"])
     err = capsys.readouterr().err
     assert info.value.code == 2 and err.count("\n") == 1, err
-    assert err.startswith(f"error: tuner {argv[0]}: argument {flag}:") and "out of range" in err
     assert not db.exists()  # nothing touched: no FAIL trial, no study
+    return err
 
 
 def test_unreadable_study_file(tmp_path):

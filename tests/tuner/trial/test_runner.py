@@ -186,32 +186,24 @@ def test_a_standby_child_that_died_is_never_promoted_and_nothing_is_lost(tmp_pat
 
 
 @pytest.mark.slow
-def test_a_child_serves_trial_after_trial_unless_a_fresh_child_is_asked_for(tmp_path):
+@pytest.mark.parametrize(("fresh_child", "counts"), [(None, (0, 1)), (True, (0, 0))], ids=["warm", "fresh"])
+def test_a_child_serves_trial_after_trial_unless_a_fresh_child_is_asked_for(tmp_path, fresh_child, counts):
     """Eager on CPU (the default rule): one child runs both trials, `child_trials_before` 0 then 1. With
     fresh_child=True (what a compiled step on CUDA gets) each trial runs in a new process and counts 0, and the
     outcome says the child was replaced (real children, real trials)."""
     data = DataSource(kind="stdlib", max_bytes=262144)
-    reused = TrialRunner(cache_dir=tmp_path / "cache")
+    runner = TrialRunner(cache_dir=tmp_path / "cache", fresh_child=fresh_child)
     try:
-        first = reused.run(_short_request(data), timeout_s=120)
-        pid = reused.child_pid
-        second = reused.run(_short_request(data), timeout_s=120)
+        first = runner.run(_short_request(data), timeout_s=120)
+        pid = runner.child_pid
+        second = runner.run(_short_request(data), timeout_s=120)
         assert (first.kind, second.kind) == ("complete", "complete"), (first.error_summary, second.error_summary)
-        assert (first.child_trials_before, second.child_trials_before) == (0, 1)
-        assert not first.replace_child and reused.child_pid == pid
+        assert (first.child_trials_before, second.child_trials_before) == counts
+        replaced = fresh_child is True
+        assert first.replace_child is replaced and second.replace_child is replaced
+        assert (runner.child_pid not in (None, pid)) if replaced else (runner.child_pid == pid)
     finally:
-        reused.close()
-    fresh = TrialRunner(cache_dir=tmp_path / "cache", fresh_child=True)
-    try:
-        first = fresh.run(_short_request(data), timeout_s=120)
-        pid = fresh.child_pid
-        second = fresh.run(_short_request(data), timeout_s=120)
-        assert (first.kind, second.kind) == ("complete", "complete"), (first.error_summary, second.error_summary)
-        assert (first.child_trials_before, second.child_trials_before) == (0, 0)
-        assert first.replace_child and second.replace_child
-        assert fresh.child_pid not in (None, pid) and fresh.n_started >= 2
-    finally:
-        fresh.close()
+        runner.close()
 
 
 def test_only_a_compiled_step_on_cuda_asks_for_a_fresh_child_by_default():
