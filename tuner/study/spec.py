@@ -20,7 +20,7 @@ from tuner.study.sizes import check_sizes
 from tuner.study.space import SearchSpace, holds
 
 # eval_tokens_per_s / eval_peak_gib: the measured inference pass after training, of the model as evaluated (LNS-
-# converted for lns_enabled configs): its speed (tokens/s) and its own memory peak (GiB); docs/objective.md.
+# converted for lns_enabled configs): its speed (tokens/s) and its own memory peak (GiB); docs/study-file.md, "Metrics".
 METRICS = ("val_ppl", "peak_vram_gib", "params", "tokens_per_s", "eval_tokens_per_s", "eval_peak_gib")
 INFERENCE_METRICS = ("eval_tokens_per_s", "eval_peak_gib")  # need the measured pass (TrialRequest.measure_inference)
 MAXIMIZED_METRICS = ("tokens_per_s", "eval_tokens_per_s")  # a direction left out defaults to maximize for these
