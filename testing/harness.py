@@ -34,7 +34,7 @@ from testing.pg_servers import (
     MAIN,
     OUTAGE,
     PgServer,
-    ensure_outage_server,
+    holding_outage_server,
     server_of,
     wait_for,
 )
@@ -305,11 +305,9 @@ def scratch_pg_database(
 def fresh_pg_database(server: PgServer = MAIN) -> Iterator[str]:
     """A new database on `server`, dropped afterwards, safe across a server restart: the server is started again
     before the drop if a test left it stopped. Tests that stop the server pass testing.pg_servers.OUTAGE (created on
-    first use), so tests running beside them on the shared server are never cut off."""
-    before = ensure_outage_server if server is OUTAGE else None
-    with scratch_pg_database(
-        "tuner_rel", before_create=before, before_drop=server.ensure_running, server=server
-    ) as url:
+    first use and held by one test at a time), so tests running beside them on the shared server are never cut off."""
+    held = holding_outage_server() if server is OUTAGE else contextlib.nullcontext(server)
+    with held, scratch_pg_database("tuner_rel", before_drop=server.ensure_running, server=server) as url:
         yield url
 
 

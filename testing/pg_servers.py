@@ -15,7 +15,7 @@ import os
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ MAIN_ADMIN_URL = os.environ.get("TUNER_TEST_PG", "postgresql+psycopg2://postgres
 OUTAGE_PORT = int(os.environ.get("TUNER_TEST_OUTAGE_PORT", "5433"))
 OUTAGE_CLUSTER = "tuner_outage"
 _CREATE_LOCK = Path(tempfile.gettempdir()) / "tuner_test_outage_cluster.lock"
+_HOLD_LOCK = Path(tempfile.gettempdir()) / "tuner_test_outage_server_held.lock"
 
 
 def pg_version() -> str:
@@ -116,6 +117,20 @@ def ensure_outage_server() -> PgServer:
             )
         OUTAGE.ensure_running()
     return OUTAGE
+
+
+@contextlib.contextmanager
+def holding_outage_server() -> Iterator[PgServer]:
+    """The outage server, created and started if needed, held by this test alone until the block ends: tests that
+    stop it wait here for one another whatever process runs them. The xdist group of those tests already runs them
+    one at a time; this lock keeps that true if the grouping is not applied (pytest-xdist 3.8's loadgroup has no effect
+    under pytest 9.2, which no longer reads the node id it rewrites)."""
+    with open(_HOLD_LOCK, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield ensure_outage_server()
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def ensure_all_running() -> None:

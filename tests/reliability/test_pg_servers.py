@@ -34,3 +34,22 @@ def test_stopping_the_outage_server_leaves_the_shared_one_serving(pg_url):
             pg_ctl("start", url)
         OUTAGE.ensure_running()
         assert pg_ready(url) and pg_ready()
+
+
+def test_the_outage_server_is_held_by_one_test_at_a_time():
+    """While one test holds the outage server, another process cannot (it would wait): the lock is what keeps outage
+    tests apart when pytest-xdist's grouping is not applied."""
+    import subprocess
+    import sys
+
+    from testing.pg_servers import _HOLD_LOCK, holding_outage_server
+
+    probe = (
+        "import fcntl, sys\n"
+        f"f = open({str(_HOLD_LOCK)!r}, 'w')\n"
+        "try:\n    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)\nexcept BlockingIOError:\n    sys.exit(3)\n"
+    )
+    with holding_outage_server() as server:
+        assert server is OUTAGE and server.ready()
+        assert subprocess.run([sys.executable, "-c", probe], timeout=60).returncode == 3  # held: it would wait
+    assert subprocess.run([sys.executable, "-c", probe], timeout=60).returncode == 0  # released
