@@ -38,6 +38,11 @@ def counted_trials(study: optuna.Study) -> int:
     )
 
 
+def deadline_passed(deadline: float | None) -> bool:
+    """Whether a --stop-after deadline (a time.monotonic() value; None: no window) has passed."""
+    return deadline is not None and time.monotonic() >= deadline
+
+
 class StudyBudget:
     """Whether this worker may take another trial: the study holds fewer than n_trials counted trials, beyond the
     trials others are running now, and the worker's window (`deadline`, a time.monotonic() value: --stop-after) is
@@ -59,7 +64,7 @@ class StudyBudget:
         self.window_ended = False
 
     def past_deadline(self) -> bool:
-        return self.deadline is not None and time.monotonic() >= self.deadline
+        return deadline_passed(self.deadline)
 
     def remaining(self, study: optuna.Study) -> tuple[int, int]:
         """(budget not yet counted, trials running now) for the whole study."""

@@ -26,10 +26,11 @@ def final_inference(
 
     trained, result.model = result.model, None
     out: dict[str, Any] = {}
-    if getattr(config, "lns_enabled", False):  # a DenseConfig has no LNS
+    lns = bool(getattr(config, "lns_enabled", False))  # a DenseConfig has no LNS
+    if lns:
         out["lns_converted_linears"] = int(convert_to_lns(trained, config))
     m = measure_inference(trained, data, eval_tokens, config, device, eager=compiled)
-    if "lns_converted_linears" in out:
+    if lns:
         out.update(val_loss=m.val_loss, val_ppl=m.val_ppl)
     out.update(
         eval_tokens_per_s=m.tokens_per_s, eval_peak_gib=m.peak_gib, eval_peak_kind=m.peak_kind, eval_time_s=m.seconds

@@ -52,8 +52,6 @@ from tuner.trial.outcome import (
 
 log = logging.getLogger(__name__)
 
-EVAL_METRICS = INFERENCE_METRICS  # measured by the inference pass after training
-
 
 class TrialFailed(Exception):
     """Ends a trial as FAIL after its attributes were recorded; the worker passes it in `catch`."""
@@ -175,8 +173,8 @@ def _record_complete(trial: Any, spec: StudySpec, config: Any, outcome: TrialOut
     set_trial_attr(trial, "stability", {k: v for k, v in diag.items() if k not in ("effective_rank", "gate_sparsity")})
     if trial_attr(trial, "curve") is None and r.get("curve") is not None:
         set_trial_attr(trial, "curve", r["curve"])
-    unmeasured = [m for m in spec.metric_names if m in EVAL_METRICS and r.get(m) is None]
-    if unmeasured:  # the child measures them on every complete run: their absence is a fault, not a value
+    unmeasured = [m for m in spec.metric_names if m in INFERENCE_METRICS and r.get(m) is None]
+    if unmeasured:  # the request asked for them (spec.measures_inference): their absence is a fault, not a value
         message = f"{unmeasured[0]} was not measured (no inference pass after training); the trial cannot be scored"
         set_trial_attr(trial, "end_reason", EndReason.ERROR.value)
         set_trial_attr(trial, "error_summary", message)
@@ -211,7 +209,7 @@ def record_infeasible(
     ceiling = float(spec.vram_ceiling_gib)
     counts = expected_param_counts(config)
     set_trial_attr(trial, "end_reason", reason.value)
-    if any(m in EVAL_METRICS for m in spec.metric_names):
+    if spec.measures_inference:
         note += f"; never evaluated: eval_tokens_per_s = 0, eval_peak_gib = {peak_gib:.3f} (this end's peak)"
     set_trial_attr(trial, "objective_note", note)
     set_trial_attr(trial, "params_total", params_total(counts))

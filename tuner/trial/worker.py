@@ -51,7 +51,6 @@ import os
 import signal
 import socket
 import threading
-import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -66,7 +65,7 @@ from tuner.storage.resilient import ResilientStorage, StopSignal
 from tuner.storage.samplers import SEED_ATTR_PREFIX
 from tuner.storage.write_buffer import buffer_of
 from tuner.study.spec import StudySpec
-from tuner.trial.budget import RetryInterrupted, StudyBudget, counted_trials, enqueue_retry
+from tuner.trial.budget import RetryInterrupted, StudyBudget, counted_trials, deadline_passed, enqueue_retry
 from tuner.trial.faults import FaultInjection
 
 log = logging.getLogger(__name__)
@@ -142,7 +141,7 @@ def run_worker(
     budget_n = int(n_trials if n_trials is not None else spec.n_trials)
     runner = TrialRunner(gpu=gpu, cache_dir=cache, cpu_threads=cpu_threads, standby=standby)
     # A worker whose window has already closed (started too late) takes no trial: it opens no device either.
-    will_run = budget_n > 0 and (deadline is None or time.monotonic() < deadline)
+    will_run = budget_n > 0 and not deadline_passed(deadline)
     if will_run:
         # The child imports torch and the model, opens the device and the data while this process opens the study,
         # takes its first turn and asks its first trial: that trial finds it ready, or nearly, instead of starting it.

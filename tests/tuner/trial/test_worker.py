@@ -211,9 +211,7 @@ def test_a_window_that_ends_during_a_trial_lets_it_finish_and_takes_no_other(tmp
     import datetime
     import time
 
-    from tests.tuner.tiny import trial_spec
     from tuner.storage.workers import worker_exits
-    from tuner.trial.worker import WorkerHooks
 
     window_s = 3.0  # the worker reaches its first trial in about 0.6 s here: ample room, still a short test
     deadline = time.monotonic() + window_s
@@ -224,21 +222,7 @@ def test_a_window_that_ends_during_a_trial_lets_it_finish_and_takes_no_other(tmp
         time.sleep(deadline - time.monotonic() + 0.05)
         passed_at.append(datetime.datetime.now())
 
-    spec = trial_spec()
-    url = f"sqlite:///{tmp_path / 'tuner.db'}"
-    storage = open_storage(url)
-    with caplog.at_level("WARNING", logger="tuner.trial.worker"):
-        code = run_worker(
-            spec,
-            storage=storage,
-            seed=0,
-            worker_id="host:1",
-            n_trials=3,
-            cache_dir=tmp_path / "cache",
-            hooks=WorkerHooks(on_trial_start=wait_past_the_deadline),
-            install_signal_handlers=False,
-            deadline=deadline,
-        )
+    code, spec, url, storage = _windowed_worker(tmp_path, caplog, deadline, wait_past_the_deadline, n_trials=3)
     assert code == 0 and len(passed_at) == 1  # one trial started: none after the deadline
     study = optuna.load_study(study_name=spec.name, storage=url)
     (trial,) = study.trials  # no second trial, no WAITING retry
@@ -255,11 +239,26 @@ def test_a_window_already_over_takes_no_trial(tmp_path, caplog):
     stop_after; the study's budget is untouched."""
     import time
 
-    from tests.tuner.tiny import trial_spec
     from tuner.storage.workers import worker_exits
-    from tuner.trial.worker import WorkerHooks
 
     started: list[int] = []
+    on_start = lambda number, params: started.append(number)
+    code, spec, url, storage = _windowed_worker(tmp_path, caplog, time.monotonic() - 1.0, on_start)
+    assert code == 0 and started == []
+    study = optuna.load_study(study_name=spec.name, storage=url)
+    assert study.trials == []
+    assert worker_exits(storage, study)["host:1"]["reason"] == "stop_after"
+    assert [r.getMessage() for r in caplog.records if "--stop-after" in r.getMessage()] == [
+        "worker host:1: --stop-after reached; 0 trial(s) this worker, study holds 0 of 4"
+    ]
+
+
+def _windowed_worker(tmp_path, caplog, deadline, on_trial_start, n_trials=None):
+    """run_worker on the tiny spec in a fresh SQLite file with a --stop-after `deadline` (time.monotonic()), its
+    WARNING lines captured; returns (exit code, spec, url, storage)."""
+    from tests.tuner.tiny import trial_spec
+    from tuner.trial.worker import WorkerHooks
+
     spec = trial_spec()
     url = f"sqlite:///{tmp_path / 'tuner.db'}"
     storage = open_storage(url)
@@ -269,15 +268,10 @@ def test_a_window_already_over_takes_no_trial(tmp_path, caplog):
             storage=storage,
             seed=0,
             worker_id="host:1",
+            n_trials=n_trials,
             cache_dir=tmp_path / "cache",
-            hooks=WorkerHooks(on_trial_start=lambda number, params: started.append(number)),
+            hooks=WorkerHooks(on_trial_start=on_trial_start),
             install_signal_handlers=False,
-            deadline=time.monotonic() - 1.0,
+            deadline=deadline,
         )
-    assert code == 0 and started == []
-    study = optuna.load_study(study_name=spec.name, storage=url)
-    assert study.trials == []
-    assert worker_exits(storage, study)["host:1"]["reason"] == "stop_after"
-    assert [r.getMessage() for r in caplog.records if "--stop-after" in r.getMessage()] == [
-        "worker host:1: --stop-after reached; 0 trial(s) this worker, study holds 0 of 4"
-    ]
+    return code, spec, url, storage
