@@ -326,7 +326,9 @@ class Objective:
         trial.set_user_attr("estimate_calibrated", bool(est.calibrated))
         # The estimator models the eager step. A compiled step alone on a GPU peaks lower (docs/step_time.md: 3.37
         # against 5.06 GiB at 8gb), hence the name, but it is no guaranteed bound: in the packed (MPS) H100 study 13
-        # of 65 compiled trials measured above it, by up to 23% (bench/results/study_8gb.json). The guard enforces.
+        # of 64 compiled trials measured above it, by up to 23% (bench/results/study_8gb.json); of those that were
+        # their process's first trial, as every compiled trial now is (tuner.trial.runner), 3 of 15 by up to 9.3%
+        # (bench/results/child_age.json). The guard enforces.
         eager = self.spec.training.step is StepMode.EAGER
         trial.set_user_attr("estimate_kind", "eager" if eager else "eager_upper_bound")
         return predicted

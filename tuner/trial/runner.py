@@ -8,11 +8,11 @@ trial requests over a duplex pipe until told to exit. It is replaced after a CUD
 timeout or a crash, so a sticky CUDA error or leaked memory never poisons the next trial, and NVML's per-process
 figure is the trial's own.
 
-Messages child -> parent: {"type": "standby"} (a standby child's imports are done), {"type": "ready", device,
-device_name}, {"type": "progress", step, tokens, loss, elapsed_s}, {"type": "ceiling", peak_gib}, {"type": "result",
-"outcome": {...}}. Parent -> child: a trial request (dict, see `TrialRunner.run`), {"type": "stop"} (end the
-current trial cleanly), {"type": "warm", source, vocab_size, cache_dir} (open that data now), {"type": "activate"}
-(a standby child takes over), {"type": "exit"}.
+Messages child -> parent: {"type": "standby"} (imports done), {"type": "ready", device, device_name}, {"type":
+"progress", step, tokens, loss, elapsed_s}, {"type": "ceiling", peak_gib, crossed_at}, {"type": "result", "outcome":
+{...}}. Parent -> child: a trial request (dict, see `TrialRunner.run`), {"type": "stop"} (end the current trial
+cleanly), {"type": "warm", source, vocab_size, cache_dir} (open that data now), {"type": "activate"} (a standby
+child takes over), {"type": "exit"}.
 
 Keeping the child warm: the worker starts its first child (`prestart`) before it opens the study, and a child
 replaced after a trial is started again at once, not when the next trial asks for it; either is told to open the
