@@ -192,3 +192,26 @@ def test_malformed_files_through_a_real_process(tmp_path):
     )
     assert r.returncode == 2 and fuzz.one_error_line(r.stderr), r.stderr
     assert not marker.exists() and fuzz.studies_in(db) == []
+
+
+def test_a_refusal_is_timed_by_cpu_unless_it_waits_past_the_wall_limit(monkeypatch):
+    """The refusal limit counts CPU seconds (a loaded machine stretches wall time, not CPU time); a refusal that
+    waits (a sleep here, standing for a hang) longer than ERROR_WALL_LIMIT_S is counted by its wall time instead, so
+    it still fails. Limits scaled down so the check takes a fraction of a second."""
+    import time
+
+    monkeypatch.setattr(fuzz, "ERROR_WITHIN_S", 0.1)
+    monkeypatch.setattr(fuzz, "ERROR_WALL_LIMIT_S", 0.4)
+
+    def waits(seconds: float):
+        def run_cli(argv):
+            time.sleep(seconds)
+            return 2, "", "error: refused", None
+
+        return run_cli
+
+    tally = fuzz.Tally()
+    monkeypatch.setattr(fuzz, "run_cli", waits(0.2))  # 0.2 s of wall, ~0 of CPU, under the wall limit
+    assert fuzz._timed_cli(["create"], tally)[4] < 0.1 and tally.slow == 0
+    monkeypatch.setattr(fuzz, "run_cli", waits(0.5))  # past the wall limit: its wall time counts
+    assert fuzz._timed_cli(["create"], tally)[4] >= 0.5 and tally.slow == 1
