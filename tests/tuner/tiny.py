@@ -62,32 +62,37 @@ def trial_spec(
     searched parameter, learning_rate), with the objectives `metrics` (MAXIMIZED_METRICS maximised), the ceiling in GiB
     and the pre-flight estimate on or off."""
     from tuner.study.loader import spec_from_dict
+
+    return spec_from_dict(trial_study(metrics, ceiling=ceiling, estimate=estimate), check_paths=False)
+
+
+def trial_study(
+    metrics: tuple[str, ...] = ("val_ppl", "peak_vram_gib"), *, ceiling: float = 1.0, estimate: bool = False
+) -> dict[str, Any]:
+    """trial_spec's study as the dict a study file holds (for tests that write the file)."""
     from tuner.study.spec import MAXIMIZED_METRICS
 
-    return spec_from_dict(
-        {
-            "name": "objective_unit",
-            "objectives": [
-                {"metric": m, "direction": "maximize" if m in MAXIMIZED_METRICS else "minimize"} for m in metrics
-            ],
-            "vram_ceiling_gib": ceiling,
-            "sampler": {"name": "random", "seed": 0},
-            "n_trials": 4,
-            "model": {
-                "vocab_size": TRIAL_VOCAB,
-                "d_model": 32,
-                "n_layers": 1,
-                "n_seq": 64,
-                "batch_size": 4,
-                "dtype": "float32",
-            },
-            "search_space": {"learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}},
-            "data": {"source": "stdlib", "max_bytes": 262144},
-            "budget": {"train_tokens": 2048, "eval_tokens": 1024, "trial_timeout_s": 60},
-            "estimate": {"enabled": estimate, "margin": 0.0},
+    return {
+        "name": "objective_unit",
+        "objectives": [
+            {"metric": m, "direction": "maximize" if m in MAXIMIZED_METRICS else "minimize"} for m in metrics
+        ],
+        "vram_ceiling_gib": ceiling,
+        "sampler": {"name": "random", "seed": 0},
+        "n_trials": 4,
+        "model": {
+            "vocab_size": TRIAL_VOCAB,
+            "d_model": 32,
+            "n_layers": 1,
+            "n_seq": 64,
+            "batch_size": 4,
+            "dtype": "float32",
         },
-        check_paths=False,
-    )
+        "search_space": {"learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}},
+        "data": {"source": "stdlib", "max_bytes": 262144},
+        "budget": {"train_tokens": 2048, "eval_tokens": 1024, "trial_timeout_s": 60},
+        "estimate": {"enabled": estimate, "margin": 0.0},
+    }
 
 
 TRIAL_VOCAB = 512  # trial_spec's vocab_size: the val_ppl an over-ceiling trial records

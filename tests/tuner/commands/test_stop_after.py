@@ -8,16 +8,14 @@ import argparse
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import optuna
 import pytest
 import yaml
 
 from tests.tuner.commands.test_cli_errors import bad_flag_error
+from tests.tuner.tiny import REPO, trial_study
 from tuner.commands import duration_s
-
-REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.mark.parametrize(
@@ -78,17 +76,9 @@ def test_a_bad_stop_after_is_one_line_before_storage(tmp_path, capsys, argv):
 
 
 LAUNCH_STUDY = {
+    **trial_study(),
     "name": "window_cpu",
-    "objectives": [
-        {"metric": "val_ppl", "direction": "minimize"},
-        {"metric": "peak_vram_gib", "direction": "minimize"},
-    ],
-    "vram_ceiling_gib": 1,
-    "sampler": {"name": "random", "seed": 0},
     "n_trials": 200,  # far more than the window holds: the window, not the budget, ends the launch
-    "model": {"vocab_size": 512, "d_model": 32, "n_layers": 1, "n_seq": 64, "batch_size": 4, "dtype": "float32"},
-    "search_space": {"learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}},
-    "data": {"source": "stdlib", "max_bytes": 262144},
     "budget": {"train_tokens": 2048, "eval_tokens": 1024, "trial_timeout_s": 120},
 }
 
